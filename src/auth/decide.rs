@@ -1,0 +1,309 @@
+//! The one decision every front door asks for.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::app_password::{looks_like_app_password, AppPasswordKey};
+use super::last_use::LastUseSender;
+use super::password::{self, Argon2Params, Verified};
+use super::pool::{HashPool, PoolError};
+use super::services::ServiceMap;
+use super::{Credential, FailReason, Outcome, Success, TempCause};
+use crate::clock::Clock;
+use crate::names::{Address, Protocol};
+use crate::secret::Secret;
+use crate::store::{AuthSource, LastUse, LoginView, MailboxState, Store, StoreError};
+
+/// One login attempt as a front door saw it.
+#[derive(Debug)]
+pub struct AuthRequest<'a> {
+    pub login: &'a str,
+    pub secret: &'a Secret,
+    /// As the client named it (`imap`, `submission`, …); mapped through [`ServiceMap`].
+    pub service: &'a str,
+    pub remote_ip: Option<IpAddr>,
+    pub secured: bool,
+    /// SASL mechanism, for the audit line only.
+    pub mechanism: Option<&'a str>,
+}
+
+pub struct AuthenticatorParts {
+    pub store: Arc<dyn Store>,
+    pub key: AppPasswordKey,
+    pub pool: Arc<HashPool>,
+    pub clock: Arc<dyn Clock>,
+    pub services: ServiceMap,
+    pub argon2: Argon2Params,
+    pub rehash_on_login: bool,
+    pub last_use: LastUseSender,
+}
+
+pub struct Authenticator {
+    parts: AuthenticatorParts,
+    /// Verified against when there is no real hash to check, so an unknown or disabled
+    /// account costs the same hash work as a real one and timing does not tell them apart.
+    dummy_hash: String,
+}
+
+/// How a decision ended, before it becomes an [`Outcome`]; carries detail for the log.
+type Step<T> = Result<T, Outcome>;
+
+impl Authenticator {
+    pub fn new(parts: AuthenticatorParts) -> Result<Self, password::HashError> {
+        let dummy_hash = password::hash_argon2id(b"mailauthd dummy password", parts.argon2)?;
+        Ok(Authenticator { parts, dummy_hash })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.parts.store
+    }
+
+    pub fn pool(&self) -> &Arc<HashPool> {
+        &self.parts.pool
+    }
+
+    pub fn key(&self) -> &AppPasswordKey {
+        &self.parts.key
+    }
+
+    pub fn protocol_of(&self, service: &str) -> Option<Protocol> {
+        self.parts.services.resolve(service)
+    }
+
+    /// Decides one login and writes one audit line for it.
+    pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Outcome {
+        let outcome = match self.decide(req).await {
+            Ok(success) => Outcome::Ok(success),
+            Err(outcome) => outcome,
+        };
+        audit(req, &outcome);
+        if let Outcome::Ok(success) = &outcome {
+            self.parts.last_use.record(LastUse {
+                mailbox: success.mailbox.clone(),
+                app_password_id: match &success.credential {
+                    Credential::AppPassword { id, .. } => Some(*id),
+                    Credential::Password => None,
+                },
+                at: self.parts.clock.now(),
+                ip: req.remote_ip.map(|ip| ip.to_string()),
+                service: success.protocol.name().to_string(),
+            });
+        }
+        outcome
+    }
+
+    async fn decide(&self, req: &AuthRequest<'_>) -> Step<Success> {
+        let Some(protocol) = self.parts.services.resolve(req.service) else {
+            return Err(Outcome::Fail(FailReason::UnknownService));
+        };
+        let Ok(address) = Address::parse(req.login) else {
+            return self.refuse_after_dummy(req, FailReason::UnknownUser).await;
+        };
+        let view = match self.parts.store.login_view(address.as_str()).await {
+            Ok(Some(view)) => view,
+            Ok(None) => return self.refuse_after_dummy(req, FailReason::UnknownUser).await,
+            Err(e) => return Err(store_trouble(&e)),
+        };
+        if let Some(reason) = account_refusal(&view, protocol) {
+            return self.refuse_after_dummy(req, reason).await;
+        }
+        if let Some(step) = self.try_app_password(&view, protocol, req).await {
+            return step;
+        }
+        if view.auth_source == AuthSource::Oidc {
+            return self
+                .refuse_after_dummy(req, FailReason::OidcNeedsAppPassword)
+                .await;
+        }
+        self.check_stored_password(&view, protocol, req).await
+    }
+
+    /// `None` when the secret is no app password of this mailbox, so the stored password
+    /// is tried next.
+    async fn try_app_password(
+        &self,
+        view: &LoginView,
+        protocol: Protocol,
+        req: &AuthRequest<'_>,
+    ) -> Option<Step<Success>> {
+        if !looks_like_app_password(req.secret.expose()) {
+            return None;
+        }
+        let lookup = self.parts.key.lookup_hash(req.secret.expose());
+        let found = match self.parts.store.find_app_password(&lookup).await {
+            Ok(found) => found?,
+            Err(e) => return Some(Err(store_trouble(&e))),
+        };
+        if found.mailbox != view.address {
+            return None;
+        }
+        let refusal = if found
+            .expires_at
+            .is_some_and(|t| t <= self.parts.clock.now())
+        {
+            Some(FailReason::AppPasswordExpired)
+        } else if !found.allows(protocol) {
+            Some(FailReason::AppPasswordProtocol)
+        } else if !found.networks.is_empty()
+            && !req
+                .remote_ip
+                .is_some_and(|ip| found.networks.iter().any(|n| n.contains(&ip)))
+        {
+            Some(FailReason::AppPasswordNetwork)
+        } else {
+            None
+        };
+        Some(match refusal {
+            Some(reason) => Err(Outcome::Fail(reason)),
+            None => Ok(Success {
+                mailbox: view.address.clone(),
+                protocol,
+                credential: Credential::AppPassword {
+                    id: found.id,
+                    name: found.name,
+                },
+            }),
+        })
+    }
+
+    async fn check_stored_password(
+        &self,
+        view: &LoginView,
+        protocol: Protocol,
+        req: &AuthRequest<'_>,
+    ) -> Step<Success> {
+        let Some(stored) = view.password_hash.clone().filter(|h| !h.is_empty()) else {
+            return self
+                .refuse_after_dummy(req, FailReason::BadCredentials)
+                .await;
+        };
+        let secret = req.secret.clone();
+        let verdict = {
+            let stored = stored.clone();
+            self.parts
+                .pool
+                .run(move || password::verify(&stored, secret.expose()))
+                .await
+        };
+        match verdict.map_err(pool_trouble)? {
+            Ok(Verified::Match) => {
+                if self.parts.rehash_on_login && password::needs_rehash(&stored) {
+                    self.rehash_later(view.address.clone(), stored, req.secret.clone());
+                }
+                Ok(Success {
+                    mailbox: view.address.clone(),
+                    protocol,
+                    credential: Credential::Password,
+                })
+            }
+            Ok(Verified::Mismatch) => Err(Outcome::Fail(FailReason::BadCredentials)),
+            Err(e) => {
+                tracing::error!(
+                    user = %view.address,
+                    error = %e,
+                    "stored password hash is unusable; set a new password for this mailbox"
+                );
+                Err(Outcome::Fail(FailReason::UnusableStoredHash))
+            }
+        }
+    }
+
+    async fn refuse_after_dummy(&self, req: &AuthRequest<'_>, reason: FailReason) -> Step<Success> {
+        let dummy = self.dummy_hash.clone();
+        let secret = req.secret.clone();
+        // Only the time spent matters; the verdict on the dummy hash is meaningless.
+        let _spent = self
+            .parts
+            .pool
+            .run(move || password::verify(&dummy, secret.expose()))
+            .await
+            .map_err(pool_trouble)?;
+        Err(Outcome::Fail(reason))
+    }
+
+    /// Upgrades an imported hash to Argon2id after a login proved the password, without
+    /// making that login wait.
+    fn rehash_later(&self, address: String, old: String, secret: Secret) {
+        let pool = self.parts.pool.clone();
+        let store = self.parts.store.clone();
+        let params = self.parts.argon2;
+        tokio::spawn(async move {
+            let Ok(Ok(new)) = pool
+                .run(move || password::hash_argon2id(secret.expose(), params))
+                .await
+            else {
+                return; // Busy or failed: the next login tries again.
+            };
+            match store.replace_password_hash(&address, &old, &new).await {
+                Ok(true) => tracing::info!(user = %address, "password hash upgraded to ARGON2ID"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(user = %address, error = %e, "could not store upgraded password hash")
+                }
+            }
+        });
+    }
+}
+
+/// Rules 4 and 5: the account and its domain may log in, with this protocol.
+fn account_refusal(view: &LoginView, protocol: Protocol) -> Option<FailReason> {
+    match view.state {
+        MailboxState::Disabled => return Some(FailReason::MailboxDisabled),
+        MailboxState::NoLogin => return Some(FailReason::MailboxNoLogin),
+        MailboxState::Active => {}
+    }
+    if !view.domain_active {
+        return Some(FailReason::DomainDisabled);
+    }
+    if !view.protocols.contains(protocol) {
+        return Some(FailReason::ProtocolNotAllowed);
+    }
+    None
+}
+
+fn store_trouble(e: &StoreError) -> Outcome {
+    tracing::warn!(error = %e, "store error during authentication");
+    Outcome::TempFail(if e.is_unavailable() {
+        TempCause::StoreUnavailable
+    } else {
+        TempCause::Internal
+    })
+}
+
+fn pool_trouble(e: PoolError) -> Outcome {
+    match e {
+        PoolError::Busy(_) => Outcome::TempFail(TempCause::HashPoolBusy),
+        PoolError::WorkerFailed => Outcome::TempFail(TempCause::Internal),
+    }
+}
+
+/// One line per decision with fixed field names, so fail2ban and people can read it.
+fn audit(req: &AuthRequest<'_>, outcome: &Outcome) {
+    let rip = req
+        .remote_ip
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "-".into());
+    let user = printable_login(req.login);
+    let mech = req.mechanism.unwrap_or("-");
+    let (label, reason) = (outcome.label(), outcome.reason());
+    match outcome {
+        Outcome::Ok(_) => {
+            tracing::info!(target: "mailauthd::audit", service = req.service, user, rip, mech, outcome = label, reason, "auth")
+        }
+        Outcome::Fail(_) => {
+            tracing::warn!(target: "mailauthd::audit", service = req.service, user, rip, mech, outcome = label, reason, "auth")
+        }
+        Outcome::TempFail(_) => {
+            tracing::error!(target: "mailauthd::audit", service = req.service, user, rip, mech, outcome = label, reason, "auth")
+        }
+    }
+}
+
+/// Login names come from the network: keep log lines one line and bounded.
+fn printable_login(login: &str) -> String {
+    login
+        .chars()
+        .take(128)
+        .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
+        .collect()
+}

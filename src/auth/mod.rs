@@ -1,0 +1,13 @@
+//! The decision core: one function, [`Authenticator::authenticate`], that every front door
+//! calls, and the credentials it checks.
+
+pub mod app_password;
+mod decide;
+pub mod last_use;
+mod outcome;
+pub mod password;
+pub mod pool;
+pub mod services;
+
+pub use decide::{AuthRequest, Authenticator, AuthenticatorParts};
+pub use outcome::{Credential, FailReason, Outcome, Success, TempCause};

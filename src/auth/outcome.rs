@@ -1,0 +1,123 @@
+//! What a decision says: accepted, refused (with the rule that refused), or "try later".
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::names::Protocol;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok(Success),
+    Fail(FailReason),
+    /// The answer is unknown right now (database down, hash pool full); a client must be
+    /// told to retry, never that its password is wrong.
+    TempFail(TempCause),
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok(_) => "ok",
+            Outcome::Fail(_) => "fail",
+            Outcome::TempFail(_) => "tempfail",
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Outcome::Ok(s) => match s.credential {
+                Credential::Password => "password",
+                Credential::AppPassword { .. } => "app_password",
+            },
+            Outcome::Fail(r) => r.code(),
+            Outcome::TempFail(c) => c.code(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Success {
+    /// The canonical address; front doors answer with this `user=`.
+    pub mailbox: String,
+    pub protocol: Protocol,
+    pub credential: Credential,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Credential {
+    Password,
+    AppPassword { id: i64, name: String },
+}
+
+/// Which rule refused. Logs carry the code; clients see one generic message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    Throttled,
+    UnknownService,
+    UnknownUser,
+    DomainDisabled,
+    MailboxDisabled,
+    MailboxNoLogin,
+    ProtocolNotAllowed,
+    AppPasswordExpired,
+    AppPasswordProtocol,
+    AppPasswordNetwork,
+    /// An `oidc` mailbox was offered something other than a valid app password.
+    OidcNeedsAppPassword,
+    /// The stored hash uses an unknown or broken scheme: a configuration problem.
+    UnusableStoredHash,
+    BadCredentials,
+}
+
+impl FailReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            FailReason::Throttled => "throttled",
+            FailReason::UnknownService => "unknown_service",
+            FailReason::UnknownUser => "unknown_user",
+            FailReason::DomainDisabled => "domain_disabled",
+            FailReason::MailboxDisabled => "mailbox_disabled",
+            FailReason::MailboxNoLogin => "mailbox_no_login",
+            FailReason::ProtocolNotAllowed => "protocol_not_allowed",
+            FailReason::AppPasswordExpired => "app_password_expired",
+            FailReason::AppPasswordProtocol => "app_password_protocol",
+            FailReason::AppPasswordNetwork => "app_password_network",
+            FailReason::OidcNeedsAppPassword => "oidc_needs_app_password",
+            FailReason::UnusableStoredHash => "unusable_stored_hash",
+            FailReason::BadCredentials => "bad_credentials",
+        }
+    }
+}
+
+impl fmt::Display for FailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TempCause {
+    StoreUnavailable,
+    HashPoolBusy,
+    Internal,
+}
+
+impl TempCause {
+    pub fn code(self) -> &'static str {
+        match self {
+            TempCause::StoreUnavailable => "store_unavailable",
+            TempCause::HashPoolBusy => "hash_pool_busy",
+            TempCause::Internal => "internal_error",
+        }
+    }
+}
+
+impl fmt::Display for TempCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}

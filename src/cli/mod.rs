@@ -1,0 +1,432 @@
+//! The command line a postmaster types: clap definitions and dispatch.
+
+mod admin;
+mod auth_test;
+mod output;
+mod secrets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use output::Output;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (for `auth test`: the login was accepted)
+  1  refused or failed (the message says why; nothing was changed)
+  2  usage error (unknown option, malformed value)
+  3  temporary failure (database unreachable, hash pool full): try again later";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailauthd",
+    version,
+    about = "Authentication, sender policy and OIDC mailbox provisioning for Dovecot and Postfix",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Config file [default: $MAILAUTHD_CONFIG, else /etc/mailauthd/mailauthd.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon
+    Serve,
+    /// Apply database migrations and exit
+    Migrate,
+    /// Check the config file
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Domains this server serves, and their limits
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Alias domains: another name for a served domain
+    #[command(subcommand, name = "alias-domain")]
+    AliasDomain(AliasDomainCommand),
+    /// Mailboxes
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
+    /// Mailbox templates (quota, protocols, state) chosen by an identity-provider claim
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Claim value -> template mappings, tried in order, and the default template
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+    /// App passwords for mail clients
+    #[command(subcommand, name = "app-password")]
+    AppPassword(AppPasswordCommand),
+    /// Aliases: addresses delivered to (and sendable by) other mailboxes
+    #[command(subcommand)]
+    Alias(AliasCommand),
+    /// Explicit grants to send as other addresses
+    #[command(subcommand, name = "send-as")]
+    SendAs(SendAsCommand),
+    /// Test a login like a mail server would ask for it
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Report every problem in the config file at once
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct DomainLimits {
+    /// Most mailboxes the domain may have ("unlimited" to lift)
+    #[arg(long, value_name = "N")]
+    pub max_mailboxes: Option<String>,
+    /// Largest quota one mailbox may have, e.g. 10G ("unlimited" to lift)
+    #[arg(long, value_name = "SIZE")]
+    pub max_quota: Option<String>,
+    /// Total of all mailbox quotas, e.g. 1T ("unlimited" to lift)
+    #[arg(long, value_name = "SIZE")]
+    pub quota: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Add a domain
+    Add {
+        name: String,
+        #[command(flatten)]
+        limits: DomainLimits,
+        /// Create it disabled
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// List domains with their usage
+    List,
+    /// Show one domain
+    Show { name: String },
+    /// Change limits or enable/disable
+    Set {
+        name: String,
+        #[command(flatten)]
+        limits: DomainLimits,
+        /// true or false
+        #[arg(long, value_name = "BOOL")]
+        active: Option<bool>,
+    },
+    /// Remove a domain that has no mailboxes
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasDomainCommand {
+    /// alias.example becomes another name for target.example
+    Add {
+        alias: String,
+        target: String,
+    },
+    List,
+    Remove {
+        alias: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MailboxFields {
+    /// Quota, e.g. 5G (0 = unlimited)
+    #[arg(long, value_name = "SIZE")]
+    pub quota: Option<String>,
+    /// Allowed protocols: imap,pop3,sieve,smtp (or all, none)
+    #[arg(long, value_name = "LIST")]
+    pub protocols: Option<String>,
+    /// 1 = active, 0 = disabled, 2 = receives mail but may not log in
+    #[arg(long, value_name = "STATE")]
+    pub active: Option<String>,
+    /// Display name
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Apply this template (quota, protocols, state); explicit options override it
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailboxCommand {
+    /// Add a mailbox (the password is read from stdin or asked for, never from arguments)
+    Add {
+        address: String,
+        /// Read the password from standard input (one line)
+        #[arg(long)]
+        password_stdin: bool,
+        /// Create without a password (for mailboxes that sign in through the identity provider)
+        #[arg(long, conflicts_with = "password_stdin")]
+        no_password: bool,
+        /// local (own password) or oidc (identity provider; mail clients use app passwords)
+        #[arg(long, value_name = "SOURCE", default_value = "local")]
+        authsource: String,
+        #[command(flatten)]
+        fields: MailboxFields,
+    },
+    /// List mailboxes, optionally of one domain
+    List { domain: Option<String> },
+    /// Show one mailbox
+    Show { address: String },
+    /// Change a mailbox
+    Set {
+        address: String,
+        /// Set a new password, read from standard input
+        #[arg(long)]
+        password_stdin: bool,
+        /// Ask for a new password on the terminal
+        #[arg(long, conflicts_with = "password_stdin")]
+        password_prompt: bool,
+        #[command(flatten)]
+        fields: MailboxFields,
+    },
+    /// Switch between local and oidc; the stored password is kept either way
+    #[command(name = "set-authsource")]
+    SetAuthsource { address: String, source: String },
+    /// Remove a mailbox with its app passwords and send-as grants
+    Remove { address: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateFields {
+    /// Mailbox quota, e.g. 5G (0 = unlimited)
+    #[arg(long, value_name = "SIZE")]
+    pub quota: Option<String>,
+    /// Allowed protocols: imap,pop3,sieve,smtp (or all, none)
+    #[arg(long, value_name = "LIST")]
+    pub protocols: Option<String>,
+    /// 1 = active, 0 = disabled, 2 = receives mail but may not log in
+    #[arg(long, value_name = "STATE")]
+    pub active: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Add a template (defaults: unlimited quota, all protocols, active)
+    Add {
+        name: String,
+        #[command(flatten)]
+        fields: TemplateFields,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Change a template; mailboxes follow on their next sign-in
+    Set {
+        name: String,
+        #[command(flatten)]
+        fields: TemplateFields,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Map a claim value to a template (appended last unless --position is given)
+    Add {
+        value: String,
+        template: String,
+        #[arg(long)]
+        position: Option<i64>,
+    },
+    /// List mappings in the order they are tried
+    List,
+    Remove {
+        value: String,
+    },
+    /// Set the template used when no mapping matches (or --clear it)
+    Default {
+        #[arg(required_unless_present = "clear")]
+        template: Option<String>,
+        #[arg(long, conflicts_with = "template")]
+        clear: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppPasswordCommand {
+    /// Create an app password; the secret is printed once
+    Create {
+        address: String,
+        #[arg(long)]
+        name: String,
+        /// imap,pop3,sieve,smtp (or all)
+        #[arg(long, value_name = "LIST")]
+        protocols: String,
+        /// Day it stops working (YYYY-MM-DD, from 00:00 UTC)
+        #[arg(long, value_name = "DATE")]
+        expires: Option<String>,
+        /// Only from these networks, e.g. 192.0.2.0/24,2001:db8::/32
+        #[arg(long, value_name = "CIDRS")]
+        networks: Option<String>,
+    },
+    /// List app passwords with their last use
+    List { address: String },
+    /// Revoke an app password; the next login with it fails
+    Revoke { address: String, id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AliasCommand {
+    /// Deliver ADDRESS to one or more mailboxes (comma-separated)
+    Add {
+        address: String,
+        targets: String,
+    },
+    List {
+        domain: Option<String>,
+    },
+    /// Remove an alias, or only one of its targets
+    Remove {
+        address: String,
+        target: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SendAsCommand {
+    /// Let MAILBOX send as PATTERN: an address, @domain, or * (anything)
+    Grant {
+        mailbox: String,
+        pattern: String,
+    },
+    List {
+        mailbox: Option<String>,
+    },
+    Revoke {
+        mailbox: String,
+        pattern: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Run one login through the decision core; the secret is read from stdin
+    Test {
+        address: String,
+        /// imap, pop3, sieve, smtp, submission, …
+        #[arg(long, default_value = "imap")]
+        service: String,
+        /// The client address to test with
+        #[arg(long, value_name = "IP")]
+        rip: Option<std::net::IpAddr>,
+        /// Treat the connection as TLS-secured
+        #[arg(long)]
+        secured: bool,
+    },
+}
+
+/// Why a command did not succeed, and which exit code says so.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn refused(message: impl Into<String>) -> Self {
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    pub fn temporary(message: impl Into<String>) -> Self {
+        CliError {
+            code: 3,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            CliError::temporary(e.to_string())
+        } else {
+            CliError::refused(e.to_string())
+        }
+    }
+}
+
+impl From<crate::provision::ProvisionError> for CliError {
+    fn from(e: crate::provision::ProvisionError) -> Self {
+        match e {
+            crate::provision::ProvisionError::Store(s) => s.into(),
+            other => CliError::refused(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::names::NameError> for CliError {
+    fn from(e: crate::names::NameError) -> Self {
+        CliError::usage(e.to_string())
+    }
+}
+
+impl From<crate::size::SizeError> for CliError {
+    fn from(e: crate::size::SizeError) -> Self {
+        CliError::usage(e.to_string())
+    }
+}
+
+/// Runs a parsed command line; `main` only sets up logging and the runtime.
+pub async fn run(cli: Cli) -> ExitCode {
+    let out = Output::new(cli.json);
+    let result = match cli.command {
+        Command::Serve => match admin::load_config(cli.config.as_deref()) {
+            Ok(config) => crate::daemon::serve(config).await,
+            Err(e) => Err(e),
+        },
+        Command::Config(ConfigCommand::Check) => admin::config_check(cli.config.as_deref(), &out),
+        Command::Auth(AuthCommand::Test {
+            address,
+            service,
+            rip,
+            secured,
+        }) => {
+            auth_test::run(
+                cli.config.as_deref(),
+                &out,
+                &address,
+                &service,
+                rip,
+                secured,
+            )
+            .await
+        }
+        command => admin::run(cli.config.as_deref(), &out, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("mailauthd: {}", e.message);
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// The config as every command reads it; `main` uses it to set up the daemon's logging.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<crate::config::Config, CliError> {
+    admin::load_config(path)
+}

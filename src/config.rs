@@ -1,0 +1,438 @@
+//! The config file: a serde schema ([`FileConfig`]) checked into a runtime [`Config`].
+//!
+//! Every problem is reported at once, each naming its key, so `mailauthd config check`
+//! shows the whole list instead of one error per run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::password::Argon2Params;
+use crate::auth::services::ServiceMap;
+use crate::names::Protocol;
+use crate::store::{DatabaseUrl, StoreOptions};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/mailauthd/mailauthd.toml";
+const DEFAULT_STATE_DIR: &str = "/var/lib/mailauthd";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct FileConfig {
+    pub state_directory: Option<PathBuf>,
+    pub store: StoreSection,
+    pub credentials: CredentialsSection,
+    pub hash_pool: HashPoolSection,
+    pub services: BTreeMap<String, String>,
+    pub last_use: LastUseSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct StoreSection {
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub max_connections: Option<u32>,
+    pub connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CredentialsSection {
+    pub key_file: Option<PathBuf>,
+    pub argon2_memory_kib: Option<u32>,
+    pub argon2_iterations: Option<u32>,
+    pub argon2_parallelism: Option<u32>,
+    pub rehash_on_login: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HashPoolSection {
+    pub workers: Option<usize>,
+    pub queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LastUseSection {
+    pub flush_interval_ms: Option<u64>,
+    pub queue: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LogSection {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The checked configuration the daemon and the CLI run with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: Option<PathBuf>,
+    pub state_directory: PathBuf,
+    pub store: StoreOptions,
+    pub key_file: PathBuf,
+    pub argon2: Argon2Params,
+    pub rehash_on_login: bool,
+    pub hash_workers: usize,
+    pub hash_queue: usize,
+    pub services: ServiceMap,
+    pub last_use_interval: Duration,
+    pub last_use_queue: usize,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// One problem, naming the key it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} has {} problem(s):", self.file, self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Which file to read: `--config`, else `$MAILAUTHD_CONFIG`, else the system path.
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os("MAILAUTHD_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: shown.clone(),
+        problems: vec![Problem {
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    let mut config = parse(&text).map_err(|problems| ConfigErrors {
+        file: shown.clone(),
+        problems,
+    })?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
+}
+
+pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut unknown = Vec::new();
+    let deserializer = toml::Deserializer::new(text);
+    let file: FileConfig =
+        match serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())) {
+            Ok(file) => file,
+            Err(e) => {
+                return Err(vec![Problem {
+                    key: "(syntax)".into(),
+                    message: e.to_string().trim().to_string(),
+                }]);
+            }
+        };
+    for key in unknown {
+        problems.push(Problem {
+            key,
+            message: "unknown key (check the spelling against conf-examples/mailauthd.toml)".into(),
+        });
+    }
+    let config = check(file, &mut problems);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+fn problem(problems: &mut Vec<Problem>, key: &str, message: impl Into<String>) {
+    problems.push(Problem {
+        key: key.into(),
+        message: message.into(),
+    });
+}
+
+fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
+    let state_directory = file
+        .state_directory
+        .or_else(|| {
+            std::env::var_os("STATE_DIRECTORY")
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    // systemd may pass several folders separated by ':'; the first is ours.
+                    PathBuf::from(
+                        v.to_string_lossy()
+                            .split(':')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+
+    let url = store_url(&file.store, &state_directory, problems);
+    let max_connections = file.store.max_connections.unwrap_or(16);
+    if max_connections == 0 {
+        problem(problems, "store.max_connections", "must be at least 1");
+    }
+    let connect_timeout_ms = file.store.connect_timeout_ms.unwrap_or(3000);
+    if !(100..=60_000).contains(&connect_timeout_ms) {
+        problem(
+            problems,
+            "store.connect_timeout_ms",
+            "must be between 100 and 60000",
+        );
+    }
+
+    let defaults = Argon2Params::default();
+    let argon2 = Argon2Params {
+        memory_kib: file
+            .credentials
+            .argon2_memory_kib
+            .unwrap_or(defaults.memory_kib),
+        iterations: file
+            .credentials
+            .argon2_iterations
+            .unwrap_or(defaults.iterations),
+        parallelism: file
+            .credentials
+            .argon2_parallelism
+            .unwrap_or(defaults.parallelism),
+    };
+    if let Err(e) = argon2.validate() {
+        problem(problems, "credentials.argon2_*", e);
+    }
+    if argon2.memory_kib < 8192 {
+        problem(
+            problems,
+            "credentials.argon2_memory_kib",
+            "below 8192 KiB is too weak for stored passwords",
+        );
+    }
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let hash_workers = match file.hash_pool.workers {
+        None | Some(0) => cores,
+        Some(n) if n > 256 => {
+            problem(problems, "hash_pool.workers", "at most 256");
+            cores
+        }
+        Some(n) => n,
+    };
+    let hash_queue = file.hash_pool.queue.unwrap_or(64 * hash_workers);
+
+    let mut extra = BTreeMap::new();
+    for (name, protocol) in &file.services {
+        match protocol.parse::<Protocol>() {
+            Ok(p) => {
+                extra.insert(name.clone(), p);
+            }
+            Err(e) => problem(problems, &format!("services.{name}"), e.to_string()),
+        }
+    }
+
+    let last_use_interval = file.last_use.flush_interval_ms.unwrap_or(1000);
+    if !(10..=600_000).contains(&last_use_interval) {
+        problem(
+            problems,
+            "last_use.flush_interval_ms",
+            "must be between 10 and 600000",
+        );
+    }
+
+    let log_level = file.log.level.unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        problem(
+            problems,
+            "log.level",
+            format!("{log_level:?} is not a level or filter (try info, debug, warn)"),
+        );
+    }
+    let log_format = match file.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            problem(
+                problems,
+                "log.format",
+                format!("{other:?}: use text or json"),
+            );
+            LogFormat::Text
+        }
+    };
+
+    Config {
+        source: None,
+        key_file: file
+            .credentials
+            .key_file
+            .unwrap_or_else(|| state_directory.join("app-password.key")),
+        store: StoreOptions {
+            url,
+            max_connections: max_connections.max(1),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+        },
+        state_directory,
+        argon2,
+        rehash_on_login: file.credentials.rehash_on_login.unwrap_or(true),
+        hash_workers,
+        hash_queue,
+        services: ServiceMap::with_overrides(&extra),
+        last_use_interval: Duration::from_millis(last_use_interval),
+        last_use_queue: file.last_use.queue.unwrap_or(10_000),
+        log_level,
+        log_format,
+    }
+}
+
+fn store_url(
+    store: &StoreSection,
+    state_directory: &Path,
+    problems: &mut Vec<Problem>,
+) -> DatabaseUrl {
+    let url = match (&store.url, &store.url_file) {
+        (Some(_), Some(_)) => {
+            problem(
+                problems,
+                "store.url_file",
+                "set either store.url or store.url_file, not both",
+            );
+            None
+        }
+        (Some(url), None) => Some(url.trim().to_string()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(e) => {
+                problem(
+                    problems,
+                    "store.url_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let url = url.unwrap_or_else(|| {
+        format!(
+            "sqlite://{}",
+            state_directory.join("mailauthd.db").display()
+        )
+    });
+    if crate::store::Dialect::from_url(&url).is_none() {
+        problem(
+            problems,
+            if store.url_file.is_some() { "store.url_file" } else { "store.url" },
+            "unsupported database URL: use sqlite://PATH, mysql://USER@HOST/DB (MariaDB) or postgres://USER@HOST/DB",
+        );
+    }
+    DatabaseUrl::new(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_working_defaults() {
+        let c = parse("state_directory = \"/srv/m\"\n").unwrap();
+        assert_eq!(c.store.url.expose(), "sqlite:///srv/m/mailauthd.db");
+        assert_eq!(c.key_file, PathBuf::from("/srv/m/app-password.key"));
+        assert!(c.rehash_on_login);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let text = r#"
+            colour = "blue"
+            [store]
+            url = "redis://127.0.0.1"
+            max_connections = 0
+            [credentials]
+            argon2_memory_kib = 1024
+            keyfile = "/x"
+            [services]
+            lmtp = "ftp"
+            [log]
+            format = "xml"
+        "#;
+        let problems = parse(text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "colour",
+            "credentials.keyfile",
+            "store.url",
+            "store.max_connections",
+            "credentials.argon2_memory_kib",
+            "services.lmtp",
+            "log.format",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let problems = parse("[store\nurl=").unwrap_err();
+        assert_eq!(problems[0].key, "(syntax)");
+    }
+
+    #[test]
+    fn url_from_file_is_read_and_hidden_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url");
+        std::fs::write(&path, "postgres://mail:s3cret@127.0.0.1/mail\n").unwrap();
+        let c = parse(&format!("[store]\nurl_file = {:?}\n", path)).unwrap();
+        assert_eq!(
+            c.store.url.expose(),
+            "postgres://mail:s3cret@127.0.0.1/mail"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../conf-examples/mailauthd.toml");
+        parse(text).unwrap();
+    }
+}

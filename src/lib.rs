@@ -1,0 +1,20 @@
+//! mailauthd: the yes/no authority behind Dovecot and Postfix.
+//!
+//! Layers, innermost first: [`proto`] (pure codecs) and [`auth`] (the decision core and
+//! credentials) know nothing of sockets or SQL dialects; [`store`] hides the database behind
+//! one trait; [`provision`] is the only code that creates or changes mailboxes; [`cli`] and
+//! the daemon translate between people, sockets and those layers.
+
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod keyfile;
+pub mod names;
+pub mod proto;
+pub mod provision;
+pub mod runtime;
+pub mod secret;
+pub mod size;
+pub mod store;

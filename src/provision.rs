@@ -1,0 +1,292 @@
+//! The only code that creates or changes mailboxes. The CLI calls it today; the OIDC
+//! sign-in calls the same functions, so domain limits and templates mean the same
+//! everywhere.
+
+use thiserror::Error;
+
+use crate::clock::Clock;
+use crate::names::{Address, Protocols};
+use crate::size::format_size;
+use crate::store::{
+    AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Store, StoreError, Template,
+};
+
+#[derive(Debug, Error)]
+pub enum ProvisionError {
+    #[error("domain {0} does not exist (add it with: mailauthd domain add {0})")]
+    UnknownDomain(String),
+    #[error("template {0} does not exist (see: mailauthd template list)")]
+    UnknownTemplate(String),
+    #[error("mailbox {0} does not exist")]
+    UnknownMailbox(String),
+    #[error("mailbox {0} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ProvisionError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Refused(msg) => ProvisionError::Refused(msg),
+            other => ProvisionError::Store(other),
+        }
+    }
+}
+
+/// What a new mailbox should be; unset fields come from the template, then the domain.
+#[derive(Clone, Debug)]
+pub struct NewMailbox {
+    pub address: Address,
+    pub password_hash: Option<String>,
+    pub auth_source: AuthSource,
+    pub display_name: String,
+    pub quota: Option<u64>,
+    pub protocols: Option<Protocols>,
+    pub state: Option<MailboxState>,
+    pub template: Option<String>,
+    /// Only the OIDC sign-in sets these, binding the mailbox to one identity.
+    pub oidc_identity: Option<(String, String)>,
+    /// Sign-ins may only create mailboxes in active domains; a postmaster may prepare one.
+    pub require_active_domain: bool,
+}
+
+/// Changes to an existing mailbox; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct MailboxChanges {
+    pub display_name: Option<String>,
+    pub quota: Option<u64>,
+    pub protocols: Option<Protocols>,
+    pub state: Option<MailboxState>,
+    /// Re-applies the template (quota, protocols, state) before the explicit changes above.
+    pub template: Option<String>,
+}
+
+pub async fn create_mailbox(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    new: NewMailbox,
+) -> Result<Mailbox, ProvisionError> {
+    let domain_name = new.address.domain().to_string();
+    let domain = store
+        .get_domain(&domain_name)
+        .await?
+        .ok_or_else(|| ProvisionError::UnknownDomain(domain_name.clone()))?;
+    let template = match &new.template {
+        Some(name) => Some(load_template(store, name).await?),
+        None => None,
+    };
+    let now = clock.now();
+    let (issuer, subject) = new.oidc_identity.clone().unzip();
+    let mut mailbox = Mailbox {
+        address: new.address.to_string(),
+        domain: domain_name,
+        password_hash: new.password_hash.clone(),
+        auth_source: new.auth_source,
+        oidc_issuer: issuer,
+        oidc_subject: subject,
+        display_name: new.display_name.clone(),
+        quota: domain.max_quota.unwrap_or(0),
+        protocols: Protocols::ALL,
+        state: MailboxState::Active,
+        template: None,
+        template_hash: None,
+        created_at: now,
+        updated_at: now,
+        last_login: None,
+    };
+    if let Some(t) = &template {
+        apply_template(&mut mailbox, t);
+    }
+    mailbox.quota = new.quota.unwrap_or(mailbox.quota);
+    mailbox.protocols = new.protocols.unwrap_or(mailbox.protocols);
+    mailbox.state = new.state.unwrap_or(mailbox.state);
+
+    let quota = mailbox.quota;
+    let require_active = new.require_active_domain;
+    let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, true, require_active);
+    store
+        .create_mailbox(&mailbox, &check)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ProvisionError::Exists(mailbox.address.clone()),
+            StoreError::NotFound(_) => ProvisionError::UnknownDomain(mailbox.domain.clone()),
+            other => other.into(),
+        })?;
+    Ok(mailbox)
+}
+
+pub async fn update_mailbox(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    address: &Address,
+    changes: MailboxChanges,
+) -> Result<Mailbox, ProvisionError> {
+    let mut mailbox = store
+        .get_mailbox(address.as_str())
+        .await?
+        .ok_or_else(|| ProvisionError::UnknownMailbox(address.to_string()))?;
+    if let Some(name) = &changes.template {
+        apply_template(&mut mailbox, &load_template(store, name).await?);
+    }
+    if let Some(name) = changes.display_name {
+        mailbox.display_name = name;
+    }
+    mailbox.quota = changes.quota.unwrap_or(mailbox.quota);
+    mailbox.protocols = changes.protocols.unwrap_or(mailbox.protocols);
+    mailbox.state = changes.state.unwrap_or(mailbox.state);
+    mailbox.updated_at = clock.now();
+    let quota = mailbox.quota;
+    let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, false, false);
+    store.update_mailbox(&mailbox, &check).await?;
+    Ok(mailbox)
+}
+
+/// Sets what a template decides: quota, protocols, state, and which template (and which
+/// version of it) the mailbox now follows.
+pub fn apply_template(mailbox: &mut Mailbox, template: &Template) {
+    mailbox.quota = template.quota;
+    mailbox.protocols = template.protocols;
+    mailbox.state = template.state;
+    mailbox.template = Some(template.name.clone());
+    mailbox.template_hash = Some(template.content_hash());
+}
+
+async fn load_template(store: &dyn Store, name: &str) -> Result<Template, ProvisionError> {
+    store
+        .get_template(name)
+        .await?
+        .ok_or_else(|| ProvisionError::UnknownTemplate(name.to_string()))
+}
+
+/// The domain's limits for a mailbox with `quota` (0 = unlimited). `usage` excludes the
+/// mailbox itself when it is being changed rather than added.
+pub fn check_limits(
+    domain: &Domain,
+    usage: &DomainUsage,
+    quota: u64,
+    adding: bool,
+    require_active: bool,
+) -> Result<(), String> {
+    let name = &domain.name;
+    if require_active && !domain.active {
+        return Err(format!("domain {name} is disabled"));
+    }
+    if let Some(max) = domain.max_mailboxes.filter(|_| adding) {
+        if usage.mailboxes >= max {
+            return Err(format!(
+                "the mailbox limit for {name} is reached ({max} mailboxes)"
+            ));
+        }
+    }
+    if let Some(max) = domain.max_quota {
+        if quota == 0 {
+            return Err(format!(
+                "{name} allows at most {} per mailbox; an unlimited quota is not allowed",
+                format_size(max)
+            ));
+        }
+        if quota > max {
+            return Err(format!(
+                "quota {} is over the maximum of {} per mailbox in {name}",
+                format_size(quota),
+                format_size(max)
+            ));
+        }
+    }
+    if let Some(total) = domain.total_quota {
+        if quota == 0 || usage.unlimited_mailboxes > 0 {
+            return Err(format!(
+                "{name} has a total quota of {}; every mailbox needs a finite quota",
+                format_size(total)
+            ));
+        }
+        if usage.quota_sum.saturating_add(quota) > total {
+            return Err(format!(
+                "quota {} would exceed the total quota of {name}: {} of {} already assigned",
+                format_size(quota),
+                format_size(usage.quota_sum),
+                format_size(total)
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domain() -> Domain {
+        Domain {
+            name: "example.org".into(),
+            active: true,
+            max_mailboxes: Some(2),
+            max_quota: Some(10 << 30),
+            total_quota: Some(15 << 30),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn limits_hold() {
+        let d = domain();
+        let empty = DomainUsage::default();
+        assert!(check_limits(&d, &empty, 5 << 30, true, true).is_ok());
+        let full = DomainUsage {
+            mailboxes: 2,
+            quota_sum: 4 << 30,
+            unlimited_mailboxes: 0,
+        };
+        assert!(check_limits(&d, &full, 1 << 30, true, true)
+            .unwrap_err()
+            .contains("mailbox limit"));
+        assert!(
+            check_limits(&d, &full, 1 << 30, false, true).is_ok(),
+            "changing is not adding"
+        );
+        assert!(check_limits(&d, &empty, 11 << 30, true, true)
+            .unwrap_err()
+            .contains("maximum of 10G"));
+        assert!(check_limits(&d, &empty, 0, true, true)
+            .unwrap_err()
+            .contains("unlimited"));
+        let used = DomainUsage {
+            mailboxes: 1,
+            quota_sum: 10 << 30,
+            unlimited_mailboxes: 0,
+        };
+        assert!(check_limits(&d, &used, 6 << 30, true, true)
+            .unwrap_err()
+            .contains("total quota"));
+        assert!(check_limits(&d, &used, 5 << 30, true, true).is_ok());
+    }
+
+    #[test]
+    fn disabled_domain_refuses_sign_ins_only() {
+        let mut d = domain();
+        d.active = false;
+        assert!(check_limits(&d, &DomainUsage::default(), 1, true, true)
+            .unwrap_err()
+            .contains("disabled"));
+        assert!(check_limits(&d, &DomainUsage::default(), 1, true, false).is_ok());
+    }
+
+    #[test]
+    fn unlimited_domain_takes_anything() {
+        let d = Domain {
+            max_mailboxes: None,
+            max_quota: None,
+            total_quota: None,
+            ..domain()
+        };
+        let lots = DomainUsage {
+            mailboxes: 1_000_000,
+            quota_sum: u64::MAX / 2,
+            unlimited_mailboxes: 9,
+        };
+        assert!(check_limits(&d, &lots, 0, true, true).is_ok());
+    }
+}

@@ -1,0 +1,76 @@
+//! Assembles the decision core from a checked config: store, key, hash pool, last-use writer.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::auth::last_use::LastUseWriter;
+use crate::auth::pool::HashPool;
+use crate::auth::{Authenticator, AuthenticatorParts};
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::keyfile::{self, KeyFileError};
+use crate::store::{self, SqlStore, Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("database {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error("credentials: {0}")]
+    Credentials(String),
+}
+
+impl StartError {
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, StartError::Store { source, .. } if source.is_unavailable())
+    }
+}
+
+pub struct Core {
+    pub store: Arc<SqlStore>,
+    pub auth: Arc<Authenticator>,
+    last_use: LastUseWriter,
+}
+
+impl Core {
+    /// Opens and migrates the store, loads (or creates) the key, starts the writer.
+    pub async fn start(config: &Config) -> Result<Core, StartError> {
+        let store_err = |source| StartError::Store {
+            url: config.store.url.to_string(),
+            source,
+        };
+        let store = Arc::new(store::open(&config.store).await.map_err(store_err)?);
+        store.migrate().await.map_err(store_err)?;
+        let key = keyfile::load_or_create(&config.key_file)?;
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let (sender, last_use) = LastUseWriter::spawn(
+            dyn_store.clone(),
+            config.last_use_interval,
+            config.last_use_queue,
+        );
+        let auth = Authenticator::new(AuthenticatorParts {
+            store: dyn_store,
+            key,
+            pool: Arc::new(HashPool::new(config.hash_workers, config.hash_queue)),
+            clock: Arc::new(SystemClock),
+            services: config.services.clone(),
+            argon2: config.argon2,
+            rehash_on_login: config.rehash_on_login,
+            last_use: sender,
+        })
+        .map_err(|e| StartError::Credentials(e.to_string()))?;
+        Ok(Core {
+            store,
+            auth: Arc::new(auth),
+            last_use,
+        })
+    }
+
+    /// Flushes last-use records and closes the database.
+    pub async fn shutdown(self) {
+        self.last_use.shutdown().await;
+        self.store.close().await;
+    }
+}

@@ -1,0 +1,186 @@
+//! The mailbox store: one trait over SQLite, MariaDB/MySQL and PostgreSQL.
+//!
+//! Domain code sees only [`Store`]. The backend is chosen once from the database URL
+//! ([`open`]); the few places where the SQL dialects differ live in [`dialect`].
+
+mod dialect;
+mod migrate;
+mod records;
+mod sql;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+pub use dialect::Dialect;
+pub use migrate::{applied_migrations, MIGRATIONS};
+pub use records::*;
+pub use sql::SqlStore;
+
+use crate::clock::UnixTime;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database cannot be reached or answered with a transient error. Callers turn this
+    /// into a temporary failure, never into "wrong password".
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// A rule checked inside a transaction refused the change; nothing was written.
+    #[error("{0}")]
+    Refused(String),
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A database URL whose `Debug`/`Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        let s = &self.0;
+        let Some(scheme_end) = s.find("://") else {
+            return s.clone();
+        };
+        let rest = &s[scheme_end + 3..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                let shown = if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    user.to_string()
+                };
+                format!("{}://{}{}", &s[..scheme_end], shown, &rest[at..])
+            }
+            None => s.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// How the store connects; from the `[store]` config section.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub url: DatabaseUrl,
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+/// Opens the backend the URL names. Does not migrate: see [`Store::migrate`].
+pub async fn open(options: &StoreOptions) -> StoreResult<SqlStore> {
+    SqlStore::connect(options).await
+}
+
+/// A check run inside the transaction that writes a mailbox, with the domain row locked, so
+/// limits hold even when many sign-ins for one domain arrive at once.
+pub type LimitCheck<'a> = &'a (dyn Fn(&Domain, &DomainUsage) -> Result<(), String> + Sync);
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn migrate(&self) -> StoreResult<Vec<String>>;
+    async fn ping(&self) -> StoreResult<()>;
+
+    // Domains
+    async fn create_domain(&self, domain: &Domain) -> StoreResult<()>;
+    async fn update_domain(&self, domain: &Domain) -> StoreResult<()>;
+    async fn get_domain(&self, name: &str) -> StoreResult<Option<Domain>>;
+    async fn list_domains(&self) -> StoreResult<Vec<Domain>>;
+    async fn domain_usage(&self, name: &str) -> StoreResult<DomainUsage>;
+    async fn delete_domain(&self, name: &str) -> StoreResult<()>;
+
+    // Alias domains
+    async fn create_alias_domain(&self, alias: &AliasDomain) -> StoreResult<()>;
+    async fn list_alias_domains(&self) -> StoreResult<Vec<AliasDomain>>;
+    async fn delete_alias_domain(&self, name: &str) -> StoreResult<()>;
+
+    // Templates, mappings and the default template
+    async fn create_template(&self, template: &Template) -> StoreResult<()>;
+    async fn update_template(&self, template: &Template) -> StoreResult<()>;
+    async fn get_template(&self, name: &str) -> StoreResult<Option<Template>>;
+    async fn list_templates(&self) -> StoreResult<Vec<Template>>;
+    async fn delete_template(&self, name: &str) -> StoreResult<()>;
+    async fn list_mappings(&self) -> StoreResult<Vec<Mapping>>;
+    async fn put_mapping(&self, mapping: &Mapping) -> StoreResult<()>;
+    async fn delete_mapping(&self, claim_value: &str) -> StoreResult<()>;
+    async fn default_template(&self) -> StoreResult<Option<String>>;
+    async fn set_default_template(&self, name: Option<&str>) -> StoreResult<()>;
+
+    // Mailboxes
+    async fn create_mailbox(&self, mailbox: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()>;
+    /// Writes everything but the password hash and auth source, which have their own methods.
+    async fn update_mailbox(&self, mailbox: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()>;
+    async fn get_mailbox(&self, address: &str) -> StoreResult<Option<Mailbox>>;
+    async fn list_mailboxes(&self, domain: Option<&str>) -> StoreResult<Vec<Mailbox>>;
+    async fn delete_mailbox(&self, address: &str) -> StoreResult<()>;
+    async fn set_password_hash(
+        &self,
+        address: &str,
+        hash: Option<&str>,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+    /// Replaces the hash only if it is still `old`, so a rehash never undoes a password
+    /// change that happened meanwhile. Returns whether it replaced.
+    async fn replace_password_hash(&self, address: &str, old: &str, new: &str)
+        -> StoreResult<bool>;
+    async fn set_auth_source(
+        &self,
+        address: &str,
+        source: AuthSource,
+        now: UnixTime,
+    ) -> StoreResult<()>;
+    /// The one read the decision core makes: mailbox and domain state in one query.
+    async fn login_view(&self, address: &str) -> StoreResult<Option<LoginView>>;
+
+    // App passwords
+    async fn create_app_password(&self, app_password: &NewAppPassword) -> StoreResult<i64>;
+    async fn find_app_password(&self, lookup_hash: &str) -> StoreResult<Option<AppPassword>>;
+    async fn list_app_passwords(&self, mailbox: &str) -> StoreResult<Vec<AppPassword>>;
+    async fn delete_app_password(&self, mailbox: &str, id: i64) -> StoreResult<()>;
+
+    // Aliases and send-as grants
+    async fn add_alias(&self, alias: &Alias) -> StoreResult<()>;
+    async fn list_aliases(&self, domain: Option<&str>) -> StoreResult<Vec<Alias>>;
+    async fn delete_alias(&self, address: &str, target: Option<&str>) -> StoreResult<u64>;
+    async fn grant_send_as(&self, grant: &SendAs) -> StoreResult<()>;
+    async fn list_send_as(&self, mailbox: Option<&str>) -> StoreResult<Vec<SendAs>>;
+    async fn revoke_send_as(&self, mailbox: &str, pattern: &str) -> StoreResult<()>;
+
+    // Last use
+    async fn record_last_use(&self, uses: &[LastUse]) -> StoreResult<()>;
+}

@@ -1,0 +1,313 @@
+//! The rows the store reads and writes, as plain values.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::clock::UnixTime;
+use crate::names::{Protocol, Protocols};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Domain {
+    pub name: String,
+    pub active: bool,
+    /// `None` means no limit.
+    pub max_mailboxes: Option<u64>,
+    /// Largest quota a single mailbox may have; `None` means no limit.
+    pub max_quota: Option<u64>,
+    /// Sum of all mailbox quotas; `None` means no limit.
+    pub total_quota: Option<u64>,
+    pub created_at: UnixTime,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DomainUsage {
+    pub mailboxes: u64,
+    /// Sum of the quotas of all mailboxes; unlimited (0) mailboxes add nothing.
+    pub quota_sum: u64,
+    /// Mailboxes whose quota is 0, i.e. unlimited.
+    pub unlimited_mailboxes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AliasDomain {
+    pub name: String,
+    pub target: String,
+    pub active: bool,
+    pub created_at: UnixTime,
+}
+
+/// Whether a mailbox may log in, receive mail, or neither (mailcow's 0/1/2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailboxState {
+    Disabled,
+    Active,
+    /// Receives mail but may not log in.
+    NoLogin,
+}
+
+impl MailboxState {
+    pub fn code(self) -> i64 {
+        match self {
+            MailboxState::Disabled => 0,
+            MailboxState::Active => 1,
+            MailboxState::NoLogin => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            0 => Some(MailboxState::Disabled),
+            1 => Some(MailboxState::Active),
+            2 => Some(MailboxState::NoLogin),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for MailboxState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "0" | "disabled" => Ok(MailboxState::Disabled),
+            "1" | "active" => Ok(MailboxState::Active),
+            "2" | "nologin" | "no-login" => Ok(MailboxState::NoLogin),
+            other => Err(format!(
+                "invalid active state {other:?}: use 1 (active), 0 (disabled) or 2 (receives mail, no login)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for MailboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MailboxState::Disabled => "0 (disabled)",
+            MailboxState::Active => "1 (active)",
+            MailboxState::NoLogin => "2 (no login)",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthSource {
+    /// The mailbox's own stored password (and app passwords).
+    Local,
+    /// The identity provider; mail clients use app passwords only.
+    Oidc,
+}
+
+impl AuthSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthSource::Local => "local",
+            AuthSource::Oidc => "oidc",
+        }
+    }
+}
+
+impl FromStr for AuthSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "local" => Ok(AuthSource::Local),
+            "oidc" => Ok(AuthSource::Oidc),
+            other => Err(format!(
+                "invalid authentication source {other:?}: use local or oidc"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for AuthSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Template {
+    pub name: String,
+    /// Bytes; 0 means unlimited.
+    pub quota: u64,
+    pub protocols: Protocols,
+    pub state: MailboxState,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+}
+
+impl Template {
+    /// A short fingerprint of what applying the template sets, so a sign-in can tell that
+    /// the template changed since it was last applied to a mailbox.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let text = format!("v1|{}|{}|{}", self.quota, self.protocols, self.state.code());
+        let digest = Sha256::digest(text.as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mapping {
+    pub claim_value: String,
+    pub position: i64,
+    pub template: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mailbox {
+    pub address: String,
+    pub domain: String,
+    /// Never serialised: a hash is a secret too.
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+    pub auth_source: AuthSource,
+    pub oidc_issuer: Option<String>,
+    pub oidc_subject: Option<String>,
+    pub display_name: String,
+    /// Bytes; 0 means unlimited.
+    pub quota: u64,
+    pub protocols: Protocols,
+    pub state: MailboxState,
+    pub template: Option<String>,
+    pub template_hash: Option<String>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+    pub last_login: Option<LastUseInfo>,
+}
+
+impl Mailbox {
+    pub fn has_password(&self) -> bool {
+        self.password_hash.as_deref().is_some_and(|h| !h.is_empty())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LastUseInfo {
+    pub at: UnixTime,
+    pub ip: Option<String>,
+    pub service: Option<String>,
+}
+
+/// What the decision core needs about a login name, read in one query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginView {
+    pub address: String,
+    pub password_hash: Option<String>,
+    pub auth_source: AuthSource,
+    pub protocols: Protocols,
+    pub state: MailboxState,
+    pub domain_active: bool,
+    pub quota: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAppPassword {
+    pub mailbox: String,
+    pub name: String,
+    pub lookup_hash: String,
+    pub protocols: Protocols,
+    pub networks: Vec<ipnet::IpNet>,
+    pub expires_at: Option<UnixTime>,
+    pub created_at: UnixTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AppPassword {
+    pub id: i64,
+    pub mailbox: String,
+    pub name: String,
+    pub protocols: Protocols,
+    pub networks: Vec<ipnet::IpNet>,
+    pub expires_at: Option<UnixTime>,
+    pub created_at: UnixTime,
+    pub last_used: Option<LastUseInfo>,
+}
+
+impl AppPassword {
+    pub fn allows(&self, protocol: Protocol) -> bool {
+        self.protocols.contains(protocol)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Alias {
+    pub address: String,
+    pub target: String,
+    pub domain: String,
+    pub created_at: UnixTime,
+}
+
+/// Lets `mailbox` use `pattern` as envelope sender: an address, `@domain`, or `*`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SendAs {
+    pub mailbox: String,
+    pub pattern: String,
+    pub created_at: UnixTime,
+}
+
+/// A successful login to remember, per mailbox and per app password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastUse {
+    pub mailbox: String,
+    pub app_password_id: Option<i64>,
+    pub at: UnixTime,
+    pub ip: Option<String>,
+    pub service: String,
+}
+
+pub fn format_networks(networks: &[ipnet::IpNet]) -> String {
+    networks
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    format!("invalid network {n:?}: use an address or CIDR such as 192.0.2.0/24")
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_hash_follows_content_only() {
+        let mut t = Template {
+            name: "staff".into(),
+            quota: 1 << 30,
+            protocols: Protocols::ALL,
+            state: MailboxState::Active,
+            created_at: 1,
+            updated_at: 2,
+        };
+        let h = t.content_hash();
+        t.updated_at = 99;
+        assert_eq!(t.content_hash(), h);
+        t.quota = 2 << 30;
+        assert_ne!(t.content_hash(), h);
+    }
+
+    #[test]
+    fn networks_parse_and_print() {
+        let n = parse_networks("192.0.2.7, 2001:db8::/32,10.1.2.3/8").unwrap();
+        assert_eq!(format_networks(&n), "192.0.2.7/32,2001:db8::/32,10.0.0.0/8");
+        assert!(parse_networks("300.1.1.1").is_err());
+        assert_eq!(parse_networks("").unwrap(), vec![]);
+    }
+}

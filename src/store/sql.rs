@@ -1,0 +1,1168 @@
+//! The SQL store: one implementation for SQLite, MariaDB/MySQL and PostgreSQL through
+//! sqlx's `Any` driver. Queries use portable SQL; [`Dialect`] rewrites placeholders.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Once;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use super::records::*;
+use super::{Dialect, LimitCheck, Store, StoreError, StoreOptions, StoreResult, MIGRATIONS};
+use crate::clock::UnixTime;
+use crate::names::Protocols;
+
+static INSTALL_DRIVERS: Once = Once::new();
+
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl SqlStore {
+    pub async fn connect(options: &StoreOptions) -> StoreResult<Self> {
+        INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let raw = options.url.expose();
+        let dialect = Dialect::from_url(raw).ok_or_else(|| {
+            StoreError::Database(format!(
+                "unsupported database URL {}: use sqlite://, mysql:// (MariaDB) or postgres://",
+                options.url
+            ))
+        })?;
+        let url = match dialect {
+            Dialect::Sqlite => prepare_sqlite_url(raw)?,
+            _ => raw.to_string(),
+        };
+        let connect = AnyConnectOptions::from_str(&url).map_err(|e| {
+            StoreError::Database(format!("invalid database URL {}: {e}", options.url))
+        })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .min_connections(0)
+            .acquire_timeout(options.connect_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets logins read while the CLI or a sign-in writes.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(connect);
+        Ok(SqlStore { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn q<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
+        self.dialect.sql(sql)
+    }
+
+    async fn applied_versions(&self) -> StoreResult<Vec<i64>> {
+        sqlx::query(&self.q("SELECT version FROM mailauthd_migrations ORDER BY version"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_err(e, "migrations"))?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(|e| map_err(e, "migrations")))
+            .collect()
+    }
+}
+
+/// SQLite creates the file only with `mode=rwc`, and not its folder.
+fn prepare_sqlite_url(url: &str) -> StoreResult<String> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::Database(
+            "sqlite URL needs a file path, e.g. sqlite:///var/lib/mailauthd/mailauthd.db".into(),
+        ));
+    }
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create database folder {}: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    if url.contains("mode=") {
+        return Ok(url.to_string());
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{sep}mode=rwc"))
+}
+
+/// Connection trouble and lock contention are temporary; constraint violations are not.
+fn map_err(e: sqlx::Error, what: &str) -> StoreError {
+    use sqlx::error::ErrorKind;
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            match db.kind() {
+                ErrorKind::UniqueViolation => StoreError::Conflict(what.to_string()),
+                ErrorKind::ForeignKeyViolation => StoreError::Refused(format!(
+                    "{what}: it refers to something that does not exist, or is still referred to"
+                )),
+                _ if is_transient_code(&code) => StoreError::Unavailable(db.message().to_string()),
+                _ => StoreError::Database(format!("{what}: {}", db.message())),
+            }
+        }
+        sqlx::Error::RowNotFound => StoreError::NotFound(what.to_string()),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Database(format!("{what}: {other}")),
+    }
+}
+
+fn is_transient_code(code: &str) -> bool {
+    // PostgreSQL: class 08 (connection), 57P (shutdown), 40001/40P01 (serialization,
+    // deadlock), 53 (resources). MySQL: gone away, lost, too many connections, lock wait,
+    // deadlock. SQLite: BUSY, LOCKED.
+    code.starts_with("08")
+        || code.starts_with("57P")
+        || code.starts_with("53")
+        || code == "40001"
+        || code == "40P01"
+        || ["1040", "1205", "1213", "2002", "2006", "2013", "HY000"].contains(&code)
+        || ["5", "6", "261", "262", "517"].contains(&code)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn opt_u64(v: Option<i64>) -> Option<u64> {
+    v.map(to_u64)
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(to_i64)
+}
+
+fn state_of(code: i64) -> Result<MailboxState, sqlx::Error> {
+    MailboxState::from_code(code)
+        .ok_or_else(|| sqlx::Error::Decode(format!("invalid active value {code}").into()))
+}
+
+fn auth_source_of(s: &str) -> Result<AuthSource, sqlx::Error> {
+    s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
+}
+
+fn last_use_of(
+    at: Option<i64>,
+    ip: Option<String>,
+    service: Option<String>,
+) -> Option<LastUseInfo> {
+    at.map(|at| LastUseInfo { at, ip, service })
+}
+
+const DOMAIN_COLUMNS: &str =
+    "SELECT name, active, max_mailboxes, max_quota, total_quota, created_at FROM domains";
+
+fn domain_from(row: &AnyRow) -> Result<Domain, sqlx::Error> {
+    Ok(Domain {
+        name: row.try_get(0)?,
+        active: row.try_get::<i64, _>(1)? != 0,
+        max_mailboxes: opt_u64(row.try_get(2)?),
+        max_quota: opt_u64(row.try_get(3)?),
+        total_quota: opt_u64(row.try_get(4)?),
+        created_at: row.try_get(5)?,
+    })
+}
+
+const TEMPLATE_COLUMNS: &str =
+    "SELECT name, quota, protocols, active, created_at, updated_at FROM templates";
+
+fn template_from(row: &AnyRow) -> Result<Template, sqlx::Error> {
+    Ok(Template {
+        name: row.try_get(0)?,
+        quota: to_u64(row.try_get(1)?),
+        protocols: Protocols::from_stored(&row.try_get::<String, _>(2)?),
+        state: state_of(row.try_get(3)?)?,
+        created_at: row.try_get(4)?,
+        updated_at: row.try_get(5)?,
+    })
+}
+
+const MAILBOX_COLUMNS: &str =
+    "SELECT address, domain, password_hash, auth_source, oidc_issuer, oidc_subject, \
+     display_name, quota, protocols, active, template, template_hash, created_at, updated_at, \
+     last_login_at, last_login_ip, last_login_service FROM mailboxes";
+
+fn mailbox_from(row: &AnyRow) -> Result<Mailbox, sqlx::Error> {
+    Ok(Mailbox {
+        address: row.try_get(0)?,
+        domain: row.try_get(1)?,
+        password_hash: row.try_get(2)?,
+        auth_source: auth_source_of(&row.try_get::<String, _>(3)?)?,
+        oidc_issuer: row.try_get(4)?,
+        oidc_subject: row.try_get(5)?,
+        display_name: row.try_get(6)?,
+        quota: to_u64(row.try_get(7)?),
+        protocols: Protocols::from_stored(&row.try_get::<String, _>(8)?),
+        state: state_of(row.try_get(9)?)?,
+        template: row.try_get(10)?,
+        template_hash: row.try_get(11)?,
+        created_at: row.try_get(12)?,
+        updated_at: row.try_get(13)?,
+        last_login: last_use_of(row.try_get(14)?, row.try_get(15)?, row.try_get(16)?),
+    })
+}
+
+const APP_PASSWORD_COLUMNS: &str =
+    "SELECT id, mailbox, name, protocols, networks, expires_at, created_at, \
+     last_used_at, last_used_ip, last_used_service FROM app_passwords";
+
+fn app_password_from(row: &AnyRow) -> Result<AppPassword, sqlx::Error> {
+    let networks: String = row.try_get(4)?;
+    Ok(AppPassword {
+        id: row.try_get(0)?,
+        mailbox: row.try_get(1)?,
+        name: row.try_get(2)?,
+        protocols: Protocols::from_stored(&row.try_get::<String, _>(3)?),
+        networks: parse_networks(&networks).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        expires_at: row.try_get(5)?,
+        created_at: row.try_get(6)?,
+        last_used: last_use_of(row.try_get(7)?, row.try_get(8)?, row.try_get(9)?),
+    })
+}
+
+fn decode<T>(r: Result<T, sqlx::Error>, what: &str) -> StoreResult<T> {
+    r.map_err(|e| map_err(e, what))
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn migrate(&self) -> StoreResult<Vec<String>> {
+        let create = "CREATE TABLE IF NOT EXISTS mailauthd_migrations (\
+                      version BIGINT NOT NULL PRIMARY KEY, name VARCHAR(255) NOT NULL, applied_at BIGINT NOT NULL)";
+        decode(sqlx::query(create).execute(&self.pool).await, "migrations")?;
+        let applied = self.applied_versions().await?;
+        let mut newly = Vec::new();
+        for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+            let mut tx = decode(self.pool.begin().await, "migrations")?;
+            for stmt in m.statements(self.dialect) {
+                sqlx::query(&stmt).execute(&mut *tx).await.map_err(|e| {
+                    StoreError::Database(format!("migration {} failed: {e}", m.name))
+                })?;
+            }
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            decode(
+                sqlx::query(&self.q(
+                    "INSERT INTO mailauthd_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                ))
+                .bind(m.version)
+                .bind(m.name)
+                .bind(now)
+                .execute(&mut *tx)
+                .await,
+                "migrations",
+            )?;
+            decode(tx.commit().await, "migrations")?;
+            newly.push(m.name.to_string());
+        }
+        Ok(newly)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        decode(sqlx::query("SELECT 1").execute(&self.pool).await, "ping").map(|_| ())
+    }
+
+    // Domains
+
+    async fn create_domain(&self, d: &Domain) -> StoreResult<()> {
+        let q = self.q(
+            "INSERT INTO domains (name, active, max_mailboxes, max_quota, total_quota, created_at, lock_version) \
+             VALUES (?, ?, ?, ?, ?, ?, 0)",
+        );
+        sqlx::query(&q)
+            .bind(&d.name)
+            .bind(i64::from(d.active))
+            .bind(opt_i64(d.max_mailboxes))
+            .bind(opt_i64(d.max_quota))
+            .bind(opt_i64(d.total_quota))
+            .bind(d.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_err(e, &format!("domain {}", d.name)))?;
+        Ok(())
+    }
+
+    async fn update_domain(&self, d: &Domain) -> StoreResult<()> {
+        let q = self.q(
+            "UPDATE domains SET active = ?, max_mailboxes = ?, max_quota = ?, total_quota = ? WHERE name = ?",
+        );
+        let done = sqlx::query(&q)
+            .bind(i64::from(d.active))
+            .bind(opt_i64(d.max_mailboxes))
+            .bind(opt_i64(d.max_quota))
+            .bind(opt_i64(d.total_quota))
+            .bind(&d.name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_err(e, &format!("domain {}", d.name)))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("domain {}", d.name)));
+        }
+        Ok(())
+    }
+
+    async fn get_domain(&self, name: &str) -> StoreResult<Option<Domain>> {
+        let row = decode(
+            sqlx::query(&self.q(&format!("{} WHERE name = ?", DOMAIN_COLUMNS)))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await,
+            "domain",
+        )?;
+        row.map(|r| decode(domain_from(&r), "domain")).transpose()
+    }
+
+    async fn list_domains(&self) -> StoreResult<Vec<Domain>> {
+        let rows = decode(
+            sqlx::query(&self.q(&format!("{} ORDER BY name", DOMAIN_COLUMNS)))
+                .fetch_all(&self.pool)
+                .await,
+            "domains",
+        )?;
+        rows.iter()
+            .map(|r| decode(domain_from(r), "domain"))
+            .collect()
+    }
+
+    async fn domain_usage(&self, name: &str) -> StoreResult<DomainUsage> {
+        let q = usage_query(self.dialect, false);
+        let row = decode(
+            sqlx::query(&q).bind(name).fetch_one(&self.pool).await,
+            "domain usage",
+        )?;
+        decode(usage_from(&row), "domain usage")
+    }
+
+    async fn delete_domain(&self, name: &str) -> StoreResult<()> {
+        let usage = self.domain_usage(name).await?;
+        if usage.mailboxes > 0 {
+            return Err(StoreError::Refused(format!(
+                "domain {name} still has {} mailbox(es); remove them first",
+                usage.mailboxes
+            )));
+        }
+        let done = decode(
+            sqlx::query(&self.q("DELETE FROM domains WHERE name = ?"))
+                .bind(name)
+                .execute(&self.pool)
+                .await,
+            &format!("domain {name}"),
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("domain {name}")));
+        }
+        Ok(())
+    }
+
+    // Alias domains
+
+    async fn create_alias_domain(&self, a: &AliasDomain) -> StoreResult<()> {
+        if self.get_domain(&a.name).await?.is_some() {
+            return Err(StoreError::Conflict(format!("{} (as a domain)", a.name)));
+        }
+        sqlx::query(
+            &self.q(
+                "INSERT INTO alias_domains (name, target, active, created_at) VALUES (?, ?, ?, ?)",
+            ),
+        )
+        .bind(&a.name)
+        .bind(&a.target)
+        .bind(i64::from(a.active))
+        .bind(a.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_err(e, &format!("alias domain {}", a.name)))?;
+        Ok(())
+    }
+
+    async fn list_alias_domains(&self) -> StoreResult<Vec<AliasDomain>> {
+        let rows = decode(
+            sqlx::query("SELECT name, target, active, created_at FROM alias_domains ORDER BY name")
+                .fetch_all(&self.pool)
+                .await,
+            "alias domains",
+        )?;
+        rows.iter()
+            .map(|r| {
+                decode(
+                    (|| {
+                        Ok(AliasDomain {
+                            name: r.try_get(0)?,
+                            target: r.try_get(1)?,
+                            active: r.try_get::<i64, _>(2)? != 0,
+                            created_at: r.try_get(3)?,
+                        })
+                    })(),
+                    "alias domain",
+                )
+            })
+            .collect()
+    }
+
+    async fn delete_alias_domain(&self, name: &str) -> StoreResult<()> {
+        let done = decode(
+            sqlx::query(&self.q("DELETE FROM alias_domains WHERE name = ?"))
+                .bind(name)
+                .execute(&self.pool)
+                .await,
+            "alias domain",
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("alias domain {name}")));
+        }
+        Ok(())
+    }
+
+    // Templates, mappings and the default template
+
+    async fn create_template(&self, t: &Template) -> StoreResult<()> {
+        sqlx::query(&self.q(
+            "INSERT INTO templates (name, quota, protocols, active, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&t.name)
+        .bind(to_i64(t.quota))
+        .bind(t.protocols.to_string())
+        .bind(t.state.code())
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_err(e, &format!("template {}", t.name)))?;
+        Ok(())
+    }
+
+    async fn update_template(&self, t: &Template) -> StoreResult<()> {
+        let done = decode(
+            sqlx::query(&self.q("UPDATE templates SET quota = ?, protocols = ?, active = ?, updated_at = ? WHERE name = ?"))
+                .bind(to_i64(t.quota))
+                .bind(t.protocols.to_string())
+                .bind(t.state.code())
+                .bind(t.updated_at)
+                .bind(&t.name)
+                .execute(&self.pool)
+                .await,
+            "template",
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("template {}", t.name)));
+        }
+        Ok(())
+    }
+
+    async fn get_template(&self, name: &str) -> StoreResult<Option<Template>> {
+        let row = decode(
+            sqlx::query(&self.q(&format!("{} WHERE name = ?", TEMPLATE_COLUMNS)))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await,
+            "template",
+        )?;
+        row.map(|r| decode(template_from(&r), "template"))
+            .transpose()
+    }
+
+    async fn list_templates(&self) -> StoreResult<Vec<Template>> {
+        let rows = decode(
+            sqlx::query(&self.q(&format!("{} ORDER BY name", TEMPLATE_COLUMNS)))
+                .fetch_all(&self.pool)
+                .await,
+            "templates",
+        )?;
+        rows.iter()
+            .map(|r| decode(template_from(r), "template"))
+            .collect()
+    }
+
+    async fn delete_template(&self, name: &str) -> StoreResult<()> {
+        if self.default_template().await?.as_deref() == Some(name) {
+            return Err(StoreError::Refused(format!(
+                "template {name} is the default template; set another default or clear it first"
+            )));
+        }
+        let done = sqlx::query(&self.q("DELETE FROM templates WHERE name = ?"))
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match map_err(e, "") {
+                StoreError::Refused(_) => StoreError::Refused(format!(
+                    "template {name} is used by a mapping; remove the mapping first"
+                )),
+                other => other,
+            })?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("template {name}")));
+        }
+        Ok(())
+    }
+
+    async fn list_mappings(&self) -> StoreResult<Vec<Mapping>> {
+        let rows = decode(
+            sqlx::query("SELECT claim_value, position, template FROM template_mappings ORDER BY position, claim_value")
+                .fetch_all(&self.pool)
+                .await,
+            "mappings",
+        )?;
+        rows.iter()
+            .map(|r| {
+                decode(
+                    (|| {
+                        Ok(Mapping {
+                            claim_value: r.try_get(0)?,
+                            position: r.try_get(1)?,
+                            template: r.try_get(2)?,
+                        })
+                    })(),
+                    "mapping",
+                )
+            })
+            .collect()
+    }
+
+    async fn put_mapping(&self, m: &Mapping) -> StoreResult<()> {
+        let mut tx = decode(self.pool.begin().await, "mapping")?;
+        decode(
+            sqlx::query(&self.q("DELETE FROM template_mappings WHERE claim_value = ?"))
+                .bind(&m.claim_value)
+                .execute(&mut *tx)
+                .await,
+            "mapping",
+        )?;
+        sqlx::query(
+            &self.q(
+                "INSERT INTO template_mappings (claim_value, position, template) VALUES (?, ?, ?)",
+            ),
+        )
+        .bind(&m.claim_value)
+        .bind(m.position)
+        .bind(&m.template)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match map_err(e, "mapping") {
+            StoreError::Refused(_) => StoreError::NotFound(format!("template {}", m.template)),
+            other => other,
+        })?;
+        decode(tx.commit().await, "mapping")
+    }
+
+    async fn delete_mapping(&self, claim_value: &str) -> StoreResult<()> {
+        let done = decode(
+            sqlx::query(&self.q("DELETE FROM template_mappings WHERE claim_value = ?"))
+                .bind(claim_value)
+                .execute(&self.pool)
+                .await,
+            "mapping",
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("mapping for {claim_value:?}")));
+        }
+        Ok(())
+    }
+
+    async fn default_template(&self) -> StoreResult<Option<String>> {
+        let row = decode(
+            sqlx::query(&self.q("SELECT value FROM settings WHERE name = ?"))
+                .bind("default_template")
+                .fetch_optional(&self.pool)
+                .await,
+            "settings",
+        )?;
+        row.map(|r| decode(r.try_get::<String, _>(0), "settings"))
+            .transpose()
+    }
+
+    async fn set_default_template(&self, name: Option<&str>) -> StoreResult<()> {
+        if let Some(name) = name {
+            if self.get_template(name).await?.is_none() {
+                return Err(StoreError::NotFound(format!("template {name}")));
+            }
+        }
+        let mut tx = decode(self.pool.begin().await, "settings")?;
+        decode(
+            sqlx::query(&self.q("DELETE FROM settings WHERE name = ?"))
+                .bind("default_template")
+                .execute(&mut *tx)
+                .await,
+            "settings",
+        )?;
+        if let Some(name) = name {
+            decode(
+                sqlx::query(&self.q("INSERT INTO settings (name, value) VALUES (?, ?)"))
+                    .bind("default_template")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await,
+                "settings",
+            )?;
+        }
+        decode(tx.commit().await, "settings")
+    }
+
+    // Mailboxes
+
+    async fn create_mailbox(&self, m: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()> {
+        let mut tx = decode(self.pool.begin().await, "mailbox")?;
+        let (domain, usage) = lock_domain(&mut tx, self.dialect, &m.domain, None).await?;
+        check(&domain, &usage).map_err(StoreError::Refused)?;
+        sqlx::query(&self.q(
+            "INSERT INTO mailboxes (address, domain, password_hash, auth_source, oidc_issuer, oidc_subject, \
+             display_name, quota, protocols, active, template, template_hash, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&m.address)
+        .bind(&m.domain)
+        .bind(m.password_hash.as_deref())
+        .bind(m.auth_source.name())
+        .bind(m.oidc_issuer.as_deref())
+        .bind(m.oidc_subject.as_deref())
+        .bind(&m.display_name)
+        .bind(to_i64(m.quota))
+        .bind(m.protocols.to_string())
+        .bind(m.state.code())
+        .bind(m.template.as_deref())
+        .bind(m.template_hash.as_deref())
+        .bind(m.created_at)
+        .bind(m.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_err(e, &format!("mailbox {}", m.address)))?;
+        decode(tx.commit().await, "mailbox")
+    }
+
+    async fn update_mailbox(&self, m: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()> {
+        let mut tx = decode(self.pool.begin().await, "mailbox")?;
+        let (domain, usage) =
+            lock_domain(&mut tx, self.dialect, &m.domain, Some(&m.address)).await?;
+        check(&domain, &usage).map_err(StoreError::Refused)?;
+        let done = sqlx::query(&self.q(
+            "UPDATE mailboxes SET oidc_issuer = ?, oidc_subject = ?, display_name = ?, quota = ?, protocols = ?, \
+             active = ?, template = ?, template_hash = ?, updated_at = ? WHERE address = ?",
+        ))
+        .bind(m.oidc_issuer.as_deref())
+        .bind(m.oidc_subject.as_deref())
+        .bind(&m.display_name)
+        .bind(to_i64(m.quota))
+        .bind(m.protocols.to_string())
+        .bind(m.state.code())
+        .bind(m.template.as_deref())
+        .bind(m.template_hash.as_deref())
+        .bind(m.updated_at)
+        .bind(&m.address)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_err(e, &format!("mailbox {}", m.address)))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("mailbox {}", m.address)));
+        }
+        decode(tx.commit().await, "mailbox")
+    }
+
+    async fn get_mailbox(&self, address: &str) -> StoreResult<Option<Mailbox>> {
+        let row = decode(
+            sqlx::query(&self.q(&format!("{} WHERE address = ?", MAILBOX_COLUMNS)))
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
+            "mailbox",
+        )?;
+        row.map(|r| decode(mailbox_from(&r), "mailbox")).transpose()
+    }
+
+    async fn list_mailboxes(&self, domain: Option<&str>) -> StoreResult<Vec<Mailbox>> {
+        let rows = match domain {
+            Some(d) => {
+                sqlx::query(&self.q(&format!(
+                    "{} WHERE domain = ? ORDER BY address",
+                    MAILBOX_COLUMNS
+                )))
+                .bind(d)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(&self.q(&format!("{} ORDER BY address", MAILBOX_COLUMNS)))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        };
+        decode(rows, "mailboxes")?
+            .iter()
+            .map(|r| decode(mailbox_from(r), "mailbox"))
+            .collect()
+    }
+
+    async fn delete_mailbox(&self, address: &str) -> StoreResult<()> {
+        let done = decode(
+            sqlx::query(&self.q("DELETE FROM mailboxes WHERE address = ?"))
+                .bind(address)
+                .execute(&self.pool)
+                .await,
+            "mailbox",
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("mailbox {address}")));
+        }
+        Ok(())
+    }
+
+    async fn set_password_hash(
+        &self,
+        address: &str,
+        hash: Option<&str>,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let done = decode(
+            sqlx::query(
+                &self.q("UPDATE mailboxes SET password_hash = ?, updated_at = ? WHERE address = ?"),
+            )
+            .bind(hash)
+            .bind(now)
+            .bind(address)
+            .execute(&self.pool)
+            .await,
+            "mailbox",
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("mailbox {address}")));
+        }
+        Ok(())
+    }
+
+    async fn replace_password_hash(
+        &self,
+        address: &str,
+        old: &str,
+        new: &str,
+    ) -> StoreResult<bool> {
+        let done = decode(
+            sqlx::query(&self.q(
+                "UPDATE mailboxes SET password_hash = ? WHERE address = ? AND password_hash = ?",
+            ))
+            .bind(new)
+            .bind(address)
+            .bind(old)
+            .execute(&self.pool)
+            .await,
+            "mailbox",
+        )?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_auth_source(
+        &self,
+        address: &str,
+        source: AuthSource,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let done = decode(
+            sqlx::query(
+                &self.q("UPDATE mailboxes SET auth_source = ?, updated_at = ? WHERE address = ?"),
+            )
+            .bind(source.name())
+            .bind(now)
+            .bind(address)
+            .execute(&self.pool)
+            .await,
+            "mailbox",
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("mailbox {address}")));
+        }
+        Ok(())
+    }
+
+    async fn login_view(&self, address: &str) -> StoreResult<Option<LoginView>> {
+        let row = decode(
+            sqlx::query(&self.q(
+                "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota \
+                 FROM mailboxes m JOIN domains d ON d.name = m.domain WHERE m.address = ?",
+            ))
+            .bind(address)
+            .fetch_optional(&self.pool)
+            .await,
+            "mailbox",
+        )?;
+        let Some(r) = row else { return Ok(None) };
+        decode(
+            (|| {
+                Ok(Some(LoginView {
+                    address: r.try_get(0)?,
+                    password_hash: r.try_get(1)?,
+                    auth_source: auth_source_of(&r.try_get::<String, _>(2)?)?,
+                    protocols: Protocols::from_stored(&r.try_get::<String, _>(3)?),
+                    state: state_of(r.try_get(4)?)?,
+                    domain_active: r.try_get::<i64, _>(5)? != 0,
+                    quota: to_u64(r.try_get(6)?),
+                }))
+            })(),
+            "mailbox",
+        )
+    }
+
+    // App passwords
+
+    async fn create_app_password(&self, a: &NewAppPassword) -> StoreResult<i64> {
+        sqlx::query(&self.q(
+            "INSERT INTO app_passwords (mailbox, name, lookup_hash, protocols, networks, expires_at, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&a.mailbox)
+        .bind(&a.name)
+        .bind(&a.lookup_hash)
+        .bind(a.protocols.to_string())
+        .bind(format_networks(&a.networks))
+        .bind(a.expires_at)
+        .bind(a.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match map_err(e, "app password") {
+            StoreError::Refused(_) => StoreError::NotFound(format!("mailbox {}", a.mailbox)),
+            other => other,
+        })?;
+        // The lookup hash is unique, so it finds the new row on every dialect without
+        // RETURNING or last-insert-id differences.
+        let row = decode(
+            sqlx::query(&self.q("SELECT id FROM app_passwords WHERE lookup_hash = ?"))
+                .bind(&a.lookup_hash)
+                .fetch_one(&self.pool)
+                .await,
+            "app password",
+        )?;
+        decode(row.try_get::<i64, _>(0), "app password")
+    }
+
+    async fn find_app_password(&self, lookup_hash: &str) -> StoreResult<Option<AppPassword>> {
+        let row = decode(
+            sqlx::query(&self.q(&format!("{} WHERE lookup_hash = ?", APP_PASSWORD_COLUMNS)))
+                .bind(lookup_hash)
+                .fetch_optional(&self.pool)
+                .await,
+            "app password",
+        )?;
+        row.map(|r| decode(app_password_from(&r), "app password"))
+            .transpose()
+    }
+
+    async fn list_app_passwords(&self, mailbox: &str) -> StoreResult<Vec<AppPassword>> {
+        let rows = decode(
+            sqlx::query(&self.q(&format!(
+                "{} WHERE mailbox = ? ORDER BY id",
+                APP_PASSWORD_COLUMNS
+            )))
+            .bind(mailbox)
+            .fetch_all(&self.pool)
+            .await,
+            "app passwords",
+        )?;
+        rows.iter()
+            .map(|r| decode(app_password_from(r), "app password"))
+            .collect()
+    }
+
+    async fn delete_app_password(&self, mailbox: &str, id: i64) -> StoreResult<()> {
+        let done = decode(
+            sqlx::query(&self.q("DELETE FROM app_passwords WHERE mailbox = ? AND id = ?"))
+                .bind(mailbox)
+                .bind(id)
+                .execute(&self.pool)
+                .await,
+            "app password",
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "app password {id} of {mailbox}"
+            )));
+        }
+        Ok(())
+    }
+
+    // Aliases and send-as grants
+
+    async fn add_alias(&self, a: &Alias) -> StoreResult<()> {
+        sqlx::query(
+            &self
+                .q("INSERT INTO aliases (address, target, domain, created_at) VALUES (?, ?, ?, ?)"),
+        )
+        .bind(&a.address)
+        .bind(&a.target)
+        .bind(&a.domain)
+        .bind(a.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            match map_err(e, &format!("alias {} -> {}", a.address, a.target)) {
+                StoreError::Refused(_) => StoreError::NotFound(format!("domain {}", a.domain)),
+                other => other,
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn list_aliases(&self, domain: Option<&str>) -> StoreResult<Vec<Alias>> {
+        let base = "SELECT address, target, domain, created_at FROM aliases";
+        let rows = match domain {
+            Some(d) => {
+                sqlx::query(&self.q(&format!(
+                    "{} WHERE domain = ? ORDER BY address, target",
+                    base
+                )))
+                .bind(d)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(&self.q(&format!("{} ORDER BY address, target", base)))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        };
+        decode(rows, "aliases")?
+            .iter()
+            .map(|r| {
+                decode(
+                    (|| {
+                        Ok(Alias {
+                            address: r.try_get(0)?,
+                            target: r.try_get(1)?,
+                            domain: r.try_get(2)?,
+                            created_at: r.try_get(3)?,
+                        })
+                    })(),
+                    "alias",
+                )
+            })
+            .collect()
+    }
+
+    async fn delete_alias(&self, address: &str, target: Option<&str>) -> StoreResult<u64> {
+        let done = match target {
+            Some(t) => {
+                sqlx::query(&self.q("DELETE FROM aliases WHERE address = ? AND target = ?"))
+                    .bind(address)
+                    .bind(t)
+                    .execute(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query(&self.q("DELETE FROM aliases WHERE address = ?"))
+                    .bind(address)
+                    .execute(&self.pool)
+                    .await
+            }
+        };
+        let n = decode(done, "alias")?.rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("alias {address}")));
+        }
+        Ok(n)
+    }
+
+    async fn grant_send_as(&self, g: &SendAs) -> StoreResult<()> {
+        sqlx::query(&self.q("INSERT INTO send_as (mailbox, pattern, created_at) VALUES (?, ?, ?)"))
+            .bind(&g.mailbox)
+            .bind(&g.pattern)
+            .bind(g.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                match map_err(e, &format!("send-as grant {} for {}", g.pattern, g.mailbox)) {
+                    StoreError::Refused(_) => {
+                        StoreError::NotFound(format!("mailbox {}", g.mailbox))
+                    }
+                    other => other,
+                }
+            })?;
+        Ok(())
+    }
+
+    async fn list_send_as(&self, mailbox: Option<&str>) -> StoreResult<Vec<SendAs>> {
+        let base = "SELECT mailbox, pattern, created_at FROM send_as";
+        let rows = match mailbox {
+            Some(m) => {
+                sqlx::query(&self.q(&format!("{} WHERE mailbox = ? ORDER BY pattern", base)))
+                    .bind(m)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query(&self.q(&format!("{} ORDER BY mailbox, pattern", base)))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        };
+        decode(rows, "send-as grants")?
+            .iter()
+            .map(|r| {
+                decode(
+                    (|| {
+                        Ok(SendAs {
+                            mailbox: r.try_get(0)?,
+                            pattern: r.try_get(1)?,
+                            created_at: r.try_get(2)?,
+                        })
+                    })(),
+                    "send-as grant",
+                )
+            })
+            .collect()
+    }
+
+    async fn revoke_send_as(&self, mailbox: &str, pattern: &str) -> StoreResult<()> {
+        let done = decode(
+            sqlx::query(&self.q("DELETE FROM send_as WHERE mailbox = ? AND pattern = ?"))
+                .bind(mailbox)
+                .bind(pattern)
+                .execute(&self.pool)
+                .await,
+            "send-as grant",
+        )?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "send-as grant {pattern} for {mailbox}"
+            )));
+        }
+        Ok(())
+    }
+
+    // Last use
+
+    async fn record_last_use(&self, uses: &[LastUse]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = decode(self.pool.begin().await, "last use")?;
+        for u in uses {
+            // The guard on the time keeps an older record, flushed late, from overwriting a newer one.
+            decode(
+                sqlx::query(&self.q(
+                    "UPDATE mailboxes SET last_login_at = ?, last_login_ip = ?, last_login_service = ? \
+                     WHERE address = ? AND (last_login_at IS NULL OR last_login_at <= ?)",
+                ))
+                .bind(u.at)
+                .bind(u.ip.as_deref())
+                .bind(&u.service)
+                .bind(&u.mailbox)
+                .bind(u.at)
+                .execute(&mut *tx)
+                .await,
+                "last use",
+            )?;
+            if let Some(id) = u.app_password_id {
+                decode(
+                    sqlx::query(&self.q(
+                        "UPDATE app_passwords SET last_used_at = ?, last_used_ip = ?, last_used_service = ? \
+                         WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
+                    ))
+                    .bind(u.at)
+                    .bind(u.ip.as_deref())
+                    .bind(&u.service)
+                    .bind(id)
+                    .bind(u.at)
+                    .execute(&mut *tx)
+                    .await,
+                    "last use",
+                )?;
+            }
+        }
+        decode(tx.commit().await, "last use")
+    }
+}
+
+fn usage_query(dialect: Dialect, excluding: bool) -> String {
+    let cast = dialect.bigint_cast();
+    let sql = format!(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(quota), 0) AS {cast}), \
+         CAST(COALESCE(SUM(CASE WHEN quota = 0 THEN 1 ELSE 0 END), 0) AS {cast}) \
+         FROM mailboxes WHERE domain = ?{}",
+        if excluding { " AND address <> ?" } else { "" }
+    );
+    dialect.sql(&sql).into_owned()
+}
+
+fn usage_from(row: &AnyRow) -> Result<DomainUsage, sqlx::Error> {
+    Ok(DomainUsage {
+        mailboxes: to_u64(row.try_get(0)?),
+        quota_sum: to_u64(row.try_get(1)?),
+        unlimited_mailboxes: to_u64(row.try_get(2)?),
+    })
+}
+
+/// Takes the domain's row lock first (an UPDATE, which every dialect turns into a write
+/// lock), then reads the domain and its usage, so concurrent writers for one domain queue
+/// here and each sees the others' committed mailboxes.
+async fn lock_domain(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    dialect: Dialect,
+    domain: &str,
+    excluding: Option<&str>,
+) -> StoreResult<(Domain, DomainUsage)> {
+    let done = decode(
+        sqlx::query(
+            &dialect.sql("UPDATE domains SET lock_version = lock_version + 1 WHERE name = ?"),
+        )
+        .bind(domain)
+        .execute(&mut **tx)
+        .await,
+        "domain",
+    )?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("domain {domain}")));
+    }
+    let row = decode(
+        sqlx::query(&dialect.sql(&format!("{} WHERE name = ?", DOMAIN_COLUMNS)))
+            .bind(domain)
+            .fetch_one(&mut **tx)
+            .await,
+        "domain",
+    )?;
+    let d = decode(domain_from(&row), "domain")?;
+    let q = usage_query(dialect, excluding.is_some());
+    let mut query = sqlx::query(&q).bind(domain);
+    if let Some(address) = excluding {
+        query = query.bind(address);
+    }
+    let row = decode(query.fetch_one(&mut **tx).await, "domain usage")?;
+    Ok((d, decode(usage_from(&row), "domain usage")?))
+}

@@ -1,0 +1,161 @@
+//! Test databases: SQLite always; MariaDB and PostgreSQL when their URLs are given.
+//!
+//! `MAILAUTHD_TEST_MYSQL_URL` and `MAILAUTHD_TEST_POSTGRES_URL` name a server and a database
+//! the tests may create other databases from. Outside CI a missing URL means "SQLite only";
+//! in CI (`CI` set) it is a failure, so a missing server can never pass as a skip.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailauthd::store::{self, DatabaseUrl, SqlStore, Store, StoreOptions};
+use sqlx::Connection;
+
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Mysql(String),
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Mysql(_) => "mysql",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+pub fn backends() -> Vec<Backend> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    let mut list = vec![Backend::Sqlite];
+    for (var, make) in [
+        (
+            "MAILAUTHD_TEST_MYSQL_URL",
+            Backend::Mysql as fn(String) -> Backend,
+        ),
+        (
+            "MAILAUTHD_TEST_POSTGRES_URL",
+            Backend::Postgres as fn(String) -> Backend,
+        ),
+    ] {
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => list.push(make(url)),
+            _ if in_ci => panic!("{var} is not set: in CI every store backend must be tested"),
+            _ => eprintln!("note: {var} not set; testing without that backend"),
+        }
+    }
+    list
+}
+
+pub struct TestDb {
+    pub store: Arc<SqlStore>,
+    pub url: String,
+    backend: Backend,
+    name: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn unique_name() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("mailauthd_t_{suffix}")
+}
+
+/// Same server, another database name (keeps credentials and query string).
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[after_scheme..]
+        .find('/')
+        .map(|i| i + after_scheme)
+        .unwrap_or(base.len());
+    format!("{}/{db}{query}", &base[..host_end])
+}
+
+pub fn options(url: &str) -> StoreOptions {
+    StoreOptions {
+        url: DatabaseUrl::new(url),
+        max_connections: 16,
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+pub async fn fresh(backend: &Backend) -> TestDb {
+    let name = unique_name();
+    let (url, dir) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            (
+                format!("sqlite://{}/{name}.db", dir.path().display()),
+                Some(dir),
+            )
+        }
+        Backend::Mysql(admin) => {
+            let mut conn = sqlx::MySqlConnection::connect(admin)
+                .await
+                .expect("connect to MariaDB");
+            sqlx::query(&format!(
+                "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            (with_database(admin, &name), None)
+        }
+        Backend::Postgres(admin) => {
+            let mut conn = sqlx::PgConnection::connect(admin)
+                .await
+                .expect("connect to PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            (with_database(admin, &name), None)
+        }
+    };
+    let store = store::open(&options(&url)).await.unwrap();
+    store.migrate().await.unwrap();
+    TestDb {
+        store: Arc::new(store),
+        url,
+        backend: backend.clone(),
+        name,
+        _dir: dir,
+    }
+}
+
+impl TestDb {
+    /// Closes the pool and drops the server-side database.
+    pub async fn finish(self) {
+        self.store.close().await;
+        match &self.backend {
+            Backend::Sqlite => {}
+            Backend::Mysql(admin) => {
+                let mut conn = sqlx::MySqlConnection::connect(admin).await.unwrap();
+                sqlx::query(&format!("DROP DATABASE {}", self.name))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            Backend::Postgres(admin) => {
+                let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+                sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    pub fn dyn_store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+}

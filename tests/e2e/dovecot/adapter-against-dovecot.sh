@@ -1,0 +1,533 @@
+#!/usr/bin/env bash
+# End-to-end test of the Dovecot Lua adapter (conf-examples/dovecot/) with the
+# Dovecot installed on this machine (2.3 on Debian 12).
+#
+# Two private Dovecot instances, neither touching /etc/dovecot or /run/dovecot:
+#   backend   stands in for mailauthd: only its auth service, with an
+#             auth-client socket and an auth-userdb (auth-master) socket over a
+#             passwd-file of {PLAIN} users;
+#   frontend  IMAP and POP3 on 127.0.0.1 (ports 30000-39999), authenticating
+#             through the shipped mailauthd.lua and auth-mailauthd.conf.ext
+#             (only paths, ports and the mail uid/gid substituted).
+# A small Perl server then plays mailauthd signalling a temporary failure by
+# closing the connection after AUTH, with a Dovecot-2.4-style (v1.3) handshake.
+#
+# Needs root. Installs the Debian packages it needs when they are missing.
+# KEEP=1 keeps the temporary directory (logs, configs) for inspection.
+# Ends with "N passed, N failed"; exits non-zero on any failure.
+
+set -u
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../../.." && pwd)
+ADAPTER_DIR=$REPO/conf-examples/dovecot
+
+PASSED=0
+FAILED=0
+
+ok() {
+	PASSED=$((PASSED + 1))
+	echo "ok - $1"
+}
+
+not_ok() {
+	FAILED=$((FAILED + 1))
+	echo "not ok - $1"
+	if [ -n "${2:-}" ]; then
+		printf '%s\n' "$2" | tail -n 25 | sed 's/^/#   /'
+	fi
+}
+
+die() {
+	echo "error: $*" >&2
+	FAILED=$((FAILED + 1))
+	echo "$PASSED passed, $FAILED failed"
+	exit 1
+}
+
+if [ "$(id -u)" != 0 ]; then
+	die "run as root (Dovecot's master process needs it)"
+fi
+
+need_install=
+for bin in dovecot doveadm doveconf curl perl; do
+	command -v "$bin" >/dev/null 2>&1 || need_install=1
+done
+[ -e /usr/lib/dovecot/modules/auth/libauthdb_lua.so ] || need_install=1
+[ -e /usr/lib/dovecot/imap ] || need_install=1
+[ -e /usr/lib/dovecot/pop3 ] || need_install=1
+ls /usr/lib/*/lua/*/socket/unix.so >/dev/null 2>&1 || need_install=1
+if [ -n "$need_install" ]; then
+	echo "# installing dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua lua-socket curl"
+	export DEBIAN_FRONTEND=noninteractive
+	{ apt-get update -qq && apt-get install -y -qq dovecot-core dovecot-imapd \
+		dovecot-pop3d dovecot-auth-lua lua-socket curl; } >/dev/null ||
+		die "apt-get install failed"
+fi
+for u in dovecot dovenull nobody; do
+	getent passwd "$u" >/dev/null || die "system user $u missing (Debian's dovecot-core creates dovecot and dovenull)"
+done
+NOGROUP=$(id -gn nobody)
+
+echo "# $(dovecot --version 2>/dev/null | head -n1)"
+
+T=$(mktemp -d /tmp/mailauthd-dovecot-e2e.XXXXXX)
+chmod 0755 "$T"
+FAKE_PID=
+
+port_in_use() {
+	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+pick_port() {
+	local p i
+	for i in $(seq 1 200); do
+		p=$((30000 + RANDOM % 10000))
+		case " $USED_PORTS " in *" $p "*) continue ;; esac
+		if ! port_in_use "$p"; then
+			USED_PORTS="$USED_PORTS $p"
+			echo "$p"
+			return 0
+		fi
+	done
+	return 1
+}
+
+stop_dovecot() { # conf
+	[ -f "$1" ] || return 0
+	local base pid i p children alive
+	base=$(doveconf -c "$1" -h base_dir 2>/dev/null) || return 0
+	[ -f "$base/master.pid" ] || return 0
+	pid=$(cat "$base/master.pid" 2>/dev/null)
+	[ -n "$pid" ] || return 0
+	# Dovecot's auth process outlives its master while clients stay connected;
+	# a stopped instance must not answer any more, so its children go too.
+	children=$(pgrep -P "$pid" | tr '\n' ' ')
+	dovecot -c "$1" stop >/dev/null 2>&1
+	for i in $(seq 1 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null
+	for p in $children; do
+		kill -TERM "$p" 2>/dev/null
+	done
+	for i in $(seq 1 50); do
+		alive=
+		for p in $children; do
+			kill -0 "$p" 2>/dev/null && alive=1
+		done
+		[ -z "$alive" ] && return 0
+		sleep 0.1
+	done
+	for p in $children; do
+		kill -KILL "$p" 2>/dev/null
+	done
+	return 0
+}
+
+stop_fake() {
+	if [ -n "$FAKE_PID" ]; then
+		kill "$FAKE_PID" 2>/dev/null
+		wait "$FAKE_PID" 2>/dev/null
+		FAKE_PID=
+	fi
+}
+
+cleanup() {
+	stop_dovecot "$T/frontend/dovecot.conf"
+	stop_dovecot "$T/backend/dovecot.conf"
+	stop_fake
+	if [ "${KEEP:-0}" = 1 ]; then
+		echo "# kept $T"
+	else
+		rm -rf "$T"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+USED_PORTS=
+IMAP_PORT=$(pick_port) || die "no free port in 30000-39999"
+POP3_PORT=$(pick_port) || die "no free port in 30000-39999"
+
+mkdir -p "$T/backend" "$T/frontend" "$T/sock" "$T/vmail" "$T/homes/bob"
+chown nobody:"$NOGROUP" "$T/vmail" "$T/homes/bob"
+
+###########################################################################
+# Backend: Dovecot's auth service standing in for mailauthd.
+
+# passwd-file: user:password:uid:gid:gecos:home:shell:extra fields.
+# alice and bob get no uid/gid (like mailauthd): the frontend's defaults apply.
+# bob gets a home of his own. A login without a domain gets example.org
+# appended (auth_default_realm), so the canonical user= differs from the login.
+cat >"$T/backend/users.example.org" <<EOF
+alice@example.org:{PLAIN}alice-secret::::::userdb_quota_rule=*:bytes=1048576
+bob@example.org:{PLAIN}bob-secret::::$T/homes/bob::userdb_quota_rule=*:bytes=2097152
+dave@example.org:{PLAIN}dave-secret::::::userdb_quota_rule=*:bytes=4194304
+EOF
+# A domain whose user file the backend cannot read: its auth lookups fail
+# internally, and Dovecot answers FAIL code=temp_fail.
+echo "carol@broken.example:{PLAIN}carol-secret::::::" >"$T/backend/users.broken.example"
+chown dovecot "$T/backend/users.example.org"
+chmod 0400 "$T/backend/users.example.org"
+chmod 0000 "$T/backend/users.broken.example"
+
+cat >"$T/backend/dovecot.conf" <<EOF
+instance_name = mailauthd-e2e-backend
+base_dir = $T/backend/run
+state_dir = $T/backend/state
+log_path = $T/backend/dovecot.log
+protocols = none
+listen = 127.0.0.1
+ssl = no
+default_internal_user = dovecot
+default_login_user = dovenull
+auth_mechanisms = plain login
+auth_default_realm = example.org
+auth_verbose = yes
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $T/backend/users.%d
+}
+userdb {
+  driver = passwd-file
+  args = $T/backend/users.%d
+}
+service auth {
+  user = dovecot
+  unix_listener auth-client {
+    mode = 0660
+    user = dovecot
+    group = dovecot
+  }
+  unix_listener auth-userdb {
+    mode = 0660
+    user = dovecot
+    group = dovecot
+  }
+}
+EOF
+
+start_backend() {
+	rm -f "$T/backend/run/auth-client" "$T/backend/run/auth-userdb"
+	dovecot -c "$T/backend/dovecot.conf" || return 1
+	local i
+	for i in $(seq 1 100); do
+		[ -S "$T/backend/run/auth-client" ] && [ -S "$T/backend/run/auth-userdb" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+point_sockets_at_backend() {
+	ln -sfn "$T/backend/run/auth-client" "$T/sock/auth.sock"
+	ln -sfn "$T/backend/run/auth-userdb" "$T/sock/userdb.sock"
+}
+
+###########################################################################
+# Frontend: the shipped adapter and config, paths substituted.
+
+install -m 0644 "$ADAPTER_DIR/mailauthd.lua" "$T/frontend/mailauthd.lua"
+SNIPPET_SRC=$ADAPTER_DIR/2.3/conf.d/auth-mailauthd.conf.ext
+[ -f "$SNIPPET_SRC" ] || die "missing $SNIPPET_SRC"
+sed -e "s#/etc/dovecot/mailauthd.lua#$T/frontend/mailauthd.lua#g" \
+	-e "s#/run/mailauthd/auth.sock#$T/sock/auth.sock#g" \
+	-e "s#/run/mailauthd/userdb.sock#$T/sock/userdb.sock#g" \
+	-e "s#uid=vmail gid=vmail#uid=nobody gid=$NOGROUP#g" \
+	-e "s#/var/vmail/#$T/vmail/#g" \
+	"$SNIPPET_SRC" >"$T/frontend/auth-mailauthd.conf.ext"
+for want in "file=$T/frontend/mailauthd.lua" "MAILAUTHD_AUTH_SOCKET=$T/sock/auth.sock" \
+	"MAILAUTHD_USERDB_SOCKET=$T/sock/userdb.sock" "uid=nobody" "home=$T/vmail/"; do
+	grep -qF -- "$want" "$T/frontend/auth-mailauthd.conf.ext" ||
+		die "shipped config changed shape: could not substitute '$want'"
+done
+
+cat >"$T/frontend/dovecot.conf" <<EOF
+instance_name = mailauthd-e2e-frontend
+base_dir = $T/frontend/run
+state_dir = $T/frontend/state
+log_path = $T/frontend/dovecot.log
+protocols = imap pop3
+listen = 127.0.0.1
+ssl = no
+default_internal_user = dovecot
+default_login_user = dovenull
+mail_location = maildir:~/Maildir
+auth_verbose = yes
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $IMAP_PORT
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = $POP3_PORT
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+}
+!include $T/frontend/auth-mailauthd.conf.ext
+EOF
+
+start_frontend() {
+	dovecot -c "$T/frontend/dovecot.conf" || return 1
+	local i
+	for i in $(seq 1 100); do
+		if port_in_use "$IMAP_PORT" && port_in_use "$POP3_PORT" && [ -S "$T/frontend/run/auth-userdb" ]; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+
+###########################################################################
+# Helpers
+
+# curl PROTO USER PASS [extra curl args...]: sets OUT (verbose transcript) and RC.
+login() {
+	local proto=$1 user=$2 pass=$3 port
+	shift 3
+	case $proto in
+	imap) port=$IMAP_PORT ;;
+	pop3) port=$POP3_PORT ;;
+	esac
+	OUT=$(curl -v -sS --max-time 30 "$@" -u "$user:$pass" "$proto://127.0.0.1:$port/" 2>&1)
+	RC=$?
+}
+
+# expect_in NAME PATTERN: OUT must contain PATTERN (grep -E).
+expect_login_ok() { # name proto user pass [curl args]
+	local name=$1
+	shift
+	login "$@"
+	if [ "$RC" = 0 ]; then
+		ok "$name"
+	else
+		not_ok "$name (curl exit $RC)" "$OUT"
+	fi
+}
+
+expect_login_reply() { # name pattern proto user pass [curl args]
+	local name=$1 pattern=$2
+	shift 2
+	login "$@"
+	if [ "$RC" != 0 ] && printf '%s\n' "$OUT" | grep -Eq -- "$pattern"; then
+		ok "$name"
+	else
+		not_ok "$name (curl exit $RC, wanted /$pattern/)" "$OUT"
+	fi
+}
+
+expect_log() { # name file pattern
+	if grep -Eq -- "$3" "$2"; then
+		ok "$1"
+	else
+		not_ok "$1 (no /$3/ in $(basename "$2"))" "$(tail -n 15 "$2" 2>/dev/null)"
+	fi
+}
+
+doveadm_user() { # user: sets OUT and RC
+	OUT=$(doveadm -c "$T/frontend/dovecot.conf" user "$1" 2>&1)
+	RC=$?
+}
+
+###########################################################################
+# Phase 1: backend up
+
+start_backend || die "backend Dovecot did not start: $(tail -n 20 "$T/backend/dovecot.log" 2>/dev/null)"
+point_sockets_at_backend
+start_frontend || die "frontend Dovecot did not start: $(tail -n 20 "$T/frontend/dovecot.log" 2>/dev/null)"
+echo "# backend sockets in $T/backend/run, frontend imap=$IMAP_PORT pop3=$POP3_PORT"
+
+expect_login_ok "IMAP AUTHENTICATE PLAIN with the right password logs in" \
+	imap alice@example.org alice-secret --login-options AUTH=PLAIN
+expect_login_ok "IMAP AUTHENTICATE LOGIN with the right password logs in" \
+	imap alice@example.org alice-secret --login-options AUTH=LOGIN
+expect_login_ok "IMAP LOGIN command with the right password logs in" \
+	imap bob@example.org bob-secret --login-options AUTH=+LOGIN
+expect_login_reply "IMAP wrong password is refused" 'NO \[AUTHENTICATIONFAILED\]' \
+	imap alice@example.org wrong-secret
+expect_login_reply "IMAP unknown user is refused" 'NO \[AUTHENTICATIONFAILED\]' \
+	imap nobody-here@example.org some-secret
+expect_login_ok "POP3 with the right password logs in" \
+	pop3 alice@example.org alice-secret
+expect_login_reply "POP3 wrong password is refused" '-ERR \[AUTH\] Authentication failed' \
+	pop3 alice@example.org wrong-secret
+expect_login_reply "POP3 unknown user is refused" '-ERR \[AUTH\] Authentication failed' \
+	pop3 nobody-here@example.org some-secret
+
+# The backend canonicalises "alice" to alice@example.org; the frontend must
+# carry on as that user (user= of the OK reply applied).
+# (dave logs in only this way, so his log lines come from this test.)
+expect_login_ok "IMAP login as 'dave' (no domain) is accepted" imap dave dave-secret
+expect_log "frontend carries on as the canonical user from the OK reply" \
+	"$T/frontend/dovecot.log" 'imap-login: (Info: )?Login: user=<dave@example\.org>'
+if [ -d "$T/vmail/example.org/dave/Maildir" ]; then
+	ok "mail for the canonical user lands in the config's default home"
+else
+	not_ok "mail for the canonical user lands in the config's default home" "$(find "$T/vmail" 2>&1)"
+fi
+if [ -d "$T/homes/bob/Maildir" ]; then
+	ok "a home sent by the userdb socket overrides the default home"
+else
+	not_ok "a home sent by the userdb socket overrides the default home" "$(find "$T/homes" 2>&1)"
+fi
+
+# FAIL code=temp_fail from the auth socket is a temporary failure.
+expect_login_reply "IMAP login the backend cannot check (FAIL code=temp_fail) is a temporary failure" \
+	'NO \[UNAVAILABLE\]' imap carol@broken.example carol-secret
+expect_login_reply "POP3 login the backend cannot check (FAIL code=temp_fail) is a temporary failure" \
+	'-ERR \[SYS/TEMP\]' pop3 carol@broken.example carol-secret
+
+doveadm_user alice@example.org
+if [ "$RC" = 0 ] && printf '%s\n' "$OUT" | grep -Eq '^quota_rule[[:space:]]+\*:bytes=1048576$' &&
+	printf '%s\n' "$OUT" | grep -Eq "^home[[:space:]]+$T/vmail/example.org/alice\$" &&
+	printf '%s\n' "$OUT" | grep -Eq '^uid[[:space:]]+(nobody|65534)$'; then
+	ok "doveadm user shows quota_rule from the userdb socket plus the config's defaults"
+else
+	not_ok "doveadm user shows quota_rule from the userdb socket plus the config's defaults (exit $RC)" "$OUT"
+fi
+doveadm_user bob@example.org
+if [ "$RC" = 0 ] && printf '%s\n' "$OUT" | grep -Eq '^quota_rule[[:space:]]+\*:bytes=2097152$' &&
+	printf '%s\n' "$OUT" | grep -Eq "^home[[:space:]]+$T/homes/bob\$"; then
+	ok "doveadm user shows the home the userdb socket sent"
+else
+	not_ok "doveadm user shows the home the userdb socket sent (exit $RC)" "$OUT"
+fi
+doveadm_user alice
+if [ "$RC" = 0 ] && printf '%s\n' "$OUT" | grep -Eq '^user[[:space:]]+alice@example\.org$'; then
+	ok "doveadm user takes the canonical user name from the USER reply"
+else
+	not_ok "doveadm user takes the canonical user name from the USER reply (exit $RC)" "$OUT"
+fi
+doveadm_user nobody-here@example.org
+if [ "$RC" = 67 ] && printf '%s\n' "$OUT" | grep -q "doesn't exist"; then
+	ok "doveadm user for an unknown user says it does not exist (exit 67)"
+else
+	not_ok "doveadm user for an unknown user says it does not exist (exit $RC)" "$OUT"
+fi
+doveadm_user carol@broken.example
+if [ "$RC" = 75 ]; then
+	ok "doveadm user whose lookup fails on the backend is a temporary failure (exit 75)"
+else
+	not_ok "doveadm user whose lookup fails on the backend is a temporary failure (exit $RC)" "$OUT"
+fi
+
+###########################################################################
+# Phase 2: backend stopped
+
+stop_dovecot "$T/backend/dovecot.conf"
+expect_login_reply "IMAP login with the backend stopped is a temporary failure" \
+	'NO \[UNAVAILABLE\]' imap alice@example.org alice-secret
+expect_login_reply "POP3 login with the backend stopped is a temporary failure" \
+	'-ERR \[SYS/TEMP\]' pop3 alice@example.org alice-secret
+doveadm_user alice@example.org
+if [ "$RC" = 75 ]; then
+	ok "doveadm user with the backend stopped is a temporary failure (exit 75)"
+else
+	not_ok "doveadm user with the backend stopped is a temporary failure (exit $RC)" "$OUT"
+fi
+
+###########################################################################
+# Phase 3: a server that closes the connection after AUTH (mailauthd's way of
+# saying "temporary failure" to Postfix), with a v1.3 handshake that sends
+# MECH..DONE only after the client's VERSION.
+
+cat >"$T/fake-server.pl" <<'EOF'
+use strict;
+use warnings;
+use IO::Socket::UNIX;
+use Socket qw(SOCK_STREAM);
+my ($path, $logfile) = @ARGV;
+unlink $path;
+my $srv = IO::Socket::UNIX->new(Type => SOCK_STREAM, Local => $path, Listen => 16)
+	or die "listen $path: $!";
+chmod 0666, $path;
+open my $log, '>>', $logfile or die "$logfile: $!";
+$log->autoflush(1);
+$SIG{TERM} = sub { unlink $path; exit 0 };
+while (1) {
+	my $c = $srv->accept or next;
+	$c->autoflush(1);
+	print $c "VERSION\t1\t3\n";
+	my $first = <$c>;
+	if (defined $first && $first =~ /^VERSION\t1\t/) {
+		print $log "C: $first";
+		print $c "MECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\nSPID\t$$\nCUID\t1\nCOOKIE\t"
+			. ("0" x 32) . "\nDONE\n";
+		while (defined(my $l = <$c>)) {
+			print $log "C: $l";
+			last if $l =~ /^AUTH\t/;
+		}
+	}
+	close $c;
+}
+EOF
+perl "$T/fake-server.pl" "$T/fake.sock" "$T/fake.log" &
+FAKE_PID=$!
+for i in $(seq 1 50); do [ -S "$T/fake.sock" ] && break; sleep 0.1; done
+ln -sfn "$T/fake.sock" "$T/sock/auth.sock"
+
+expect_login_reply "IMAP login when the server closes the connection after AUTH is a temporary failure" \
+	'NO \[UNAVAILABLE\]' imap alice@example.org alice-secret --login-options AUTH=PLAIN
+expect_login_reply "POP3 login when the server closes the connection after AUTH is a temporary failure" \
+	'-ERR \[SYS/TEMP\]' pop3 alice@example.org alice-secret
+
+# What went over the wire, checked field by field.
+AUTH_LINE=$(grep -m1 -P '^C: AUTH\t' "$T/fake.log" | sed 's/^C: //')
+WANT_RESP=$(printf '\0%s\0%s' alice@example.org alice-secret | base64 -w0)
+check_auth_field() { # name regexp
+	if printf '%s\n' "$AUTH_LINE" | grep -Pq -- "$2"; then
+		ok "AUTH line: $1"
+	else
+		not_ok "AUTH line: $1" "$(printf '%s' "$AUTH_LINE" | cat -A)"
+	fi
+}
+expect_log "client handshake sends VERSION 1.2 first" "$T/fake.log" '^C: VERSION	1	2$'
+expect_log "client handshake sends CPID" "$T/fake.log" '^C: CPID	[1-9][0-9]*$'
+check_auth_field "AUTH <id> PLAIN service=imap" '^AUTH\t[0-9]+\tPLAIN\tservice=imap\t'
+check_auth_field "carries secured" '\tsecured\t'
+check_auth_field "carries rip and lip" '\tlip=127\.0\.0\.1\trip=127\.0\.0\.1\t'
+check_auth_field "ends with resp=base64(NUL user NUL password)" "\\tresp=\\Q$WANT_RESP\\E\$"
+if grep -q 'service=pop3' "$T/fake.log"; then
+	ok "AUTH line: POP3 logins carry service=pop3"
+else
+	not_ok "AUTH line: POP3 logins carry service=pop3" "$(cat "$T/fake.log")"
+fi
+stop_fake
+
+###########################################################################
+# Phase 4: backend back; stale connections are replaced without an error.
+
+start_backend || die "backend Dovecot did not restart"
+point_sockets_at_backend
+expect_login_ok "IMAP login works again once the backend is back" imap alice@example.org alice-secret
+expect_login_ok "POP3 login works again once the backend is back" pop3 bob@example.org bob-secret
+doveadm_user alice@example.org
+if [ "$RC" = 0 ]; then ok "doveadm user works again once the backend is back"; else not_ok "doveadm user works again once the backend is back (exit $RC)" "$OUT"; fi
+
+stop_dovecot "$T/backend/dovecot.conf"
+start_backend || die "backend Dovecot did not restart"
+expect_login_ok "IMAP login right after a backend restart reconnects transparently" \
+	imap alice@example.org alice-secret
+doveadm_user alice@example.org
+if [ "$RC" = 0 ]; then ok "doveadm user right after a backend restart reconnects transparently"; else not_ok "doveadm user right after a backend restart reconnects transparently (exit $RC)" "$OUT"; fi
+
+# The frontend must not have logged Lua errors or crashes.
+if grep -Eq 'Fatal|Panic|lua_pcall|attempt to|stack traceback' "$T/frontend/dovecot.log"; then
+	not_ok "frontend log has no Lua errors, fatals or panics" "$(grep -E 'Fatal|Panic|lua_pcall|attempt to|stack traceback' "$T/frontend/dovecot.log")"
+else
+	ok "frontend log has no Lua errors, fatals or panics"
+fi
+
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" = 0 ]

@@ -1,0 +1,575 @@
+//! One store-conformance body, run against every backend (see tests/common).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use mailauthd::clock::ManualClock;
+use mailauthd::names::{Address, Protocol, Protocols};
+use mailauthd::provision::{self, MailboxChanges, NewMailbox, ProvisionError};
+use mailauthd::store::*;
+
+fn domain(name: &str) -> Domain {
+    Domain {
+        name: name.into(),
+        active: true,
+        max_mailboxes: None,
+        max_quota: None,
+        total_quota: None,
+        created_at: 100,
+    }
+}
+
+fn new_mailbox(address: &str) -> NewMailbox {
+    NewMailbox {
+        address: Address::parse(address).unwrap(),
+        password_hash: Some("{PLAIN}secret".into()),
+        auth_source: AuthSource::Local,
+        display_name: "Test".into(),
+        quota: None,
+        protocols: None,
+        state: None,
+        template: None,
+        oidc_identity: None,
+        require_active_domain: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_behaves_the_same_on_every_backend() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        domains(&*db.store).await;
+        templates_and_mappings(&*db.store).await;
+        mailboxes(&*db.store).await;
+        app_passwords_and_last_use(&*db.store).await;
+        aliases_and_send_as(&*db.store).await;
+        assert!(
+            db.store.migrate().await.unwrap().is_empty(),
+            "{}: migrate twice applies nothing",
+            backend.name()
+        );
+        db.finish().await;
+        eprintln!("store conformance passed on {}", backend.name());
+    }
+}
+
+async fn domains(s: &dyn Store) {
+    let mut d = domain("example.org");
+    d.max_mailboxes = Some(5);
+    s.create_domain(&d).await.unwrap();
+    assert!(matches!(
+        s.create_domain(&d).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_domain("example.org").await.unwrap(), Some(d.clone()));
+    assert_eq!(s.get_domain("nowhere.org").await.unwrap(), None);
+    d.total_quota = Some(1 << 40);
+    d.active = false;
+    s.update_domain(&d).await.unwrap();
+    assert_eq!(s.get_domain("example.org").await.unwrap().unwrap(), d);
+    d.active = true;
+    s.update_domain(&d).await.unwrap();
+    assert!(matches!(
+        s.update_domain(&domain("nowhere.org")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    s.create_domain(&domain("b.example")).await.unwrap();
+    let names: Vec<String> = s
+        .list_domains()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, vec!["b.example", "example.org"]);
+
+    let alias = AliasDomain {
+        name: "alias.example".into(),
+        target: "example.org".into(),
+        active: true,
+        created_at: 1,
+    };
+    s.create_alias_domain(&alias).await.unwrap();
+    assert_eq!(s.list_alias_domains().await.unwrap(), vec![alias]);
+    let clash = AliasDomain {
+        name: "b.example".into(),
+        target: "example.org".into(),
+        active: true,
+        created_at: 1,
+    };
+    assert!(matches!(
+        s.create_alias_domain(&clash).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let dangling = AliasDomain {
+        name: "x.example".into(),
+        target: "nowhere.org".into(),
+        active: true,
+        created_at: 1,
+    };
+    assert!(s.create_alias_domain(&dangling).await.is_err());
+    s.delete_alias_domain("alias.example").await.unwrap();
+    assert!(matches!(
+        s.delete_alias_domain("alias.example").await,
+        Err(StoreError::NotFound(_))
+    ));
+    s.delete_domain("b.example").await.unwrap();
+}
+
+async fn templates_and_mappings(s: &dyn Store) {
+    let t = Template {
+        name: "staff".into(),
+        quota: 5 << 30,
+        protocols: Protocols::parse_list("imap,smtp").unwrap(),
+        state: MailboxState::Active,
+        created_at: 1,
+        updated_at: 1,
+    };
+    s.create_template(&t).await.unwrap();
+    assert!(matches!(
+        s.create_template(&t).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut students = t.clone();
+    students.name = "students".into();
+    students.state = MailboxState::NoLogin;
+    s.create_template(&students).await.unwrap();
+    assert_eq!(
+        s.get_template("students").await.unwrap(),
+        Some(students.clone())
+    );
+    students.quota = 1 << 30;
+    students.updated_at = 2;
+    s.update_template(&students).await.unwrap();
+    assert_eq!(
+        s.get_template("students").await.unwrap().unwrap().quota,
+        1 << 30
+    );
+
+    s.put_mapping(&Mapping {
+        claim_value: "b".into(),
+        position: 20,
+        template: "staff".into(),
+    })
+    .await
+    .unwrap();
+    s.put_mapping(&Mapping {
+        claim_value: "a".into(),
+        position: 30,
+        template: "students".into(),
+    })
+    .await
+    .unwrap();
+    s.put_mapping(&Mapping {
+        claim_value: "c".into(),
+        position: 10,
+        template: "staff".into(),
+    })
+    .await
+    .unwrap();
+    // Re-putting replaces, it does not duplicate.
+    s.put_mapping(&Mapping {
+        claim_value: "c".into(),
+        position: 5,
+        template: "students".into(),
+    })
+    .await
+    .unwrap();
+    let order: Vec<(String, String)> = s
+        .list_mappings()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.claim_value, m.template))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("c".into(), "students".into()),
+            ("b".into(), "staff".into()),
+            ("a".into(), "students".into())
+        ]
+    );
+    let bad = Mapping {
+        claim_value: "z".into(),
+        position: 1,
+        template: "nope".into(),
+    };
+    assert!(matches!(
+        s.put_mapping(&bad).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert_eq!(s.default_template().await.unwrap(), None);
+    s.set_default_template(Some("staff")).await.unwrap();
+    assert_eq!(
+        s.default_template().await.unwrap().as_deref(),
+        Some("staff")
+    );
+    assert!(matches!(
+        s.set_default_template(Some("nope")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        matches!(
+            s.delete_template("staff").await,
+            Err(StoreError::Refused(_))
+        ),
+        "default template"
+    );
+    s.set_default_template(None).await.unwrap();
+    assert!(
+        matches!(
+            s.delete_template("staff").await,
+            Err(StoreError::Refused(_))
+        ),
+        "still mapped"
+    );
+    s.delete_mapping("b").await.unwrap();
+    assert!(matches!(
+        s.delete_mapping("b").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn mailboxes(s: &dyn Store) {
+    let clock = ManualClock::at(1_000);
+    let mut new = new_mailbox("alice@example.org");
+    new.template = Some("staff".into());
+    let alice = provision::create_mailbox(s, &clock, new.clone())
+        .await
+        .unwrap();
+    assert_eq!(alice.quota, 5 << 30);
+    assert_eq!(alice.protocols, Protocols::parse_list("imap,smtp").unwrap());
+    assert_eq!(alice.template.as_deref(), Some("staff"));
+    assert!(matches!(
+        provision::create_mailbox(s, &clock, new).await,
+        Err(ProvisionError::Exists(_))
+    ));
+    let stored = s.get_mailbox("alice@example.org").await.unwrap().unwrap();
+    assert_eq!(stored, alice);
+
+    let view = s.login_view("alice@example.org").await.unwrap().unwrap();
+    assert_eq!(view.password_hash.as_deref(), Some("{PLAIN}secret"));
+    assert!(view.domain_active && view.state == MailboxState::Active);
+    assert_eq!(s.login_view("nobody@example.org").await.unwrap(), None);
+
+    // Switching the auth source keeps the stored password.
+    s.set_auth_source("alice@example.org", AuthSource::Oidc, 2_000)
+        .await
+        .unwrap();
+    let view = s.login_view("alice@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (view.auth_source, view.password_hash.as_deref()),
+        (AuthSource::Oidc, Some("{PLAIN}secret"))
+    );
+    s.set_auth_source("alice@example.org", AuthSource::Local, 2_001)
+        .await
+        .unwrap();
+
+    // A rehash replaces only the hash it read.
+    assert!(!s
+        .replace_password_hash("alice@example.org", "{PLAIN}other", "{X}new")
+        .await
+        .unwrap());
+    assert!(s
+        .replace_password_hash("alice@example.org", "{PLAIN}secret", "{PLAIN}secret2")
+        .await
+        .unwrap());
+    s.set_password_hash("alice@example.org", None, 2_002)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.login_view("alice@example.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        None
+    );
+    s.set_password_hash("alice@example.org", Some("{PLAIN}secret"), 2_003)
+        .await
+        .unwrap();
+
+    // Updates through provisioning respect the domain's limits and keep the password.
+    let address = Address::parse("alice@example.org").unwrap();
+    let changes = MailboxChanges {
+        quota: Some(2 << 30),
+        display_name: Some("Alice".into()),
+        ..Default::default()
+    };
+    let changed = provision::update_mailbox(s, &clock, &address, changes)
+        .await
+        .unwrap();
+    assert_eq!(changed.quota, 2 << 30);
+    let reread = s.get_mailbox("alice@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            reread.display_name.as_str(),
+            reread.password_hash.as_deref()
+        ),
+        ("Alice", Some("{PLAIN}secret"))
+    );
+
+    let mut d = s.get_domain("example.org").await.unwrap().unwrap();
+    d.total_quota = Some(3 << 30);
+    d.max_quota = Some(2 << 30);
+    s.update_domain(&d).await.unwrap();
+    let too_big = MailboxChanges {
+        quota: Some(3 << 30),
+        ..Default::default()
+    };
+    match provision::update_mailbox(s, &clock, &address, too_big).await {
+        Err(ProvisionError::Refused(msg)) => assert!(msg.contains("maximum"), "{msg}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let mut bob = new_mailbox("bob@example.org");
+    bob.quota = Some(2 << 30);
+    match provision::create_mailbox(s, &clock, bob.clone()).await {
+        Err(ProvisionError::Refused(msg)) => assert!(msg.contains("total quota"), "{msg}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    bob.quota = Some(1 << 30);
+    provision::create_mailbox(s, &clock, bob).await.unwrap();
+    let usage = s.domain_usage("example.org").await.unwrap();
+    assert_eq!(
+        usage,
+        DomainUsage {
+            mailboxes: 2,
+            quota_sum: 3 << 30,
+            unlimited_mailboxes: 0
+        }
+    );
+    assert!(matches!(
+        provision::create_mailbox(s, &clock, new_mailbox("carol@nowhere.org")).await,
+        Err(ProvisionError::UnknownDomain(_))
+    ));
+    let mut carol = new_mailbox("carol@example.org");
+    carol.template = Some("nope".into());
+    assert!(matches!(
+        provision::create_mailbox(s, &clock, carol).await,
+        Err(ProvisionError::UnknownTemplate(_))
+    ));
+
+    assert!(matches!(
+        s.delete_domain("example.org").await,
+        Err(StoreError::Refused(_))
+    ));
+    s.delete_mailbox("bob@example.org").await.unwrap();
+    assert!(matches!(
+        s.delete_mailbox("bob@example.org").await,
+        Err(StoreError::NotFound(_))
+    ));
+    d.total_quota = None;
+    d.max_quota = None;
+    s.update_domain(&d).await.unwrap();
+    assert_eq!(
+        s.list_mailboxes(Some("example.org")).await.unwrap().len(),
+        1
+    );
+}
+
+async fn app_passwords_and_last_use(s: &dyn Store) {
+    let new = NewAppPassword {
+        mailbox: "alice@example.org".into(),
+        name: "phone".into(),
+        lookup_hash: "a".repeat(64),
+        protocols: Protocols::NONE.with(Protocol::Imap),
+        networks: parse_networks("192.0.2.0/24,2001:db8::/32").unwrap(),
+        expires_at: Some(5_000),
+        created_at: 1_000,
+    };
+    let id = s.create_app_password(&new).await.unwrap();
+    let second = NewAppPassword {
+        lookup_hash: "b".repeat(64),
+        name: "laptop".into(),
+        networks: vec![],
+        expires_at: None,
+        ..new.clone()
+    };
+    let id2 = s.create_app_password(&second).await.unwrap();
+    assert_ne!(id, id2);
+    assert!(
+        matches!(
+            s.create_app_password(&new).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "lookup hash is unique"
+    );
+    let orphan = NewAppPassword {
+        mailbox: "ghost@example.org".into(),
+        lookup_hash: "c".repeat(64),
+        ..new.clone()
+    };
+    assert!(s.create_app_password(&orphan).await.is_err());
+
+    let found = s.find_app_password(&"a".repeat(64)).await.unwrap().unwrap();
+    assert_eq!(
+        (found.id, found.name.as_str(), found.expires_at),
+        (id, "phone", Some(5_000))
+    );
+    assert_eq!(found.networks, new.networks);
+    assert!(found.allows(Protocol::Imap) && !found.allows(Protocol::Pop3));
+    assert_eq!(s.find_app_password(&"f".repeat(64)).await.unwrap(), None);
+
+    let uses = vec![
+        LastUse {
+            mailbox: "alice@example.org".into(),
+            app_password_id: Some(id),
+            at: 3_000,
+            ip: Some("192.0.2.7".into()),
+            service: "imap".into(),
+        },
+        LastUse {
+            mailbox: "alice@example.org".into(),
+            app_password_id: None,
+            at: 2_000,
+            ip: None,
+            service: "smtp".into(),
+        },
+    ];
+    s.record_last_use(&uses).await.unwrap();
+    // An older record flushed late must not overwrite a newer one.
+    let stale = LastUse {
+        mailbox: "alice@example.org".into(),
+        app_password_id: Some(id),
+        at: 2_500,
+        ip: Some("198.51.100.1".into()),
+        service: "pop3".into(),
+    };
+    s.record_last_use(&[stale]).await.unwrap();
+    let list = s.list_app_passwords("alice@example.org").await.unwrap();
+    assert_eq!(list.len(), 2);
+    let used = list[0].last_used.clone().unwrap();
+    assert_eq!(
+        (used.at, used.ip.as_deref(), used.service.as_deref()),
+        (3_000, Some("192.0.2.7"), Some("imap"))
+    );
+    assert_eq!(list[1].last_used, None);
+    let mailbox = s.get_mailbox("alice@example.org").await.unwrap().unwrap();
+    assert_eq!(mailbox.last_login.unwrap().at, 3_000);
+
+    assert!(
+        matches!(
+            s.delete_app_password("bob@example.org", id).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "not another mailbox's"
+    );
+    s.delete_app_password("alice@example.org", id)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_app_password(&"a".repeat(64)).await.unwrap(),
+        None,
+        "revocation is immediate"
+    );
+}
+
+async fn aliases_and_send_as(s: &dyn Store) {
+    for target in ["alice@example.org", "bob@example.org"] {
+        let a = Alias {
+            address: "sales@example.org".into(),
+            target: target.into(),
+            domain: "example.org".into(),
+            created_at: 1,
+        };
+        s.add_alias(&a).await.unwrap();
+    }
+    let dup = Alias {
+        address: "sales@example.org".into(),
+        target: "bob@example.org".into(),
+        domain: "example.org".into(),
+        created_at: 1,
+    };
+    assert!(matches!(
+        s.add_alias(&dup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.list_aliases(Some("example.org")).await.unwrap().len(), 2);
+    assert_eq!(
+        s.delete_alias("sales@example.org", Some("bob@example.org"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.list_aliases(None).await.unwrap().len(), 1);
+
+    let g = SendAs {
+        mailbox: "alice@example.org".into(),
+        pattern: "@example.net".into(),
+        created_at: 1,
+    };
+    s.grant_send_as(&g).await.unwrap();
+    assert!(matches!(
+        s.grant_send_as(&g).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let ghost = SendAs {
+        mailbox: "ghost@example.org".into(),
+        ..g.clone()
+    };
+    assert!(s.grant_send_as(&ghost).await.is_err());
+    assert_eq!(
+        s.list_send_as(Some("alice@example.org")).await.unwrap(),
+        vec![g]
+    );
+    s.revoke_send_as("alice@example.org", "@example.net")
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.revoke_send_as("alice@example.org", "@example.net").await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// 50 people signing in at once into a domain with room for 10 get exactly 10 mailboxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creation_respects_the_mailbox_limit() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let mut d = domain("crowd.example");
+        d.max_mailboxes = Some(10);
+        db.store.create_domain(&d).await.unwrap();
+        let clock = Arc::new(ManualClock::at(1));
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let (store, clock) = (db.dyn_store(), clock.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut new = new_mailbox(&format!("user{i}@crowd.example"));
+                new.require_active_domain = true;
+                provision::create_mailbox(&*store, &*clock, new).await
+            }));
+        }
+        let (mut created, mut refused) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => created += 1,
+                Err(ProvisionError::Refused(msg)) if msg.contains("mailbox limit") => refused += 1,
+                Err(other) => panic!("{}: unexpected {other:?}", backend.name()),
+            }
+        }
+        assert_eq!((created, refused), (10, 40), "{}", backend.name());
+        assert_eq!(
+            db.store
+                .domain_usage("crowd.example")
+                .await
+                .unwrap()
+                .mailboxes,
+            10
+        );
+        db.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_not_wrong() {
+    let mut options = common::options("postgres://mailauthd@127.0.0.1:1/none");
+    options.connect_timeout = std::time::Duration::from_millis(300);
+    let store = open(&options).await.unwrap();
+    let err = store.login_view("alice@example.org").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+}
