@@ -335,6 +335,22 @@ expect_log() { # name file pattern
 	fi
 }
 
+# The IMAP LOGIN command (curl always uses AUTHENTICATE when offered).
+imap_login_command() { # user pass: sets OUT to the server's lines
+	local line
+	OUT=
+	exec 3<>"/dev/tcp/127.0.0.1/$IMAP_PORT" || return 1
+	IFS= read -r -t 10 line <&3 && OUT=$line
+	printf 'a LOGIN "%s" "%s"\r\n' "$1" "$2" >&3
+	while IFS= read -r -t 30 line <&3; do
+		line=${line%$'\r'}
+		OUT="$OUT"$'\n'"$line"
+		case $line in "a "*) break ;; esac
+	done
+	printf 'b LOGOUT\r\n' >&3
+	exec 3<&- 3>&-
+}
+
 doveadm_user() { # user: sets OUT and RC
 	OUT=$(doveadm -c "$T/frontend/dovecot.conf" user "$1" 2>&1)
 	RC=$?
@@ -352,8 +368,20 @@ expect_login_ok "IMAP AUTHENTICATE PLAIN with the right password logs in" \
 	imap alice@example.org alice-secret --login-options AUTH=PLAIN
 expect_login_ok "IMAP AUTHENTICATE LOGIN with the right password logs in" \
 	imap alice@example.org alice-secret --login-options AUTH=LOGIN
-expect_login_ok "IMAP LOGIN command with the right password logs in" \
-	imap bob@example.org bob-secret --login-options AUTH=+LOGIN
+expect_login_ok "IMAP login for a user with a home of his own" \
+	imap bob@example.org bob-secret
+imap_login_command alice@example.org alice-secret
+if printf '%s\n' "$OUT" | grep -q '^a OK .*Logged in'; then
+	ok "IMAP LOGIN command with the right password logs in"
+else
+	not_ok "IMAP LOGIN command with the right password logs in" "$OUT"
+fi
+imap_login_command alice@example.org wrong-secret
+if printf '%s\n' "$OUT" | grep -q '^a NO \[AUTHENTICATIONFAILED\]'; then
+	ok "IMAP LOGIN command with a wrong password is refused"
+else
+	not_ok "IMAP LOGIN command with a wrong password is refused" "$OUT"
+fi
 expect_login_reply "IMAP wrong password is refused" 'NO \[AUTHENTICATIONFAILED\]' \
 	imap alice@example.org wrong-secret
 expect_login_reply "IMAP unknown user is refused" 'NO \[AUTHENTICATIONFAILED\]' \
