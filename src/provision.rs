@@ -2,6 +2,10 @@
 //! sign-in calls the same functions, so domain limits and templates mean the same
 //! everywhere.
 
+mod sign_in;
+
+pub use sign_in::{choose_template, sign_in, SignInClaims, SignInRefusal, SignInRules, SignedIn};
+
 use thiserror::Error;
 
 use crate::clock::Clock;
@@ -170,46 +174,83 @@ pub fn check_limits(
     adding: bool,
     require_active: bool,
 ) -> Result<(), String> {
+    limit_breach(domain, usage, quota, adding, require_active).map_err(|b| b.to_string())
+}
+
+/// Which domain rule a mailbox would break; sign-ins tell a person which one it was.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum LimitBreach {
+    #[error("domain {0} is disabled")]
+    DomainDisabled(String),
+    #[error("the mailbox limit for {domain} is reached ({max} mailboxes)")]
+    MailboxCount { domain: String, max: u64 },
+    #[error("{domain} allows at most {} per mailbox; an unlimited quota is not allowed", format_size(*.max))]
+    UnlimitedQuota { domain: String, max: u64 },
+    #[error("quota {} is over the maximum of {} per mailbox in {domain}", format_size(*.quota), format_size(*.max))]
+    QuotaOverMax {
+        domain: String,
+        quota: u64,
+        max: u64,
+    },
+    #[error("{domain} has a total quota of {}; every mailbox needs a finite quota", format_size(*.total))]
+    TotalNeedsFinite { domain: String, total: u64 },
+    #[error("quota {} would exceed the total quota of {domain}: {} of {} already assigned", format_size(*.quota), format_size(*.used), format_size(*.total))]
+    TotalQuota {
+        domain: String,
+        quota: u64,
+        used: u64,
+        total: u64,
+    },
+}
+
+pub fn limit_breach(
+    domain: &Domain,
+    usage: &DomainUsage,
+    quota: u64,
+    adding: bool,
+    require_active: bool,
+) -> Result<(), LimitBreach> {
     let name = &domain.name;
     if require_active && !domain.active {
-        return Err(format!("domain {name} is disabled"));
+        return Err(LimitBreach::DomainDisabled(name.clone()));
     }
     if let Some(max) = domain.max_mailboxes.filter(|_| adding) {
         if usage.mailboxes >= max {
-            return Err(format!(
-                "the mailbox limit for {name} is reached ({max} mailboxes)"
-            ));
+            return Err(LimitBreach::MailboxCount {
+                domain: name.clone(),
+                max,
+            });
         }
     }
     if let Some(max) = domain.max_quota {
         if quota == 0 {
-            return Err(format!(
-                "{name} allows at most {} per mailbox; an unlimited quota is not allowed",
-                format_size(max)
-            ));
+            return Err(LimitBreach::UnlimitedQuota {
+                domain: name.clone(),
+                max,
+            });
         }
         if quota > max {
-            return Err(format!(
-                "quota {} is over the maximum of {} per mailbox in {name}",
-                format_size(quota),
-                format_size(max)
-            ));
+            return Err(LimitBreach::QuotaOverMax {
+                domain: name.clone(),
+                quota,
+                max,
+            });
         }
     }
     if let Some(total) = domain.total_quota {
         if quota == 0 || usage.unlimited_mailboxes > 0 {
-            return Err(format!(
-                "{name} has a total quota of {}; every mailbox needs a finite quota",
-                format_size(total)
-            ));
+            return Err(LimitBreach::TotalNeedsFinite {
+                domain: name.clone(),
+                total,
+            });
         }
         if usage.quota_sum.saturating_add(quota) > total {
-            return Err(format!(
-                "quota {} would exceed the total quota of {name}: {} of {} already assigned",
-                format_size(quota),
-                format_size(usage.quota_sum),
-                format_size(total)
-            ));
+            return Err(LimitBreach::TotalQuota {
+                domain: name.clone(),
+                quota,
+                used: usage.quota_sum,
+                total,
+            });
         }
     }
     Ok(())

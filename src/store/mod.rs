@@ -146,6 +146,12 @@ pub trait Store: Send + Sync + 'static {
     /// Writes everything but the password hash and auth source, which have their own methods.
     async fn update_mailbox(&self, mailbox: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()>;
     async fn get_mailbox(&self, address: &str) -> StoreResult<Option<Mailbox>>;
+    /// The mailbox bound to this identity-provider account, if any.
+    async fn find_mailbox_by_oidc(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<Mailbox>>;
     async fn list_mailboxes(&self, domain: Option<&str>) -> StoreResult<Vec<Mailbox>>;
     async fn delete_mailbox(&self, address: &str) -> StoreResult<()>;
     async fn set_password_hash(

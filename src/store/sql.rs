@@ -710,6 +710,25 @@ impl Store for SqlStore {
         row.map(|r| decode(mailbox_from(&r), "mailbox")).transpose()
     }
 
+    async fn find_mailbox_by_oidc(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<Mailbox>> {
+        let row = decode(
+            sqlx::query(&self.q(&format!(
+                "{} WHERE oidc_issuer = ? AND oidc_subject = ?",
+                MAILBOX_COLUMNS
+            )))
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await,
+            "mailbox",
+        )?;
+        row.map(|r| decode(mailbox_from(&r), "mailbox")).transpose()
+    }
+
     async fn list_mailboxes(&self, domain: Option<&str>) -> StoreResult<Vec<Mailbox>> {
         let rows = match domain {
             Some(d) => {

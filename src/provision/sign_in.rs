@@ -1,0 +1,551 @@
+//! Sign-in provisioning: what an identity-provider sign-in does to the mailbox store.
+//!
+//! The relying party hands over claims it has already validated; this module decides whether
+//! the person gets in, and creates or updates their mailbox. Every refusal carries a reason a
+//! person can read and a detail for the postmaster's log.
+
+use std::sync::Mutex;
+
+use thiserror::Error;
+
+use super::{apply_template, limit_breach, LimitBreach};
+use crate::clock::Clock;
+use crate::names::Address;
+use crate::store::{
+    AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Mapping, Store, StoreError, Template,
+};
+
+/// Display names come from the provider; keep what we store bounded.
+const MAX_DISPLAY_NAME: usize = 200;
+
+/// What the identity provider said about the person, already validated by the relying party
+/// (signature, issuer, audience, expiry, nonce) and read from the configured claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignInClaims {
+    pub issuer: String,
+    pub subject: String,
+    /// The address claim as sent; parsed (and so lower-cased, IDNA-encoded) here.
+    pub address: String,
+    /// `None` when the provider does not send `email_verified` at all.
+    pub email_verified: Option<bool>,
+    pub display_name: Option<String>,
+    /// The template claim: one string or a list, in the provider's order.
+    pub template_values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignInRules {
+    /// Create missing mailboxes and re-apply templates; off means existing mailboxes only.
+    pub provision: bool,
+}
+
+/// How a sign-in that let the person in left their mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignedIn {
+    Created(Mailbox),
+    Updated(Mailbox),
+    Unchanged(Mailbox),
+    /// The template asks for something the domain's limits do not allow now; the mailbox
+    /// keeps its old values and the next sign-in tries again.
+    UpdateDeferred {
+        mailbox: Mailbox,
+        reason: String,
+    },
+}
+
+impl SignedIn {
+    pub fn mailbox(&self) -> &Mailbox {
+        match self {
+            SignedIn::Created(m) | SignedIn::Updated(m) | SignedIn::Unchanged(m) => m,
+            SignedIn::UpdateDeferred { mailbox, .. } => mailbox,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            SignedIn::Created(_) => "created",
+            SignedIn::Updated(_) => "updated",
+            SignedIn::Unchanged(_) => "unchanged",
+            SignedIn::UpdateDeferred { .. } => "update_deferred",
+        }
+    }
+}
+
+/// Why a sign-in was refused. `Display` is the postmaster's detail for the log;
+/// [`SignInRefusal::person_message`] is what the person is shown.
+#[derive(Debug, Error)]
+pub enum SignInRefusal {
+    #[error("the provider says the address {0} is not verified (email_verified = false)")]
+    EmailNotVerified(String),
+    #[error("the address claim {0:?} is not a usable mail address: {1}")]
+    BadAddress(String, String),
+    #[error("domain {0} is not served here")]
+    DomainNotServed(String),
+    #[error("domain {0} is disabled")]
+    DomainDisabled(String),
+    #[error("no mapping matches the template claim {values:?} and there is no default template")]
+    NoTemplate { values: Vec<String> },
+    #[error("template {0} is mapped but does not exist")]
+    MissingTemplate(String),
+    #[error("{0}")]
+    Limit(LimitBreach),
+    #[error("mailbox {0} is disabled")]
+    MailboxDisabled(String),
+    #[error("mailbox {0} receives mail but may not log in")]
+    MailboxNoLogin(String),
+    #[error(
+        "mailbox {0} has auth source local; a sign-in through the provider does not take it over"
+    )]
+    LocalMailbox(String),
+    #[error("mailbox {address} is bound to {bound}, not to {subject} at {issuer}")]
+    OtherAccount {
+        address: String,
+        bound: String,
+        issuer: String,
+        subject: String,
+    },
+    #[error("subject {subject} is already bound to mailbox {existing}, not {address}")]
+    LinkedElsewhere {
+        subject: String,
+        existing: String,
+        address: String,
+    },
+    #[error("mailbox {0} does not exist and provisioning is off")]
+    NoMailbox(String),
+    #[error("store: {0}")]
+    Store(StoreError),
+}
+
+impl SignInRefusal {
+    /// A specific, non-secret reason for the person signing in.
+    pub fn person_message(&self) -> String {
+        match self {
+            SignInRefusal::EmailNotVerified(a) => format!(
+                "Your organisation has not verified the address {a}. Verify it there, then sign in again."
+            ),
+            SignInRefusal::BadAddress(..) => {
+                "Your account has no usable mail address. Ask your administrator to set one.".into()
+            }
+            SignInRefusal::DomainNotServed(d) => format!("{d} is not served here."),
+            SignInRefusal::DomainDisabled(d) => format!("{d} is disabled here."),
+            SignInRefusal::NoTemplate { .. } | SignInRefusal::MissingTemplate(_) => {
+                "There is no mailbox template for your group. Ask the postmaster to add one.".into()
+            }
+            SignInRefusal::Limit(LimitBreach::MailboxCount { domain, .. }) => {
+                format!("The mailbox limit for {domain} is reached.")
+            }
+            SignInRefusal::Limit(LimitBreach::DomainDisabled(d)) => format!("{d} is disabled here."),
+            SignInRefusal::Limit(
+                LimitBreach::UnlimitedQuota { domain, .. }
+                | LimitBreach::QuotaOverMax { domain, .. }
+                | LimitBreach::TotalNeedsFinite { domain, .. }
+                | LimitBreach::TotalQuota { domain, .. },
+            ) => format!("There is no storage left in {domain} for your mailbox."),
+            SignInRefusal::MailboxDisabled(_) => "Your mailbox is disabled.".into(),
+            SignInRefusal::MailboxNoLogin(_) => {
+                "Your mailbox receives mail but may not sign in.".into()
+            }
+            SignInRefusal::LocalMailbox(_) => {
+                "This mailbox signs in with a password. Use the password form instead.".into()
+            }
+            SignInRefusal::OtherAccount { .. } => {
+                "This mailbox belongs to another account.".into()
+            }
+            SignInRefusal::LinkedElsewhere { existing, .. } => format!(
+                "Your account is already linked to the mailbox {existing}. Ask the postmaster to move it."
+            ),
+            SignInRefusal::NoMailbox(a) => format!("There is no mailbox for {a} here."),
+            SignInRefusal::Store(e) if e.is_unavailable() => {
+                "The mailbox service is unavailable right now. Try again in a minute.".into()
+            }
+            SignInRefusal::Store(_) => {
+                "Something went wrong on our side. The postmaster has the details.".into()
+            }
+        }
+    }
+
+    /// A short code for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignInRefusal::EmailNotVerified(_) => "email_not_verified",
+            SignInRefusal::BadAddress(..) => "bad_address",
+            SignInRefusal::DomainNotServed(_) => "domain_not_served",
+            SignInRefusal::DomainDisabled(_)
+            | SignInRefusal::Limit(LimitBreach::DomainDisabled(_)) => "domain_disabled",
+            SignInRefusal::NoTemplate { .. } | SignInRefusal::MissingTemplate(_) => "no_template",
+            SignInRefusal::Limit(LimitBreach::MailboxCount { .. }) => "mailbox_limit",
+            SignInRefusal::Limit(_) => "quota_limit",
+            SignInRefusal::MailboxDisabled(_) => "mailbox_disabled",
+            SignInRefusal::MailboxNoLogin(_) => "mailbox_no_login",
+            SignInRefusal::LocalMailbox(_) => "local_mailbox",
+            SignInRefusal::OtherAccount { .. } => "other_account",
+            SignInRefusal::LinkedElsewhere { .. } => "linked_elsewhere",
+            SignInRefusal::NoMailbox(_) => "no_mailbox",
+            SignInRefusal::Store(e) if e.is_unavailable() => "store_unavailable",
+            SignInRefusal::Store(_) => "store_error",
+        }
+    }
+
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, SignInRefusal::Store(e) if e.is_unavailable())
+    }
+}
+
+impl From<StoreError> for SignInRefusal {
+    fn from(e: StoreError) -> Self {
+        SignInRefusal::Store(e)
+    }
+}
+
+/// Mappings are tried in their order; the first whose value the person has wins, so a
+/// postmaster decides precedence, not the provider's ordering of groups.
+pub fn choose_template<'a>(
+    values: &[String],
+    mappings: &'a [Mapping],
+    default: Option<&'a str>,
+) -> Option<&'a str> {
+    let mut ordered: Vec<&Mapping> = mappings.iter().collect();
+    ordered.sort_by_key(|m| m.position);
+    ordered
+        .into_iter()
+        .find(|m| values.iter().any(|v| v.trim() == m.claim_value))
+        .map(|m| m.template.as_str())
+        .or(default)
+}
+
+/// Lets a validated identity in, creating or updating its mailbox as the rules say.
+pub async fn sign_in(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    rules: SignInRules,
+    claims: &SignInClaims,
+) -> Result<SignedIn, SignInRefusal> {
+    let address = Address::parse(&claims.address)
+        .map_err(|e| SignInRefusal::BadAddress(claims.address.clone(), e.to_string()))?;
+    if claims.email_verified == Some(false) {
+        return Err(SignInRefusal::EmailNotVerified(address.to_string()));
+    }
+    if let Some(bound) = store
+        .find_mailbox_by_oidc(&claims.issuer, &claims.subject)
+        .await?
+    {
+        if bound.address != address.as_str() {
+            return Err(SignInRefusal::LinkedElsewhere {
+                subject: claims.subject.clone(),
+                existing: bound.address,
+                address: address.to_string(),
+            });
+        }
+    }
+    match store.get_mailbox(address.as_str()).await? {
+        Some(mailbox) => existing(store, clock, rules, claims, mailbox).await,
+        None if !rules.provision => Err(SignInRefusal::NoMailbox(address.to_string())),
+        None => match create(store, clock, claims, &address).await {
+            // Another sign-in of the same person won the race: carry on as a later sign-in.
+            Err(SignInRefusal::Store(StoreError::Conflict(_))) => {
+                match store.get_mailbox(address.as_str()).await? {
+                    Some(mailbox) => existing(store, clock, rules, claims, mailbox).await,
+                    None => Err(SignInRefusal::Store(StoreError::Conflict(format!(
+                        "identity {} at {}",
+                        claims.subject, claims.issuer
+                    )))),
+                }
+            }
+            other => other,
+        },
+    }
+}
+
+async fn chosen_template(
+    store: &dyn Store,
+    claims: &SignInClaims,
+) -> Result<Template, SignInRefusal> {
+    let mappings = store.list_mappings().await?;
+    let default = store.default_template().await?;
+    let name = choose_template(&claims.template_values, &mappings, default.as_deref())
+        .ok_or_else(|| SignInRefusal::NoTemplate {
+            values: claims.template_values.clone(),
+        })?
+        .to_string();
+    store
+        .get_template(&name)
+        .await?
+        .ok_or(SignInRefusal::MissingTemplate(name))
+}
+
+fn display_name(claims: &SignInClaims) -> Option<String> {
+    claims
+        .display_name
+        .as_deref()
+        .map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_DISPLAY_NAME)
+                .collect::<String>()
+        })
+        .map(|n| n.trim().to_string())
+}
+
+/// Runs `write` with a limit check that remembers which rule refused, so the person can be
+/// told "mailbox limit" rather than a generic refusal.
+struct BreachRecorder(Mutex<Option<LimitBreach>>);
+
+impl BreachRecorder {
+    fn new() -> Self {
+        BreachRecorder(Mutex::new(None))
+    }
+
+    fn record(&self, breach: LimitBreach) -> String {
+        let text = breach.to_string();
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(breach);
+        }
+        text
+    }
+
+    fn take(&self) -> Option<LimitBreach> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+async fn create(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    claims: &SignInClaims,
+    address: &Address,
+) -> Result<SignedIn, SignInRefusal> {
+    let domain_name = address.domain().to_string();
+    let domain = store
+        .get_domain(&domain_name)
+        .await?
+        .ok_or_else(|| SignInRefusal::DomainNotServed(domain_name.clone()))?;
+    if !domain.active {
+        return Err(SignInRefusal::DomainDisabled(domain_name));
+    }
+    let template = chosen_template(store, claims).await?;
+    let now = clock.now();
+    let mut mailbox = Mailbox {
+        address: address.to_string(),
+        domain: domain_name,
+        // No usable password: an oidc mailbox logs in to mail with app passwords only.
+        password_hash: None,
+        auth_source: AuthSource::Oidc,
+        oidc_issuer: Some(claims.issuer.clone()),
+        oidc_subject: Some(claims.subject.clone()),
+        display_name: display_name(claims).unwrap_or_default(),
+        quota: 0,
+        protocols: template.protocols,
+        state: template.state,
+        template: None,
+        template_hash: None,
+        created_at: now,
+        updated_at: now,
+        last_login: None,
+    };
+    apply_template(&mut mailbox, &template);
+    let quota = mailbox.quota;
+    let breaches = BreachRecorder::new();
+    let check = |d: &Domain, u: &DomainUsage| {
+        limit_breach(d, u, quota, true, true).map_err(|b| breaches.record(b))
+    };
+    match store.create_mailbox(&mailbox, &check).await {
+        Ok(()) => Ok(SignedIn::Created(mailbox)),
+        Err(StoreError::Refused(text)) => Err(match breaches.take() {
+            Some(b) => SignInRefusal::Limit(b),
+            None => SignInRefusal::Store(StoreError::Refused(text)),
+        }),
+        Err(StoreError::NotFound(_)) => Err(SignInRefusal::DomainNotServed(mailbox.domain)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn existing(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    rules: SignInRules,
+    claims: &SignInClaims,
+    mailbox: Mailbox,
+) -> Result<SignedIn, SignInRefusal> {
+    if mailbox.auth_source == AuthSource::Local {
+        return Err(SignInRefusal::LocalMailbox(mailbox.address));
+    }
+    let needs_binding = match (&mailbox.oidc_issuer, &mailbox.oidc_subject) {
+        (Some(issuer), Some(subject)) => {
+            if *issuer != claims.issuer || *subject != claims.subject {
+                return Err(SignInRefusal::OtherAccount {
+                    bound: format!("{subject} at {issuer}"),
+                    address: mailbox.address,
+                    issuer: claims.issuer.clone(),
+                    subject: claims.subject.clone(),
+                });
+            }
+            false
+        }
+        // Made by the postmaster with auth source oidc: the first sign-in binds it.
+        _ => true,
+    };
+
+    let mut wanted = mailbox.clone();
+    if needs_binding {
+        wanted.oidc_issuer = Some(claims.issuer.clone());
+        wanted.oidc_subject = Some(claims.subject.clone());
+    }
+    if rules.provision {
+        let template = chosen_template(store, claims).await?;
+        let new_name = display_name(claims);
+        let stale = mailbox.template.as_deref() != Some(template.name.as_str())
+            || mailbox.template_hash.as_deref() != Some(template.content_hash().as_str())
+            || new_name
+                .as_deref()
+                .is_some_and(|n| n != mailbox.display_name);
+        if stale {
+            apply_template(&mut wanted, &template);
+            if let Some(n) = new_name {
+                wanted.display_name = n;
+            }
+        }
+    }
+
+    let outcome = if wanted == mailbox {
+        SignedIn::Unchanged(mailbox)
+    } else {
+        wanted.updated_at = clock.now();
+        let quota = wanted.quota;
+        let breaches = BreachRecorder::new();
+        let check = |d: &Domain, u: &DomainUsage| {
+            limit_breach(d, u, quota, false, false).map_err(|b| breaches.record(b))
+        };
+        match store.update_mailbox(&wanted, &check).await {
+            Ok(()) => SignedIn::Updated(wanted),
+            Err(StoreError::Refused(text)) => {
+                let reason = breaches.take().map(|b| b.to_string()).unwrap_or(text);
+                tracing::warn!(
+                    user = %mailbox.address,
+                    template = wanted.template.as_deref().unwrap_or("-"),
+                    reason = %reason,
+                    "template not re-applied: it breaks a domain limit; the mailbox keeps its values and the next sign-in retries"
+                );
+                if needs_binding {
+                    // The binding is not a limit matter; record it so the identity sticks.
+                    let mut bound = mailbox.clone();
+                    bound.oidc_issuer = wanted.oidc_issuer.clone();
+                    bound.oidc_subject = wanted.oidc_subject.clone();
+                    store.update_mailbox(&bound, &|_, _| Ok(())).await?;
+                    SignedIn::UpdateDeferred {
+                        mailbox: bound,
+                        reason,
+                    }
+                } else {
+                    SignedIn::UpdateDeferred { mailbox, reason }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+
+    let current = outcome.mailbox();
+    match current.state {
+        MailboxState::Disabled => {
+            return Err(SignInRefusal::MailboxDisabled(current.address.clone()))
+        }
+        MailboxState::NoLogin => {
+            return Err(SignInRefusal::MailboxNoLogin(current.address.clone()))
+        }
+        MailboxState::Active => {}
+    }
+    match store.get_domain(&current.domain).await? {
+        Some(d) if d.active => Ok(outcome),
+        _ => Err(SignInRefusal::DomainDisabled(current.domain.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(value: &str, position: i64, template: &str) -> Mapping {
+        Mapping {
+            claim_value: value.into(),
+            position,
+            template: template.into(),
+        }
+    }
+
+    fn values(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn first_mapping_in_order_wins_not_the_claim_order() {
+        let maps = vec![
+            mapping("staff", 2, "staff-t"),
+            mapping("admins", 1, "admin-t"),
+            mapping("students", 3, "student-t"),
+        ];
+        assert_eq!(
+            choose_template(&values(&["students", "staff"]), &maps, None),
+            Some("staff-t")
+        );
+        assert_eq!(
+            choose_template(&values(&["staff", "admins"]), &maps, None),
+            Some("admin-t")
+        );
+        assert_eq!(
+            choose_template(&values(&["students"]), &maps, Some("d")),
+            Some("student-t")
+        );
+    }
+
+    #[test]
+    fn default_applies_only_when_nothing_matches() {
+        let maps = vec![mapping("staff", 1, "staff-t")];
+        assert_eq!(
+            choose_template(&values(&["guests"]), &maps, Some("default-t")),
+            Some("default-t")
+        );
+        assert_eq!(
+            choose_template(&[], &maps, Some("default-t")),
+            Some("default-t")
+        );
+        assert_eq!(choose_template(&values(&["guests"]), &maps, None), None);
+        assert_eq!(choose_template(&[], &[], None), None);
+    }
+
+    #[test]
+    fn claim_values_match_exactly_after_trimming() {
+        let maps = vec![mapping("Staff", 1, "staff-t")];
+        assert_eq!(choose_template(&values(&["staff"]), &maps, None), None);
+        assert_eq!(
+            choose_template(&values(&[" Staff "]), &maps, None),
+            Some("staff-t")
+        );
+    }
+
+    #[test]
+    fn person_messages_name_the_reason_and_hide_internals() {
+        let r = SignInRefusal::Limit(LimitBreach::MailboxCount {
+            domain: "example.org".into(),
+            max: 10,
+        });
+        assert_eq!(
+            r.person_message(),
+            "The mailbox limit for example.org is reached."
+        );
+        assert_eq!(r.code(), "mailbox_limit");
+        let r = SignInRefusal::OtherAccount {
+            address: "a@example.org".into(),
+            bound: "s1 at https://idp".into(),
+            issuer: "https://idp".into(),
+            subject: "s2".into(),
+        };
+        assert!(!r.person_message().contains("s1"));
+        assert!(r.to_string().contains("s1"));
+        assert_eq!(
+            SignInRefusal::DomainNotServed("example.net".into()).person_message(),
+            "example.net is not served here."
+        );
+        assert!(SignInRefusal::LocalMailbox("a@b.org".into())
+            .person_message()
+            .starts_with("This mailbox signs in with a password"));
+    }
+}

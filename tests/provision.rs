@@ -1,0 +1,420 @@
+//! Sign-in provisioning against every store backend: first sign-ins, the update-on-sign-in
+//! rules, refusals that create nothing, and 50 concurrent first sign-ins into room for 10.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use mailauthd::clock::{Clock, ManualClock};
+use mailauthd::names::{Protocol, Protocols};
+use mailauthd::provision::{self, SignInClaims, SignInRefusal, SignInRules, SignedIn};
+use mailauthd::store::*;
+
+const ISSUER: &str = "https://idp.example.org";
+const ON: SignInRules = SignInRules { provision: true };
+
+fn domain(name: &str, max_mailboxes: Option<u64>) -> Domain {
+    Domain {
+        name: name.into(),
+        active: true,
+        max_mailboxes,
+        max_quota: Some(10 << 30),
+        total_quota: None,
+        created_at: 1,
+    }
+}
+
+fn template(name: &str, quota: u64, protocols: &str) -> Template {
+    Template {
+        name: name.into(),
+        quota,
+        protocols: Protocols::parse_list(protocols).unwrap(),
+        state: MailboxState::Active,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn claims(subject: &str, address: &str, groups: &[&str]) -> SignInClaims {
+    SignInClaims {
+        issuer: ISSUER.into(),
+        subject: subject.into(),
+        address: address.into(),
+        email_verified: Some(true),
+        display_name: Some(format!("Person {subject}")),
+        template_values: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+async fn setup(s: &dyn Store) {
+    s.create_domain(&domain("example.org", Some(100)))
+        .await
+        .unwrap();
+    s.create_template(&template("staff", 2 << 30, "imap,smtp"))
+        .await
+        .unwrap();
+    s.create_template(&template("students", 1 << 30, "imap"))
+        .await
+        .unwrap();
+    s.put_mapping(&Mapping {
+        claim_value: "staff".into(),
+        position: 1,
+        template: "staff".into(),
+    })
+    .await
+    .unwrap();
+    s.put_mapping(&Mapping {
+        claim_value: "students".into(),
+        position: 2,
+        template: "students".into(),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_rules_hold_on_every_backend() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let s = &*db.store;
+        setup(s).await;
+        first_sign_in_creates_from_template(s).await;
+        later_sign_ins_update_only_when_something_changed(s).await;
+        refusals_create_nothing(s).await;
+        limits_defer_updates_and_keep_old_values(s).await;
+        provisioning_off_only_admits_existing(s).await;
+        db.finish().await;
+        eprintln!("sign-in provisioning passed on {}", backend.name());
+    }
+}
+
+async fn first_sign_in_creates_from_template(s: &dyn Store) {
+    let clock = ManualClock::at(1000);
+    let c = claims("sub-alice", "Alice@EXAMPLE.org", &["students", "staff"]);
+    let out = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    let SignedIn::Created(m) = out else {
+        panic!("expected Created, got {out:?}")
+    };
+    assert_eq!(m.address, "alice@example.org");
+    assert_eq!(m.auth_source, AuthSource::Oidc);
+    assert_eq!(m.template.as_deref(), Some("staff"), "mapping order wins");
+    assert_eq!(m.quota, 2 << 30);
+    assert!(m.protocols.contains(Protocol::Smtp) && !m.protocols.contains(Protocol::Pop3));
+    assert_eq!(m.oidc_subject.as_deref(), Some("sub-alice"));
+    assert_eq!(m.oidc_issuer.as_deref(), Some(ISSUER));
+    assert!(!m.has_password());
+    assert_eq!(s.get_mailbox("alice@example.org").await.unwrap(), Some(m));
+}
+
+async fn later_sign_ins_update_only_when_something_changed(s: &dyn Store) {
+    let clock = ManualClock::at(2000);
+    let mut c = claims("sub-alice", "alice@example.org", &["staff"]);
+    // Things a sign-in must never touch.
+    s.set_password_hash("alice@example.org", Some("{PLAIN}kept"), 1500)
+        .await
+        .unwrap();
+    let app_id = s
+        .create_app_password(&NewAppPassword {
+            mailbox: "alice@example.org".into(),
+            name: "phone".into(),
+            lookup_hash: "lookup-alice-1".into(),
+            protocols: Protocols::ALL,
+            networks: vec![],
+            expires_at: None,
+            created_at: 1500,
+        })
+        .await
+        .unwrap();
+    s.add_alias(&Alias {
+        address: "sales@example.org".into(),
+        target: "alice@example.org".into(),
+        domain: "example.org".into(),
+        created_at: 1500,
+    })
+    .await
+    .unwrap();
+
+    let out = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert!(matches!(out, SignedIn::Unchanged(_)), "{out:?}");
+
+    // The mapped template changes.
+    c.template_values = vec!["students".into()];
+    let out = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    let SignedIn::Updated(m) = out else {
+        panic!("expected Updated, got {out:?}")
+    };
+    assert_eq!(
+        (m.template.as_deref(), m.quota),
+        (Some("students"), 1 << 30)
+    );
+    assert_eq!(m.updated_at, 2000);
+
+    // The template's content changes.
+    let mut t = s.get_template("students").await.unwrap().unwrap();
+    t.quota = 3 << 30;
+    s.update_template(&t).await.unwrap();
+    let m = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert!(matches!(m, SignedIn::Updated(_)), "{m:?}");
+    assert_eq!(m.mailbox().quota, 3 << 30);
+
+    // The display name changes; a postmaster's manual quota is re-set by the template then.
+    s.update_mailbox(
+        &Mailbox {
+            quota: 5 << 30,
+            ..m.mailbox().clone()
+        },
+        &|_, _| Ok(()),
+    )
+    .await
+    .unwrap();
+    let m = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert!(
+        matches!(m, SignedIn::Unchanged(_)),
+        "manual change kept: {m:?}"
+    );
+    assert_eq!(m.mailbox().quota, 5 << 30);
+    c.display_name = Some("Alice Smith".into());
+    let m = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert!(matches!(m, SignedIn::Updated(_)), "{m:?}");
+    assert_eq!(m.mailbox().display_name, "Alice Smith");
+    assert_eq!(m.mailbox().quota, 3 << 30);
+
+    let stored = s.get_mailbox("alice@example.org").await.unwrap().unwrap();
+    assert_eq!(stored.password_hash.as_deref(), Some("{PLAIN}kept"));
+    assert_eq!(stored.auth_source, AuthSource::Oidc);
+    let apps = s.list_app_passwords("alice@example.org").await.unwrap();
+    assert_eq!(apps.len(), 1);
+    assert_eq!(apps[0].id, app_id);
+    assert_eq!(s.list_aliases(Some("example.org")).await.unwrap().len(), 1);
+
+    // Another account with the same address is not let in.
+    let other = claims("sub-mallory", "alice@example.org", &["staff"]);
+    let r = provision::sign_in(s, &clock, ON, &other).await.unwrap_err();
+    assert!(matches!(r, SignInRefusal::OtherAccount { .. }), "{r:?}");
+    // Nor may alice's identity claim a second mailbox.
+    let moved = claims("sub-alice", "alice2@example.org", &["staff"]);
+    let r = provision::sign_in(s, &clock, ON, &moved).await.unwrap_err();
+    assert!(matches!(r, SignInRefusal::LinkedElsewhere { .. }), "{r:?}");
+    assert!(s.get_mailbox("alice2@example.org").await.unwrap().is_none());
+}
+
+async fn refusals_create_nothing(s: &dyn Store) {
+    let clock = ManualClock::at(3000);
+    let before = s.list_mailboxes(None).await.unwrap().len();
+
+    let mut c = claims("sub-bob", "bob@example.org", &["staff"]);
+    c.email_verified = Some(false);
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.code(), "email_not_verified");
+
+    let c = claims("sub-bob", "bob@example.net", &["staff"]);
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.person_message(), "example.net is not served here.");
+
+    let c = claims("sub-bob", "bob@example.org", &["guests"]);
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.code(), "no_template");
+
+    let c = claims("sub-bob", "not an address", &["staff"]);
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.code(), "bad_address");
+
+    // A local mailbox is not taken over, and stays local.
+    s.create_mailbox(
+        &Mailbox {
+            address: "carol@example.org".into(),
+            domain: "example.org".into(),
+            password_hash: Some("{PLAIN}pw".into()),
+            auth_source: AuthSource::Local,
+            oidc_issuer: None,
+            oidc_subject: None,
+            display_name: String::new(),
+            quota: 1 << 30,
+            protocols: Protocols::ALL,
+            state: MailboxState::Active,
+            template: None,
+            template_hash: None,
+            created_at: 1,
+            updated_at: 1,
+            last_login: None,
+        },
+        &|_, _| Ok(()),
+    )
+    .await
+    .unwrap();
+    let c = claims("sub-carol", "carol@example.org", &["staff"]);
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.code(), "local_mailbox");
+    let carol = s.get_mailbox("carol@example.org").await.unwrap().unwrap();
+    assert_eq!(carol.auth_source, AuthSource::Local);
+    assert_eq!(carol.oidc_subject, None);
+
+    // A disabled domain takes no new mailboxes.
+    s.create_domain(&Domain {
+        active: false,
+        ..domain("off.example", None)
+    })
+    .await
+    .unwrap();
+    let c = claims("sub-dave", "dave@off.example", &["staff"]);
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.code(), "domain_disabled");
+
+    assert_eq!(s.list_mailboxes(None).await.unwrap().len(), before + 1);
+    assert!(s.get_mailbox("bob@example.org").await.unwrap().is_none());
+}
+
+async fn limits_defer_updates_and_keep_old_values(s: &dyn Store) {
+    let clock = ManualClock::at(4000);
+    s.create_domain(&Domain {
+        max_quota: Some(4 << 30),
+        ..domain("small.example", Some(5))
+    })
+    .await
+    .unwrap();
+    s.create_template(&template("big", 8 << 30, "all"))
+        .await
+        .unwrap();
+    s.put_mapping(&Mapping {
+        claim_value: "big".into(),
+        position: 9,
+        template: "big".into(),
+    })
+    .await
+    .unwrap();
+    let c = claims("sub-erin", "erin@small.example", &["students"]);
+    let m = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert!(matches!(m, SignedIn::Created(_)));
+
+    // Too big for the domain at creation: refused with the reason, nothing created.
+    let c2 = claims("sub-frank", "frank@small.example", &["big"]);
+    let r = provision::sign_in(s, &clock, ON, &c2).await.unwrap_err();
+    assert_eq!(r.code(), "quota_limit", "{r}");
+    assert!(s
+        .get_mailbox("frank@small.example")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Too big on update: let in with the old values, retried next time.
+    let c = claims("sub-erin", "erin@small.example", &["big"]);
+    let out = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    let SignedIn::UpdateDeferred { mailbox, reason } = out else {
+        panic!("expected UpdateDeferred, got {out:?}")
+    };
+    assert!(reason.contains("maximum"), "{reason}");
+    assert_eq!(mailbox.template.as_deref(), Some("students"));
+    let stored = s.get_mailbox("erin@small.example").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.quota, stored.template.as_deref()),
+        (3 << 30, Some("students"))
+    );
+    // The postmaster raises the limit; the next sign-in applies the template.
+    s.update_domain(&Domain {
+        max_quota: Some(8 << 30),
+        ..domain("small.example", Some(5))
+    })
+    .await
+    .unwrap();
+    let out = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert!(matches!(out, SignedIn::Updated(_)), "{out:?}");
+    assert_eq!(out.mailbox().quota, 8 << 30);
+
+    // A disabled state from the template refuses the sign-in after applying it.
+    let mut t = template("frozen", 1 << 30, "imap");
+    t.state = MailboxState::Disabled;
+    s.create_template(&t).await.unwrap();
+    s.put_mapping(&Mapping {
+        claim_value: "frozen".into(),
+        position: 10,
+        template: "frozen".into(),
+    })
+    .await
+    .unwrap();
+    let c = claims("sub-erin", "erin@small.example", &["frozen"]);
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.person_message(), "Your mailbox is disabled.");
+}
+
+async fn provisioning_off_only_admits_existing(s: &dyn Store) {
+    let clock = ManualClock::at(5000);
+    let off = SignInRules { provision: false };
+    let c = claims("sub-gina", "gina@example.org", &["staff"]);
+    let r = provision::sign_in(s, &clock, off, &c).await.unwrap_err();
+    assert_eq!(r.code(), "no_mailbox");
+    assert!(s.get_mailbox("gina@example.org").await.unwrap().is_none());
+
+    // A postmaster-made oidc mailbox is bound by the first sign-in, template untouched.
+    s.create_mailbox(
+        &Mailbox {
+            address: "gina@example.org".into(),
+            domain: "example.org".into(),
+            password_hash: None,
+            auth_source: AuthSource::Oidc,
+            oidc_issuer: None,
+            oidc_subject: None,
+            display_name: String::new(),
+            quota: 1 << 30,
+            protocols: Protocols::ALL,
+            state: MailboxState::Active,
+            template: None,
+            template_hash: None,
+            created_at: 1,
+            updated_at: 1,
+            last_login: None,
+        },
+        &|_, _| Ok(()),
+    )
+    .await
+    .unwrap();
+    let out = provision::sign_in(s, &clock, off, &c).await.unwrap();
+    assert!(matches!(out, SignedIn::Updated(_)), "{out:?}");
+    assert_eq!(out.mailbox().oidc_subject.as_deref(), Some("sub-gina"));
+    assert_eq!(out.mailbox().template, None);
+    assert_eq!(out.mailbox().display_name, "");
+    let again = provision::sign_in(s, &clock, off, &c).await.unwrap();
+    assert!(matches!(again, SignedIn::Unchanged(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_first_sign_ins_into_room_for_ten() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let store: Arc<dyn Store> = db.dyn_store();
+        store
+            .create_domain(&domain("crowd.example", Some(10)))
+            .await
+            .unwrap();
+        store
+            .create_template(&template("staff", 1 << 30, "all"))
+            .await
+            .unwrap();
+        store.set_default_template(Some("staff")).await.unwrap();
+        let clock = Arc::new(ManualClock::at(10_000));
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let store = store.clone();
+            let clock = clock.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = claims(&format!("sub-{i}"), &format!("user{i}@crowd.example"), &[]);
+                provision::sign_in(&*store, &*clock as &dyn Clock, ON, &c).await
+            }));
+        }
+        let (mut created, mut full, mut other) = (0, 0, Vec::new());
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(SignedIn::Created(_)) => created += 1,
+                Err(r) if r.code() == "mailbox_limit" => full += 1,
+                x => other.push(format!("{x:?}")),
+            }
+        }
+        assert!(other.is_empty(), "{}: unexpected {other:?}", backend.name());
+        assert_eq!((created, full), (10, 40), "{}", backend.name());
+        let stored = store.list_mailboxes(Some("crowd.example")).await.unwrap();
+        assert_eq!(stored.len(), 10, "{}", backend.name());
+        db.finish().await;
+        eprintln!("concurrent sign-ins passed on {}", backend.name());
+    }
+}
