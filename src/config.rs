@@ -28,6 +28,43 @@ pub struct FileConfig {
     pub services: BTreeMap<String, String>,
     pub last_use: LastUseSection,
     pub log: LogSection,
+    pub oidc: Option<OidcSection>,
+    pub web: Option<WebSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OidcSection {
+    pub display_name: Option<String>,
+    pub issuer: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub userinfo_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub end_session_endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub token_endpoint_auth_method: Option<String>,
+    pub redirect_url: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub address_claim: Option<String>,
+    pub template_claim: Option<String>,
+    pub name_claim: Option<String>,
+    pub ignore_tls_errors: Option<bool>,
+    pub provision: Option<bool>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct WebSection {
+    pub listen: Option<String>,
+    pub title: Option<String>,
+    pub mail_host: Option<String>,
+    pub secure_cookies: Option<bool>,
+    pub session_minutes: Option<u64>,
+    pub trust_x_forwarded_for: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +129,10 @@ pub struct Config {
     pub last_use_queue: usize,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Sign-in through an OpenID Connect provider; `None` when `[oidc]` is absent.
+    pub oidc: Option<crate::oidc::OidcSettings>,
+    /// The web page; `None` when `[web]` is absent.
+    pub web: Option<crate::web::WebSettings>,
 }
 
 /// One problem, naming the key it is about.
@@ -181,7 +222,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
     }
 }
 
-fn problem(problems: &mut Vec<Problem>, key: &str, message: impl Into<String>) {
+pub(crate) fn problem(problems: &mut Vec<Problem>, key: &str, message: impl Into<String>) {
     problems.push(Problem {
         key: key.into(),
         message: message.into(),
@@ -300,8 +341,17 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         }
     };
 
+    let oidc = file
+        .oidc
+        .and_then(|section| crate::oidc::settings::check(section, problems));
+    let web = file
+        .web
+        .and_then(|section| crate::web::settings::check(section, oidc.as_ref(), problems));
+
     Config {
         source: None,
+        oidc,
+        web,
         key_file: file
             .credentials
             .key_file
@@ -431,8 +481,95 @@ mod tests {
     }
 
     #[test]
+    fn oidc_and_web_sections_get_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret-client\n").unwrap();
+        let text = format!(
+            "[oidc]\nissuer = \"https://sso.example.org/realms/x\"\nclient_id = \"mail\"\n\
+             client_secret_file = {secret:?}\nredirect_url = \"https://mail.example.org/callback\"\n[web]\n"
+        );
+        let c = parse(&text).unwrap();
+        let o = c.oidc.as_ref().unwrap();
+        assert_eq!(o.scopes, ["openid", "profile", "email", "mailcow_template"]);
+        assert_eq!(
+            (o.address_claim.as_str(), o.template_claim.as_str()),
+            ("email", "mailcow_template")
+        );
+        assert!(o.provision && !o.ignore_tls_errors && o.endpoints.is_none());
+        assert_eq!(o.client_secret.as_ref().unwrap().expose(), b"s3cret-client");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let w = c.web.as_ref().unwrap();
+        assert_eq!(w.listen.to_string(), "127.0.0.1:8080");
+        assert!(w.secure_cookies);
+        assert_eq!(w.mail_host.as_deref(), Some("mail.example.org"));
+        assert_eq!(
+            w.public_root.as_ref().unwrap().as_str(),
+            "https://mail.example.org/"
+        );
+    }
+
+    #[test]
+    fn oidc_problems_name_their_keys() {
+        let text = r#"
+            [oidc]
+            issuer = "http://sso.example.org"
+            client_secret = "a"
+            client_secret_file = "/nonexistent"
+            redirect_url = "https://mail.example.org/elsewhere"
+            token_endpoint = "https://sso.example.org/token"
+            token_endpoint_auth_method = "private_key_jwt"
+            scopes = ["profile"]
+            [web]
+            listen = "localhost"
+        "#;
+        let problems = parse(text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "oidc.issuer",
+            "oidc.client_id",
+            "oidc.client_secret_file",
+            "oidc.redirect_url",
+            "oidc.authorization_endpoint",
+            "oidc.jwks_uri",
+            "oidc.token_endpoint_auth_method",
+            "oidc.scopes",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_endpoints_turn_discovery_off() {
+        let text = r#"
+            [oidc]
+            issuer = "http://127.0.0.1:9000"
+            client_id = "mail"
+            redirect_url = "http://127.0.0.1:8080/callback"
+            authorization_endpoint = "http://127.0.0.1:9000/auth"
+            token_endpoint = "http://127.0.0.1:9000/token"
+            jwks_uri = "http://127.0.0.1:9000/jwks"
+            userinfo_endpoint = "http://127.0.0.1:9000/me"
+        "#;
+        let c = parse(text).unwrap();
+        let e = c.oidc.unwrap().endpoints.unwrap();
+        assert_eq!(e.token.as_str(), "http://127.0.0.1:9000/token");
+        assert_eq!(e.userinfo.unwrap().as_str(), "http://127.0.0.1:9000/me");
+        assert!(c.web.is_none());
+    }
+
+    #[test]
     fn shipped_example_parses() {
         let text = include_str!("../conf-examples/mailauthd.toml");
         parse(text).unwrap();
+        // With the commented [oidc] and [web] sections switched on, their defaults parse too.
+        let on = text
+            .replace("# [oidc]", "[oidc]")
+            .replace("# [web]", "[web]")
+            .replace("# issuer = ", "issuer = ")
+            .replace("# client_id = ", "client_id = ")
+            .replace("# redirect_url = ", "redirect_url = ");
+        let c = parse(&on).unwrap();
+        assert!(c.oidc.is_some() && c.web.is_some());
     }
 }

@@ -3,7 +3,8 @@
 //! Layers, innermost first: [`proto`] (pure codecs) and [`auth`] (the decision core and
 //! credentials) know nothing of sockets or SQL dialects; [`store`] hides the database behind
 //! one trait; [`provision`] is the only code that creates or changes mailboxes; [`cli`] and
-//! the daemon translate between people, sockets and those layers.
+//! the daemon translate between people, sockets and those layers. [`oidc`] is the relying
+//! party for sign-in through an identity provider, and [`web`] the page people use.
 
 pub mod auth;
 pub mod cli;
@@ -12,9 +13,11 @@ pub mod config;
 pub mod daemon;
 pub mod keyfile;
 pub mod names;
+pub mod oidc;
 pub mod proto;
 pub mod provision;
 pub mod runtime;
 pub mod secret;
 pub mod size;
 pub mod store;
+pub mod web;

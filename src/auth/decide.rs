@@ -307,3 +307,102 @@ fn printable_login(login: &str) -> String {
         .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
         .collect()
 }
+
+/// Service name the web page's password sign-in is logged with.
+pub const WEB_SERVICE: &str = "web";
+
+/// How a password sign-in on the web page ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebOutcome {
+    /// The canonical address of the mailbox signed in to.
+    Ok(String),
+    Fail(FailReason),
+    TempFail(TempCause),
+}
+
+impl Authenticator {
+    /// The web page's password sign-in for `local` mailboxes: the same rules as a mail
+    /// login (unknown users cost a hash, disabled mailboxes and domains are refused, one
+    /// audit line with service `web`) except that no mail protocol is involved and app
+    /// passwords do not count — an app password opens a mailbox, never the page that makes
+    /// more of them. An `oidc` mailbox signs in through the provider instead.
+    pub async fn authenticate_web(
+        &self,
+        login: &str,
+        secret: &Secret,
+        remote_ip: Option<IpAddr>,
+    ) -> WebOutcome {
+        let req = AuthRequest {
+            login,
+            secret,
+            service: WEB_SERVICE,
+            remote_ip,
+            secured: true,
+            mechanism: Some("form"),
+        };
+        let result = self.decide_web(&req).await;
+        let outcome = match &result {
+            // The audit line wants an Outcome; IMAP stands in as "some protocol", and only
+            // the label and reason are logged.
+            Ok(address) => Outcome::Ok(Success {
+                mailbox: address.clone(),
+                protocol: Protocol::Imap,
+                credential: Credential::Password,
+            }),
+            Err(o) => o.clone(),
+        };
+        audit(&req, &outcome);
+        match (result, outcome) {
+            (Ok(address), _) => {
+                self.parts.last_use.record(LastUse {
+                    mailbox: address.clone(),
+                    app_password_id: None,
+                    at: self.parts.clock.now(),
+                    ip: remote_ip.map(|ip| ip.to_string()),
+                    service: WEB_SERVICE.to_string(),
+                });
+                WebOutcome::Ok(address)
+            }
+            (Err(_), Outcome::Fail(r)) => WebOutcome::Fail(r),
+            (Err(_), Outcome::TempFail(c)) => WebOutcome::TempFail(c),
+            (Err(_), Outcome::Ok(_)) => WebOutcome::TempFail(TempCause::Internal),
+        }
+    }
+
+    async fn decide_web(&self, req: &AuthRequest<'_>) -> Result<String, Outcome> {
+        let Ok(address) = Address::parse(req.login) else {
+            return self
+                .refuse_after_dummy(req, FailReason::UnknownUser)
+                .await
+                .map(|s| s.mailbox);
+        };
+        let view = match self.parts.store.login_view(address.as_str()).await {
+            Ok(Some(view)) => view,
+            Ok(None) => {
+                return self
+                    .refuse_after_dummy(req, FailReason::UnknownUser)
+                    .await
+                    .map(|s| s.mailbox)
+            }
+            Err(e) => return Err(store_trouble(&e)),
+        };
+        let refusal = match view.state {
+            MailboxState::Disabled => Some(FailReason::MailboxDisabled),
+            MailboxState::NoLogin => Some(FailReason::MailboxNoLogin),
+            MailboxState::Active if !view.domain_active => Some(FailReason::DomainDisabled),
+            MailboxState::Active if view.auth_source == AuthSource::Oidc => {
+                Some(FailReason::OidcNeedsAppPassword)
+            }
+            MailboxState::Active => None,
+        };
+        if let Some(reason) = refusal {
+            return self
+                .refuse_after_dummy(req, reason)
+                .await
+                .map(|s| s.mailbox);
+        }
+        self.check_stored_password(&view, Protocol::Imap, req)
+            .await
+            .map(|s| s.mailbox)
+    }
+}

@@ -9,5 +9,5 @@ pub mod password;
 pub mod pool;
 pub mod services;
 
-pub use decide::{AuthRequest, Authenticator, AuthenticatorParts};
+pub use decide::{AuthRequest, Authenticator, AuthenticatorParts, WebOutcome, WEB_SERVICE};
 pub use outcome::{Credential, FailReason, Outcome, Success, TempCause};

@@ -98,7 +98,7 @@ pub async fn run(
         Command::AppPassword(c) => app_password_cmd(&ctx, c).await,
         Command::Alias(c) => alias(&ctx, c).await,
         Command::SendAs(c) => send_as(&ctx, c).await,
-        Command::Serve | Command::Config(_) | Command::Auth(_) => {
+        Command::Serve | Command::Config(_) | Command::Auth(_) | Command::Idp(_) => {
             Err(CliError::usage("not an admin command"))
         }
     };
@@ -484,7 +484,7 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
             let last = m
                 .last_login
                 .as_ref()
-                .map(|l| describe_use(l))
+                .map(describe_use)
                 .unwrap_or_else(|| "never".into());
             ctx.out.record(
                 &serde_json::json!({ "mailbox": m, "has_password": m.has_password(), "app_passwords": apps.len() }),

@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth_test;
+mod idp_test;
 mod output;
 mod secrets;
 
@@ -74,6 +75,20 @@ pub enum Command {
     /// Test a login like a mail server would ask for it
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// The OpenID Connect identity provider configured in [oidc]
+    #[command(subcommand)]
+    Idp(IdpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdpCommand {
+    /// Check discovery, TLS, keys, client credentials and UserInfo, step by step
+    #[command(
+        after_help = "Each step prints ✓ or ✗ with a hint. The token-endpoint step sends an invented code: \
+                      invalid_grant proves the client id and secret were accepted, invalid_client that they were not. \
+                      Exit code 0 when every step passed, 1 otherwise."
+    )]
+    Test,
 }
 
 #[derive(Debug, Subcommand)]
@@ -413,6 +428,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
+        Command::Idp(IdpCommand::Test) => idp_test::run(cli.config.as_deref(), &out).await,
         command => admin::run(cli.config.as_deref(), &out, command).await,
     };
     match result {

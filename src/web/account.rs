@@ -1,0 +1,423 @@
+//! The signed-in side: the mailbox page, app passwords, password sign-in, sign-out.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+
+use super::pages::{self, Notice};
+use super::session::{self, Session, SignedInUser, Via};
+use super::{field, html_response, redirect, with_cookie, AppState};
+use crate::auth::{app_password, FailReason, WebOutcome};
+use crate::clock::parse_date;
+use crate::names::{Protocol, Protocols};
+use crate::secret::Secret;
+use crate::store::{NewAppPassword, StoreError};
+
+/// Enough for every device a person owns; bounds what one account can make us store.
+const MAX_APP_PASSWORDS: usize = 100;
+
+type FormResult = Result<Form<Vec<(String, String)>>, FormRejection>;
+
+pub async fn index(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Some((id, s)) = state.session(&headers) {
+        if let Some(user) = &s.user {
+            let notice = state.sessions.take_notice(&id);
+            return account_page(
+                &state,
+                &id,
+                &s,
+                user,
+                notice.as_deref().map(|t| Notice {
+                    good: true,
+                    text: t,
+                }),
+            )
+            .await;
+        }
+    }
+    let signed_out = query
+        .map(|Query(q)| q.iter().any(|(k, _)| k == "signed-out"))
+        .unwrap_or(false);
+    sign_in_page(
+        &state,
+        &headers,
+        signed_out.then_some(Notice {
+            good: true,
+            text: "You are signed out.",
+        }),
+        "",
+        StatusCode::OK,
+    )
+}
+
+fn sign_in_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    message: Option<Notice<'_>>,
+    address: &str,
+    status: StatusCode,
+) -> Response {
+    let (_, s, cookie) = match state.session_or_new(headers) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let provider = state
+        .rp
+        .as_ref()
+        .map(|rp| rp.settings().display_name.clone());
+    with_cookie(
+        html_response(
+            status,
+            pages::sign_in(
+                &state.settings.title,
+                provider.as_deref(),
+                &s.csrf,
+                message,
+                address,
+            ),
+        ),
+        cookie,
+    )
+}
+
+async fn account_page(
+    state: &AppState,
+    id: &str,
+    s: &Session,
+    user: &SignedInUser,
+    message: Option<Notice<'_>>,
+) -> Response {
+    let mailbox = match state.store.get_mailbox(&user.address).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            state.sessions.remove(id);
+            return state.problem(
+                StatusCode::OK,
+                "Signed out",
+                "Your mailbox no longer exists here.",
+            );
+        }
+        Err(e) => return store_trouble(state, &e),
+    };
+    let apps = match state.store.list_app_passwords(&mailbox.address).await {
+        Ok(a) => a,
+        Err(e) => return store_trouble(state, &e),
+    };
+    html_response(
+        StatusCode::OK,
+        pages::account(&pages::Account {
+            site: &state.settings.title,
+            mailbox: &mailbox,
+            apps: &apps,
+            csrf: &s.csrf,
+            now: state.clock.now(),
+            message,
+        }),
+    )
+}
+
+fn store_trouble(state: &AppState, e: &StoreError) -> Response {
+    tracing::error!(target: "mailauthd::web", error = %e, "store error on the web page");
+    state.problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Try again later",
+        "The mailbox service is unavailable right now. Try again in a minute.",
+    )
+}
+
+fn bad_form(state: &AppState, why: &str) -> Response {
+    tracing::warn!(target: "mailauthd::web", reason = why, "form refused");
+    state.problem(
+        StatusCode::FORBIDDEN,
+        "Form expired",
+        "This form has expired or did not come from this page. Go back, reload the page and try again.",
+    )
+}
+
+/// A form posted by a signed-in person, its CSRF token checked.
+struct SignedInForm {
+    id: String,
+    session: Session,
+    user: SignedInUser,
+    fields: Vec<(String, String)>,
+}
+
+/// The signed-in form, or the page to show instead.
+fn signed_in_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: FormResult,
+) -> Result<SignedInForm, Box<Response>> {
+    let signed_out = || {
+        Box::new(state.problem(
+            StatusCode::FORBIDDEN,
+            "Signed out",
+            "You are not signed in (any more). Sign in and try again.",
+        ))
+    };
+    let Some((id, session)) = state.session(headers) else {
+        return Err(signed_out());
+    };
+    let Ok(Form(fields)) = form else {
+        return Err(Box::new(bad_form(state, "unreadable form")));
+    };
+    if !session.csrf_matches(field(&fields, "csrf")) {
+        return Err(Box::new(bad_form(state, "missing or wrong CSRF token")));
+    }
+    let Some(user) = session.user.clone() else {
+        return Err(signed_out());
+    };
+    Ok(SignedInForm {
+        id,
+        session,
+        user,
+        fields,
+    })
+}
+
+pub async fn password_sign_in(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let Some((id, s)) = state.session(&headers) else {
+        return sign_in_page(
+            &state,
+            &headers,
+            Some(Notice {
+                good: false,
+                text: "The sign-in form had expired. Please try again.",
+            }),
+            "",
+            StatusCode::FORBIDDEN,
+        );
+    };
+    let Ok(Form(fields)) = form else {
+        return bad_form(&state, "unreadable form");
+    };
+    if !s.csrf_matches(field(&fields, "csrf")) {
+        return bad_form(&state, "missing or wrong CSRF token");
+    }
+    let login = field(&fields, "address").unwrap_or("").trim().to_string();
+    let secret = Secret::from(field(&fields, "password").unwrap_or("").to_string());
+    let rip = state.client_ip(&headers, peer);
+    let shown_login: String = login.chars().take(320).collect();
+    let refuse = |text: &str, status| {
+        sign_in_page(
+            &state,
+            &headers,
+            Some(Notice { good: false, text }),
+            &shown_login,
+            status,
+        )
+    };
+    match state
+        .auth
+        .authenticate_web(&login, &secret, Some(rip))
+        .await
+    {
+        WebOutcome::Ok(address) => {
+            match state.sessions.sign_in(
+                Some(&id),
+                SignedInUser {
+                    address,
+                    via: Via::Password,
+                },
+            ) {
+                Ok(new_id) => with_cookie(
+                    redirect("/"),
+                    Some(session::set_cookie(&new_id, state.settings.secure_cookies)),
+                ),
+                Err(_) => refuse(
+                    "The page is busy right now. Try again in a minute.",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ),
+            }
+        }
+        WebOutcome::Fail(FailReason::OidcNeedsAppPassword) => {
+            let provider = state
+                .rp
+                .as_ref()
+                .map(|rp| rp.settings().display_name.clone())
+                .unwrap_or_else(|| "your organisation's account".into());
+            refuse(
+                &format!("This mailbox signs in with {provider}. Use the button above."),
+                StatusCode::FORBIDDEN,
+            )
+        }
+        WebOutcome::Fail(FailReason::Throttled) => refuse(
+            "Too many attempts. Wait a minute, then try again.",
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        WebOutcome::Fail(_) => refuse(
+            "The address or password is wrong, or this mailbox may not sign in.",
+            StatusCode::FORBIDDEN,
+        ),
+        WebOutcome::TempFail(_) => refuse(
+            "The mailbox service is unavailable right now. Try again in a minute.",
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    }
+}
+
+pub async fn create_app_password(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let SignedInForm {
+        id,
+        session: s,
+        user,
+        fields,
+    } = match signed_in_form(&state, &headers, form) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let problem = |text: &str| {
+        let state = state.clone();
+        let (id, s, user) = (id.clone(), s.clone(), user.clone());
+        let text = text.to_string();
+        async move {
+            account_page(
+                &state,
+                &id,
+                &s,
+                &user,
+                Some(Notice {
+                    good: false,
+                    text: &text,
+                }),
+            )
+            .await
+        }
+    };
+    let name = field(&fields, "name").unwrap_or("").trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return problem("Give the app password a name of 1 to 100 characters, e.g. “phone”.").await;
+    }
+    let protocols = Protocol::ALL
+        .into_iter()
+        .filter(|p| field(&fields, p.name()).is_some_and(|v| v == "on"))
+        .fold(Protocols::NONE, Protocols::with);
+    if protocols == Protocols::NONE {
+        return problem("Choose at least one of IMAP, POP3, SIEVE or SMTP.").await;
+    }
+    let now = state.clock.now();
+    let expires_at = match field(&fields, "expires")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        None => None,
+        Some(text) => match parse_date(text) {
+            Some(day) if day > now => Some(day),
+            Some(_) => return problem("The expiry date must be in the future.").await,
+            None => return problem("The expiry date is not a date (use YYYY-MM-DD).").await,
+        },
+    };
+    let existing = match state.store.list_app_passwords(&user.address).await {
+        Ok(list) => list,
+        Err(e) => return store_trouble(&state, &e),
+    };
+    if existing.len() >= MAX_APP_PASSWORDS {
+        return problem(&format!(
+            "You have {MAX_APP_PASSWORDS} app passwords. Revoke some you no longer use first."
+        ))
+        .await;
+    }
+    let secret = match app_password::generate() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "no randomness for an app password");
+            return store_trouble(&state, &StoreError::Unavailable("randomness".into()));
+        }
+    };
+    let new = NewAppPassword {
+        mailbox: user.address.clone(),
+        name: name.clone(),
+        lookup_hash: state.auth.key().lookup_hash(secret.expose()),
+        protocols,
+        networks: Vec::new(),
+        expires_at,
+        created_at: now,
+    };
+    let app_id = match state.store.create_app_password(&new).await {
+        Ok(app_id) => app_id,
+        Err(e) => return store_trouble(&state, &e),
+    };
+    tracing::info!(target: "mailauthd::web", user = %user.address, id = app_id, name = %name, protocols = %protocols, "app password created");
+    let shown = String::from_utf8_lossy(secret.expose()).into_owned();
+    let mailbox_host = state.settings.mail_host.clone();
+    html_response(
+        StatusCode::OK,
+        pages::created(&pages::Created {
+            site: &state.settings.title,
+            address: &user.address,
+            name: &name,
+            secret: &shown,
+            protocols,
+            expires: expires_at,
+            mail_host: mailbox_host.as_deref(),
+            csrf: &s.csrf,
+        }),
+    )
+}
+
+pub async fn revoke_app_password(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let SignedInForm {
+        id, user, fields, ..
+    } = match signed_in_form(&state, &headers, form) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let Some(app_id) = field(&fields, "id").and_then(|v| v.trim().parse::<i64>().ok()) else {
+        return bad_form(&state, "revoke without a valid id");
+    };
+    // Scoped to the signed-in mailbox: an id of someone else's app password finds nothing.
+    let notice = match state.store.delete_app_password(&user.address, app_id).await {
+        Ok(()) => {
+            tracing::info!(target: "mailauthd::web", user = %user.address, id = app_id, "app password revoked");
+            "App password revoked. Programs using it can no longer log in.".to_string()
+        }
+        Err(StoreError::NotFound(_)) => "That app password was already gone.".to_string(),
+        Err(e) => return store_trouble(&state, &e),
+    };
+    state.sessions.update(&id, |s| s.notice = Some(notice));
+    redirect("/")
+}
+
+pub async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: FormResult,
+) -> Response {
+    let SignedInForm { id, user, .. } = match signed_in_form(&state, &headers, form) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    state.sessions.remove(&id);
+    tracing::info!(target: "mailauthd::web", user = %user.address, "signed out");
+    let clear = Some(session::clear_cookie(state.settings.secure_cookies));
+    if let (Via::Provider { id_token }, Some(rp), Some(root)) =
+        (&user.via, &state.rp, &state.settings.public_root)
+    {
+        let mut after = root.clone();
+        after.set_query(Some("signed-out"));
+        if let Some(url) = rp.logout_url(Some(id_token), &after).await {
+            return with_cookie(redirect(url.as_str()), clear);
+        }
+    }
+    with_cookie(redirect("/?signed-out"), clear)
+}

@@ -1,0 +1,212 @@
+//! Sign-in through the identity provider: `/login` sends the browser there, `/callback`
+//! takes it back, checks `state`, lets the relying party validate everything else, and
+//! hands the claims to provisioning.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use super::session::{SignedInUser, Via};
+use super::{redirect, with_cookie, AppState};
+use crate::provision::{self, SignedIn};
+
+/// Provider error texts are shown to the person; keep them short and printable.
+fn printable(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+pub async fn login(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(rp) = state.rp.clone() else {
+        return state.problem(
+            StatusCode::NOT_FOUND,
+            "Not available",
+            "Signing in through an identity provider is not set up here.",
+        );
+    };
+    let (id, _, cookie) = match state.session_or_new(&headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match rp.begin().await {
+        Ok(auth) => {
+            state
+                .sessions
+                .update(&id, |s| s.pending = Some(auth.pending));
+            with_cookie(redirect(auth.url.as_str()), cookie)
+        }
+        Err(e) => {
+            tracing::error!(target: "mailauthd::web", error = %e, "cannot start a sign-in at the identity provider");
+            with_cookie(
+                state.problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in unavailable",
+                    &e.person_message(),
+                ),
+                cookie,
+            )
+        }
+    }
+}
+
+pub async fn callback(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let rip = state.client_ip(&headers, peer);
+    let fail = |status: StatusCode, reason: &str, detail: &str, title: &str, message: &str| {
+        tracing::warn!(target: "mailauthd::audit", service = "web", user = "-", rip = %rip, mech = "oidc", outcome = "fail", reason, detail, "sign-in");
+        state.problem(status, title, message)
+    };
+    let Some(rp) = state.rp.clone() else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "oidc_not_configured",
+            "callback without [oidc]",
+            "Not available",
+            "Signing in through an identity provider is not set up here.",
+        );
+    };
+    let Ok(Query(params)) = query else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "bad_callback",
+            "unreadable query string",
+            "Sign-in failed",
+            "The sign-in answer could not be read. Please sign in again.",
+        );
+    };
+    let param = |name: &str| super::field(&params, name);
+
+    // Whatever happens next, this browser's pending sign-in is used up: a state and its
+    // PKCE verifier are good for one attempt.
+    let session = state.session(&headers);
+    let pending = session
+        .as_ref()
+        .and_then(|(id, _)| state.sessions.take_pending(id));
+
+    if let Some(error) = param("error") {
+        let error = printable(error, 64);
+        let description = param("error_description")
+            .map(|d| printable(d, 200))
+            .unwrap_or_default();
+        let message = match error.as_str() {
+            "access_denied" => "You declined the sign-in, or your organisation does not allow you to use this service.".to_string(),
+            "login_required" | "interaction_required" | "consent_required" => {
+                "Your organisation's sign-in needs you to sign in again.".to_string()
+            }
+            _ => format!(
+                "Your organisation's sign-in service refused the sign-in ({error}{}).",
+                if description.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {description}")
+                }
+            ),
+        };
+        return fail(
+            StatusCode::FORBIDDEN,
+            "provider_error",
+            &format!("{error}: {description}"),
+            "Sign-in refused",
+            &message,
+        );
+    }
+
+    let Some(pending) = pending else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "no_pending_sign_in",
+            "callback without a pending sign-in in this browser (expired session, replayed or forged callback, or cookies blocked)",
+            "Sign-in expired",
+            "This sign-in has expired or was already used. Please start again.",
+        );
+    };
+    let offered = param("state").unwrap_or("");
+    let expected = pending.state.expose();
+    if offered.len() != expected.len() || !bool::from(offered.as_bytes().ct_eq(expected)) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "state_mismatch",
+            "state parameter missing or not the one this browser was sent with",
+            "Sign-in expired",
+            "This sign-in does not belong to this browser, or has expired. Please start again.",
+        );
+    }
+    let Some(code) = param("code").filter(|c| !c.is_empty() && c.len() <= 4096) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "no_code",
+            "callback without a code",
+            "Sign-in failed",
+            "The sign-in answer was incomplete. Please sign in again.",
+        );
+    };
+
+    let identity = match rp.finish(&pending, code).await {
+        Ok(i) => i,
+        Err(e) => {
+            let status = match e {
+                crate::oidc::OidcError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            return fail(
+                status,
+                "oidc_error",
+                &e.to_string(),
+                "Sign-in failed",
+                &e.person_message(),
+            );
+        }
+    };
+
+    let claims = &identity.claims;
+    match provision::sign_in(&*state.store, &*state.clock, state.rules, claims).await {
+        Ok(outcome) => {
+            let address = outcome.mailbox().address.clone();
+            if let SignedIn::UpdateDeferred { reason, .. } = &outcome {
+                tracing::warn!(target: "mailauthd::web", user = %address, reason = %reason, "mailbox not updated at sign-in");
+            }
+            tracing::info!(target: "mailauthd::audit", service = "web", user = %address, rip = %rip, mech = "oidc", outcome = "ok", reason = outcome.label(), subject = %claims.subject, "sign-in");
+            let old = session.as_ref().map(|(id, _)| id.as_str());
+            match state.sessions.sign_in(
+                old,
+                SignedInUser {
+                    address,
+                    via: Via::Provider {
+                        id_token: identity.id_token,
+                    },
+                },
+            ) {
+                Ok(id) => with_cookie(
+                    redirect("/"),
+                    Some(super::session::set_cookie(
+                        &id,
+                        state.settings.secure_cookies,
+                    )),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create a web session");
+                    state.problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Busy",
+                        "The page is busy right now. Try again in a minute.",
+                    )
+                }
+            }
+        }
+        Err(refusal) => {
+            let status = if refusal.is_temporary() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            tracing::warn!(target: "mailauthd::audit", service = "web", user = %printable(&claims.address, 128), rip = %rip, mech = "oidc", outcome = "fail", reason = refusal.code(), detail = %refusal, subject = %claims.subject, "sign-in");
+            state.problem(status, "Sign-in refused", &refusal.person_message())
+        }
+    }
+}
