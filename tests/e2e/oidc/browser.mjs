@@ -1,0 +1,211 @@
+// Drives Debian's Chromium (never a downloaded browser) through mailauthd's web page and
+// the OpenID provider, as a person would, and prints what it saw as one JSON line.
+//
+// Usage: node browser.mjs ACTION --base URL --shots DIR --prefix NAME [options]
+//   signin        sign in through the provider as --login; report the page reached
+//   app-password  sign in, create an app password --name for --protocols, report the secret
+//   revoke        sign in, revoke the app password named --name
+//   signout       sign in, sign out (RP-initiated logout at the provider)
+//   local         sign in with the password form (--login is the address, --password)
+//   bad-input     callbacks without state, with a provider error, a form without CSRF
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { chromium } from 'playwright-core';
+
+const { positionals, values: opt } = parseArgs({
+  allowPositionals: true,
+  options: {
+    base: { type: 'string' },
+    shots: { type: 'string' },
+    prefix: { type: 'string', default: 'page' },
+    login: { type: 'string' },
+    password: { type: 'string', default: 'any-password' },
+    name: { type: 'string', default: 'laptop' },
+    protocols: { type: 'string', default: 'imap' },
+  },
+});
+const action = positionals[0];
+fs.mkdirSync(opt.shots, { recursive: true });
+
+const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mailauthd-e2e-chromium-'));
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    // Nothing but loopback: no name resolves, so nothing leaves the machine.
+    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+  ],
+  viewport: { width: 390, height: 844 },
+  timeout: 30000,
+});
+
+// The provider's dev pages link a web font; the test never leaves loopback.
+await context.route('**/*', (route) => {
+  const host = new URL(route.request().url()).hostname;
+  if (host === '127.0.0.1' || host === 'localhost' || host === '[::1]') return route.continue();
+  return route.abort();
+});
+
+const page = context.pages()[0] ?? (await context.newPage());
+page.setDefaultTimeout(20000);
+let shotNo = 0;
+
+async function shot(label) {
+  shotNo += 1;
+  const file = path.join(opt.shots, `${opt.prefix}-${String(shotNo).padStart(2, '0')}-${label}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
+
+async function text(selector) {
+  const el = await page.$(selector);
+  return el ? (await el.innerText()).trim() : null;
+}
+
+async function report(extra = {}) {
+  return {
+    url: page.url(),
+    title: await page.title(),
+    reason: await text('#reason'),
+    address: await text('#mailbox-address'),
+    alert: await text('[role=alert]'),
+    status: await text('[role=status]'),
+    ...extra,
+  };
+}
+
+// Sign in through the provider: the dev login form, then consent when it asks.
+async function signIn() {
+  await page.goto(opt.base + '/');
+  await shot('sign-in');
+  await page.click('#provider-sign-in');
+  await page.waitForSelector('input[name=login]');
+  await shot('provider-login');
+  await page.fill('input[name=login]', opt.login);
+  await page.fill('input[name=password]', opt.password);
+  await Promise.all([page.waitForLoadState('load'), page.click('button[type=submit]')]);
+  for (let i = 0; i < 3 && !page.url().startsWith(opt.base); i += 1) {
+    const consent = await page.$('button[type=submit]');
+    if (!consent) break;
+    await shot('provider-consent');
+    await Promise.all([page.waitForLoadState('load'), consent.click()]);
+  }
+  await page.waitForURL((u) => u.toString().startsWith(opt.base), { timeout: 20000 });
+  await page.waitForLoadState('load');
+  await shot((await page.$('#mailbox-address')) ? 'account' : 'refused');
+}
+
+let result = {};
+try {
+  switch (action) {
+    case 'signin':
+      await signIn();
+      result = await report();
+      break;
+
+    case 'app-password': {
+      await signIn();
+      await page.fill('#name', opt.name);
+      const wanted = opt.protocols.split(',');
+      for (const p of ['imap', 'pop3', 'sieve', 'smtp']) {
+        await page.setChecked(`input[name=${p}]`, wanted.includes(p));
+      }
+      await shot('new-app-password-form');
+      await Promise.all([page.waitForLoadState('load'), page.click('text=Create app password')]);
+      const secret = await text('#app-password');
+      await shot('app-password-created');
+      const settings = await text('#client-settings');
+      await page.click('text=Done');
+      await page.waitForLoadState('load');
+      await shot('app-password-list');
+      result = await report({ secret, settings, list: await text('#app-passwords') });
+      break;
+    }
+
+    case 'revoke': {
+      await signIn();
+      const before = await text('#app-passwords');
+      await shot('before-revoke');
+      await Promise.all([
+        page.waitForLoadState('load'),
+        page.click(`button[aria-label="Revoke ${opt.name}"]`),
+      ]);
+      await shot('revoked');
+      result = await report({ before, list: await text('#app-passwords') });
+      break;
+    }
+
+    case 'signout': {
+      await signIn();
+      await Promise.all([page.waitForLoadState('load'), page.click('text=Sign out')]);
+      // The provider asks whether to end its session too.
+      if (!page.url().startsWith(opt.base)) {
+        await shot('provider-logout');
+        const yes = (await page.$('button[autofocus]')) ?? (await page.$('button[type=submit]'));
+        if (yes) await Promise.all([page.waitForLoadState('load'), yes.click()]);
+        await page.waitForURL((u) => u.toString().startsWith(opt.base), { timeout: 20000 });
+      }
+      await shot('signed-out');
+      result = await report();
+      break;
+    }
+
+    case 'local': {
+      await page.goto(opt.base + '/');
+      await page.fill('#address', opt.login);
+      await page.fill('#password', opt.password);
+      await shot('password-form');
+      await Promise.all([page.waitForLoadState('load'), page.click('text=Sign in with password')]);
+      await shot((await page.$('#mailbox-address')) ? 'local-account' : 'local-refused');
+      result = await report();
+      break;
+    }
+
+    case 'bad-input': {
+      const seen = {};
+      await page.goto(opt.base + '/callback?code=invented&state=forged');
+      await shot('callback-without-sign-in');
+      seen.noState = await report();
+      await page.goto(opt.base + '/callback?error=access_denied&error_description=User%20cancelled');
+      await shot('callback-provider-error');
+      seen.providerError = await report();
+      await page.goto(opt.base + '/');
+      const resp = await context.request.post(opt.base + '/login/password', {
+        form: { address: 'nobody@example.org', password: 'x' },
+        maxRedirects: 0,
+      });
+      seen.noCsrf = { status: resp.status(), body: (await resp.text()).includes('Form expired') };
+      await page.goto(opt.base + '/no/such/page');
+      await shot('not-found');
+      seen.notFound = await report();
+      result = seen;
+      break;
+    }
+
+    default:
+      throw new Error(`unknown action ${action}`);
+  }
+} catch (e) {
+  try {
+    await shot('error');
+  } catch {
+    // The page may be gone; the error below is what matters.
+  }
+  result = { error: String(e && e.message ? e.message : e), url: page.url() };
+} finally {
+  await context.close();
+  fs.rmSync(userDataDir, { recursive: true, force: true });
+}
+console.log(JSON.stringify(result));

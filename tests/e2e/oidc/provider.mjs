@@ -1,0 +1,93 @@
+// A real, standards-compliant OpenID provider for the end-to-end test: the npm package
+// oidc-provider on a loopback port, with the `mailcow_template` claim released by the
+// `mailcow_template` scope from UserInfo (as mailcow's setups do).
+//
+// Accounts live in a JSON file that is read on every sign-in, so the test script can change
+// a person's claims between runs: { "alice": { "email": "...", "mailcow_template": "staff" } }
+//
+// Usage: node provider.mjs --port N --accounts FILE --redirect URL --post-logout URL
+//                          [--tls-cert FILE --tls-key FILE] [--client-secret S]
+
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import { parseArgs } from 'node:util';
+
+import Provider from 'oidc-provider';
+
+const { values: args } = parseArgs({
+  options: {
+    port: { type: 'string' },
+    accounts: { type: 'string' },
+    redirect: { type: 'string' },
+    'post-logout': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'client-secret': { type: 'string', default: 'e2e-client-secret-0123456789abcdef' },
+  },
+});
+
+const tls = Boolean(args['tls-cert']);
+const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${args.port}`;
+
+function readAccounts() {
+  return JSON.parse(fs.readFileSync(args.accounts, 'utf8'));
+}
+
+const configuration = {
+  clients: [
+    {
+      client_id: 'mailauthd',
+      client_secret: args['client-secret'],
+      redirect_uris: [args.redirect],
+      post_logout_redirect_uris: [args['post-logout']],
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+  ],
+  scopes: ['openid', 'profile', 'email', 'mailcow_template'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name'],
+    mailcow_template: ['mailcow_template'],
+  },
+  // ID tokens carry only what the spec puts there when an access token is issued; the rest,
+  // mailcow_template included, comes from UserInfo, so the relying party must merge.
+  conformIdTokenClaims: true,
+  pkce: { required: () => true },
+  features: {
+    devInteractions: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+  },
+  cookies: { keys: ['mailauthd-e2e-cookie-key-not-secret'] },
+  async findAccount(_ctx, id) {
+    const account = readAccounts()[id];
+    if (!account) return undefined;
+    return {
+      accountId: id,
+      async claims() {
+        return { sub: id, ...account };
+      },
+    };
+  },
+};
+
+const provider = new Provider(issuer, configuration);
+provider.on('server_error', (_ctx, err) => console.error('provider server_error', err));
+
+const server = tls
+  ? https.createServer(
+      { cert: fs.readFileSync(args['tls-cert']), key: fs.readFileSync(args['tls-key']) },
+      provider.callback(),
+    )
+  : http.createServer(provider.callback());
+
+server.listen(Number(args.port), '127.0.0.1', () => {
+  console.log(`provider listening at ${issuer}`);
+});
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => server.close(() => process.exit(0)));
+}

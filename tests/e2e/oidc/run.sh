@@ -1,0 +1,410 @@
+#!/usr/bin/env bash
+# End-to-end test of OIDC sign-in, provisioning and the app-password page, with a real
+# OpenID provider (the npm package oidc-provider on loopback ports) and a real browser
+# (Debian's chromium, driven by playwright-core; never a downloaded browser).
+#
+#   MAILAUTHD_BIN   the binary to test (default: target/debug/mailauthd; build it first)
+#   ARTIFACTS       screenshots go to $ARTIFACTS/screenshots (default: ci-artifacts)
+#   KEEP=1          keep the temporary folder (configs, logs, database)
+#
+# Installs chromium (apt), openssl and the npm packages from the committed lockfile when they
+# are missing. Only loopback addresses are used. Ends with "N passed, N failed"; exits
+# non-zero on any failure.
+
+set -euo pipefail
+export LC_ALL=C.UTF-8
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../../.." && pwd)
+MAILAUTHD_BIN=${MAILAUTHD_BIN:-$REPO/target/debug/mailauthd}
+case $MAILAUTHD_BIN in /*) ;; *) MAILAUTHD_BIN=$REPO/$MAILAUTHD_BIN ;; esac
+ARTIFACTS=${ARTIFACTS:-$REPO/ci-artifacts}
+case $ARTIFACTS in /*) ;; *) ARTIFACTS=$REPO/$ARTIFACTS ;; esac
+SHOTS=$ARTIFACTS/screenshots
+
+PASSED=0
+FAILED=0
+PIDS=()
+
+ok() {
+	PASSED=$((PASSED + 1))
+	echo "ok - $1"
+}
+
+not_ok() {
+	FAILED=$((FAILED + 1))
+	echo "not ok - $1"
+	if [ -n "${2:-}" ]; then
+		printf '%s\n' "$2" | tail -n 20 | sed 's/^/#   /'
+	fi
+}
+
+finish() {
+	echo "$PASSED passed, $FAILED failed"
+	[ "$FAILED" -eq 0 ]
+}
+
+die() {
+	echo "error: $*" >&2
+	FAILED=$((FAILED + 1))
+	finish || exit 1
+}
+
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	if [ -n "${TMP:-}" ]; then
+		if [ "${KEEP:-}" = 1 ]; then
+			echo "# kept $TMP"
+		else
+			rm -rf "$TMP"
+		fi
+	fi
+}
+trap cleanup EXIT
+
+# --- what the test needs -------------------------------------------------------------
+
+need_apt=()
+[ -x /usr/bin/chromium ] || need_apt+=(chromium fonts-dejavu-core)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+	echo "# installing ${need_apt[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 20 ] || die "Node.js 20 or newer is needed (found $(node --version))"
+if [ ! -d "$HERE/node_modules/oidc-provider" ] || [ ! -d "$HERE/node_modules/playwright-core" ]; then
+	echo "# installing npm packages from package-lock.json"
+	(cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+fi
+[ -x "$MAILAUTHD_BIN" ] || die "$MAILAUTHD_BIN is missing: run cargo build first (or set MAILAUTHD_BIN)"
+
+TMP=$(mktemp -d /tmp/mailauthd-e2e-oidc.XXXXXX)
+mkdir -p "$TMP/state" "$SHOTS"
+rm -f "$SHOTS"/*.png
+
+free_port() {
+	node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+PROVIDER_PORT=$(free_port)
+TLS_PORT=$(free_port)
+WEB_PORT=$(free_port)
+while [ "$TLS_PORT" = "$PROVIDER_PORT" ]; do TLS_PORT=$(free_port); done
+while [ "$WEB_PORT" = "$PROVIDER_PORT" ] || [ "$WEB_PORT" = "$TLS_PORT" ]; do WEB_PORT=$(free_port); done
+BASE=http://127.0.0.1:$WEB_PORT
+ISSUER=http://127.0.0.1:$PROVIDER_PORT
+TLS_ISSUER=https://127.0.0.1:$TLS_PORT
+CLIENT_SECRET=e2e-client-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+printf '%s\n' "$CLIENT_SECRET" >"$TMP/client-secret"
+chmod 600 "$TMP/client-secret"
+
+# --- the people at the provider ------------------------------------------------------
+
+write_accounts() { # $1 = alice's template
+	cat >"$TMP/accounts.json" <<EOF
+{
+  "alice": { "email": "Alice@Example.org", "email_verified": true, "name": "Alice Example", "mailcow_template": "$1" },
+  "bob":   { "email": "bob@nowhere.example", "email_verified": true, "name": "Bob", "mailcow_template": "staff" },
+  "carol": { "email": "carol@example.org", "email_verified": true, "name": "Carol", "mailcow_template": ["guests", "visitors"] },
+  "dave":  { "email": "dave@full.example", "email_verified": true, "name": "Dave", "mailcow_template": "staff" },
+  "erin":  { "email": "erin@example.org", "email_verified": true, "name": "Erin", "mailcow_template": "staff" },
+  "frank": { "email": "frank@example.org", "email_verified": false, "name": "Frank", "mailcow_template": "staff" }
+}
+EOF
+}
+write_accounts staff
+
+# --- mailauthd -----------------------------------------------------------------------
+
+write_config() { # $1 = file, $2 = issuer, $3 = ignore_tls_errors
+	cat >"$1" <<EOF
+state_directory = "$TMP/state"
+
+[store]
+url = "sqlite://$TMP/state/mailauthd.db"
+
+[credentials]
+argon2_memory_kib = 8192
+argon2_iterations = 1
+
+[log]
+level = "info"
+
+[oidc]
+display_name = "Example SSO"
+issuer = "$2"
+client_id = "mailauthd"
+client_secret_file = "$TMP/client-secret"
+redirect_url = "$BASE/callback"
+ignore_tls_errors = $3
+timeout_ms = 5000
+
+[web]
+listen = "127.0.0.1:$WEB_PORT"
+title = "Example Mail"
+mail_host = "mail.example.org"
+# The test talks plain HTTP on loopback, without a TLS proxy in front.
+secure_cookies = false
+EOF
+}
+write_config "$TMP/config.toml" "$ISSUER" false
+export MAILAUTHD_CONFIG=$TMP/config.toml
+
+m() { "$MAILAUTHD_BIN" "$@"; }
+
+json() { # $1 = JavaScript expression over j; JSON on stdin
+	node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{const j=JSON.parse(s);const v=eval(process.argv[1]);console.log(v===undefined||v===null?"":typeof v==="string"?v:JSON.stringify(v))}catch(e){console.log("")}})' "$1"
+}
+
+m config check >/dev/null || die "config check failed"
+m domain add example.org --max-mailboxes 10 --max-quota 10G >/dev/null
+m domain add full.example --max-mailboxes 1 >/dev/null
+m template add staff --quota 2G --protocols imap,pop3,smtp >/dev/null
+m template add students --quota 1G --protocols imap,pop3 >/dev/null
+m mapping add staff staff >/dev/null
+m mapping add students students >/dev/null
+echo 'filler-password-1' | m mailbox add filler@full.example --password-stdin >/dev/null
+echo 'erin-local-password-1' | m mailbox add erin@example.org --password-stdin >/dev/null
+
+node "$HERE/provider.mjs" --port "$PROVIDER_PORT" --accounts "$TMP/accounts.json" \
+	--redirect "$BASE/callback" --post-logout "$BASE/?signed-out" \
+	--client-secret "$CLIENT_SECRET" >"$TMP/provider.log" 2>&1 &
+PIDS+=($!)
+"$MAILAUTHD_BIN" serve >"$TMP/mailauthd.log" 2>&1 &
+PIDS+=($!)
+
+wait_http() { # $1 = URL
+	local i
+	for i in $(seq 100); do
+		curl -fsk -o /dev/null "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+wait_http "$ISSUER/.well-known/openid-configuration" || die "provider did not start: $(cat "$TMP/provider.log")"
+wait_http "$BASE/healthz" || die "mailauthd did not start: $(cat "$TMP/mailauthd.log")"
+
+browser() { # $1 = action, $2 = screenshot prefix, rest = options
+	local action=$1 prefix=$2
+	shift 2
+	node "$HERE/browser.mjs" "$action" --base "$BASE" --shots "$SHOTS" --prefix "$prefix" "$@" ||
+		echo '{"error":"the browser driver failed"}'
+}
+
+mailbox_count() { m --json mailbox list 2>/dev/null | json 'j.length'; }
+
+# --- health --------------------------------------------------------------------------
+
+if [ "$(curl -fsS "$BASE/healthz")" = ok ] && [ "$(curl -fsS "$BASE/readyz")" = ready ]; then
+	ok "/healthz and /readyz answer"
+else
+	not_ok "/healthz and /readyz answer"
+fi
+
+# --- idp test against the real provider ----------------------------------------------
+
+if out=$(m idp test 2>&1) && grep -q '✓ token endpoint' <<<"$out" && grep -q 'invalid_grant' <<<"$out"; then
+	ok "idp test passes against the provider (client credentials proven with invalid_grant)"
+else
+	not_ok "idp test passes against the provider" "$out"
+fi
+write_config "$TMP/wrong-secret.toml" "$ISSUER" false
+sed -i "s|client_secret_file = .*|client_secret = \"not-the-secret\"|" "$TMP/wrong-secret.toml"
+if out=$(m --config "$TMP/wrong-secret.toml" idp test 2>&1); then
+	not_ok "idp test fails with a wrong client secret" "$out"
+elif grep -q '✗ token endpoint' <<<"$out" && grep -q 'invalid_client' <<<"$out"; then
+	ok "idp test names a wrong client secret (invalid_client)"
+else
+	not_ok "idp test names a wrong client secret (invalid_client)" "$out"
+fi
+
+# --- first sign-in creates the mailbox from the template -----------------------------
+
+out=$(browser signin 01-alice-first --login alice)
+show=$(m --json mailbox show alice@example.org 2>&1 || true)
+if [ "$(json 'j.address' <<<"$out")" = alice@example.org ] &&
+	[ "$(json 'j.mailbox.quota' <<<"$show")" = 2147483648 ] &&
+	[ "$(json 'j.mailbox.template' <<<"$show")" = staff ] &&
+	[ "$(json 'j.mailbox.auth_source' <<<"$show")" = oidc ] &&
+	[ "$(json 'j.mailbox.oidc_subject' <<<"$show")" = alice ]; then
+	ok "first sign-in creates alice@example.org with the staff template's quota (2G), bound to the subject"
+else
+	not_ok "first sign-in creates the mailbox from the template" "$out
+$show"
+fi
+
+# --- an app password made on the page works for IMAP only ----------------------------
+
+out=$(browser app-password 02-alice-app-password --login alice --name laptop --protocols imap)
+secret=$(json 'j.secret || ""' <<<"$out")
+if [[ $secret =~ ^[a-z]{4}(-[a-z]{4}){4}$ ]] && grep -q 'mail.example.org' <<<"$(json 'j.settings' <<<"$out")"; then
+	ok "the page creates an app password and shows it once with client settings"
+else
+	not_ok "the page creates an app password" "$out"
+fi
+if [ -n "$secret" ] && printf '%s\n' "$secret" | m auth test alice@example.org --service imap --rip 192.0.2.7 >"$TMP/auth-imap.txt" 2>&1; then
+	ok "auth test accepts the app password for imap"
+else
+	not_ok "auth test accepts the app password for imap" "$(cat "$TMP/auth-imap.txt")"
+fi
+if [ -z "$secret" ] || printf '%s\n' "$secret" | m auth test alice@example.org --service pop3 >"$TMP/auth-pop3.txt" 2>&1; then
+	not_ok "auth test refuses the app password for pop3" "$(cat "$TMP/auth-pop3.txt" 2>/dev/null)"
+elif grep -q app_password_protocol "$TMP/auth-pop3.txt"; then
+	ok "auth test refuses the app password for pop3 (app_password_protocol)"
+else
+	not_ok "auth test refuses the app password for pop3 for the right reason" "$(cat "$TMP/auth-pop3.txt")"
+fi
+
+# >>> HOOK: real Dovecot IMAP login with curl (added with the Dovecot end-to-end suite).
+# When MAILAUTHD_E2E_IMAP_LOGIN names an executable, it is run as
+#   "$MAILAUTHD_E2E_IMAP_LOGIN" ADDRESS APP_PASSWORD
+# and must exit 0 when Dovecot (through the mailauthd adapter) accepted the IMAP login.
+if [ -n "${MAILAUTHD_E2E_IMAP_LOGIN:-}" ]; then
+	if "$MAILAUTHD_E2E_IMAP_LOGIN" alice@example.org "$secret" >"$TMP/imap-login.txt" 2>&1; then
+		ok "Dovecot accepts an IMAP login with the app password"
+	else
+		not_ok "Dovecot accepts an IMAP login with the app password" "$(cat "$TMP/imap-login.txt")"
+	fi
+else
+	echo "# skip: real IMAP login through Dovecot (set MAILAUTHD_E2E_IMAP_LOGIN)"
+fi
+# <<< HOOK
+
+out=$(browser revoke 03-alice-revoke --login alice --name laptop)
+if grep -q 'from 192.0.2.7 (IMAP)' <<<"$(json 'j.before' <<<"$out")" &&
+	[ "$(json 'j.status' <<<"$out")" = "App password revoked. Programs using it can no longer log in." ]; then
+	ok "the page lists the last use (time, IP, protocol) and revokes the app password"
+else
+	not_ok "the page lists the last use and revokes" "$out"
+fi
+if [ -z "$secret" ] || printf '%s\n' "$secret" | m auth test alice@example.org --service imap >/dev/null 2>&1; then
+	not_ok "a revoked app password fails at the next login"
+else
+	ok "a revoked app password fails at the next login"
+fi
+
+# --- a changed claim at the provider updates the mailbox at the next sign-in ----------
+
+write_accounts students
+out=$(browser signin 04-alice-new-group --login alice)
+show=$(m --json mailbox show alice@example.org 2>&1 || true)
+if [ "$(json 'j.mailbox.template' <<<"$show")" = students ] &&
+	[ "$(json 'j.mailbox.quota' <<<"$show")" = 1073741824 ] &&
+	[ "$(json 'j.mailbox.protocols.join(",")' <<<"$show")" = imap,pop3 ]; then
+	ok "after the claim changed to students, the next sign-in re-applies the template (1G, imap,pop3)"
+else
+	not_ok "a changed claim updates the mailbox" "$out
+$show"
+fi
+
+# --- refusals show their reason and create nothing ------------------------------------
+
+before=$(mailbox_count)
+expect_refusal() { # $1 = login, $2 = prefix, $3 = expected reason text, $4 = description
+	local out reason
+	out=$(browser signin "$2" --login "$1")
+	reason=$(json 'j.reason || ""' <<<"$out")
+	if [ "$reason" = "$3" ]; then
+		ok "$4 shows: $3"
+	else
+		not_ok "$4 shows: $3" "$out"
+	fi
+}
+expect_refusal carol 05-unknown-template "There is no mailbox template for your group. Ask the postmaster to add one." "unknown template"
+expect_refusal bob 06-missing-domain "nowhere.example is not served here." "missing domain"
+expect_refusal dave 07-full-domain "The mailbox limit for full.example is reached." "full domain"
+expect_refusal erin 08-local-mailbox "This mailbox signs in with a password. Use the password form instead." "local mailbox"
+expect_refusal frank 09-unverified "Your organisation has not verified the address frank@example.org. Verify it there, then sign in again." "unverified address"
+after=$(mailbox_count)
+if [ "$before" = "$after" ] && ! m mailbox show carol@example.org >/dev/null 2>&1 &&
+	[ "$(m --json mailbox show erin@example.org | json 'j.mailbox.auth_source')" = local ]; then
+	ok "refused sign-ins created nothing and left the local mailbox local"
+else
+	not_ok "refused sign-ins created nothing" "before=$before after=$after"
+fi
+
+# --- the local mailbox signs in with its password --------------------------------------
+
+out=$(browser local 10-erin-password --login erin@example.org --password erin-local-password-1)
+if [ "$(json 'j.address' <<<"$out")" = erin@example.org ]; then
+	ok "a local mailbox signs in on the page with its password"
+else
+	not_ok "a local mailbox signs in on the page with its password" "$out"
+fi
+out=$(browser local 11-erin-wrong-password --login erin@example.org --password wrong)
+if grep -q 'address or password is wrong' <<<"$(json 'j.alert || ""' <<<"$out")"; then
+	ok "a wrong password is refused with a clear message"
+else
+	not_ok "a wrong password is refused with a clear message" "$out"
+fi
+
+# --- bad input: clear pages, never a stack trace ---------------------------------------
+
+out=$(browser bad-input 12-bad-input)
+if grep -q 'expired' <<<"$(json 'j.noState.reason' <<<"$out")" &&
+	grep -q 'declined' <<<"$(json 'j.providerError.reason' <<<"$out")" &&
+	[ "$(json 'j.noCsrf.status' <<<"$out")" = 403 ] && [ "$(json 'j.noCsrf.body' <<<"$out")" = true ] &&
+	[ "$(json 'j.notFound.reason' <<<"$out")" = "There is no such page here." ]; then
+	ok "forged callback, provider error, form without CSRF token and unknown page each get a clear page"
+else
+	not_ok "bad input gets clear pages" "$out"
+fi
+if grep -qiE 'panicked|stack backtrace' "$TMP/mailauthd.log"; then
+	not_ok "no panic in the daemon log" "$(grep -iE 'panicked|backtrace' "$TMP/mailauthd.log")"
+else
+	ok "no panic in the daemon log"
+fi
+if grep -qF "$CLIENT_SECRET" "$TMP/mailauthd.log" || { [ -n "$secret" ] && grep -qF "$secret" "$TMP/mailauthd.log"; }; then
+	not_ok "no secrets in the daemon log"
+else
+	ok "no secrets in the daemon log (client secret, app password)"
+fi
+
+# --- sign out, at the provider too -----------------------------------------------------
+
+out=$(browser signout 13-alice-sign-out --login alice)
+if [ "$(json 'j.status' <<<"$out")" = "You are signed out." ]; then
+	ok "sign out ends the provider session too (RP-initiated logout) and comes back signed out"
+else
+	not_ok "sign out" "$out"
+fi
+
+# --- an HTTPS provider with a self-signed certificate ----------------------------------
+
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=127.0.0.1" \
+	-addext "subjectAltName=IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
+	-keyout "$TMP/tls.key" -out "$TMP/tls.crt" >/dev/null 2>&1
+node "$HERE/provider.mjs" --port "$TLS_PORT" --accounts "$TMP/accounts.json" \
+	--redirect "$BASE/callback" --post-logout "$BASE/?signed-out" \
+	--client-secret "$CLIENT_SECRET" --tls-cert "$TMP/tls.crt" --tls-key "$TMP/tls.key" \
+	>"$TMP/provider-tls.log" 2>&1 &
+PIDS+=($!)
+wait_http "$TLS_ISSUER/.well-known/openid-configuration" || die "TLS provider did not start: $(cat "$TMP/provider-tls.log")"
+write_config "$TMP/tls-strict.toml" "$TLS_ISSUER" false
+write_config "$TMP/tls-ignore.toml" "$TLS_ISSUER" true
+if out=$(m --config "$TMP/tls-strict.toml" idp test 2>&1); then
+	not_ok "idp test fails on a self-signed certificate with ignore_tls_errors off" "$out"
+elif grep -q '✗ TLS' <<<"$out" && grep -qi 'does not trust' <<<"$out"; then
+	ok "idp test fails clearly on a self-signed certificate with ignore_tls_errors off"
+else
+	not_ok "idp test fails clearly on a self-signed certificate" "$out"
+fi
+if out=$(m --config "$TMP/tls-ignore.toml" idp test 2>&1) && grep -q 'NOT checked' <<<"$out"; then
+	ok "idp test works with ignore_tls_errors on, with a loud warning"
+else
+	not_ok "idp test works with ignore_tls_errors on" "$out"
+fi
+printf '%s\n' "$out" >"$ARTIFACTS/idp-test-tls-ignored.txt"
+
+echo "# screenshots in $SHOTS"
+finish
