@@ -73,6 +73,8 @@ fn tls_hint(text: &str) -> String {
     let t = text.to_ascii_lowercase();
     let why = if t.contains("unknownissuer") || t.contains("unknown issuer") {
         "the certificate is signed by a CA this host does not trust (self-signed or a private CA)"
+    } else if t.contains("causedasendentity") {
+        "the certificate is self-signed (a CA certificate used as the server's own), which this host does not trust"
     } else if t.contains("expired") {
         "the certificate has expired"
     } else if t.contains("notvalidforname") || t.contains("not valid for") {

@@ -28,6 +28,7 @@ header { display: flex; justify-content: space-between; align-items: center; fle
 h1 { font-size: 1.5rem; margin: .5rem 0; }
 h2 { font-size: 1.2rem; margin: 1.5rem 0 .5rem; }
 section, .card { background: var(--card); border: 1px solid var(--line); border-radius: .6rem; padding: 1rem; margin: 1rem 0; }
+section > :first-child { margin-top: 0; }
 label { display: block; font-weight: 600; margin: .75rem 0 .25rem; }
 input[type=text], input[type=email], input[type=password], input[type=date] { width: 100%; padding: .6rem; font: inherit; border: 1px solid var(--line); border-radius: .4rem; background: var(--bg); color: var(--fg); }
 fieldset { border: 1px solid var(--line); border-radius: .4rem; margin: .75rem 0; padding: .5rem .75rem; }
@@ -43,10 +44,10 @@ button.danger { background: transparent; color: var(--bad); border-color: var(--
 ul.items { list-style: none; padding: 0; margin: 0; }
 ul.items li { border-top: 1px solid var(--line); padding: .75rem 0; }
 ul.items li:first-child { border-top: none; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .2rem .75rem; margin: .25rem 0; }
+dl { display: grid; grid-template-columns: minmax(5.5rem, max-content) 1fr; gap: .2rem .75rem; margin: .25rem 0; }
 dt { color: inherit; opacity: .75; }
 dd { margin: 0; overflow-wrap: anywhere; }
-.secret { font: 1.4rem/1.4 ui-monospace, "DejaVu Sans Mono", monospace; letter-spacing: .05em; padding: .75rem; border: 2px dashed var(--accent); border-radius: .4rem; user-select: all; -webkit-user-select: all; overflow-wrap: anywhere; }
+.secret { font: 1.2rem/1.4 ui-monospace, "DejaVu Sans Mono", monospace; letter-spacing: .05em; padding: .75rem; border: 2px dashed var(--accent); border-radius: .4rem; user-select: all; -webkit-user-select: all; overflow-wrap: anywhere; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; user-select: all; -webkit-user-select: all; }
 .muted { opacity: .75; font-size: .95rem; }
 .or { text-align: center; opacity: .75; margin: 1rem 0; }

@@ -121,7 +121,7 @@ pub fn account(a: &Account<'_>) -> String {
     }
     let _ = write!(
         body,
-        "<dt>Storage</dt><dd>{}</dd>\n<dt>Mail programs may use</dt><dd>{}</dd>\n",
+        "<dt>Storage</dt><dd>{}</dd>\n<dt>Allowed for</dt><dd>{}</dd>\n",
         if m.quota == 0 {
             "unlimited".to_string()
         } else {
