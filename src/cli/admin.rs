@@ -484,7 +484,7 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
             let last = m
                 .last_login
                 .as_ref()
-                .map(|l| describe_use(l))
+                .map(describe_use)
                 .unwrap_or_else(|| "never".into());
             ctx.out.record(
                 &serde_json::json!({ "mailbox": m, "has_password": m.has_password(), "app_passwords": apps.len() }),

@@ -187,6 +187,8 @@ default_login_user = dovenull
 auth_mechanisms = plain login
 auth_default_realm = example.org
 auth_verbose = yes
+# Logs each client connection and AUTH line (resp=<hidden>).
+auth_debug = yes
 passdb {
   driver = passwd-file
   args = scheme=PLAIN $T/backend/users.%d
@@ -408,6 +410,17 @@ if [ -d "$T/homes/bob/Maildir" ]; then
 	ok "a home sent by the userdb socket overrides the default home"
 else
 	not_ok "a home sent by the userdb socket overrides the default home" "$(find "$T/homes" 2>&1)"
+fi
+
+# Each auth-worker keeps its connection: far fewer connections than AUTHs.
+n_conn=$(grep -c 'auth: Debug: auth client connected' "$T/backend/dovecot.log")
+n_auth=$(grep -c 'auth: Debug: client in: AUTH' "$T/backend/dovecot.log")
+n_workers=$(pgrep -f 'dovecot/auth worker' -P "$(cat "$T/frontend/run/master.pid")" | wc -l)
+if [ "$n_auth" -ge 8 ] && [ "$n_conn" -ge 1 ] && [ "$n_conn" -le "$n_workers" ]; then
+	ok "auth connections are reused ($n_auth AUTH lines over $n_conn connection(s), $n_workers auth-worker(s))"
+else
+	not_ok "auth connections are reused ($n_auth AUTH lines over $n_conn connection(s), $n_workers auth-worker(s))" \
+		"$(grep -E 'auth client connected|client in: AUTH' "$T/backend/dovecot.log")"
 fi
 
 # FAIL code=temp_fail from the auth socket is a temporary failure.
