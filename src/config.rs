@@ -13,21 +13,40 @@ use serde::Deserialize;
 use crate::auth::password::Argon2Params;
 use crate::auth::services::ServiceMap;
 use crate::names::Protocol;
+use crate::server::listener::{Endpoint, ListenerConfig};
 use crate::store::{DatabaseUrl, StoreOptions};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mailauthd/mailauthd.toml";
 const DEFAULT_STATE_DIR: &str = "/var/lib/mailauthd";
+const DEFAULT_RUNTIME_DIR: &str = "/run/mailauthd";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct FileConfig {
     pub state_directory: Option<PathBuf>,
+    pub runtime_directory: Option<PathBuf>,
     pub store: StoreSection,
     pub credentials: CredentialsSection,
     pub hash_pool: HashPoolSection,
     pub services: BTreeMap<String, String>,
     pub last_use: LastUseSection,
     pub log: LogSection,
+    pub auth_socket: ListenerSection,
+    pub userdb_socket: ListenerSection,
+}
+
+/// A listener: where, who may connect, how many, how long idle.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ListenerSection {
+    pub listen: Option<Vec<String>>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub mode: Option<String>,
+    pub allow: Option<Vec<String>>,
+    pub trusted: Option<Vec<String>>,
+    pub max_connections: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +111,9 @@ pub struct Config {
     pub last_use_queue: usize,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub runtime_directory: PathBuf,
+    pub auth_socket: ListenerConfig,
+    pub userdb_socket: ListenerConfig,
 }
 
 /// One problem, naming the key it is about.
@@ -207,6 +229,26 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
 
+    let runtime_directory = file
+        .runtime_directory
+        .or_else(|| first_dir_from_env("RUNTIME_DIRECTORY"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
+    let auth_socket = listener(
+        "auth_socket",
+        &file.auth_socket,
+        &[format!("unix:{}", runtime_directory.join("auth").display())],
+        problems,
+    );
+    let userdb_socket = listener(
+        "userdb_socket",
+        &file.userdb_socket,
+        &[format!(
+            "unix:{}",
+            runtime_directory.join("userdb").display()
+        )],
+        problems,
+    );
+
     let url = store_url(&file.store, &state_directory, problems);
     let max_connections = file.store.max_connections.unwrap_or(16);
     if max_connections == 0 {
@@ -321,6 +363,108 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         last_use_queue: file.last_use.queue.unwrap_or(10_000),
         log_level,
         log_format,
+        runtime_directory,
+        auth_socket,
+        userdb_socket,
+    }
+}
+
+/// systemd may pass several folders separated by ':'; the first is ours.
+fn first_dir_from_env(var: &str) -> Option<PathBuf> {
+    let v = std::env::var_os(var).filter(|v| !v.is_empty())?;
+    Some(PathBuf::from(
+        v.to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+fn networks(key: &str, list: &[String], problems: &mut Vec<Problem>) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .filter_map(|n| match crate::store::parse_networks(n) {
+            Ok(mut nets) if nets.len() == 1 => nets.pop(),
+            _ => {
+                problem(
+                    problems,
+                    key,
+                    format!("{n:?} is not an address or CIDR network"),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn listener(
+    name: &'static str,
+    section: &ListenerSection,
+    defaults: &[String],
+    problems: &mut Vec<Problem>,
+) -> ListenerConfig {
+    let listen = section.listen.clone().unwrap_or_else(|| defaults.to_vec());
+    let endpoints = listen
+        .iter()
+        .filter_map(|l| match Endpoint::parse(l) {
+            Ok(e) => Some(e),
+            Err(msg) => {
+                problem(problems, &format!("{name}.listen"), msg);
+                None
+            }
+        })
+        .collect();
+    let mode = match section.mode.as_deref() {
+        None => 0o660,
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(v) if v <= 0o777 => v,
+            _ => {
+                problem(
+                    problems,
+                    &format!("{name}.mode"),
+                    format!("{m:?} is not an octal mode such as \"0660\""),
+                );
+                0o660
+            }
+        },
+    };
+    let loopback = vec!["127.0.0.0/8".to_string(), "::1/128".to_string()];
+    let allow = networks(
+        &format!("{name}.allow"),
+        section.allow.as_ref().unwrap_or(&loopback),
+        problems,
+    );
+    let trusted = networks(
+        &format!("{name}.trusted"),
+        section.trusted.as_deref().unwrap_or(&[]),
+        problems,
+    );
+    let max_connections = section.max_connections.unwrap_or(1024);
+    if max_connections == 0 {
+        problem(
+            problems,
+            &format!("{name}.max_connections"),
+            "must be at least 1",
+        );
+    }
+    let idle = section.idle_timeout_ms.unwrap_or(600_000);
+    if !(1_000..=86_400_000).contains(&idle) {
+        problem(
+            problems,
+            &format!("{name}.idle_timeout_ms"),
+            "must be between 1000 and 86400000",
+        );
+    }
+    ListenerConfig {
+        name,
+        endpoints,
+        owner: section.owner.clone(),
+        group: section.group.clone(),
+        mode,
+        allow,
+        trusted,
+        max_connections: max_connections.max(1),
+        idle_timeout: Duration::from_millis(idle),
     }
 }
 

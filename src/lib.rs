@@ -16,5 +16,6 @@ pub mod proto;
 pub mod provision;
 pub mod runtime;
 pub mod secret;
+pub mod server;
 pub mod size;
 pub mod store;
