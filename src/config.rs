@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::auth::password::Argon2Params;
 use crate::auth::services::ServiceMap;
+use crate::auth::throttle::ThrottleConfig;
 use crate::names::Protocol;
 use crate::server::listener::{Endpoint, ListenerConfig};
 use crate::store::{DatabaseUrl, StoreOptions};
@@ -30,6 +31,7 @@ pub struct FileConfig {
     pub hash_pool: HashPoolSection,
     pub services: BTreeMap<String, String>,
     pub last_use: LastUseSection,
+    pub throttle: ThrottleSection,
     pub log: LogSection,
     pub auth_socket: ListenerSection,
     pub userdb_socket: ListenerSection,
@@ -84,6 +86,21 @@ pub struct LastUseSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
+pub struct ThrottleSection {
+    pub enabled: Option<bool>,
+    pub free_failures: Option<u32>,
+    pub base_delay_ms: Option<u64>,
+    pub max_delay_ms: Option<u64>,
+    pub window_secs: Option<u64>,
+    pub network_block_after: Option<u32>,
+    pub account_block_after: Option<u32>,
+    pub block_secs: Option<u64>,
+    pub trusted_networks: Vec<String>,
+    pub max_tracked: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct LogSection {
     pub level: Option<String>,
     pub format: Option<String>,
@@ -109,6 +126,7 @@ pub struct Config {
     pub services: ServiceMap,
     pub last_use_interval: Duration,
     pub last_use_queue: usize,
+    pub throttle: ThrottleConfig,
     pub log_level: String,
     pub log_format: LogFormat,
     pub runtime_directory: PathBuf,
@@ -321,6 +339,8 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         );
     }
 
+    let throttle = throttle_config(&file.throttle, problems);
+
     let log_level = file.log.level.unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
         problem(
@@ -361,6 +381,7 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         services: ServiceMap::with_overrides(&extra),
         last_use_interval: Duration::from_millis(last_use_interval),
         last_use_queue: file.last_use.queue.unwrap_or(10_000),
+        throttle,
         log_level,
         log_format,
         runtime_directory,
@@ -468,6 +489,39 @@ fn listener(
     }
 }
 
+fn throttle_config(section: &ThrottleSection, problems: &mut Vec<Problem>) -> ThrottleConfig {
+    let defaults = ThrottleConfig::default();
+    let ms = |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
+    let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+    let trusted_networks = networks(
+        "throttle.trusted_networks",
+        &section.trusted_networks,
+        problems,
+    );
+    let config = ThrottleConfig {
+        enabled: section.enabled.unwrap_or(defaults.enabled),
+        free_failures: section.free_failures.unwrap_or(defaults.free_failures),
+        base_delay: ms(section.base_delay_ms, defaults.base_delay),
+        max_delay: ms(section.max_delay_ms, defaults.max_delay),
+        window: secs(section.window_secs, defaults.window),
+        network_block_after: section
+            .network_block_after
+            .unwrap_or(defaults.network_block_after),
+        account_block_after: section
+            .account_block_after
+            .unwrap_or(defaults.account_block_after),
+        block_duration: secs(section.block_secs, defaults.block_duration),
+        trusted_networks,
+        max_tracked: section.max_tracked.unwrap_or(defaults.max_tracked),
+    };
+    if let Err(found) = config.validate() {
+        for (key, message) in found {
+            problem(problems, &format!("throttle.{key}"), message);
+        }
+    }
+    config
+}
+
 fn store_url(
     store: &StoreSection,
     state_directory: &Path,
@@ -550,6 +604,42 @@ mod tests {
             "credentials.argon2_memory_kib",
             "services.lmtp",
             "log.format",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn throttle_section_is_checked_key_by_key() {
+        let c = parse("").unwrap();
+        assert_eq!(c.throttle, ThrottleConfig::default());
+
+        let c = parse(
+            "[throttle]\nmax_delay_ms = 2000\ntrusted_networks = [\"10.0.0.0/8\", \"2001:db8::1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.throttle.max_delay, Duration::from_millis(2000));
+        let shown: Vec<String> = c
+            .throttle
+            .trusted_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::1/128"]);
+
+        let problems = parse(
+            "[throttle]\nmax_delay_ms = 10000\nbase_delay_ms = 20000\nblock_secs = 0\n\
+             max_tracked = 10\ntrusted_networks = [\"10.0.0.0/8\", \"not-a-net\"]\nwindow = 5\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "throttle.max_delay_ms",
+            "throttle.base_delay_ms",
+            "throttle.block_secs",
+            "throttle.max_tracked",
+            "throttle.trusted_networks",
+            "throttle.window",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }

@@ -48,6 +48,7 @@ pub fn config_check(path: Option<&Path>, out: &Output) -> Result<(), CliError> {
                     "hash workers",
                     format!("{} (+{} queued)", c.hash_workers, c.hash_queue),
                 ),
+                ("throttle", c.throttle.describe()),
             ];
             if out.is_json() {
                 out.json(&serde_json::json!({ "ok": true, "config": resolved, "store": c.store.url.to_string() }));
