@@ -13,6 +13,7 @@ use mailauthd::auth::last_use::LastUseWriter;
 use mailauthd::auth::password::{self, Argon2Params};
 use mailauthd::auth::pool::HashPool;
 use mailauthd::auth::services::ServiceMap;
+use mailauthd::auth::throttle::{Fingerprinter, Throttle, ThrottleConfig};
 use mailauthd::auth::{AuthRequest, Authenticator, AuthenticatorParts, Outcome, TempCause};
 use mailauthd::clock::ManualClock;
 use mailauthd::names::{Address, Protocols};
@@ -232,6 +233,15 @@ async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
         argon2: CHEAP,
         rehash_on_login: true,
         last_use: sender,
+        // The table is about the rules; repeated refusals would only add delays here.
+        // Throttling has its own suite, tests/throttle.rs.
+        throttle: Arc::new(Throttle::new(
+            ThrottleConfig {
+                enabled: false,
+                ..ThrottleConfig::default()
+            },
+            Fingerprinter::with_key([7; 32]),
+        )),
     })
     .unwrap();
     Fixture { auth, writer, apps }
@@ -253,6 +263,7 @@ async fn decide(
             remote_ip: rip,
             secured: true,
             mechanism: Some("PLAIN"),
+            no_penalty: false,
         })
         .await
 }

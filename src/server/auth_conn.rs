@@ -59,6 +59,8 @@ struct RequestInfo {
     rip: Option<std::net::IpAddr>,
     secured: bool,
     mechanism: Mechanism,
+    /// `no-penalty`, believed only from a trusted peer.
+    no_penalty: bool,
 }
 
 enum Reply {
@@ -271,6 +273,7 @@ impl Conn<'_> {
             rip: auth.rip,
             secured: auth.secured,
             mechanism,
+            no_penalty: auth.no_penalty && self.peer.trusted,
         };
         let initial = auth.take_initial_response(self.client_minor.unwrap_or(0));
         let (exchange, step) = Exchange::start(mechanism, initial);
@@ -325,6 +328,7 @@ impl Conn<'_> {
                             remote_ip: request.rip,
                             secured: request.secured,
                             mechanism: Some(request.mechanism.name()),
+                            no_penalty: request.no_penalty,
                         })
                         .await;
                     let reply = match outcome {
