@@ -190,8 +190,9 @@ impl Authenticator {
                     .fingerprint(account, req.secret.expose());
                 throttle.record_failure(req.remote_ip, account, fingerprint, now);
             }
-            // Not guesses: refused before any credential was looked at (already throttled,
-            // a service we do not serve) or our own fault (a broken stored hash, an outage).
+            // Not guesses: an attempt refused by the throttle itself, a service name we do
+            // not serve (a client set up wrongly, decided before any account is looked
+            // up), or our own fault (a broken stored hash, an outage).
             Outcome::Fail(
                 FailReason::Throttled | FailReason::UnknownService | FailReason::UnusableStoredHash,
             )
