@@ -389,11 +389,11 @@ impl From<crate::size::SizeError> for CliError {
 }
 
 /// Runs a parsed command line; `main` only sets up logging and the runtime.
-pub async fn run(cli: Cli) -> ExitCode {
+pub async fn run(cli: Cli, log: crate::logging::LogControl) -> ExitCode {
     let out = Output::new(cli.json);
     let result = match cli.command {
         Command::Serve => match admin::load_config(cli.config.as_deref()) {
-            Ok(config) => crate::daemon::serve(config).await,
+            Ok(config) => crate::daemon::serve(config, log).await,
             Err(e) => Err(e),
         },
         Command::Config(ConfigCommand::Check) => admin::config_check(cli.config.as_deref(), &out),
