@@ -6,11 +6,18 @@ use clap::Parser;
 
 use mailauthd::cli::{self, Cli};
 use mailauthd::config::LogFormat;
-use mailauthd::logging;
+use mailauthd::{logging, privileges};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = init_logging(&cli);
+    // Before the runtime starts any thread: files we create must belong to the daemon.
+    if let Ok(config) = cli::load_config(cli.config.as_deref()) {
+        if let Err(e) = privileges::adopt_state_owner(&config.state_directory) {
+            eprintln!("mailauthd: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -107,7 +107,9 @@ pub async fn run(
 }
 
 async fn migrate(ctx: &Ctx) -> Result<(), CliError> {
-    // open_store already applied them; report the state.
+    // open_store already applied them; the key belongs to the same initial state.
+    crate::keyfile::load_or_create(&ctx.config.key_file)
+        .map_err(|e| CliError::refused(e.to_string()))?;
     let applied: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
     ctx.out.done(&format!(
         "database {} ({}) is up to date: {}",
