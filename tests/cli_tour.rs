@@ -433,3 +433,91 @@ fn config_check_reports_every_problem_and_auth_test_exit_codes() {
     let help = Command::new(BIN).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("3  temporary failure"));
 }
+
+#[test]
+fn mailboxes_import_from_a_dovecot_passwd_file_with_their_hashes() {
+    let dir = setup();
+    let d = dir.path();
+    assert!(mailauthd(d, &["domain", "add", "example.org"], None)
+        .status
+        .success());
+    let fixtures = include_str!("fixtures/doveadm-pw.tsv");
+    let mut passwd = String::new();
+    let mut logins = Vec::new();
+    for (i, line) in fixtures.lines().filter(|l| !l.starts_with('#')).enumerate() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() != 3 || cols[1].is_empty() || cols[1].contains(':') || cols[1].contains('\n')
+        {
+            continue;
+        }
+        let user = format!("user{i}@example.org");
+        passwd.push_str(&format!(
+            "{user}:{}::::::userdb_quota_rule=*:storage=1G\n",
+            cols[2]
+        ));
+        logins.push((user, cols[1].to_string(), cols[0].to_string()));
+    }
+    let file = d.join("passwd");
+
+    // One bad line and nothing is imported.
+    std::fs::write(&file, format!("{passwd}broken@example.org:{{NOPE}}xyz\n")).unwrap();
+    let out = mailauthd(d, &["mailbox", "import", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown password scheme"),
+        "{}",
+        text(&out)
+    );
+    let list = mailauthd(d, &["--json", "mailbox", "list"], None);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+
+    std::fs::write(&file, &passwd).unwrap();
+    let out = mailauthd(d, &["mailbox", "import", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut schemes = std::collections::BTreeSet::new();
+    for (user, password, scheme) in &logins {
+        let ok = mailauthd(
+            d,
+            &["auth", "test", user, "--service", "imap"],
+            Some(&format!("{password}\n")),
+        );
+        assert_eq!(ok.status.code(), Some(0), "{scheme} {user}: {}", text(&ok));
+        schemes.insert(scheme.split('.').next().unwrap().to_string());
+    }
+    for scheme in [
+        "ARGON2ID",
+        "ARGON2I",
+        "BLF-CRYPT",
+        "SHA512-CRYPT",
+        "SHA256-CRYPT",
+        "SSHA512",
+        "SSHA256",
+        "SSHA",
+        "PLAIN",
+    ] {
+        assert!(
+            schemes.contains(scheme),
+            "{scheme} not covered by the import test"
+        );
+    }
+    let show = mailauthd(d, &["--json", "mailbox", "show", &logins[0].0], None);
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(v["mailbox"]["quota"], 1u64 << 30);
+
+    // A single hash can be set on a new mailbox too.
+    let (_, password, _) = &logins[0];
+    let hash = passwd.lines().next().unwrap().split(':').nth(1).unwrap();
+    let out = mailauthd(
+        d,
+        &[
+            "mailbox",
+            "add",
+            "solo@example.org",
+            "--password-hash-stdin",
+        ],
+        Some(hash),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let ok = mailauthd(d, &["auth", "test", "solo@example.org"], Some(password));
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+}

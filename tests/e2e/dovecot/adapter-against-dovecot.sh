@@ -62,9 +62,12 @@ if [ "$(id -u)" != 0 ]; then
 	die "run as root (Dovecot's master process needs it)"
 fi
 
-for bin in curl perl; do
-	command -v "$bin" >/dev/null 2>&1 || die "$bin is needed on the host"
-done
+if ! command -v curl >/dev/null 2>&1 || ! perl -MMIME::Base64 -e1 >/dev/null 2>&1; then
+	echo "# installing curl perl"
+	export DEBIAN_FRONTEND=noninteractive
+	{ apt-get update -qq && apt-get install -y -qq curl perl; } >/dev/null ||
+		die "apt-get install curl perl failed"
+fi
 need_install=
 for bin in dovecot doveadm doveconf; do
 	[ -x "$ROOT/usr/bin/$bin" ] || [ -x "$ROOT/usr/sbin/$bin" ] || need_install=1
@@ -646,7 +649,6 @@ while (1) {
 	close $c;
 }
 EOF
-perl -MMIME::Base64 -e1 2>/dev/null || die "perl's MIME::Base64 is needed (Debian package perl)"
 perl "$HT/fake-server.pl" "$HT/fake.sock" "$HT/fake.log" &
 FAKE_PID=$!
 for i in $(seq 1 50); do [ -S "$HT/fake.sock" ] && break; sleep 0.1; done
