@@ -121,6 +121,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "hash_pool",
     );
     check(old.services != new.services, "services");
+    check(old.throttle != new.throttle, "throttle");
     check(old.log_format != new.log_format, "log.format");
     check(
         format!("{:?}", old.auth_socket) != format!("{:?}", new.auth_socket),
