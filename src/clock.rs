@@ -7,8 +7,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Seconds since the Unix epoch; what the store keeps.
 pub type UnixTime = i64;
 
+/// Milliseconds since the Unix epoch; the throttle's delays are fractions of a second.
+pub type UnixMillis = i64;
+
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> UnixTime;
+
+    /// Clocks that only know seconds still work, at the start of each second.
+    fn now_ms(&self) -> UnixMillis {
+        self.now().saturating_mul(1000)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -21,24 +29,43 @@ impl Clock for SystemClock {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0)
     }
+
+    fn now_ms(&self) -> UnixMillis {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
 }
 
-/// A clock tests move by hand.
+/// A clock tests move by hand, in whole seconds or in milliseconds; clones share one time.
 #[derive(Clone, Debug, Default)]
 pub struct ManualClock(Arc<AtomicI64>);
 
 impl ManualClock {
     pub fn at(t: UnixTime) -> Self {
+        Self::at_ms(t.saturating_mul(1000))
+    }
+
+    pub fn at_ms(t: UnixMillis) -> Self {
         ManualClock(Arc::new(AtomicI64::new(t)))
     }
 
     pub fn advance(&self, secs: i64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
+        self.advance_ms(secs.saturating_mul(1000));
+    }
+
+    pub fn advance_ms(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> UnixTime {
+        self.now_ms().div_euclid(1000)
+    }
+
+    fn now_ms(&self) -> UnixMillis {
         self.0.load(Ordering::SeqCst)
     }
 }
@@ -132,5 +159,14 @@ mod tests {
         let c = ManualClock::at(100);
         c.advance(5);
         assert_eq!(c.now(), 105);
+        assert_eq!(c.now_ms(), 105_000);
+        c.advance_ms(1_999);
+        assert_eq!((c.now(), c.now_ms()), (106, 106_999));
+        let before_epoch = ManualClock::at_ms(-1);
+        assert_eq!(
+            before_epoch.now(),
+            -1,
+            "seconds round down, also before 1970"
+        );
     }
 }

@@ -12,24 +12,31 @@ use serde::Deserialize;
 
 use crate::auth::password::Argon2Params;
 use crate::auth::services::ServiceMap;
+use crate::auth::throttle::ThrottleConfig;
 use crate::names::Protocol;
+use crate::server::listener::{Endpoint, ListenerConfig};
 use crate::store::{DatabaseUrl, StoreOptions};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mailauthd/mailauthd.toml";
 const DEFAULT_STATE_DIR: &str = "/var/lib/mailauthd";
+const DEFAULT_RUNTIME_DIR: &str = "/run/mailauthd";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct FileConfig {
     pub state_directory: Option<PathBuf>,
+    pub runtime_directory: Option<PathBuf>,
     pub store: StoreSection,
     pub credentials: CredentialsSection,
     pub hash_pool: HashPoolSection,
     pub services: BTreeMap<String, String>,
     pub last_use: LastUseSection,
+    pub throttle: ThrottleSection,
     pub log: LogSection,
     pub oidc: Option<OidcSection>,
     pub web: Option<WebSection>,
+    pub auth_socket: ListenerSection,
+    pub userdb_socket: ListenerSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +74,20 @@ pub struct WebSection {
     pub trust_x_forwarded_for: Option<bool>,
 }
 
+/// A listener: where, who may connect, how many, how long idle.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ListenerSection {
+    pub listen: Option<Vec<String>>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub mode: Option<String>,
+    pub allow: Option<Vec<String>>,
+    pub trusted: Option<Vec<String>>,
+    pub max_connections: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct StoreSection {
@@ -102,6 +123,21 @@ pub struct LastUseSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
+pub struct ThrottleSection {
+    pub enabled: Option<bool>,
+    pub free_failures: Option<u32>,
+    pub base_delay_ms: Option<u64>,
+    pub max_delay_ms: Option<u64>,
+    pub window_secs: Option<u64>,
+    pub network_block_after: Option<u32>,
+    pub account_block_after: Option<u32>,
+    pub block_secs: Option<u64>,
+    pub trusted_networks: Vec<String>,
+    pub max_tracked: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct LogSection {
     pub level: Option<String>,
     pub format: Option<String>,
@@ -127,12 +163,16 @@ pub struct Config {
     pub services: ServiceMap,
     pub last_use_interval: Duration,
     pub last_use_queue: usize,
+    pub throttle: ThrottleConfig,
     pub log_level: String,
     pub log_format: LogFormat,
     /// Sign-in through an OpenID Connect provider; `None` when `[oidc]` is absent.
     pub oidc: Option<crate::oidc::OidcSettings>,
     /// The web page; `None` when `[web]` is absent.
     pub web: Option<crate::web::WebSettings>,
+    pub runtime_directory: PathBuf,
+    pub auth_socket: ListenerConfig,
+    pub userdb_socket: ListenerConfig,
 }
 
 /// One problem, naming the key it is about.
@@ -248,6 +288,26 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
 
+    let runtime_directory = file
+        .runtime_directory
+        .or_else(|| first_dir_from_env("RUNTIME_DIRECTORY"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
+    let auth_socket = listener(
+        "auth_socket",
+        &file.auth_socket,
+        &[format!("unix:{}", runtime_directory.join("auth").display())],
+        problems,
+    );
+    let userdb_socket = listener(
+        "userdb_socket",
+        &file.userdb_socket,
+        &[format!(
+            "unix:{}",
+            runtime_directory.join("userdb").display()
+        )],
+        problems,
+    );
+
     let url = store_url(&file.store, &state_directory, problems);
     let max_connections = file.store.max_connections.unwrap_or(16);
     if max_connections == 0 {
@@ -320,6 +380,8 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         );
     }
 
+    let throttle = throttle_config(&file.throttle, problems);
+
     let log_level = file.log.level.unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
         problem(
@@ -369,9 +431,145 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         services: ServiceMap::with_overrides(&extra),
         last_use_interval: Duration::from_millis(last_use_interval),
         last_use_queue: file.last_use.queue.unwrap_or(10_000),
+        throttle,
         log_level,
         log_format,
+        runtime_directory,
+        auth_socket,
+        userdb_socket,
     }
+}
+
+/// systemd may pass several folders separated by ':'; the first is ours.
+fn first_dir_from_env(var: &str) -> Option<PathBuf> {
+    let v = std::env::var_os(var).filter(|v| !v.is_empty())?;
+    Some(PathBuf::from(
+        v.to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+fn networks(key: &str, list: &[String], problems: &mut Vec<Problem>) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .filter_map(|n| match crate::store::parse_networks(n) {
+            Ok(mut nets) if nets.len() == 1 => nets.pop(),
+            _ => {
+                problem(
+                    problems,
+                    key,
+                    format!("{n:?} is not an address or CIDR network"),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn listener(
+    name: &'static str,
+    section: &ListenerSection,
+    defaults: &[String],
+    problems: &mut Vec<Problem>,
+) -> ListenerConfig {
+    let listen = section.listen.clone().unwrap_or_else(|| defaults.to_vec());
+    let endpoints = listen
+        .iter()
+        .filter_map(|l| match Endpoint::parse(l) {
+            Ok(e) => Some(e),
+            Err(msg) => {
+                problem(problems, &format!("{name}.listen"), msg);
+                None
+            }
+        })
+        .collect();
+    let mode = match section.mode.as_deref() {
+        None => 0o660,
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(v) if v <= 0o777 => v,
+            _ => {
+                problem(
+                    problems,
+                    &format!("{name}.mode"),
+                    format!("{m:?} is not an octal mode such as \"0660\""),
+                );
+                0o660
+            }
+        },
+    };
+    let loopback = vec!["127.0.0.0/8".to_string(), "::1/128".to_string()];
+    let allow = networks(
+        &format!("{name}.allow"),
+        section.allow.as_ref().unwrap_or(&loopback),
+        problems,
+    );
+    let trusted = networks(
+        &format!("{name}.trusted"),
+        section.trusted.as_deref().unwrap_or(&[]),
+        problems,
+    );
+    let max_connections = section.max_connections.unwrap_or(1024);
+    if max_connections == 0 {
+        problem(
+            problems,
+            &format!("{name}.max_connections"),
+            "must be at least 1",
+        );
+    }
+    let idle = section.idle_timeout_ms.unwrap_or(600_000);
+    if !(1_000..=86_400_000).contains(&idle) {
+        problem(
+            problems,
+            &format!("{name}.idle_timeout_ms"),
+            "must be between 1000 and 86400000",
+        );
+    }
+    ListenerConfig {
+        name,
+        endpoints,
+        owner: section.owner.clone(),
+        group: section.group.clone(),
+        mode,
+        allow,
+        trusted,
+        max_connections: max_connections.max(1),
+        idle_timeout: Duration::from_millis(idle),
+    }
+}
+
+fn throttle_config(section: &ThrottleSection, problems: &mut Vec<Problem>) -> ThrottleConfig {
+    let defaults = ThrottleConfig::default();
+    let ms = |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
+    let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+    let trusted_networks = networks(
+        "throttle.trusted_networks",
+        &section.trusted_networks,
+        problems,
+    );
+    let config = ThrottleConfig {
+        enabled: section.enabled.unwrap_or(defaults.enabled),
+        free_failures: section.free_failures.unwrap_or(defaults.free_failures),
+        base_delay: ms(section.base_delay_ms, defaults.base_delay),
+        max_delay: ms(section.max_delay_ms, defaults.max_delay),
+        window: secs(section.window_secs, defaults.window),
+        network_block_after: section
+            .network_block_after
+            .unwrap_or(defaults.network_block_after),
+        account_block_after: section
+            .account_block_after
+            .unwrap_or(defaults.account_block_after),
+        block_duration: secs(section.block_secs, defaults.block_duration),
+        trusted_networks,
+        max_tracked: section.max_tracked.unwrap_or(defaults.max_tracked),
+    };
+    if let Err(found) = config.validate() {
+        for (key, message) in found {
+            problem(problems, &format!("throttle.{key}"), message);
+        }
+    }
+    config
 }
 
 fn store_url(
@@ -456,6 +654,42 @@ mod tests {
             "credentials.argon2_memory_kib",
             "services.lmtp",
             "log.format",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn throttle_section_is_checked_key_by_key() {
+        let c = parse("").unwrap();
+        assert_eq!(c.throttle, ThrottleConfig::default());
+
+        let c = parse(
+            "[throttle]\nmax_delay_ms = 2000\ntrusted_networks = [\"10.0.0.0/8\", \"2001:db8::1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.throttle.max_delay, Duration::from_millis(2000));
+        let shown: Vec<String> = c
+            .throttle
+            .trusted_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::1/128"]);
+
+        let problems = parse(
+            "[throttle]\nmax_delay_ms = 10000\nbase_delay_ms = 20000\nblock_secs = 0\n\
+             max_tracked = 10\ntrusted_networks = [\"10.0.0.0/8\", \"not-a-net\"]\nwindow = 5\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "throttle.max_delay_ms",
+            "throttle.base_delay_ms",
+            "throttle.block_secs",
+            "throttle.max_tracked",
+            "throttle.trusted_networks",
+            "throttle.window",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }

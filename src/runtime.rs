@@ -6,6 +6,7 @@ use thiserror::Error;
 
 use crate::auth::last_use::LastUseWriter;
 use crate::auth::pool::HashPool;
+use crate::auth::throttle::{Fingerprinter, Throttle};
 use crate::auth::{Authenticator, AuthenticatorParts};
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -20,6 +21,8 @@ pub enum StartError {
     Key(#[from] KeyFileError),
     #[error("credentials: {0}")]
     Credentials(String),
+    #[error("the operating system gave no random bytes for the throttle's key: {0}")]
+    Random(getrandom::Error),
 }
 
 impl StartError {
@@ -31,6 +34,8 @@ impl StartError {
 pub struct Core {
     pub store: Arc<SqlStore>,
     pub auth: Arc<Authenticator>,
+    /// Shared with the decision core; the control socket lists and lifts blocks here.
+    pub throttle: Arc<Throttle>,
     last_use: LastUseWriter,
 }
 
@@ -50,6 +55,10 @@ impl Core {
             config.last_use_interval,
             config.last_use_queue,
         );
+        let throttle = Arc::new(Throttle::new(
+            config.throttle.clone(),
+            Fingerprinter::random().map_err(StartError::Random)?,
+        ));
         let auth = Authenticator::new(AuthenticatorParts {
             store: dyn_store,
             key,
@@ -59,11 +68,13 @@ impl Core {
             argon2: config.argon2,
             rehash_on_login: config.rehash_on_login,
             last_use: sender,
+            throttle: throttle.clone(),
         })
         .map_err(|e| StartError::Credentials(e.to_string()))?;
         Ok(Core {
             store,
             auth: Arc::new(auth),
+            throttle,
             last_use,
         })
     }

@@ -1,7 +1,7 @@
 -- mailauthd.lua: Dovecot passdb/userdb adapter for mailauthd.
 --
 -- Dovecot's `lua` passdb hands each plaintext login (PLAIN, LOGIN) to
--- auth_passdb_verify_plain()/auth_password_verify() below, which forwards it to
+-- auth_password_verify() below, which forwards it to
 -- mailauthd's auth socket (Dovecot "auth-client" protocol, v1). The `lua`
 -- userdb hands each user lookup to auth_userdb_lookup(), which asks
 -- mailauthd's userdb socket (Dovecot "auth-master" protocol, USER command).
@@ -459,14 +459,11 @@ local function verify(req, password)
 	end
 end
 
--- Dovecot 2.3 and 2.4 both call auth_password_verify(req, password) for
--- plaintext logins when it exists.
+-- Dovecot 2.3 and 2.4 call auth_password_verify(req, password) for every
+-- plaintext login when the script defines it (their passdb "verify_plain").
 function auth_password_verify(req, password)
 	return verify(req, password)
 end
-
--- The name this adapter's documentation uses.
-auth_passdb_verify_plain = auth_password_verify
 
 -- Credential lookups (CRAM-MD5, DIGEST-MD5, SCRAM, `doveadm auth lookup`)
 -- need the stored password, which mailauthd never hands out.

@@ -8,9 +8,10 @@ use super::last_use::LastUseSender;
 use super::password::{self, Argon2Params, Verified};
 use super::pool::{HashPool, PoolError};
 use super::services::ServiceMap;
+use super::throttle::{Throttle, Verdict};
 use super::{Credential, FailReason, Outcome, Success, TempCause};
 use crate::clock::Clock;
-use crate::names::{Address, Protocol};
+use crate::names::{Address, NameError, Protocol};
 use crate::secret::Secret;
 use crate::store::{AuthSource, LastUse, LoginView, MailboxState, Store, StoreError};
 
@@ -25,6 +26,10 @@ pub struct AuthRequest<'a> {
     pub secured: bool,
     /// SASL mechanism, for the audit line only.
     pub mechanism: Option<&'a str>,
+    /// Dovecot's `no-penalty`, which a front door honours from trusted peers only: this
+    /// attempt is neither counted as a failure nor as a success. Existing delays and
+    /// blocks still apply.
+    pub no_penalty: bool,
 }
 
 pub struct AuthenticatorParts {
@@ -36,6 +41,7 @@ pub struct AuthenticatorParts {
     pub argon2: Argon2Params,
     pub rehash_on_login: bool,
     pub last_use: LastUseSender,
+    pub throttle: Arc<Throttle>,
 }
 
 pub struct Authenticator {
@@ -66,16 +72,23 @@ impl Authenticator {
         &self.parts.key
     }
 
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.parts.throttle
+    }
+
     pub fn protocol_of(&self, service: &str) -> Option<Protocol> {
         self.parts.services.resolve(service)
     }
 
     /// Decides one login and writes one audit line for it.
     pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Outcome {
-        let outcome = match self.decide(req).await {
+        let address = Address::parse(req.login);
+        let account = throttle_account(&address, req.login);
+        let outcome = match self.decide(req, address, &account).await {
             Ok(success) => Outcome::Ok(success),
             Err(outcome) => outcome,
         };
+        self.learn(req, &account, &outcome);
         audit(req, &outcome);
         if let Outcome::Ok(success) = &outcome {
             self.parts.last_use.record(LastUse {
@@ -92,11 +105,17 @@ impl Authenticator {
         outcome
     }
 
-    async fn decide(&self, req: &AuthRequest<'_>) -> Step<Success> {
+    async fn decide(
+        &self,
+        req: &AuthRequest<'_>,
+        address: Result<Address, NameError>,
+        account: &str,
+    ) -> Step<Success> {
+        self.admit(req, account).await?;
         let Some(protocol) = self.parts.services.resolve(req.service) else {
             return Err(Outcome::Fail(FailReason::UnknownService));
         };
-        let Ok(address) = Address::parse(req.login) else {
+        let Ok(address) = address else {
             return self.refuse_after_dummy(req, FailReason::UnknownUser).await;
         };
         let view = match self.parts.store.login_view(address.as_str()).await {
@@ -116,6 +135,69 @@ impl Authenticator {
                 .await;
         }
         self.check_stored_password(&view, protocol, req).await
+    }
+
+    /// Rule 1: the throttle, before anything touches the store or the hash pool. Waiting
+    /// is an async sleep, so a delayed login holds no thread.
+    async fn admit(&self, req: &AuthRequest<'_>, account: &str) -> Step<()> {
+        let now = self.parts.clock.now_ms();
+        match self.parts.throttle.check(req.remote_ip, account, now) {
+            Verdict::Allow => Ok(()),
+            Verdict::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            Verdict::Blocked { until, key } => {
+                tracing::debug!(
+                    target: "mailauthd::throttle",
+                    key = %key,
+                    kind = key.kind().name(),
+                    blocked_for_ms = until.saturating_sub(now),
+                    "attempt refused while blocked"
+                );
+                tokio::time::sleep(self.parts.throttle.blocked_delay()).await;
+                Err(Outcome::Fail(FailReason::Throttled))
+            }
+        }
+    }
+
+    /// Feeds a decision back into the throttle.
+    fn learn(&self, req: &AuthRequest<'_>, account: &str, outcome: &Outcome) {
+        if req.no_penalty {
+            return;
+        }
+        let throttle = &self.parts.throttle;
+        let now = self.parts.clock.now_ms();
+        match outcome {
+            Outcome::Ok(_) => throttle.record_success(req.remote_ip, account, now),
+            // Each of these is what a guesser sees as "wrong": an unknown or disabled
+            // account and a refused credential must cost the same, or counting would tell
+            // them apart.
+            Outcome::Fail(
+                FailReason::UnknownUser
+                | FailReason::DomainDisabled
+                | FailReason::MailboxDisabled
+                | FailReason::MailboxNoLogin
+                | FailReason::ProtocolNotAllowed
+                | FailReason::AppPasswordExpired
+                | FailReason::AppPasswordProtocol
+                | FailReason::AppPasswordNetwork
+                | FailReason::OidcNeedsAppPassword
+                | FailReason::BadCredentials,
+            ) => {
+                let fingerprint = throttle
+                    .fingerprinter()
+                    .fingerprint(account, req.secret.expose());
+                throttle.record_failure(req.remote_ip, account, fingerprint, now);
+            }
+            // Not guesses: an attempt refused by the throttle itself, a service name we do
+            // not serve (a client set up wrongly, decided before any account is looked
+            // up), or our own fault (a broken stored hash, an outage).
+            Outcome::Fail(
+                FailReason::Throttled | FailReason::UnknownService | FailReason::UnusableStoredHash,
+            )
+            | Outcome::TempFail(_) => {}
+        }
     }
 
     /// `None` when the secret is no app password of this mailbox, so the stored password
@@ -299,6 +381,16 @@ fn audit(req: &AuthRequest<'_>, outcome: &Outcome) {
     }
 }
 
+/// The account a login counts against: its canonical address, or for a login that is no
+/// address (which can only fail) the bounded, lower-cased text, so `ADMIN` and `admin`
+/// are one key.
+fn throttle_account(address: &Result<Address, NameError>, login: &str) -> String {
+    match address {
+        Ok(address) => address.as_str().to_string(),
+        Err(_) => printable_login(login.trim()).to_lowercase(),
+    }
+}
+
 /// Login names come from the network: keep log lines one line and bounded.
 fn printable_login(login: &str) -> String {
     login
@@ -322,8 +414,8 @@ pub enum WebOutcome {
 
 impl Authenticator {
     /// The web page's password sign-in for `local` mailboxes: the same rules as a mail
-    /// login (unknown users cost a hash, disabled mailboxes and domains are refused, one
-    /// audit line with service `web`) except that no mail protocol is involved and app
+    /// login (throttled, unknown users cost a hash, disabled mailboxes and domains are
+    /// refused, one audit line with service `web`) except that no mail protocol is involved and app
     /// passwords do not count — an app password opens a mailbox, never the page that makes
     /// more of them. An `oidc` mailbox signs in through the provider instead.
     pub async fn authenticate_web(
@@ -338,9 +430,15 @@ impl Authenticator {
             service: WEB_SERVICE,
             remote_ip,
             secured: true,
+            no_penalty: false,
             mechanism: Some("form"),
         };
-        let result = self.decide_web(&req).await;
+        let account = throttle_account(&Address::parse(login), login);
+        // Throttled like a mail login, counting toward the same source and account.
+        let result = match self.admit(&req, &account).await {
+            Ok(()) => self.decide_web(&req).await,
+            Err(refused) => Err(refused),
+        };
         let outcome = match &result {
             // The audit line wants an Outcome; IMAP stands in as "some protocol", and only
             // the label and reason are logged.
@@ -351,6 +449,7 @@ impl Authenticator {
             }),
             Err(o) => o.clone(),
         };
+        self.learn(&req, &account, &outcome);
         audit(&req, &outcome);
         match (result, outcome) {
             (Ok(address), _) => {

@@ -8,6 +8,7 @@ mod outcome;
 pub mod password;
 pub mod pool;
 pub mod services;
+pub mod throttle;
 
 pub use decide::{AuthRequest, Authenticator, AuthenticatorParts, WebOutcome, WEB_SERVICE};
 pub use outcome::{Credential, FailReason, Outcome, Success, TempCause};

@@ -48,6 +48,7 @@ pub fn config_check(path: Option<&Path>, out: &Output) -> Result<(), CliError> {
                     "hash workers",
                     format!("{} (+{} queued)", c.hash_workers, c.hash_queue),
                 ),
+                ("throttle", c.throttle.describe()),
             ];
             if out.is_json() {
                 out.json(&serde_json::json!({ "ok": true, "config": resolved, "store": c.store.url.to_string() }));
@@ -107,7 +108,9 @@ pub async fn run(
 }
 
 async fn migrate(ctx: &Ctx) -> Result<(), CliError> {
-    // open_store already applied them; report the state.
+    // open_store already applied them; the key belongs to the same initial state.
+    crate::keyfile::load_or_create(&ctx.config.key_file)
+        .map_err(|e| CliError::refused(e.to_string()))?;
     let applied: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
     ctx.out.done(&format!(
         "database {} ({}) is up to date: {}",
@@ -399,10 +402,16 @@ async fn hash_new_password(ctx: &Ctx, secret: crate::secret::Secret) -> Result<S
 
 async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
     match command {
+        MailboxCommand::Import {
+            file,
+            dry_run,
+            template,
+        } => return import(ctx, &file, dry_run, template).await,
         MailboxCommand::Add {
             address,
             password_stdin,
             no_password,
+            password_hash_stdin,
             authsource,
             fields,
         } => {
@@ -415,7 +424,9 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
             );
             // Check what can be checked before asking for a password.
             require_domain(ctx, address.domain()).await?;
-            let hash = if password_stdin {
+            let hash = if password_hash_stdin {
+                Some(imported_hash(secrets::from_stdin()?)?)
+            } else if password_stdin {
                 Some(hash_new_password(ctx, secrets::from_stdin()?).await?)
             } else if no_password || source == AuthSource::Oidc {
                 None
@@ -571,6 +582,109 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// A hash someone brings from another system: accepted only if we can verify its scheme.
+fn imported_hash(text: crate::secret::Secret) -> Result<String, CliError> {
+    let hash = String::from_utf8(text.expose().to_vec())
+        .map_err(|_| CliError::usage("the hash is not text"))?;
+    let hash = hash.trim().to_string();
+    password::scheme_of(&hash)
+        .map_err(|e| CliError::usage(format!("cannot use that hash: {e}")))?;
+    Ok(hash)
+}
+
+/// One passwd-file line: `user:password[:uid:gid:gecos:home:shell:extra fields]`.
+fn passwd_line(line: &str) -> Result<(Address, String, Option<u64>), String> {
+    let mut fields = line.splitn(8, ':');
+    let user = fields.next().unwrap_or("");
+    let hash = fields.next().ok_or("no password field")?;
+    let address = Address::parse(user).map_err(|e| e.to_string())?;
+    password::scheme_of(hash).map_err(|e| e.to_string())?;
+    let extra = fields.nth(5).unwrap_or("");
+    let quota = extra
+        .split_whitespace()
+        .find_map(|f| {
+            f.strip_prefix("userdb_quota_rule=*:storage=")
+                .or_else(|| f.strip_prefix("userdb_quota_rule=*:bytes="))
+        })
+        .map(|q| parse_size(q).map_err(|e| e.to_string()))
+        .transpose()?;
+    Ok((address, hash.to_string(), quota))
+}
+
+async fn import(
+    ctx: &Ctx,
+    file: &Path,
+    dry_run: bool,
+    template: Option<String>,
+) -> Result<(), CliError> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| CliError::refused(e.to_string()))?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| CliError::refused(format!("cannot read {}: {e}", file.display())))?
+    };
+    let mut parsed = Vec::new();
+    let mut problems = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match passwd_line(line) {
+            Ok(entry) => parsed.push((n + 1, entry)),
+            Err(e) => problems.push(format!("line {}: {e}", n + 1)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CliError::usage(format!(
+            "nothing imported; fix these lines first:\n  {}",
+            problems.join("\n  ")
+        )));
+    }
+    if dry_run {
+        ctx.out.done(&format!(
+            "{} mailbox(es) would be imported; nothing was changed",
+            parsed.len()
+        ));
+        return Ok(());
+    }
+    let (mut created, mut refused) = (0, Vec::new());
+    for (n, (address, hash, quota)) in parsed {
+        let new = NewMailbox {
+            address: address.clone(),
+            password_hash: Some(hash),
+            auth_source: AuthSource::Local,
+            display_name: String::new(),
+            quota,
+            protocols: None,
+            state: None,
+            template: template.clone(),
+            oidc_identity: None,
+            require_active_domain: false,
+        };
+        match provision::create_mailbox(&*ctx.store, &ctx.clock, new).await {
+            Ok(_) => created += 1,
+            Err(crate::provision::ProvisionError::Store(e)) if e.is_unavailable() => {
+                return Err(e.into())
+            }
+            Err(e) => refused.push(format!("line {n} ({address}): {e}")),
+        }
+    }
+    if refused.is_empty() {
+        ctx.out.done(&format!("{created} mailbox(es) imported"));
+        Ok(())
+    } else {
+        Err(CliError::refused(format!(
+            "{created} imported, {} refused:\n  {}",
+            refused.len(),
+            refused.join("\n  ")
+        )))
+    }
 }
 
 fn describe_use(l: &LastUseInfo) -> String {

@@ -35,6 +35,7 @@ pub async fn run(
             remote_ip: rip,
             secured,
             mechanism: Some("PLAIN"),
+            no_penalty: false,
         })
         .await;
     let elapsed = started.elapsed();

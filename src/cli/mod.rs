@@ -181,6 +181,9 @@ pub enum MailboxCommand {
         /// Create without a password (for mailboxes that sign in through the identity provider)
         #[arg(long, conflicts_with = "password_stdin")]
         no_password: bool,
+        /// Read an existing Dovecot-style hash ({BLF-CRYPT}…, {SHA512-CRYPT}…) from standard input
+        #[arg(long, conflicts_with_all = ["password_stdin", "no_password"])]
+        password_hash_stdin: bool,
         /// local (own password) or oidc (identity provider; mail clients use app passwords)
         #[arg(long, value_name = "SOURCE", default_value = "local")]
         authsource: String,
@@ -202,6 +205,17 @@ pub enum MailboxCommand {
         password_prompt: bool,
         #[command(flatten)]
         fields: MailboxFields,
+    },
+    /// Import mailboxes from a Dovecot passwd-file (user:{SCHEME}hash:…), keeping their hashes
+    Import {
+        /// The passwd-file; `-` reads standard input
+        file: PathBuf,
+        /// Check every line and report, but create nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply this template to every imported mailbox
+        #[arg(long, value_name = "NAME")]
+        template: Option<String>,
     },
     /// Switch between local and oidc; the stored password is kept either way
     #[command(name = "set-authsource")]
@@ -404,11 +418,11 @@ impl From<crate::size::SizeError> for CliError {
 }
 
 /// Runs a parsed command line; `main` only sets up logging and the runtime.
-pub async fn run(cli: Cli) -> ExitCode {
+pub async fn run(cli: Cli, log: crate::logging::LogControl) -> ExitCode {
     let out = Output::new(cli.json);
     let result = match cli.command {
         Command::Serve => match admin::load_config(cli.config.as_deref()) {
-            Ok(config) => crate::daemon::serve(config).await,
+            Ok(config) => crate::daemon::serve(config, log).await,
             Err(e) => Err(e),
         },
         Command::Config(ConfigCommand::Check) => admin::config_check(cli.config.as_deref(), &out),

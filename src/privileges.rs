@@ -1,0 +1,36 @@
+//! Running admin commands as the daemon's user.
+//!
+//! A postmaster types `mailauthd mailbox add …` as root. If that created the SQLite file
+//! or the key file, they would belong to root and the daemon (its own user under systemd)
+//! could no longer write them. So when run as root and the state directory belongs to
+//! another user, the process becomes that user before touching anything.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+
+/// Switches to the state directory's owner when running as root; returns the uid taken.
+/// Must run before any thread is started.
+pub fn adopt_state_owner(state_directory: &Path) -> Result<Option<u32>, String> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let Ok(meta) = std::fs::metadata(state_directory) else {
+        return Ok(None);
+    };
+    if meta.uid() == 0 {
+        return Ok(None);
+    }
+    let (uid, gid) = (Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid()));
+    let fail = |what: &str, e: nix::Error| {
+        format!(
+            "cannot switch to the owner of {} ({what}): {e}",
+            state_directory.display()
+        )
+    };
+    setgroups(&[gid]).map_err(|e| fail("groups", e))?;
+    setgid(gid).map_err(|e| fail("group", e))?;
+    setuid(uid).map_err(|e| fail("user", e))?;
+    Ok(Some(meta.uid()))
+}

@@ -1,0 +1,347 @@
+//! Listening sockets: unix (owner, group, mode) or TCP (client allow-list), the accept
+//! loop with a connection cap, and who the peer is.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where a listener listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl Endpoint {
+    /// `unix:/path`, `/path`, `tcp:127.0.0.1:3659`, `127.0.0.1:3659` or `[::1]:3659`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if s.starts_with('/') || s.starts_with("./") {
+            return Ok(Endpoint::Unix(PathBuf::from(s)));
+        }
+        let addr = s.strip_prefix("tcp:").unwrap_or(s);
+        addr.parse::<SocketAddr>()
+            .map(Endpoint::Tcp)
+            .map_err(|_| format!("{s:?} is neither unix:/path nor tcp:ADDRESS:PORT"))
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// One listener section of the config, checked.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub name: &'static str,
+    pub endpoints: Vec<Endpoint>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub mode: u32,
+    /// TCP clients allowed to connect.
+    pub allow: Vec<IpNet>,
+    /// TCP clients whose `no-penalty` and client-address claims are believed. Unix peers
+    /// are trusted: the socket's mode already decides who can connect.
+    pub trusted: Vec<IpNet>,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum ListenError {
+    #[error("{endpoint}: {message}")]
+    Bind { endpoint: String, message: String },
+}
+
+fn bind_err(endpoint: &Endpoint, message: impl Into<String>) -> ListenError {
+    ListenError::Bind {
+        endpoint: endpoint.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Who connected, as far as the connection handlers need to know.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub description: String,
+    pub ip: Option<IpAddr>,
+    pub trusted: bool,
+}
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+pub enum Bound {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+/// Binds every endpoint of a listener; refuses clearly when a path is in use or a
+/// permission is wrong.
+pub fn bind(config: &ListenerConfig) -> Result<Vec<Bound>, ListenError> {
+    config
+        .endpoints
+        .iter()
+        .map(|e| bind_one(config, e))
+        .collect()
+}
+
+fn bind_one(config: &ListenerConfig, endpoint: &Endpoint) -> Result<Bound, ListenError> {
+    match endpoint {
+        Endpoint::Tcp(addr) => {
+            let std =
+                std::net::TcpListener::bind(addr).map_err(|e| bind_err(endpoint, e.to_string()))?;
+            std.set_nonblocking(true)
+                .map_err(|e| bind_err(endpoint, e.to_string()))?;
+            let listener =
+                TcpListener::from_std(std).map_err(|e| bind_err(endpoint, e.to_string()))?;
+            Ok(Bound::Tcp(listener))
+        }
+        Endpoint::Unix(path) => bind_unix(config, endpoint, path),
+    }
+}
+
+/// Binds, sets mode and ownership, and only then listens, so no client can connect
+/// through a socket with the wrong permissions (and no process-wide umask change).
+fn bind_unix(
+    config: &ListenerConfig,
+    endpoint: &Endpoint,
+    path: &Path,
+) -> Result<Bound, ListenError> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    remove_stale_socket(endpoint, path)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                bind_err(
+                    endpoint,
+                    format!("cannot create folder {}: {e}", parent.display()),
+                )
+            })?;
+        }
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
+        .map_err(|e| bind_err(endpoint, e.to_string()))?;
+    let addr = SockAddr::unix(path).map_err(|e| bind_err(endpoint, e.to_string()))?;
+    socket
+        .bind(&addr)
+        .map_err(|e| bind_err(endpoint, e.to_string()))?;
+    let cleanup = |message: String| {
+        let _ = std::fs::remove_file(path);
+        bind_err(endpoint, message)
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
+        .map_err(|e| cleanup(format!("cannot set mode {:o}: {e}", config.mode)))?;
+    let uid = match &config.owner {
+        Some(name) => Some(lookup_user(name).map_err(cleanup)?),
+        None => None,
+    };
+    let gid = match &config.group {
+        Some(name) => Some(lookup_group(name).map_err(cleanup)?),
+        None => None,
+    };
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid.map(|u| u.as_raw()), gid.map(|g| g.as_raw())).map_err(|e| {
+            cleanup(format!(
+                "cannot give the socket to {}:{}: {e} (the daemon needs to run as root or be in that group)",
+                config.owner.as_deref().unwrap_or("-"),
+                config.group.as_deref().unwrap_or("-")
+            ))
+        })?;
+    }
+    socket.listen(1024).map_err(|e| cleanup(e.to_string()))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| cleanup(e.to_string()))?;
+    let std: std::os::unix::net::UnixListener = socket.into();
+    let listener = UnixListener::from_std(std).map_err(|e| cleanup(e.to_string()))?;
+    Ok(Bound::Unix(listener, path.to_path_buf()))
+}
+
+/// A socket file left by a crashed daemon is removed; one that still answers belongs to
+/// a running daemon and is an error.
+fn remove_stale_socket(endpoint: &Endpoint, path: &Path) -> Result<(), ListenError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(bind_err(
+            endpoint,
+            "path exists and is not a socket; refusing to replace it",
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(bind_err(
+            endpoint,
+            "socket is in use by a running process (another mailauthd?)",
+        ));
+    }
+    std::fs::remove_file(path)
+        .map_err(|e| bind_err(endpoint, format!("cannot remove stale socket: {e}")))
+}
+
+fn lookup_user(name: &str) -> Result<nix::unistd::Uid, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid),
+        Ok(None) => Err(format!("no such user {name:?}")),
+        Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
+    }
+}
+
+fn lookup_group(name: &str) -> Result<nix::unistd::Gid, String> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(format!("no such group {name:?}")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
+}
+
+/// Accepts until `shutdown`, at most `max_connections` at once, handing each connection
+/// to `handle` on a tracked task.
+pub async fn serve<H, F>(
+    bound: Bound,
+    config: Arc<ListenerConfig>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    handle: H,
+) where
+    H: Fn(Box<dyn Stream>, Peer, CancellationToken) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let name = config.name;
+    loop {
+        // Waiting for a slot before accepting leaves excess clients in the kernel's backlog
+        // instead of accepting connections we cannot serve.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = accept(&bound, &config) => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(Some(pair)) => pair,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let fut = handle(stream, peer, shutdown.clone());
+        tracker.spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
+    if let Bound::Unix(_, path) = &bound {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+async fn accept(
+    bound: &Bound,
+    config: &ListenerConfig,
+) -> std::io::Result<Option<(Box<dyn Stream>, Peer)>> {
+    match bound {
+        Bound::Unix(listener, path) => {
+            let (stream, _) = listener.accept().await?;
+            let description = match stream.peer_cred() {
+                Ok(c) => format!(
+                    "unix:{} pid={} uid={}",
+                    path.display(),
+                    c.pid().unwrap_or(0),
+                    c.uid()
+                ),
+                Err(_) => format!("unix:{}", path.display()),
+            };
+            Ok(Some((
+                Box::new(stream),
+                Peer {
+                    description,
+                    ip: None,
+                    trusted: true,
+                },
+            )))
+        }
+        Bound::Tcp(listener) => {
+            let (stream, addr) = listener.accept().await?;
+            let ip = canonical_ip(addr.ip());
+            if !config.allow.iter().any(|n| n.contains(&ip)) {
+                tracing::warn!(listener = config.name, peer = %addr, "connection from a client outside the allow list; closed");
+                return Ok(None);
+            }
+            let _ = stream.set_nodelay(true);
+            let trusted = config.trusted.iter().any(|n| n.contains(&ip));
+            Ok(Some((
+                Box::new(stream),
+                Peer {
+                    description: format!("tcp:{addr}"),
+                    ip: Some(ip),
+                    trusted,
+                },
+            )))
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack sockets) are matched as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            Endpoint::parse("unix:/run/x").unwrap(),
+            Endpoint::Unix("/run/x".into())
+        );
+        assert_eq!(
+            Endpoint::parse("/run/x").unwrap(),
+            Endpoint::Unix("/run/x".into())
+        );
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:3659").unwrap(),
+            Endpoint::Tcp("127.0.0.1:3659".parse().unwrap())
+        );
+        assert_eq!(
+            Endpoint::parse("tcp:[::1]:3659").unwrap(),
+            Endpoint::Tcp("[::1]:3659".parse().unwrap())
+        );
+        assert!(Endpoint::parse("localhost").is_err());
+    }
+
+    #[test]
+    fn mapped_addresses_match_as_ipv4() {
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(canonical_ip(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+}

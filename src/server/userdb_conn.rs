@@ -1,0 +1,124 @@
+//! One userdb-socket connection: the read-only part of Dovecot's auth-master protocol.
+//!
+//! Dovecot's LMTP (through the shipped Lua adapter) and chasquid ask whether a mailbox
+//! exists and what its quota is; no password is involved.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::listener::{Peer, Stream};
+use crate::names::Address;
+use crate::proto::dovecot_master::{self as proto, LookupLine, MasterLine};
+use crate::proto::line::{next_line, Frame};
+use crate::store::{MailboxState, Store};
+
+pub struct UserdbService {
+    store: Arc<dyn Store>,
+    idle_timeout: Duration,
+}
+
+impl UserdbService {
+    pub fn new(store: Arc<dyn Store>, idle_timeout: Duration) -> Self {
+        UserdbService {
+            store,
+            idle_timeout,
+        }
+    }
+
+    /// The reply for one USER or PASS lookup.
+    async fn lookup(&self, line: &LookupLine, pass: bool) -> Vec<u8> {
+        let Ok(address) = Address::parse(&line.user) else {
+            return proto::encode_notfound(line.id);
+        };
+        match self.store.login_view(address.as_str()).await {
+            // A mailbox that receives mail (active 1 or 2) in an active domain exists for
+            // delivery; one that is disabled does not.
+            Ok(Some(view)) if view.domain_active && view.state != MailboxState::Disabled => {
+                let quota = format!("*:bytes={}", view.quota);
+                let mut fields: Vec<(&str, &str)> = Vec::new();
+                if view.quota > 0 {
+                    fields.push(("quota_rule", &quota));
+                }
+                tracing::debug!(user = %view.address, service = ?line.service, "userdb lookup: found");
+                if pass {
+                    fields.push(("nopassword", ""));
+                    proto::encode_pass(line.id, &view.address, &fields)
+                } else {
+                    proto::encode_user(line.id, &view.address, &fields)
+                }
+            }
+            Ok(_) => {
+                tracing::debug!(user = %address, "userdb lookup: not found");
+                proto::encode_notfound(line.id)
+            }
+            Err(e) => {
+                tracing::warn!(user = %address, error = %e, "userdb lookup failed");
+                proto::encode_fail(line.id, Some("temporary failure"))
+            }
+        }
+    }
+}
+
+pub async fn serve_connection(
+    stream: Box<dyn Stream>,
+    peer: Peer,
+    service: Arc<UserdbService>,
+    shutdown: CancellationToken,
+) {
+    if let Err(why) = run(stream, &service, shutdown).await {
+        tracing::warn!(peer = %peer.description, error = %why, "userdb connection closed");
+    }
+}
+
+async fn run(
+    stream: Box<dyn Stream>,
+    service: &UserdbService,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let hello = proto::encode_handshake(proto::PROTOCOL_MINOR, std::process::id());
+    writer.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = vec![0u8; 4096];
+    let mut versioned = false;
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(service.idle_timeout) => return Ok(()),
+            read = reader.read(&mut chunk) => read.map_err(|e| e.to_string())?,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let (line, consumed) = match next_line(&buf, proto::MAX_LINE_LENGTH) {
+                Frame::Line { line, consumed } => (line.to_vec(), consumed),
+                Frame::NeedMore => break,
+                Frame::TooLong => return Err("line too long".into()),
+            };
+            buf.drain(..consumed);
+            let reply = match proto::parse_master_line(&line) {
+                Ok(MasterLine::Version { major, .. }) if major == proto::PROTOCOL_MAJOR => {
+                    versioned = true;
+                    continue;
+                }
+                Ok(MasterLine::Version { major, .. }) => {
+                    return Err(format!("unsupported protocol version {major}"))
+                }
+                Ok(_) if !versioned => return Err("request before VERSION".into()),
+                Ok(MasterLine::User(l)) => service.lookup(&l, false).await,
+                Ok(MasterLine::Pass(l)) => service.lookup(&l, true).await,
+                Ok(MasterLine::List { id, .. }) => proto::encode_list_done(id, true),
+                Err(e) => match e.recoverable_request_id() {
+                    Some(id) => proto::encode_notfound(id),
+                    None => return Err(e.to_string()),
+                },
+            };
+            writer.write_all(&reply).await.map_err(|e| e.to_string())?;
+        }
+    }
+}

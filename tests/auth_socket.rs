@@ -1,0 +1,459 @@
+//! The real daemon on temporary unix sockets, spoken to in raw protocol bytes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailauthd");
+
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Daemon {
+    fn start(store_url: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("mailauthd.toml");
+        let store = store_url
+            .map(|u| format!("url = {u:?}\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            &config,
+            format!(
+                "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
+                 [credentials]\nargon2_memory_kib = 8192\nargon2_iterations = 1\n\
+                 [auth_socket]\nidle_timeout_ms = 60000\n",
+                state = dir.path().join("state"),
+                run = dir.path().join("run"),
+            ),
+        )
+        .unwrap();
+        let mut d = Daemon {
+            child: Command::new("true").spawn().unwrap(),
+            dir,
+            config,
+        };
+        d.cli(&["domain", "add", "example.org"], None);
+        d.cli(
+            &["mailbox", "add", "alice@example.org", "--password-stdin"],
+            Some("alice-pw\n"),
+        );
+        d.cli(
+            &["mailbox", "add", "bob@example.org", "--authsource", "oidc"],
+            None,
+        );
+        d.child = Command::new(BIN)
+            .args(["--config", d.config.to_str().unwrap(), "serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.socket("userdb").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not create its sockets"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn socket(&self, name: &str) -> PathBuf {
+        self.dir.path().join("run").join(name)
+    }
+
+    fn cli(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn app_password(&self, address: &str, protocols: &str) -> String {
+        let out = self.cli(
+            &[
+                "--json",
+                "app-password",
+                "create",
+                address,
+                "--name",
+                "t",
+                "--protocols",
+                protocols,
+            ],
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["password"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    fn connect(path: &Path) -> Client {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        match self.reader.read_line(&mut l) {
+            Ok(0) => None,
+            Ok(_) => Some(l.trim_end_matches('\n').to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    fn handshake(path: &Path) -> (Client, Vec<String>) {
+        let mut c = Client::connect(path);
+        let mut lines = Vec::new();
+        loop {
+            let l = c.line().expect("handshake");
+            let done = l == "DONE";
+            lines.push(l);
+            if done {
+                break;
+            }
+        }
+        c.send("VERSION\t1\t2\nCPID\t4242\n");
+        (c, lines)
+    }
+
+    fn send(&mut self, s: &str) {
+        self.writer.write_all(s.as_bytes()).unwrap();
+    }
+
+    fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.reader.read_to_end(&mut rest), Ok(_) | Err(_)) && rest.is_empty()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn plain(user: &str, pass: &str) -> String {
+    b64(format!("\0{user}\0{pass}").as_bytes())
+}
+
+#[test]
+fn protocol_conversations_with_the_real_daemon() {
+    let d = Daemon::start(None);
+    let app = d.app_password("bob@example.org", "imap");
+    let auth = d.socket("auth");
+
+    // The handshake is exactly what Dovecot 2.3 emits: MECH lines before SPID.
+    let (mut c, hello) = Client::handshake(&auth);
+    let kinds: Vec<&str> = hello
+        .iter()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["VERSION", "MECH", "MECH", "SPID", "CUID", "COOKIE", "DONE"]
+    );
+    assert_eq!(hello[0], "VERSION\t1\t2");
+    assert_eq!(
+        &hello[1..3],
+        ["MECH\tPLAIN\tplaintext", "MECH\tLOGIN\tplaintext"]
+    );
+
+    // PLAIN with initial response, as Postfix sends it; OK carries the canonical user.
+    c.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip=192.0.2.7\tresp={}\n",
+        plain("Alice@EXAMPLE.org", "alice-pw")
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t1\tuser=alice@example.org");
+    c.send(&format!(
+        "AUTH\t2\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "wrong")
+    ));
+    assert_eq!(
+        c.line().unwrap(),
+        "FAIL\t2\tuser=alice@example.org\treason=Authentication failed"
+    );
+
+    // LOGIN with CONT round trips.
+    c.send("AUTH\t3\tLOGIN\tservice=smtp\tnologin\n");
+    assert_eq!(c.line().unwrap(), format!("CONT\t3\t{}", b64(b"Username:")));
+    c.send(&format!("CONT\t3\t{}\n", b64(b"alice@example.org")));
+    assert_eq!(c.line().unwrap(), format!("CONT\t3\t{}", b64(b"Password:")));
+    c.send(&format!("CONT\t3\t{}\n", b64(b"alice-pw")));
+    assert_eq!(c.line().unwrap(), "OK\t3\tuser=alice@example.org");
+
+    // Interleaved: a slow Argon2 login and a fast app password; both answered, the app
+    // password not held up behind the hash.
+    c.send(&format!(
+        "AUTH\t10\tPLAIN\tservice=imap\tresp={}\nAUTH\t11\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw"),
+        plain("bob@example.org", &app)
+    ));
+    let mut replies = vec![c.line().unwrap(), c.line().unwrap()];
+    replies.sort();
+    assert_eq!(
+        replies,
+        [
+            "OK\t10\tuser=alice@example.org",
+            "OK\t11\tuser=bob@example.org"
+        ]
+    );
+
+    // CANCEL ends a request; its id may be used again.
+    c.send("AUTH\t20\tLOGIN\tservice=imap\nCANCEL\t20\n");
+    assert_eq!(
+        c.line().unwrap(),
+        format!("CONT\t20\t{}", b64(b"Username:"))
+    );
+    c.send(&format!(
+        "AUTH\t20\tPLAIN\tservice=imap\tresp={}\n",
+        plain("bob@example.org", &app)
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t20\tuser=bob@example.org");
+
+    // Bad base64 fails that request only; unsupported mechanism likewise.
+    c.send("AUTH\t21\tPLAIN\tservice=imap\tresp=!!!\n");
+    assert!(c.line().unwrap().starts_with("FAIL\t21\t"));
+    c.send("AUTH\t22\tCRAM-MD5\tservice=imap\n");
+    assert!(c.line().unwrap().starts_with("FAIL\t22\t"));
+    // The app password is for IMAP only.
+    c.send(&format!(
+        "AUTH\t23\tPLAIN\tservice=pop3\tresp={}\n",
+        plain("bob@example.org", &app)
+    ));
+    assert!(c.line().unwrap().starts_with("FAIL\t23\t"));
+
+    // A reused id while the request is open closes the connection.
+    c.send("AUTH\t30\tLOGIN\tservice=imap\n");
+    assert!(c.line().unwrap().starts_with("CONT\t30"));
+    c.send("AUTH\t30\tLOGIN\tservice=imap\n");
+    assert!(c.closed(), "reused id must close the connection");
+
+    // Over-long lines, garbage and unknown commands close the connection; others go on.
+    let (mut long, _) = Client::handshake(&auth);
+    long.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        "A".repeat(20_000)
+    ));
+    assert!(long.closed());
+    let (mut junk, _) = Client::handshake(&auth);
+    junk.writer
+        .write_all(b"\x00\x01\x02\xff\xfe garbage\n")
+        .unwrap();
+    assert!(junk.closed());
+    let (mut unknown, _) = Client::handshake(&auth);
+    unknown.send("FROB\t1\n");
+    assert!(unknown.closed());
+    let mut early = Client::connect(&auth);
+    while early.line().unwrap() != "DONE" {}
+    early.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert!(early.closed(), "AUTH before VERSION");
+
+    // Hundreds of idle connections do not stop a new one from being served.
+    let idle: Vec<UnixStream> = (0..300)
+        .map(|_| UnixStream::connect(&auth).unwrap())
+        .collect();
+    let (mut fresh, _) = Client::handshake(&auth);
+    fresh.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        plain("bob@example.org", &app)
+    ));
+    assert_eq!(fresh.line().unwrap(), "OK\t1\tuser=bob@example.org");
+    drop(idle);
+
+    // Revocation applies on the very next attempt.
+    let list = d.cli(&["--json", "app-password", "list", "bob@example.org"], None);
+    let id = serde_json::from_str::<serde_json::Value>(&list).unwrap()[0]["id"].to_string();
+    d.cli(&["app-password", "revoke", "bob@example.org", &id], None);
+    fresh.send(&format!(
+        "AUTH\t2\tPLAIN\tservice=imap\tresp={}\n",
+        plain("bob@example.org", &app)
+    ));
+    assert!(fresh.line().unwrap().starts_with("FAIL\t2\t"));
+}
+
+#[test]
+fn userdb_lookups() {
+    let d = Daemon::start(None);
+    d.cli(
+        &["mailbox", "set", "alice@example.org", "--quota", "2G"],
+        None,
+    );
+    d.cli(
+        &[
+            "mailbox",
+            "add",
+            "carol@example.org",
+            "--no-password",
+            "--active",
+            "2",
+        ],
+        None,
+    );
+    d.cli(
+        &[
+            "mailbox",
+            "add",
+            "dave@example.org",
+            "--no-password",
+            "--active",
+            "0",
+        ],
+        None,
+    );
+    let mut c = Client::connect(&d.socket("userdb"));
+    assert!(c.line().unwrap().starts_with("VERSION\t1\t"));
+    assert!(c.line().unwrap().starts_with("SPID\t"));
+    c.send("VERSION\t1\t1\nUSER\t1\tAlice@example.org\tservice=lmtp\n");
+    assert_eq!(
+        c.line().unwrap(),
+        "USER\t1\talice@example.org\tquota_rule=*:bytes=2147483648"
+    );
+    c.send("USER\t2\tcarol@example.org\tservice=lmtp\nUSER\t3\tdave@example.org\tservice=lmtp\nUSER\t4\tghost@example.org\tservice=lmtp\n");
+    assert!(
+        c.line().unwrap().starts_with("USER\t2\tcarol@example.org"),
+        "active 2 still receives mail"
+    );
+    assert_eq!(c.line().unwrap(), "NOTFOUND\t3");
+    assert_eq!(c.line().unwrap(), "NOTFOUND\t4");
+    c.send("PASS\t5\talice@example.org\tservice=lmtp\n");
+    assert!(c
+        .line()
+        .unwrap()
+        .starts_with("PASS\t5\tuser=alice@example.org"));
+}
+
+/// The database goes away and comes back: the handshake keeps working, SMTP callers get a
+/// closed connection (Postfix: 454), others FAIL with code=temp_fail, then it recovers.
+#[test]
+fn store_outage_is_temporary_and_recovers() {
+    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
+        );
+        eprintln!("note: MAILAUTHD_TEST_POSTGRES_URL not set; outage test skipped outside CI");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin.clone())));
+    rt.block_on(db.store.close());
+    let d = Daemon::start(Some(&db.url));
+    let auth = d.socket("auth");
+    let (mut c, _) = Client::handshake(&auth);
+    c.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t1\tuser=alice@example.org");
+
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .args([admin.as_str(), "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+
+    let (mut imap, hello) = Client::handshake(&auth);
+    assert_eq!(
+        hello.last().unwrap(),
+        "DONE",
+        "handshake works during the outage"
+    );
+    imap.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    let reply = imap.line().unwrap();
+    assert!(
+        reply.starts_with("FAIL\t1\t") && reply.contains("code=temp_fail"),
+        "{reply}"
+    );
+    let (mut smtp, _) = Client::handshake(&auth);
+    smtp.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=smtp\tnologin\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert!(smtp.closed(), "SMTP callers get a closed connection");
+
+    psql(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (mut again, _) = Client::handshake(&auth);
+        again.send(&format!(
+            "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+            plain("alice@example.org", "alice-pw")
+        ));
+        let reply = again.line().unwrap();
+        if reply == "OK\t1\tuser=alice@example.org" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not recover: {reply}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(d);
+    rt.block_on(db.finish());
+}
