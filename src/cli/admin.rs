@@ -99,7 +99,7 @@ pub async fn run(
         Command::AppPassword(c) => app_password_cmd(&ctx, c).await,
         Command::Alias(c) => alias(&ctx, c).await,
         Command::SendAs(c) => send_as(&ctx, c).await,
-        Command::Serve | Command::Config(_) | Command::Auth(_) => {
+        Command::Serve | Command::Config(_) | Command::Auth(_) | Command::Throttle(_) => {
             Err(CliError::usage("not an admin command"))
         }
     };

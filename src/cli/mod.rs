@@ -4,6 +4,7 @@ mod admin;
 mod auth_test;
 mod output;
 mod secrets;
+mod throttle;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +75,17 @@ pub enum Command {
     /// Test a login like a mail server would ask for it
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Brute-force delays and blocks held by the running daemon
+    #[command(subcommand)]
+    Throttle(ThrottleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ThrottleCommand {
+    /// Networks and accounts with counted failures or a block
+    List,
+    /// Lift blocks: an IP, a CIDR network, an account, or everything when none is given
+    Clear { filter: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -426,6 +438,18 @@ pub async fn run(cli: Cli, log: crate::logging::LogControl) -> ExitCode {
                 secured,
             )
             .await
+        }
+        Command::Throttle(ThrottleCommand::List) => {
+            throttle::run(
+                cli.config.as_deref(),
+                &out,
+                crate::server::control_conn::ControlRequest::ThrottleList,
+            )
+            .await
+        }
+        Command::Throttle(ThrottleCommand::Clear { filter }) => {
+            let request = crate::server::control_conn::ControlRequest::ThrottleClear { filter };
+            throttle::run(cli.config.as_deref(), &out, request).await
         }
         command => admin::run(cli.config.as_deref(), &out, command).await,
     };
