@@ -37,6 +37,14 @@ pub struct FileConfig {
     pub web: Option<WebSection>,
     pub auth_socket: ListenerSection,
     pub userdb_socket: ListenerSection,
+    pub control_socket: ControlSection,
+}
+
+/// The admin channel of a running daemon; unix only, for root and the daemon's user.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ControlSection {
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +181,7 @@ pub struct Config {
     pub runtime_directory: PathBuf,
     pub auth_socket: ListenerConfig,
     pub userdb_socket: ListenerConfig,
+    pub control_socket: ListenerConfig,
 }
 
 /// One problem, naming the key it is about.
@@ -308,6 +317,23 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         problems,
     );
 
+    let control_path = file
+        .control_socket
+        .path
+        .clone()
+        .unwrap_or_else(|| runtime_directory.join("control"));
+    let control_socket = ListenerConfig {
+        name: "control_socket",
+        endpoints: vec![Endpoint::Unix(control_path)],
+        owner: None,
+        group: None,
+        mode: 0o600,
+        allow: Vec::new(),
+        trusted: Vec::new(),
+        max_connections: 16,
+        idle_timeout: Duration::from_secs(10),
+    };
+
     let url = store_url(&file.store, &state_directory, problems);
     let max_connections = file.store.max_connections.unwrap_or(16);
     if max_connections == 0 {
@@ -437,6 +463,7 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         runtime_directory,
         auth_socket,
         userdb_socket,
+        control_socket,
     }
 }
 

@@ -30,7 +30,12 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
             CliError::refused(e.to_string())
         }
     })?;
-    let doors = match FrontDoors::start(&config, core.auth.clone(), core.store.clone()) {
+    let doors = match FrontDoors::start(
+        &config,
+        core.auth.clone(),
+        core.store.clone(),
+        core.throttle.clone(),
+    ) {
         Ok(doors) => doors,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen");

@@ -32,7 +32,8 @@ impl Daemon {
             format!(
                 "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
                  [credentials]\nargon2_memory_kib = 8192\nargon2_iterations = 1\n\
-                 [auth_socket]\nidle_timeout_ms = 60000\n",
+                 [auth_socket]\nidle_timeout_ms = 60000\n\
+                 [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n",
                 state = dir.path().join("state"),
                 run = dir.path().join("run"),
             ),
@@ -456,4 +457,45 @@ fn store_outage_is_temporary_and_recovers() {
     }
     drop(d);
     rt.block_on(db.finish());
+}
+
+/// Repeated failures from one network get blocked; the block shows in `throttle list`
+/// and `throttle clear` lifts it, through the running daemon's control socket.
+#[test]
+fn repeated_failures_are_throttled_and_the_cli_lifts_the_block() {
+    let d = Daemon::start(None);
+    let (mut c, _) = Client::handshake(&d.socket("auth"));
+    let attempt = |c: &mut Client, id: u32, pass: &str| {
+        c.send(&format!(
+            "AUTH\t{id}\tPLAIN\tservice=imap\trip=192.0.2.99\tresp={}\n",
+            plain("alice@example.org", pass)
+        ));
+        c.line().unwrap()
+    };
+    for id in 1..=6 {
+        assert!(attempt(&mut c, id, &format!("guess-{id}")).starts_with(&format!("FAIL\t{id}\t")));
+    }
+    // Blocked now: even the right password is refused from that network.
+    assert!(attempt(&mut c, 7, "alice-pw").starts_with("FAIL\t7\t"));
+    let list = d.cli(&["--json", "throttle", "list"], None);
+    let entries: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let blocked = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "192.0.2.99/32")
+        .expect("network listed");
+    assert!(blocked["blocked_until_ms"].is_i64(), "{blocked}");
+    // Another network is not affected.
+    c.send(&format!(
+        "AUTH\t8\tPLAIN\tservice=imap\trip=198.51.100.5\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t8\tuser=alice@example.org");
+    let cleared = d.cli(&["throttle", "clear", "192.0.2.99"], None);
+    assert!(cleared.contains("cleared"), "{cleared}");
+    assert_eq!(
+        attempt(&mut c, 9, "alice-pw"),
+        "OK\t9\tuser=alice@example.org"
+    );
 }

@@ -99,9 +99,11 @@ pub async fn run(
         Command::AppPassword(c) => app_password_cmd(&ctx, c).await,
         Command::Alias(c) => alias(&ctx, c).await,
         Command::SendAs(c) => send_as(&ctx, c).await,
-        Command::Serve | Command::Config(_) | Command::Auth(_) | Command::Idp(_) => {
-            Err(CliError::usage("not an admin command"))
-        }
+        Command::Serve
+        | Command::Config(_)
+        | Command::Auth(_)
+        | Command::Idp(_)
+        | Command::Throttle(_) => Err(CliError::usage("not an admin command")),
     };
     ctx.store.close().await;
     result

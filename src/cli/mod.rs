@@ -5,6 +5,7 @@ mod auth_test;
 mod idp_test;
 mod output;
 mod secrets;
+mod throttle;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +79,9 @@ pub enum Command {
     /// The OpenID Connect identity provider configured in [oidc]
     #[command(subcommand)]
     Idp(IdpCommand),
+    /// Brute-force delays and blocks held by the running daemon
+    #[command(subcommand)]
+    Throttle(ThrottleCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +93,14 @@ pub enum IdpCommand {
                       Exit code 0 when every step passed, 1 otherwise."
     )]
     Test,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ThrottleCommand {
+    /// Networks and accounts with counted failures or a block
+    List,
+    /// Lift blocks: an IP, a CIDR network, an account, or everything when none is given
+    Clear { filter: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +455,18 @@ pub async fn run(cli: Cli, log: crate::logging::LogControl) -> ExitCode {
             .await
         }
         Command::Idp(IdpCommand::Test) => idp_test::run(cli.config.as_deref(), &out).await,
+        Command::Throttle(ThrottleCommand::List) => {
+            throttle::run(
+                cli.config.as_deref(),
+                &out,
+                crate::server::control_conn::ControlRequest::ThrottleList,
+            )
+            .await
+        }
+        Command::Throttle(ThrottleCommand::Clear { filter }) => {
+            let request = crate::server::control_conn::ControlRequest::ThrottleClear { filter };
+            throttle::run(cli.config.as_deref(), &out, request).await
+        }
         command => admin::run(cli.config.as_deref(), &out, command).await,
     };
     match result {

@@ -84,6 +84,8 @@ pub struct Peer {
     pub description: String,
     pub ip: Option<IpAddr>,
     pub trusted: bool,
+    /// Root or the daemon's own user, over a unix socket: may use the control socket.
+    pub control_allowed: bool,
 }
 
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -267,23 +269,25 @@ async fn accept(
     match bound {
         Bound::Unix(listener, path) => {
             let (stream, _) = listener.accept().await?;
-            let description = match stream.peer_cred() {
-                Ok(c) => format!(
+            let cred = stream.peer_cred().ok();
+            let description = match &cred {
+                Some(c) => format!(
                     "unix:{} pid={} uid={}",
                     path.display(),
                     c.pid().unwrap_or(0),
                     c.uid()
                 ),
-                Err(_) => format!("unix:{}", path.display()),
+                None => format!("unix:{}", path.display()),
             };
-            Ok(Some((
-                Box::new(stream),
-                Peer {
-                    description,
-                    ip: None,
-                    trusted: true,
-                },
-            )))
+            let own_uid = nix::unistd::Uid::effective().as_raw();
+            let control_allowed = cred.is_some_and(|c| c.uid() == 0 || c.uid() == own_uid);
+            let peer = Peer {
+                description,
+                ip: None,
+                trusted: true,
+                control_allowed,
+            };
+            Ok(Some((Box::new(stream), peer)))
         }
         Bound::Tcp(listener) => {
             let (stream, addr) = listener.accept().await?;
@@ -300,6 +304,7 @@ async fn accept(
                     description: format!("tcp:{addr}"),
                     ip: Some(ip),
                     trusted,
+                    control_allowed: false,
                 },
             )))
         }

@@ -2,6 +2,7 @@
 //! `web` touch sockets; everything they decide comes from the decision core.
 
 pub mod auth_conn;
+pub mod control_conn;
 pub mod listener;
 pub mod userdb_conn;
 
@@ -28,6 +29,7 @@ impl FrontDoors {
         config: &Config,
         auth: Arc<Authenticator>,
         store: Arc<dyn Store>,
+        throttle: Arc<crate::auth::throttle::Throttle>,
     ) -> Result<Self, ListenError> {
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
@@ -63,6 +65,23 @@ impl FrontDoors {
             ));
         }
         endpoints.extend(userdb_cfg.endpoints.iter().map(|e| format!("userdb {e}")));
+
+        let control_cfg = Arc::new(config.control_socket.clone());
+        let control = Arc::new(control_conn::ControlService {
+            throttle,
+            clock: Arc::new(crate::clock::SystemClock),
+        });
+        for bound in bind(&control_cfg)? {
+            let service = control.clone();
+            tracker.spawn(serve(
+                bound,
+                control_cfg.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+                move |s, p, _stop| control_conn::serve_connection(s, p, service.clone()),
+            ));
+        }
+        endpoints.extend(control_cfg.endpoints.iter().map(|e| format!("control {e}")));
 
         Ok(FrontDoors {
             tracker,

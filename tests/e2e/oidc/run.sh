@@ -129,6 +129,7 @@ write_accounts staff
 write_config() { # $1 = file, $2 = issuer, $3 = ignore_tls_errors
 	cat >"$1" <<EOF
 state_directory = "$TMP/state"
+runtime_directory = "$TMP/run"
 
 [store]
 url = "sqlite://$TMP/state/mailauthd.db"
