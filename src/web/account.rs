@@ -311,6 +311,18 @@ pub async fn create_app_password(
     if protocols == Protocols::NONE {
         return problem("Choose at least one of IMAP, POP3, SIEVE or SMTP.").await;
     }
+    let mailbox_protocols = match state.store.get_mailbox(&user.address).await {
+        Ok(Some(m)) => m.protocols,
+        Ok(None) => return account_page(&state, &id, &s, &user, None).await,
+        Err(e) => return store_trouble(&state, &e),
+    };
+    if let Some(p) = protocols.iter().find(|p| !mailbox_protocols.contains(*p)) {
+        return problem(&format!(
+            "Your mailbox does not allow {}, so an app password for it could not work.",
+            p.name().to_uppercase()
+        ))
+        .await;
+    }
     let now = state.clock.now();
     let expires_at = match field(&fields, "expires")
         .map(str::trim)

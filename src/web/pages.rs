@@ -134,8 +134,9 @@ pub fn account(a: &Account<'_>) -> String {
         "<dt>Signs in with</dt><dd>{}</dd>\n</dl>\n</section>\n",
         match m.auth_source {
             crate::store::AuthSource::Oidc =>
-                "your organisation's account; mail programs use app passwords",
-            crate::store::AuthSource::Local => "its own password, or app passwords",
+                "your organisation's account (mail programs use app passwords)",
+            crate::store::AuthSource::Local =>
+                "its own password (mail programs may also use app passwords)",
         }
     );
 
@@ -191,20 +192,24 @@ pub fn account(a: &Account<'_>) -> String {
         esc(a.csrf)
     );
     for p in Protocol::ALL {
-        let checked = if p == Protocol::Imap || p == Protocol::Smtp {
-            " checked"
-        } else {
-            ""
+        // What the mailbox itself does not allow would be refused anyway: offer it greyed
+        // out with the reason rather than make a password that cannot work.
+        let allowed = m.protocols.contains(p);
+        let state = match (allowed, p) {
+            (false, _) => " disabled",
+            (true, Protocol::Imap | Protocol::Smtp) => " checked",
+            (true, _) => "",
         };
-        let hint = match p {
-            Protocol::Imap => "reading mail",
-            Protocol::Pop3 => "downloading mail",
-            Protocol::Sieve => "filter rules",
-            Protocol::Smtp => "sending mail",
+        let hint = match (allowed, p) {
+            (false, _) => "not allowed for your mailbox",
+            (true, Protocol::Imap) => "reading mail",
+            (true, Protocol::Pop3) => "downloading mail",
+            (true, Protocol::Sieve) => "filter rules",
+            (true, Protocol::Smtp) => "sending mail",
         };
         let _ = writeln!(
             body,
-            "<label><input type=\"checkbox\" name=\"{}\" value=\"on\"{checked}> {} <span class=\"muted\">({hint})</span></label>",
+            "<label><input type=\"checkbox\" name=\"{}\" value=\"on\"{state}> {} <span class=\"muted\">({hint})</span></label>",
             p.name(),
             p.name().to_uppercase()
         );

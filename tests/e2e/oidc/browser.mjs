@@ -3,6 +3,7 @@
 //
 // Usage: node browser.mjs ACTION --base URL --shots DIR --prefix NAME [options]
 //   signin        sign in through the provider as --login; report the page reached
+//                 (--replay: then send the provider's callback, code and all, once more)
 //   app-password  sign in, create an app password --name for --protocols, report the secret
 //   revoke        sign in, revoke the app password named --name
 //   signout       sign in, sign out (RP-initiated logout at the provider)
@@ -26,6 +27,7 @@ const { positionals, values: opt } = parseArgs({
     password: { type: 'string', default: 'any-password' },
     name: { type: 'string', default: 'laptop' },
     protocols: { type: 'string', default: 'imap' },
+    replay: { type: 'boolean', default: false },
   },
 });
 const action = positionals[0];
@@ -110,10 +112,20 @@ async function signIn() {
 let result = {};
 try {
   switch (action) {
-    case 'signin':
+    case 'signin': {
+      let callback = null;
+      page.on('request', (r) => {
+        if (r.url().startsWith(opt.base + '/callback?')) callback = r.url();
+      });
       await signIn();
       result = await report();
+      if (opt.replay && callback) {
+        await page.goto(callback);
+        await shot('replayed-callback');
+        result.replay = await report();
+      }
       break;
+    }
 
     case 'app-password': {
       await signIn();

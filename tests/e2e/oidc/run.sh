@@ -118,7 +118,8 @@ write_accounts() { # $1 = alice's template
   "carol": { "email": "carol@example.org", "email_verified": true, "name": "Carol", "mailcow_template": ["guests", "visitors"] },
   "dave":  { "email": "dave@full.example", "email_verified": true, "name": "Dave", "mailcow_template": "staff" },
   "erin":  { "email": "erin@example.org", "email_verified": true, "name": "Erin", "mailcow_template": "staff" },
-  "frank": { "email": "frank@example.org", "email_verified": false, "name": "Frank", "mailcow_template": "staff" }
+  "frank": { "email": "frank@example.org", "email_verified": false, "name": "Frank", "mailcow_template": "staff" },
+  "gina":  { "email": "Gina@Bücher.example", "email_verified": "true", "name": "Gina", "mailcow_template": ["visitors", "staff"] }
 }
 EOF
 }
@@ -170,6 +171,7 @@ json() { # $1 = JavaScript expression over j; JSON on stdin
 m config check >/dev/null || die "config check failed"
 m domain add example.org --max-mailboxes 10 --max-quota 10G >/dev/null
 m domain add full.example --max-mailboxes 1 >/dev/null
+m domain add bücher.example >/dev/null
 m template add staff --quota 2G --protocols imap,pop3,smtp >/dev/null
 m template add students --quota 1G --protocols imap,pop3 >/dev/null
 m mapping add staff staff >/dev/null
@@ -242,6 +244,19 @@ if [ "$(json 'j.address' <<<"$out")" = alice@example.org ] &&
 else
 	not_ok "first sign-in creates the mailbox from the template" "$out
 $show"
+fi
+
+out=$(browser signin 01b-gina-idn --login gina --replay)
+if [ "$(json 'j.address' <<<"$out")" = gina@xn--bcher-kva.example ] &&
+	[ "$(m --json mailbox show gina@xn--bcher-kva.example | json 'j.mailbox.template')" = staff ]; then
+	ok "an upper-case address in an IDN domain (and a template list) becomes gina@xn--bcher-kva.example"
+else
+	not_ok "an upper-case address in an IDN domain is canonicalised" "$out"
+fi
+if [ "$(json 'j.replay.reason' <<<"$out")" = "This sign-in has expired or was already used. Please start again." ]; then
+	ok "a replayed callback (same code and state) gets a clear page"
+else
+	not_ok "a replayed callback gets a clear page" "$out"
 fi
 
 # --- an app password made on the page works for IMAP only ----------------------------
@@ -347,6 +362,29 @@ if grep -q 'address or password is wrong' <<<"$(json 'j.alert || ""' <<<"$out")"
 	ok "a wrong password is refused with a clear message"
 else
 	not_ok "a wrong password is refused with a clear message" "$out"
+fi
+
+# --- switching the auth source keeps the stored password -------------------------------
+
+m mailbox set-authsource erin@example.org oidc >/dev/null
+if printf 'erin-local-password-1\n' | m auth test erin@example.org --service imap >"$TMP/auth-erin.txt" 2>&1; then
+	not_ok "after switching to oidc the stored password fails at once" "$(cat "$TMP/auth-erin.txt")"
+elif grep -q oidc_needs_app_password "$TMP/auth-erin.txt"; then
+	ok "after switching to oidc the stored password fails at once (oidc_needs_app_password)"
+else
+	not_ok "after switching to oidc the stored password fails for the right reason" "$(cat "$TMP/auth-erin.txt")"
+fi
+out=$(browser local 11b-erin-now-oidc --login erin@example.org --password erin-local-password-1)
+if grep -q 'signs in with Example SSO' <<<"$(json 'j.alert || ""' <<<"$out")"; then
+	ok "the password form sends an oidc mailbox to the provider"
+else
+	not_ok "the password form sends an oidc mailbox to the provider" "$out"
+fi
+m mailbox set-authsource erin@example.org local >/dev/null
+if printf 'erin-local-password-1\n' | m auth test erin@example.org --service imap >/dev/null 2>&1; then
+	ok "switching back to local restores the stored password"
+else
+	not_ok "switching back to local restores the stored password"
 fi
 
 # --- bad input: clear pages, never a stack trace ---------------------------------------
