@@ -57,9 +57,10 @@ pub async fn callback(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let rip = state.client_ip(&headers, peer);
+    let rip = state.client_ip(&headers, peer).to_string();
+    let rip = rip.as_str();
     let fail = |status: StatusCode, reason: &str, detail: &str, title: &str, message: &str| {
-        tracing::warn!(target: "mailauthd::audit", service = "web", user = "-", rip = %rip, mech = "oidc", outcome = "fail", reason, detail, "sign-in");
+        tracing::warn!(target: "mailauthd::audit", service = "web", user = "-", rip, mech = "oidc", outcome = "fail", reason, detail, "sign-in");
         state.problem(status, title, message)
     };
     let Some(rp) = state.rp.clone() else {
@@ -171,7 +172,7 @@ pub async fn callback(
             if let SignedIn::UpdateDeferred { reason, .. } = &outcome {
                 tracing::warn!(target: "mailauthd::web", user = %address, reason = %reason, "mailbox not updated at sign-in");
             }
-            tracing::info!(target: "mailauthd::audit", service = "web", user = %address, rip = %rip, mech = "oidc", outcome = "ok", reason = outcome.label(), subject = %claims.subject, "sign-in");
+            tracing::info!(target: "mailauthd::audit", service = "web", user = address.as_str(), rip, mech = "oidc", outcome = "ok", reason = outcome.label(), subject = claims.subject.as_str(), "sign-in");
             let old = session.as_ref().map(|(id, _)| id.as_str());
             match state.sessions.sign_in(
                 old,
@@ -205,7 +206,7 @@ pub async fn callback(
             } else {
                 StatusCode::FORBIDDEN
             };
-            tracing::warn!(target: "mailauthd::audit", service = "web", user = %printable(&claims.address, 128), rip = %rip, mech = "oidc", outcome = "fail", reason = refusal.code(), detail = %refusal, subject = %claims.subject, "sign-in");
+            tracing::warn!(target: "mailauthd::audit", service = "web", user = printable(&claims.address, 128).as_str(), rip, mech = "oidc", outcome = "fail", reason = refusal.code(), detail = refusal.to_string().as_str(), subject = claims.subject.as_str(), "sign-in");
             state.problem(status, "Sign-in refused", &refusal.person_message())
         }
     }
