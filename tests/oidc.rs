@@ -147,9 +147,18 @@ async fn jwks() -> Response {
 async fn token(State(s): State<Shared>, Form(form): Form<Vec<(String, String)>>) -> Response {
     let (scenario, body) = {
         let mut f = s.lock().unwrap();
-        f.token_form = form;
+        f.token_form = form.clone();
         (f.scenario.clone(), id_token(&f))
     };
+    let secret_ok = form
+        .iter()
+        .any(|(k, v)| k == "client_secret" && v == "client-secret-1");
+    if !secret_ok {
+        return json_response(
+            axum::http::StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_client"}),
+        );
+    }
     match scenario {
         Token::Refused => json_response(
             axum::http::StatusCode::BAD_REQUEST,
@@ -168,7 +177,16 @@ async fn token(State(s): State<Shared>, Form(form): Form<Vec<(String, String)>>)
     }
 }
 
-async fn userinfo(State(s): State<Shared>) -> Response {
+async fn userinfo(State(s): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if bearer != Some("Bearer access-1") {
+        return json_response(
+            axum::http::StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_token"}),
+        );
+    }
     Json(s.lock().unwrap().userinfo.clone())
 }
 
@@ -320,4 +338,62 @@ async fn a_provider_that_is_down_is_unreachable_not_a_crash() {
     };
     assert!(matches!(e, OidcError::Unreachable(_)), "{e:?}");
     assert!(e.person_message().contains("cannot be reached"));
+}
+
+#[tokio::test]
+async fn explicit_endpoints_work_without_discovery() {
+    let (fake, issuer) = fake_provider().await;
+    let mut s = settings(&issuer);
+    s.endpoints = Some(mailauthd::oidc::ExplicitEndpoints {
+        authorization: Url::parse(&format!("{issuer}/auth")).unwrap(),
+        token: Url::parse(&format!("{issuer}/token")).unwrap(),
+        userinfo: Some(Url::parse(&format!("{issuer}/userinfo")).unwrap()),
+        jwks: Url::parse(&format!("{issuer}/jwks")).unwrap(),
+        end_session: None,
+    });
+    // Nothing advertised without discovery: say how the client authenticates.
+    s.client_auth = Some(mailauthd::oidc::ClientAuth::Post);
+    let rp = RelyingParty::new(s).unwrap();
+    let identity = attempt(&rp, &fake, Token::Good).await.unwrap();
+    assert_eq!(identity.claims.template_values, vec!["students", "staff"]);
+}
+
+#[tokio::test]
+async fn idp_test_proves_the_client_credentials() {
+    use mailauthd::oidc::probe::{self, Status};
+    let (fake, issuer) = fake_provider().await;
+    fake.lock().unwrap().scenario = Token::Refused;
+    let steps = probe::run(&settings(&issuer)).await;
+    let status = |title: &str| {
+        steps
+            .iter()
+            .find(|s| s.title == title)
+            .map(|s| s.status.clone())
+            .unwrap_or_else(|| panic!("no step {title}: {steps:?}"))
+    };
+    assert_eq!(status("discovery"), Status::Pass, "{steps:?}");
+    assert_eq!(status("JWKS"), Status::Pass, "{steps:?}");
+    assert_eq!(status("token endpoint"), Status::Pass, "{steps:?}");
+    assert_eq!(status("userinfo endpoint"), Status::Pass, "{steps:?}");
+    assert_eq!(
+        status("logout"),
+        Status::Warn,
+        "no end_session_endpoint advertised"
+    );
+
+    let mut wrong = settings(&issuer);
+    wrong.client_secret = Some("not-it".into());
+    let steps = probe::run(&wrong).await;
+    let token = steps.iter().find(|s| s.title == "token endpoint").unwrap();
+    assert_eq!(token.status, Status::Fail);
+    assert!(token.detail.contains("invalid_client"), "{token:?}");
+    assert!(token.hint.contains("client_secret"), "{token:?}");
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let steps = probe::run(&settings(&down)).await;
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(steps[0].status, Status::Fail);
+    assert!(steps[0].hint.contains("oidc.issuer"), "{steps:?}");
 }
