@@ -444,3 +444,42 @@ async fn odd_requests_get_clear_pages() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(!r.body.contains("panicked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_mailbox_ends_its_web_session() {
+    let (site, core, _dir) = start().await;
+    let front = site.get("/", None).await;
+    let r = site
+        .post(
+            "/login/password",
+            front.cookie.as_deref(),
+            &[
+                ("csrf", &front.csrf()),
+                ("address", "alice@example.org"),
+                ("password", "alice-password-1"),
+            ],
+        )
+        .await;
+    let session = r.cookie.unwrap();
+    assert!(site
+        .get("/", Some(&session))
+        .await
+        .body
+        .contains("mailbox-address"));
+    let mut m = core
+        .store
+        .get_mailbox("alice@example.org")
+        .await
+        .unwrap()
+        .unwrap();
+    m.state = mailauthd::store::MailboxState::Disabled;
+    core.store.update_mailbox(&m, &|_, _| Ok(())).await.unwrap();
+    let r = site.get("/", Some(&session)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("Your mailbox is disabled."));
+    assert!(!site
+        .get("/", Some(&session))
+        .await
+        .body
+        .contains("mailbox-address"));
+}

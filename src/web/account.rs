@@ -14,7 +14,7 @@ use crate::auth::{app_password, FailReason, WebOutcome};
 use crate::clock::parse_date;
 use crate::names::{Protocol, Protocols};
 use crate::secret::Secret;
-use crate::store::{NewAppPassword, StoreError};
+use crate::store::{MailboxState, NewAppPassword, StoreError};
 
 /// Enough for every device a person owns; bounds what one account can make us store.
 const MAX_APP_PASSWORDS: usize = 100;
@@ -106,6 +106,21 @@ async fn account_page(
         }
         Err(e) => return store_trouble(state, &e),
     };
+    // A mailbox disabled (or its domain) after sign-in loses the page at once, as it loses
+    // mail logins.
+    let domain_active = match state.store.get_domain(&mailbox.domain).await {
+        Ok(d) => d.is_some_and(|d| d.active),
+        Err(e) => return store_trouble(state, &e),
+    };
+    if mailbox.state != MailboxState::Active || !domain_active {
+        state.sessions.remove(id);
+        tracing::info!(target: "mailauthd::web", user = %mailbox.address, "signed out: mailbox or domain no longer active");
+        return state.problem(
+            StatusCode::FORBIDDEN,
+            "Signed out",
+            "Your mailbox is disabled.",
+        );
+    }
     let apps = match state.store.list_app_passwords(&mailbox.address).await {
         Ok(a) => a,
         Err(e) => return store_trouble(state, &e),

@@ -39,7 +39,9 @@ not_ok() {
 	fi
 }
 
+SUMMARY_PRINTED=
 finish() {
+	SUMMARY_PRINTED=1
 	echo "$PASSED passed, $FAILED failed"
 	[ "$FAILED" -eq 0 ]
 }
@@ -51,7 +53,11 @@ die() {
 }
 
 cleanup() {
-	local pid
+	local status=$? pid
+	if [ -z "$SUMMARY_PRINTED" ]; then
+		echo "error: stopped early (exit status $status); see the lines above" >&2
+		echo "$PASSED passed, $((FAILED + 1)) failed"
+	fi
 	for pid in "${PIDS[@]}"; do
 		kill "$pid" 2>/dev/null || true
 	done
