@@ -45,16 +45,17 @@ fn read_stdin(max: usize) -> Result<Vec<u8>, CliError> {
 /// the closing empty line. Anything else the daemon would refuse is refused here too.
 fn parse(input: &[u8], limits: &Limits) -> Result<PolicyRequest, CliError> {
     let mut text = Vec::with_capacity(input.len() + 32);
+    let body = trim_trailing_newlines(input);
+    text.extend_from_slice(body);
+    if !body.is_empty() {
+        text.push(b'\n');
+    }
+    // Added last, so the line numbers in error messages are those of the input.
     let has_request = input
         .split(|&b| b == b'\n')
         .any(|line| line.starts_with(b"request="));
     if !has_request {
         text.extend_from_slice(b"request=smtpd_access_policy\n");
-    }
-    let body = trim_trailing_newlines(input);
-    text.extend_from_slice(body);
-    if !body.is_empty() {
-        text.push(b'\n');
     }
     text.push(b'\n');
     let limits = Limits {
