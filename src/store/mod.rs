@@ -190,8 +190,9 @@ pub trait Store: Send + Sync + 'static {
     /// Whether `domain` is served here, as a domain or as an alias domain.
     async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>>;
     /// An alias (with `mailbox` among its targets) or a send-as grant of `mailbox` that
-    /// covers one of `addresses` (canonical), in one indexed query. Grants match an
-    /// address, its `@domain`, or `*`.
+    /// covers one of `addresses` (canonical), in one query of primary-key lookups. Grants
+    /// match an address, its `@domain`, or `*`; with no addresses only `*` can match. An
+    /// alias wins over a grant, an address grant over `@domain`, `@domain` over `*`.
     async fn send_permission(
         &self,
         mailbox: &str,
