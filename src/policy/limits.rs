@@ -23,9 +23,9 @@ use crate::store::{LimitWindow, SendLimits};
 
 /// Enough to spread two cores' worth of lock traffic; a shard is locked for microseconds.
 const SHARDS: usize = 16;
-/// Messages a user may have in flight at once (concurrent SMTP sessions) whose
-/// recipients we keep apart; older ones are forgotten, which at worst counts one of their
-/// recipients twice.
+/// Messages per user whose recipients are remembered (concurrent SMTP sessions); a
+/// request for an older, forgotten one counts as a new message, so a flood of open
+/// messages can only make the limits stricter.
 const MESSAGES_PER_USER: usize = 32;
 /// Postfix's default `smtpd_recipient_limit`; past it every recipient counts, remembered or not.
 const RECIPIENTS_PER_MESSAGE: usize = 1000;
@@ -276,21 +276,18 @@ impl UserState {
         };
         // Without an instance there is nothing to recognise the message by next time.
         let Some(instance) = instance else { return };
-        let position = self.messages.iter().position(|m| m.instance == instance);
-        let message = match position {
-            Some(i) => &mut self.messages[i],
-            None => {
-                if self.messages.len() >= MESSAGES_PER_USER {
-                    self.messages.pop_front();
-                }
-                self.messages.push_back(MessageState {
-                    instance: instance.to_owned(),
-                    recipients: HashSet::new(),
-                    counted: 0,
-                });
-                let last = self.messages.len() - 1;
-                &mut self.messages[last]
+        if !self.messages.iter().any(|m| m.instance == instance) {
+            if self.messages.len() >= MESSAGES_PER_USER {
+                self.messages.pop_front();
             }
+            self.messages.push_back(MessageState {
+                instance: instance.to_owned(),
+                recipients: HashSet::new(),
+                counted: 0,
+            });
+        }
+        let Some(message) = self.messages.iter_mut().find(|m| m.instance == instance) else {
+            return;
         };
         message.counted = message.counted.saturating_add(new_recipients);
         if let Some(h) = rcpt_hash {
@@ -430,6 +427,29 @@ mod tests {
             shard.lock().unwrap().sweep(60);
         }
         assert_eq!(c.tracked_users(), 0);
+    }
+
+    #[test]
+    fn forgotten_messages_count_again() {
+        let c = Counters::default();
+        let l = limits("1h:100:-");
+        for i in 0..=MESSAGES_PER_USER {
+            let instance = format!("m{i}");
+            assert_eq!(
+                c.check_and_count("u", &l, rcpt(&instance, "a@x"), 0),
+                Ok(())
+            );
+        }
+        let limit = limits("1h:34:-");
+        // m0 was forgotten when the 33rd message arrived; m32 is still known.
+        assert_eq!(
+            c.check_and_count("u", &limit, rcpt("m32", "b@x"), 0),
+            Ok(())
+        );
+        assert_eq!(c.check_and_count("u", &limit, rcpt("m0", "a@x"), 0), Ok(()));
+        assert!(c
+            .check_and_count("u", &limit, rcpt("m1", "a@x"), 0)
+            .is_err());
     }
 
     #[test]
