@@ -1,6 +1,11 @@
 //! The decision table: a row for every rule of the decision core, on every backend.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 mod common;
 
@@ -21,7 +26,11 @@ use mailauthd::secret::Secret;
 use mailauthd::store::*;
 
 const NOW: i64 = 1_800_000_000;
-const CHEAP: Argon2Params = Argon2Params { memory_kib: 256, iterations: 1, parallelism: 1 };
+const CHEAP: Argon2Params = Argon2Params {
+    memory_kib: 256,
+    iterations: 1,
+    parallelism: 1,
+};
 const LEGACY_HASH: &str = "{SHA512-CRYPT}$6$.o4raixH9rMjfmnA$JkvuDXKjQuxI20v1Pel0o7Ee27eXvcF0FqmdLbVsLEwXTmY4IPkjy.L.XyRL72am6fwGXhoXOj9owvCT.qhxS0";
 const LEGACY_PASSWORD: &str = "correct horse battery staple";
 
@@ -31,7 +40,14 @@ struct Fixture {
     apps: std::collections::HashMap<&'static str, (i64, Secret)>,
 }
 
-async fn mailbox(s: &dyn Store, address: &str, source: AuthSource, hash: Option<&str>, state: MailboxState, protocols: &str) {
+async fn mailbox(
+    s: &dyn Store,
+    address: &str,
+    source: AuthSource,
+    hash: Option<&str>,
+    state: MailboxState,
+    protocols: &str,
+) {
     let new = NewMailbox {
         address: Address::parse(address).unwrap(),
         password_hash: hash.map(str::to_string),
@@ -44,7 +60,9 @@ async fn mailbox(s: &dyn Store, address: &str, source: AuthSource, hash: Option<
         oidc_identity: None,
         require_active_domain: false,
     };
-    provision::create_mailbox(s, &ManualClock::at(NOW), new).await.unwrap();
+    provision::create_mailbox(s, &ManualClock::at(NOW), new)
+        .await
+        .unwrap();
 }
 
 async fn app(
@@ -74,30 +92,140 @@ async fn app(
 async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
     let s = &*store;
     let pw = |p: &str| password::hash_argon2id(p.as_bytes(), CHEAP).unwrap();
-    let d = |name: &str, active| Domain { name: name.into(), active, max_mailboxes: None, max_quota: None, total_quota: None, created_at: 0 };
+    let d = |name: &str, active| Domain {
+        name: name.into(),
+        active,
+        max_mailboxes: None,
+        max_quota: None,
+        total_quota: None,
+        created_at: 0,
+    };
     s.create_domain(&d("example.org", true)).await.unwrap();
     s.create_domain(&d("off.example", false)).await.unwrap();
-    mailbox(s, "local@example.org", AuthSource::Local, Some(&pw("pw-local")), MailboxState::Active, "all").await;
-    mailbox(s, "oidc@example.org", AuthSource::Oidc, Some(&pw("pw-oidc")), MailboxState::Active, "all").await;
-    mailbox(s, "disabled@example.org", AuthSource::Local, Some(&pw("pw")), MailboxState::Disabled, "all").await;
-    mailbox(s, "nologin@example.org", AuthSource::Local, Some(&pw("pw")), MailboxState::NoLogin, "all").await;
-    mailbox(s, "imaponly@example.org", AuthSource::Local, Some(&pw("pw")), MailboxState::Active, "imap").await;
-    mailbox(s, "user@off.example", AuthSource::Local, Some(&pw("pw")), MailboxState::Active, "all").await;
-    mailbox(s, "legacy@example.org", AuthSource::Local, Some(LEGACY_HASH), MailboxState::Active, "all").await;
-    mailbox(s, "broken@example.org", AuthSource::Local, Some("{NOPE}abc"), MailboxState::Active, "all").await;
-    mailbox(s, "nopass@example.org", AuthSource::Local, None, MailboxState::Active, "all").await;
+    mailbox(
+        s,
+        "local@example.org",
+        AuthSource::Local,
+        Some(&pw("pw-local")),
+        MailboxState::Active,
+        "all",
+    )
+    .await;
+    mailbox(
+        s,
+        "oidc@example.org",
+        AuthSource::Oidc,
+        Some(&pw("pw-oidc")),
+        MailboxState::Active,
+        "all",
+    )
+    .await;
+    mailbox(
+        s,
+        "disabled@example.org",
+        AuthSource::Local,
+        Some(&pw("pw")),
+        MailboxState::Disabled,
+        "all",
+    )
+    .await;
+    mailbox(
+        s,
+        "nologin@example.org",
+        AuthSource::Local,
+        Some(&pw("pw")),
+        MailboxState::NoLogin,
+        "all",
+    )
+    .await;
+    mailbox(
+        s,
+        "imaponly@example.org",
+        AuthSource::Local,
+        Some(&pw("pw")),
+        MailboxState::Active,
+        "imap",
+    )
+    .await;
+    mailbox(
+        s,
+        "user@off.example",
+        AuthSource::Local,
+        Some(&pw("pw")),
+        MailboxState::Active,
+        "all",
+    )
+    .await;
+    mailbox(
+        s,
+        "legacy@example.org",
+        AuthSource::Local,
+        Some(LEGACY_HASH),
+        MailboxState::Active,
+        "all",
+    )
+    .await;
+    mailbox(
+        s,
+        "broken@example.org",
+        AuthSource::Local,
+        Some("{NOPE}abc"),
+        MailboxState::Active,
+        "all",
+    )
+    .await;
+    mailbox(
+        s,
+        "nopass@example.org",
+        AuthSource::Local,
+        None,
+        MailboxState::Active,
+        "all",
+    )
+    .await;
 
     let key = AppPasswordKey::new(vec![42; 32]);
     let mut apps = std::collections::HashMap::new();
-    apps.insert("imap", app(s, &key, "oidc@example.org", "imap", "", None).await);
-    apps.insert("all", app(s, &key, "oidc@example.org", "all", "", Some(NOW + 86_400)).await);
-    apps.insert("expired", app(s, &key, "oidc@example.org", "all", "", Some(NOW - 1)).await);
-    apps.insert("net", app(s, &key, "oidc@example.org", "all", "192.0.2.0/24,2001:db8::/32", None).await);
-    apps.insert("revoked", app(s, &key, "oidc@example.org", "all", "", None).await);
-    apps.insert("local", app(s, &key, "local@example.org", "all", "", None).await);
-    apps.insert("imaponly-all", app(s, &key, "imaponly@example.org", "all", "", None).await);
+    apps.insert(
+        "imap",
+        app(s, &key, "oidc@example.org", "imap", "", None).await,
+    );
+    apps.insert(
+        "all",
+        app(s, &key, "oidc@example.org", "all", "", Some(NOW + 86_400)).await,
+    );
+    apps.insert(
+        "expired",
+        app(s, &key, "oidc@example.org", "all", "", Some(NOW - 1)).await,
+    );
+    apps.insert(
+        "net",
+        app(
+            s,
+            &key,
+            "oidc@example.org",
+            "all",
+            "192.0.2.0/24,2001:db8::/32",
+            None,
+        )
+        .await,
+    );
+    apps.insert(
+        "revoked",
+        app(s, &key, "oidc@example.org", "all", "", None).await,
+    );
+    apps.insert(
+        "local",
+        app(s, &key, "local@example.org", "all", "", None).await,
+    );
+    apps.insert(
+        "imaponly-all",
+        app(s, &key, "imaponly@example.org", "all", "", None).await,
+    );
     let revoked = apps["revoked"].0;
-    s.delete_app_password("oidc@example.org", revoked).await.unwrap();
+    s.delete_app_password("oidc@example.org", revoked)
+        .await
+        .unwrap();
 
     let (sender, writer) = LastUseWriter::spawn(store.clone(), Duration::from_millis(20), 100);
     let auth = Authenticator::new(AuthenticatorParts {
@@ -114,15 +242,32 @@ async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
     Fixture { auth, writer, apps }
 }
 
-async fn decide(f: &Fixture, login: &str, secret: &Secret, service: &str, rip: Option<&str>) -> Outcome {
+async fn decide(
+    f: &Fixture,
+    login: &str,
+    secret: &Secret,
+    service: &str,
+    rip: Option<&str>,
+) -> Outcome {
     let rip: Option<IpAddr> = rip.map(|r| r.parse().unwrap());
     f.auth
-        .authenticate(&AuthRequest { login, secret, service, remote_ip: rip, secured: true, mechanism: Some("PLAIN") })
+        .authenticate(&AuthRequest {
+            login,
+            secret,
+            service,
+            remote_ip: rip,
+            secured: true,
+            mechanism: Some("PLAIN"),
+        })
         .await
 }
 
 fn expect(outcome: &Outcome, label: &str, reason: &str, row: &str, backend: &str) {
-    assert_eq!((outcome.label(), outcome.reason()), (label, reason), "{backend}: row {row:?} gave {outcome:?}");
+    assert_eq!(
+        (outcome.label(), outcome.reason()),
+        (label, reason),
+        "{backend}: row {row:?} gave {outcome:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,77 +281,385 @@ async fn every_rule_of_the_decision_core() {
 
         let rows: Vec<(&str, &str, Secret, &str, Option<&str>, &str, &str)> = vec![
             // row, login, secret, service, rip, outcome, reason
-            ("local password", "local@example.org", s("pw-local"), "imap", None, "ok", "password"),
-            ("login is normalised", "  LOCAL@Example.ORG ", s("pw-local"), "imap", None, "ok", "password"),
-            ("submission maps to smtp", "local@example.org", s("pw-local"), "submission", None, "ok", "password"),
-            ("wrong password", "local@example.org", s("nope"), "imap", None, "fail", "bad_credentials"),
-            ("unknown user", "ghost@example.org", s("pw-local"), "imap", None, "fail", "unknown_user"),
-            ("login without @", "local", s("pw-local"), "imap", None, "fail", "unknown_user"),
-            ("unknown service", "local@example.org", s("pw-local"), "ftp", None, "fail", "unknown_service"),
-            ("mailbox active 0", "disabled@example.org", s("pw"), "imap", None, "fail", "mailbox_disabled"),
-            ("mailbox active 2", "nologin@example.org", s("pw"), "imap", None, "fail", "mailbox_no_login"),
-            ("domain inactive", "user@off.example", s("pw"), "imap", None, "fail", "domain_disabled"),
-            ("mailbox protocols gate passwords", "imaponly@example.org", s("pw"), "pop3", None, "fail", "protocol_not_allowed"),
-            ("mailbox protocols allow", "imaponly@example.org", s("pw"), "imap", None, "ok", "password"),
-            ("mailbox protocols gate app passwords", "imaponly@example.org", app("imaponly-all"), "smtp", None, "fail", "protocol_not_allowed"),
-            ("oidc refuses stored password", "oidc@example.org", s("pw-oidc"), "imap", None, "fail", "oidc_needs_app_password"),
-            ("oidc app password", "oidc@example.org", app("imap"), "imap", None, "ok", "app_password"),
-            ("app password typed in capitals", "oidc@example.org", Secret::from(String::from_utf8(app("imap").expose().to_ascii_uppercase()).unwrap()), "imaps", None, "ok", "app_password"),
-            ("app password wrong protocol", "oidc@example.org", app("imap"), "pop3", None, "fail", "app_password_protocol"),
-            ("app password all protocols", "oidc@example.org", app("all"), "managesieve", None, "ok", "app_password"),
-            ("app password expired", "oidc@example.org", app("expired"), "imap", None, "fail", "app_password_expired"),
-            ("app password network ok v4", "oidc@example.org", app("net"), "imap", Some("192.0.2.77"), "ok", "app_password"),
-            ("app password network ok v6", "oidc@example.org", app("net"), "imap", Some("2001:db8::5"), "ok", "app_password"),
-            ("app password network refused", "oidc@example.org", app("net"), "imap", Some("198.51.100.1"), "fail", "app_password_network"),
-            ("app password network, no rip", "oidc@example.org", app("net"), "imap", None, "fail", "app_password_network"),
-            ("revoked app password", "oidc@example.org", app("revoked"), "imap", None, "fail", "oidc_needs_app_password"),
-            ("another mailbox's app password", "local@example.org", app("all"), "imap", None, "fail", "bad_credentials"),
-            ("local mailbox app password", "local@example.org", app("local"), "pop3", None, "ok", "app_password"),
-            ("disabled beats app password", "disabled@example.org", app("all"), "imap", None, "fail", "mailbox_disabled"),
-            ("unknown scheme refuses", "broken@example.org", s("abc"), "imap", None, "fail", "unusable_stored_hash"),
-            ("no stored password", "nopass@example.org", s(""), "imap", None, "fail", "bad_credentials"),
-            ("imported SHA512-CRYPT", "legacy@example.org", s(LEGACY_PASSWORD), "imap", None, "ok", "password"),
+            (
+                "local password",
+                "local@example.org",
+                s("pw-local"),
+                "imap",
+                None,
+                "ok",
+                "password",
+            ),
+            (
+                "login is normalised",
+                "  LOCAL@Example.ORG ",
+                s("pw-local"),
+                "imap",
+                None,
+                "ok",
+                "password",
+            ),
+            (
+                "submission maps to smtp",
+                "local@example.org",
+                s("pw-local"),
+                "submission",
+                None,
+                "ok",
+                "password",
+            ),
+            (
+                "wrong password",
+                "local@example.org",
+                s("nope"),
+                "imap",
+                None,
+                "fail",
+                "bad_credentials",
+            ),
+            (
+                "unknown user",
+                "ghost@example.org",
+                s("pw-local"),
+                "imap",
+                None,
+                "fail",
+                "unknown_user",
+            ),
+            (
+                "login without @",
+                "local",
+                s("pw-local"),
+                "imap",
+                None,
+                "fail",
+                "unknown_user",
+            ),
+            (
+                "unknown service",
+                "local@example.org",
+                s("pw-local"),
+                "ftp",
+                None,
+                "fail",
+                "unknown_service",
+            ),
+            (
+                "mailbox active 0",
+                "disabled@example.org",
+                s("pw"),
+                "imap",
+                None,
+                "fail",
+                "mailbox_disabled",
+            ),
+            (
+                "mailbox active 2",
+                "nologin@example.org",
+                s("pw"),
+                "imap",
+                None,
+                "fail",
+                "mailbox_no_login",
+            ),
+            (
+                "domain inactive",
+                "user@off.example",
+                s("pw"),
+                "imap",
+                None,
+                "fail",
+                "domain_disabled",
+            ),
+            (
+                "mailbox protocols gate passwords",
+                "imaponly@example.org",
+                s("pw"),
+                "pop3",
+                None,
+                "fail",
+                "protocol_not_allowed",
+            ),
+            (
+                "mailbox protocols allow",
+                "imaponly@example.org",
+                s("pw"),
+                "imap",
+                None,
+                "ok",
+                "password",
+            ),
+            (
+                "mailbox protocols gate app passwords",
+                "imaponly@example.org",
+                app("imaponly-all"),
+                "smtp",
+                None,
+                "fail",
+                "protocol_not_allowed",
+            ),
+            (
+                "oidc refuses stored password",
+                "oidc@example.org",
+                s("pw-oidc"),
+                "imap",
+                None,
+                "fail",
+                "oidc_needs_app_password",
+            ),
+            (
+                "oidc app password",
+                "oidc@example.org",
+                app("imap"),
+                "imap",
+                None,
+                "ok",
+                "app_password",
+            ),
+            (
+                "app password typed in capitals",
+                "oidc@example.org",
+                Secret::from(String::from_utf8(app("imap").expose().to_ascii_uppercase()).unwrap()),
+                "imaps",
+                None,
+                "ok",
+                "app_password",
+            ),
+            (
+                "app password wrong protocol",
+                "oidc@example.org",
+                app("imap"),
+                "pop3",
+                None,
+                "fail",
+                "app_password_protocol",
+            ),
+            (
+                "app password all protocols",
+                "oidc@example.org",
+                app("all"),
+                "managesieve",
+                None,
+                "ok",
+                "app_password",
+            ),
+            (
+                "app password expired",
+                "oidc@example.org",
+                app("expired"),
+                "imap",
+                None,
+                "fail",
+                "app_password_expired",
+            ),
+            (
+                "app password network ok v4",
+                "oidc@example.org",
+                app("net"),
+                "imap",
+                Some("192.0.2.77"),
+                "ok",
+                "app_password",
+            ),
+            (
+                "app password network ok v6",
+                "oidc@example.org",
+                app("net"),
+                "imap",
+                Some("2001:db8::5"),
+                "ok",
+                "app_password",
+            ),
+            (
+                "app password network refused",
+                "oidc@example.org",
+                app("net"),
+                "imap",
+                Some("198.51.100.1"),
+                "fail",
+                "app_password_network",
+            ),
+            (
+                "app password network, no rip",
+                "oidc@example.org",
+                app("net"),
+                "imap",
+                None,
+                "fail",
+                "app_password_network",
+            ),
+            (
+                "revoked app password",
+                "oidc@example.org",
+                app("revoked"),
+                "imap",
+                None,
+                "fail",
+                "oidc_needs_app_password",
+            ),
+            (
+                "another mailbox's app password",
+                "local@example.org",
+                app("all"),
+                "imap",
+                None,
+                "fail",
+                "bad_credentials",
+            ),
+            (
+                "local mailbox app password",
+                "local@example.org",
+                app("local"),
+                "pop3",
+                None,
+                "ok",
+                "app_password",
+            ),
+            (
+                "disabled beats app password",
+                "disabled@example.org",
+                app("all"),
+                "imap",
+                None,
+                "fail",
+                "mailbox_disabled",
+            ),
+            (
+                "unknown scheme refuses",
+                "broken@example.org",
+                s("abc"),
+                "imap",
+                None,
+                "fail",
+                "unusable_stored_hash",
+            ),
+            (
+                "no stored password",
+                "nopass@example.org",
+                s(""),
+                "imap",
+                None,
+                "fail",
+                "bad_credentials",
+            ),
+            (
+                "imported SHA512-CRYPT",
+                "legacy@example.org",
+                s(LEGACY_PASSWORD),
+                "imap",
+                None,
+                "ok",
+                "password",
+            ),
         ];
         for (row, login, secret, service, rip, label, reason) in &rows {
             let outcome = decide(&f, login, secret, service, *rip).await;
             expect(&outcome, label, reason, row, b);
             if let Outcome::Ok(success) = &outcome {
-                assert_eq!(success.mailbox, login.trim().to_lowercase(), "{b}: {row}: OK names the canonical address");
+                assert_eq!(
+                    success.mailbox,
+                    login.trim().to_lowercase(),
+                    "{b}: {row}: OK names the canonical address"
+                );
             }
         }
 
         // The imported hash was upgraded in the background; the password still works.
         let mut upgraded = false;
         for _ in 0..100 {
-            let view = db.store.login_view("legacy@example.org").await.unwrap().unwrap();
-            if view.password_hash.as_deref().is_some_and(|h| h.starts_with("{ARGON2ID}")) {
+            let view = db
+                .store
+                .login_view("legacy@example.org")
+                .await
+                .unwrap()
+                .unwrap();
+            if view
+                .password_hash
+                .as_deref()
+                .is_some_and(|h| h.starts_with("{ARGON2ID}"))
+            {
                 upgraded = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(upgraded, "{b}: legacy hash was not rehashed to ARGON2ID");
-        expect(&decide(&f, "legacy@example.org", &s(LEGACY_PASSWORD), "imap", None).await, "ok", "password", "after rehash", b);
+        expect(
+            &decide(&f, "legacy@example.org", &s(LEGACY_PASSWORD), "imap", None).await,
+            "ok",
+            "password",
+            "after rehash",
+            b,
+        );
 
         // Revocation, deactivation and auth-source changes apply on the very next attempt.
         let (all_id, all_secret) = f.apps["all"].clone();
-        db.store.delete_app_password("oidc@example.org", all_id).await.unwrap();
-        expect(&decide(&f, "oidc@example.org", &all_secret, "imap", None).await, "fail", "oidc_needs_app_password", "just revoked", b);
-        db.store.set_auth_source("oidc@example.org", AuthSource::Local, NOW).await.unwrap();
-        expect(&decide(&f, "oidc@example.org", &s("pw-oidc"), "imap", None).await, "ok", "password", "switched to local", b);
-        db.store.set_auth_source("oidc@example.org", AuthSource::Oidc, NOW).await.unwrap();
-        expect(&decide(&f, "oidc@example.org", &s("pw-oidc"), "imap", None).await, "fail", "oidc_needs_app_password", "switched back", b);
+        db.store
+            .delete_app_password("oidc@example.org", all_id)
+            .await
+            .unwrap();
+        expect(
+            &decide(&f, "oidc@example.org", &all_secret, "imap", None).await,
+            "fail",
+            "oidc_needs_app_password",
+            "just revoked",
+            b,
+        );
+        db.store
+            .set_auth_source("oidc@example.org", AuthSource::Local, NOW)
+            .await
+            .unwrap();
+        expect(
+            &decide(&f, "oidc@example.org", &s("pw-oidc"), "imap", None).await,
+            "ok",
+            "password",
+            "switched to local",
+            b,
+        );
+        db.store
+            .set_auth_source("oidc@example.org", AuthSource::Oidc, NOW)
+            .await
+            .unwrap();
+        expect(
+            &decide(&f, "oidc@example.org", &s("pw-oidc"), "imap", None).await,
+            "fail",
+            "oidc_needs_app_password",
+            "switched back",
+            b,
+        );
 
         // Last use is recorded off the hot path and flushed on shutdown.
         let (net_id, _) = f.apps["net"];
         let Fixture { auth, writer, .. } = f;
         drop(auth);
         writer.shutdown().await;
-        let apps = db.store.list_app_passwords("oidc@example.org").await.unwrap();
-        let used = apps.iter().find(|a| a.id == net_id).unwrap().last_used.clone().expect("last use recorded");
-        assert_eq!((used.at, used.service.as_deref()), (NOW, Some("imap")), "{b}");
-        assert!(matches!(used.ip.as_deref(), Some("192.0.2.77") | Some("2001:db8::5")), "{b}: {used:?}");
-        let local = db.store.get_mailbox("local@example.org").await.unwrap().unwrap();
+        let apps = db
+            .store
+            .list_app_passwords("oidc@example.org")
+            .await
+            .unwrap();
+        let used = apps
+            .iter()
+            .find(|a| a.id == net_id)
+            .unwrap()
+            .last_used
+            .clone()
+            .expect("last use recorded");
+        assert_eq!(
+            (used.at, used.service.as_deref()),
+            (NOW, Some("imap")),
+            "{b}"
+        );
+        assert!(
+            matches!(used.ip.as_deref(), Some("192.0.2.77") | Some("2001:db8::5")),
+            "{b}: {used:?}"
+        );
+        let local = db
+            .store
+            .get_mailbox("local@example.org")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(local.last_login.map(|l| l.at), Some(NOW), "{b}");
         db.finish().await;
     }
@@ -222,20 +675,47 @@ async fn unknown_users_cost_hash_work_and_a_full_pool_is_temporary() {
     let (release, wait) = std::sync::mpsc::channel::<()>();
     let blocker = {
         let pool = pool.clone();
-        tokio::spawn(async move { pool.run(move || wait.recv_timeout(Duration::from_secs(10))).await })
+        tokio::spawn(async move {
+            pool.run(move || wait.recv_timeout(Duration::from_secs(10)))
+                .await
+        })
     };
     while pool.depth() < 1 {
         tokio::task::yield_now().await;
     }
     let busy = Outcome::TempFail(TempCause::HashPoolBusy);
-    assert_eq!(decide(&f, "ghost@example.org", &Secret::from("x"), "imap", None).await, busy);
-    assert_eq!(decide(&f, "local@example.org", &Secret::from("pw-local"), "imap", None).await, busy);
+    assert_eq!(
+        decide(&f, "ghost@example.org", &Secret::from("x"), "imap", None).await,
+        busy
+    );
+    assert_eq!(
+        decide(
+            &f,
+            "local@example.org",
+            &Secret::from("pw-local"),
+            "imap",
+            None
+        )
+        .await,
+        busy
+    );
     // App passwords need no hashing, so they still pass while the pool is saturated.
     let out = decide(&f, "oidc@example.org", &f.apps["imap"].1, "imap", None).await;
     assert_eq!(out.label(), "ok");
     release.send(()).unwrap();
     blocker.await.unwrap().unwrap().unwrap();
-    assert_eq!(decide(&f, "local@example.org", &Secret::from("pw-local"), "imap", None).await.label(), "ok");
+    assert_eq!(
+        decide(
+            &f,
+            "local@example.org",
+            &Secret::from("pw-local"),
+            "imap",
+            None
+        )
+        .await
+        .label(),
+        "ok"
+    );
     f.writer.shutdown().await;
     db.finish().await;
 }
@@ -246,7 +726,14 @@ async fn a_lost_database_is_a_temporary_failure() {
     let db = common::fresh(&common::Backend::Sqlite).await;
     let f = setup(db.dyn_store(), Arc::new(HashPool::new(2, 8))).await;
     db.store.close().await;
-    let out = decide(&f, "local@example.org", &Secret::from("pw-local"), "imap", None).await;
+    let out = decide(
+        &f,
+        "local@example.org",
+        &Secret::from("pw-local"),
+        "imap",
+        None,
+    )
+    .await;
     assert_eq!(out, Outcome::TempFail(TempCause::StoreUnavailable));
     let out = decide(&f, "oidc@example.org", &f.apps["imap"].1, "imap", None).await;
     assert_eq!(out, Outcome::TempFail(TempCause::StoreUnavailable));
