@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod keyfile;
 pub mod logging;
 pub mod names;
+pub mod policy;
 pub mod privileges;
 pub mod proto;
 pub mod provision;
