@@ -22,7 +22,9 @@
 #   MAILAUTHD_TEST_POSTGRES_URL   a PostgreSQL database we may create others from; the
 #                                 store outage needs it (required when CI is set; without
 #                                 it the run uses SQLite and skips the outage checks)
-#   ARTIFACTS                     logs go to $ARTIFACTS/postfix-e2e (default ci-artifacts)
+#   ARTIFACTS                     logs, configs and client transcripts go to
+#                                 $ARTIFACTS/postfix-e2e (default ci-artifacts; a relative
+#                                 path is taken from the repository root)
 #   UPDATE_FIXTURES=1             also write tests/fixtures/postfix-3.7-auth.txt
 #   KEEP=1                        keep the temporary folder
 # Prints one "ok - …" / "not ok - …" line per check, then "N passed, N failed".
@@ -136,6 +138,7 @@ collect_artifacts() {
 }
 
 stop_postfix() {
+	[ -n "$MASTER_PID" ] || MASTER_PID=$(awk '{print $1; exit}' "$SPOOL/pid/master.pid" 2>/dev/null || true)
 	[ -n "$MASTER_PID" ] || return 0
 	local children
 	children=$(pgrep -P "$MASTER_PID" 2>/dev/null | tr '\n' ' ' || true)
@@ -166,7 +169,7 @@ cleanup() {
 	exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
 
 SMTP_PORT=$(pick_port)
 SUB_PORT=$(pick_port)
