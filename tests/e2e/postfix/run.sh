@@ -220,17 +220,15 @@ mode = "0660"
 EOF
 chmod 0644 "$MD_CONF"
 
-as_daemon() {
-	HOME=$MD/state setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_GROUP" --clear-groups -- "$@"
-}
+# The daemon and its CLI run as the daemon user, with a HOME of their own (PostgreSQL's
+# client library looks for ~/.pgpass). env and setpriv exec what follows, so a command
+# started with & keeps its pid.
+AS_DAEMON=(env "HOME=$MD/state" setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_GROUP" --clear-groups --)
 mdctl() {
-	as_daemon "$MD/bin/mailauthd" --config "$MD_CONF" "$@"
+	"${AS_DAEMON[@]}" "$MD/bin/mailauthd" --config "$MD_CONF" "$@"
 }
 
-# Started directly (not through a function) so that $! is the daemon itself.
-# HOME: the daemon user's own, not root's (PostgreSQL's client looks for ~/.pgpass).
-HOME=$MD/state setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_GROUP" --clear-groups -- \
-	"$MD/bin/mailauthd" --config "$MD_CONF" serve >"$MD_LOG" 2>&1 &
+"${AS_DAEMON[@]}" "$MD/bin/mailauthd" --config "$MD_CONF" serve >"$MD_LOG" 2>&1 &
 MD_PID=$!
 wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
 sock_perm=$(stat -c '%a %U:%G' "$AUTH_SOCK")
@@ -336,6 +334,7 @@ $CAP_PORT inet n - n - 1 smtpd
 EOF
 
 check_out=$(postfix -c "$CONF" check 2>&1) || die "postfix check failed" "$check_out"
+[ -z "$check_out" ] || printf '%s\n' "$check_out" | sed 's/^/# postfix check: /'
 postfix -c "$CONF" start >/dev/null 2>&1 || die "postfix start failed" "$(tail -n 20 "$PLOG" 2>/dev/null)"
 MASTER_PID=$(awk '{print $1; exit}' "$SPOOL/pid/master.pid" 2>/dev/null || true)
 [ -n "$MASTER_PID" ] || die "no master.pid"
