@@ -499,3 +499,41 @@ fn repeated_failures_are_throttled_and_the_cli_lifts_the_block() {
         "OK\t9\tuser=alice@example.org"
     );
 }
+
+/// A conversation recorded from the real Postfix 3.7 (tests/e2e/postfix/run.sh), replayed
+/// against the daemon: every reply must match, except the per-process SPID, CUID and
+/// COOKIE values.
+#[test]
+fn replays_a_recorded_postfix_conversation() {
+    let d = Daemon::start(None);
+    d.cli(
+        &["mailbox", "set", "alice@example.org", "--password-stdin"],
+        Some("correct horse battery staple\n"),
+    );
+    let fixture = include_str!("fixtures/postfix-3.7-auth.txt");
+    let mut c = Client::connect(&d.socket("auth"));
+    let mut replies = 0;
+    for line in fixture
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        if line.starts_with("connection ") {
+            continue;
+        }
+        if let Some(sent) = line.strip_prefix("C: ") {
+            // Every client line must also parse with the pure codec.
+            mailauthd::proto::dovecot_auth::parse_client_line(sent.as_bytes()).unwrap();
+            c.send(&format!("{sent}\n"));
+        } else if let Some(expected) = line.strip_prefix("S: ") {
+            let got = c.line().expect("reply");
+            let word = expected.split('\t').next().unwrap();
+            if ["SPID", "CUID", "COOKIE"].contains(&word) {
+                assert_eq!(got.split('\t').next().unwrap(), word);
+            } else {
+                assert_eq!(got, expected);
+            }
+            replies += 1;
+        }
+    }
+    assert!(replies >= 12, "the fixture holds a whole conversation");
+}
