@@ -5,6 +5,17 @@
 //! one trait; [`provision`] is the only code that creates or changes mailboxes; [`cli`] and
 //! the daemon translate between people, sockets and those layers.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::await_holding_lock
+    )
+)]
+
 pub mod auth;
 pub mod cli;
 pub mod clock;
