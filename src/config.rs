@@ -14,7 +14,10 @@ use crate::auth::password::Argon2Params;
 use crate::auth::services::ServiceMap;
 use crate::auth::throttle::ThrottleConfig;
 use crate::names::Protocol;
+use crate::policy::{check_reply_text, NullSender, PolicySettings, ReplyTexts};
+use crate::proto::postfix_policy::Limits as CodecLimits;
 use crate::server::listener::{Endpoint, ListenerConfig};
+use crate::store::{parse_networks, parse_window, LimitWindow, SendLimits};
 use crate::store::{DatabaseUrl, StoreOptions};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mailauthd/mailauthd.toml";
@@ -37,14 +40,9 @@ pub struct FileConfig {
     pub web: Option<WebSection>,
     pub auth_socket: ListenerSection,
     pub userdb_socket: ListenerSection,
+    pub policy_socket: ListenerSection,
     pub control_socket: ControlSection,
-}
-
-/// The admin channel of a running daemon; unix only, for root and the daemon's user.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct ControlSection {
-    pub path: Option<PathBuf>,
+    pub policy: PolicySection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +78,13 @@ pub struct WebSection {
     pub secure_cookies: Option<bool>,
     pub session_minutes: Option<u64>,
     pub trust_x_forwarded_for: Option<bool>,
+}
+
+/// The admin channel of a running daemon; unix only, for root and the daemon's user.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ControlSection {
+    pub path: Option<PathBuf>,
 }
 
 /// A listener: where, who may connect, how many, how long idle.
@@ -151,6 +156,40 @@ pub struct LogSection {
     pub format: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PolicySection {
+    pub subaddress_delimiters: Option<String>,
+    pub null_sender: Option<String>,
+    pub refuse_forged_local_senders: Option<bool>,
+    pub trusted_networks: Option<Vec<String>>,
+    pub limits: Option<Vec<LimitEntry>>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_line_bytes: Option<usize>,
+    pub max_attributes: Option<usize>,
+    pub max_request_bytes: Option<usize>,
+    pub replies: RepliesSection,
+}
+
+/// One `[[policy.limits]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LimitEntry {
+    pub window: Option<String>,
+    pub messages: Option<u64>,
+    pub recipients: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RepliesSection {
+    pub not_owned: Option<String>,
+    pub null_sender: Option<String>,
+    pub no_access: Option<String>,
+    pub forged_sender: Option<String>,
+    pub over_limit: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -174,14 +213,16 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub runtime_directory: PathBuf,
+    pub auth_socket: ListenerConfig,
+    pub userdb_socket: ListenerConfig,
+    pub policy_socket: ListenerConfig,
+    pub control_socket: ListenerConfig,
+    pub policy: PolicySettings,
     /// Sign-in through an OpenID Connect provider; `None` when `[oidc]` is absent.
     pub oidc: Option<crate::oidc::OidcSettings>,
     /// The web page; `None` when `[web]` is absent.
     pub web: Option<crate::web::WebSettings>,
-    pub runtime_directory: PathBuf,
-    pub auth_socket: ListenerConfig,
-    pub userdb_socket: ListenerConfig,
-    pub control_socket: ListenerConfig,
 }
 
 /// One problem, naming the key it is about.
@@ -317,6 +358,15 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         problems,
     );
 
+    let policy_socket = listener(
+        "policy_socket",
+        &file.policy_socket,
+        &[format!(
+            "unix:{}",
+            runtime_directory.join("policy").display()
+        )],
+        problems,
+    );
     let control_path = file
         .control_socket
         .path
@@ -429,6 +479,7 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         }
     };
 
+    let policy = check_policy(file.policy, problems);
     let oidc = file
         .oidc
         .and_then(|section| crate::oidc::settings::check(section, problems));
@@ -463,7 +514,189 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         runtime_directory,
         auth_socket,
         userdb_socket,
+        policy_socket,
         control_socket,
+        policy,
+    }
+}
+
+fn check_policy(section: PolicySection, problems: &mut Vec<Problem>) -> PolicySettings {
+    let defaults = PolicySettings::default();
+    let subaddress_delimiters = section
+        .subaddress_delimiters
+        .unwrap_or(defaults.subaddress_delimiters);
+    if subaddress_delimiters.chars().count() > 8
+        || subaddress_delimiters
+            .chars()
+            .any(|c| c == '@' || c.is_whitespace() || c.is_control() || c.is_alphanumeric())
+    {
+        problem(
+            problems,
+            "policy.subaddress_delimiters",
+            "use up to 8 punctuation characters such as \"+\" or \"+-\" (\"\" turns sub-addressing off)",
+        );
+    }
+    let null_sender = match section.null_sender.as_deref() {
+        None | Some("allow") => NullSender::Allow,
+        Some("refuse") => NullSender::Refuse,
+        Some(other) => {
+            problem(
+                problems,
+                "policy.null_sender",
+                format!("{other:?}: use allow or refuse"),
+            );
+            NullSender::Allow
+        }
+    };
+    let mut trusted_networks = Vec::new();
+    for (i, n) in section
+        .trusted_networks
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        match parse_networks(n) {
+            Ok(nets) if nets.len() == 1 => trusted_networks.extend(nets),
+            Ok(_) => problem(
+                problems,
+                &format!("policy.trusted_networks[{i}]"),
+                "one address or network per entry, e.g. \"192.0.2.0/24\"",
+            ),
+            Err(e) => problem(problems, &format!("policy.trusted_networks[{i}]"), e),
+        }
+    }
+    let default_limits = check_limits(section.limits.unwrap_or_default(), problems);
+    let idle_secs = section
+        .idle_timeout_secs
+        .unwrap_or(defaults.idle_timeout.as_secs());
+    if !(1..=3600).contains(&idle_secs) {
+        problem(
+            problems,
+            "policy.idle_timeout_secs",
+            "must be between 1 and 3600",
+        );
+    }
+    let codec = CodecLimits {
+        max_line: section.max_line_bytes.unwrap_or(defaults.codec.max_line),
+        max_attributes: section
+            .max_attributes
+            .unwrap_or(defaults.codec.max_attributes),
+        max_request_bytes: section
+            .max_request_bytes
+            .unwrap_or(defaults.codec.max_request_bytes),
+    };
+    if !(512..=65_536).contains(&codec.max_line) {
+        problem(
+            problems,
+            "policy.max_line_bytes",
+            "must be between 512 and 65536",
+        );
+    }
+    if !(32..=4096).contains(&codec.max_attributes) {
+        problem(
+            problems,
+            "policy.max_attributes",
+            "must be between 32 and 4096",
+        );
+    }
+    if !(4096..=1 << 20).contains(&codec.max_request_bytes)
+        || codec.max_request_bytes < codec.max_line
+    {
+        problem(
+            problems,
+            "policy.max_request_bytes",
+            "must be between 4096 and 1048576, and at least policy.max_line_bytes",
+        );
+    }
+    let texts = check_replies(section.replies, problems);
+    PolicySettings {
+        subaddress_delimiters,
+        null_sender,
+        refuse_forged_local_senders: section.refuse_forged_local_senders.unwrap_or(false),
+        trusted_networks,
+        default_limits,
+        texts,
+        idle_timeout: Duration::from_secs(idle_secs.clamp(1, 3600)),
+        codec,
+    }
+}
+
+fn check_limits(entries: Vec<LimitEntry>, problems: &mut Vec<Problem>) -> SendLimits {
+    let mut windows = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let key = format!("policy.limits[{i}]");
+        let seconds = match entry.window.as_deref().map(parse_window) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                problem(problems, &format!("{key}.window"), e);
+                continue;
+            }
+            None => {
+                problem(
+                    problems,
+                    &format!("{key}.window"),
+                    "missing; e.g. window = \"1h\"",
+                );
+                continue;
+            }
+        };
+        windows.push(LimitWindow {
+            seconds,
+            messages: entry.messages,
+            recipients: entry.recipients,
+        });
+    }
+    SendLimits::new(windows).unwrap_or_else(|e| {
+        problem(problems, "policy.limits", e);
+        SendLimits::none()
+    })
+}
+
+fn check_replies(section: RepliesSection, problems: &mut Vec<Problem>) -> ReplyTexts {
+    let defaults = ReplyTexts::default();
+    let mut pick = |value: Option<String>, default: String, key: &str, class, names| {
+        let text = value.unwrap_or(default);
+        if let Err(e) = check_reply_text(&text, class, names) {
+            problem(problems, &format!("policy.replies.{key}"), e);
+        }
+        text
+    };
+    ReplyTexts {
+        not_owned: pick(
+            section.not_owned,
+            defaults.not_owned,
+            "not_owned",
+            '5',
+            ReplyTexts::NOT_OWNED_PLACEHOLDERS,
+        ),
+        null_sender: pick(
+            section.null_sender,
+            defaults.null_sender,
+            "null_sender",
+            '5',
+            ReplyTexts::NULL_SENDER_PLACEHOLDERS,
+        ),
+        no_access: pick(
+            section.no_access,
+            defaults.no_access,
+            "no_access",
+            '5',
+            ReplyTexts::NO_ACCESS_PLACEHOLDERS,
+        ),
+        forged_sender: pick(
+            section.forged_sender,
+            defaults.forged_sender,
+            "forged_sender",
+            '5',
+            ReplyTexts::FORGED_SENDER_PLACEHOLDERS,
+        ),
+        over_limit: pick(
+            section.over_limit,
+            defaults.over_limit,
+            "over_limit",
+            '4',
+            ReplyTexts::OVER_LIMIT_PLACEHOLDERS,
+        ),
     }
 }
 
@@ -739,6 +972,77 @@ mod tests {
             "postgres://mail:s3cret@127.0.0.1/mail"
         );
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn policy_defaults_and_settings() {
+        let c = parse("").unwrap();
+        assert_eq!(c.policy.subaddress_delimiters, "+");
+        assert_eq!(c.policy.null_sender, NullSender::Allow);
+        assert!(c.policy.default_limits.is_none());
+        assert_eq!(c.policy.idle_timeout, Duration::from_secs(330));
+        let text = r#"
+            [policy]
+            subaddress_delimiters = "+-"
+            null_sender = "refuse"
+            refuse_forged_local_senders = true
+            trusted_networks = ["127.0.0.1", "2001:db8::/32"]
+            idle_timeout_secs = 60
+            [[policy.limits]]
+            window = "1d"
+            messages = 500
+            [[policy.limits]]
+            window = "1h"
+            messages = 100
+            recipients = 1000
+            [policy.replies]
+            not_owned = "5.7.1 {sender} is not yours, {user}"
+        "#;
+        let p = parse(text).unwrap().policy;
+        assert_eq!(p.null_sender, NullSender::Refuse);
+        assert!(p.refuse_forged_local_senders);
+        assert_eq!(p.trusted_networks.len(), 2);
+        assert_eq!(p.default_limits.to_string(), "1h:100:1000,1d:500:-");
+        assert_eq!(p.texts.not_owned, "5.7.1 {sender} is not yours, {user}");
+        assert_eq!(p.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn policy_problems_name_their_keys() {
+        let text = r#"
+            [policy]
+            subaddress_delimiters = "@"
+            null_sender = "maybe"
+            trusted_networks = ["300.1.1.1"]
+            idle_timeout_secs = 0
+            max_line_bytes = 10
+            [[policy.limits]]
+            window = "1w"
+            messages = 1
+            [[policy.limits]]
+            messages = 1
+            [policy.replies]
+            not_owned = "4.7.1 <{sender}>"
+            over_limit = "4.7.1 {who}"
+        "#;
+        let problems = parse(text).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "policy.subaddress_delimiters",
+            "policy.null_sender",
+            "policy.trusted_networks[0]",
+            "policy.idle_timeout_secs",
+            "policy.max_line_bytes",
+            "policy.limits[0].window",
+            "policy.limits[1].window",
+            "policy.replies.not_owned",
+            "policy.replies.over_limit",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+        let dup = "[[policy.limits]]\nwindow = \"1h\"\nmessages = 1\n[[policy.limits]]\nwindow = \"60m\"\nrecipients = 1\n";
+        let keys: Vec<String> = parse(dup).unwrap_err().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, vec!["policy.limits".to_string()]);
     }
 
     #[test]

@@ -6,6 +6,17 @@
 //! the daemon translate between people, sockets and those layers. [`oidc`] is the relying
 //! party for sign-in through an identity provider, and [`web`] the page people use.
 
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::await_holding_lock
+    )
+)]
+
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -15,6 +26,7 @@ pub mod keyfile;
 pub mod logging;
 pub mod names;
 pub mod oidc;
+pub mod policy;
 pub mod privileges;
 pub mod proto;
 pub mod provision;

@@ -22,6 +22,12 @@ struct Daemon {
 
 impl Daemon {
     fn start(store_url: Option<&str>) -> Daemon {
+        Daemon::start_with(store_url, None, true)
+    }
+
+    /// `key_file`: share one app-password key between daemons; `seed`: create the test
+    /// domain and mailboxes (only the first daemon on a shared database does).
+    fn start_with(store_url: Option<&str>, key_file: Option<&Path>, seed: bool) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("mailauthd.toml");
         let store = store_url
@@ -31,11 +37,12 @@ impl Daemon {
             &config,
             format!(
                 "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
-                 [credentials]\nargon2_memory_kib = 8192\nargon2_iterations = 1\n\
+                 [credentials]\n{key}argon2_memory_kib = 8192\nargon2_iterations = 1\n\
                  [auth_socket]\nidle_timeout_ms = 60000\n\
                  [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n",
                 state = dir.path().join("state"),
                 run = dir.path().join("run"),
+                key = key_file.map(|k| format!("key_file = {k:?}\n")).unwrap_or_default(),
             ),
         )
         .unwrap();
@@ -44,15 +51,17 @@ impl Daemon {
             dir,
             config,
         };
-        d.cli(&["domain", "add", "example.org"], None);
-        d.cli(
-            &["mailbox", "add", "alice@example.org", "--password-stdin"],
-            Some("alice-pw\n"),
-        );
-        d.cli(
-            &["mailbox", "add", "bob@example.org", "--authsource", "oidc"],
-            None,
-        );
+        if seed {
+            d.cli(&["domain", "add", "example.org"], None);
+            d.cli(
+                &["mailbox", "add", "alice@example.org", "--password-stdin"],
+                Some("alice-pw\n"),
+            );
+            d.cli(
+                &["mailbox", "add", "bob@example.org", "--authsource", "oidc"],
+                None,
+            );
+        }
         d.child = Command::new(BIN)
             .args(["--config", d.config.to_str().unwrap(), "serve"])
             .stdout(Stdio::null())
@@ -498,4 +507,107 @@ fn repeated_failures_are_throttled_and_the_cli_lifts_the_block() {
         attempt(&mut c, 9, "alice-pw"),
         "OK\t9\tuser=alice@example.org"
     );
+}
+
+/// A conversation recorded from the real Postfix 3.7 (tests/e2e/postfix/run.sh), replayed
+/// against the daemon: every reply must match, except the per-process SPID, CUID and
+/// COOKIE values.
+#[test]
+fn replays_a_recorded_postfix_conversation() {
+    let d = Daemon::start(None);
+    d.cli(
+        &["mailbox", "set", "alice@example.org", "--password-stdin"],
+        Some("correct horse battery staple\n"),
+    );
+    let fixture = include_str!("fixtures/postfix-3.7-auth.txt");
+    let mut c = Client::connect(&d.socket("auth"));
+    let mut replies = 0;
+    for line in fixture
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        if line.starts_with("connection ") {
+            continue;
+        }
+        if let Some(sent) = line.strip_prefix("C: ") {
+            // Every client line must also parse with the pure codec.
+            mailauthd::proto::dovecot_auth::parse_client_line(sent.as_bytes()).unwrap();
+            c.send(&format!("{sent}\n"));
+        } else if let Some(expected) = line.strip_prefix("S: ") {
+            let got = c.line().expect("reply");
+            let word = expected.split('\t').next().unwrap();
+            if ["SPID", "CUID", "COOKIE"].contains(&word) {
+                assert_eq!(got.split('\t').next().unwrap(), word);
+            } else {
+                assert_eq!(got, expected);
+            }
+            replies += 1;
+        }
+    }
+    assert!(replies >= 12, "the fixture holds a whole conversation");
+}
+
+/// Two daemons on one PostgreSQL database with a shared key: an app password created and
+/// revoked through one is accepted, then refused, by the other on its next login.
+#[test]
+fn two_daemons_on_one_database_see_changes_at_once() {
+    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
+        );
+        eprintln!("note: MAILAUTHD_TEST_POSTGRES_URL not set; two-daemon test skipped outside CI");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
+    rt.block_on(db.store.close());
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("app-password.key");
+    let a = Daemon::start_with(Some(&db.url), Some(&key), true);
+    let b = Daemon::start_with(Some(&db.url), Some(&key), false);
+    let app = a.app_password("bob@example.org", "imap");
+    let login = |d: &Daemon, id: u32| {
+        let (mut c, _) = Client::handshake(&d.socket("auth"));
+        c.send(&format!(
+            "AUTH\t{id}\tPLAIN\tservice=imap\tresp={}\n",
+            plain("bob@example.org", &app)
+        ));
+        c.line().unwrap()
+    };
+    assert_eq!(
+        login(&b, 1),
+        "OK\t1\tuser=bob@example.org",
+        "created through A, accepted by B"
+    );
+    let list = b.cli(&["--json", "app-password", "list", "bob@example.org"], None);
+    let id = serde_json::from_str::<serde_json::Value>(&list).unwrap()[0]["id"].to_string();
+    b.cli(&["app-password", "revoke", "bob@example.org", &id], None);
+    assert!(
+        login(&a, 2).starts_with("FAIL\t2\t"),
+        "revoked through B, refused by A at once"
+    );
+    a.cli(
+        &["mailbox", "set-authsource", "bob@example.org", "local"],
+        None,
+    );
+    a.cli(
+        &["mailbox", "set", "bob@example.org", "--password-stdin"],
+        Some("bob-pw\n"),
+    );
+    let (mut c, _) = Client::handshake(&b.socket("auth"));
+    c.send(&format!(
+        "AUTH\t3\tPLAIN\tservice=imap\tresp={}\n",
+        plain("bob@example.org", "bob-pw")
+    ));
+    assert_eq!(
+        c.line().unwrap(),
+        "OK\t3\tuser=bob@example.org",
+        "auth source switched through A, seen by B"
+    );
+    drop((a, b));
+    rt.block_on(db.finish());
 }

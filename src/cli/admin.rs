@@ -103,7 +103,8 @@ pub async fn run(
         | Command::Config(_)
         | Command::Auth(_)
         | Command::Idp(_)
-        | Command::Throttle(_) => Err(CliError::usage("not an admin command")),
+        | Command::Throttle(_)
+        | Command::Policy(_) => Err(CliError::usage("not an admin command")),
     };
     ctx.store.close().await;
     result
@@ -722,10 +723,16 @@ async fn template(ctx: &Ctx, command: TemplateCommand) -> Result<(), CliError> {
                 created_at: now,
                 updated_at: now,
             };
+            let limits = send_limits(fields.send_limits.as_deref())?;
             ctx.store
                 .create_template(&t)
                 .await
                 .map_err(conflict(&format!("template {name} already exists")))?;
+            if let Some(limits) = limits {
+                ctx.store
+                    .set_template_send_limits(&name, limits.as_ref(), now)
+                    .await?;
+            }
             ctx.out.done(&format!("template {name} added"));
         }
         TemplateCommand::List => {
@@ -740,13 +747,28 @@ async fn template(ctx: &Ctx, command: TemplateCommand) -> Result<(), CliError> {
                 .get_template(&name)
                 .await?
                 .ok_or_else(|| CliError::refused(format!("template {name} does not exist")))?;
+            let limits = ctx.store.template_send_limits(&t.name).await?;
+            let shown_limits = limits.as_ref().map_or_else(
+                || "default (the [policy] limits of the config file)".to_string(),
+                ToString::to_string,
+            );
+            let mut json = serde_json::to_value(&t).unwrap_or_default();
+            if let Some(obj) = json.as_object_mut() {
+                obj.insert(
+                    "send_limits".into(),
+                    limits.as_ref().map_or(serde_json::Value::Null, |l| {
+                        serde_json::Value::String(l.to_string())
+                    }),
+                );
+            }
             ctx.out.record(
-                &t,
+                &json,
                 &[
                     ("template", t.name.clone()),
                     ("quota", show_quota(t.quota)),
                     ("protocols", t.protocols.to_string()),
                     ("active", t.state.to_string()),
+                    ("send limits", shown_limits),
                     ("content hash", t.content_hash()),
                     ("updated", format_time(t.updated_at)),
                 ],
@@ -768,7 +790,13 @@ async fn template(ctx: &Ctx, command: TemplateCommand) -> Result<(), CliError> {
                 t.state = s;
             }
             t.updated_at = ctx.clock.now();
+            let limits = send_limits(fields.send_limits.as_deref())?;
             ctx.store.update_template(&t).await?;
+            if let Some(limits) = limits {
+                ctx.store
+                    .set_template_send_limits(&name, limits.as_ref(), t.updated_at)
+                    .await?;
+            }
             ctx.out.done(&format!(
                 "template {name} updated; mailboxes following it change on their next sign-in"
             ));
@@ -779,6 +807,18 @@ async fn template(ctx: &Ctx, command: TemplateCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `--send-limits`: `None` = not given, `Some(None)` = back to the default.
+fn send_limits(v: Option<&str>) -> Result<Option<Option<SendLimits>>, CliError> {
+    match v.map(str::trim) {
+        None => Ok(None),
+        Some("default") => Ok(Some(None)),
+        Some(text) => text
+            .parse::<SendLimits>()
+            .map(|l| Some(Some(l)))
+            .map_err(|e| CliError::usage(format!("--send-limits: {e}"))),
+    }
 }
 
 fn template_name(name: &str) -> Result<String, CliError> {

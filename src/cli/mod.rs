@@ -4,6 +4,7 @@ mod admin;
 mod auth_test;
 mod idp_test;
 mod output;
+mod policy_test;
 mod secrets;
 mod throttle;
 
@@ -19,7 +20,8 @@ Exit codes:
   0  success (for `auth test`: the login was accepted)
   1  refused or failed (the message says why; nothing was changed)
   2  usage error (unknown option, malformed value)
-  3  temporary failure (database unreachable, hash pool full): try again later";
+  3  temporary failure (database unreachable, hash pool full): try again later
+`policy test` maps its actions onto these codes; see `mailauthd policy test --help`.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +81,9 @@ pub enum Command {
     /// The OpenID Connect identity provider configured in [oidc]
     #[command(subcommand)]
     Idp(IdpCommand),
+    /// The Postfix policy service (sender ownership, access re-checks, sending limits)
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Brute-force delays and blocks held by the running daemon
     #[command(subcommand)]
     Throttle(ThrottleCommand),
@@ -247,6 +252,11 @@ pub struct TemplateFields {
     /// 1 = active, 0 = disabled, 2 = receives mail but may not log in
     #[arg(long, value_name = "STATE")]
     pub active: Option<String>,
+    /// Sending limits for its mailboxes: WINDOW:MESSAGES:RECIPIENTS items, e.g.
+    /// 1h:100:1000,1d:500:- ("-" = uncapped); "none" for no limits; "default" for the
+    /// [policy] limits of the config file (what a template starts with)
+    #[arg(long, value_name = "LIMITS")]
+    pub send_limits: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,6 +378,30 @@ pub enum AuthCommand {
     },
 }
 
+const POLICY_TEST_HELP: &str = "\
+Input: the attributes of one policy request as Postfix sends them, one name=value per
+line; request=smtpd_access_policy is assumed when absent, and the closing empty line is
+optional. For example:
+
+  printf 'protocol_state=RCPT\\nsasl_username=alice@example.org\\nsender=sales@example.org\\n' \\
+    | mailauthd policy test
+
+Prints the action Postfix would get and the rule that decided. Sending limits start from
+zero here: their counters live in the daemon's memory.
+
+Exit codes:
+  0  DUNNO (nothing against the request; Postfix's other restrictions decide)
+  1  REJECT or DEFER_IF_PERMIT (refused or deferred), or the store failed
+  2  usage error (malformed request, unknown option)
+  3  temporary failure (database unreachable): the daemon would close the connection";
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Decide one policy request read from standard input, like the daemon would
+    #[command(after_help = POLICY_TEST_HELP)]
+    Test,
+}
+
 /// Why a command did not succeed, and which exit code says so.
 #[derive(Debug)]
 pub struct CliError {
@@ -467,6 +501,7 @@ pub async fn run(cli: Cli, log: crate::logging::LogControl) -> ExitCode {
             let request = crate::server::control_conn::ControlRequest::ThrottleClear { filter };
             throttle::run(cli.config.as_deref(), &out, request).await
         }
+        Command::Policy(PolicyCommand::Test) => policy_test::run(cli.config.as_deref(), &out).await,
         command => admin::run(cli.config.as_deref(), &out, command).await,
     };
     match result {

@@ -4,6 +4,7 @@
 pub mod auth_conn;
 pub mod control_conn;
 pub mod listener;
+pub mod policy_conn;
 pub mod userdb_conn;
 
 use std::sync::Arc;
@@ -51,7 +52,7 @@ impl FrontDoors {
 
         let userdb_cfg = Arc::new(config.userdb_socket.clone());
         let userdb_service = Arc::new(userdb_conn::UserdbService::new(
-            store,
+            store.clone(),
             userdb_cfg.idle_timeout,
         ));
         for bound in bind(&userdb_cfg)? {
@@ -65,6 +66,27 @@ impl FrontDoors {
             ));
         }
         endpoints.extend(userdb_cfg.endpoints.iter().map(|e| format!("userdb {e}")));
+
+        let policy_cfg = Arc::new(config.policy_socket.clone());
+        let policy_service = Arc::new(crate::policy::PolicyService::new(
+            store.clone(),
+            Arc::new(crate::clock::SystemClock),
+            config.policy.clone(),
+        ));
+        for bound in bind(&policy_cfg)? {
+            let service = policy_service.clone();
+            tracker.spawn(serve(bound, policy_cfg.clone(), tracker.clone(), shutdown.clone(), move |s, p, stop| {
+                let service = service.clone();
+                async move {
+                    use tracing::Instrument;
+                    let span = tracing::info_span!("policy", peer = %p.description);
+                    if let Err(e) = policy_conn::serve_connection(s, service, stop).instrument(span).await {
+                        tracing::debug!(peer = %p.description, error = %e, "policy connection ended");
+                    }
+                }
+            }));
+        }
+        endpoints.extend(policy_cfg.endpoints.iter().map(|e| format!("policy {e}")));
 
         let control_cfg = Arc::new(config.control_socket.clone());
         let control = Arc::new(control_conn::ControlService {

@@ -55,7 +55,10 @@ macro_rules! migration {
     };
 }
 
-pub static MIGRATIONS: &[Migration] = &[migration!(1, "0001_init.sql")];
+pub static MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_init.sql"),
+    migration!(2, "0002_policy.sql"),
+];
 
 /// Names of migrations in the order they apply; what `mailauthd migrate` reports.
 pub fn applied_migrations(versions: &[i64]) -> Vec<String> {

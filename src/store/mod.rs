@@ -189,4 +189,28 @@ pub trait Store: Send + Sync + 'static {
 
     // Last use
     async fn record_last_use(&self, uses: &[LastUse]) -> StoreResult<()>;
+
+    // Sender policy
+    /// The mailbox, its domain's state and its template's sending limits, in one query.
+    async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>>;
+    /// Whether `domain` is served here, as a domain or as an alias domain.
+    async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>>;
+    /// An alias (with `mailbox` among its targets) or a send-as grant of `mailbox` that
+    /// covers one of `addresses` (canonical), in one query of primary-key lookups. Grants
+    /// match an address, its `@domain`, or `*`; with no addresses only `*` can match. An
+    /// alias wins over a grant, an address grant over `@domain`, `@domain` over `*`.
+    async fn send_permission(
+        &self,
+        mailbox: &str,
+        addresses: &[String],
+    ) -> StoreResult<Option<SendPermission>>;
+    /// `None`: the template has no limits of its own and sends under the default.
+    async fn template_send_limits(&self, template: &str) -> StoreResult<Option<SendLimits>>;
+    /// `None` removes the template's own limits, so the default applies again.
+    async fn set_template_send_limits(
+        &self,
+        template: &str,
+        limits: Option<&SendLimits>,
+        now: UnixTime,
+    ) -> StoreResult<()>;
 }

@@ -249,6 +249,203 @@ pub struct SendAs {
     pub created_at: UnixTime,
 }
 
+/// What the sender policy needs about an authenticated mailbox, read in one query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SenderAccount {
+    pub address: String,
+    pub domain: String,
+    pub state: MailboxState,
+    pub protocols: Protocols,
+    pub domain_active: bool,
+    /// The limits of the mailbox's template; `None` means the configured default applies.
+    pub send_limits: Option<SendLimits>,
+}
+
+/// How a domain name relates to the domains this server serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServedDomain {
+    Domain {
+        active: bool,
+    },
+    /// Another name for `target`: `x@name` means `x@target`.
+    Alias {
+        target: String,
+        active: bool,
+    },
+}
+
+/// The stored rule that lets a mailbox use an envelope sender other than its own address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendPermission {
+    /// The sender is an alias with the mailbox among its targets.
+    Alias { address: String },
+    /// A send-as grant: an address, `@domain` or `*`.
+    SendAs { pattern: String },
+}
+
+/// Longest window a sending limit may have; counters live that long in memory.
+pub const MAX_LIMIT_WINDOW_SECS: u64 = 31 * 86_400;
+/// More windows than this would only make every request slower.
+pub const MAX_LIMIT_WINDOWS: usize = 8;
+
+/// At most `messages` messages and `recipients` recipients per `seconds`; `None` leaves
+/// that count uncapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LimitWindow {
+    pub seconds: u64,
+    pub messages: Option<u64>,
+    pub recipients: Option<u64>,
+}
+
+/// Sending limits, one entry per window length, shortest first; empty means no limits.
+///
+/// Text form (config, CLI, database): `WINDOW:MESSAGES:RECIPIENTS` items separated by
+/// commas, e.g. `1m:10:50,1h:100:1000,1d:500:-`, where WINDOW is a number with `s`, `m`,
+/// `h` or `d`, and `-` leaves a count uncapped; `none` for no limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendLimits(Vec<LimitWindow>);
+
+impl SendLimits {
+    /// Checks, sorts by window and refuses duplicate windows.
+    pub fn new(mut windows: Vec<LimitWindow>) -> Result<Self, String> {
+        if windows.len() > MAX_LIMIT_WINDOWS {
+            return Err(format!("at most {MAX_LIMIT_WINDOWS} windows"));
+        }
+        for w in &windows {
+            if w.seconds == 0 || w.seconds > MAX_LIMIT_WINDOW_SECS {
+                return Err(format!(
+                    "window {} must be between 1s and 31d",
+                    format_window(w.seconds)
+                ));
+            }
+            if w.messages.is_none() && w.recipients.is_none() {
+                return Err(format!(
+                    "window {} caps neither messages nor recipients",
+                    format_window(w.seconds)
+                ));
+            }
+        }
+        windows.sort_by_key(|w| w.seconds);
+        if windows.windows(2).any(|p| p[0].seconds == p[1].seconds) {
+            return Err("each window length may appear only once".into());
+        }
+        Ok(SendLimits(windows))
+    }
+
+    pub fn none() -> Self {
+        SendLimits(Vec::new())
+    }
+
+    pub fn windows(&self) -> &[LimitWindow] {
+        &self.0
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for SendLimits {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(SendLimits::none());
+        }
+        let windows = s
+            .split(',')
+            .map(|item| {
+                let parts: Vec<&str> = item.trim().split(':').map(str::trim).collect();
+                let [window, messages, recipients] = parts[..] else {
+                    return Err(format!(
+                        "{item:?} is not WINDOW:MESSAGES:RECIPIENTS, e.g. 1h:100:1000"
+                    ));
+                };
+                Ok(LimitWindow {
+                    seconds: parse_window(window)?,
+                    messages: parse_cap(messages)?,
+                    recipients: parse_cap(recipients)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        SendLimits::new(windows)
+    }
+}
+
+impl fmt::Display for SendLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let cap = |c: Option<u64>| c.map_or_else(|| "-".to_string(), |n| n.to_string());
+        let items: Vec<String> = self
+            .0
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}:{}:{}",
+                    format_window(w.seconds),
+                    cap(w.messages),
+                    cap(w.recipients)
+                )
+            })
+            .collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+impl Serialize for SendLimits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+/// `90s`, `15m`, `1h`, `1d`; a bare number is seconds.
+pub fn parse_window(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "window {s:?}: use a number with s, m, h or d, e.g. 1h"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("window {s:?}: use a number with s, m, h or d, e.g. 1h"))
+}
+
+/// The shortest exact way to write a window: `1d`, `90m`, `45s`.
+pub fn format_window(seconds: u64) -> String {
+    match seconds {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn parse_cap(s: &str) -> Result<Option<u64>, String> {
+    if s == "-" {
+        return Ok(None);
+    }
+    s.parse::<u64>()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not a count (a number, or - for no cap)"))
+}
+
 /// A successful login to remember, per mailbox and per app password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastUse {
@@ -309,5 +506,35 @@ mod tests {
         assert_eq!(format_networks(&n), "192.0.2.7/32,2001:db8::/32,10.0.0.0/8");
         assert!(parse_networks("300.1.1.1").is_err());
         assert_eq!(parse_networks("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn send_limits_parse_and_print() {
+        let l: SendLimits = " 1d:500:- , 1m:10:50,90m:-:1000".parse().unwrap();
+        assert_eq!(l.to_string(), "1m:10:50,90m:-:1000,1d:500:-");
+        assert_eq!(l.to_string().parse::<SendLimits>().unwrap(), l);
+        assert_eq!(l.windows()[0].seconds, 60);
+        assert_eq!("none".parse::<SendLimits>().unwrap(), SendLimits::none());
+        assert_eq!(SendLimits::none().to_string(), "none");
+        assert_eq!(
+            "3600:1:2".parse::<SendLimits>().unwrap().to_string(),
+            "1h:1:2"
+        );
+        for bad in [
+            "",
+            "1h",
+            "1h:1",
+            "1h:1:2:3",
+            "1h:-:-",
+            "0s:1:1",
+            "32d:1:1",
+            "1w:1:1",
+            "1h:x:1",
+            "1h:-1:1",
+            "1h:1:1,60m:2:2",
+            "1s:1:1,2s:1:1,3s:1:1,4s:1:1,5s:1:1,6s:1:1,7s:1:1,8s:1:1,9s:1:1",
+        ] {
+            assert!(bad.parse::<SendLimits>().is_err(), "{bad:?}");
+        }
     }
 }

@@ -1131,6 +1131,198 @@ impl Store for SqlStore {
         }
         decode(tx.commit().await, "last use")
     }
+
+    // Sender policy
+
+    async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>> {
+        let row = decode(
+            sqlx::query(&self.q(
+                "SELECT m.address, m.domain, m.active, m.protocols, d.active, l.limits \
+                 FROM mailboxes m JOIN domains d ON d.name = m.domain \
+                 LEFT JOIN template_send_limits l ON l.template = m.template \
+                 WHERE m.address = ?",
+            ))
+            .bind(address)
+            .fetch_optional(&self.pool)
+            .await,
+            "mailbox",
+        )?;
+        let Some(r) = row else { return Ok(None) };
+        decode(
+            (|| {
+                let limits: Option<String> = r.try_get(5)?;
+                Ok(Some(SenderAccount {
+                    address: r.try_get(0)?,
+                    domain: r.try_get(1)?,
+                    state: state_of(r.try_get(2)?)?,
+                    protocols: Protocols::from_stored(&r.try_get::<String, _>(3)?),
+                    domain_active: r.try_get::<i64, _>(4)? != 0,
+                    send_limits: limits.as_deref().map(send_limits_of).transpose()?,
+                }))
+            })(),
+            "mailbox",
+        )
+    }
+
+    async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>> {
+        // create_alias_domain refuses names that are domains, so at most one row comes back.
+        let row = decode(
+            sqlx::query(
+                &self.q("SELECT name, active, 0 FROM domains WHERE name = ? \
+                 UNION ALL SELECT target, active, 1 FROM alias_domains WHERE name = ?"),
+            )
+            .bind(domain)
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await,
+            "domain",
+        )?;
+        let Some(r) = row else { return Ok(None) };
+        decode(
+            (|| {
+                let active = r.try_get::<i64, _>(1)? != 0;
+                Ok(Some(if r.try_get::<i64, _>(2)? == 0 {
+                    ServedDomain::Domain { active }
+                } else {
+                    ServedDomain::Alias {
+                        target: r.try_get(0)?,
+                        active,
+                    }
+                }))
+            })(),
+            "domain",
+        )
+    }
+
+    async fn send_permission(
+        &self,
+        mailbox: &str,
+        addresses: &[String],
+    ) -> StoreResult<Option<SendPermission>> {
+        let mut patterns: Vec<String> = addresses.to_vec();
+        for a in addresses {
+            if let Some((_, domain)) = a.rsplit_once('@') {
+                let p = format!("@{domain}");
+                if !patterns.contains(&p) {
+                    patterns.push(p);
+                }
+            }
+        }
+        patterns.push("*".into());
+        // Both halves are primary-key lookups: aliases (address, target) and
+        // send_as (mailbox, pattern).
+        let aliases = if addresses.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "SELECT 0, address FROM aliases WHERE target = ? AND address IN ({}) UNION ALL ",
+                placeholders(addresses.len())
+            )
+        };
+        let sql = format!(
+            "{aliases}SELECT 1, pattern FROM send_as WHERE mailbox = ? AND pattern IN ({})",
+            placeholders(patterns.len())
+        );
+        let sql = self.q(&sql);
+        let mut query = sqlx::query(&sql);
+        if !addresses.is_empty() {
+            query = query.bind(mailbox);
+            for a in addresses {
+                query = query.bind(a);
+            }
+        }
+        query = query.bind(mailbox);
+        for p in &patterns {
+            query = query.bind(p);
+        }
+        let rows = decode(query.fetch_all(&self.pool).await, "send permission")?;
+        let mut found: Option<SendPermission> = None;
+        for r in &rows {
+            let kind: i64 = decode(r.try_get(0), "send permission")?;
+            let name: String = decode(r.try_get(1), "send permission")?;
+            if kind == 0 {
+                return Ok(Some(SendPermission::Alias { address: name }));
+            }
+            // Several grants may match; name the most specific one in the log.
+            let better = match &found {
+                Some(SendPermission::SendAs { pattern }) => {
+                    pattern_rank(&name) < pattern_rank(pattern)
+                }
+                _ => true,
+            };
+            if better {
+                found = Some(SendPermission::SendAs { pattern: name });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn template_send_limits(&self, template: &str) -> StoreResult<Option<SendLimits>> {
+        let row = decode(
+            sqlx::query(&self.q("SELECT limits FROM template_send_limits WHERE template = ?"))
+                .bind(template)
+                .fetch_optional(&self.pool)
+                .await,
+            "template send limits",
+        )?;
+        row.map(|r| {
+            decode(
+                r.try_get::<String, _>(0)
+                    .and_then(|text| send_limits_of(&text)),
+                "template send limits",
+            )
+        })
+        .transpose()
+    }
+
+    async fn set_template_send_limits(
+        &self,
+        template: &str,
+        limits: Option<&SendLimits>,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = decode(self.pool.begin().await, "template send limits")?;
+        decode(
+            sqlx::query(&self.q("DELETE FROM template_send_limits WHERE template = ?"))
+                .bind(template)
+                .execute(&mut *tx)
+                .await,
+            "template send limits",
+        )?;
+        if let Some(limits) = limits {
+            sqlx::query(&self.q(
+                "INSERT INTO template_send_limits (template, limits, updated_at) VALUES (?, ?, ?)",
+            ))
+            .bind(template)
+            .bind(limits.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match map_err(e, "template send limits") {
+                StoreError::Refused(_) => StoreError::NotFound(format!("template {template}")),
+                other => other,
+            })?;
+        }
+        decode(tx.commit().await, "template send limits")
+    }
+}
+
+/// Address grants before `@domain` grants before `*`.
+fn pattern_rank(pattern: &str) -> u8 {
+    match pattern {
+        "*" => 2,
+        p if p.starts_with('@') => 1,
+        _ => 0,
+    }
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+fn send_limits_of(text: &str) -> Result<SendLimits, sqlx::Error> {
+    text.parse()
+        .map_err(|e: String| sqlx::Error::Decode(format!("stored send limits: {e}").into()))
 }
 
 fn usage_query(dialect: Dialect, excluding: bool) -> String {

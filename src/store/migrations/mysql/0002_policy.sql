@@ -1,0 +1,11 @@
+-- Sender policy. Keep in step with the other dialects' 0002_policy.sql.
+-- A template's own sending limits, in the text form `mailauthd template set --send-limits`
+-- takes (e.g. "1h:100:1000,1d:500:5000", or "none" for no limits). A template without a
+-- row here sends under the [policy] default from the config file.
+
+CREATE TABLE template_send_limits (
+    template VARCHAR(255) NOT NULL PRIMARY KEY,
+    limits VARCHAR(1000) NOT NULL,
+    updated_at BIGINT NOT NULL,
+    FOREIGN KEY (template) REFERENCES templates (name) ON DELETE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
