@@ -418,3 +418,47 @@ async fn fifty_concurrent_first_sign_ins_into_room_for_ten() {
         eprintln!("concurrent sign-ins passed on {}", backend.name());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_person_signing_in_twice_at_once_gets_one_mailbox() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let store: Arc<dyn Store> = db.dyn_store();
+        store
+            .create_domain(&domain("twice.example", Some(10)))
+            .await
+            .unwrap();
+        store
+            .create_template(&template("staff", 1 << 30, "all"))
+            .await
+            .unwrap();
+        store.set_default_template(Some("staff")).await.unwrap();
+        let clock = Arc::new(ManualClock::at(20_000));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, clock) = (store.clone(), clock.clone());
+            tasks.push(tokio::spawn(async move {
+                let c = claims("sub-same", "same@twice.example", &[]);
+                provision::sign_in(&*store, &*clock as &dyn Clock, ON, &c).await
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(SignedIn::Created(_)) => created += 1,
+                Ok(SignedIn::Unchanged(_)) => {}
+                other => panic!("{}: {other:?}", backend.name()),
+            }
+        }
+        assert_eq!(created, 1, "{}", backend.name());
+        assert_eq!(
+            store
+                .list_mailboxes(Some("twice.example"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        db.finish().await;
+    }
+}

@@ -50,6 +50,25 @@ pub fn config_check(path: Option<&Path>, out: &Output) -> Result<(), CliError> {
                 ),
                 ("throttle", c.throttle.describe()),
             ];
+            let mut fields = fields.to_vec();
+            if let Some(o) = &c.oidc {
+                fields.push((
+                    "identity provider",
+                    format!(
+                        "{} (client {}){}",
+                        o.issuer,
+                        o.client_id,
+                        if o.ignore_tls_errors {
+                            "; TLS NOT CHECKED (ignore_tls_errors)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            if let Some(w) = &c.web {
+                fields.push(("web page", format!("http://{}", w.listen)));
+            }
             if out.is_json() {
                 out.json(&serde_json::json!({ "ok": true, "config": resolved, "store": c.store.url.to_string() }));
             } else {
