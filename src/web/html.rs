@@ -29,6 +29,7 @@ h1 { font-size: 1.5rem; margin: .5rem 0; }
 h2 { font-size: 1.2rem; margin: 1.5rem 0 .5rem; }
 section, .card { background: var(--card); border: 1px solid var(--line); border-radius: .6rem; padding: 1rem; margin: 1rem 0; }
 section > :first-child { margin-top: 0; }
+section > :last-child { margin-bottom: 0; }
 label { display: block; font-weight: 600; margin: .75rem 0 .25rem; }
 input[type=text], input[type=email], input[type=password], input[type=date] { width: 100%; padding: .6rem; font: inherit; border: 1px solid var(--line); border-radius: .4rem; background: var(--bg); color: var(--fg); }
 fieldset { border: 1px solid var(--line); border-radius: .4rem; margin: .75rem 0; padding: .5rem .75rem; }
