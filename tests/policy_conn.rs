@@ -63,9 +63,20 @@ const NOT_OWNED: &str = "action=REJECT 5.7.1 <bob@example.org>: not owned by ali
 struct Fixture {
     db: common::TestDb,
     service: Arc<PolicyService>,
+    /// Every test runs under a subscriber that wants every event. Tests run on parallel
+    /// threads of one process, and tracing caches per call site whether anyone listens:
+    /// a thread without a subscriber could otherwise have the audit line switched off
+    /// for the test that captures it.
+    _listening: tracing::subscriber::DefaultGuard,
 }
 
 async fn fixture(settings: PolicySettings) -> Fixture {
+    let listening = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::TRACE)
+            .finish(),
+    );
     let db = common::fresh(&common::Backend::Sqlite).await;
     let s = &*db.store;
     s.create_domain(&Domain {
@@ -100,7 +111,7 @@ async fn fixture(settings: PolicySettings) -> Fixture {
         Arc::new(ManualClock::at(1_800_000_000)),
         settings,
     ));
-    Fixture { db, service }
+    Fixture { db, service, _listening: listening }
 }
 
 type Served = JoinHandle<Result<(), ConnectionError>>;
