@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the Postfix end-to-end scripts (run.sh: SASL, policy.sh: the policy service).
 # Source it after tests/e2e/lib.sh:
 #   . "$REPO/tests/e2e/postfix/common.sh"
