@@ -149,6 +149,7 @@ ERIN_PW='erin-Pass-2024'
 DORA_PW='dora-Pass-2024'
 LENA_PW='lena-Pass-2024'
 RITA_PW='rita-Pass-2024'
+MIA_PW='mia-Pass-2024'
 mdctl domain add example.org >/dev/null
 add_local() { # ADDRESS PASSWORD [mailbox add options]
 	local address=$1 password=$2
@@ -164,6 +165,7 @@ mdctl template add two-messages --protocols imap,smtp --send-limits 1h:2:- >/dev
 mdctl template add three-recipients --protocols imap,smtp --send-limits 1h:-:3 >/dev/null
 add_local lena@example.org "$LENA_PW" --template two-messages
 add_local rita@example.org "$RITA_PW" --template three-recipients
+add_local mia@example.org "$MIA_PW" --template two-messages
 mdctl alias add sales@example.org alice@example.org >/dev/null
 mdctl alias add team@example.org alice@example.org,erin@example.org >/dev/null
 mdctl alias-domain add example.net example.org >/dev/null
@@ -469,6 +471,29 @@ fi
 f=$(send "recipient limit, next message" rita@example.org "$RITA_PW" rita@example.org)
 expect_rcpt "rita, next message -> 450 4.7.1 (still over the recipient limit)" \
 	'450 4\.7\.1 .*sending limit of 3 recipients per 1h reached' "$f"
+
+# Several messages in one SMTP session: Postfix gives each transaction its own instance.
+tls_open "limit, one session" "$SUBS_PORT"
+tls_say "EHLO client.test"
+tls_say "AUTH PLAIN $(plain_ir mia@example.org "$MIA_PW")"
+tls_say "MAIL FROM:<mia@example.org>"
+tls_say "RCPT TO:<bob@example.org>"
+tls_expect "mia, one session, message 1: RCPT -> 250" '250 '
+tls_say "DATA"
+echo "-> (header, body and the final dot)" >>"$TLS_LOG"
+printf 'Subject: mailauthd policy e2e %s\n\nmessage 1\n.\n' "$$" >&"${TLS[1]}"
+tls_read
+tls_expect "mia, message 1 queued" '250 2\.0\.0 Ok: queued'
+tls_say "MAIL FROM:<mia@example.org>"
+tls_say "RCPT TO:<bob@example.org>"
+tls_say "RCPT TO:<carl@example.org>"
+tls_expect "mia, same session, message 2 (given up with RSET): RCPTs -> 250" '250 '
+tls_say "RSET"
+tls_say "MAIL FROM:<mia@example.org>"
+tls_say "RCPT TO:<bob@example.org>"
+tls_expect "mia, same session, message 3 -> 450 4.7.1 (message 2 counted though it was given up)" \
+	'450 4\.7\.1 .*<mia@example\.org>: sending limit of 2 messages per 1h reached'
+tls_close
 
 # ---------------------------------------------------------------------------
 echo "# unauthenticated sessions (policy answers DUNNO)"
