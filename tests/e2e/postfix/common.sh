@@ -134,8 +134,7 @@ md_install() {
 }
 
 # The daemon and its CLI run as the daemon user, with a HOME of their own (PostgreSQL's
-# client library looks for ~/.pgpass). env and setpriv exec what follows, so a command
-# started with & keeps its pid.
+# client library looks for ~/.pgpass).
 as_daemon() {
 	env "HOME=$MD/state" setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_GROUP" --clear-groups -- "$@"
 }
@@ -143,11 +142,21 @@ mdctl() {
 	as_daemon "$MD/bin/mailauthd" --config "$MD_CONF" "$@"
 }
 
-# md_start: `mailauthd serve` with MD_CONF, logging to MD_LOG; sets MD_PID.
+# md_start: `mailauthd serve` with MD_CONF, logging to MD_LOG; sets MD_PID. Started as a
+# plain command, not through as_daemon: a function run with & gets a subshell of its own,
+# and $! would be that subshell, not the daemon. env and setpriv exec what follows, so
+# this way $! is the daemon's pid.
 md_start() {
 	chmod 0644 "$MD_CONF"
-	as_daemon "$MD/bin/mailauthd" --config "$MD_CONF" serve >"$MD_LOG" 2>&1 &
+	env "HOME=$MD/state" setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_GROUP" --clear-groups -- \
+		"$MD/bin/mailauthd" --config "$MD_CONF" serve >"$MD_LOG" 2>&1 &
 	MD_PID=$!
+}
+
+# md_is_daemon: true when MD_PID is mailauthd itself (call once its sockets answer), so
+# stop_pid "$MD_PID" stops the daemon and not some process in between.
+md_is_daemon() {
+	[ "$(readlink "/proc/$MD_PID/exe" 2>/dev/null)" = "$MD/bin/mailauthd" ]
 }
 
 # ---------------------------------------------------------------------------

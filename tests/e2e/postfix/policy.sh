@@ -91,7 +91,7 @@ collect_artifacts() {
 
 cleanup() {
 	local rc=$?
-	set +e
+	set +eu
 	stop_pid "$TLS_CHILD" 2
 	pf_cleanup
 	collect_artifacts
@@ -142,6 +142,7 @@ md_start
 wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
 wait_tcp "$POLICY_PORT" 10 || die "mailauthd does not listen on 127.0.0.1:$POLICY_PORT" "$(tail -n 20 "$MD_LOG")"
 wait_unix "$POLICY_SOCK" 10 || die "mailauthd did not open $POLICY_SOCK" "$(tail -n 20 "$MD_LOG")"
+md_is_daemon || die "the pid of mailauthd serve is not the daemon's ($MD_PID)"
 
 # Test data, through the CLI.
 ALICE_PW='correct horse battery staple'

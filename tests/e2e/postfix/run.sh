@@ -128,6 +128,7 @@ mode = "0660"
 EOF
 md_start
 wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
+md_is_daemon || die "the pid of mailauthd serve is not the daemon's ($MD_PID)"
 sock_perm=$(stat -c '%a %U:%G' "$AUTH_SOCK")
 expect_eq "auth socket is mode 660, group postfix (setgid folder), owned by the daemon user" \
 	"660 $DAEMON_USER:postfix" "$sock_perm"
