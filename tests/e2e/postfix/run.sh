@@ -37,13 +37,13 @@ REPO=$(cd "$HERE/../../.." && pwd)
 cd "$REPO"
 # shellcheck source=../lib.sh
 . "$REPO/tests/e2e/lib.sh"
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 
 EXAMPLES=$REPO/conf-examples/postfix
 BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/postfix-e2e
 FIXTURE=$REPO/tests/fixtures/postfix-3.7-auth.txt
-DAEMON_USER=nobody
-DAEMON_GROUP=$(id -gn nobody 2>/dev/null || echo nogroup)
 
 die() { # MESSAGE [DETAIL]
 	not_ok "setup: $1" "${2:-}"
@@ -61,67 +61,17 @@ if [ -z "$PG_URL" ] && [ -n "${CI:-}" ]; then
 fi
 
 # ---------------------------------------------------------------------------
-# Packages. Debian's postfix package asks for a configuration type; "No
-# configuration" leaves /etc/postfix/main.cf absent, so the system instance has
-# nothing to run, and a temporary policy-rc.d stops the package from starting it.
-POLICY_RC_CREATED=
-remove_policy_rc() {
-	if [ -n "$POLICY_RC_CREATED" ]; then
-		rm -f /usr/sbin/policy-rc.d
-		POLICY_RC_CREATED=
-	fi
-}
-missing=()
-[ -x /usr/sbin/postfix ] || missing+=(postfix)
-command -v swaks >/dev/null 2>&1 || missing+=(swaks)
-perl -MNet::SSLeay -e 1 2>/dev/null || missing+=(libnet-ssleay-perl)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-[ -n "$PG_URL" ] && ! command -v psql >/dev/null 2>&1 && missing+=(postgresql-client)
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "# installing ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod 0755 /usr/sbin/policy-rc.d
-		POLICY_RC_CREATED=1
-	fi
-	install_log=$(mktemp)
-	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
-		>"$install_log" 2>&1; then
-		remove_policy_rc
-		cat "$install_log" >&2
-		die "apt-get install ${missing[*]} failed"
-	fi
-	rm -f "$install_log"
-	remove_policy_rc
-fi
-id postfix >/dev/null 2>&1 || die "no postfix user (Debian's postfix package creates it)"
-MASTER_CF_DIST=/usr/share/postfix/master.cf.dist
-[ -f "$MASTER_CF_DIST" ] || MASTER_CF_DIST=/etc/postfix/master.cf.proto
-[ -f "$MASTER_CF_DIST" ] || die "no Debian master.cf template found"
-POSTFIX_VERSION=$(postconf -d -h mail_version 2>/dev/null)
+# Packages (common.sh).
+pf_packages
 echo "# Postfix $POSTFIX_VERSION, swaks $(swaks --version 2>/dev/null | head -n1 | awk '{print $NF}'), daemon $BIN"
 
 # ---------------------------------------------------------------------------
 # Everything this run starts, and the way back.
-T=$(mktemp -d /tmp/mailauthd-postfix-e2e.XXXXXX)
-chmod 0755 "$T"
-PFX=$T/postfix
-CONF=$PFX/etc
-SPOOL=$PFX/spool
-PLOG=$PFX/log/postfix.log
-MD=$T/mailauthd
-MD_CONF=$MD/mailauthd.toml
-MD_LOG=$MD/mailauthd.log
-AUTH_SOCK=$SPOOL/mailauthd/auth
-CAPTURE_SOCK=$SPOOL/mailauthd/capture
+pf_init postfix-e2e
+AUTH_SOCK=$SOCK_DIR/auth
+CAPTURE_SOCK=$SOCK_DIR/capture
 CAPTURE=$T/postfix-auth-capture.txt
-MD_PID=
 RECORDER_PID=
-MASTER_PID=
-PG_DB=
-PG_ADMIN_URL=
 
 collect_artifacts() {
 	mkdir -p "$ART" 2>/dev/null || return 0
@@ -137,29 +87,11 @@ collect_artifacts() {
 	fi
 }
 
-stop_postfix() {
-	[ -n "$MASTER_PID" ] || MASTER_PID=$(awk '{print $1; exit}' "$SPOOL/pid/master.pid" 2>/dev/null || true)
-	[ -n "$MASTER_PID" ] || return 0
-	local children
-	children=$(pgrep -P "$MASTER_PID" 2>/dev/null | tr '\n' ' ' || true)
-	postfix -c "$CONF" stop >/dev/null 2>&1 || true
-	wait_for 5 eval '! kill -0 "$MASTER_PID" 2>/dev/null' || stop_pid "$MASTER_PID" 2
-	for p in $children; do
-		stop_pid "$p" 2
-	done
-	MASTER_PID=
-}
-
 cleanup() {
 	local rc=$?
 	set +e
-	remove_policy_rc
-	stop_postfix
 	stop_pid "$RECORDER_PID"
-	stop_pid "$MD_PID"
-	if [ -n "$PG_DB" ]; then
-		psql "$PG_ADMIN_URL" -qAtc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1
-	fi
+	pf_cleanup
 	collect_artifacts
 	if [ -n "${KEEP:-}" ]; then
 		echo "# kept $T"
@@ -178,33 +110,9 @@ CAP_PORT=$(pick_port)
 
 # ---------------------------------------------------------------------------
 # mailauthd: its own state, a fresh PostgreSQL database (or SQLite), running as nobody.
-mkdir -p "$MD/state" "$MD/run" "$MD/bin" "$T/transcripts"
-chown "$DAEMON_USER:$DAEMON_GROUP" "$MD/state" "$MD/run"
-# A copy the daemon user can execute wherever the build lives (e.g. under /root).
-install -m 0755 "$BIN" "$MD/bin/mailauthd"
-
-if [ -n "$PG_URL" ]; then
-	PG_ADMIN_URL=$PG_URL
-	PG_DB=mailauthd_e2e_$$
-	case $PG_URL in
-	*\?*) PG_QUERY="?${PG_URL#*\?}" ;;
-	*) PG_QUERY= ;;
-	esac
-	PG_BASE=${PG_URL%%\?*}
-	STORE_URL=${PG_BASE%/*}/$PG_DB$PG_QUERY
-	psql "$PG_ADMIN_URL" -qAtc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
-	psql "$PG_ADMIN_URL" -qAtc "CREATE DATABASE $PG_DB" >/dev/null ||
-		die "cannot create database $PG_DB through MAILAUTHD_TEST_POSTGRES_URL"
-	echo "# store: PostgreSQL database $PG_DB"
-else
-	STORE_URL=sqlite://$MD/state/mailauthd.db
-	echo "# store: SQLite (set MAILAUTHD_TEST_POSTGRES_URL for the store-outage checks)"
-fi
-
-# The socket folder, as SASL.md sets it up: owned by the daemon, group postfix,
-# setgid so the socket gets group postfix too, no access for anyone else.
-mkdir -p "$SPOOL"
-install -d -o "$DAEMON_USER" -g postfix -m 2750 "$SPOOL/mailauthd"
+md_install "$BIN"
+pf_store
+pf_socket_dir
 
 cat >"$MD_CONF" <<EOF
 state_directory = "$MD/state"
@@ -218,19 +126,9 @@ connect_timeout_ms = 1000
 listen = ["unix:$AUTH_SOCK"]
 mode = "0660"
 EOF
-chmod 0644 "$MD_CONF"
-
-# The daemon and its CLI run as the daemon user, with a HOME of their own (PostgreSQL's
-# client library looks for ~/.pgpass). env and setpriv exec what follows, so a command
-# started with & keeps its pid.
-AS_DAEMON=(env "HOME=$MD/state" setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_GROUP" --clear-groups --)
-mdctl() {
-	"${AS_DAEMON[@]}" "$MD/bin/mailauthd" --config "$MD_CONF" "$@"
-}
-
-"${AS_DAEMON[@]}" "$MD/bin/mailauthd" --config "$MD_CONF" serve >"$MD_LOG" 2>&1 &
-MD_PID=$!
+md_start
 wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
+md_is_daemon || die "the pid of mailauthd serve is not the daemon's ($MD_PID)"
 sock_perm=$(stat -c '%a %U:%G' "$AUTH_SOCK")
 expect_eq "auth socket is mode 660, group postfix (setgid folder), owned by the daemon user" \
 	"660 $DAEMON_USER:postfix" "$sock_perm"
@@ -265,39 +163,13 @@ wait_unix "$CAPTURE_SOCK" 10 || die "the recording proxy did not start"
 
 # ---------------------------------------------------------------------------
 # Postfix: a private instance built from Debian's master.cf and the shipped examples.
-mkdir -p "$CONF" "$PFX/data" "$PFX/log"
-chown postfix "$PFX/data"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=mail.test \
-	-keyout "$CONF/tls.pem" -out "$CONF/tls-cert.pem" >/dev/null 2>&1 ||
-	die "openssl could not make a test certificate"
-cat "$CONF/tls-cert.pem" >>"$CONF/tls.pem"
-chmod 0600 "$CONF/tls.pem"
-
-cat >"$CONF/main.cf" <<EOF
-# Test base: a private instance on loopback that discards all mail.
-compatibility_level = 3.7
-queue_directory = $SPOOL
-data_directory = $PFX/data
-# No syslog here: Postfix's own postlogd writes the log file. Postfix refuses log
-# files outside maillog_file_prefixes (default /var, /dev/stdout).
-maillog_file = $PLOG
-maillog_file_prefixes = $PFX/log
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = mail.test
-mydomain = test
-mydestination =
-alias_maps =
-alias_database =
-mynetworks = 127.0.0.0/8
-default_transport = discard:
-relay_transport = discard:
-smtpd_tls_chain_files = $CONF/tls.pem
-smtpd_banner = \$myhostname ESMTP mailauthd-e2e
-
-# ---- conf-examples/postfix/sasl.cf as shipped ----
-EOF
-cat "$EXAMPLES/sasl.cf" >>"$CONF/main.cf"
+pf_tls_cert
+{
+	pf_main_cf_base
+	echo
+	echo "# ---- conf-examples/postfix/sasl.cf as shipped ----"
+	cat "$EXAMPLES/sasl.cf"
+} >"$CONF/main.cf"
 
 # master.cf: Debian's default (port-25 smtpd chrooted), then master.cf.sasl as
 # shipped; only the service ports change.
@@ -333,49 +205,11 @@ $CAP_PORT inet n - n - 1 smtpd
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
 EOF
 
-check_out=$(postfix -c "$CONF" check 2>&1) || die "postfix check failed" "$check_out"
-[ -z "$check_out" ] || printf '%s\n' "$check_out" | sed 's/^/# postfix check: /'
-postfix -c "$CONF" start >/dev/null 2>&1 || die "postfix start failed" "$(tail -n 20 "$PLOG" 2>/dev/null)"
-MASTER_PID=$(awk '{print $1; exit}' "$SPOOL/pid/master.pid" 2>/dev/null || true)
-[ -n "$MASTER_PID" ] || die "no master.pid"
-for p in $SMTP_PORT $SUB_PORT $SUBS_PORT $CAP_PORT; do
-	wait_tcp "$p" 10 || die "Postfix does not listen on 127.0.0.1:$p" "$(tail -n 20 "$PLOG")"
-done
+pf_start "$SMTP_PORT" "$SUB_PORT" "$SUBS_PORT" "$CAP_PORT"
 echo "# Postfix master $MASTER_PID: smtp $SMTP_PORT, submission $SUB_PORT, submissions $SUBS_PORT, capture $CAP_PORT"
 
 # ---------------------------------------------------------------------------
-# Clients.
-# transcript NAME: a new file name for a client transcript (numbered in run order;
-# called inside $(...), so the counter lives in a file).
-transcript() {
-	local n
-	n=$(($(cat "$T/transcripts/.count" 2>/dev/null || echo 0) + 1))
-	echo "$n" >"$T/transcripts/.count"
-	printf '%s/%02d-%s.txt' "$T/transcripts" "$n" "$(printf '%s' "$1" | tr -c 'A-Za-z0-9' '-' | cut -c1-60)"
-}
-
-# swaks_run NAME ARGS...: runs swaks against loopback; prints the transcript file.
-# Each run connects from its own loopback address (127.0.1.N), as different clients
-# would: mailauthd's brute-force throttle counts failures per client address, and
-# one address collecting every refusal of this test would be slowed down.
-swaks_run() {
-	local name=$1 f n
-	shift
-	f=$(transcript "$name")
-	n=$(cat "$T/transcripts/.count")
-	echo "# $(date +%T.%N) from 127.0.1.$((n % 250 + 1))" >"$f"
-	swaks --ehlo client.test --timeout 20 --from alice@example.org --to bob@example.org \
-		--local-interface "127.0.1.$((n % 250 + 1))" "$@" >>"$f" 2>&1 || true
-	echo "# $(date +%T.%N)" >>"$f"
-	echo "$f"
-}
-
-# The final reply code to the AUTH command in a swaks transcript (334 challenges skipped).
-auth_reply() {
-	awk '/^ *[-~*]*> AUTH / { f = 1; next }
-	     f && /^<[-~*]* +[0-9][0-9][0-9][ -]/ { c = $2; sub(/[ -].*/, "", c); if (c != "334") { print c; exit } }' "$1"
-}
-
+# Clients (and transcript, swaks_run, auth_reply, smtp_session in common.sh).
 # expect_auth NAME WANT PORT MECH USER PASSWORD [more swaks args]
 expect_auth() {
 	local name=$1 want=$2 port=$3 mech=$4 user=$5 pass=$6 f got
@@ -385,33 +219,6 @@ expect_auth() {
 	got=$(auth_reply "$f")
 	expect_eq "$name" "$want" "$got" "$(cat "$f")"
 }
-
-# smtp_session PORT LINE...: a raw SMTP conversation over bash's /dev/tcp; prints
-# "<- reply" / "-> command" lines. Reads the greeting, then sends each LINE and reads
-# its (possibly multi-line) reply.
-smtp_session() {
-	local port=$1 line reply
-	shift
-	exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
-	read_reply() {
-		while IFS= read -r -t 15 reply <&3; do
-			reply=${reply%$'\r'}
-			echo "<- $reply"
-			case $reply in [0-9][0-9][0-9]-*) ;; *) return 0 ;; esac
-		done
-		echo "<- (no reply)"
-	}
-	read_reply
-	for line in "$@"; do
-		echo "-> $line"
-		printf '%s\r\n' "$line" >&3
-		read_reply
-	done
-	exec 3>&-
-}
-
-b64() { printf '%s' "$1" | base64 -w0; }
-plain_ir() { printf '\0%s\0%s' "$1" "$2" | base64 -w0; }
 
 # ---------------------------------------------------------------------------
 echo "# services"
@@ -547,10 +354,7 @@ fi
 # ---------------------------------------------------------------------------
 if [ -n "$PG_URL" ]; then
 	echo "# store outage (PostgreSQL database refuses connections; both daemons keep running)"
-	psql "$PG_ADMIN_URL" -qAt >/dev/null <<EOF
-ALTER DATABASE $PG_DB ALLOW_CONNECTIONS false;
-SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$PG_DB';
-EOF
+	pg_outage_start
 	expect_auth "outage: AUTH PLAIN -> 454 (not 535)" 454 "$SUB_PORT" PLAIN alice@example.org "$ALICE_PW"
 	expect_auth "outage: AUTH LOGIN -> 454 (not 535)" 454 "$SUB_PORT" LOGIN alice@example.org "$ALICE_PW"
 	expect_auth "outage: wrong password -> 454 too (nothing can be checked)" 454 "$SUB_PORT" PLAIN alice@example.org "wrong"
@@ -584,12 +388,11 @@ EOF
 		not_ok "outage: port-25 smtpd greets and says goodbye as usual" "$(cat "$f")"
 	fi
 
-	psql "$PG_ADMIN_URL" -qAtc "ALTER DATABASE $PG_DB ALLOW_CONNECTIONS true" >/dev/null
+	pg_outage_end
 	expect_auth "after recovery: AUTH PLAIN -> 235, nothing restarted" 235 "$SUB_PORT" PLAIN alice@example.org "$ALICE_PW"
 	expect_auth "after recovery: AUTH LOGIN with an app password -> 235" 235 "$SUB_PORT" LOGIN olivia@example.org "$OLIVIA_SMTP_AP"
 	expect_auth "after recovery: wrong password -> 535 again" 535 "$SUB_PORT" PLAIN alice@example.org "wrong"
-	if kill -0 "$MD_PID" 2>/dev/null && kill -0 "$MASTER_PID" 2>/dev/null &&
-		[ "$(awk '{print $1; exit}' "$SPOOL/pid/master.pid")" = "$MASTER_PID" ]; then
+	if still_running; then
 		ok "mailauthd ($MD_PID) and Postfix's master ($MASTER_PID) ran throughout"
 	else
 		not_ok "mailauthd and Postfix's master ran throughout"
