@@ -111,7 +111,11 @@ async fn fixture(settings: PolicySettings) -> Fixture {
         Arc::new(ManualClock::at(1_800_000_000)),
         settings,
     ));
-    Fixture { db, service, _listening: listening }
+    Fixture {
+        db,
+        service,
+        _listening: listening,
+    }
 }
 
 type Served = JoinHandle<Result<(), ConnectionError>>;

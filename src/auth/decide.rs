@@ -118,16 +118,31 @@ impl Authenticator {
         let Ok(address) = address else {
             return self.refuse_after_dummy(req, FailReason::UnknownUser).await;
         };
-        let view = match self.parts.store.login_view(address.as_str()).await {
-            Ok(Some(view)) => view,
+        // A secret shaped like an app password is looked up together with the mailbox:
+        // one query, and no hashing, for the most common login of all.
+        let read = if looks_like_app_password(req.secret.expose()) {
+            let lookup = self.parts.key.lookup_hash(req.secret.expose());
+            self.parts
+                .store
+                .login_view_with_app_password(address.as_str(), &lookup)
+                .await
+        } else {
+            self.parts
+                .store
+                .login_view(address.as_str())
+                .await
+                .map(|v| v.map(|v| (v, None)))
+        };
+        let (view, app_password) = match read {
+            Ok(Some(found)) => found,
             Ok(None) => return self.refuse_after_dummy(req, FailReason::UnknownUser).await,
             Err(e) => return Err(store_trouble(&e)),
         };
         if let Some(reason) = account_refusal(&view, protocol) {
             return self.refuse_after_dummy(req, reason).await;
         }
-        if let Some(step) = self.try_app_password(&view, protocol, req).await {
-            return step;
+        if let Some(found) = app_password {
+            return self.check_app_password(&view, found, protocol, req);
         }
         if view.auth_source == AuthSource::Oidc {
             return self
@@ -202,23 +217,14 @@ impl Authenticator {
 
     /// `None` when the secret is no app password of this mailbox, so the stored password
     /// is tried next.
-    async fn try_app_password(
+    /// Rule 6 for an app password of this mailbox that the secret matched.
+    fn check_app_password(
         &self,
         view: &LoginView,
+        found: crate::store::AppPassword,
         protocol: Protocol,
         req: &AuthRequest<'_>,
-    ) -> Option<Step<Success>> {
-        if !looks_like_app_password(req.secret.expose()) {
-            return None;
-        }
-        let lookup = self.parts.key.lookup_hash(req.secret.expose());
-        let found = match self.parts.store.find_app_password(&lookup).await {
-            Ok(found) => found?,
-            Err(e) => return Some(Err(store_trouble(&e))),
-        };
-        if found.mailbox != view.address {
-            return None;
-        }
+    ) -> Step<Success> {
         let refusal = if found
             .expires_at
             .is_some_and(|t| t <= self.parts.clock.now())
@@ -235,7 +241,7 @@ impl Authenticator {
         } else {
             None
         };
-        Some(match refusal {
+        match refusal {
             Some(reason) => Err(Outcome::Fail(reason)),
             None => Ok(Success {
                 mailbox: view.address.clone(),
@@ -245,7 +251,7 @@ impl Authenticator {
                     name: found.name,
                 },
             }),
-        })
+        }
     }
 
     async fn check_stored_password(

@@ -172,6 +172,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// The one read the decision core makes: mailbox and domain state in one query.
     async fn login_view(&self, address: &str) -> StoreResult<Option<LoginView>>;
+    /// [`Store::login_view`] plus the app password with this lookup hash if it belongs to
+    /// the same mailbox, in one query.
+    async fn login_view_with_app_password(
+        &self,
+        address: &str,
+        lookup_hash: &str,
+    ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>>;
 
     // App passwords
     async fn create_app_password(&self, app_password: &NewAppPassword) -> StoreResult<i64>;

@@ -43,6 +43,10 @@ impl SqlStore {
             .max_connections(options.max_connections.max(1))
             .min_connections(0)
             .acquire_timeout(options.connect_timeout)
+            // A ping before every query doubles the cost of a login on SQLite, whose
+            // connections are a local file and never go stale; network databases keep it,
+            // so connections cut by a server restart are replaced without a failed login.
+            .test_before_acquire(dialect != Dialect::Sqlite)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -255,16 +259,37 @@ const APP_PASSWORD_COLUMNS: &str =
      last_used_at, last_used_ip, last_used_service FROM app_passwords";
 
 fn app_password_from(row: &AnyRow) -> Result<AppPassword, sqlx::Error> {
-    let networks: String = row.try_get(4)?;
+    app_password_at(row, 0)
+}
+
+/// An app password whose columns start at `base` (joined queries put them after others).
+fn app_password_at(row: &AnyRow, base: usize) -> Result<AppPassword, sqlx::Error> {
+    let networks: String = row.try_get(base + 4)?;
     Ok(AppPassword {
-        id: row.try_get(0)?,
-        mailbox: row.try_get(1)?,
-        name: row.try_get(2)?,
-        protocols: Protocols::from_stored(&row.try_get::<String, _>(3)?),
+        id: row.try_get(base)?,
+        mailbox: row.try_get(base + 1)?,
+        name: row.try_get(base + 2)?,
+        protocols: Protocols::from_stored(&row.try_get::<String, _>(base + 3)?),
         networks: parse_networks(&networks).map_err(|e| sqlx::Error::Decode(e.into()))?,
-        expires_at: row.try_get(5)?,
-        created_at: row.try_get(6)?,
-        last_used: last_use_of(row.try_get(7)?, row.try_get(8)?, row.try_get(9)?),
+        expires_at: row.try_get(base + 5)?,
+        created_at: row.try_get(base + 6)?,
+        last_used: last_use_of(
+            row.try_get(base + 7)?,
+            row.try_get(base + 8)?,
+            row.try_get(base + 9)?,
+        ),
+    })
+}
+
+fn login_view_from(r: &AnyRow) -> Result<LoginView, sqlx::Error> {
+    Ok(LoginView {
+        address: r.try_get(0)?,
+        password_hash: r.try_get(1)?,
+        auth_source: auth_source_of(&r.try_get::<String, _>(2)?)?,
+        protocols: Protocols::from_stored(&r.try_get::<String, _>(3)?),
+        state: state_of(r.try_get(4)?)?,
+        domain_active: r.try_get::<i64, _>(5)? != 0,
+        quota: to_u64(r.try_get(6)?),
     })
 }
 
@@ -847,21 +872,37 @@ impl Store for SqlStore {
             .await,
             "mailbox",
         )?;
-        let Some(r) = row else { return Ok(None) };
-        decode(
-            (|| {
-                Ok(Some(LoginView {
-                    address: r.try_get(0)?,
-                    password_hash: r.try_get(1)?,
-                    auth_source: auth_source_of(&r.try_get::<String, _>(2)?)?,
-                    protocols: Protocols::from_stored(&r.try_get::<String, _>(3)?),
-                    state: state_of(r.try_get(4)?)?,
-                    domain_active: r.try_get::<i64, _>(5)? != 0,
-                    quota: to_u64(r.try_get(6)?),
-                }))
-            })(),
+        row.map(|r| decode(login_view_from(&r), "mailbox"))
+            .transpose()
+    }
+
+    async fn login_view_with_app_password(
+        &self,
+        address: &str,
+        lookup_hash: &str,
+    ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>> {
+        let row = decode(
+            sqlx::query(&self.q(
+                "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota, \
+                 a.id, a.mailbox, a.name, a.protocols, a.networks, a.expires_at, a.created_at, \
+                 a.last_used_at, a.last_used_ip, a.last_used_service \
+                 FROM mailboxes m JOIN domains d ON d.name = m.domain \
+                 LEFT JOIN app_passwords a ON a.lookup_hash = ? AND a.mailbox = m.address \
+                 WHERE m.address = ?",
+            ))
+            .bind(lookup_hash)
+            .bind(address)
+            .fetch_optional(&self.pool)
+            .await,
             "mailbox",
-        )
+        )?;
+        let Some(r) = row else { return Ok(None) };
+        let view = decode(login_view_from(&r), "mailbox")?;
+        let app = match decode(r.try_get::<Option<i64>, _>(7), "app password")? {
+            Some(_) => Some(decode(app_password_at(&r, 7), "app password")?),
+            None => None,
+        };
+        Ok(Some((view, app)))
     }
 
     // App passwords
