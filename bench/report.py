@@ -74,6 +74,12 @@ def main():
         f"`{meta['commit']}` (release build), SQLite store."
     )
     p(f"- Command: `{meta['command']}`")
+    if meta.get("nice", "0") != "0":
+        p(
+            f"- The benchmark ran at niceness {meta['nice']} (servers and load generator "
+            "alike), so that unrelated work on the machine at the default niceness took as "
+            "little of the two cores as possible; it still shows in the load average."
+        )
     p(
         f"- Every run: {meta['duration']} s measured after {meta['warmup']} s of warm-up, "
         "over unix sockets on this machine, driven by `examples/loadgen.rs` (release, one "

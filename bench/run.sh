@@ -19,6 +19,8 @@
 #   BENCH_PERF=1              also record a CPU profile of mailauthd during the
 #                             app-password run (needs perf); written next to the report
 #   BENCH_KEEP=1              keep the temporary folder (configs, logs, raw JSON)
+#   BENCH_COMMAND             how the run was started, for the report (default: bench/run.sh)
+#   BENCH_POLICY_TOML         TOML enabling the policy listener, @SOCKET@ for its path
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -397,7 +399,7 @@ jq -n \
     --arg kernel "$(uname -r)" \
     --arg dovecot "$(dovecot --version)" \
     --arg commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    --arg command "${BENCH_COMMAND:-bench/run.sh}" \
+    --arg command "${BENCH_COMMAND:-bench/run.sh}" --arg nice "$(nice)" \
     --arg mailboxes "$MAILBOXES" --arg big "$BIG" --arg big_note "$BIG_NOTE" \
     --arg app "$APP_PASSWORDS" --arg blf "$BLF_USERS" --arg argon "$ARGON_USERS" \
     --arg duration "$DURATION" --arg warmup "$WARMUP" \
