@@ -17,7 +17,7 @@
 #   BENCH_POLICY_CONNECTIONS=32
 #   BENCH_OUT=bench/results/YYYY-MM-DD.md   where the report goes ("-": stdout only)
 #   BENCH_PERF=1              also record a CPU profile of mailauthd during the
-#                             app-password run (needs perf); written next to the report
+#                             app-password run (needs perf); its top symbols go in the report
 #   BENCH_KEEP=1              keep the temporary folder (configs, logs, raw JSON)
 #   BENCH_COMMAND             how the run was started, for the report (default: bench/run.sh)
 #   BENCH_POLICY_TOML         TOML enabling the policy listener, @SOCKET@ for its path
