@@ -26,11 +26,22 @@ def rate(v):
     return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
 
 
+def cpu_text(seconds, count):
+    us = seconds / count * 1e6
+    return f"{us:,.0f} µs" if us < 10_000 else f"{us / 1000:,.0f} ms"
+
+
 def cpu_per_req(run, count):
     if not count:
         return "–"
-    us = run["server_cpu_s"] / count * 1e6
-    return f"{us:,.0f} µs" if us < 10_000 else f"{us / 1000:,.0f} ms"
+    text = cpu_text(run["server_cpu_s"], count)
+    parts = run.get("server_cpu_parts_s") or []
+    if len(parts) > 1:
+        names = run["server"].split("+")
+        text += " (" + " + ".join(
+            f"{names[i] if i < len(names) else '?'} {cpu_text(t, count)}" for i, t in enumerate(parts)
+        ) + ")"
+    return text
 
 
 def group_row(run, g, label, server, cpu=True):
@@ -265,7 +276,11 @@ def main():
     p("")
 
     if perf:
-        p("## Where mailauthd's CPU time went (app-password run, `perf record -g`)\n")
+        p(
+            "## Where mailauthd's CPU time went (app-password run, 16 × 8)\n\n"
+            "`perf record --call-graph dwarf`, inclusive view: the share of samples taken "
+            "inside each function or anything it called.\n"
+        )
         p("```")
         p(perf.rstrip())
         p("```\n")

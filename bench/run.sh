@@ -97,9 +97,9 @@ wait_socket() { # PATH
     die "no socket at $1"
 }
 
-tree_ticks() { # PID[,PID...]: CPU ticks (1/100 s) of processes and their children
+tree_ticks() { # PID: CPU ticks (1/100 s) of a process and its children
     local total=0 p t
-    for p in ${1//,/ } $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
         t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || t=0
         total=$((total + ${t:-0}))
     done
@@ -113,19 +113,27 @@ rss_kib() { # PID FIELD (VmRSS or VmHWM)
 RESULTS=$T/results.jsonl
 : >"$RESULTS"
 
-# measure LABEL SERVER PID LOADGEN-ARGS...: one loadgen run, with the server's CPU time
+# measure LABEL SERVER PID[,PID] LOADGEN-ARGS...: one loadgen run, with the CPU time of
+# the server (and its children); with two PIDs, of both, also reported apart
 measure() {
-    local label=$1 server=$2 pid=$3
+    local label=$1 server=$2 pids
+    IFS=, read -r -a pids <<<"$3"
     shift 3
-    local load t0 t1 out
+    local load out p
+    local -a t0=() t1=()
     load=$(cut -d' ' -f1 /proc/loadavg)
-    t0=$(tree_ticks "$pid")
+    for p in "${pids[@]}"; do t0+=("$(tree_ticks "$p")"); done
     out=$("$LOADGEN" --json --warmup "$WARMUP" --duration "$DURATION" "$@") || true
-    t1=$(tree_ticks "$pid")
+    for p in "${pids[@]}"; do t1+=("$(tree_ticks "$p")"); done
     [[ -n $out ]] || out='{"error":"no output"}'
-    jq -c --arg lbl "$label" --arg server "$server" --argjson ticks $((t1 - t0)) \
+    local parts="[]" i
+    for i in "${!pids[@]}"; do
+        parts=$(jq -c --argjson t $((t1[i] - t0[i])) '. + [$t / 100]' <<<"$parts")
+    done
+    jq -c --arg lbl "$label" --arg server "$server" --argjson parts "$parts" \
         --argjson load "$load" --arg cmd "loadgen --warmup $WARMUP --duration $DURATION $*" \
-        '. + {"label": $lbl, "server": $server, "server_cpu_s": ($ticks / 100), "loadavg": $load, "command": $cmd}' \
+        '. + {"label": $lbl, "server": $server, "server_cpu_s": ($parts | add),
+              "server_cpu_parts_s": $parts, "loadavg": $load, "command": $cmd}' \
         <<<"$out" >>"$RESULTS"
     jq -r 'def one: "\(.name // "-"): \(.rps)/s ok=\(.ok) fail=\(.fail) tempfail=\(.tempfail) p50=\(.latency_ms.p50)ms p99=\(.latency_ms.p99)ms";
            "  \(.["label"]) [\(.server)]: " + (if .groups then ([.groups[] | one] | join(" | ")) else one end)
@@ -305,7 +313,7 @@ stop "$DC_PID"
 PERF_FILE=""
 if [[ -n ${BENCH_PERF:-} ]] && command -v perf >/dev/null; then
     PERF_FILE=$T/perf.data
-    perf record -F 499 -g -p "$MA_PID" -o "$PERF_FILE" -- sleep "$((WARMUP + DURATION))" >/dev/null 2>&1 &
+    perf record -F 199 --call-graph dwarf,8192 -p "$MA_PID" -o "$PERF_FILE" -- sleep "$((WARMUP + DURATION))" >/dev/null 2>&1 &
     PIDS+=("$!")
 fi
 measure "app passwords" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" "${AUTH_CHEAP[@]}"
@@ -387,8 +395,9 @@ fi
 PERF_TOP=""
 if [[ -n $PERF_FILE && -s $PERF_FILE ]]; then
     PERF_TOP=$T/perf-top.txt
-    perf report -i "$PERF_FILE" --no-children --sort dso,sym -g none --percent-limit 0.7 2>/dev/null |
-        grep -v '^#' | grep -v '^$' | head -n 40 >"$PERF_TOP" || true
+    # Inclusive ("children") view: which code paths the time is spent under.
+    perf report -i "$PERF_FILE" --children --sort sym -g none --percent-limit 3 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -n 60 >"$PERF_TOP" || true
 fi
 
 jq -n \
