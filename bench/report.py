@@ -81,8 +81,9 @@ def main():
     p(f"# mailauthd benchmark, {meta['date']}\n")
     p(
         f"- Machine: {meta['cpu']}, **{meta['cores']} cores**, {meta['mem']} RAM, "
-        f"Linux {meta['kernel']}; Dovecot {meta['dovecot']}; mailauthd at commit "
-        f"`{meta['commit']}` (release build), SQLite store."
+        f"Linux {meta['kernel']}; Dovecot {meta['dovecot']}; mailauthd release build of "
+        f"`{meta['commit']}` (its `src/` last changed in `{meta.get('src_commit', '?')}`), "
+        "SQLite store."
     )
     p(f"- Command: `{meta['command']}`")
     if meta.get("nice", "0") != "0":
@@ -107,7 +108,7 @@ def main():
     p(
         "- *app passwords via the Lua adapter*: Dovecot's auth service configured with the "
         "shipped `conf-examples/dovecot` adapter (Lua passdb in auth workers), which forwards "
-        "each login to mailauthd; its CPU column counts Dovecot and mailauthd together.\n"
+        "each login to mailauthd; its CPU column shows both servers together and each apart.\n"
         "- Latency is per request, from writing it to reading its reply. *Server CPU per "
         "request* is the server's user+system CPU time over the run divided by the "
         "requests it answered (Dovecot: master and all its children). *Load avg* is the "

@@ -408,6 +408,7 @@ jq -n \
     --arg kernel "$(uname -r)" \
     --arg dovecot "$(dovecot --version)" \
     --arg commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --arg src_commit "$(git log -1 --format=%h -- src Cargo.toml Cargo.lock 2>/dev/null || echo unknown)" \
     --arg command "${BENCH_COMMAND:-bench/run.sh}" --arg nice "$(nice)" \
     --arg mailboxes "$MAILBOXES" --arg big "$BIG" --arg big_note "$BIG_NOTE" \
     --arg app "$APP_PASSWORDS" --arg blf "$BLF_USERS" --arg argon "$ARGON_USERS" \
