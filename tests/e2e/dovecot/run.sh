@@ -904,7 +904,8 @@ if [ "${UPDATE_FIXTURE:-0}" = 1 ]; then
 # backslash as \\ and any other control byte as \xNN (none occur: Dovecot
 # refuses such user names before they reach the adapter). resp= is
 # base64("\0" user "\0" password) with this test's throw-away passwords.
-# SPID, CPID, CUID, COOKIE and session= differ on every run.
+# SPID, CPID, CUID, COOKIE and session= differ on every run. A line starting
+# with "## " heads the recording for one Dovecot version.
 #
 EOF
 	fi
