@@ -930,6 +930,20 @@ expect_refused "POP3: oidc mailbox with its stored password is refused" pop3 olg
 expect_refused "ManageSieve: oidc mailbox with its stored password is refused" sieve olga@example.org "$OLGA_PW" oidc_needs_app_password
 expect_in "POP3: oidc mailbox with an app password (imap,pop3,sieve) logs in" pop3 olga@example.org "$OLGA_APP_ALL" app_password
 expect_in "ManageSieve: oidc mailbox with an app password (imap,pop3,sieve) logs in" sieve olga@example.org "$OLGA_APP_ALL" app_password
+# Last use (time, address, protocol) is written off the hot path, batched.
+last_use_recorded() { # name ip service
+	local i compact
+	for i in $(seq 1 50); do
+		compact=$(mctl app-password list olga@example.org --json 2>&1 | tr -d ' \n')
+		grep -Eq "\"name\":\"$1\"[^{}]*\"last_used\":\{\"at\":[0-9]+,\"ip\":\"$2\",\"service\":\"$3\"\}" <<<"$compact" &&
+			return 0
+		sleep 0.1
+	done
+	DETAIL=$compact
+	return 1
+}
+check "the app password's last use is recorded: ManageSieve from 127.0.0.1, as Dovecot passed it" \
+	last_use_recorded laptop '127\.0\.0\.1' sieve
 
 expect_in "IMAP: an IMAP-only app password logs in on IMAP" imap olga@example.org "$OLGA_APP_IMAP" app_password
 expect_refused "POP3: an IMAP-only app password is refused" pop3 olga@example.org "$OLGA_APP_IMAP" app_password_protocol
