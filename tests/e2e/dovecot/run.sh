@@ -135,13 +135,12 @@ on_error() {
 ###########################################################################
 # Prerequisites
 
-[ "$(id -u)" = 0 ] || { echo "run as root (Dovecot's master process needs it)" >&2; exit 2; }
-[ -x "$BIN" ] || { echo "no mailauthd at $BIN: build it (cargo build) or set MAILAUTHD_BIN" >&2; exit 2; }
-
-cleanup() { :; }
+cleanup() { :; } # until there is something to clean up
 trap 'finish $?' EXIT
 trap 'on_error $LINENO "$BASH_COMMAND"' ERR
 trap 'exit 130' INT TERM
+[ "$(id -u)" = 0 ] || die "run as root (Dovecot's master process needs it)"
+[ -x "$BIN" ] || die "no mailauthd at $BIN: build it (cargo build) or set MAILAUTHD_BIN"
 rm -rf "$OUTDIR"
 mkdir -p "$OUTDIR"
 
@@ -980,6 +979,27 @@ DETAIL=$OUT check "doveadm user: quota_rule from mailauthd's userdb socket (1G)"
 	user_field quota_rule '\*:bytes=1073741824'
 doveadm_user nobody-here@example.org
 DETAIL=$OUT check "doveadm user: an unknown user does not exist (exit 67)" test "$RC" = 67
+
+# The README's way to try a login by hand. Without -x service=…, doveadm sends
+# service=doveadm, which is no mail protocol: mailauthd refuses it.
+doveadm_auth_test() { # user pass [options]
+	RC=0
+	OUT=$(run doveadm -c "$T/dovecot/dovecot.conf" auth test "${@:3}" "$1" "$2" 2>&1) || RC=$?
+}
+doveadm_auth_ok() { # user: OUT/RC of doveadm auth test, then the decision
+	[ "$RC" = 0 ] && grep -q 'auth succeeded' <<<"$OUT" && saw_decision "$1" ok password
+}
+doveadm_auth_refused() { # user reason
+	[ "$RC" != 0 ] && grep -q 'auth failed' <<<"$OUT" && saw_decision "$1" fail "$2"
+}
+mark
+doveadm_auth_test alice@example.org "$ALICE_PW" -x service=imap
+DETAIL=$OUT$'\n'$(decisions_since_mark) check "doveadm auth test -x service=imap: the right password succeeds" \
+	doveadm_auth_ok alice@example.org
+mark
+doveadm_auth_test alice@example.org "$ALICE_PW"
+DETAIL=$OUT$'\n'$(decisions_since_mark) check "doveadm auth test without -x service=: refused as service doveadm (unknown_service)" \
+	doveadm_auth_refused alice@example.org unknown_service
 
 lmtp_deliver "first delivery" alice@example.org nobody-here@example.org pat@example.org dan@example.org
 DETAIL=$OUT check "LMTP: RCPT to a mailbox found through the userdb socket is accepted" \
