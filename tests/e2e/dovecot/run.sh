@@ -135,6 +135,7 @@ on_error() {
 ###########################################################################
 # Prerequisites
 
+# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() { :; } # until there is something to clean up
 trap 'finish $?' EXIT
 trap 'on_error $LINENO "$BASH_COMMAND"' ERR
@@ -970,6 +971,26 @@ expect_refused "IMAP: unknown user is refused" imap nobody-here@example.org 'som
 mctl mailbox set-authsource olga@example.org local >>"$OUTDIR/provision.log" 2>&1
 expect_in "IMAP: the same stored password works once olga is switched back to local" imap olga@example.org "$OLGA_PW" password
 mctl mailbox set-authsource olga@example.org oidc >>"$OUTDIR/provision.log" 2>&1
+
+# Many at once: Dovecot spreads them over several auth-worker processes, each
+# with its own connection; mailauthd answers every one.
+parallel_logins() { # n
+	local i u p pid ok_count=0 pids=()
+	for i in $(seq 1 "$1"); do
+		if [ $((i % 2)) = 1 ]; then u=alice@example.org p=$ALICE_PW; else u=olga@example.org p=$OLGA_APP_ALL; fi
+		curl -sS --max-time 30 -u "$u:$p" "imap://127.0.0.1:$IMAP_PORT/" >/dev/null 2>"$HT/parallel-$i.err" &
+		pids+=($!)
+	done
+	for pid in "${pids[@]}"; do
+		if wait "$pid"; then ok_count=$((ok_count + 1)); fi
+	done
+	DETAIL="$ok_count of $1 logged in; $(cat "$HT"/parallel-*.err)"
+	[ "$ok_count" = "$1" ]
+}
+mark
+check "IMAP: 16 logins at once (password and app password) all get in" parallel_logins 16
+n=$(decisions_since_mark | grep -c 'outcome="ok"' || true)
+DETAIL=$(decisions_since_mark) check "mailauthd decided all 16 of them (saw $n)" test "$n" = 16
 
 ###########################################################################
 # Phase 4: the userdb socket: doveadm user and LMTP delivery
