@@ -33,7 +33,7 @@
 # file) using conf-examples/dovecot/mailauthd.lua and the version's
 # conf.d/auth-mailauthd.conf.ext with only paths, ports and the mail user
 # substituted. Clients: curl (IMAP, POP3), bash /dev/tcp dialogues (ManageSieve
-# AUTHENTICATE "PLAIN", LMTP), doveadm user.
+# AUTHENTICATE "PLAIN", IMAP LOGIN, LMTP), doveadm user and doveadm auth test.
 #
 # Needs root (Dovecot's master process). Installs missing Debian packages.
 # Prints "ok - ..." / "not ok - ..." per check and "N passed, N failed" last;
@@ -302,29 +302,29 @@ USED_PORTS=
 port_in_use() { # port [address]
 	(exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
 }
-pick_port() {
+pick_port() { # variable: a free port in 30000-39999, not handed out before
 	local p i
 	for i in $(seq 1 200); do
 		p=$((30000 + RANDOM % 10000))
 		case " $USED_PORTS " in *" $p "*) continue ;; esac
 		if ! port_in_use "$p" && ! port_in_use "$p" 127.0.0.2; then
 			USED_PORTS="$USED_PORTS $p"
-			echo "$p"
+			printf -v "$1" '%s' "$p"
 			return 0
 		fi
 	done
-	return 1
+	die "no free port in 30000-39999"
 }
-IMAP_PORT=$(pick_port) || die "no free port in 30000-39999"
-POP3_PORT=$(pick_port) || die "no free port in 30000-39999"
-SIEVE_PORT=$(pick_port) || die "no free port in 30000-39999"
-LMTP_PORT=$(pick_port) || die "no free port in 30000-39999"
+pick_port IMAP_PORT
+pick_port POP3_PORT
+pick_port SIEVE_PORT
+pick_port LMTP_PORT
 
 ###########################################################################
 # mailauthd
 
-# The throttle (DESIGN §7) may not be in this build yet: its section is only
-# written when the binary accepts it. Loopback's own address is trusted so the
+# The throttle may not be in this build: its section is only written when the
+# binary accepts it. Loopback's own address is trusted so the
 # other checks are never delayed; the throttle check logs in from 127.0.0.2.
 THROTTLE_TOML='[throttle]
 trusted_networks = ["127.0.0.1"]
@@ -397,7 +397,7 @@ start_mailauthd() { # config
 	"$BIN" --config "$CONF" serve >>"$MLOG" 2>&1 &
 	MAILAUTHD_PID=$!
 	for i in $(seq 1 150); do
-		if tail -c +"$((from + 1))" "$MLOG" | grep -q 'mailauthd ready'; then
+		if tail -c +"$((from + 1))" "$MLOG" | grep 'mailauthd ready' >/dev/null; then
 			return 0
 		fi
 		kill -0 "$MAILAUTHD_PID" 2>/dev/null || break
@@ -1041,12 +1041,12 @@ DETAIL=$OUT check "IMAP: alice reads the delivered message back" \
 	grep -q "marker first delivery" <<<"$OUT"
 
 ###########################################################################
-# Phase 5: repeated failures are throttled (DESIGN §7)
+# Phase 5: repeated failures are throttled
 #
-# Enabled when mailauthd accepts THROTTLE_TOML's [throttle] section (the
-# throttle lands on its own branch); E2E_THROTTLE=1 makes its absence a
-# failure. 127.0.0.1 is a trusted network there; these attempts come from
-# 127.0.0.2, which Dovecot passes on as rip=.
+# Runs when mailauthd accepts THROTTLE_TOML's [throttle] section; skipped when
+# the binary has no throttle yet, unless E2E_THROTTLE=1 makes that a failure.
+# 127.0.0.1 is a trusted network there; these attempts come from 127.0.0.2,
+# which Dovecot passes on as rip=.
 
 if [ -n "$HAVE_THROTTLE" ]; then
 	mark
