@@ -829,8 +829,11 @@ note "imap=$IMAP_PORT pop3=$POP3_PORT sieve=$SIEVE_PORT lmtp=$LMTP_PORT; work di
 ###########################################################################
 # Phase 2: record one real conversation between the adapter and mailauthd
 
-perl "$HERE/auth-recorder.pl" "$HT/recorder/auth.sock" "$M/run/auth.sock" "$HT/recorder/auth.txt" \
-	2>"$OUTDIR/recorder.err" &
+# The shared recording proxy (also used for Postfix) between the adapter and
+# mailauthd's auth socket.
+RECORDER=$HERE/../postfix/record-auth.pl
+REC=$HT/recorder/auth.txt
+perl "$RECORDER" "$HT/recorder/auth.sock" "$M/run/auth.sock" "$REC" 2>"$OUTDIR/recorder.err" &
 RECORDER_PID=$!
 for _ in $(seq 1 50); do [ -S "$HT/recorder/auth.sock" ] && break; sleep 0.1; done
 [ -S "$HT/recorder/auth.sock" ] || die "the recorder did not start" "$(cat "$OUTDIR/recorder.err")"
@@ -842,78 +845,73 @@ DETAIL=$OUT check "IMAP (LOGIN command): local mailbox with its password logs in
 expect_in "POP3: local mailbox with its password logs in" pop3 alice@example.org "$ALICE_PW" password
 expect_in "ManageSieve: local mailbox with its password logs in (and LISTSCRIPTS works)" sieve alice@example.org "$ALICE_PW" password
 expect_refused "IMAP: wrong password is refused" imap alice@example.org 'not-the-password' bad_credentials
-expect_in "IMAP: oidc mailbox with an app password logs in" imap olga@example.org "$OLGA_APP_ALL" app_password
 
 # The recording ends here: the recorder goes, the adapter's connections to it
 # close, and the next logins must reconnect to mailauthd on their own.
 point_auth_at "$T/mailauthd/run/auth.sock"
 stop_pid "$RECORDER_PID"
 RECORDER_PID=
-REC=$HT/recorder/auth.txt
-# The recording shows a TAB as \t: in these EREs that is '\\t'.
-rec_has() { # ERE
-	grep -Eq -- "$1" "$REC"
+# The recording holds real TABs; these checks read it with TAB shown as \t.
+SHOWN=$HT/recorder/auth.shown
+sed 's/\t/\\t/g' "$REC" >"$SHOWN"
+shown_has() { # ERE over the shown recording ('\\t' matches a TAB)
+	grep -Eq -- "$1" "$SHOWN"
 }
-first_lines() { # connection direction n: those lines, '|'-joined, CPID/SPID/CUID/COOKIE values as N
-	grep -E "^$1 $2: " "$REC" | head -n "$3" |
-		sed -E 's/^[0-9]+ [CS]: //; s/^(CPID|SPID|CUID|COOKIE)\\t[0-9a-f]+$/\1\\tN/' | tr '\n' '|'
+first_lines() { # connection direction n: its first lines, '|'-joined, CPID/SPID/CUID/COOKIE values as N
+	awk -v n="$1" -v d="$2: " '/^# connection [0-9]+$/ {on = ($3 == n)} on && index($0, d) == 1 {print substr($0, 4)}' "$SHOWN" |
+		head -n "$3" | sed -E 's/^(CPID|SPID|CUID|COOKIE)\\t[0-9a-f]+$/\1\\tN/' | tr '\n' '|'
 }
-DETAIL=$(cat "$REC") check "recording: the adapter opens with VERSION 1 2 and CPID <pid>" \
+DETAIL=$(cat "$SHOWN") check "recording: the adapter opens with VERSION 1 2 and CPID <pid>" \
 	test "$(first_lines 1 C 2)" = 'VERSION\t1\t2|CPID\tN|'
-DETAIL=$(cat "$REC") check "recording: mailauthd greets VERSION 1 2, MECH PLAIN, MECH LOGIN, SPID, CUID, COOKIE, DONE" \
+DETAIL=$(cat "$SHOWN") check "recording: mailauthd greets VERSION 1 2, MECH PLAIN, MECH LOGIN, SPID, CUID, COOKIE, DONE" \
 	test "$(first_lines 1 S 7)" = 'VERSION\t1\t2|MECH\tPLAIN\tplaintext|MECH\tLOGIN\tplaintext|SPID\tN|CUID\tN|COOKIE\tN|DONE|'
 svc_key=service
 [ "$V" = 2.4 ] && svc_key=protocol
 for svc in imap pop3 sieve; do
-	DETAIL=$(grep -E ' C: AUTH' "$REC") check "recording: the adapter sends AUTH <id> PLAIN $svc_key=$svc secured ... rip=127.0.0.1 resp=<base64> (resp last)" \
-		rec_has '^[0-9]+ C: AUTH\\t[0-9]+\\tPLAIN\\t'"$svc_key=$svc"'\\tsecured\\t.*\\trip=127\.0\.0\.1\\tresp=[A-Za-z0-9+/]+=*$'
+	DETAIL=$(grep -E '^C: AUTH' "$SHOWN") check "recording: the adapter sends AUTH <id> PLAIN $svc_key=$svc secured ... rip=127.0.0.1 resp=<base64> (resp last)" \
+		shown_has '^C: AUTH\\t[0-9]+\\tPLAIN\\t'"$svc_key=$svc"'\\tsecured\\t.*\\trip=127\.0\.0\.1\\tresp=[A-Za-z0-9+/]+=*$'
 done
-DETAIL=$(grep -E ' S: (OK|FAIL)' "$REC") check "recording: mailauthd answers OK <id> user=alice@example.org" \
-	rec_has '^[0-9]+ S: OK\\t[0-9]+\\tuser=alice@example\.org$'
-DETAIL=$(grep -E ' S: (OK|FAIL)' "$REC") check "recording: mailauthd answers the wrong password with FAIL <id> user=... reason=..." \
-	rec_has '^[0-9]+ S: FAIL\\t[0-9]+\\tuser=alice@example\.org\\treason=[^\\]+$'
+DETAIL=$(grep -E '^S: (OK|FAIL)' "$SHOWN") check "recording: mailauthd answers OK <id> user=alice@example.org" \
+	shown_has '^S: OK\\t[0-9]+\\tuser=alice@example\.org$'
+DETAIL=$(grep -E '^S: (OK|FAIL)' "$SHOWN") check "recording: mailauthd answers the wrong password with FAIL <id> user=... reason=..." \
+	shown_has '^S: FAIL\\t[0-9]+\\tuser=alice@example\.org\\treason=[^\\]+$'
 
+# UPDATE_FIXTURE=1: this version's recording replaces its section of the
+# fixture; the other version's section is kept.
 if [ "${UPDATE_FIXTURE:-0}" = 1 ]; then
-	section=$HT/fixture-section.txt
+	tmp=$HT/fixture
 	{
-		echo "## Dovecot $DOVECOT_VERSION${ROOT:+ (chroot)}: conf-examples/dovecot/$V/conf.d/auth-mailauthd.conf.ext"
-		echo "## logins, in order: IMAP AUTHENTICATE PLAIN, IMAP LOGIN, POP3, ManageSieve as alice"
-		echo "## (password); IMAP as alice with a wrong password; IMAP as olga (oidc) with an app password."
+		where="Debian 12"
+		[ -z "$ROOT" ] || where="Debian 13 tree, chroot"
+		echo "# == Dovecot $DOVECOT_VERSION ($where), conf-examples/dovecot/$V/conf.d/auth-mailauthd.conf.ext"
+		echo "# Logins, in order: IMAP AUTHENTICATE PLAIN, IMAP LOGIN, POP3, ManageSieve as alice with"
+		echo "# her password; IMAP as alice with a wrong password."
 		if [ -n "$ROOT" ]; then
-			echo "## Dovecot ran in a chroot without /proc, so the adapter's CPID is a random number."
+			echo "# Dovecot ran in a chroot without /proc, so the adapter's CPID is a random number."
 		fi
-		grep -v -- '-- cannot connect' "$REC"
-	} >"$section"
-	tmp=$HT/fixture.new
-	{
-		if [ -f "$FIXTURE" ]; then
-			sed -n '1,/^## Dovecot /{/^## Dovecot /d;p}' "$FIXTURE"
-		fi
-	} >"$tmp.head"
-	if [ ! -s "$tmp.head" ]; then
-		cat >"$tmp.head" <<'EOF'
-# What the shipped Dovecot adapter (conf-examples/dovecot/mailauthd.lua) and the
-# real mailauthd daemon said to each other on mailauthd's auth socket, recorded
-# by tests/e2e/dovecot/run.sh (UPDATE_FIXTURE=1): real Dovecot with the shipped
-# config, real clients (curl, a ManageSieve dialogue), and
-# tests/e2e/dovecot/auth-recorder.pl between the adapter and the socket.
-#
-# Each line is "<connection> C: <line>" (adapter to mailauthd),
-# "<connection> S: <line>" (mailauthd to adapter) or "<connection> -- <event>".
-# The protocol's line feeds end the lines here; a TAB is shown as \t, a
-# backslash as \\ and any other control byte as \xNN (none occur: Dovecot
-# refuses such user names before they reach the adapter). resp= is
-# base64("\0" user "\0" password) with this test's throw-away passwords.
-# SPID, CPID, CUID, COOKIE and session= differ on every run. A line starting
-# with "## " heads the recording for one Dovecot version.
-#
+		cat "$REC"
+	} >"$tmp.section"
+	cat >"$tmp.head" <<'EOF'
+# What the shipped Dovecot adapter (conf-examples/dovecot/mailauthd.lua) sends on mailauthd's
+# auth socket and what the real daemon answers, recorded by tests/e2e/dovecot/run.sh with
+# UPDATE_FIXTURE=1: real Dovecot with the shipped config, real clients (curl, a ManageSieve
+# dialogue), and the recording proxy tests/e2e/postfix/record-auth.pl between the adapter
+# and the socket. One section per Dovecot version, each starting with a "# == Dovecot" line.
+# One protocol line per file line: "C: " adapter -> mailauthd, "S: " mailauthd -> adapter,
+# then the line's raw bytes without the final LF; TABs are real TAB characters (not
+# escaped). Lines are in the order they reached the proxy: the adapter sends VERSION and
+# CPID without waiting for the handshake. "# connection N" lines mark connections; the
+# recording ended (the proxy stopped) while the adapter still held them open. resp= is
+# base64(NUL user NUL password); the only mailbox is alice@example.org, whose (throw-away)
+# password is Alice-correct-horse-1, so a replay against a daemon where alice has that
+# password must get the same answers. SPID, CPID, CUID, COOKIE and session= differ on
+# every run.
 EOF
-	fi
 	for ver in 2.3 2.4; do
 		if [ "$ver" = "$V" ]; then
-			cat "$section"
+			cat "$tmp.section"
 		elif [ -f "$FIXTURE" ]; then
-			awk -v v="$ver" '/^## Dovecot /{on = (index($0, "## Dovecot " v ".") == 1)} on' "$FIXTURE"
+			awk -v v="$ver" '/^# == Dovecot / {on = (index($0, "# == Dovecot " v ".") == 1)} on' "$FIXTURE"
 		fi
 	done >"$tmp.body"
 	cat "$tmp.head" "$tmp.body" >"$FIXTURE"
@@ -924,6 +922,7 @@ fi
 # Phase 3: who gets in, through every door
 
 expect_in "IMAP: first login after the recorder went reconnects to mailauthd" imap alice@example.org "$ALICE_PW" password
+expect_in "IMAP: oidc mailbox with an app password logs in" imap olga@example.org "$OLGA_APP_ALL" app_password
 
 expect_refused "IMAP: oidc mailbox with its stored password is refused" imap olga@example.org "$OLGA_PW" oidc_needs_app_password
 expect_refused "POP3: oidc mailbox with its stored password is refused" pop3 olga@example.org "$OLGA_PW" oidc_needs_app_password
@@ -1062,6 +1061,19 @@ if [ -n "$HAVE_THROTTLE" ]; then
 			"$OUT"$'\n'"$(decisions_since_mark)"
 	fi
 	expect_in "IMAP: the same mailbox still logs in from a trusted address" imap alice@example.org "$ALICE_PW" password
+	# The block is held by the running daemon: the CLI lists and lifts it.
+	OUT=$(mctl --json throttle list 2>&1 | tr -d ' \n') || true
+	DETAIL=$OUT check "throttle list shows 127.0.0.2/32 blocked" \
+		grep -Eq '\{[^{}]*"key":"127\.0\.0\.2/32"[^{}]*"blocked_until_ms":[0-9]+' <<<"$OUT"
+	OUT=$(mctl throttle clear 127.0.0.2 2>&1) || true
+	mark
+	HOST=127.0.0.2 curl_login imap alice@example.org "$ALICE_PW" --interface 127.0.0.2
+	if [ "$RC" = 0 ] && saw_decision alice@example.org ok password; then
+		ok "IMAP: after throttle clear 127.0.0.2 the right password gets in from there again"
+	else
+		not_ok "IMAP: after throttle clear 127.0.0.2 the right password gets in from there again" \
+			"clear said: $OUT"$'\n'"$(decisions_since_mark)"
+	fi
 elif [ "${E2E_THROTTLE:-0}" = 1 ]; then
 	not_ok "repeated failures are throttled: this mailauthd has no [throttle] section (E2E_THROTTLE=1)"
 else
