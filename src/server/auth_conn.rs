@@ -138,6 +138,9 @@ async fn run(
     tokio::pin!(idle);
     loop {
         tokio::select! {
+            // Replies and requests first: a line that arrives as the idle timer fires is
+            // served, not dropped.
+            biased;
             reply = rx.recv() => {
                 let Some(reply) = reply else { continue };
                 match reply {
