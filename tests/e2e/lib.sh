@@ -52,14 +52,14 @@ tcp_port_in_use() {
 }
 
 # Prints a free loopback TCP port in 30000-39999 not handed out before in this run.
-pick_port() {
+pick_port() { # VARIABLE: set in this shell (not a subshell), so picks never repeat
 	local p i
 	for i in $(seq 1 200); do
 		p=$((30000 + RANDOM % 10000))
 		case " $E2E_USED_PORTS " in *" $p "*) continue ;; esac
 		if ! tcp_port_in_use "$p" && ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
 			E2E_USED_PORTS="$E2E_USED_PORTS $p"
-			echo "$p"
+			printf -v "$1" '%s' "$p"
 			return 0
 		fi
 	done

@@ -105,11 +105,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
 
-SMTP_PORT=$(pick_port)
-SUB_PORT=$(pick_port)
-SUBS_PORT=$(pick_port)
-UNIX_PORT=$(pick_port)
-POLICY_PORT=$(pick_port)
+pick_port SMTP_PORT
+pick_port SUB_PORT
+pick_port SUBS_PORT
+pick_port UNIX_PORT
+pick_port POLICY_PORT
 POLICY_SOCK=$SOCK_DIR/policy
 
 # ---------------------------------------------------------------------------

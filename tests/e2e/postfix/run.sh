@@ -103,10 +103,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
 
-SMTP_PORT=$(pick_port)
-SUB_PORT=$(pick_port)
-SUBS_PORT=$(pick_port)
-CAP_PORT=$(pick_port)
+pick_port SMTP_PORT
+pick_port SUB_PORT
+pick_port SUBS_PORT
+pick_port CAP_PORT
 
 # ---------------------------------------------------------------------------
 # mailauthd: its own state, a fresh PostgreSQL database (or SQLite), running as nobody.
