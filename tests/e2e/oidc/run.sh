@@ -96,6 +96,8 @@ fi
 [ -x "$MAILAUTHD_BIN" ] || die "$MAILAUTHD_BIN is missing: run cargo build first (or set MAILAUTHD_BIN)"
 
 TMP=$(mktemp -d /tmp/mailauthd-e2e-oidc.XXXXXX)
+# Test-only: Dovecot's auth-worker user must reach the sockets in $TMP/run.
+chmod 0711 "$TMP"
 mkdir -p "$TMP/state" "$SHOTS"
 rm -f "$SHOTS"/*.png
 
@@ -144,6 +146,13 @@ url = "sqlite://$TMP/state/mailauthd.db"
 [credentials]
 argon2_memory_kib = 8192
 argon2_iterations = 1
+
+# Test-only: Dovecot's auth-worker user (dovecot) connects for the IMAP login hook.
+[auth_socket]
+mode = "0666"
+
+[userdb_socket]
+mode = "0666"
 
 [log]
 level = "info"
@@ -287,13 +296,21 @@ else
 	not_ok "auth test refuses the app password for pop3 for the right reason" "$(cat "$TMP/auth-pop3.txt")"
 fi
 
+LAST_USE_IP=192.0.2.7 # from the auth test above
 # >>> HOOK: real Dovecot IMAP login with curl (added with the Dovecot end-to-end suite).
 # When MAILAUTHD_E2E_IMAP_LOGIN names an executable, it is run as
 #   "$MAILAUTHD_E2E_IMAP_LOGIN" ADDRESS APP_PASSWORD
 # and must exit 0 when Dovecot (through the mailauthd adapter) accepted the IMAP login.
+# Defaults to tests/e2e/dovecot/imap-login.sh when Dovecot is installed.
+export MAILAUTHD_RUNTIME_DIR="$TMP/run"
+if [ -z "${MAILAUTHD_E2E_IMAP_LOGIN:-}" ] && command -v dovecot >/dev/null 2>&1; then
+	MAILAUTHD_E2E_IMAP_LOGIN=$REPO/tests/e2e/dovecot/imap-login.sh
+fi
 if [ -n "${MAILAUTHD_E2E_IMAP_LOGIN:-}" ]; then
 	if "$MAILAUTHD_E2E_IMAP_LOGIN" alice@example.org "$secret" >"$TMP/imap-login.txt" 2>&1; then
 		ok "Dovecot accepts an IMAP login with the app password"
+		# That login (from loopback) is now the app password's last use.
+		LAST_USE_IP=127.0.0.1
 	else
 		not_ok "Dovecot accepts an IMAP login with the app password" "$(cat "$TMP/imap-login.txt")"
 	fi
@@ -303,7 +320,7 @@ fi
 # <<< HOOK
 
 out=$(browser revoke 03-alice-revoke --login alice --name laptop)
-if grep -q 'from 192.0.2.7 (IMAP)' <<<"$(json 'j.before' <<<"$out")" &&
+if grep -qF "from $LAST_USE_IP (IMAP)" <<<"$(json 'j.before' <<<"$out")" &&
 	[ "$(json 'j.status' <<<"$out")" = "App password revoked. Programs using it can no longer log in." ]; then
 	ok "the page lists the last use (time, IP, protocol) and revokes the app password"
 else
