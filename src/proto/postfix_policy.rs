@@ -535,6 +535,60 @@ server_port=587\n\
         assert_eq!(decoded(bytes), (golden_37(), bytes.len()));
     }
 
+    /// A request as Postfix 3.7.11 (Debian) really sent it, recorded by
+    /// tests/e2e/postfix/policy.sh with UPDATE_FIXTURES=1: the `#` header, then the raw
+    /// bytes of the RCPT-stage request.
+    const RECORDED_37: &str = include_str!("../../tests/fixtures/postfix-3.7-policy.txt");
+
+    /// The fixture without its `#` header lines: the request's bytes as received.
+    fn recorded_37_request() -> &'static [u8] {
+        let mut rest = RECORDED_37;
+        while rest.starts_with('#') {
+            let end = rest.find('\n').expect("a header line ends with LF");
+            rest = &rest[end + 1..];
+        }
+        rest.as_bytes()
+    }
+
+    #[test]
+    fn decodes_a_request_recorded_from_postfix_37() {
+        let bytes = recorded_37_request();
+        assert!(bytes.starts_with(b"request=smtpd_access_policy\n"));
+        assert!(bytes.ends_with(b"\n\n"));
+        let (request, consumed) = decoded(bytes);
+        assert_eq!(consumed, bytes.len());
+        assert_eq!(request.validate(), Ok(()));
+        assert_eq!(request.request, PolicyRequest::SMTPD_ACCESS_POLICY);
+        assert_eq!(request.protocol_state.as_deref(), Some("RCPT"));
+        assert_eq!(request.sasl_username.as_deref(), Some("alice@example.org"));
+        assert_eq!(request.sasl_method.as_deref(), Some("PLAIN"));
+        assert_eq!(request.sender.as_deref(), Some("alice@example.org"));
+        assert_eq!(request.recipient.as_deref(), Some("bob@example.org"));
+        assert_eq!(request.instance.as_deref(), Some("50e7.6b0ba0e0.3b960.0"));
+        assert_eq!(request.recipient_count, Some(0));
+        assert_eq!(request.queue_id, None);
+        assert_eq!(request.sasl_sender, None);
+        assert_eq!(request.client_address, Some("127.0.1.19".parse().unwrap()));
+        assert_eq!(request.server_address, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(request.other_value("policy_context"), Some("submissions"));
+        assert_eq!(request.other_value("encryption_protocol"), Some("TLSv1.3"));
+
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                decode(&bytes[..cut], &Limits::default()),
+                Decoded::NeedMore,
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(
+            decode(bytes, &Limits::default()),
+            Decoded::Request {
+                request,
+                consumed: bytes.len()
+            }
+        );
+    }
+
     #[test]
     fn keeps_postfix_38_version_attributes_in_other() {
         let input = GOLDEN_37.replace(

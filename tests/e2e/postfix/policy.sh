@@ -34,6 +34,10 @@
 #   ARTIFACTS                     logs, configs and client transcripts go to
 #                                 $ARTIFACTS/postfix-policy-e2e (default ci-artifacts; a
 #                                 relative path is taken from the repository root)
+#   UPDATE_FIXTURES=1             also write tests/fixtures/postfix-3.7-policy.txt: one
+#                                 authenticated submission through a test-only service
+#                                 whose policy socket is a recording proxy
+#                                 (record-auth.pl) in front of mailauthd's unix listener
 #   KEEP=1                        keep the temporary folder
 # Prints one "ok - …" / "not ok - …" line per check, then "N passed, N failed".
 
@@ -51,6 +55,7 @@ cd "$REPO"
 EXAMPLES=$REPO/conf-examples/postfix
 BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/postfix-policy-e2e
+FIXTURE=$REPO/tests/fixtures/postfix-3.7-policy.txt
 
 die() { # MESSAGE [DETAIL]
 	not_ok "setup: $1" "${2:-}"
@@ -75,6 +80,9 @@ echo "# Postfix $POSTFIX_VERSION, swaks $(swaks --version 2>/dev/null | head -n1
 pf_init postfix-policy-e2e
 AUTH_SOCK=$SOCK_DIR/auth
 TLS_CHILD=
+CAPTURE_SOCK=$SOCK_DIR/policy-capture
+CAPTURE=$T/postfix-policy-capture.txt
+RECORDER_PID=
 
 collect_artifacts() {
 	mkdir -p "$ART" 2>/dev/null || return 0
@@ -83,6 +91,7 @@ collect_artifacts() {
 	cp -f "$CONF/main.cf" "$ART/main.cf" 2>/dev/null || true
 	cp -f "$CONF/master.cf" "$ART/master.cf" 2>/dev/null || true
 	cp -f "$MD_CONF" "$ART/mailauthd.toml" 2>/dev/null || true
+	[ ! -e "$CAPTURE" ] || cp -f "$CAPTURE" "$ART/postfix-policy-capture.txt" 2>/dev/null || true
 	if [ -d "$T/transcripts" ]; then
 		rm -rf "$ART/transcripts"
 		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
@@ -93,6 +102,7 @@ cleanup() {
 	local rc=$?
 	set +eu
 	stop_pid "$TLS_CHILD" 2
+	stop_pid "$RECORDER_PID"
 	pf_cleanup
 	collect_artifacts
 	if [ -n "${KEEP:-}" ]; then
@@ -111,6 +121,8 @@ pick_port SUBS_PORT
 pick_port UNIX_PORT
 pick_port POLICY_PORT
 POLICY_SOCK=$SOCK_DIR/policy
+CAPTURE_PORT=
+[ -z "${UPDATE_FIXTURES:-}" ] || CAPTURE_PORT=$(pick_port)
 
 # ---------------------------------------------------------------------------
 # mailauthd: its own state, a fresh PostgreSQL database (or SQLite), running as nobody.
@@ -143,6 +155,14 @@ wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 
 wait_tcp "$POLICY_PORT" 10 || die "mailauthd does not listen on 127.0.0.1:$POLICY_PORT" "$(tail -n 20 "$MD_LOG")"
 wait_unix "$POLICY_SOCK" 10 || die "mailauthd did not open $POLICY_SOCK" "$(tail -n 20 "$MD_LOG")"
 md_is_daemon || die "the pid of mailauthd serve is not the daemon's ($MD_PID)"
+
+# The recording proxy for the fixture (UPDATE_FIXTURES only): capture service -> proxy
+# -> mailauthd's unix policy listener.
+if [ -n "$CAPTURE_PORT" ]; then
+	perl "$HERE/record-auth.pl" "$CAPTURE_SOCK" "$POLICY_SOCK" "$CAPTURE" 2>>"$MD_LOG" &
+	RECORDER_PID=$!
+	wait_unix "$CAPTURE_SOCK" 10 || die "the recording proxy did not start"
+fi
 
 # Test data, through the CLI.
 ALICE_PW='correct horse battery staple'
@@ -218,8 +238,21 @@ grep -q "^${SMTP_PORT}[[:space:]]" "$CONF/master.cf" &&
 	echo "  -o mailauthd_policy_socket=unix:mailauthd/policy"
 } >>"$CONF/master.cf"
 grep -q "^${UNIX_PORT}[[:space:]]" "$CONF/master.cf" || die "could not add the policy-unix service"
+# UPDATE_FIXTURES only: the same again, asking the policy through the recording proxy.
+if [ -n "$CAPTURE_PORT" ]; then
+	{
+		echo
+		echo "# ---- test only (UPDATE_FIXTURES): submissions with the policy through the recorder ----"
+		sed -n '/^submissions[[:space:]]/,$p' "$EXAMPLES/master.cf.submission" |
+			sed -E -e "s/^submissions([[:space:]])/$CAPTURE_PORT\1/" \
+				-e 's|^(  -o syslog_name=postfix/)submissions$|\1policy-capture|'
+		echo "  -o mailauthd_policy_socket=unix:mailauthd/policy-capture"
+	} >>"$CONF/master.cf"
+	grep -q "^${CAPTURE_PORT}[[:space:]]" "$CONF/master.cf" || die "could not add the policy-capture service"
+fi
 
-pf_start "$SMTP_PORT" "$SUB_PORT" "$SUBS_PORT" "$UNIX_PORT"
+# shellcheck disable=SC2086 # CAPTURE_PORT is empty or one port
+pf_start "$SMTP_PORT" "$SUB_PORT" "$SUBS_PORT" "$UNIX_PORT" $CAPTURE_PORT
 echo "# Postfix master $MASTER_PID: smtp $SMTP_PORT, submission $SUB_PORT, submissions $SUBS_PORT, policy-unix $UNIX_PORT; mailauthd policy $POLICY_PORT"
 # An smtpd that cannot reach the auth socket exits before its greeting, and the master
 # then throttles the service for a minute: stop here rather than time out at every check.
@@ -401,6 +434,39 @@ expect_rcpt "policy over the unix socket: carol@example.org -> 554 5.7.1 not own
 	'554 5\.7\.1 .*<carol@example\.org>: not owned by alice@example\.org$' "$f"
 via_unix=$(grep -F 'sender="alice+unix@example.org"' "$MD_LOG" | grep -c 'policy{peer=unix' || true)
 expect_eq "mailauthd got that request on its unix listener" 1 "$via_unix" "$(grep -F 'alice+unix' "$MD_LOG")"
+
+if [ -n "$CAPTURE_PORT" ]; then
+	echo "# fixture: one submission through the recording proxy (UPDATE_FIXTURES)"
+	f=$(swaks_run "policy capture" --server "127.0.0.1:$CAPTURE_PORT" --tls-on-connect --auth PLAIN \
+		--auth-user alice@example.org --auth-password "$ALICE_PW" --from alice@example.org)
+	expect_sent "alice sends as alice@example.org through the recording proxy" "$f"
+	stop_pid "$RECORDER_PID"
+	RECORDER_PID=
+	# The first request of the first connection, as raw bytes: each "C: " line plus its
+	# LF, up to and including the empty line that ends the request.
+	request=$T/postfix-policy-request.txt
+	perl -ne 'if (/^C: (.*)$/) { print "$1\n"; exit if $1 eq "" } elsif (/^# \(no LF/) { exit 1 }' \
+		"$CAPTURE" >"$request" || true
+	if grep -qx 'request=smtpd_access_policy' "$request" && grep -qx 'protocol_state=RCPT' "$request" &&
+		grep -qx 'sasl_username=alice@example.org' "$request" && grep -qx 'sender=alice@example.org' "$request" &&
+		grep -qx 'recipient=bob@example.org' "$request" && [ "$(tail -c 2 "$request" | od -An -c | tr -d ' ')" = '\n\n' ]; then
+		ok "recorded an RCPT request for alice -> bob, ending with the empty line"
+		{
+			echo "# What Postfix $POSTFIX_VERSION (Debian) smtpd sends to check_policy_service: the RCPT-stage"
+			echo "# smtpd_access_policy request, recorded by tests/e2e/postfix/policy.sh (UPDATE_FIXTURES=1)"
+			echo "# through a proxy (record-auth.pl) in front of mailauthd's unix policy listener."
+			echo "# SMTP session: swaks to a copy of master.cf.submission's submissions service (TLS from"
+			echo "# the first byte, chrooted smtpd, policy_context=submissions), AUTH PLAIN as"
+			echo "# alice@example.org, MAIL FROM:<alice@example.org>, RCPT TO:<bob@example.org>."
+			echo "# After these '#' lines: the request's raw bytes as received (name=value lines, LF"
+			echo "# only), ending with the empty line."
+			cat "$request"
+		} >"$FIXTURE"
+		echo "# wrote $FIXTURE"
+	else
+		not_ok "recorded an RCPT request for alice -> bob, ending with the empty line" "$(cat "$CAPTURE")"
+	fi
+fi
 
 # ---------------------------------------------------------------------------
 echo "# access re-checks within one SMTP session (openssl s_client on submissions)"
