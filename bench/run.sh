@@ -15,7 +15,8 @@
 #   BENCH_ARGON_USERS=32      mailboxes with an Argon2id hash written by mailauthd
 #   BENCH_BIG=1000000         mailboxes for the "large database" latency runs (0: skip)
 #   BENCH_POLICY_CONNECTIONS=32
-#   BENCH_OUT=bench/results/YYYY-MM-DD.md   where the report goes ("-": stdout only)
+#   BENCH_OUT=bench/results/YYYY-MM-DD.md   where the report goes ("-": stdout only;
+#                             by default -2, -3, … are added rather than overwrite one)
 #   BENCH_PERF=1              also record a CPU profile of mailauthd during the
 #                             app-password run (needs perf); its top symbols go in the report
 #   BENCH_KEEP=1              keep the temporary folder (configs, logs, raw JSON)
@@ -40,7 +41,16 @@ ARGON_USERS=${BENCH_ARGON_USERS:-32}
 BIG=${BENCH_BIG:-1000000}
 POLICY_CONNS=${BENCH_POLICY_CONNECTIONS:-32}
 DATE=$(date -u +%Y-%m-%d)
-OUT=${BENCH_OUT:-bench/results/$DATE.md}
+OUT=${BENCH_OUT:-}
+if [[ -z $OUT ]]; then
+    # Never overwrite an earlier report of the same day.
+    OUT=bench/results/$DATE.md
+    n=2
+    while [[ -e $OUT ]]; do
+        OUT=bench/results/$DATE-$n.md
+        n=$((n + 1))
+    done
+fi
 DOMAIN=bench.test
 # Argon2id cost of the hashes mailauthd writes here: `doveadm pw -s ARGON2ID`'s defaults,
 # so both servers verify hashes of the same cost (they verify the very same hashes).
