@@ -406,14 +406,22 @@ async fn app_passwords_and_last_use(s: &dyn Store) {
     };
     assert!(s.create_app_password(&orphan).await.is_err());
 
-    let found = s.find_app_password(&"a".repeat(64)).await.unwrap().unwrap();
+    let app_of = |hash: String| async move {
+        let (_, app) = s
+            .login_view_with_app_password("alice@example.org", &hash)
+            .await
+            .unwrap()
+            .unwrap();
+        app
+    };
+    let found = app_of("a".repeat(64)).await.unwrap();
     assert_eq!(
         (found.id, found.name.as_str(), found.expires_at),
         (id, "phone", Some(5_000))
     );
     assert_eq!(found.networks, new.networks);
     assert!(found.allows(Protocol::Imap) && !found.allows(Protocol::Pop3));
-    assert_eq!(s.find_app_password(&"f".repeat(64)).await.unwrap(), None);
+    assert_eq!(app_of("f".repeat(64)).await, None);
 
     let uses = vec![
         LastUse {
@@ -463,7 +471,7 @@ async fn app_passwords_and_last_use(s: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        s.find_app_password(&"a".repeat(64)).await.unwrap(),
+        app_of("a".repeat(64)).await,
         None,
         "revocation is immediate"
     );

@@ -182,7 +182,6 @@ pub trait Store: Send + Sync + 'static {
 
     // App passwords
     async fn create_app_password(&self, app_password: &NewAppPassword) -> StoreResult<i64>;
-    async fn find_app_password(&self, lookup_hash: &str) -> StoreResult<Option<AppPassword>>;
     async fn list_app_passwords(&self, mailbox: &str) -> StoreResult<Vec<AppPassword>>;
     async fn delete_app_password(&self, mailbox: &str, id: i64) -> StoreResult<()>;
 

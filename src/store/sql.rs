@@ -937,18 +937,6 @@ impl Store for SqlStore {
         decode(row.try_get::<i64, _>(0), "app password")
     }
 
-    async fn find_app_password(&self, lookup_hash: &str) -> StoreResult<Option<AppPassword>> {
-        let row = decode(
-            sqlx::query(&self.q(&format!("{} WHERE lookup_hash = ?", APP_PASSWORD_COLUMNS)))
-                .bind(lookup_hash)
-                .fetch_optional(&self.pool)
-                .await,
-            "app password",
-        )?;
-        row.map(|r| decode(app_password_from(&r), "app password"))
-            .transpose()
-    }
-
     async fn list_app_passwords(&self, mailbox: &str) -> StoreResult<Vec<AppPassword>> {
         let rows = decode(
             sqlx::query(&self.q(&format!(
