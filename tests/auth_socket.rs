@@ -15,7 +15,8 @@ use base64::Engine;
 const BIN: &str = env!("CARGO_BIN_EXE_mailauthd");
 
 struct Daemon {
-    child: Child,
+    /// The running daemon; `None` while the test data is being written.
+    child: Option<Child>,
     dir: tempfile::TempDir,
     config: PathBuf,
 }
@@ -47,7 +48,7 @@ impl Daemon {
         )
         .unwrap();
         let mut d = Daemon {
-            child: Command::new("true").spawn().unwrap(),
+            child: None,
             dir,
             config,
         };
@@ -62,12 +63,14 @@ impl Daemon {
                 None,
             );
         }
-        d.child = Command::new(BIN)
-            .args(["--config", d.config.to_str().unwrap(), "serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        d.child = Some(
+            Command::new(BIN)
+                .args(["--config", d.config.to_str().unwrap(), "serve"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while !d.socket("userdb").exists() {
             assert!(
@@ -129,10 +132,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
     }
 }
 
