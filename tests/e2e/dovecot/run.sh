@@ -17,8 +17,6 @@
 #                   store-outage checks run mailauthd on a fresh database made
 #                   there (dropped at the end). Without it they are skipped,
 #                   or fail when CI is set.
-#   E2E_THROTTLE    1: fail when mailauthd has no [throttle] section (by default
-#                   the throttle check runs when it has one, else is skipped)
 #   ARTIFACTS       logs and configs go to $ARTIFACTS/dovecot-e2e/<version>/
 #                   (default ci-artifacts under the repo)
 #   UPDATE_FIXTURE  1: write the recorded adapter conversation into
@@ -1042,8 +1040,7 @@ DETAIL=$OUT check "IMAP: alice reads the delivered message back" \
 ###########################################################################
 # Phase 5: repeated failures are throttled
 #
-# Runs when mailauthd accepts THROTTLE_TOML's [throttle] section; skipped when
-# the binary has no throttle yet, unless E2E_THROTTLE=1 makes that a failure.
+# A binary that does not accept THROTTLE_TOML's [throttle] section fails this phase.
 # 127.0.0.1 is a trusted network there; these attempts come from 127.0.0.2,
 # which Dovecot passes on as rip=.
 
@@ -1074,10 +1071,8 @@ if [ -n "$HAVE_THROTTLE" ]; then
 		not_ok "IMAP: after throttle clear 127.0.0.2 the right password gets in from there again" \
 			"clear said: $OUT"$'\n'"$(decisions_since_mark)"
 	fi
-elif [ "${E2E_THROTTLE:-0}" = 1 ]; then
-	not_ok "repeated failures are throttled: this mailauthd has no [throttle] section (E2E_THROTTLE=1)"
 else
-	skip "repeated failures are throttled" "mailauthd has no [throttle] section yet"
+	not_ok "repeated failures are throttled: this mailauthd does not accept the [throttle] section"
 fi
 
 ###########################################################################
