@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::auth::password::Argon2Params;
 use crate::auth::services::ServiceMap;
 use crate::auth::throttle::ThrottleConfig;
+use crate::auth::verify_cache::VerifyCacheConfig;
 use crate::names::Protocol;
 use crate::policy::{check_reply_text, NullSender, PolicySettings, ReplyTexts};
 use crate::proto::postfix_policy::Limits as CodecLimits;
@@ -43,6 +44,7 @@ pub struct FileConfig {
     pub policy_socket: ListenerSection,
     pub control_socket: ControlSection,
     pub policy: PolicySection,
+    pub metrics: MetricsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +120,16 @@ pub struct CredentialsSection {
     pub argon2_iterations: Option<u32>,
     pub argon2_parallelism: Option<u32>,
     pub rehash_on_login: Option<bool>,
+    pub verify_cache_entries: Option<usize>,
+    pub verify_cache_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricsSection {
+    pub listen: Option<String>,
+    pub path: Option<String>,
+    pub on_web_listener: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +235,17 @@ pub struct Config {
     pub oidc: Option<crate::oidc::OidcSettings>,
     /// The web page; `None` when `[web]` is absent.
     pub web: Option<crate::web::WebSettings>,
+    pub verify_cache: VerifyCacheConfig,
+    pub metrics: MetricsSettings,
+}
+
+/// Where `/metrics` is served: its own listener, the web page's, both or neither.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// A listener of its own, which also answers `/healthz` and `/readyz`.
+    pub listen: Option<std::net::SocketAddr>,
+    pub path: String,
+    pub on_web_listener: bool,
 }
 
 /// One problem, naming the key it is about.
@@ -487,10 +510,39 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         .web
         .and_then(|section| crate::web::settings::check(section, oidc.as_ref(), problems));
 
+    let verify_cache = VerifyCacheConfig {
+        entries: file
+            .credentials
+            .verify_cache_entries
+            .unwrap_or(VerifyCacheConfig::default().entries),
+        lifetime: Duration::from_secs(
+            file.credentials
+                .verify_cache_secs
+                .unwrap_or(VerifyCacheConfig::default().lifetime.as_secs()),
+        ),
+    };
+    if verify_cache.entries > 10_000_000 {
+        problem(
+            problems,
+            "credentials.verify_cache_entries",
+            "must be at most 10000000 (0 turns the cache off)",
+        );
+    }
+    if verify_cache.lifetime > Duration::from_secs(86_400) {
+        problem(
+            problems,
+            "credentials.verify_cache_secs",
+            "must be at most 86400 (one day)",
+        );
+    }
+    let metrics = check_metrics(file.metrics, web.is_some(), problems);
+
     Config {
         source: None,
         oidc,
         web,
+        verify_cache,
+        metrics,
         key_file: file
             .credentials
             .key_file
@@ -517,6 +569,65 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         policy_socket,
         control_socket,
         policy,
+    }
+}
+
+fn check_metrics(
+    section: MetricsSection,
+    web_configured: bool,
+    problems: &mut Vec<Problem>,
+) -> MetricsSettings {
+    let listen = section.listen.as_deref().and_then(|text| {
+        text.trim()
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                problem(
+                    problems,
+                    "metrics.listen",
+                    format!("{text:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9154)"),
+                )
+            })
+            .ok()
+    });
+    let path = section.path.unwrap_or_else(|| "/metrics".into());
+    if !path.starts_with('/') || path.len() > 200 || path.chars().any(char::is_whitespace) {
+        problem(
+            problems,
+            "metrics.path",
+            "must be a URL path starting with / (default /metrics)",
+        );
+    }
+    let on_web_listener = section.on_web_listener.unwrap_or(false);
+    if on_web_listener && !web_configured {
+        problem(
+            problems,
+            "metrics.on_web_listener",
+            "needs a [web] section (or use metrics.listen for a listener of its own)",
+        );
+    }
+    if ["/healthz", "/readyz"].contains(&path.as_str())
+        || (on_web_listener
+            && [
+                "/",
+                "/login",
+                "/login/password",
+                "/callback",
+                "/logout",
+                "/app-passwords",
+                "/app-passwords/revoke",
+            ]
+            .contains(&path.as_str()))
+    {
+        problem(
+            problems,
+            "metrics.path",
+            format!("{path} is already a page of its listener; pick another path"),
+        );
+    }
+    MetricsSettings {
+        listen,
+        path,
+        on_web_listener,
     }
 }
 

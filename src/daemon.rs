@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::activation::Activated;
 use crate::cli::CliError;
 use crate::config::{self, Config};
 use crate::logging::LogControl;
 use crate::runtime::Core;
 use crate::server::FrontDoors;
 use crate::systemd;
+use crate::web::WebServer;
 
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -22,6 +24,10 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
     ) else {
         return Err(CliError::refused("cannot install signal handlers"));
     };
+    let mut activated = Activated::from_environment().map_err(|e| {
+        tracing::error!(error = %e, "cannot take the sockets systemd passed");
+        CliError::refused(e.to_string())
+    })?;
     let core = Core::start(&config).await.map_err(|e| {
         tracing::error!(error = %e, "cannot start");
         if e.is_temporary() {
@@ -35,6 +41,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
         core.auth.clone(),
         core.store.clone(),
         core.throttle.clone(),
+        &mut activated,
     ) {
         Ok(doors) => doors,
         Err(e) => {
@@ -43,18 +50,49 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
             return Err(CliError::refused(e.to_string()));
         }
     };
-    let web = match crate::web::start_if_configured(&config, core.store.clone(), core.auth.clone())
-        .await
-    {
-        Ok(web) => web,
+    let mut http = Vec::new();
+    let web = crate::web::start_if_configured(
+        &config,
+        core.store.clone(),
+        core.auth.clone(),
+        &mut activated,
+    )
+    .await;
+    let metrics = match web {
+        Ok(web) => {
+            http.extend(web);
+            crate::web::metrics::start_if_configured(
+                &config.metrics,
+                core.auth.clone(),
+                core.store.clone(),
+                &mut activated,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match metrics {
+        Ok(metrics) => http.extend(metrics),
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the web page");
-            doors.drain(DRAIN_GRACE).await;
-            core.shutdown().await;
+            tracing::error!(error = %e, "cannot start an HTTP listener");
+            stop_all(doors, http, core).await;
             return Err(CliError::refused(e.to_string()));
         }
-    };
-    let listening = doors.endpoints.join(", ");
+    }
+    if !activated.is_empty() {
+        let names = activated.unclaimed().join(", ");
+        tracing::error!(sockets = %names, "systemd passed sockets for listeners that are not configured");
+        stop_all(doors, http, core).await;
+        return Err(CliError::refused(format!(
+            "systemd passed sockets named {names}, but their listeners are not configured"
+        )));
+    }
+    let mut endpoints = doors.endpoints.clone();
+    endpoints.extend(http.iter().map(|s| {
+        let what = if s.state.is_some() { "web" } else { "metrics" };
+        format!("{what} tcp:{}", s.local_addr)
+    }));
+    let listening = endpoints.join(", ");
     tracing::info!(store = %config.store.url, listeners = %listening, hash_workers = config.hash_workers, "mailauthd ready");
     systemd::ready(&format!("serving {listening}"));
     systemd::spawn_watchdog();
@@ -66,26 +104,37 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 systemd::reloading();
-                current = reload(current, &log);
+                current = reload(current, &log, &Live { core: &core, http: &http });
                 systemd::ready(&format!("serving {listening}"));
             }
         }
     }
     tracing::info!("stopping: draining connections");
     systemd::stopping("draining connections");
-    doors.drain(DRAIN_GRACE).await;
-    if let Some(web) = web {
-        web.stop().await;
-    }
-    systemd::status("flushing last-use records");
-    core.shutdown().await;
+    stop_all(doors, http, core).await;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// Drains the front doors and HTTP listeners, then flushes last-use records.
+async fn stop_all(doors: FrontDoors, http: Vec<WebServer>, core: Core) {
+    doors.drain(DRAIN_GRACE).await;
+    for server in http {
+        server.stop().await;
+    }
+    systemd::status("flushing last-use records");
+    core.shutdown().await;
+}
+
+/// What a reload can change in the running daemon.
+struct Live<'a> {
+    core: &'a Core,
+    http: &'a [WebServer],
+}
+
 /// Re-reads the config file. What can change live is applied; the rest is named so the
 /// postmaster knows a restart is needed. A broken file changes nothing.
-fn reload(old: Config, log: &LogControl) -> Config {
+fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> Config {
     let Some(path) = old.source.clone() else {
         return old;
     };
@@ -106,12 +155,31 @@ fn reload(old: Config, log: &LogControl) -> Config {
             Err(e) => tracing::warn!(error = %e, "cannot change the log level"),
         }
     }
+    let mut applied = Vec::new();
+    if new.log_level != old.log_level {
+        applied.push("log.level");
+    }
+    if format!("{:?}", old.oidc) != format!("{:?}", new.oidc) {
+        let web = live.http.iter().filter_map(|s| s.state.as_ref());
+        let mut failed = false;
+        for state in web {
+            if let Err(e) = state.reconfigure(&new) {
+                tracing::error!(error = %e, "reload: the new [oidc] settings cannot be used; keeping the old ones");
+                failed = true;
+            }
+        }
+        if !failed {
+            applied.push("oidc");
+        }
+    }
+    let _ = live.core;
     let needs_restart = restart_only_changes(&old, &new);
     if needs_restart.is_empty() {
-        tracing::info!(config = %path.display(), "configuration reloaded");
+        tracing::info!(config = %path.display(), applied = %applied.join(", "), "configuration reloaded");
     } else {
         tracing::warn!(
             config = %path.display(),
+            applied = %applied.join(", "),
             keys = %needs_restart.join(", "),
             "configuration reloaded; these changes take effect after a restart"
         );
@@ -143,8 +211,18 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.throttle != new.throttle, "throttle");
     check(old.log_format != new.log_format, "log.format");
     check(
-        format!("{:?}", old.oidc) != format!("{:?}", new.oidc),
-        "oidc",
+        old.verify_cache != new.verify_cache,
+        "credentials.verify_cache_*",
+    );
+    check(old.metrics != new.metrics, "metrics");
+    check(
+        format!("{:?}", old.policy_socket) != format!("{:?}", new.policy_socket)
+            || format!("{:?}", old.control_socket) != format!("{:?}", new.control_socket),
+        "policy_socket/control_socket",
+    );
+    check(
+        format!("{:?}", old.policy) != format!("{:?}", new.policy),
+        "policy",
     );
     check(format!("{:?}", old.web) != format!("{:?}", new.web), "web");
     check(

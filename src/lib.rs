@@ -17,6 +17,7 @@
     )
 )]
 
+pub mod activation;
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod keyfile;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod oidc;
 pub mod policy;

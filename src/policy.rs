@@ -342,8 +342,14 @@ impl PolicyService {
 
     /// Decides one request and writes one audit line for it.
     pub async fn decide(&self, request: &PolicyRequest) -> Result<Decision, DecisionError> {
+        let started = std::time::Instant::now();
         let result = self.evaluate(request).await;
         audit(request, &result);
+        let (action, reason) = match &result {
+            Ok(decision) => (decision.label(), decision.reason().code()),
+            Err(e) => ("error", e.code()),
+        };
+        crate::metrics::policy_decided(action, reason, started.elapsed());
         result
     }
 

@@ -7,6 +7,7 @@ use thiserror::Error;
 use crate::auth::last_use::LastUseWriter;
 use crate::auth::pool::HashPool;
 use crate::auth::throttle::{Fingerprinter, Throttle};
+use crate::auth::verify_cache::VerifyCache;
 use crate::auth::{Authenticator, AuthenticatorParts};
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -21,7 +22,7 @@ pub enum StartError {
     Key(#[from] KeyFileError),
     #[error("credentials: {0}")]
     Credentials(String),
-    #[error("the operating system gave no random bytes for the throttle's key: {0}")]
+    #[error("the operating system gave no random bytes for an in-memory key: {0}")]
     Random(getrandom::Error),
 }
 
@@ -69,6 +70,9 @@ impl Core {
             rehash_on_login: config.rehash_on_login,
             last_use: sender,
             throttle: throttle.clone(),
+            verify_cache: Arc::new(
+                VerifyCache::new(config.verify_cache).map_err(StartError::Random)?,
+            ),
         })
         .map_err(|e| StartError::Credentials(e.to_string()))?;
         Ok(Core {

@@ -19,6 +19,7 @@ use mailauthd::auth::password::{self, Argon2Params};
 use mailauthd::auth::pool::HashPool;
 use mailauthd::auth::services::ServiceMap;
 use mailauthd::auth::throttle::{Fingerprinter, Throttle, ThrottleConfig};
+use mailauthd::auth::verify_cache::{VerifyCache, VerifyCacheConfig};
 use mailauthd::auth::{AuthRequest, Authenticator, AuthenticatorParts, Outcome, TempCause};
 use mailauthd::clock::ManualClock;
 use mailauthd::names::{Address, Protocols};
@@ -247,6 +248,7 @@ async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
             },
             Fingerprinter::with_key([7; 32]),
         )),
+        verify_cache: Arc::new(VerifyCache::new(VerifyCacheConfig::default()).unwrap()),
     })
     .unwrap();
     Fixture { auth, writer, apps }
@@ -760,4 +762,93 @@ async fn a_lost_database_is_a_temporary_failure() {
     let out = decide(&f, "oidc@example.org", &f.apps["imap"].1, "imap", None).await;
     assert_eq!(out, Outcome::TempFail(TempCause::StoreUnavailable));
     f.writer.shutdown().await;
+}
+
+/// A remembered password saves the hash, never a decision: every change to the mailbox
+/// counts on the very next login, cached or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verification_cache_never_outlives_a_change() {
+    let db = common::fresh(&common::Backend::Sqlite).await;
+    let pool = Arc::new(HashPool::new(1, 0));
+    let f = setup(db.dyn_store(), pool.clone()).await;
+    let store = f.auth.store().clone();
+    let local = |pw: &str| {
+        let pw = Secret::from(pw);
+        let f = &f;
+        async move {
+            decide(f, "local@example.org", &pw, "imap", None)
+                .await
+                .reason()
+        }
+    };
+    assert_eq!(local("pw-local").await, "password");
+    assert_eq!(f.auth.verify_cache().len(), 1);
+
+    // A hit needs no hash worker: with the only worker held, the login still passes.
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let blocker = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.run(move || wait.recv_timeout(Duration::from_secs(10)))
+                .await
+        })
+    };
+    while pool.depth() < 1 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        local("pw-local").await,
+        "password",
+        "answered from the cache"
+    );
+    assert_eq!(
+        local("wrong").await,
+        "hash_pool_busy",
+        "failures are never cached"
+    );
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap().unwrap();
+
+    let mut mailbox = store
+        .get_mailbox("local@example.org")
+        .await
+        .unwrap()
+        .unwrap();
+    mailbox.state = MailboxState::Disabled;
+    store
+        .update_mailbox(&mailbox, &|_, _| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(local("pw-local").await, "mailbox_disabled");
+    mailbox.state = MailboxState::Active;
+    store
+        .update_mailbox(&mailbox, &|_, _| Ok(()))
+        .await
+        .unwrap();
+    assert_eq!(local("pw-local").await, "password");
+
+    store
+        .set_auth_source("local@example.org", AuthSource::Oidc, NOW)
+        .await
+        .unwrap();
+    assert_eq!(local("pw-local").await, "oidc_needs_app_password");
+    store
+        .set_auth_source("local@example.org", AuthSource::Local, NOW)
+        .await
+        .unwrap();
+    assert_eq!(local("pw-local").await, "password");
+
+    let new = password::hash_argon2id(b"pw-new", CHEAP).unwrap();
+    store
+        .set_password_hash("local@example.org", Some(&new), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        local("pw-local").await,
+        "bad_credentials",
+        "old password, cached or not"
+    );
+    assert_eq!(local("pw-new").await, "password");
+    f.writer.shutdown().await;
+    db.finish().await;
 }

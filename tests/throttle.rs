@@ -19,6 +19,7 @@ use mailauthd::auth::password::{self, Argon2Params};
 use mailauthd::auth::pool::HashPool;
 use mailauthd::auth::services::ServiceMap;
 use mailauthd::auth::throttle::{Fingerprinter, KeyKind, Throttle, ThrottleConfig};
+use mailauthd::auth::verify_cache::{VerifyCache, VerifyCacheConfig};
 use mailauthd::auth::{AuthRequest, Authenticator, AuthenticatorParts, FailReason, Outcome};
 use mailauthd::clock::{Clock, ManualClock};
 use mailauthd::names::{Address, Protocols};
@@ -102,6 +103,7 @@ async fn setup() -> Fixture {
         rehash_on_login: false,
         last_use: sender,
         throttle: Arc::new(Throttle::new(config(), Fingerprinter::random().unwrap())),
+        verify_cache: Arc::new(VerifyCache::new(VerifyCacheConfig::default()).unwrap()),
     })
     .unwrap();
     Fixture {

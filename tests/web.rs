@@ -154,7 +154,9 @@ async fn start() -> (Site, Core, tempfile::TempDir) {
         Arc::new(SystemClock),
     )
     .unwrap();
-    let server = mailauthd::web::start(state).await.unwrap();
+    let server = mailauthd::web::start(state, &mut mailauthd::activation::Activated::default())
+        .await
+        .unwrap();
     let base = format!("http://{}", server.local_addr);
     // The server lives as long as the test's runtime.
     std::mem::forget(server);

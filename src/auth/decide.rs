@@ -9,6 +9,7 @@ use super::password::{self, Argon2Params, Verified};
 use super::pool::{HashPool, PoolError};
 use super::services::ServiceMap;
 use super::throttle::{Throttle, Verdict};
+use super::verify_cache::VerifyCache;
 use super::{Credential, FailReason, Outcome, Success, TempCause};
 use crate::clock::Clock;
 use crate::names::{Address, NameError, Protocol};
@@ -42,6 +43,7 @@ pub struct AuthenticatorParts {
     pub rehash_on_login: bool,
     pub last_use: LastUseSender,
     pub throttle: Arc<Throttle>,
+    pub verify_cache: Arc<VerifyCache>,
 }
 
 pub struct Authenticator {
@@ -76,12 +78,17 @@ impl Authenticator {
         &self.parts.throttle
     }
 
+    pub fn verify_cache(&self) -> &Arc<VerifyCache> {
+        &self.parts.verify_cache
+    }
+
     pub fn protocol_of(&self, service: &str) -> Option<Protocol> {
         self.parts.services.resolve(service)
     }
 
     /// Decides one login and writes one audit line for it.
     pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Outcome {
+        let started = std::time::Instant::now();
         let address = Address::parse(req.login);
         let account = throttle_account(&address, req.login);
         let outcome = match self.decide(req, address, &account).await {
@@ -90,6 +97,17 @@ impl Authenticator {
         };
         self.learn(req, &account, &outcome);
         audit(req, &outcome);
+        crate::metrics::auth_decided(
+            self.parts
+                .services
+                .resolve(req.service)
+                .map_or("unknown", Protocol::name),
+            req.mechanism,
+            outcome.label(),
+            outcome.reason(),
+            looks_like_app_password(req.secret.expose()),
+            started.elapsed(),
+        );
         if let Outcome::Ok(success) = &outcome {
             self.parts.last_use.record(LastUse {
                 mailbox: success.mailbox.clone(),
@@ -159,10 +177,12 @@ impl Authenticator {
         match self.parts.throttle.check(req.remote_ip, account, now) {
             Verdict::Allow => Ok(()),
             Verdict::Delay(delay) => {
+                crate::metrics::throttle_delayed();
                 tokio::time::sleep(delay).await;
                 Ok(())
             }
             Verdict::Blocked { until, key } => {
+                crate::metrics::throttle_blocked(key.kind().name());
                 tracing::debug!(
                     target: "mailauthd::throttle",
                     key = %key,
@@ -265,15 +285,24 @@ impl Authenticator {
                 .refuse_after_dummy(req, FailReason::BadCredentials)
                 .await;
         };
-        let secret = req.secret.clone();
-        let verdict = {
-            let stored = stored.clone();
-            self.parts
+        let cache = &self.parts.verify_cache;
+        let verdict = if cache.proven(&view.address, &stored, req.secret.expose()) {
+            Ok(Verified::Match)
+        } else {
+            let secret = req.secret.clone();
+            let hash = stored.clone();
+            let verdict = self
+                .parts
                 .pool
-                .run(move || password::verify(&stored, secret.expose()))
+                .run(move || password::verify(&hash, secret.expose()))
                 .await
+                .map_err(pool_trouble)?;
+            if let Ok(Verified::Match) = verdict {
+                cache.remember(&view.address, &stored, req.secret.expose());
+            }
+            verdict
         };
-        match verdict.map_err(pool_trouble)? {
+        match verdict {
             Ok(Verified::Match) => {
                 if self.parts.rehash_on_login && password::needs_rehash(&stored) {
                     self.rehash_later(view.address.clone(), stored, req.secret.clone());

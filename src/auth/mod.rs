@@ -9,6 +9,7 @@ pub mod password;
 pub mod pool;
 pub mod services;
 pub mod throttle;
+pub mod verify_cache;
 
 pub use decide::{AuthRequest, Authenticator, AuthenticatorParts, WebOutcome, WEB_SERVICE};
 pub use outcome::{Credential, FailReason, Outcome, Success, TempCause};

@@ -220,6 +220,20 @@ pub async fn sign_in(
     rules: SignInRules,
     claims: &SignInClaims,
 ) -> Result<SignedIn, SignInRefusal> {
+    let result = admit(store, clock, rules, claims).await;
+    match &result {
+        Ok(signed_in) => crate::metrics::provisioned(signed_in.label(), "-"),
+        Err(refusal) => crate::metrics::provisioned("refused", refusal.code()),
+    }
+    result
+}
+
+async fn admit(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    rules: SignInRules,
+    claims: &SignInClaims,
+) -> Result<SignedIn, SignInRefusal> {
     let address = Address::parse(&claims.address)
         .map_err(|e| SignInRefusal::BadAddress(claims.address.clone(), e.to_string()))?;
     if claims.email_verified == Some(false) {

@@ -2,6 +2,7 @@
 //! loop with a connection cap, and who the peer is.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::activation::Activated;
 
 /// Where a listener listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,18 +95,71 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 pub enum Bound {
-    Unix(UnixListener, PathBuf),
+    /// The path is removed at stop unless systemd made the socket (`None`).
+    Unix(UnixListener, PathBuf, Option<PathBuf>),
     Tcp(TcpListener),
 }
 
-/// Binds every endpoint of a listener; refuses clearly when a path is in use or a
-/// permission is wrong.
-pub fn bind(config: &ListenerConfig) -> Result<Vec<Bound>, ListenError> {
+impl Bound {
+    pub fn describe(&self) -> String {
+        match self {
+            Bound::Unix(_, path, _) => format!("unix:{}", path.display()),
+            Bound::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("tcp:{a}"))
+                .unwrap_or_else(|_| "tcp:?".into()),
+        }
+    }
+}
+
+/// Binds every endpoint of a listener, or adopts the sockets systemd passed under the
+/// listener's name; refuses clearly when a path is in use or a permission is wrong.
+pub fn bind(config: &ListenerConfig, activated: &mut Activated) -> Result<Vec<Bound>, ListenError> {
+    let passed = activated.take(config.name);
+    if !passed.is_empty() {
+        tracing::info!(
+            listener = config.name,
+            sockets = passed.len(),
+            "using the sockets systemd passed; the configured endpoints are not bound"
+        );
+        return passed.into_iter().map(|fd| adopt(config, fd)).collect();
+    }
     config
         .endpoints
         .iter()
         .map(|e| bind_one(config, e))
         .collect()
+}
+
+/// A listening socket from systemd becomes a unix or TCP listener, whichever it is.
+fn adopt(config: &ListenerConfig, fd: OwnedFd) -> Result<Bound, ListenError> {
+    let err = |message: String| ListenError::Bind {
+        endpoint: format!("{} socket from systemd", config.name),
+        message,
+    };
+    let socket = socket2::Socket::from(fd);
+    if !socket.is_listener().map_err(|e| err(e.to_string()))? {
+        return Err(err(
+            "is not a listening stream socket (use ListenStream= and Accept=no)".into(),
+        ));
+    }
+    let local = socket.local_addr().map_err(|e| err(e.to_string()))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| err(e.to_string()))?;
+    if local.is_unix() {
+        let path = local
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(format!("@{}", config.name)));
+        let std: std::os::unix::net::UnixListener = socket.into();
+        let listener = UnixListener::from_std(std).map_err(|e| err(e.to_string()))?;
+        Ok(Bound::Unix(listener, path, None))
+    } else {
+        let std: std::net::TcpListener = socket.into();
+        let listener = TcpListener::from_std(std).map_err(|e| err(e.to_string()))?;
+        Ok(Bound::Tcp(listener))
+    }
 }
 
 fn bind_one(config: &ListenerConfig, endpoint: &Endpoint) -> Result<Bound, ListenError> {
@@ -175,7 +231,11 @@ fn bind_unix(
         .map_err(|e| cleanup(e.to_string()))?;
     let std: std::os::unix::net::UnixListener = socket.into();
     let listener = UnixListener::from_std(std).map_err(|e| cleanup(e.to_string()))?;
-    Ok(Bound::Unix(listener, path.to_path_buf()))
+    Ok(Bound::Unix(
+        listener,
+        path.to_path_buf(),
+        Some(path.to_path_buf()),
+    ))
 }
 
 /// A socket file left by a crashed daemon is removed; one that still answers belongs to
@@ -257,7 +317,7 @@ pub async fn serve<H, F>(
             drop(permit);
         });
     }
-    if let Bound::Unix(_, path) = &bound {
+    if let Bound::Unix(_, _, Some(path)) = &bound {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -267,7 +327,7 @@ async fn accept(
     config: &ListenerConfig,
 ) -> std::io::Result<Option<(Box<dyn Stream>, Peer)>> {
     match bound {
-        Bound::Unix(listener, path) => {
+        Bound::Unix(listener, path, _) => {
             let (stream, _) = listener.accept().await?;
             let cred = stream.peer_cred().ok();
             let description = match &cred {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::Activated;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::store::Store;
@@ -31,6 +32,7 @@ impl FrontDoors {
         auth: Arc<Authenticator>,
         store: Arc<dyn Store>,
         throttle: Arc<crate::auth::throttle::Throttle>,
+        activated: &mut Activated,
     ) -> Result<Self, ListenError> {
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
@@ -38,7 +40,9 @@ impl FrontDoors {
 
         let auth_cfg = Arc::new(config.auth_socket.clone());
         let auth_service = Arc::new(auth_conn::AuthService::new(auth, auth_cfg.idle_timeout));
-        for bound in bind(&auth_cfg)? {
+        let bound_auth = bind(&auth_cfg, activated)?;
+        endpoints.extend(bound_auth.iter().map(|b| format!("auth {}", b.describe())));
+        for bound in bound_auth {
             let service = auth_service.clone();
             tracker.spawn(serve(
                 bound,
@@ -48,14 +52,19 @@ impl FrontDoors {
                 move |s, p, stop| auth_conn::serve_connection(s, p, service.clone(), stop),
             ));
         }
-        endpoints.extend(auth_cfg.endpoints.iter().map(|e| format!("auth {e}")));
 
         let userdb_cfg = Arc::new(config.userdb_socket.clone());
         let userdb_service = Arc::new(userdb_conn::UserdbService::new(
             store.clone(),
             userdb_cfg.idle_timeout,
         ));
-        for bound in bind(&userdb_cfg)? {
+        let bound_userdb = bind(&userdb_cfg, activated)?;
+        endpoints.extend(
+            bound_userdb
+                .iter()
+                .map(|b| format!("userdb {}", b.describe())),
+        );
+        for bound in bound_userdb {
             let service = userdb_service.clone();
             tracker.spawn(serve(
                 bound,
@@ -65,7 +74,6 @@ impl FrontDoors {
                 move |s, p, stop| userdb_conn::serve_connection(s, p, service.clone(), stop),
             ));
         }
-        endpoints.extend(userdb_cfg.endpoints.iter().map(|e| format!("userdb {e}")));
 
         let policy_cfg = Arc::new(config.policy_socket.clone());
         let policy_service = Arc::new(crate::policy::PolicyService::new(
@@ -73,7 +81,13 @@ impl FrontDoors {
             Arc::new(crate::clock::SystemClock),
             config.policy.clone(),
         ));
-        for bound in bind(&policy_cfg)? {
+        let bound_policy = bind(&policy_cfg, activated)?;
+        endpoints.extend(
+            bound_policy
+                .iter()
+                .map(|b| format!("policy {}", b.describe())),
+        );
+        for bound in bound_policy {
             let service = policy_service.clone();
             tracker.spawn(serve(bound, policy_cfg.clone(), tracker.clone(), shutdown.clone(), move |s, p, stop| {
                 let service = service.clone();
@@ -86,14 +100,19 @@ impl FrontDoors {
                 }
             }));
         }
-        endpoints.extend(policy_cfg.endpoints.iter().map(|e| format!("policy {e}")));
 
         let control_cfg = Arc::new(config.control_socket.clone());
         let control = Arc::new(control_conn::ControlService {
             throttle,
             clock: Arc::new(crate::clock::SystemClock),
         });
-        for bound in bind(&control_cfg)? {
+        let bound_control = bind(&control_cfg, activated)?;
+        endpoints.extend(
+            bound_control
+                .iter()
+                .map(|b| format!("control {}", b.describe())),
+        );
+        for bound in bound_control {
             let service = control.clone();
             tracker.spawn(serve(
                 bound,
@@ -103,7 +122,6 @@ impl FrontDoors {
                 move |s, p, _stop| control_conn::serve_connection(s, p, service.clone()),
             ));
         }
-        endpoints.extend(control_cfg.endpoints.iter().map(|e| format!("control {e}")));
 
         Ok(FrontDoors {
             tracker,

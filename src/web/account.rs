@@ -69,8 +69,7 @@ fn sign_in_page(
         Err(r) => return *r,
     };
     let provider = state
-        .rp
-        .as_ref()
+        .relying_party()
         .map(|rp| rp.settings().display_name.clone());
     with_cookie(
         html_response(
@@ -259,8 +258,7 @@ pub async fn password_sign_in(
         }
         WebOutcome::Fail(FailReason::OidcNeedsAppPassword) => {
             let provider = state
-                .rp
-                .as_ref()
+                .relying_party()
                 .map(|rp| rp.settings().display_name.clone())
                 .unwrap_or_else(|| "your organisation's account".into());
             refuse(
@@ -437,9 +435,11 @@ pub async fn sign_out(
     state.sessions.remove(&id);
     tracing::info!(target: "mailauthd::web", user = %user.address, "signed out");
     let clear = Some(session::clear_cookie(state.settings.secure_cookies));
-    if let (Via::Provider { id_token }, Some(rp), Some(root)) =
-        (&user.via, &state.rp, &state.settings.public_root)
-    {
+    if let (Via::Provider { id_token }, Some(rp), Some(root)) = (
+        &user.via,
+        state.relying_party(),
+        &state.settings.public_root,
+    ) {
         let mut after = root.clone();
         after.set_query(Some("signed-out"));
         if let Some(url) = rp.logout_url(Some(id_token), &after).await {

@@ -7,13 +7,14 @@
 
 mod account;
 mod html;
+pub mod metrics;
 mod oidc;
 pub mod pages;
 pub mod session;
 pub mod settings;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::WebSettings;
 
+use crate::activation::Activated;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::oidc::RelyingParty;
@@ -34,12 +36,40 @@ use session::{Session, Sessions};
 
 pub struct WebState {
     pub settings: WebSettings,
-    pub rp: Option<Arc<RelyingParty>>,
+    /// The identity provider and the sign-in rules, replaced whole on a reload.
+    provider: RwLock<ProviderSetup>,
     pub store: Arc<dyn Store>,
     pub auth: Arc<Authenticator>,
     pub clock: Arc<dyn Clock>,
     pub sessions: Sessions,
-    pub rules: SignInRules,
+    /// `/metrics` on this listener too, at this path.
+    pub metrics_path: Option<String>,
+}
+
+#[derive(Clone)]
+struct ProviderSetup {
+    rp: Option<Arc<RelyingParty>>,
+    rules: SignInRules,
+}
+
+impl ProviderSetup {
+    fn from_config(config: &crate::config::Config) -> Result<Self, WebError> {
+        let rp = match &config.oidc {
+            Some(o) => {
+                if o.ignore_tls_errors {
+                    tracing::warn!("{}", crate::oidc::probe::TLS_WARNING);
+                }
+                Some(Arc::new(RelyingParty::new(o.clone())?))
+            }
+            None => None,
+        };
+        Ok(ProviderSetup {
+            rp,
+            rules: SignInRules {
+                provision: config.oidc.as_ref().is_none_or(|o| o.provision),
+            },
+        })
+    }
 }
 
 type AppState = Arc<WebState>;
@@ -53,10 +83,16 @@ pub enum WebError {
     },
     #[error("identity provider settings: {0}")]
     Oidc(#[from] crate::oidc::OidcError),
+    #[error("{0}")]
+    Activation(String),
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if let Some(path) = &state.metrics_path {
+        router = router.route(path, get(metrics::web_listener_metrics));
+    }
+    router
         .route("/", get(account::index))
         .route("/login", get(oidc::login))
         .route("/callback", get(oidc::callback))
@@ -74,6 +110,8 @@ pub fn router(state: AppState) -> Router {
 /// A running web listener; [`WebServer::stop`] drains it.
 pub struct WebServer {
     pub local_addr: SocketAddr,
+    /// `None` for the metrics listener, which has no provider to reconfigure.
+    pub state: Option<AppState>,
     token: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -98,52 +136,110 @@ pub fn state(
     auth: Arc<Authenticator>,
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, WebError> {
-    let rp = match &config.oidc {
-        Some(o) => {
-            if o.ignore_tls_errors {
-                tracing::warn!("{}", crate::oidc::probe::TLS_WARNING);
-            }
-            Some(Arc::new(RelyingParty::new(o.clone())?))
-        }
-        None => None,
-    };
     Ok(Arc::new(WebState {
         sessions: Sessions::new(settings.session_lifetime),
-        rules: SignInRules {
-            provision: config.oidc.as_ref().is_none_or(|o| o.provision),
-        },
+        provider: RwLock::new(ProviderSetup::from_config(config)?),
+        metrics_path: config
+            .metrics
+            .on_web_listener
+            .then(|| config.metrics.path.clone()),
         settings,
-        rp,
         store,
         auth,
         clock,
     }))
 }
 
-/// Binds the web listener and serves until [`WebServer::stop`].
-pub async fn start(state: AppState) -> Result<WebServer, WebError> {
-    let addr = state.settings.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
+impl WebState {
+    pub fn relying_party(&self) -> Option<Arc<RelyingParty>> {
+        self.provider
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rp
+            .clone()
+    }
+
+    pub fn rules(&self) -> SignInRules {
+        self.provider
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rules
+    }
+
+    /// Applies a reloaded `[oidc]` section: sign-ins that start from now on use it. One
+    /// already at the provider finishes with the new settings, or fails and is retried.
+    pub fn reconfigure(&self, config: &crate::config::Config) -> Result<(), WebError> {
+        let setup = ProviderSetup::from_config(config)?;
+        *self
+            .provider
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = setup;
+        Ok(())
+    }
+}
+
+/// Binds the web listener (or adopts systemd's socket named `web`) and serves until
+/// [`WebServer::stop`].
+pub async fn start(state: AppState, activated: &mut Activated) -> Result<WebServer, WebError> {
+    let listener = tcp_listener("web", state.settings.listen, activated).await?;
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let server = serve(listener, app, "web page", Some(state));
+    tracing::info!(listen = %server.local_addr, "web page listening");
+    Ok(server)
+}
+
+/// The listening socket of an HTTP listener: systemd's, when it passed one by this name.
+pub(crate) async fn tcp_listener(
+    name: &'static str,
+    addr: SocketAddr,
+    activated: &mut Activated,
+) -> Result<tokio::net::TcpListener, WebError> {
+    let mut passed = activated.take(name);
+    if passed.len() > 1 {
+        return Err(WebError::Activation(format!(
+            "systemd passed {} sockets named {name}; the {name} listener takes one",
+            passed.len()
+        )));
+    }
+    if let Some(fd) = passed.pop() {
+        let std = std::net::TcpListener::from(fd);
+        let adopted = std
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(std));
+        return adopted.map_err(|e| {
+            WebError::Activation(format!("the {name} socket from systemd is unusable: {e}"))
+        });
+    }
+    tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| WebError::Bind { addr, source })?;
-    let local_addr = listener.local_addr().unwrap_or(addr);
+        .map_err(|source| WebError::Bind { addr, source })
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
+    what: &'static str,
+    state: Option<AppState>,
+) -> WebServer {
+    let local_addr = listener
+        .local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let token = CancellationToken::new();
     let stop = token.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
         {
-            tracing::error!(error = %e, "web listener failed");
+            tracing::error!(error = %e, "{what} listener failed");
         }
     });
-    tracing::info!(listen = %local_addr, "web page listening");
-    Ok(WebServer {
+    WebServer {
         local_addr,
+        state,
         token,
         task,
-    })
+    }
 }
 
 /// Starts the web page when `[web]` is configured; the daemon's one call.
@@ -151,6 +247,7 @@ pub async fn start_if_configured(
     config: &crate::config::Config,
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
+    activated: &mut Activated,
 ) -> Result<Option<WebServer>, WebError> {
     let Some(settings) = config.web.clone() else {
         if config.oidc.is_some() {
@@ -165,7 +262,7 @@ pub async fn start_if_configured(
         auth,
         Arc::new(crate::clock::SystemClock),
     )?;
-    start(state).await.map(Some)
+    start(state, activated).await.map(Some)
 }
 
 async fn security_headers(mut response: Response) -> Response {

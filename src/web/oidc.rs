@@ -19,7 +19,7 @@ fn printable(text: &str, max: usize) -> String {
 }
 
 pub async fn login(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(rp) = state.rp.clone() else {
+    let Some(rp) = state.relying_party() else {
         return state.problem(
             StatusCode::NOT_FOUND,
             "Not available",
@@ -63,7 +63,7 @@ pub async fn callback(
         tracing::warn!(target: "mailauthd::audit", service = "web", user = "-", rip, mech = "oidc", outcome = "fail", reason, detail, "sign-in");
         state.problem(status, title, message)
     };
-    let Some(rp) = state.rp.clone() else {
+    let Some(rp) = state.relying_party() else {
         return fail(
             StatusCode::NOT_FOUND,
             "oidc_not_configured",
@@ -166,7 +166,7 @@ pub async fn callback(
     };
 
     let claims = &identity.claims;
-    match provision::sign_in(&*state.store, &*state.clock, state.rules, claims).await {
+    match provision::sign_in(&*state.store, &*state.clock, state.rules(), claims).await {
         Ok(outcome) => {
             let address = outcome.mailbox().address.clone();
             if let SignedIn::UpdateDeferred { reason, .. } = &outcome {

@@ -1,0 +1,363 @@
+//! Prometheus metrics: what the daemon decided, how fast, and how loaded it is.
+//!
+//! One registry per process. The decision core, the policy service and provisioning each
+//! record into it where their single decision point is, so every front door is counted
+//! the same way without passing a handle through every constructor. Label values come
+//! from fixed sets (protocol names, reason codes), never from what a client sent, so a
+//! client cannot grow the number of series.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type Prometheus expects for the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    protocol: &'static str,
+    mechanism: &'static str,
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    outcome: &'static str,
+    /// `app_password` or `password`: the two paths differ by three orders of magnitude.
+    secret: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    action: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+/// Latency buckets from 100 µs (an app password) to 10 s (Postfix's SASL timeout).
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ])
+}
+
+type Latency = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+struct Metrics {
+    registry: Registry,
+    auth: Family<AuthLabels, Counter>,
+    auth_latency: Latency,
+    policy: Family<PolicyLabels, Counter>,
+    policy_latency: Histogram,
+    provisioning: Family<ResultLabels, Counter>,
+    throttle_delayed: Family<KindLabels, Counter>,
+    throttle_refused: Family<KindLabels, Counter>,
+    throttle_fallbacks: Counter,
+    verify_cache: Family<ResultLabels, Counter>,
+    hash_pool_depth: Gauge,
+    hash_pool_workers: Gauge,
+    verify_cache_entries: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("mailauthd");
+        let auth = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_requests",
+            "Authentication decisions by protocol, SASL mechanism, outcome and reason",
+            auth.clone(),
+        );
+        let auth_latency: Latency = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "auth_duration_seconds",
+            "Time to decide a login, throttle delays included",
+            auth_latency.clone(),
+        );
+        let policy = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_requests",
+            "Postfix policy decisions by action and reason",
+            policy.clone(),
+        );
+        let policy_latency = latency_histogram();
+        registry.register(
+            "policy_duration_seconds",
+            "Time to decide a policy request",
+            policy_latency.clone(),
+        );
+        let provisioning = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "provisioning",
+            "Sign-ins through the identity provider: mailboxes created, updated, unchanged or refused",
+            provisioning.clone(),
+        );
+        let throttle_delayed = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "throttle_delayed",
+            "Login attempts delayed by the throttle",
+            throttle_delayed.clone(),
+        );
+        let throttle_refused = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "throttle_blocked",
+            "Login attempts refused because their network or account is blocked",
+            throttle_refused.clone(),
+        );
+        let throttle_fallbacks = Counter::default();
+        registry.register(
+            "throttle_redis_fallbacks",
+            "Throttle calls answered from memory because Redis did not answer in time",
+            throttle_fallbacks.clone(),
+        );
+        let verify_cache = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "verify_cache_lookups",
+            "Stored-password checks answered by the verification cache (hit) or by hashing (miss)",
+            verify_cache.clone(),
+        );
+        let hash_pool_depth = Gauge::default();
+        registry.register(
+            "hash_pool_queue_depth",
+            "Password hashes running or waiting for a worker",
+            hash_pool_depth.clone(),
+        );
+        let hash_pool_workers = Gauge::default();
+        registry.register(
+            "hash_pool_workers",
+            "Password hashes that may run at once",
+            hash_pool_workers.clone(),
+        );
+        let verify_cache_entries = Gauge::default();
+        registry.register(
+            "verify_cache_entries",
+            "Verified passwords remembered now",
+            verify_cache_entries.clone(),
+        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running version", build);
+        Metrics {
+            registry,
+            auth,
+            auth_latency,
+            policy,
+            policy_latency,
+            provisioning,
+            throttle_delayed,
+            throttle_refused,
+            throttle_fallbacks,
+            verify_cache,
+            hash_pool_depth,
+            hash_pool_workers,
+            verify_cache_entries,
+        }
+    }
+}
+
+/// One authentication decision. `protocol` is the resolved protocol's name, or `unknown`.
+pub fn auth_decided(
+    protocol: &'static str,
+    mechanism: Option<&str>,
+    outcome: &'static str,
+    reason: &'static str,
+    app_password_shaped: bool,
+    took: Duration,
+) {
+    let m = &*METRICS;
+    m.auth
+        .get_or_create(&AuthLabels {
+            protocol,
+            mechanism: mechanism_label(mechanism),
+            outcome,
+            reason,
+        })
+        .inc();
+    m.auth_latency
+        .get_or_create(&LatencyLabels {
+            outcome,
+            secret: if app_password_shaped {
+                "app_password"
+            } else {
+                "password"
+            },
+        })
+        .observe(took.as_secs_f64());
+}
+
+/// A client-chosen mechanism name becomes one of a fixed set.
+fn mechanism_label(mechanism: Option<&str>) -> &'static str {
+    let Some(m) = mechanism else {
+        return "none";
+    };
+    const KNOWN: [&str; 4] = ["PLAIN", "LOGIN", "OAUTHBEARER", "XOAUTH2"];
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(m))
+        .map(|k| match *k {
+            "PLAIN" => "plain",
+            "LOGIN" => "login",
+            "OAUTHBEARER" => "oauthbearer",
+            _ => "xoauth2",
+        })
+        .unwrap_or("other")
+}
+
+/// One policy request answered (`action` is Postfix's verb) or failed (`action` = `error`).
+pub fn policy_decided(action: &'static str, reason: &'static str, took: Duration) {
+    let m = &*METRICS;
+    m.policy
+        .get_or_create(&PolicyLabels { action, reason })
+        .inc();
+    m.policy_latency.observe(took.as_secs_f64());
+}
+
+/// One sign-in's provisioning result: `created`, `updated`, `unchanged` or `refused`.
+pub fn provisioned(result: &'static str, reason: &'static str) {
+    METRICS
+        .provisioning
+        .get_or_create(&ResultLabels { result, reason })
+        .inc();
+}
+
+/// `kind`: `network` or `account` for blocks; delays are counted under `any`.
+pub fn throttle_delayed() {
+    METRICS
+        .throttle_delayed
+        .get_or_create(&KindLabels { kind: "any" })
+        .inc();
+}
+
+pub fn throttle_blocked(kind: &'static str) {
+    METRICS
+        .throttle_refused
+        .get_or_create(&KindLabels { kind })
+        .inc();
+}
+
+pub fn throttle_redis_fallback() {
+    METRICS.throttle_fallbacks.inc();
+}
+
+pub fn verify_cache(hit: bool) {
+    METRICS
+        .verify_cache
+        .get_or_create(&ResultLabels {
+            result: if hit { "hit" } else { "miss" },
+            reason: "stored_password",
+        })
+        .inc();
+}
+
+/// Gauges that are read, not counted, set just before a scrape.
+pub struct Levels {
+    pub hash_pool_depth: usize,
+    pub hash_pool_workers: usize,
+    pub verify_cache_entries: usize,
+}
+
+/// The text exposition of every metric, with the gauges set from `levels`.
+pub fn render(levels: &Levels) -> String {
+    let m = &*METRICS;
+    let gauge = |g: &Gauge, v: usize| {
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    };
+    gauge(&m.hash_pool_depth, levels.hash_pool_depth);
+    gauge(&m.hash_pool_workers, levels.hash_pool_workers);
+    gauge(&m.verify_cache_entries, levels.verify_cache_entries);
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels() -> Levels {
+        Levels {
+            hash_pool_depth: 3,
+            hash_pool_workers: 2,
+            verify_cache_entries: 0,
+        }
+    }
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn counts_appear_with_their_labels_and_gauges_are_set_at_render() {
+        let before = render(&levels());
+        let series = "mailauthd_auth_requests_total{protocol=\"imap\",mechanism=\"plain\",outcome=\"fail\",reason=\"unit_test_reason\"}";
+        assert_eq!(line_value(&before, series), None);
+        auth_decided(
+            "imap",
+            Some("plain"),
+            "fail",
+            "unit_test_reason",
+            false,
+            Duration::from_millis(3),
+        );
+        auth_decided(
+            "imap",
+            Some("PLAIN"),
+            "fail",
+            "unit_test_reason",
+            false,
+            Duration::from_millis(3),
+        );
+        let after = render(&levels());
+        assert_eq!(line_value(&after, series), Some(2.0), "{after}");
+        assert_eq!(
+            line_value(&after, "mailauthd_hash_pool_queue_depth "),
+            Some(3.0)
+        );
+        assert!(after.contains("# TYPE mailauthd_auth_duration_seconds histogram"));
+        assert!(after.contains("mailauthd_build_info{version=\""));
+        assert!(after.ends_with("# EOF\n"), "{after}");
+    }
+
+    #[test]
+    fn mechanisms_from_the_network_map_to_a_fixed_set() {
+        assert_eq!(mechanism_label(None), "none");
+        assert_eq!(mechanism_label(Some("login")), "login");
+        assert_eq!(mechanism_label(Some("XOAUTH2")), "xoauth2");
+        assert_eq!(mechanism_label(Some("\u{1b}[31mEVIL")), "other");
+        assert_eq!(mechanism_label(Some("CRAM-MD5")), "other");
+    }
+}

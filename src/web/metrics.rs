@@ -1,0 +1,90 @@
+//! `/metrics` for Prometheus, on a listener of its own (with `/healthz` and `/readyz`, for
+//! daemons without the web page) or at a path of the web page's listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::{tcp_listener, AppState, WebError, WebServer};
+use crate::activation::Activated;
+use crate::auth::Authenticator;
+use crate::config::MetricsSettings;
+use crate::metrics::{self, Levels};
+use crate::store::Store;
+
+#[derive(Clone)]
+struct Probe {
+    auth: Arc<Authenticator>,
+    store: Arc<dyn Store>,
+}
+
+fn exposition(auth: &Authenticator) -> Response {
+    let body = metrics::render(&Levels {
+        hash_pool_depth: auth.pool().depth(),
+        hash_pool_workers: auth.pool().workers(),
+        verify_cache_entries: auth.verify_cache().len(),
+    });
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, metrics::CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub(super) async fn web_listener_metrics(State(state): State<AppState>) -> Response {
+    exposition(&state.auth)
+}
+
+async fn own_listener_metrics(State(probe): State<Probe>) -> Response {
+    exposition(&probe.auth)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(probe): State<Probe>) -> Response {
+    match probe.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: store unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+        }
+    }
+}
+
+/// Starts the metrics listener when `[metrics] listen` is set (or systemd passed a socket
+/// named `metrics`).
+pub async fn start_if_configured(
+    settings: &MetricsSettings,
+    auth: Arc<Authenticator>,
+    store: Arc<dyn Store>,
+    activated: &mut Activated,
+) -> Result<Option<WebServer>, WebError> {
+    let passed = activated.has("metrics");
+    let Some(addr) = settings
+        .listen
+        .or(passed.then_some(SocketAddr::from(([127, 0, 0, 1], 0))))
+    else {
+        return Ok(None);
+    };
+    let listener = tcp_listener("metrics", addr, activated).await?;
+    let app = Router::new()
+        .route(&settings.path, get(own_listener_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Probe { auth, store })
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let server = super::serve(listener, app, "metrics", None);
+    tracing::info!(listen = %server.local_addr, path = %settings.path, "metrics listening");
+    Ok(Some(server))
+}
