@@ -104,8 +104,13 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 systemd::reloading();
-                current = reload(current, &log, &Live { core: &core, http: &http });
-                systemd::ready(&format!("serving {listening}"));
+                let refused;
+                (current, refused) = reload(current, &log, &Live { core: &core, http: &http });
+                if refused {
+                    systemd::ready(&format!("serving {listening}; last reload failed: config has errors (see log)"));
+                } else {
+                    systemd::ready(&format!("serving {listening}"));
+                }
             }
         }
     }
@@ -134,9 +139,10 @@ struct Live<'a> {
 
 /// Re-reads the config file. What can change live is applied; the rest is named so the
 /// postmaster knows a restart is needed. A broken file changes nothing.
-fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> Config {
+/// Returns the configuration now in force, and whether the file was refused.
+fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> (Config, bool) {
     let Some(path) = old.source.clone() else {
-        return old;
+        return (old, false);
     };
     let new = match config::load(&path) {
         Ok(new) => new,
@@ -145,8 +151,7 @@ fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> Config {
                 "reload refused, keeping the running configuration: {}",
                 e.to_string().trim_end()
             );
-            systemd::status("reload failed: config has errors (see log)");
-            return old;
+            return (old, true);
         }
     };
     if new.log_level != old.log_level {
@@ -184,7 +189,7 @@ fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> Config {
             "configuration reloaded; these changes take effect after a restart"
         );
     }
-    new
+    (new, false)
 }
 
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {

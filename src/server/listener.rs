@@ -115,7 +115,8 @@ impl Bound {
 /// Binds every endpoint of a listener, or adopts the sockets systemd passed under the
 /// listener's name; refuses clearly when a path is in use or a permission is wrong.
 pub fn bind(config: &ListenerConfig, activated: &mut Activated) -> Result<Vec<Bound>, ListenError> {
-    let passed = activated.take(config.name);
+    // `auth_socket` takes the socket named `auth`, and so on.
+    let passed = activated.take(config.name.trim_end_matches("_socket"));
     if !passed.is_empty() {
         tracing::info!(
             listener = config.name,

@@ -1,0 +1,539 @@
+//! The real binary as systemd runs it: readiness and reload over `NOTIFY_SOCKET`, socket
+//! modes and owners, `/metrics` counting what the test did, reload without dropping
+//! connections, SIGTERM draining a burst, and sockets passed by `systemd-socket-activate`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailauthd");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    notify: UnixDatagram,
+    log: PathBuf,
+    /// Lines of the `[credentials]` section.
+    credentials: String,
+}
+
+impl Daemon {
+    /// A config and a seeded store, not yet running. `extra` is appended to the config.
+    fn prepare(extra: &str) -> Daemon {
+        Daemon::prepare_with("argon2_memory_kib = 8192\nargon2_iterations = 1\n", extra)
+    }
+
+    fn prepare_with(credentials: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("mailauthd.toml");
+        let notify_path = dir.path().join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let d = Daemon {
+            child: None,
+            log: dir.path().join("daemon.log"),
+            config,
+            dir,
+            notify,
+            credentials: credentials.to_string(),
+        };
+        d.write_config(extra);
+        d.cli(&["domain", "add", "example.org"], None);
+        d.cli(
+            &["mailbox", "add", "alice@example.org", "--password-stdin"],
+            Some("alice-pw\n"),
+        );
+        d
+    }
+
+    fn write_config(&self, extra: &str) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "state_directory = {state:?}\nruntime_directory = {run:?}\n\
+                 [credentials]\n{credentials}\
+                 [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\n{extra}",
+                credentials = self.credentials,
+                state = self.dir.path().join("state"),
+                run = self.dir.path().join("run"),
+            ),
+        )
+        .unwrap();
+    }
+
+    fn run(&mut self) {
+        self.spawn(Command::new(BIN).args(["--config", self.config.to_str().unwrap(), "serve"]));
+        self.expect_notify("READY=1");
+    }
+
+    fn spawn(&mut self, command: &mut Command) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        self.child = Some(
+            command
+                .env("NOTIFY_SOCKET", self.dir.path().join("notify"))
+                .env_remove("MAILAUTHD_LOG")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// The next notification, which must contain `want`; returns all of it.
+    fn expect_notify(&self, want: &str) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = self.notify.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification {want:?} ({e}); log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        });
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(text.contains(want), "expected {want:?} in {text:?}");
+        text
+    }
+
+    fn socket(&self, name: &str) -> PathBuf {
+        self.dir.path().join("run").join(name)
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// Waits for a line in the daemon's log (written a moment after the notification).
+    fn wait_log(&self, want: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.log_text();
+            if text.contains(want) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {want:?} in log:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn cli(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Dovecot auth-protocol client past the handshake.
+struct AuthClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl AuthClient {
+    fn connect(path: &Path) -> AuthClient {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = AuthClient {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        };
+        while c.line().expect("handshake") != "DONE" {}
+        c.writer.write_all(b"VERSION\t1\t2\nCPID\t77\n").unwrap();
+        c
+    }
+
+    fn line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        match self.reader.read_line(&mut l) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(l.trim_end_matches('\n').to_string()),
+        }
+    }
+
+    fn send_plain(&mut self, id: u32, user: &str, pass: &str) {
+        let resp = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
+        write!(
+            self.writer,
+            "AUTH\t{id}\tPLAIN\tservice=imap\trip=192.0.2.9\tresp={resp}\n"
+        )
+        .unwrap();
+    }
+
+    fn plain(&mut self, id: u32, user: &str, pass: &str) -> String {
+        self.send_plain(id, user, pass);
+        self.line().expect("an answer")
+    }
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// The value of one series in a Prometheus text exposition.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn names_of_self() -> (String, String, u32, u32) {
+    let uid = nix::unistd::Uid::effective();
+    let gid = nix::unistd::Gid::effective();
+    if uid.is_root() {
+        // Root hands sockets to other users, as it does for postfix and dovecot.
+        let user = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let group = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+        return (
+            "nobody".into(),
+            "nogroup".into(),
+            user.uid.as_raw(),
+            group.gid.as_raw(),
+        );
+    }
+    let user = nix::unistd::User::from_uid(uid).unwrap().unwrap();
+    let group = nix::unistd::Group::from_gid(gid).unwrap().unwrap();
+    (user.name, group.name, uid.as_raw(), gid.as_raw())
+}
+
+#[test]
+fn readiness_socket_modes_and_metrics_that_count_what_happened() {
+    let (user, group, uid, gid) = names_of_self();
+    let port = free_port();
+    let mut d = Daemon::prepare(&format!(
+        "[auth_socket]\nowner = {user:?}\ngroup = {group:?}\nmode = \"0660\"\n\
+         [policy_socket]\nmode = \"0600\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    d.run();
+
+    // Modes and owners are set before the socket listens.
+    let auth = std::fs::metadata(d.socket("auth")).unwrap();
+    assert_eq!(auth.permissions().mode() & 0o7777, 0o660);
+    assert_eq!((auth.uid(), auth.gid()), (uid, gid));
+    let policy = std::fs::metadata(d.socket("policy")).unwrap();
+    assert_eq!(policy.permissions().mode() & 0o7777, 0o600);
+
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let ok = "mailauthd_auth_requests_total{protocol=\"imap\",mechanism=\"plain\",outcome=\"ok\",reason=\"password\"}";
+    let bad = "mailauthd_auth_requests_total{protocol=\"imap\",mechanism=\"plain\",outcome=\"fail\",reason=\"bad_credentials\"}";
+    assert_eq!(series(&body, ok), None, "nothing counted yet:\n{body}");
+
+    let mut c = AuthClient::connect(&d.socket("auth"));
+    assert!(c
+        .plain(1, "alice@example.org", "alice-pw")
+        .starts_with("OK\t1\t"));
+    assert!(c
+        .plain(2, "alice@example.org", "alice-pw")
+        .starts_with("OK\t2\t"));
+    assert!(c
+        .plain(3, "alice@example.org", "wrong")
+        .starts_with("FAIL\t3\t"));
+    let mut p = UnixStream::connect(d.socket("policy")).unwrap();
+    p.write_all(
+        b"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=alice@example.org\n\
+          sender=alice@example.org\nrecipient=x@example.net\n\n",
+    )
+    .unwrap();
+    let mut reply = [0u8; 64];
+    let n = p.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b"action=DUNNO\n\n");
+
+    let (_, body) = http_get(port, "/metrics");
+    assert_eq!(series(&body, ok), Some(2.0), "{body}");
+    assert_eq!(series(&body, bad), Some(1.0), "{body}");
+    assert_eq!(
+        series(
+            &body,
+            "mailauthd_auth_duration_seconds_count{outcome=\"ok\",secret=\"password\"}"
+        ),
+        Some(2.0)
+    );
+    // The first login and the wrong password hashed; the repeat was remembered.
+    assert_eq!(
+        series(
+            &body,
+            "mailauthd_verify_cache_lookups_total{result=\"hit\",reason=\"stored_password\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        series(
+            &body,
+            "mailauthd_verify_cache_lookups_total{result=\"miss\",reason=\"stored_password\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        series(
+            &body,
+            "mailauthd_policy_requests_total{action=\"dunno\",reason=\"own_address\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(series(&body, "mailauthd_hash_pool_queue_depth"), Some(0.0));
+    assert_eq!(http_get(port, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(port, "/readyz"), (200, "ready\n".into()));
+    assert_eq!(http_get(port, "/nothing").0, 404);
+}
+
+#[test]
+fn reload_applies_live_settings_keeps_connections_and_survives_a_broken_file() {
+    let web_port = free_port();
+    let web = |name: &str, workers: u32| {
+        format!(
+            "[hash_pool]\nworkers = {workers}\n\
+             [web]\nlisten = \"127.0.0.1:{web_port}\"\nsecure_cookies = false\n\
+             [oidc]\nissuer = \"http://127.0.0.1:9/\"\nclient_id = \"mail\"\ndisplay_name = {name:?}\n\
+             redirect_url = \"http://127.0.0.1:{web_port}/callback\"\n\
+             authorization_endpoint = \"http://127.0.0.1:9/auth\"\ntoken_endpoint = \"http://127.0.0.1:9/token\"\n\
+             jwks_uri = \"http://127.0.0.1:9/jwks\"\n"
+        )
+    };
+    let mut d = Daemon::prepare(&web("Old Provider", 2));
+    d.run();
+    let pid = d.child.as_ref().unwrap().id();
+    let mut c = AuthClient::connect(&d.socket("auth"));
+    assert!(c
+        .plain(1, "alice@example.org", "alice-pw")
+        .starts_with("OK\t1\t"));
+    assert!(http_get(web_port, "/").1.contains("Old Provider"));
+
+    d.write_config(&format!(
+        "[log]\nlevel = \"debug\"\n{}",
+        web("New Provider", 3)
+    ));
+    d.signal("-HUP");
+    d.expect_notify("RELOADING=1");
+    d.expect_notify("READY=1");
+    let log = d.wait_log("these changes take effect after a restart");
+    assert!(log.contains("log level changed"), "{log}");
+    assert!(log.contains("applied=log.level, oidc"), "{log}");
+    assert!(log.contains("keys=hash_pool"), "{log}");
+    assert!(
+        http_get(web_port, "/").1.contains("New Provider"),
+        "the sign-in button names the reloaded provider"
+    );
+    // The connection opened before the reload is still served, by the same process.
+    assert!(c
+        .plain(2, "alice@example.org", "wrong")
+        .starts_with("FAIL\t2\t"));
+    assert_eq!(d.child.as_ref().unwrap().id(), pid);
+
+    std::fs::write(&d.config, "this is [not toml").unwrap();
+    d.signal("-HUP");
+    d.expect_notify("RELOADING=1");
+    let ready = d.expect_notify("READY=1");
+    let failed = d.wait_log("reload refused, keeping the running configuration");
+    assert!(failed.contains("mailauthd.toml"), "{failed}");
+    assert!(
+        ready.contains("STATUS=serving") && ready.contains("last reload failed"),
+        "{ready}"
+    );
+    assert!(http_get(web_port, "/").1.contains("New Provider"));
+    assert!(c
+        .plain(3, "alice@example.org", "alice-pw")
+        .starts_with("OK\t3\t"));
+}
+
+#[test]
+fn sigterm_drains_a_burst_and_flushes_every_last_use() {
+    // One hash worker and no verification cache: the burst is still queued when the
+    // signal arrives, so draining has real work to finish.
+    let mut d = Daemon::prepare_with(
+        "verify_cache_entries = 0\nargon2_memory_kib = 32768\nargon2_iterations = 3\n",
+        "[hash_pool]\nworkers = 1\nqueue = 100\n",
+    );
+    let users: Vec<String> = (0..12).map(|i| format!("u{i}@example.org")).collect();
+    for u in &users {
+        d.cli(
+            &["mailbox", "add", u, "--password-stdin"],
+            Some("pw-burst\n"),
+        );
+    }
+    d.run();
+    let mut clients: Vec<AuthClient> = users
+        .iter()
+        .map(|_| AuthClient::connect(&d.socket("auth")))
+        .collect();
+    for (client, user) in clients.iter_mut().zip(&users) {
+        client.send_plain(1, user, "pw-burst");
+    }
+    // Let every request reach the daemon, then stop it while most still wait for a hash.
+    std::thread::sleep(Duration::from_millis(100));
+    d.signal("-TERM");
+    d.expect_notify("STOPPING=1");
+    let answers: Vec<Option<String>> = clients.iter_mut().map(AuthClient::line).collect();
+    let status = d.child.as_mut().unwrap().wait().unwrap();
+    assert!(status.success(), "exit {status:?}: {}", d.log_text());
+    d.child = None;
+    let log = d.log_text();
+    let after_signal = log
+        .split_once("stopping: draining connections")
+        .map(|(_, rest)| rest.matches("outcome=\"ok\"").count())
+        .unwrap_or(0);
+    assert!(
+        after_signal > 0,
+        "some logins were still waiting for a hash when SIGTERM came:\n{log}"
+    );
+    for (user, answer) in users.iter().zip(&answers) {
+        let answer = answer.as_deref().unwrap_or("(closed)");
+        assert!(
+            answer.starts_with("OK\t1\t"),
+            "{user}: a request received before SIGTERM is answered: {answer}"
+        );
+        let shown: serde_json::Value =
+            serde_json::from_str(&d.cli(&["--json", "mailbox", "show", user], None)).unwrap();
+        assert!(
+            !shown["mailbox"]["last_login"]["at"].is_null(),
+            "{user}: the answered login's last use was flushed: {shown}"
+        );
+    }
+}
+
+#[test]
+fn sockets_passed_by_systemd_are_used_by_name() {
+    let mut d = Daemon::prepare("");
+    let passed = d.dir.path().join("passed");
+    std::fs::create_dir(&passed).unwrap();
+    let (auth, policy) = (passed.join("auth"), passed.join("policy"));
+    d.spawn(
+        Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(&auth)
+            .arg("-l")
+            .arg(&policy)
+            .arg("--fdname=auth:policy")
+            .arg("-E")
+            .arg("NOTIFY_SOCKET")
+            .args([BIN, "--config", d.config.to_str().unwrap(), "serve"]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !auth.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first connection starts the daemon, which answers it on the passed socket.
+    let mut c = AuthClient::connect(&auth);
+    let ready = d.expect_notify("READY=1");
+    assert!(
+        ready.contains("auth unix:") && ready.contains("/passed/auth"),
+        "{ready}"
+    );
+    assert!(c
+        .plain(1, "alice@example.org", "alice-pw")
+        .starts_with("OK\t1\t"));
+    assert!(
+        !d.socket("auth").exists(),
+        "the configured auth path is not bound when systemd passed one"
+    );
+    assert!(
+        d.socket("userdb").exists(),
+        "listeners without a passed socket bind as configured"
+    );
+    let mut p = UnixStream::connect(&policy).unwrap();
+    p.write_all(b"request=smtpd_access_policy\nprotocol_state=RCPT\n\n")
+        .unwrap();
+    let mut reply = [0u8; 64];
+    let n = p.read(&mut reply).unwrap();
+    assert!(reply[..n].starts_with(b"action="), "{:?}", &reply[..n]);
+}
+
+#[test]
+fn a_socket_with_an_unknown_name_stops_the_start_with_a_clear_message() {
+    let mut d = Daemon::prepare("");
+    let sock = d.dir.path().join("odd");
+    d.spawn(
+        Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(&sock)
+            .arg("--fdname=imap")
+            .args([BIN, "--config", d.config.to_str().unwrap(), "serve"]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _trigger = UnixStream::connect(&sock).unwrap();
+    let log = d.wait_log("systemd passed a socket named \"imap\"");
+    assert!(
+        log.contains("auth, userdb, policy, control, web, metrics"),
+        "{log}"
+    );
+    assert!(!d.socket("auth").exists(), "nothing was started");
+}
