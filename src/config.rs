@@ -1244,8 +1244,40 @@ mod tests {
             .replace("# [web]", "[web]")
             .replace("# issuer = ", "issuer = ")
             .replace("# client_id = ", "client_id = ")
-            .replace("# redirect_url = ", "redirect_url = ");
+            .replace("# redirect_url = ", "redirect_url = ")
+            .replace("# [metrics]", "[metrics]")
+            .replace("# listen = \"127.0.0.1:9154\"", "listen = \"127.0.0.1:9154\"")
+            .replace("# on_web_listener = false", "on_web_listener = true");
         let c = parse(&on).unwrap();
         assert!(c.oidc.is_some() && c.web.is_some());
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9154".parse().unwrap()));
+        assert!(c.metrics.on_web_listener);
+    }
+
+    #[test]
+    fn metrics_settings_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.metrics.listen, None);
+        assert!(!c.metrics.on_web_listener);
+        assert_eq!(c.metrics.path, "/metrics");
+        let keys = |text: &str| -> Vec<String> {
+            parse(text)
+                .unwrap_err()
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        assert_eq!(
+            keys("[metrics]\nlisten = \"localhost\"\npath = \"metrics\"\non_web_listener = true\n"),
+            ["metrics.listen", "metrics.path", "metrics.on_web_listener"]
+        );
+        assert_eq!(
+            keys("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/readyz\"\n"),
+            ["metrics.path"]
+        );
+        assert_eq!(
+            keys("[credentials]\nverify_cache_secs = 100000\n"),
+            ["credentials.verify_cache_secs"]
+        );
     }
 }

@@ -24,6 +24,18 @@ check "config is 0640 root:mailauthd" '[ "$(stat -c "%a %U:%G" /etc/mailauthd/ma
 check "state folder belongs to mailauthd" '[ "$(stat -c "%U" /var/lib/mailauthd)" = mailauthd ]'
 check "unit installed, not enabled" '[ -f /lib/systemd/system/mailauthd.service ] && ! [ -e /etc/systemd/system/multi-user.target.wants/mailauthd.service ]'
 check "systemd-analyze verify passes" 'systemd-analyze verify /lib/systemd/system/mailauthd.service'
+# The optional socket-activation units from conf-examples, installed as docs/operations.md says.
+install_sockets() {
+	cp conf-examples/systemd/mailauthd-*.socket /etc/systemd/system/
+	mkdir -p /etc/systemd/system/mailauthd.service.d
+	cp conf-examples/systemd/sockets.conf /etc/systemd/system/mailauthd.service.d/
+	local rc=0
+	systemd-analyze verify /etc/systemd/system/mailauthd-auth.socket /etc/systemd/system/mailauthd-userdb.socket \
+		/etc/systemd/system/mailauthd-policy.socket /lib/systemd/system/mailauthd.service || rc=$?
+	rm -rf /etc/systemd/system/mailauthd-*.socket /etc/systemd/system/mailauthd.service.d
+	return $rc
+}
+check "socket-activation units verify with the installed service" install_sockets
 check "config check from the installed paths" '/usr/bin/mailauthd config check'
 check "migrate from the installed paths" '/usr/bin/mailauthd migrate'
 check "database created for the daemon user" '[ "$(stat -c "%U" /var/lib/mailauthd/mailauthd.db)" = mailauthd ]'
