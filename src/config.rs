@@ -1246,7 +1246,10 @@ mod tests {
             .replace("# client_id = ", "client_id = ")
             .replace("# redirect_url = ", "redirect_url = ")
             .replace("# [metrics]", "[metrics]")
-            .replace("# listen = \"127.0.0.1:9154\"", "listen = \"127.0.0.1:9154\"")
+            .replace(
+                "# listen = \"127.0.0.1:9154\"",
+                "listen = \"127.0.0.1:9154\"",
+            )
             .replace("# on_web_listener = false", "on_web_listener = true");
         let c = parse(&on).unwrap();
         assert!(c.oidc.is_some() && c.web.is_some());

@@ -42,8 +42,13 @@ pub fn init(filter: &str, format: LogFormat) -> LogControl {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
+    // Under systemd, journald stamps every line itself; a second time stamp is noise.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let installed = match format {
         LogFormat::Json => registry.with(fmt.json()).try_init(),
+        LogFormat::Text if journald => registry
+            .with(fmt.with_ansi(false).without_time())
+            .try_init(),
         LogFormat::Text => registry
             .with(fmt.with_ansi(std::io::stderr().is_terminal()))
             .try_init(),

@@ -35,13 +35,21 @@ fn main() -> ExitCode {
 /// audit line of `auth test`), so their output stays readable. `MAILAUTHD_LOG` overrides
 /// either, e.g. `MAILAUTHD_LOG=debug`.
 fn init_logging(cli: &Cli) -> logging::LogControl {
+    let flag = match cli.log_format.as_deref() {
+        Some("json") => Some(LogFormat::Json),
+        Some(_) => Some(LogFormat::Text),
+        None => None,
+    };
     match cli.command {
         // A broken config is reported by the command itself; log with defaults until then.
         cli::Command::Serve => match cli::load_config(cli.config.as_deref()) {
-            Ok(c) => logging::init(&daemon_filter(&c.log_level), c.log_format),
-            Err(_) => logging::init(&daemon_filter("info"), LogFormat::Text),
+            Ok(c) => logging::init(&daemon_filter(&c.log_level), flag.unwrap_or(c.log_format)),
+            Err(_) => logging::init(&daemon_filter("info"), flag.unwrap_or(LogFormat::Text)),
         },
-        _ => logging::init("warn,sqlx=error,mailauthd::audit=info", LogFormat::Text),
+        _ => logging::init(
+            "warn,sqlx=error,mailauthd::audit=info",
+            flag.unwrap_or(LogFormat::Text),
+        ),
     }
 }
 

@@ -98,18 +98,24 @@ impl Daemon {
         );
     }
 
-    /// The next notification, which must contain `want`; returns all of it.
+    /// The next notification that contains `want` (earlier ones, such as status lines, are
+    /// passed over); returns all of it.
     fn expect_notify(&self, want: &str) -> String {
         let mut buf = vec![0u8; 4096];
-        let n = self.notify.recv(&mut buf).unwrap_or_else(|e| {
-            panic!(
-                "no notification {want:?} ({e}); log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            )
-        });
-        let text = String::from_utf8_lossy(&buf[..n]).to_string();
-        assert!(text.contains(want), "expected {want:?} in {text:?}");
-        text
+        let mut seen = Vec::new();
+        loop {
+            let n = self.notify.recv(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "no notification {want:?} ({e}) after {seen:?}; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            });
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if text.contains(want) {
+                return text;
+            }
+            seen.push(text);
+        }
     }
 
     fn socket(&self, name: &str) -> PathBuf {
@@ -536,4 +542,38 @@ fn a_socket_with_an_unknown_name_stops_the_start_with_a_clear_message() {
         "{log}"
     );
     assert!(!d.socket("auth").exists(), "nothing was started");
+}
+
+#[test]
+fn logs_are_json_on_request_and_unstamped_under_journald() {
+    let mut d = Daemon::prepare("");
+    d.spawn(Command::new(BIN).args([
+        "--config",
+        d.config.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "serve",
+    ]));
+    d.expect_notify("READY=1");
+    let log = d.wait_log("mailauthd ready");
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(
+        first["timestamp"].is_string() && first["level"].is_string(),
+        "{first}"
+    );
+    d.signal("-TERM");
+    assert!(d.child.as_mut().unwrap().wait().unwrap().success());
+
+    d.spawn(
+        Command::new(BIN)
+            .args(["--config", d.config.to_str().unwrap(), "serve"])
+            .env("JOURNAL_STREAM", "8:12345"),
+    );
+    d.expect_notify("READY=1");
+    let log = d.wait_log("mailauthd ready");
+    let line = log.lines().find(|l| l.contains("mailauthd ready")).unwrap();
+    assert!(
+        line.trim_start().starts_with("INFO mailauthd ready"),
+        "journald adds its own time stamp: {line}"
+    );
 }
