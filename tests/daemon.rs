@@ -212,9 +212,9 @@ impl AuthClient {
 
     fn send_plain(&mut self, id: u32, user: &str, pass: &str) {
         let resp = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
-        write!(
+        writeln!(
             self.writer,
-            "AUTH\t{id}\tPLAIN\tservice=imap\trip=192.0.2.9\tresp={resp}\n"
+            "AUTH\t{id}\tPLAIN\tservice=imap\trip=192.0.2.9\tresp={resp}"
         )
         .unwrap();
     }
