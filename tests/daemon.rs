@@ -577,3 +577,95 @@ fn logs_are_json_on_request_and_unstamped_under_journald() {
         "journald adds its own time stamp: {line}"
     );
 }
+
+/// `serve` with this config text: its exit code and what it printed.
+fn serve_once(dir: &Path, text: &str) -> (i32, String) {
+    let config = dir.join("broken.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn start_up_failures_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "state_directory = {:?}\nruntime_directory = {:?}\n",
+        dir.path().join("state"),
+        dir.path().join("run")
+    );
+
+    let (code, err) = serve_once(
+        dir.path(),
+        &format!("{base}[store]\nurl = \"postgress://mail@127.0.0.1/mail\"\n"),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("store.url") && err.contains("unsupported database URL"),
+        "{err}"
+    );
+
+    let (code, err) = serve_once(
+        dir.path(),
+        &format!(
+            "{base}[oidc]\nissuer = \"https://idp.example.org\"\nclient_id = \"mail\"\n\
+             client_secret_file = \"/nonexistent/oidc-secret\"\n\
+             redirect_url = \"https://mail.example.org/callback\"\n[web]\n"
+        ),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("oidc.client_secret_file") && err.contains("/nonexistent/oidc-secret"),
+        "{err}"
+    );
+
+    let short_key = dir.path().join("short.key");
+    std::fs::write(&short_key, b"0123456789").unwrap();
+    std::fs::set_permissions(&short_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, err) = serve_once(
+        dir.path(),
+        &format!("{base}[credentials]\nkey_file = {short_key:?}\n"),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("short.key") && err.contains("expected 32"),
+        "{err}"
+    );
+
+    // A folder where the key should be: unreadable as a key, whoever runs the test.
+    let folder_key = dir.path().join("folder.key");
+    std::fs::create_dir(&folder_key).unwrap();
+    let (code, err) = serve_once(
+        dir.path(),
+        &format!("{base}[credentials]\nkey_file = {folder_key:?}\n"),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("folder.key"), "{err}");
+
+    // A socket path held by another running daemon.
+    let mut first = Daemon::prepare("");
+    first.run();
+    let (code, err) = serve_once(
+        dir.path(),
+        &format!(
+            "{base}[auth_socket]\nlisten = [\"unix:{}\"]\n",
+            first.socket("auth").display()
+        ),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("socket is in use by a running process"),
+        "{err}"
+    );
+    assert!(
+        first.socket("auth").exists(),
+        "the running daemon keeps its socket"
+    );
+}
