@@ -381,6 +381,14 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         problems,
     );
 
+    if file.policy_socket.idle_timeout_ms.is_some() {
+        problem(
+            problems,
+            "policy_socket.idle_timeout_ms",
+            "the policy listener does not use it: Postfix keeps policy connections open \
+             between mails, and [policy] idle_timeout_secs decides how long",
+        );
+    }
     let policy_socket = listener(
         "policy_socket",
         &file.policy_socket,
@@ -1255,6 +1263,14 @@ mod tests {
         assert!(c.oidc.is_some() && c.web.is_some());
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9154".parse().unwrap()));
         assert!(c.metrics.on_web_listener);
+    }
+
+    #[test]
+    fn an_idle_timeout_the_policy_listener_would_ignore_is_refused() {
+        let problems = parse("[policy_socket]\nidle_timeout_ms = 1000\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "policy_socket.idle_timeout_ms");
+        assert!(problems[0].message.contains("[policy] idle_timeout_secs"));
     }
 
     #[test]
