@@ -649,6 +649,17 @@ fn start_up_failures_name_what_is_wrong() {
     assert_ne!(code, 0);
     assert!(err.contains("folder.key"), "{err}");
 
+    let (code, err) = serve_once(
+        dir.path(),
+        &format!("{base}[auth_socket]\nowner = \"no-such-user-here\"\n"),
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("no such user \"no-such-user-here\""), "{err}");
+    assert!(
+        !dir.path().join("run/auth").exists(),
+        "no socket is left with the wrong owner"
+    );
+
     // A socket path held by another running daemon.
     let mut first = Daemon::prepare("");
     first.run();
