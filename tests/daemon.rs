@@ -248,6 +248,27 @@ fn series(text: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// systemd's own activation tool, or `None` outside CI on a machine without it (the test
+/// then says so); in CI its absence fails the test.
+fn socket_activate_tool() -> Option<&'static str> {
+    let tool = "systemd-socket-activate";
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some(tool);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is missing (Debian package systemd); CI needs it"
+    );
+    eprintln!("note: {tool} not installed; socket activation not tested here");
+    None
+}
+
 fn names_of_self() -> (String, String, u32, u32) {
     let uid = nix::unistd::Uid::effective();
     let gid = nix::unistd::Gid::effective();
@@ -467,12 +488,15 @@ fn sigterm_drains_a_burst_and_flushes_every_last_use() {
 
 #[test]
 fn sockets_passed_by_systemd_are_used_by_name() {
+    let Some(tool) = socket_activate_tool() else {
+        return;
+    };
     let mut d = Daemon::prepare("");
     let passed = d.dir.path().join("passed");
     std::fs::create_dir(&passed).unwrap();
     let (auth, policy) = (passed.join("auth"), passed.join("policy"));
     d.spawn(
-        Command::new("systemd-socket-activate")
+        Command::new(tool)
             .arg("-l")
             .arg(&auth)
             .arg("-l")
@@ -518,10 +542,13 @@ fn sockets_passed_by_systemd_are_used_by_name() {
 
 #[test]
 fn a_socket_with_an_unknown_name_stops_the_start_with_a_clear_message() {
+    let Some(tool) = socket_activate_tool() else {
+        return;
+    };
     let mut d = Daemon::prepare("");
     let sock = d.dir.path().join("odd");
     d.spawn(
-        Command::new("systemd-socket-activate")
+        Command::new(tool)
             .arg("-l")
             .arg(&sock)
             .arg("--fdname=imap")
