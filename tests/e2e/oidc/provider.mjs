@@ -1,6 +1,7 @@
 // A real, standards-compliant OpenID provider for the end-to-end test: the npm package
 // oidc-provider on a loopback port, with the `mailcow_template` claim released by the
-// `mailcow_template` scope from UserInfo (as mailcow's setups do).
+// `mailcow_template` scope from UserInfo (as mailcow's setups do), and a `department` claim
+// released by the `department` scope, for a config that maps templates from another claim.
 //
 // Accounts live in a JSON file that is read on every sign-in, so the test script can change
 // a person's claims between runs: { "alice": { "email": "...", "mailcow_template": "staff" } }
@@ -46,12 +47,13 @@ const configuration = {
       token_endpoint_auth_method: 'client_secret_basic',
     },
   ],
-  scopes: ['openid', 'profile', 'email', 'mailcow_template'],
+  scopes: ['openid', 'profile', 'email', 'mailcow_template', 'department'],
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
     profile: ['name'],
     mailcow_template: ['mailcow_template'],
+    department: ['department'],
   },
   // ID tokens carry only what the spec puts there when an access token is issued; the rest,
   // mailcow_template included, comes from UserInfo, so the relying party must merge.

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # End-to-end test of OIDC sign-in, provisioning and the app-password page, with a real
 # OpenID provider (the npm package oidc-provider on loopback ports) and a real browser
-# (Debian's chromium, driven by playwright-core; never a downloaded browser).
+# (Debian's chromium, driven by playwright-core; never a downloaded browser). Also reloads
+# the daemon (SIGHUP) with a changed [oidc] section while an auth-socket connection stays
+# open (held by held-auth-conn.py, python3), and with a broken config file.
 #
 #   MAILAUTHD_BIN   the binary to test (default: target/debug/mailauthd; build it first)
 #   ARTIFACTS       screenshots go to $ARTIFACTS/screenshots (default: ci-artifacts)
 #   KEEP=1          keep the temporary folder (configs, logs, database)
 #
-# Installs chromium (apt), openssl and the npm packages from the committed lockfile when they
-# are missing. Only loopback addresses are used. Ends with "N passed, N failed"; exits
-# non-zero on any failure.
+# Installs chromium, openssl, python3 (apt) and the npm packages from the committed lockfile
+# when they are missing. Only loopback addresses are used. Ends with "N passed, N failed";
+# exits non-zero on any failure.
 
 set -euo pipefail
 export LC_ALL=C.UTF-8
@@ -81,6 +83,7 @@ need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 if [ "${#need_apt[@]}" -gt 0 ]; then
 	echo "# installing ${need_apt[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -127,7 +130,9 @@ write_accounts() { # $1 = alice's template
   "dave":  { "email": "dave@full.example", "email_verified": true, "name": "Dave", "mailcow_template": "staff" },
   "erin":  { "email": "erin@example.org", "email_verified": true, "name": "Erin", "mailcow_template": "staff" },
   "frank": { "email": "frank@example.org", "email_verified": false, "name": "Frank", "mailcow_template": "staff" },
-  "gina":  { "email": "Gina@Bücher.example", "email_verified": "true", "name": "Gina", "mailcow_template": ["visitors", "staff"] }
+  "gina":  { "email": "Gina@Bücher.example", "email_verified": "true", "name": "Gina", "mailcow_template": ["visitors", "staff"] },
+  "hank":  { "email": "hank@example.org", "email_verified": true, "name": "Hank", "mailcow_template": "staff", "department": "lab" },
+  "ivy":   { "email": "ivy@example.org", "email_verified": true, "name": "Ivy", "mailcow_template": "staff", "department": "lab" }
 }
 EOF
 }
@@ -135,7 +140,7 @@ write_accounts staff
 
 # --- mailauthd -----------------------------------------------------------------------
 
-write_config() { # $1 = file, $2 = issuer, $3 = ignore_tls_errors
+write_config() { # $1 = file, $2 = issuer, $3 = ignore_tls_errors, [$4 = display_name], [$5 = more [oidc] lines]
 	cat >"$1" <<EOF
 state_directory = "$TMP/state"
 runtime_directory = "$TMP/run"
@@ -158,13 +163,14 @@ mode = "0666"
 level = "info"
 
 [oidc]
-display_name = "Example SSO"
+display_name = "${4:-Example SSO}"
 issuer = "$2"
 client_id = "mailauthd"
 client_secret_file = "$TMP/client-secret"
 redirect_url = "$BASE/callback"
 ignore_tls_errors = $3
 timeout_ms = 5000
+${5:-}
 
 [web]
 listen = "127.0.0.1:$WEB_PORT"
@@ -199,7 +205,8 @@ node "$HERE/provider.mjs" --port "$PROVIDER_PORT" --accounts "$TMP/accounts.json
 	--client-secret "$CLIENT_SECRET" >"$TMP/provider.log" 2>&1 &
 PIDS+=($!)
 "$MAILAUTHD_BIN" serve >"$TMP/mailauthd.log" 2>&1 &
-PIDS+=($!)
+DAEMON_PID=$!
+PIDS+=("$DAEMON_PID")
 
 wait_http() { # $1 = URL
 	local i
@@ -423,6 +430,174 @@ if grep -q 'expired' <<<"$(json 'j.noState.reason' <<<"$out")" &&
 else
 	not_ok "bad input gets clear pages" "$out"
 fi
+
+# --- sign out, at the provider too -----------------------------------------------------
+
+out=$(browser signout 13-alice-sign-out --login alice)
+if [ "$(json 'j.status' <<<"$out")" = "You are signed out." ]; then
+	ok "sign out ends the provider session too (RP-initiated logout) and comes back signed out"
+else
+	not_ok "sign out" "$out"
+fi
+
+# --- a reload (SIGHUP) applies a new claim mapping without dropping connections ---------
+
+wait_for() { # $1 = file, $2 = extended regex: waits up to 20 s for a matching line
+	local i
+	for i in $(seq 200); do
+		grep -qE "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+log_since() { # $1 = number of daemon log lines seen before
+	tail -n "+$(($1 + 1))" "$TMP/mailauthd.log"
+}
+wait_log() { # $1 = number of daemon log lines seen before, $2 = extended regex
+	local i
+	for i in $(seq 200); do
+		grep -qE "$2" <(log_since "$1") && return 0
+		sleep 0.1
+	done
+	return 1
+}
+replace_config() { # stdin = the new config.toml, put in place in one rename
+	cat >"$TMP/config.next.toml"
+	mv "$TMP/config.next.toml" "$TMP/config.toml"
+}
+auth_spid() { # the SPID a new auth-socket connection is greeted with: the serving process
+	python3 "$HERE/held-auth-conn.py" "$TMP/run/auth" </dev/null 2>&1 | sed -n 's/^ready spid=\([0-9]*\) .*/\1/p' || true
+}
+
+# One auth-socket connection, as Dovecot keeps them, opened now and held through the
+# reloads below; held_auth sends a login on it and prints the helper's answer line.
+mkfifo "$TMP/held-auth.in"
+python3 "$HERE/held-auth-conn.py" "$TMP/run/auth" <"$TMP/held-auth.in" >"$TMP/held-auth.out" 2>&1 &
+HELD_PID=$!
+PIDS+=("$HELD_PID")
+exec {HELD_IN}>"$TMP/held-auth.in"
+held_auth() { # $1 = request id, $2 = address, $3 = password
+	# In a subshell: if the helper is gone, the broken pipe ends only that.
+	(printf 'auth %s %s %s\n' "$1" "$2" "$3" >&"$HELD_IN") 2>/dev/null || true
+	wait_for "$TMP/held-auth.out" "^(reply $1 |closed|error)" || true
+	grep -E "^(reply $1 |closed|error)" "$TMP/held-auth.out" | tail -n 1 || true
+}
+wait_for "$TMP/held-auth.out" '^(ready|error)' || true
+reply=$(held_auth 1 erin@example.org erin-local-password-1)
+if grep -q "^ready spid=$DAEMON_PID " "$TMP/held-auth.out" && [ "$reply" = "reply 1 OK|1|user=erin@example.org" ]; then
+	ok "an auth-socket connection opened before the reload answers a login (OK for erin)"
+else
+	not_ok "an auth-socket connection opened before the reload answers a login" "$(cat "$TMP/held-auth.out")"
+fi
+
+# A second claim, department, maps to its own template; the running config still reads
+# mailcow_template, so ivy (department lab, mailcow_template staff) still gets staff.
+m template add researchers --quota 3G --protocols imap >/dev/null
+m mapping add lab researchers >/dev/null
+out=$(browser signin 14-ivy-before-reload --login ivy)
+show=$(m --json mailbox show ivy@example.org 2>&1 || true)
+if [ "$(json 'j.address' <<<"$out")" = ivy@example.org ] &&
+	[ "$(json 'j.mailbox.template' <<<"$show")" = staff ]; then
+	ok "before the reload, the template still comes from mailcow_template (ivy gets staff)"
+else
+	not_ok "before the reload, the template still comes from mailcow_template" "$out
+$show"
+fi
+
+# The new [oidc] section: the template from department, and a new name on the page.
+log_mark=$(wc -l <"$TMP/mailauthd.log")
+write_config "$TMP/config.reloaded.toml" "$ISSUER" false "Example Research SSO" 'template_claim = "department"
+scopes = ["openid", "profile", "email", "department"]'
+replace_config <"$TMP/config.reloaded.toml"
+kill -HUP "$DAEMON_PID" || true
+if wait_log "$log_mark" 'configuration reloaded|reload refused'; then
+	line=$(grep -m 1 -E 'configuration reloaded|reload refused' <(log_since "$log_mark") || true)
+else
+	line="no reload line in the log within 20 s"
+fi
+if grep -q 'INFO configuration reloaded ' <<<"$line" && grep -qE 'applied=([^=]*, )?oidc( |,|$)' <<<"$line"; then
+	ok "SIGHUP logs \"configuration reloaded\" with oidc applied (and nothing left for a restart)"
+else
+	not_ok "SIGHUP logs \"configuration reloaded\" with oidc applied" "$line"
+fi
+page=$(curl -fsS "$BASE/" 2>&1 || true)
+if grep -qF 'Sign in with Example Research SSO' <<<"$page" && ! grep -qF 'Sign in with Example SSO' <<<"$page"; then
+	ok "after the reload the sign-in page shows the new display name (Example Research SSO)"
+else
+	not_ok "after the reload the sign-in page shows the new display name" "$page"
+fi
+
+out=$(browser signin 15-hank-after-reload --login hank)
+show=$(m --json mailbox show hank@example.org 2>&1 || true)
+if [ "$(json 'j.address' <<<"$out")" = hank@example.org ] &&
+	[ "$(json 'j.mailbox.template' <<<"$show")" = researchers ] &&
+	[ "$(json 'j.mailbox.quota' <<<"$show")" = 3221225472 ] &&
+	[ "$(json 'j.mailbox.protocols.join(",")' <<<"$show")" = imap ]; then
+	ok "after the reload, a new user's first sign-in takes the template from department (hank: lab -> researchers, 3G, imap)"
+else
+	not_ok "after the reload, a new user's first sign-in takes the template from department" "$out
+$show"
+fi
+out=$(browser signin 16-ivy-after-reload --login ivy)
+show=$(m --json mailbox show ivy@example.org 2>&1 || true)
+if [ "$(json 'j.address' <<<"$out")" = ivy@example.org ] &&
+	[ "$(json 'j.mailbox.template' <<<"$show")" = researchers ] &&
+	[ "$(json 'j.mailbox.quota' <<<"$show")" = 3221225472 ]; then
+	ok "after the reload, an existing mailbox's next sign-in re-applies the template from department (ivy: staff -> researchers)"
+else
+	not_ok "after the reload, an existing mailbox's next sign-in re-applies the template from department" "$out
+$show"
+fi
+
+spid=$(auth_spid)
+if [ "$spid" = "$DAEMON_PID" ] && [ "$(grep -c 'mailauthd ready' "$TMP/mailauthd.log")" = 1 ] &&
+	[ "$(curl -fsS "$BASE/readyz" 2>&1)" = ready ]; then
+	ok "the reload happened in place: the same PID serves the auth socket and the daemon started once"
+else
+	not_ok "the reload happened in place (same PID, started once)" "started as $DAEMON_PID, auth socket served by ${spid:-nobody}
+$(grep 'mailauthd ready' "$TMP/mailauthd.log")"
+fi
+reply=$(held_auth 2 erin@example.org erin-local-password-1)
+if [ "$reply" = "reply 2 OK|2|user=erin@example.org" ]; then
+	ok "the auth connection opened before the reload is still open and answers a login on it"
+else
+	not_ok "the auth connection opened before the reload is still open and answers a login on it" "$(cat "$TMP/held-auth.out")"
+fi
+
+# A broken file on reload changes nothing.
+log_mark=$(wc -l <"$TMP/mailauthd.log")
+printf '[oidc\ndisplay_name = "Broken SSO"\n' | replace_config
+kill -HUP "$DAEMON_PID" || true
+if wait_log "$log_mark" 'configuration reloaded|reload refused'; then
+	line=$(grep -m 1 -E 'configuration reloaded|reload refused' <(log_since "$log_mark") || true)
+else
+	line="no reload line in the log within 20 s"
+fi
+if grep -q 'ERROR reload refused, keeping the running configuration' <<<"$line"; then
+	ok "a config that is not valid TOML is refused at reload (\"reload refused\", running config kept)"
+else
+	not_ok "a config that is not valid TOML is refused at reload" "$line"
+fi
+page=$(curl -fsS "$BASE/" 2>&1 || true)
+if [ "$(curl -fsS "$BASE/readyz" 2>&1)" = ready ] && grep -qF 'Sign in with Example Research SSO' <<<"$page"; then
+	ok "after the refused reload the daemon is ready and the page still shows Example Research SSO"
+else
+	not_ok "after the refused reload the daemon is ready and keeps the running [oidc] settings" "$page"
+fi
+reply=$(held_auth 3 erin@example.org erin-local-password-1)
+if [ "$reply" = "reply 3 OK|3|user=erin@example.org" ] && [ "$(auth_spid)" = "$DAEMON_PID" ]; then
+	ok "the held auth connection also outlives the refused reload, in the same process"
+else
+	not_ok "the held auth connection also outlives the refused reload, in the same process" "$(cat "$TMP/held-auth.out")"
+fi
+# The good file back, for the mailauthd commands below.
+replace_config <"$TMP/config.reloaded.toml"
+(printf 'quit\n' >&"$HELD_IN") 2>/dev/null || true
+exec {HELD_IN}>&-
+wait "$HELD_PID" || true
+
+# --- the daemon's log, after everything above (reloads included) ---------------------
+
 if grep -qiE 'panicked|stack backtrace' "$TMP/mailauthd.log"; then
 	not_ok "no panic in the daemon log" "$(grep -iE 'panicked|backtrace' "$TMP/mailauthd.log")"
 else
@@ -432,15 +607,6 @@ if grep -qF "$CLIENT_SECRET" "$TMP/mailauthd.log" || { [ -n "$secret" ] && grep 
 	not_ok "no secrets in the daemon log"
 else
 	ok "no secrets in the daemon log (client secret, app password)"
-fi
-
-# --- sign out, at the provider too -----------------------------------------------------
-
-out=$(browser signout 13-alice-sign-out --login alice)
-if [ "$(json 'j.status' <<<"$out")" = "You are signed out." ]; then
-	ok "sign out ends the provider session too (RP-initiated logout) and comes back signed out"
-else
-	not_ok "sign out" "$out"
 fi
 
 # --- an HTTPS provider with a self-signed certificate ----------------------------------
