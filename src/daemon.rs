@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::auth::throttle::Throttle;
 use crate::cli::CliError;
 use crate::config::{self, Config};
 use crate::logging::LogControl;
@@ -66,7 +67,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 systemd::reloading();
-                current = reload(current, &log);
+                current = reload(current, &log, &core.throttle);
                 systemd::ready(&format!("serving {listening}"));
             }
         }
@@ -85,7 +86,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
 
 /// Re-reads the config file. What can change live is applied; the rest is named so the
 /// postmaster knows a restart is needed. A broken file changes nothing.
-fn reload(old: Config, log: &LogControl) -> Config {
+fn reload(old: Config, log: &LogControl, throttle: &Throttle) -> Config {
     let Some(path) = old.source.clone() else {
         return old;
     };
@@ -106,7 +107,13 @@ fn reload(old: Config, log: &LogControl) -> Config {
             Err(e) => tracing::warn!(error = %e, "cannot change the log level"),
         }
     }
-    let needs_restart = restart_only_changes(&old, &new);
+    let mut needs_restart = restart_only_changes(&old, &new);
+    if new.throttle != old.throttle {
+        // Delays, thresholds, window, trusted networks and on/off apply to the next
+        // login; which Redis (and key names) only at a restart.
+        needs_restart.extend(throttle.reconfigure(new.throttle.clone()));
+        tracing::info!(throttle = %throttle.config().describe(), "throttle settings applied");
+    }
     if needs_restart.is_empty() {
         tracing::info!(config = %path.display(), "configuration reloaded");
     } else {
@@ -140,7 +147,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "hash_pool",
     );
     check(old.services != new.services, "services");
-    check(old.throttle != new.throttle, "throttle");
     check(old.log_format != new.log_format, "log.format");
     check(
         format!("{:?}", old.oidc) != format!("{:?}", new.oidc),
