@@ -364,8 +364,9 @@ async fn silent_redis_costs_one_timeout_not_one_per_login() {
         t.check(ip("192.0.2.7"), "", last).await,
         Verdict::Blocked { .. }
     ));
+    // Seven calls, well under one timeout in all (not seven).
     let rest = started.elapsed();
-    assert!(rest < Duration::from_millis(100), "{rest:?}");
+    assert!(rest < Duration::from_millis(300), "{rest:?}");
     assert_eq!(t.redis_fallbacks(), 8);
     acceptor.abort();
 }

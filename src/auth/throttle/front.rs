@@ -115,11 +115,6 @@ impl Throttle {
         self.redis.is_some()
     }
 
-    /// This process's own state: all of it without Redis, the fallback with it.
-    pub fn memory(&self) -> &MemoryThrottle {
-        &self.memory
-    }
-
     /// Calls memory answered because Redis failed, was too slow, or was being skipped
     /// right after a failure.
     pub fn redis_fallbacks(&self) -> u64 {
