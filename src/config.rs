@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::auth::password::Argon2Params;
 use crate::auth::services::ServiceMap;
-use crate::auth::throttle::ThrottleConfig;
+use crate::auth::throttle::{RedisUrl, ThrottleConfig};
 use crate::auth::verify_cache::VerifyCacheConfig;
 use crate::names::Protocol;
 use crate::policy::{check_reply_text, NullSender, PolicySettings, ReplyTexts};
@@ -159,6 +159,9 @@ pub struct ThrottleSection {
     pub block_secs: Option<u64>,
     pub trusted_networks: Vec<String>,
     pub max_tracked: Option<usize>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub redis_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -942,6 +945,15 @@ fn throttle_config(section: &ThrottleSection, problems: &mut Vec<Problem>) -> Th
         block_duration: secs(section.block_secs, defaults.block_duration),
         trusted_networks,
         max_tracked: section.max_tracked.unwrap_or(defaults.max_tracked),
+        redis_url: section
+            .redis_url
+            .as_deref()
+            .map(|url| RedisUrl::new(url.trim())),
+        redis_prefix: section
+            .redis_prefix
+            .clone()
+            .unwrap_or(defaults.redis_prefix),
+        redis_timeout: ms(section.redis_timeout_ms, defaults.redis_timeout),
     };
     if let Err(found) = config.validate() {
         for (key, message) in found {
@@ -1072,6 +1084,48 @@ mod tests {
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn throttle_redis_keys_are_optional_and_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.throttle.redis_url, None);
+        assert_eq!(c.throttle.redis_prefix, "mailauthd:throttle:");
+        assert_eq!(c.throttle.redis_timeout, Duration::from_millis(250));
+
+        let c = parse(
+            "[throttle]\nredis_url = \"redis://:pw@127.0.0.1:6379/3\"\n\
+             redis_prefix = \"site-a:\"\nredis_timeout_ms = 100\n",
+        )
+        .unwrap();
+        let url = c.throttle.redis_url.as_ref().unwrap();
+        assert_eq!(url.expose(), "redis://:pw@127.0.0.1:6379/3");
+        assert!(!format!("{:?}", c.throttle).contains(":pw@"));
+        assert!(c
+            .throttle
+            .describe()
+            .contains("Redis redis://:***@127.0.0.1:6379/3"));
+        assert_eq!(c.throttle.redis_prefix, "site-a:");
+        assert_eq!(c.throttle.redis_timeout, Duration::from_millis(100));
+
+        let problems = parse(
+            "[throttle]\nredis_url = \"127.0.0.1:6379\"\nredis_prefix = \"\"\n\
+             redis_timeout_ms = 5000\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "throttle.redis_url",
+                "throttle.redis_prefix",
+                "throttle.redis_timeout_ms"
+            ]
+        );
+        assert!(
+            problems[0].message.contains("redis://HOST:PORT/DB"),
+            "{problems:?}"
+        );
     }
 
     #[test]

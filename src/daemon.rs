@@ -177,8 +177,22 @@ fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> (Config, bool) {
             applied.push("oidc");
         }
     }
-    let _ = live.core;
-    let needs_restart = restart_only_changes(&old, &new);
+    let mut needs_restart = restart_only_changes(&old, &new);
+    if new.throttle != old.throttle {
+        // Delays, thresholds, window, trusted networks and on/off apply to the next
+        // login; which Redis (and key names) only at a restart.
+        let restart = live.core.throttle.reconfigure(new.throttle.clone());
+        let mut live_part = new.throttle.clone();
+        live_part.redis_url.clone_from(&old.throttle.redis_url);
+        live_part
+            .redis_prefix
+            .clone_from(&old.throttle.redis_prefix);
+        if live_part != old.throttle {
+            applied.push("throttle");
+        }
+        needs_restart.extend(restart);
+        tracing::info!(throttle = %live.core.throttle.config().describe(), "throttle settings applied");
+    }
     if needs_restart.is_empty() {
         tracing::info!(config = %path.display(), applied = %applied.join(", "), "configuration reloaded");
     } else {
@@ -213,7 +227,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "hash_pool",
     );
     check(old.services != new.services, "services");
-    check(old.throttle != new.throttle, "throttle");
     check(old.log_format != new.log_format, "log.format");
     check(
         old.verify_cache != new.verify_cache,

@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::auth::last_use::LastUseWriter;
 use crate::auth::pool::HashPool;
-use crate::auth::throttle::{Fingerprinter, Throttle};
+use crate::auth::throttle::{self, Fingerprinter, Throttle};
 use crate::auth::verify_cache::VerifyCache;
 use crate::auth::{Authenticator, AuthenticatorParts};
 use crate::clock::SystemClock;
@@ -24,6 +24,8 @@ pub enum StartError {
     Credentials(String),
     #[error("the operating system gave no random bytes for an in-memory key: {0}")]
     Random(getrandom::Error),
+    #[error(transparent)]
+    Throttle(#[from] throttle::SetupError),
 }
 
 impl StartError {
@@ -56,10 +58,14 @@ impl Core {
             config.last_use_interval,
             config.last_use_queue,
         );
-        let throttle = Arc::new(Throttle::new(
-            config.throttle.clone(),
-            Fingerprinter::random().map_err(StartError::Random)?,
-        ));
+        // Daemons sharing Redis must fingerprint a secret alike, or a stale client's one
+        // old password counts once per daemon; alone, a random key reveals less.
+        let fingerprinter = if config.throttle.redis_url.is_some() {
+            Fingerprinter::for_site(&key)
+        } else {
+            Fingerprinter::random().map_err(StartError::Random)?
+        };
+        let throttle = Arc::new(Throttle::new(config.throttle.clone(), fingerprinter)?);
         let auth = Authenticator::new(AuthenticatorParts {
             store: dyn_store,
             key,

@@ -29,6 +29,16 @@ impl Daemon {
     /// `key_file`: share one app-password key between daemons; `seed`: create the test
     /// domain and mailboxes (only the first daemon on a shared database does).
     fn start_with(store_url: Option<&str>, key_file: Option<&Path>, seed: bool) -> Daemon {
+        Daemon::start_throttled(store_url, key_file, seed, "")
+    }
+
+    /// Like `start_with`, with more `[throttle]` lines (such as `redis_url`).
+    fn start_throttled(
+        store_url: Option<&str>,
+        key_file: Option<&Path>,
+        seed: bool,
+        throttle: &str,
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("mailauthd.toml");
         let store = store_url
@@ -40,7 +50,7 @@ impl Daemon {
                 "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
                  [credentials]\n{key}argon2_memory_kib = 8192\nargon2_iterations = 1\n\
                  [auth_socket]\nidle_timeout_ms = 60000\n\
-                 [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n",
+                 [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n{throttle}",
                 state = dir.path().join("state"),
                 run = dir.path().join("run"),
                 key = key_file.map(|k| format!("key_file = {k:?}\n")).unwrap_or_default(),
@@ -611,6 +621,106 @@ fn two_daemons_on_one_database_see_changes_at_once() {
         "OK\t3\tuser=bob@example.org",
         "auth source switched through A, seen by B"
     );
+    drop((a, b));
+    rt.block_on(db.finish());
+}
+
+/// Two daemons on one PostgreSQL database and one Redis: failures through A block the
+/// network at B, B lists the block, `throttle clear` through B's control socket lifts it
+/// at A, and a stale password repeated through both counts once.
+#[test]
+fn two_daemons_share_throttle_state_through_redis() {
+    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
+        );
+        eprintln!(
+            "note: MAILAUTHD_TEST_POSTGRES_URL not set; two-daemon Redis test skipped outside CI"
+        );
+        return;
+    };
+    let Some(redis) = common::redis_url("the two-daemon Redis throttle test") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
+    rt.block_on(db.store.close());
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("app-password.key");
+    let throttle = format!(
+        "redis_url = {redis:?}\nredis_prefix = {:?}\n",
+        common::unique_redis_prefix()
+    );
+    let a = Daemon::start_throttled(Some(&db.url), Some(&key), true, &throttle);
+    let b = Daemon::start_throttled(Some(&db.url), Some(&key), false, &throttle);
+    let login = |d: &Daemon, id: u32, rip: &str, pass: &str| {
+        let (mut c, _) = Client::handshake(&d.socket("auth"));
+        c.send(&format!(
+            "AUTH\t{id}\tPLAIN\tservice=imap\trip={rip}\tresp={}\n",
+            plain("alice@example.org", pass)
+        ));
+        c.line().unwrap()
+    };
+
+    for id in 1..=6 {
+        let reply = login(&a, id, "192.0.2.99", &format!("guess-{id}"));
+        assert!(reply.starts_with(&format!("FAIL\t{id}\t")), "{reply}");
+    }
+    assert!(
+        login(&b, 7, "192.0.2.99", "alice-pw").starts_with("FAIL\t7\t"),
+        "six failures through A block the network at B"
+    );
+    assert_eq!(
+        login(&b, 8, "198.51.100.5", "alice-pw"),
+        "OK\t8\tuser=alice@example.org",
+        "other networks pass"
+    );
+    let list = b.cli(&["--json", "throttle", "list"], None);
+    let entries: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let blocked = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "192.0.2.99/32")
+        .unwrap_or_else(|| panic!("B lists what A recorded: {list}"));
+    assert!(blocked["blocked_until_ms"].is_i64(), "{blocked}");
+    assert_eq!(blocked["failures"], 6, "{blocked}");
+
+    let cleared = b.cli(&["throttle", "clear", "192.0.2.99"], None);
+    assert!(cleared.contains("1 throttle entry cleared"), "{cleared}");
+    assert_eq!(
+        login(&a, 9, "192.0.2.99", "alice-pw"),
+        "OK\t9\tuser=alice@example.org",
+        "cleared through B, lifted at A"
+    );
+
+    // One stale password through both daemons, far more often than the block threshold:
+    // both derive the fingerprint key from the shared key file, so it counts once.
+    for id in 10..30 {
+        let d = if id % 2 == 0 { &a } else { &b };
+        assert!(login(d, id, "192.0.2.77", "last year's password").starts_with("FAIL"));
+    }
+    let list = a.cli(&["--json", "throttle", "list"], None);
+    let entries: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let stale = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "192.0.2.77/32")
+        .unwrap_or_else(|| panic!("stale client listed: {list}"));
+    assert_eq!(stale["failures"], 1, "{stale}");
+    assert_eq!(
+        login(&b, 30, "192.0.2.77", "alice-pw"),
+        "OK\t30\tuser=alice@example.org",
+        "a stale client is not blocked"
+    );
+
+    a.cli(&["throttle", "clear"], None);
+    println!("two daemons shared throttle state through redis");
     drop((a, b));
     rt.block_on(db.finish());
 }

@@ -394,8 +394,9 @@ fn reload_applies_live_settings_keeps_connections_and_survives_a_broken_file() {
         .starts_with("OK\t1\t"));
     assert!(http_get(web_port, "/").1.contains("Old Provider"));
 
+    // Lines before the first header belong to [throttle], the last section of the base.
     d.write_config(&format!(
-        "[log]\nlevel = \"debug\"\n{}",
+        "network_block_after = 2\n[log]\nlevel = \"debug\"\n{}",
         web("New Provider", 3)
     ));
     d.signal("-HUP");
@@ -403,17 +404,26 @@ fn reload_applies_live_settings_keeps_connections_and_survives_a_broken_file() {
     d.expect_notify("READY=1");
     let log = d.wait_log("these changes take effect after a restart");
     assert!(log.contains("log level changed"), "{log}");
-    assert!(log.contains("applied=log.level, oidc"), "{log}");
+    assert!(log.contains("applied=log.level, oidc, throttle"), "{log}");
     assert!(log.contains("keys=hash_pool"), "{log}");
     assert!(
         http_get(web_port, "/").1.contains("New Provider"),
         "the sign-in button names the reloaded provider"
     );
-    // The connection opened before the reload is still served, by the same process.
+    // The connection opened before the reload is still served, by the same process, and
+    // the new throttle threshold holds: two failures now block the network.
     assert!(c
         .plain(2, "alice@example.org", "wrong")
         .starts_with("FAIL\t2\t"));
+    assert!(c
+        .plain(4, "alice@example.org", "wrong again")
+        .starts_with("FAIL\t4\t"));
+    assert!(c
+        .plain(5, "alice@example.org", "alice-pw")
+        .starts_with("FAIL\t5\t"));
+    d.wait_log("reason=\"throttled\"");
     assert_eq!(d.child.as_ref().unwrap().id(), pid);
+    d.cli(&["throttle", "clear"], None);
 
     std::fs::write(&d.config, "this is [not toml").unwrap();
     d.signal("-HUP");

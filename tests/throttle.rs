@@ -2,8 +2,8 @@
 //! before the store is asked, while other networks and accounts carry on.
 //!
 //! Delays here are a few milliseconds so the tests run at full speed; the delay values
-//! themselves are tested in `src/auth/throttle.rs`. Windows and blocks run on a
-//! `ManualClock`.
+//! themselves are tested in `src/auth/throttle.rs`, state shared through Redis in
+//! `tests/throttle_redis.rs`. Windows and blocks run on a `ManualClock`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -102,7 +102,7 @@ async fn setup() -> Fixture {
         argon2: CHEAP,
         rehash_on_login: false,
         last_use: sender,
-        throttle: Arc::new(Throttle::new(config(), Fingerprinter::random().unwrap())),
+        throttle: Arc::new(Throttle::new(config(), Fingerprinter::random().unwrap()).unwrap()),
         verify_cache: Arc::new(VerifyCache::new(VerifyCacheConfig::default()).unwrap()),
     })
     .unwrap();
@@ -166,7 +166,7 @@ async fn repeated_failures_are_throttled_and_other_networks_are_not() {
         Outcome::Ok(_)
     ));
 
-    let listed = f.auth.throttle().list(f.clock.now_ms());
+    let listed = f.auth.throttle().list(f.clock.now_ms()).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(
         (
@@ -207,7 +207,11 @@ async fn an_attacked_account_is_blocked_from_everywhere_until_its_block_ends() {
         Outcome::Ok(_)
     ));
     assert_eq!(
-        f.auth.throttle().clear(Some("Alice@Example.org")),
+        f.auth
+            .throttle()
+            .clear(Some("Alice@Example.org"))
+            .await
+            .unwrap(),
         1,
         "a postmaster lifts the block"
     );

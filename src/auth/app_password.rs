@@ -39,6 +39,20 @@ impl AppPasswordKey {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
+
+    /// A key for another purpose, derived under `label`: daemons that share the key file
+    /// agree on it without a second file to distribute, and no use can stand in for another.
+    pub fn derive(&self, label: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut derived = zeroize::Zeroizing::new([0u8; 32]);
+        // HMAC accepts keys of any length, so this cannot fail; an all-zero key would only
+        // make fingerprints guessable, never let a login through.
+        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.0.expose()) {
+            mac.update(b"mailauthd derived key v1\0");
+            mac.update(label);
+            derived.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        derived
+    }
 }
 
 impl std::fmt::Debug for AppPasswordKey {
@@ -129,5 +143,18 @@ mod tests {
     #[test]
     fn key_debug_is_redacted() {
         assert!(!format!("{:?}", AppPasswordKey::new(vec![0x41; 32])).contains("AAAA"));
+    }
+
+    #[test]
+    fn derived_keys_depend_on_key_and_label_only() {
+        let key = AppPasswordKey::new(vec![7; 32]);
+        let same_file = AppPasswordKey::new(vec![7; 32]);
+        assert_eq!(*key.derive(b"a"), *same_file.derive(b"a"));
+        assert_ne!(*key.derive(b"a"), *key.derive(b"b"));
+        assert_ne!(
+            *key.derive(b"a"),
+            *AppPasswordKey::new(vec![8; 32]).derive(b"a")
+        );
+        assert_ne!(*key.derive(b"a"), [0u8; 32]);
     }
 }

@@ -95,7 +95,7 @@ impl Authenticator {
             Ok(success) => Outcome::Ok(success),
             Err(outcome) => outcome,
         };
-        self.learn(req, &account, &outcome);
+        self.learn(req, &account, &outcome).await;
         audit(req, &outcome);
         crate::metrics::auth_decided(
             self.parts
@@ -174,7 +174,7 @@ impl Authenticator {
     /// is an async sleep, so a delayed login holds no thread.
     async fn admit(&self, req: &AuthRequest<'_>, account: &str) -> Step<()> {
         let now = self.parts.clock.now_ms();
-        match self.parts.throttle.check(req.remote_ip, account, now) {
+        match self.parts.throttle.check(req.remote_ip, account, now).await {
             Verdict::Allow => Ok(()),
             Verdict::Delay(delay) => {
                 crate::metrics::throttle_delayed();
@@ -197,14 +197,14 @@ impl Authenticator {
     }
 
     /// Feeds a decision back into the throttle.
-    fn learn(&self, req: &AuthRequest<'_>, account: &str, outcome: &Outcome) {
+    async fn learn(&self, req: &AuthRequest<'_>, account: &str, outcome: &Outcome) {
         if req.no_penalty {
             return;
         }
         let throttle = &self.parts.throttle;
         let now = self.parts.clock.now_ms();
         match outcome {
-            Outcome::Ok(_) => throttle.record_success(req.remote_ip, account, now),
+            Outcome::Ok(_) => throttle.record_success(req.remote_ip, account, now).await,
             // Each of these is what a guesser sees as "wrong": an unknown or disabled
             // account and a refused credential must cost the same, or counting would tell
             // them apart.
@@ -223,7 +223,9 @@ impl Authenticator {
                 let fingerprint = throttle
                     .fingerprinter()
                     .fingerprint(account, req.secret.expose());
-                throttle.record_failure(req.remote_ip, account, fingerprint, now);
+                throttle
+                    .record_failure(req.remote_ip, account, fingerprint, now)
+                    .await;
             }
             // Not guesses: an attempt refused by the throttle itself, a service name we do
             // not serve (a client set up wrongly, decided before any account is looked
@@ -484,7 +486,7 @@ impl Authenticator {
             }),
             Err(o) => o.clone(),
         };
-        self.learn(&req, &account, &outcome);
+        self.learn(&req, &account, &outcome).await;
         audit(&req, &outcome);
         match (result, outcome) {
             (Ok(address), _) => {

@@ -1,17 +1,29 @@
 //! Abuse resistance (DESIGN §7): progressive delays, then temporary blocks, per source
 //! network and per account.
 //!
-//! Pure and synchronous: every method takes the time as a parameter and nothing here
-//! sleeps, so the decision core does the waiting (asynchronously) and tests move a number
-//! instead of waiting. State lives in memory, in shards each behind a `std` mutex held
-//! for a few map operations and never across an await.
+//! [`MemoryThrottle`] is pure and synchronous: every method takes the time as a parameter
+//! and nothing here sleeps, so the decision core does the waiting (asynchronously) and
+//! tests move a number instead of waiting. Its state lives in memory, in shards each
+//! behind a `std` mutex held for a few map operations and never across an await.
+//!
+//! [`Throttle`] is what the daemon holds: the same rules with the state either in that
+//! memory or, when several daemons share the load, in Redis (`redis.rs`), falling back to
+//! memory whenever Redis does not answer in time (`front.rs`).
+
+mod front;
+mod health;
+mod redis;
+
+pub use self::front::{ClearError, SetupError, Throttle};
+pub use self::redis::RedisUrl;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -20,6 +32,7 @@ use serde::{Serialize, Serializer};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::auth::app_password::AppPasswordKey;
 use crate::clock::UnixMillis;
 use crate::names::Address;
 
@@ -63,7 +76,16 @@ pub struct ThrottleConfig {
     pub trusted_networks: Vec<IpNet>,
     /// Networks and accounts remembered at once; beyond it the least telling are forgotten.
     pub max_tracked: usize,
+    /// Where several daemons keep their shared state; `None` keeps it in this process.
+    pub redis_url: Option<RedisUrl>,
+    /// Put before every Redis key, so other programs (or sites) can share the server.
+    pub redis_prefix: String,
+    /// How long one Redis call may take before this daemon decides from its own memory.
+    pub redis_timeout: Duration,
 }
+
+/// Redis keys of one site start with this unless `redis_prefix` says otherwise.
+pub const DEFAULT_REDIS_PREFIX: &str = "mailauthd:throttle:";
 
 impl Default for ThrottleConfig {
     fn default() -> Self {
@@ -80,6 +102,11 @@ impl Default for ThrottleConfig {
             block_duration: Duration::from_secs(900),
             trusted_networks: Vec::new(),
             max_tracked: 65_536,
+            redis_url: None,
+            redis_prefix: DEFAULT_REDIS_PREFIX.to_string(),
+            // A local Redis answers in well under a millisecond; a quarter second means it
+            // is in trouble, and a login should not wait longer than that to find out.
+            redis_timeout: Duration::from_millis(250),
         }
     }
 }
@@ -97,9 +124,13 @@ impl ThrottleConfig {
                 format!("after {n}")
             }
         };
+        let shared = match &self.redis_url {
+            None => String::new(),
+            Some(url) => format!("; shared in Redis {url} under {:?}", self.redis_prefix),
+        };
         format!(
             "delays after {} failures, up to {} ms; blocks networks {}, accounts {}, for {} s; \
-             {} trusted network(s)",
+             {} trusted network(s){shared}",
             self.free_failures,
             self.max_delay.as_millis(),
             blocks(self.network_block_after),
@@ -150,6 +181,44 @@ impl ThrottleConfig {
             problems.push((
                 "max_tracked",
                 "must be between 1024 and 10000000".to_string(),
+            ));
+        }
+        if let Some(url) = &self.redis_url {
+            if let Err(why) = url.check() {
+                problems.push(("redis_url", why));
+            }
+        }
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 128
+            || self
+                .redis_prefix
+                .chars()
+                .any(|c| c.is_control() || c == ' ')
+        {
+            problems.push((
+                "redis_prefix",
+                "must be 1 to 128 characters without spaces or control characters \
+                 (the default is \"mailauthd:throttle:\")"
+                    .to_string(),
+            ));
+        }
+        // A login may wait for two Redis calls (check, then record) on top of its delay
+        // and the password check; a second each keeps that under Postfix's 10 s.
+        if self.redis_timeout < Duration::from_millis(10)
+            || self.redis_timeout > Duration::from_millis(1000)
+        {
+            problems.push((
+                "redis_timeout_ms",
+                "must be between 10 and 1000 (250 is a good value)".to_string(),
+            ));
+        } else if self.redis_url.is_some()
+            && self.max_delay + 2 * self.redis_timeout >= POSTFIX_SASL_TIMEOUT
+        {
+            problems.push((
+                "redis_timeout_ms",
+                "with max_delay_ms, two Redis calls must stay below 10000 ms in all \
+                 (Postfix drops a SASL exchange after 10 s)"
+                    .to_string(),
             ));
         }
         if problems.is_empty() {
@@ -249,18 +318,32 @@ pub struct BlockInfo {
 }
 
 /// Keyed hashes of refused secrets, so a repeat can be recognised without keeping the
-/// secret. The key is random per process: the fingerprints mean nothing outside it and
-/// cannot be tested against a password list.
+/// secret. In memory the key is random per process: the fingerprints mean nothing outside
+/// it and cannot be tested against a password list. Daemons sharing state in Redis must
+/// agree on the key, so there it comes from the site's key file ([`Fingerprinter::for_site`]).
 #[derive(Clone)]
 pub struct Fingerprinter {
     key: Zeroizing<[u8; 32]>,
 }
+
+/// Separates the fingerprint key from every other use of the site key.
+const SITE_FINGERPRINT_LABEL: &[u8] = b"mailauthd throttle fingerprint key v1";
 
 impl Fingerprinter {
     pub fn random() -> Result<Self, getrandom::Error> {
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(key.as_mut())?;
         Ok(Fingerprinter { key })
+    }
+
+    /// The same key on every daemon that shares the key file, so a stale client's one old
+    /// password counts once for the whole site, not once per daemon it happens to reach.
+    /// Derived under its own label: a fingerprint in Redis reveals nothing about app
+    /// password hashes, and a Redis dump alone cannot test guesses against it.
+    pub fn for_site(site_key: &AppPasswordKey) -> Self {
+        Fingerprinter {
+            key: site_key.derive(SITE_FINGERPRINT_LABEL),
+        }
     }
 
     /// A fixed key, for tests that want repeatable fingerprints.
@@ -294,20 +377,22 @@ impl fmt::Debug for Fingerprinter {
     }
 }
 
-/// Brute-force state for every source network and account the daemon has seen fail.
-pub struct Throttle {
-    config: ThrottleConfig,
+/// Brute-force state for every source network and account this process has seen fail.
+pub struct MemoryThrottle {
+    /// Read once per call and never held across an await, so a reload can swap it while
+    /// logins run ([`MemoryThrottle::set_config`]).
+    config: RwLock<Arc<ThrottleConfig>>,
     fingerprinter: Fingerprinter,
     shards: Vec<Mutex<Shard>>,
     /// Randomly seeded, so nobody can choose keys that all land on one shard.
     placement: RandomState,
-    per_shard: usize,
+    per_shard: AtomicUsize,
 }
 
-impl fmt::Debug for Throttle {
+impl fmt::Debug for MemoryThrottle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Throttle")
-            .field("config", &self.config)
+        f.debug_struct("MemoryThrottle")
+            .field("config", &self.config())
             .field("tracked", &self.tracked())
             .finish_non_exhaustive()
     }
@@ -319,28 +404,39 @@ enum Scope {
     Keys(Vec<ThrottleKey>),
 }
 
-/// What to remove with [`Throttle::clear`].
+/// What to remove with [`MemoryThrottle::clear`].
 enum Filter {
     All,
     Networks(IpNet),
     Account(String),
 }
 
-impl Throttle {
+impl MemoryThrottle {
     /// `config` should have passed [`ThrottleConfig::validate`].
     pub fn new(config: ThrottleConfig, fingerprinter: Fingerprinter) -> Self {
-        let per_shard = (config.max_tracked / SHARDS).max(1);
-        Throttle {
+        MemoryThrottle {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             placement: RandomState::new(),
-            per_shard,
-            config,
+            per_shard: AtomicUsize::new(per_shard(&config)),
+            config: RwLock::new(Arc::new(config)),
             fingerprinter,
         }
     }
 
-    pub fn config(&self) -> &ThrottleConfig {
-        &self.config
+    /// The settings in force now; a later [`MemoryThrottle::set_config`] does not change
+    /// the copy returned.
+    pub fn config(&self) -> Arc<ThrottleConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// New settings for every call from now on. What is counted stays: a lower threshold
+    /// applies at a key's next failure, a shorter window at its next check.
+    pub fn set_config(&self, config: ThrottleConfig) {
+        self.per_shard.store(per_shard(&config), Ordering::Relaxed);
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
     }
 
     pub fn fingerprinter(&self) -> &Fingerprinter {
@@ -350,32 +446,23 @@ impl Throttle {
     /// How long a blocked attempt is held before it is refused: as long as the longest
     /// delay, so a blocked client learns nothing faster than a delayed one.
     pub fn blocked_delay(&self) -> Duration {
-        self.config.max_delay
+        self.config().max_delay
     }
 
     /// Whether, and how long, an attempt must wait before credentials are checked.
     pub fn check(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) -> Verdict {
-        let Scope::Keys(keys) = self.scope(rip, account) else {
+        let config = self.config();
+        let Scope::Keys(keys) = scope(&config, rip, account) else {
             return Verdict::Allow;
         };
-        let mut delay = Duration::ZERO;
-        let mut blocked: Option<(UnixMillis, ThrottleKey)> = None;
-        for key in keys {
-            match self.shard(&key).standing(&key, now, &self.config) {
-                Standing::Blocked(until) => {
-                    if blocked.as_ref().is_none_or(|(u, _)| until > *u) {
-                        blocked = Some((until, key));
-                    }
-                }
-                Standing::Counting(failures) => delay = delay.max(self.delay_for(failures)),
-                Standing::Gone => {}
-            }
-        }
-        match blocked {
-            Some((until, key)) => Verdict::Blocked { until, key },
-            None if delay.is_zero() => Verdict::Allow,
-            None => Verdict::Delay(delay),
-        }
+        let standings = keys
+            .into_iter()
+            .map(|key| {
+                let standing = self.shard(&key).standing(&key, now, &config);
+                (key, standing)
+            })
+            .collect();
+        verdict(standings, &config)
     }
 
     /// Counts a refused attempt against its network and account. `secret_fingerprint`
@@ -388,32 +475,36 @@ impl Throttle {
         secret_fingerprint: u64,
         now: UnixMillis,
     ) {
-        let Scope::Keys(keys) = self.scope(rip, account) else {
+        let config = self.config();
+        let Scope::Keys(keys) = scope(&config, rip, account) else {
             return;
         };
+        let capacity = self.per_shard.load(Ordering::Relaxed);
         for key in keys {
             self.shard(&key)
-                .fail(key, secret_fingerprint, now, &self.config, self.per_shard);
+                .fail(key, secret_fingerprint, now, &config, capacity);
         }
     }
 
     /// A success halves its network's failures (shared addresses also carry strangers'
     /// failures) and clears the account's (its owner has just proved who they are).
     pub fn record_success(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) {
-        let Scope::Keys(keys) = self.scope(rip, account) else {
+        let config = self.config();
+        let Scope::Keys(keys) = scope(&config, rip, account) else {
             return;
         };
         for key in keys {
-            self.shard(&key).succeed(&key, now, &self.config);
+            self.shard(&key).succeed(&key, now, &config);
         }
     }
 
     /// Networks and accounts with failures in the window or a block, blocked ones first.
     pub fn list(&self, now: UnixMillis) -> Vec<BlockInfo> {
+        let config = self.config();
         let mut all = Vec::new();
         for shard in &self.shards {
             let mut shard = lock(shard);
-            shard.forget_gone(now, &self.config);
+            shard.forget_gone(now, &config);
             all.extend(shard.entries.iter().map(|(key, e)| BlockInfo {
                 key: key.clone(),
                 kind: key.kind(),
@@ -421,12 +512,7 @@ impl Throttle {
                 blocked_until: e.blocked_until,
             }));
         }
-        all.sort_by(|a, b| {
-            b.blocked_until
-                .cmp(&a.blocked_until)
-                .then(b.failures.cmp(&a.failures))
-                .then(a.key.cmp(&b.key))
-        });
+        sort_listing(&mut all);
         all
     }
 
@@ -434,33 +520,24 @@ impl Throttle {
     /// a network (`192.0.2.0/24`, `2001:db8::/48`: every tracked network inside or around
     /// it), an address (its /32 or /64), or an account; `None` clears everything.
     pub fn clear(&self, filter: Option<&str>) -> usize {
-        let filter = match filter.map(str::trim) {
-            None => Filter::All,
-            Some(text) => {
-                if let Ok(net) = text.parse::<IpNet>() {
-                    Filter::Networks(net.trunc())
-                } else if let Ok(ip) = text.parse::<IpAddr>() {
-                    match ThrottleKey::network_of(ip) {
-                        ThrottleKey::Network(net) => Filter::Networks(net),
-                        ThrottleKey::Account(_) => return 0,
-                    }
-                } else {
-                    let name = Address::parse(text)
-                        .map(|a| a.as_str().to_string())
-                        .unwrap_or_else(|_| text.to_string());
-                    match ThrottleKey::account(&name) {
-                        ThrottleKey::Account(name) => Filter::Account(name),
-                        ThrottleKey::Network(_) => return 0,
-                    }
-                }
-            }
-        };
-        let mut removed = 0;
+        match Filter::parse(filter) {
+            Some(filter) => self.clear_matching(&filter).len(),
+            None => 0,
+        }
+    }
+
+    /// The keys removed, so a caller clearing Redis too can count each key once.
+    fn clear_matching(&self, filter: &Filter) -> Vec<ThrottleKey> {
+        let mut removed = Vec::new();
         for shard in &self.shards {
             let mut shard = lock(shard);
-            let before = shard.entries.len();
-            shard.entries.retain(|key, _| !filter.matches(key));
-            removed += before - shard.entries.len();
+            shard.entries.retain(|key, _| {
+                let matches = filter.matches(key);
+                if matches {
+                    removed.push(key.clone());
+                }
+                !matches
+            });
         }
         removed
     }
@@ -470,39 +547,89 @@ impl Throttle {
         self.shards.iter().map(|s| lock(s).entries.len()).sum()
     }
 
-    fn scope(&self, rip: Option<IpAddr>, account: &str) -> Scope {
-        if !self.config.enabled {
-            return Scope::Exempt;
-        }
-        let mut keys = Vec::with_capacity(2);
-        if let Some(ip) = rip {
-            let ip = ip.to_canonical();
-            if self.config.trusted_networks.iter().any(|n| n.contains(&ip)) {
-                return Scope::Exempt;
-            }
-            keys.push(ThrottleKey::network_of(ip));
-        }
-        if !account.trim().is_empty() {
-            keys.push(ThrottleKey::account(account));
-        }
-        Scope::Keys(keys)
-    }
-
     fn shard(&self, key: &ThrottleKey) -> MutexGuard<'_, Shard> {
         let index = self.placement.hash_one(key) as usize % self.shards.len();
         lock(&self.shards[index])
     }
+}
 
-    fn delay_for(&self, failures: u32) -> Duration {
-        let Some(doublings) = failures.checked_sub(self.config.free_failures) else {
-            return Duration::ZERO;
-        };
-        let factor = 1u32 << doublings.min(20);
-        self.config
-            .base_delay
-            .saturating_mul(factor)
-            .min(self.config.max_delay)
+fn per_shard(config: &ThrottleConfig) -> usize {
+    (config.max_tracked / SHARDS).max(1)
+}
+
+/// The keys an attempt from `rip` for `account` is counted against, whichever backend
+/// keeps them.
+fn scope(config: &ThrottleConfig, rip: Option<IpAddr>, account: &str) -> Scope {
+    if !config.enabled {
+        return Scope::Exempt;
     }
+    let mut keys = Vec::with_capacity(2);
+    if let Some(ip) = rip {
+        let ip = ip.to_canonical();
+        if config.trusted_networks.iter().any(|n| n.contains(&ip)) {
+            return Scope::Exempt;
+        }
+        keys.push(ThrottleKey::network_of(ip));
+    }
+    if !account.trim().is_empty() {
+        keys.push(ThrottleKey::account(account));
+    }
+    Scope::Keys(keys)
+}
+
+/// The strictest of the keys' standings: the block that ends last, else the longest delay.
+fn verdict(standings: Vec<(ThrottleKey, Standing)>, config: &ThrottleConfig) -> Verdict {
+    let mut delay = Duration::ZERO;
+    let mut blocked: Option<(UnixMillis, ThrottleKey)> = None;
+    for (key, standing) in standings {
+        match standing {
+            Standing::Blocked(until) => {
+                if blocked.as_ref().is_none_or(|(u, _)| until > *u) {
+                    blocked = Some((until, key));
+                }
+            }
+            Standing::Counting(failures) => delay = delay.max(delay_for(config, failures)),
+            Standing::Gone => {}
+        }
+    }
+    match blocked {
+        Some((until, key)) => Verdict::Blocked { until, key },
+        None if delay.is_zero() => Verdict::Allow,
+        None => Verdict::Delay(delay),
+    }
+}
+
+fn delay_for(config: &ThrottleConfig, failures: u32) -> Duration {
+    let Some(doublings) = failures.checked_sub(config.free_failures) else {
+        return Duration::ZERO;
+    };
+    let factor = 1u32 << doublings.min(20);
+    config
+        .base_delay
+        .saturating_mul(factor)
+        .min(config.max_delay)
+}
+
+/// Blocked first (latest end first), then most failures, then by key.
+fn sort_listing(all: &mut [BlockInfo]) {
+    all.sort_by(|a, b| {
+        b.blocked_until
+            .cmp(&a.blocked_until)
+            .then(b.failures.cmp(&a.failures))
+            .then(a.key.cmp(&b.key))
+    });
+}
+
+/// One line per block set, from whichever daemon's attempt set it.
+fn log_block(key: &ThrottleKey, failures: u32, config: &ThrottleConfig) {
+    tracing::warn!(
+        target: "mailauthd::throttle",
+        key = %key,
+        kind = key.kind().name(),
+        failures,
+        blocked_secs = config.block_duration.as_secs(),
+        "blocked after repeated failures"
+    );
 }
 
 /// The state is counters: one a panicking thread left half-updated is still usable.
@@ -511,6 +638,29 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 impl Filter {
+    /// `None` for text that can name nothing tracked.
+    fn parse(filter: Option<&str>) -> Option<Filter> {
+        let Some(text) = filter.map(str::trim) else {
+            return Some(Filter::All);
+        };
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Some(Filter::Networks(net.trunc()));
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return match ThrottleKey::network_of(ip) {
+                ThrottleKey::Network(net) => Some(Filter::Networks(net)),
+                ThrottleKey::Account(_) => None,
+            };
+        }
+        let name = Address::parse(text)
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_else(|_| text.to_string());
+        match ThrottleKey::account(&name) {
+            ThrottleKey::Account(name) => Some(Filter::Account(name)),
+            ThrottleKey::Network(_) => None,
+        }
+    }
+
     fn matches(&self, key: &ThrottleKey) -> bool {
         match (self, key) {
             (Filter::All, _) => true,
@@ -557,16 +707,31 @@ impl Entry {
     }
 
     fn standing(&self, now: UnixMillis, config: &ThrottleConfig) -> Standing {
-        match self.blocked_until {
-            Some(until) if until > now => Standing::Blocked(until),
-            // A served block wipes the slate: the key starts again with free failures.
-            Some(_) => Standing::Gone,
-            None if now.saturating_sub(self.last_failure) >= millis(config.window) => {
-                Standing::Gone
-            }
-            None if self.failures == 0 => Standing::Gone,
-            None => Standing::Counting(self.failures),
-        }
+        standing(
+            self.failures,
+            self.last_failure,
+            self.blocked_until,
+            now,
+            config,
+        )
+    }
+}
+
+/// Where a key with these counts stands at `now`; the one rule both backends read by.
+fn standing(
+    failures: u32,
+    last_failure: UnixMillis,
+    blocked_until: Option<UnixMillis>,
+    now: UnixMillis,
+    config: &ThrottleConfig,
+) -> Standing {
+    match blocked_until {
+        Some(until) if until > now => Standing::Blocked(until),
+        // A served block wipes the slate: the key starts again with free failures.
+        Some(_) => Standing::Gone,
+        None if now.saturating_sub(last_failure) >= millis(config.window) => Standing::Gone,
+        None if failures == 0 => Standing::Gone,
+        None => Standing::Counting(failures),
     }
 }
 
@@ -622,14 +787,7 @@ impl Shard {
         };
         if threshold > 0 && entry.failures >= threshold {
             entry.blocked_until = Some(now.saturating_add(millis(config.block_duration)));
-            tracing::warn!(
-                target: "mailauthd::throttle",
-                key = %key,
-                kind = key.kind().name(),
-                failures = entry.failures,
-                blocked_secs = config.block_duration.as_secs(),
-                "blocked after repeated failures"
-            );
+            log_block(&key, entry.failures, config);
         }
     }
 
@@ -744,13 +902,19 @@ mod tests {
         }
     }
 
-    fn throttle(config: ThrottleConfig) -> Throttle {
-        Throttle::new(config, Fingerprinter::with_key([9; 32]))
+    fn throttle(config: ThrottleConfig) -> MemoryThrottle {
+        MemoryThrottle::new(config, Fingerprinter::with_key([9; 32]))
     }
 
     /// `n` failures with distinct secrets, one second apart from `start`; returns the time
     /// of the last.
-    fn fail_n(t: &Throttle, rip: &str, account: &str, n: u32, start: UnixMillis) -> UnixMillis {
+    fn fail_n(
+        t: &MemoryThrottle,
+        rip: &str,
+        account: &str,
+        n: u32,
+        start: UnixMillis,
+    ) -> UnixMillis {
         let mut now = start;
         for i in 0..n {
             now = start + i64::from(i) * SEC;
@@ -1013,6 +1177,47 @@ mod tests {
         let random = Fingerprinter::random().unwrap();
         assert_ne!(random.fingerprint("x", b"pw"), a.fingerprint("x", b"pw"));
         assert_eq!(format!("{random:?}"), "Fingerprinter([redacted])");
+    }
+
+    #[test]
+    fn daemons_sharing_a_key_file_fingerprint_alike() {
+        let site = AppPasswordKey::new(vec![5; 32]);
+        let a = Fingerprinter::for_site(&site);
+        let b = Fingerprinter::for_site(&AppPasswordKey::new(vec![5; 32]));
+        let other = Fingerprinter::for_site(&AppPasswordKey::new(vec![6; 32]));
+        let fp = |f: &Fingerprinter| f.fingerprint("x@example.org", b"old password");
+        assert_eq!(fp(&a), fp(&b));
+        assert_ne!(fp(&a), fp(&other));
+        // Derived, not the key file's bytes themselves.
+        assert_ne!(fp(&a), fp(&Fingerprinter::with_key([5; 32])));
+    }
+
+    #[test]
+    fn redis_settings_are_checked_with_the_delays() {
+        let shared = ThrottleConfig {
+            redis_url: Some(RedisUrl::new("redis://127.0.0.1:6379/0")),
+            ..ThrottleConfig::default()
+        };
+        shared.validate().unwrap();
+        let too_slow = ThrottleConfig {
+            max_delay: Duration::from_millis(9000),
+            redis_timeout: Duration::from_millis(600),
+            ..shared.clone()
+        };
+        let keys: Vec<&str> = too_slow
+            .validate()
+            .unwrap_err()
+            .iter()
+            .map(|p| p.0)
+            .collect();
+        assert_eq!(keys, ["redis_timeout_ms"]);
+        // Without Redis the timeout is never waited for.
+        ThrottleConfig {
+            redis_url: None,
+            ..too_slow
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

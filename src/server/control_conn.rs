@@ -61,26 +61,33 @@ pub struct ControlService {
 }
 
 impl ControlService {
-    fn answer(&self, request: ControlRequest) -> ControlReply {
+    async fn answer(&self, request: ControlRequest) -> ControlReply {
         match request {
             ControlRequest::ThrottleList => {
                 let now_ms = self.clock.now_ms();
                 let entries = self
                     .throttle
                     .list(now_ms)
+                    .await
                     .into_iter()
                     .map(BlockEntry::from)
                     .collect();
                 ControlReply::Blocks { now_ms, entries }
             }
             ControlRequest::ThrottleClear { filter } => {
-                let removed = self.throttle.clear(filter.as_deref());
-                tracing::info!(
-                    filter = filter.as_deref().unwrap_or("*"),
-                    removed,
-                    "throttle entries cleared"
-                );
-                ControlReply::Cleared { removed }
+                let shown = filter.as_deref().unwrap_or("*");
+                match self.throttle.clear(filter.as_deref()).await {
+                    Ok(removed) => {
+                        tracing::info!(filter = shown, removed, "throttle entries cleared");
+                        ControlReply::Cleared { removed }
+                    }
+                    Err(e) => {
+                        tracing::warn!(filter = shown, error = %e, "throttle clear incomplete");
+                        ControlReply::Error {
+                            message: e.to_string(),
+                        }
+                    }
+                }
             }
         }
     }
@@ -96,7 +103,7 @@ pub async fn serve_connection(stream: Box<dyn Stream>, peer: Peer, service: Arc<
     let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(reader, MAX_REQUEST));
     let reply = match limited.read_line(&mut line).await {
         Ok(_) => match serde_json::from_str::<ControlRequest>(line.trim()) {
-            Ok(request) => service.answer(request),
+            Ok(request) => service.answer(request).await,
             Err(e) => ControlReply::Error {
                 message: format!("bad request: {e}"),
             },

@@ -2,7 +2,8 @@
 //!
 //! `MAILAUTHD_TEST_MYSQL_URL` and `MAILAUTHD_TEST_POSTGRES_URL` name a server and a database
 //! the tests may create other databases from. Outside CI a missing URL means "SQLite only";
-//! in CI (`CI` set) it is a failure, so a missing server can never pass as a skip.
+//! in CI (`CI` set) it is a failure, so a missing server can never pass as a skip. The same
+//! holds for `MAILAUTHD_TEST_REDIS_URL`, the Redis the shared-throttle tests use.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -29,8 +30,29 @@ impl Backend {
     }
 }
 
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// The Redis to test against, or `None` (with a note) outside CI when none is given.
+pub fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("MAILAUTHD_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if in_ci() => panic!("MAILAUTHD_TEST_REDIS_URL is not set: in CI {test} must run"),
+        _ => {
+            eprintln!("note: MAILAUTHD_TEST_REDIS_URL not set; {test} skipped outside CI");
+            None
+        }
+    }
+}
+
+/// A Redis key prefix no other test run uses, so runs against one Redis never meet.
+pub fn unique_redis_prefix() -> String {
+    format!("{}:throttle:", unique_name())
+}
+
 pub fn backends() -> Vec<Backend> {
-    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    let in_ci = in_ci();
     let mut list = vec![Backend::Sqlite];
     for (var, make) in [
         (
