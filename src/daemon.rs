@@ -17,6 +17,7 @@ use crate::web::WebServer;
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
+    raise_open_file_limit();
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -119,6 +120,21 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
     stop_all(doors, http, core).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every connection is a file: raise the soft limit to the hard one, so a daemon started
+/// by hand (soft limit often 1024) can hold as many connections as under systemd.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// Drains the front doors and HTTP listeners, then flushes last-use records.

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailauthd");
 
@@ -49,7 +50,7 @@ impl Daemon {
             format!(
                 "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
                  [credentials]\n{key}argon2_memory_kib = 8192\nargon2_iterations = 1\n\
-                 [auth_socket]\nidle_timeout_ms = 60000\n\
+                 [auth_socket]\nidle_timeout_ms = 60000\nmax_connections = 4096\n\
                  [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n{throttle}",
                 state = dir.path().join("state"),
                 run = dir.path().join("run"),
@@ -322,8 +323,18 @@ fn protocol_conversations_with_the_real_daemon() {
     ));
     assert!(early.closed(), "AUTH before VERSION");
 
-    // Hundreds of idle connections do not stop a new one from being served.
-    let idle: Vec<UnixStream> = (0..300)
+    // Thousands of idle connections do not stop a new one from being served. This
+    // process needs a file per connection too.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let idle_count: u64 = 2000;
+    if soft < idle_count + 200 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    assert!(
+        hard >= idle_count + 200,
+        "the hard open-file limit {hard} is too low for this test"
+    );
+    let idle: Vec<UnixStream> = (0..idle_count)
         .map(|_| UnixStream::connect(&auth).unwrap())
         .collect();
     let (mut fresh, _) = Client::handshake(&auth);
