@@ -6,18 +6,15 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+mod doc_blocks;
+
 const BIN: &str = env!("CARGO_BIN_EXE_mailauthd");
 
 fn tour() -> String {
     let readme = include_str!("../README.md");
-    let start = readme
-        .find("<!-- tour:begin -->")
-        .expect("tour start marker");
-    let end = readme.find("<!-- tour:end -->").expect("tour end marker");
-    let block = &readme[start..end];
-    let code_start = block.find("```sh\n").expect("sh block") + 6;
-    let code_end = block[code_start..].find("```").expect("block end") + code_start;
-    block[code_start..code_end].to_string()
+    let tour = doc_blocks::regions(readme, "<!-- tour:begin -->", "<!-- tour:end -->");
+    assert_eq!(tour.len(), 1, "one tour in the README");
+    doc_blocks::fenced(tour[0], "sh").concat()
 }
 
 fn mailauthd(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
@@ -62,16 +59,10 @@ fn setup() -> tempfile::TempDir {
 #[test]
 fn the_readme_tour_works_as_written() {
     let dir = setup();
-    let bin_dir = Path::new(BIN).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let out = Command::new("sh")
         .args(["-e", "-x", "-c", &tour()])
         .current_dir(dir.path())
-        .env("PATH", path)
+        .env("PATH", doc_blocks::path_with(BIN))
         .env_remove("MAILAUTHD_CONFIG")
         .output()
         .unwrap();
