@@ -294,8 +294,8 @@ start_dovecot_adapter() {
     {
         dovecot_base | grep -v -e '^auth_mechanisms' -e '^auth_cache_size'
         sed -e "s#/etc/dovecot/mailauthd.lua#$DC/mailauthd.lua#g" \
-            -e "s#/run/mailauthd/auth.sock#$MA/run/auth#g" \
-            -e "s#/run/mailauthd/userdb.sock#$MA/run/userdb#g" \
+            -e "s#/run/mailauthd/auth\b#$MA/run/auth#g" \
+            -e "s#/run/mailauthd/userdb\b#$MA/run/userdb#g" \
             -e "s#uid=vmail gid=vmail#uid=65534 gid=65534#" \
             conf-examples/dovecot/2.3/conf.d/auth-mailauthd.conf.ext
     } >"$DC/dovecot-adapter.conf"

@@ -1328,6 +1328,36 @@ mod tests {
     }
 
     #[test]
+    fn shipped_dovecot_configs_name_the_default_socket_paths() {
+        // What the daemon binds with the packaged unit (RuntimeDirectory=mailauthd).
+        let c = parse("runtime_directory = \"/run/mailauthd\"").unwrap();
+        let auth = format!("{}", c.auth_socket.endpoints[0]);
+        let userdb = format!("{}", c.userdb_socket.endpoints[0]);
+        assert_eq!(auth, "unix:/run/mailauthd/auth");
+        assert_eq!(userdb, "unix:/run/mailauthd/userdb");
+        assert_eq!(DEFAULT_RUNTIME_DIR, "/run/mailauthd");
+        for (name, text) in [
+            (
+                "2.3",
+                include_str!("../conf-examples/dovecot/2.3/conf.d/auth-mailauthd.conf.ext"),
+            ),
+            (
+                "2.4",
+                include_str!("../conf-examples/dovecot/2.4/conf.d/auth-mailauthd.conf.ext"),
+            ),
+            (
+                "lua",
+                include_str!("../conf-examples/dovecot/mailauthd.lua"),
+            ),
+        ] {
+            assert!(text.contains("/run/mailauthd/auth"), "{name}");
+            assert!(text.contains("/run/mailauthd/userdb"), "{name}");
+            assert!(!text.contains("/run/mailauthd/auth.sock"), "{name}");
+            assert!(!text.contains("/run/mailauthd/userdb.sock"), "{name}");
+        }
+    }
+
+    #[test]
     fn metrics_settings_are_checked() {
         let c = parse("").unwrap();
         assert_eq!(c.metrics.listen, None);

@@ -18,8 +18,8 @@
 --                (2.3's lua passdb/userdb `args` accept only file=, blocking=,
 --                cache_key= and scheme=; anything else stops the auth process).
 --
---   auth_socket      path of mailauthd's auth socket     (/run/mailauthd/auth.sock)
---   userdb_socket    path of mailauthd's userdb socket   (/run/mailauthd/userdb.sock)
+--   auth_socket      path of mailauthd's auth socket     (/run/mailauthd/auth)
+--   userdb_socket    path of mailauthd's userdb socket   (/run/mailauthd/userdb)
 --   connect_timeout  seconds to connect and handshake   (2)
 --   auth_timeout     seconds to wait for an AUTH reply   (10; keep it above
 --                    mailauthd's longest failure delay)
@@ -54,8 +54,8 @@ local unix = require("socket.unix")
 local socket = require("socket")
 
 local settings = {
-	auth_socket = "/run/mailauthd/auth.sock",
-	userdb_socket = "/run/mailauthd/userdb.sock",
+	auth_socket = "/run/mailauthd/auth",
+	userdb_socket = "/run/mailauthd/userdb",
 	connect_timeout = 2,
 	auth_timeout = 10,
 	userdb_timeout = 5,

@@ -298,8 +298,8 @@ install -m 0644 "$ADAPTER_DIR/mailauthd.lua" "$HT/frontend/mailauthd.lua"
 SNIPPET_SRC=$ADAPTER_DIR/$V/conf.d/auth-mailauthd.conf.ext
 [ -f "$SNIPPET_SRC" ] || die "missing $SNIPPET_SRC"
 sed -e "s#/etc/dovecot/mailauthd.lua#$T/frontend/mailauthd.lua#g" \
-	-e "s#/run/mailauthd/auth.sock#$T/sock/auth.sock#g" \
-	-e "s#/run/mailauthd/userdb.sock#$T/sock/userdb.sock#g" \
+	-e "s#/run/mailauthd/auth\b#$T/sock/auth.sock#g" \
+	-e "s#/run/mailauthd/userdb\b#$T/sock/userdb.sock#g" \
 	-e "s#uid=vmail gid=vmail#uid=nobody gid=$NOGROUP#g" \
 	-e "s#^mail_uid = vmail\$#mail_uid = nobody#" \
 	-e "s#^mail_gid = vmail\$#mail_gid = $NOGROUP#" \

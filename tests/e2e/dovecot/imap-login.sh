@@ -78,8 +78,8 @@ done
 # The shipped adapter and config; only paths (and the mail user) substituted.
 install -m 0644 "$ADAPTER_DIR/mailauthd.lua" "$D/mailauthd.lua"
 sed -e "s#/etc/dovecot/mailauthd.lua#$D/mailauthd.lua#g" \
-	-e "s#/run/mailauthd/auth.sock#$RUN/auth#g" \
-	-e "s#/run/mailauthd/userdb.sock#$RUN/userdb#g" \
+	-e "s#/run/mailauthd/auth\b#$RUN/auth#g" \
+	-e "s#/run/mailauthd/userdb\b#$RUN/userdb#g" \
 	-e "s#uid=vmail gid=vmail#uid=nobody gid=$NOGROUP#g" \
 	-e "s#/var/vmail/#$D/vmail/#g" \
 	"$SNIPPET_SRC" >"$D/auth-mailauthd.conf.ext"
