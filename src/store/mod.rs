@@ -7,6 +7,7 @@ mod dialect;
 mod migrate;
 mod records;
 mod sql;
+mod sqlite_reads;
 
 use std::fmt;
 use std::time::Duration;

@@ -1,8 +1,9 @@
 //! The SQL store: one implementation for SQLite, MariaDB/MySQL and PostgreSQL through
 //! sqlx's `Any` driver. Queries use portable SQL; [`Dialect`] rewrites placeholders.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::Once;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::records::*;
+use super::sqlite_reads::SqliteReads;
 use super::{Dialect, LimitCheck, Store, StoreError, StoreOptions, StoreResult, MIGRATIONS};
 use crate::clock::UnixTime;
 use crate::names::Protocols;
@@ -20,6 +22,8 @@ static INSTALL_DRIVERS: Once = Once::new();
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// SQLite only: the hot reads, without sqlx's thread hop.
+    fast: Option<Arc<SqliteReads>>,
 }
 
 impl SqlStore {
@@ -32,9 +36,12 @@ impl SqlStore {
                 options.url
             ))
         })?;
-        let url = match dialect {
-            Dialect::Sqlite => prepare_sqlite_url(raw)?,
-            _ => raw.to_string(),
+        let (url, fast) = match dialect {
+            Dialect::Sqlite => {
+                let (url, path) = prepare_sqlite_url(raw)?;
+                (url, Some(Arc::new(SqliteReads::new(path))))
+            }
+            _ => (raw.to_string(), None),
         };
         let connect = AnyConnectOptions::from_str(&url).map_err(|e| {
             StoreError::Database(format!("invalid database URL {}: {e}", options.url))
@@ -68,7 +75,11 @@ impl SqlStore {
                 })
             })
             .connect_lazy_with(connect);
-        Ok(SqlStore { pool, dialect })
+        Ok(SqlStore {
+            pool,
+            dialect,
+            fast,
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -76,6 +87,9 @@ impl SqlStore {
     }
 
     pub async fn close(&self) {
+        if let Some(fast) = &self.fast {
+            fast.close();
+        }
         self.pool.close().await;
     }
 
@@ -94,8 +108,9 @@ impl SqlStore {
     }
 }
 
-/// SQLite creates the file only with `mode=rwc`, and not its folder.
-fn prepare_sqlite_url(url: &str) -> StoreResult<String> {
+/// SQLite creates the file only with `mode=rwc`, and not its folder. Returns the URL to
+/// connect with and the database file's path.
+fn prepare_sqlite_url(url: &str) -> StoreResult<(String, PathBuf)> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:")
@@ -118,11 +133,12 @@ fn prepare_sqlite_url(url: &str) -> StoreResult<String> {
             ))
         })?;
     }
+    let file = PathBuf::from(path);
     if url.contains("mode=") {
-        return Ok(url.to_string());
+        return Ok((url.to_string(), file));
     }
     let sep = if url.contains('?') { '&' } else { '?' };
-    Ok(format!("{url}{sep}mode=rwc"))
+    Ok((format!("{url}{sep}mode=rwc"), file))
 }
 
 /// Connection trouble and lock contention are temporary; constraint violations are not.
@@ -201,6 +217,33 @@ fn last_use_of(
     at.map(|at| LastUseInfo { at, ip, service })
 }
 
+/// A result row, whichever way it was fetched: the decoders of the hot reads serve both
+/// sqlx and the direct SQLite reads.
+pub(super) trait Columns {
+    fn text(&self, i: usize) -> Result<String, sqlx::Error>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, sqlx::Error>;
+    fn int(&self, i: usize) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, sqlx::Error>;
+}
+
+impl Columns for AnyRow {
+    fn text(&self, i: usize) -> Result<String, sqlx::Error> {
+        self.try_get(i)
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(i)
+    }
+
+    fn int(&self, i: usize) -> Result<i64, sqlx::Error> {
+        self.try_get(i)
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(i)
+    }
+}
+
 const DOMAIN_COLUMNS: &str =
     "SELECT name, active, max_mailboxes, max_quota, total_quota, created_at FROM domains";
 
@@ -263,34 +306,102 @@ fn app_password_from(row: &AnyRow) -> Result<AppPassword, sqlx::Error> {
 }
 
 /// An app password whose columns start at `base` (joined queries put them after others).
-fn app_password_at(row: &AnyRow, base: usize) -> Result<AppPassword, sqlx::Error> {
-    let networks: String = row.try_get(base + 4)?;
+fn app_password_at(row: &impl Columns, base: usize) -> Result<AppPassword, sqlx::Error> {
+    let networks = row.text(base + 4)?;
     Ok(AppPassword {
-        id: row.try_get(base)?,
-        mailbox: row.try_get(base + 1)?,
-        name: row.try_get(base + 2)?,
-        protocols: Protocols::from_stored(&row.try_get::<String, _>(base + 3)?),
+        id: row.int(base)?,
+        mailbox: row.text(base + 1)?,
+        name: row.text(base + 2)?,
+        protocols: Protocols::from_stored(&row.text(base + 3)?),
         networks: parse_networks(&networks).map_err(|e| sqlx::Error::Decode(e.into()))?,
-        expires_at: row.try_get(base + 5)?,
-        created_at: row.try_get(base + 6)?,
+        expires_at: row.opt_int(base + 5)?,
+        created_at: row.int(base + 6)?,
         last_used: last_use_of(
-            row.try_get(base + 7)?,
-            row.try_get(base + 8)?,
-            row.try_get(base + 9)?,
+            row.opt_int(base + 7)?,
+            row.opt_text(base + 8)?,
+            row.opt_text(base + 9)?,
         ),
     })
 }
 
-fn login_view_from(r: &AnyRow) -> Result<LoginView, sqlx::Error> {
+const LOGIN_VIEW_SQL: &str =
+    "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota \
+     FROM mailboxes m JOIN domains d ON d.name = m.domain WHERE m.address = ?";
+
+const LOGIN_VIEW_WITH_APP_PASSWORD_SQL: &str =
+    "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota, \
+     a.id, a.mailbox, a.name, a.protocols, a.networks, a.expires_at, a.created_at, \
+     a.last_used_at, a.last_used_ip, a.last_used_service \
+     FROM mailboxes m JOIN domains d ON d.name = m.domain \
+     LEFT JOIN app_passwords a ON a.lookup_hash = ? AND a.mailbox = m.address \
+     WHERE m.address = ?";
+
+fn login_view_from(r: &impl Columns) -> Result<LoginView, sqlx::Error> {
     Ok(LoginView {
-        address: r.try_get(0)?,
-        password_hash: r.try_get(1)?,
-        auth_source: auth_source_of(&r.try_get::<String, _>(2)?)?,
-        protocols: Protocols::from_stored(&r.try_get::<String, _>(3)?),
-        state: state_of(r.try_get(4)?)?,
-        domain_active: r.try_get::<i64, _>(5)? != 0,
-        quota: to_u64(r.try_get(6)?),
+        address: r.text(0)?,
+        password_hash: r.opt_text(1)?,
+        auth_source: auth_source_of(&r.text(2)?)?,
+        protocols: Protocols::from_stored(&r.text(3)?),
+        state: state_of(r.int(4)?)?,
+        domain_active: r.int(5)? != 0,
+        quota: to_u64(r.int(6)?),
     })
+}
+
+fn login_view_with_app_password_from(
+    r: &impl Columns,
+) -> Result<(LoginView, Option<AppPassword>), sqlx::Error> {
+    let view = login_view_from(r)?;
+    let app = match r.opt_int(7)? {
+        Some(_) => Some(app_password_at(r, 7)?),
+        None => None,
+    };
+    Ok((view, app))
+}
+
+const SENDER_ACCOUNT_SQL: &str =
+    "SELECT m.address, m.domain, m.active, m.protocols, d.active, l.limits \
+     FROM mailboxes m JOIN domains d ON d.name = m.domain \
+     LEFT JOIN template_send_limits l ON l.template = m.template \
+     WHERE m.address = ?";
+
+fn sender_account_from(r: &impl Columns) -> Result<SenderAccount, sqlx::Error> {
+    let limits = r.opt_text(5)?;
+    Ok(SenderAccount {
+        address: r.text(0)?,
+        domain: r.text(1)?,
+        state: state_of(r.int(2)?)?,
+        protocols: Protocols::from_stored(&r.text(3)?),
+        domain_active: r.int(4)? != 0,
+        send_limits: limits.as_deref().map(send_limits_of).transpose()?,
+    })
+}
+
+// create_alias_domain refuses names that are domains, so at most one row comes back.
+const SERVED_DOMAIN_SQL: &str = "SELECT name, active, 0 FROM domains WHERE name = ? \
+     UNION ALL SELECT target, active, 1 FROM alias_domains WHERE name = ?";
+
+fn served_domain_from(r: &impl Columns) -> Result<ServedDomain, sqlx::Error> {
+    let active = r.int(1)? != 0;
+    Ok(if r.int(2)? == 0 {
+        ServedDomain::Domain { active }
+    } else {
+        ServedDomain::Alias {
+            target: r.text(0)?,
+            active,
+        }
+    })
+}
+
+const TEMPLATE_SEND_LIMITS_SQL: &str = "SELECT limits FROM template_send_limits WHERE template = ?";
+
+fn send_limits_from(r: &impl Columns) -> Result<SendLimits, sqlx::Error> {
+    send_limits_of(&r.text(0)?)
+}
+
+/// A row of [`SqlStore::send_permission`]'s query: 0 and an alias, or 1 and a pattern.
+fn permission_row_from(r: &impl Columns) -> Result<(i64, String), sqlx::Error> {
+    Ok((r.int(0)?, r.text(1)?))
 }
 
 fn decode<T>(r: Result<T, sqlx::Error>, what: &str) -> StoreResult<T> {
@@ -862,14 +973,16 @@ impl Store for SqlStore {
     }
 
     async fn login_view(&self, address: &str) -> StoreResult<Option<LoginView>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(LOGIN_VIEW_SQL, &[&address], "mailbox", |r| {
+                login_view_from(r)
+            });
+        }
         let row = decode(
-            sqlx::query(&self.q(
-                "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota \
-                 FROM mailboxes m JOIN domains d ON d.name = m.domain WHERE m.address = ?",
-            ))
-            .bind(address)
-            .fetch_optional(&self.pool)
-            .await,
+            sqlx::query(&self.q(LOGIN_VIEW_SQL))
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
             "mailbox",
         )?;
         row.map(|r| decode(login_view_from(&r), "mailbox"))
@@ -881,28 +994,24 @@ impl Store for SqlStore {
         address: &str,
         lookup_hash: &str,
     ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(
+                LOGIN_VIEW_WITH_APP_PASSWORD_SQL,
+                &[&lookup_hash, &address],
+                "mailbox",
+                |r| login_view_with_app_password_from(r),
+            );
+        }
         let row = decode(
-            sqlx::query(&self.q(
-                "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota, \
-                 a.id, a.mailbox, a.name, a.protocols, a.networks, a.expires_at, a.created_at, \
-                 a.last_used_at, a.last_used_ip, a.last_used_service \
-                 FROM mailboxes m JOIN domains d ON d.name = m.domain \
-                 LEFT JOIN app_passwords a ON a.lookup_hash = ? AND a.mailbox = m.address \
-                 WHERE m.address = ?",
-            ))
-            .bind(lookup_hash)
-            .bind(address)
-            .fetch_optional(&self.pool)
-            .await,
+            sqlx::query(&self.q(LOGIN_VIEW_WITH_APP_PASSWORD_SQL))
+                .bind(lookup_hash)
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
             "mailbox",
         )?;
-        let Some(r) = row else { return Ok(None) };
-        let view = decode(login_view_from(&r), "mailbox")?;
-        let app = match decode(r.try_get::<Option<i64>, _>(7), "app password")? {
-            Some(_) => Some(decode(app_password_at(&r, 7), "app password")?),
-            None => None,
-        };
-        Ok(Some((view, app)))
+        row.map(|r| decode(login_view_with_app_password_from(&r), "mailbox"))
+            .transpose()
     }
 
     // App passwords
@@ -1164,63 +1273,38 @@ impl Store for SqlStore {
     // Sender policy
 
     async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(SENDER_ACCOUNT_SQL, &[&address], "mailbox", |r| {
+                sender_account_from(r)
+            });
+        }
         let row = decode(
-            sqlx::query(&self.q(
-                "SELECT m.address, m.domain, m.active, m.protocols, d.active, l.limits \
-                 FROM mailboxes m JOIN domains d ON d.name = m.domain \
-                 LEFT JOIN template_send_limits l ON l.template = m.template \
-                 WHERE m.address = ?",
-            ))
-            .bind(address)
-            .fetch_optional(&self.pool)
-            .await,
+            sqlx::query(&self.q(SENDER_ACCOUNT_SQL))
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
             "mailbox",
         )?;
-        let Some(r) = row else { return Ok(None) };
-        decode(
-            (|| {
-                let limits: Option<String> = r.try_get(5)?;
-                Ok(Some(SenderAccount {
-                    address: r.try_get(0)?,
-                    domain: r.try_get(1)?,
-                    state: state_of(r.try_get(2)?)?,
-                    protocols: Protocols::from_stored(&r.try_get::<String, _>(3)?),
-                    domain_active: r.try_get::<i64, _>(4)? != 0,
-                    send_limits: limits.as_deref().map(send_limits_of).transpose()?,
-                }))
-            })(),
-            "mailbox",
-        )
+        row.map(|r| decode(sender_account_from(&r), "mailbox"))
+            .transpose()
     }
 
     async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>> {
-        // create_alias_domain refuses names that are domains, so at most one row comes back.
+        if let Some(fast) = &self.fast {
+            return fast.optional(SERVED_DOMAIN_SQL, &[&domain, &domain], "domain", |r| {
+                served_domain_from(r)
+            });
+        }
         let row = decode(
-            sqlx::query(
-                &self.q("SELECT name, active, 0 FROM domains WHERE name = ? \
-                 UNION ALL SELECT target, active, 1 FROM alias_domains WHERE name = ?"),
-            )
-            .bind(domain)
-            .bind(domain)
-            .fetch_optional(&self.pool)
-            .await,
+            sqlx::query(&self.q(SERVED_DOMAIN_SQL))
+                .bind(domain)
+                .bind(domain)
+                .fetch_optional(&self.pool)
+                .await,
             "domain",
         )?;
-        let Some(r) = row else { return Ok(None) };
-        decode(
-            (|| {
-                let active = r.try_get::<i64, _>(1)? != 0;
-                Ok(Some(if r.try_get::<i64, _>(2)? == 0 {
-                    ServedDomain::Domain { active }
-                } else {
-                    ServedDomain::Alias {
-                        target: r.try_get(0)?,
-                        active,
-                    }
-                }))
-            })(),
-            "domain",
-        )
+        row.map(|r| decode(served_domain_from(&r), "domain"))
+            .transpose()
     }
 
     async fn send_permission(
@@ -1252,23 +1336,38 @@ impl Store for SqlStore {
             "{aliases}SELECT 1, pattern FROM send_as WHERE mailbox = ? AND pattern IN ({})",
             placeholders(patterns.len())
         );
-        let sql = self.q(&sql);
-        let mut query = sqlx::query(&sql);
-        if !addresses.is_empty() {
-            query = query.bind(mailbox);
-            for a in addresses {
-                query = query.bind(a);
+        let rows = match &self.fast {
+            Some(fast) => {
+                let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
+                if !addresses.is_empty() {
+                    params.push(&mailbox);
+                    params.extend(addresses.iter().map(|a| a as &dyn rusqlite::ToSql));
+                }
+                params.push(&mailbox);
+                params.extend(patterns.iter().map(|p| p as &dyn rusqlite::ToSql));
+                fast.all(&sql, &params, "send permission", |r| permission_row_from(r))?
             }
-        }
-        query = query.bind(mailbox);
-        for p in &patterns {
-            query = query.bind(p);
-        }
-        let rows = decode(query.fetch_all(&self.pool).await, "send permission")?;
+            None => {
+                let sql = self.q(&sql);
+                let mut query = sqlx::query(&sql);
+                if !addresses.is_empty() {
+                    query = query.bind(mailbox);
+                    for a in addresses {
+                        query = query.bind(a);
+                    }
+                }
+                query = query.bind(mailbox);
+                for p in &patterns {
+                    query = query.bind(p);
+                }
+                decode(query.fetch_all(&self.pool).await, "send permission")?
+                    .iter()
+                    .map(|r| decode(permission_row_from(r), "send permission"))
+                    .collect::<StoreResult<Vec<_>>>()?
+            }
+        };
         let mut found: Option<SendPermission> = None;
-        for r in &rows {
-            let kind: i64 = decode(r.try_get(0), "send permission")?;
-            let name: String = decode(r.try_get(1), "send permission")?;
+        for (kind, name) in rows {
             if kind == 0 {
                 return Ok(Some(SendPermission::Alias { address: name }));
             }
@@ -1287,21 +1386,23 @@ impl Store for SqlStore {
     }
 
     async fn template_send_limits(&self, template: &str) -> StoreResult<Option<SendLimits>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(
+                TEMPLATE_SEND_LIMITS_SQL,
+                &[&template],
+                "template send limits",
+                |r| send_limits_from(r),
+            );
+        }
         let row = decode(
-            sqlx::query(&self.q("SELECT limits FROM template_send_limits WHERE template = ?"))
+            sqlx::query(&self.q(TEMPLATE_SEND_LIMITS_SQL))
                 .bind(template)
                 .fetch_optional(&self.pool)
                 .await,
             "template send limits",
         )?;
-        row.map(|r| {
-            decode(
-                r.try_get::<String, _>(0)
-                    .and_then(|text| send_limits_of(&text)),
-                "template send limits",
-            )
-        })
-        .transpose()
+        row.map(|r| decode(send_limits_from(&r), "template send limits"))
+            .transpose()
     }
 
     async fn set_template_send_limits(
