@@ -335,7 +335,12 @@ if [[ -n $PERF_FILE ]]; then
     unset 'PIDS[-1]'
 fi
 ADAPTER=no
-if [[ -e /usr/lib/dovecot/modules/auth/libauthdb_lua.so ]] && lua5.4 -e 'require("socket.unix")' 2>/dev/null; then
+# lua-socket's unix module for Dovecot's Lua 5.4; the lua5.4 interpreter itself is not needed.
+lua_socket_unix() {
+    lua5.4 -e 'require("socket.unix")' 2>/dev/null \
+        || compgen -G '/usr/lib/*/lua/5.4/socket/unix.so' >/dev/null
+}
+if [[ -e /usr/lib/dovecot/modules/auth/libauthdb_lua.so ]] && lua_socket_unix; then
     ADAPTER=yes
     start_dovecot_adapter
     measure "app passwords via the Lua adapter" "dovecot+mailauthd" "$DC_PID,$MA_PID" auth --target "$DC_AUTH" --creds "$T/app.tsv" "${AUTH_CHEAP[@]}"
