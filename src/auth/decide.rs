@@ -398,6 +398,17 @@ fn pool_trouble(e: PoolError) -> Outcome {
 
 /// One line per decision with fixed field names, so fail2ban and people can read it.
 fn audit(req: &AuthRequest<'_>, outcome: &Outcome) {
+    // At `warn`, busy servers log no accepted login: build no line for them either.
+    let enabled = match outcome {
+        Outcome::Ok(_) => tracing::enabled!(target: "mailauthd::audit", tracing::Level::INFO),
+        Outcome::Fail(_) => tracing::enabled!(target: "mailauthd::audit", tracing::Level::WARN),
+        Outcome::TempFail(_) => {
+            tracing::enabled!(target: "mailauthd::audit", tracing::Level::ERROR)
+        }
+    };
+    if !enabled {
+        return;
+    }
     let rip = req
         .remote_ip
         .map(|ip| ip.to_string())
