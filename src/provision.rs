@@ -66,6 +66,9 @@ pub struct MailboxChanges {
     pub state: Option<MailboxState>,
     /// Re-applies the template (quota, protocols, state) before the explicit changes above.
     pub template: Option<String>,
+    /// Forgets the identity-provider account the mailbox is bound to; the next sign-in with
+    /// its address binds it again (a re-created account, a changed address).
+    pub unlink_identity: bool,
 }
 
 pub async fn create_mailbox(
@@ -141,6 +144,10 @@ pub async fn update_mailbox(
     mailbox.quota = changes.quota.unwrap_or(mailbox.quota);
     mailbox.protocols = changes.protocols.unwrap_or(mailbox.protocols);
     mailbox.state = changes.state.unwrap_or(mailbox.state);
+    if changes.unlink_identity {
+        mailbox.oidc_issuer = None;
+        mailbox.oidc_subject = None;
+    }
     mailbox.updated_at = clock.now();
     let quota = mailbox.quota;
     let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, false, false);

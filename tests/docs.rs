@@ -211,6 +211,12 @@ const TROUBLESHOOTING: &[Expect] = &[
         needles: &["auth source      oidc", "template         students"],
     },
     Expect {
+        command: "mailauthd mailbox unlink dave@example.org",
+        stdin: "",
+        code: 0,
+        needles: &["dave@example.org was not bound to an identity-provider account"],
+    },
+    Expect {
         command: "mailauthd auth test alice@example.org --service imap --rip 192.0.2.7",
         stdin: "correct horse battery staple\n",
         code: 0,

@@ -8,8 +8,10 @@ mod common;
 use std::sync::Arc;
 
 use mailauthd::clock::{Clock, ManualClock};
-use mailauthd::names::{Protocol, Protocols};
-use mailauthd::provision::{self, SignInClaims, SignInRefusal, SignInRules, SignedIn};
+use mailauthd::names::{Address, Protocol, Protocols};
+use mailauthd::provision::{
+    self, MailboxChanges, SignInClaims, SignInRefusal, SignInRules, SignedIn,
+};
 use mailauthd::store::*;
 
 const ISSUER: &str = "https://idp.example.org";
@@ -198,6 +200,33 @@ async fn later_sign_ins_update_only_when_something_changed(s: &dyn Store) {
     let r = provision::sign_in(s, &clock, ON, &moved).await.unwrap_err();
     assert!(matches!(r, SignInRefusal::LinkedElsewhere { .. }), "{r:?}");
     assert!(s.get_mailbox("alice2@example.org").await.unwrap().is_none());
+
+    // The postmaster unlinks the mailbox: the next sign-in with its address binds it, and
+    // everything else about the mailbox stays.
+    let address = Address::parse("alice@example.org").unwrap();
+    let unlink = MailboxChanges {
+        unlink_identity: true,
+        ..Default::default()
+    };
+    let unbound = provision::update_mailbox(s, &clock, &address, unlink)
+        .await
+        .unwrap();
+    assert_eq!((unbound.oidc_issuer, unbound.oidc_subject), (None, None));
+    assert!(s
+        .find_mailbox_by_oidc(ISSUER, "sub-alice")
+        .await
+        .unwrap()
+        .is_none());
+    let m = provision::sign_in(s, &clock, ON, &other).await.unwrap();
+    assert_eq!(m.mailbox().address, "alice@example.org");
+    assert_eq!(m.mailbox().oidc_subject.as_deref(), Some("sub-mallory"));
+    assert_eq!(
+        s.list_app_passwords("alice@example.org")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn refusals_create_nothing(s: &dyn Store) {

@@ -556,6 +556,7 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
                 protocols: protocols(fields.protocols.as_deref())?,
                 state: state(fields.active.as_deref())?,
                 template: fields.template,
+                unlink_identity: false,
             };
             let existing = require_mailbox(ctx, &address).await?;
             let new_hash = if password_stdin {
@@ -596,6 +597,23 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
             ctx.out.done(&format!(
                 "mailbox {address} now authenticates with {source}{note}"
             ));
+        }
+        MailboxCommand::Unlink { address } => {
+            let address = Address::parse(&address)?;
+            let before = require_mailbox(ctx, &address).await?;
+            let changes = MailboxChanges {
+                unlink_identity: true,
+                ..Default::default()
+            };
+            provision::update_mailbox(&*ctx.store, &ctx.clock, &address, changes).await?;
+            match (before.oidc_issuer, before.oidc_subject) {
+                (Some(issuer), Some(subject)) => ctx.out.done(&format!(
+                    "mailbox {address} is no longer bound to {subject} at {issuer}; the next sign-in with this address binds it"
+                )),
+                _ => ctx.out.done(&format!(
+                    "mailbox {address} was not bound to an identity-provider account"
+                )),
+            }
         }
         MailboxCommand::Remove { address } => {
             let address = Address::parse(&address)?;

@@ -240,6 +240,10 @@ pub enum MailboxCommand {
     /// Switch between local and oidc; the stored password is kept either way
     #[command(name = "set-authsource")]
     SetAuthsource { address: String, source: String },
+    /// Forget the identity-provider account a mailbox is bound to; the next sign-in with
+    /// its address binds it again (after an account was re-created at the provider, or
+    /// moved to another address)
+    Unlink { address: String },
     /// Remove a mailbox with its app passwords and send-as grants
     Remove { address: String },
 }
