@@ -48,18 +48,8 @@ async fn own_listener_metrics(State(probe): State<Probe>) -> Response {
     exposition(&probe.auth)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
 async fn readyz(State(probe): State<Probe>) -> Response {
-    match probe.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check: store unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
-        }
-    }
+    super::readiness(&*probe.store).await
 }
 
 /// Starts the metrics listener when `[metrics] listen` is set (or systemd passed a socket
@@ -80,7 +70,7 @@ pub async fn start_if_configured(
     let listener = tcp_listener("metrics", addr, activated).await?;
     let app = Router::new()
         .route(&settings.path, get(own_listener_metrics))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(super::healthz))
         .route("/readyz", get(readyz))
         .with_state(Probe { auth, store })
         .into_make_service_with_connect_info::<SocketAddr>();

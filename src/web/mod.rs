@@ -372,18 +372,24 @@ impl WebState {
     }
 }
 
-async fn healthz() -> &'static str {
+/// `/healthz` on every HTTP listener: the process runs.
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
+/// `/readyz` on every HTTP listener: the database answers.
+pub(crate) async fn readiness(store: &dyn Store) -> Response {
+    match store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: store unavailable");
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
         }
     }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    readiness(&*state.store).await
 }
 
 async fn not_found(State(state): State<AppState>) -> Response {
