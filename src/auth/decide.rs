@@ -33,6 +33,13 @@ pub struct AuthRequest<'a> {
     pub no_penalty: bool,
 }
 
+/// What a login's service and secret look like, before any rule is applied.
+#[derive(Clone, Copy)]
+struct LoginShape {
+    protocol: Option<Protocol>,
+    app_password: bool,
+}
+
 pub struct AuthenticatorParts {
     pub store: Arc<dyn Store>,
     pub key: AppPasswordKey,
@@ -91,21 +98,23 @@ impl Authenticator {
         let started = std::time::Instant::now();
         let address = Address::parse(req.login);
         let account = throttle_account(&address, req.login);
-        let outcome = match self.decide(req, address, &account).await {
+        // Looked at once, for the decision and for the metrics.
+        let login = LoginShape {
+            protocol: self.parts.services.resolve(req.service),
+            app_password: looks_like_app_password(req.secret.expose()),
+        };
+        let outcome = match self.decide(req, address, &account, login).await {
             Ok(success) => Outcome::Ok(success),
             Err(outcome) => outcome,
         };
         self.learn(req, &account, &outcome).await;
         audit(req, &outcome);
         crate::metrics::auth_decided(
-            self.parts
-                .services
-                .resolve(req.service)
-                .map_or("unknown", Protocol::name),
+            login.protocol.map_or("unknown", Protocol::name),
             req.mechanism,
             outcome.label(),
             outcome.reason(),
-            looks_like_app_password(req.secret.expose()),
+            login.app_password,
             started.elapsed(),
         );
         if let Outcome::Ok(success) = &outcome {
@@ -128,9 +137,10 @@ impl Authenticator {
         req: &AuthRequest<'_>,
         address: Result<Address, NameError>,
         account: &str,
+        login: LoginShape,
     ) -> Step<Success> {
         self.admit(req, account).await?;
-        let Some(protocol) = self.parts.services.resolve(req.service) else {
+        let Some(protocol) = login.protocol else {
             return Err(Outcome::Fail(FailReason::UnknownService));
         };
         let Ok(address) = address else {
@@ -138,7 +148,7 @@ impl Authenticator {
         };
         // A secret shaped like an app password is looked up together with the mailbox:
         // one query, and no hashing, for the most common login of all.
-        let read = if looks_like_app_password(req.secret.expose()) {
+        let read = if login.app_password {
             let lookup = self.parts.key.lookup_hash(req.secret.expose());
             self.parts
                 .store
@@ -288,7 +298,11 @@ impl Authenticator {
                 .await;
         };
         let cache = &self.parts.verify_cache;
-        let verdict = if cache.proven(&view.address, &stored, req.secret.expose()) {
+        let proof = cache.key_for(&view.address, &stored, req.secret.expose());
+        let verdict = if proof
+            .as_ref()
+            .is_some_and(|p| cache.proven(&view.address, p))
+        {
             Ok(Verified::Match)
         } else {
             let secret = req.secret.clone();
@@ -299,8 +313,8 @@ impl Authenticator {
                 .run(move || password::verify(&hash, secret.expose()))
                 .await
                 .map_err(pool_trouble)?;
-            if let Ok(Verified::Match) = verdict {
-                cache.remember(&view.address, &stored, req.secret.expose());
+            if let (Ok(Verified::Match), Some(proof)) = (&verdict, proof) {
+                cache.remember(&view.address, proof);
             }
             verdict
         };

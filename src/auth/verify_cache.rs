@@ -40,6 +40,9 @@ pub struct VerifyCache {
     entries: Mutex<HashMap<String, Entry>>,
 }
 
+/// A keyed digest of (mailbox, stored hash, password); see [`VerifyCache::key_for`].
+pub struct Proof([u8; 32]);
+
 struct Entry {
     digest: [u8; 32],
     stored_at: Instant,
@@ -60,16 +63,19 @@ impl VerifyCache {
         self.config.entries > 0
     }
 
-    /// Whether this exact password was proven against this exact stored hash recently.
-    pub fn proven(&self, mailbox: &str, stored_hash: &str, secret: &[u8]) -> bool {
-        if !self.enabled() {
-            return false;
-        }
-        let digest = self.digest(mailbox, stored_hash, secret);
+    /// The key this exact mailbox, stored hash and password are remembered under; `None`
+    /// when the cache is off. Computed once per login, for the lookup and the record.
+    pub fn key_for(&self, mailbox: &str, stored_hash: &str, secret: &[u8]) -> Option<Proof> {
+        self.enabled()
+            .then(|| Proof(self.digest(mailbox, stored_hash, secret)))
+    }
+
+    /// Whether this proof was recorded for the mailbox recently.
+    pub fn proven(&self, mailbox: &str, proof: &Proof) -> bool {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let hit = entries.get(mailbox).is_some_and(|e| {
             e.stored_at.elapsed() < self.config.lifetime
-                && subtle::ConstantTimeEq::ct_eq(&e.digest[..], &digest[..]).into()
+                && subtle::ConstantTimeEq::ct_eq(&e.digest[..], &proof.0[..]).into()
         });
         drop(entries);
         crate::metrics::verify_cache(hit);
@@ -77,11 +83,7 @@ impl VerifyCache {
     }
 
     /// Records a password the hash check has just accepted.
-    pub fn remember(&self, mailbox: &str, stored_hash: &str, secret: &[u8]) {
-        if !self.enabled() {
-            return;
-        }
-        let digest = self.digest(mailbox, stored_hash, secret);
+    pub fn remember(&self, mailbox: &str, proof: Proof) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= self.config.entries && !entries.contains_key(mailbox) {
             let lifetime = self.config.lifetime;
@@ -102,7 +104,7 @@ impl VerifyCache {
         entries.insert(
             mailbox.to_string(),
             Entry {
-                digest,
+                digest: proof.0,
                 stored_at: Instant::now(),
             },
         );
@@ -151,46 +153,59 @@ mod tests {
         VerifyCache::new(VerifyCacheConfig { entries, lifetime }).unwrap()
     }
 
+    impl VerifyCache {
+        fn check(&self, mailbox: &str, stored: &str, secret: &[u8]) -> bool {
+            self.key_for(mailbox, stored, secret)
+                .is_some_and(|p| self.proven(mailbox, &p))
+        }
+
+        fn record(&self, mailbox: &str, stored: &str, secret: &[u8]) {
+            if let Some(p) = self.key_for(mailbox, stored, secret) {
+                self.remember(mailbox, p);
+            }
+        }
+    }
+
     #[test]
     fn only_the_same_mailbox_hash_and_password_hit() {
         let c = cache(10, Duration::from_secs(60));
-        assert!(!c.proven("a@x.org", "{X}1", b"pw"));
-        c.remember("a@x.org", "{X}1", b"pw");
-        assert!(c.proven("a@x.org", "{X}1", b"pw"));
-        assert!(!c.proven("a@x.org", "{X}1", b"pw2"), "another password");
-        assert!(!c.proven("a@x.org", "{X}2", b"pw"), "a changed stored hash");
-        assert!(!c.proven("b@x.org", "{X}1", b"pw"), "another mailbox");
+        assert!(!c.check("a@x.org", "{X}1", b"pw"));
+        c.record("a@x.org", "{X}1", b"pw");
+        assert!(c.check("a@x.org", "{X}1", b"pw"));
+        assert!(!c.check("a@x.org", "{X}1", b"pw2"), "another password");
+        assert!(!c.check("a@x.org", "{X}2", b"pw"), "a changed stored hash");
+        assert!(!c.check("b@x.org", "{X}1", b"pw"), "another mailbox");
     }
 
     #[test]
     fn a_new_password_replaces_the_old_one() {
         let c = cache(10, Duration::from_secs(60));
-        c.remember("a@x.org", "{X}1", b"old");
-        c.remember("a@x.org", "{X}2", b"new");
-        assert!(!c.proven("a@x.org", "{X}1", b"old"));
-        assert!(c.proven("a@x.org", "{X}2", b"new"));
+        c.record("a@x.org", "{X}1", b"old");
+        c.record("a@x.org", "{X}2", b"new");
+        assert!(!c.check("a@x.org", "{X}1", b"old"));
+        assert!(c.check("a@x.org", "{X}2", b"new"));
         assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn entries_expire() {
         let c = cache(10, Duration::from_millis(20));
-        c.remember("a@x.org", "{X}1", b"pw");
+        c.record("a@x.org", "{X}1", b"pw");
         std::thread::sleep(Duration::from_millis(40));
-        assert!(!c.proven("a@x.org", "{X}1", b"pw"));
+        assert!(!c.check("a@x.org", "{X}1", b"pw"));
     }
 
     #[test]
     fn size_stays_bounded_and_zero_turns_it_off() {
         let c = cache(64, Duration::from_secs(60));
         for i in 0..1000 {
-            c.remember(&format!("u{i}@x.org"), "{X}1", b"pw");
+            c.record(&format!("u{i}@x.org"), "{X}1", b"pw");
             assert!(c.len() <= 64);
         }
-        assert!(c.proven("u999@x.org", "{X}1", b"pw"), "the newest stays");
+        assert!(c.check("u999@x.org", "{X}1", b"pw"), "the newest stays");
         let off = cache(0, Duration::from_secs(60));
-        off.remember("a@x.org", "{X}1", b"pw");
-        assert!(!off.proven("a@x.org", "{X}1", b"pw"));
+        off.record("a@x.org", "{X}1", b"pw");
+        assert!(!off.check("a@x.org", "{X}1", b"pw"));
         assert!(off.is_empty());
     }
 }
