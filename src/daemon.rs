@@ -197,17 +197,14 @@ fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> (Config, bool) {
     if new.throttle != old.throttle {
         // Delays, thresholds, window, trusted networks and on/off apply to the next
         // login; which Redis (and key names) only at a restart.
-        let restart = live.core.throttle.reconfigure(new.throttle.clone());
-        let mut live_part = new.throttle.clone();
-        live_part.redis_url.clone_from(&old.throttle.redis_url);
-        live_part
-            .redis_prefix
-            .clone_from(&old.throttle.redis_prefix);
-        if live_part != old.throttle {
+        let throttle = &live.core.throttle;
+        let before = throttle.config();
+        needs_restart.extend(throttle.reconfigure(new.throttle.clone()));
+        // The throttle keeps its Redis settings itself; whatever else differs now applied.
+        if *throttle.config() != *before {
             applied.push("throttle");
+            tracing::info!(throttle = %throttle.config().describe(), "throttle settings applied");
         }
-        needs_restart.extend(restart);
-        tracing::info!(throttle = %live.core.throttle.config().describe(), "throttle settings applied");
     }
     if needs_restart.is_empty() {
         tracing::info!(config = %path.display(), applied = %applied.join(", "), "configuration reloaded");
