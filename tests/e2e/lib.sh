@@ -51,11 +51,13 @@ tcp_port_in_use() {
 	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# Prints a free loopback TCP port in 30000-39999 not handed out before in this run.
+# Prints a free loopback TCP port in 20000-31999 not handed out before in this run.
+# Ports come from 20000-31999, below Linux's range for outgoing connections (32768 and
+# up): a port an outgoing connection happens to hold makes a server's bind fail.
 pick_port() { # VARIABLE: set in this shell (not a subshell), so picks never repeat
 	local p i
 	for i in $(seq 1 200); do
-		p=$((30000 + RANDOM % 10000))
+		p=$((20000 + RANDOM % 12000))
 		case " $E2E_USED_PORTS " in *" $p "*) continue ;; esac
 		if ! tcp_port_in_use "$p" && ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
 			E2E_USED_PORTS="$E2E_USED_PORTS $p"

@@ -7,7 +7,7 @@
 #   backend   stands in for mailauthd: only its auth service, with an
 #             auth-client socket and an auth-userdb (auth-master) socket over
 #             passwd-files of {PLAIN} users;
-#   frontend  IMAP and POP3 on 127.0.0.1 (ports 30000-39999), authenticating
+#   frontend  IMAP and POP3 on 127.0.0.1 (ports 20000-31999), authenticating
 #             through the shipped mailauthd.lua and conf.d/auth-mailauthd.conf.ext
 #             for its Dovecot version (only paths and the mail uid/gid substituted).
 # A small Perl server then plays mailauthd signalling a temporary failure by
@@ -115,7 +115,7 @@ port_in_use() {
 pick_port() {
 	local p i
 	for i in $(seq 1 200); do
-		p=$((30000 + RANDOM % 10000))
+		p=$((20000 + RANDOM % 12000))
 		case " $USED_PORTS " in *" $p "*) continue ;; esac
 		if ! port_in_use "$p"; then
 			USED_PORTS="$USED_PORTS $p"
@@ -181,8 +181,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 USED_PORTS=
-IMAP_PORT=$(pick_port) || die "no free port in 30000-39999"
-POP3_PORT=$(pick_port) || die "no free port in 30000-39999"
+IMAP_PORT=$(pick_port) || die "no free port in 20000-31999"
+POP3_PORT=$(pick_port) || die "no free port in 20000-31999"
 
 mkdir -p "$HT/backend" "$HT/frontend" "$HT/sock" "$HT/vmail" "$HT/homes/bob"
 chown "$NOBODY_UID:$NOBODY_GID" "$HT/vmail" "$HT/homes/bob"

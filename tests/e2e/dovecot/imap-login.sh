@@ -70,10 +70,10 @@ trap cleanup EXIT
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 PORT=
 for _ in $(seq 1 200); do
-	p=$((30000 + RANDOM % 10000))
+	p=$((20000 + RANDOM % 12000))
 	if ! port_in_use "$p"; then PORT=$p; break; fi
 done
-[ -n "$PORT" ] || fail "no free port in 30000-39999"
+[ -n "$PORT" ] || fail "no free port in 20000-31999"
 
 # The shipped adapter and config; only paths (and the mail user) substituted.
 install -m 0644 "$ADAPTER_DIR/mailauthd.lua" "$D/mailauthd.lua"

@@ -27,7 +27,7 @@
 #
 # What runs, all on loopback: mailauthd (a temporary config: SQLite, then
 # PostgreSQL for the outage) with its auth and userdb sockets; one private
-# Dovecot (IMAP, POP3, ManageSieve, LMTP on ports 30000-39999, log_path to a
+# Dovecot (IMAP, POP3, ManageSieve, LMTP on ports 20000-31999, log_path to a
 # file) using conf-examples/dovecot/mailauthd.lua and the version's
 # conf.d/auth-mailauthd.conf.ext with only paths, ports and the mail user
 # substituted. Clients: curl (IMAP, POP3), bash /dev/tcp dialogues (ManageSieve
@@ -300,10 +300,10 @@ USED_PORTS=
 port_in_use() { # port [address]
 	(exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
 }
-pick_port() { # variable: a free port in 30000-39999, not handed out before
+pick_port() { # variable: a free port in 20000-31999, not handed out before
 	local p i
 	for i in $(seq 1 200); do
-		p=$((30000 + RANDOM % 10000))
+		p=$((20000 + RANDOM % 12000))
 		case " $USED_PORTS " in *" $p "*) continue ;; esac
 		if ! port_in_use "$p" && ! port_in_use "$p" 127.0.0.2; then
 			USED_PORTS="$USED_PORTS $p"
@@ -311,7 +311,7 @@ pick_port() { # variable: a free port in 30000-39999, not handed out before
 			return 0
 		fi
 	done
-	die "no free port in 30000-39999"
+	die "no free port in 20000-31999"
 }
 pick_port IMAP_PORT
 pick_port POP3_PORT
