@@ -157,6 +157,7 @@ pub struct ThrottleSection {
     pub network_block_after: Option<u32>,
     pub account_block_after: Option<u32>,
     pub block_secs: Option<u64>,
+    pub known_network_secs: Option<u64>,
     pub trusted_networks: Vec<String>,
     pub max_tracked: Option<usize>,
     pub redis_url: Option<String>,
@@ -943,6 +944,7 @@ fn throttle_config(section: &ThrottleSection, problems: &mut Vec<Problem>) -> Th
             .account_block_after
             .unwrap_or(defaults.account_block_after),
         block_duration: secs(section.block_secs, defaults.block_duration),
+        known_network_for: secs(section.known_network_secs, defaults.known_network_for),
         trusted_networks,
         max_tracked: section.max_tracked.unwrap_or(defaults.max_tracked),
         redis_url: section

@@ -40,6 +40,31 @@ impl Daemon {
         seed: bool,
         throttle: &str,
     ) -> Daemon {
+        Daemon::start_custom(store_url, key_file, seed, "", throttle)
+    }
+
+    /// `auth_socket`: more `[auth_socket]` lines; `throttle`: `[throttle]` lines that
+    /// replace the test defaults of the same key, and any sections after it.
+    fn start_custom(
+        store_url: Option<&str>,
+        key_file: Option<&Path>,
+        seed: bool,
+        auth_socket: &str,
+        throttle: &str,
+    ) -> Daemon {
+        let defaults: String = [
+            "base_delay_ms = 1",
+            "max_delay_ms = 5",
+            "network_block_after = 6",
+            "block_secs = 600",
+        ]
+        .iter()
+        .filter(|line| {
+            let key = line.split(' ').next().unwrap();
+            !throttle.lines().any(|l| l.starts_with(&format!("{key} ")))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("mailauthd.toml");
         let store = store_url
@@ -50,8 +75,8 @@ impl Daemon {
             format!(
                 "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
                  [credentials]\n{key}argon2_memory_kib = 8192\nargon2_iterations = 1\n\
-                 [auth_socket]\nidle_timeout_ms = 60000\nmax_connections = 4096\n\
-                 [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n{throttle}",
+                 [auth_socket]\nidle_timeout_ms = 60000\nmax_connections = 4096\n{auth_socket}\
+                 [throttle]\n{defaults}{throttle}",
                 state = dir.path().join("state"),
                 run = dir.path().join("run"),
                 key = key_file.map(|k| format!("key_file = {k:?}\n")).unwrap_or_default(),
@@ -709,8 +734,395 @@ fn two_daemons_share_throttle_state_through_redis() {
         "a stale client is not blocked"
     );
 
+    // Pipelined guesses through A are charged while in flight with Redis too.
+    let (mut c, _) = Client::handshake(&a.socket("auth"));
+    let mut requests: Vec<String> = (100..140)
+        .map(|id| {
+            guess(
+                id,
+                "192.0.2.88",
+                "alice@example.org",
+                &format!("guess-{id}"),
+            )
+        })
+        .collect();
+    requests.push(guess(140, "192.0.2.88", "alice@example.org", "alice-pw"));
+    let replies = pipelined(&mut c, &requests);
+    assert!(
+        replies.values().all(|r| r.starts_with("FAIL")),
+        "{replies:?}"
+    );
+    let net = throttle_entry(&b, "192.0.2.88/32").expect("B lists the network");
+    assert!(net["failures"].as_u64().unwrap() <= 6, "{net}");
+    assert!(net["blocked_until_ms"].is_i64(), "{net}");
+
+    // Strangers block alice's account through B; the networks she logged in from
+    // (198.51.100.5, through B above) and her app passwords still pass through A.
+    let app = a.app_password("alice@example.org", "imap");
+    let (mut c, _) = Client::handshake(&b.socket("auth"));
+    for id in 200..230 {
+        c.send(&guess(
+            id,
+            &format!("203.0.113.{}", id - 200),
+            "alice@example.org",
+            &format!("g{id}"),
+        ));
+        assert!(c.line().unwrap().starts_with("FAIL"));
+    }
+    let account = throttle_entry(&a, "alice@example.org").expect("A lists the account");
+    assert!(account["blocked_until_ms"].is_i64(), "{account}");
+    assert!(login(&a, 231, "203.0.113.99", "alice-pw").starts_with("FAIL"));
+    assert_eq!(
+        login(&a, 232, "203.0.113.98", &app),
+        "OK\t232\tuser=alice@example.org"
+    );
+    assert_eq!(
+        login(&a, 233, "198.51.100.5", "alice-pw"),
+        "OK\t233\tuser=alice@example.org",
+        "a network alice logged in from through B is known at A"
+    );
+
     a.cli(&["throttle", "clear"], None);
     println!("two daemons shared throttle state through redis");
     drop((a, b));
     rt.block_on(db.finish());
+}
+
+/// What `throttle list` holds against `key`, if anything.
+fn throttle_entry(d: &Daemon, key: &str) -> Option<serde_json::Value> {
+    let list = d.cli(&["--json", "throttle", "list"], None);
+    let entries: serde_json::Value = serde_json::from_str(&list).unwrap();
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == key)
+        .cloned()
+}
+
+/// Sends every line at once on one connection and returns the replies by request id.
+fn pipelined(c: &mut Client, requests: &[String]) -> std::collections::BTreeMap<u32, String> {
+    c.send(&requests.concat());
+    let mut replies = std::collections::BTreeMap::new();
+    while replies.len() < requests.len() {
+        let line = c.line().expect("a reply for every request");
+        let id: u32 = line.split('\t').nth(1).unwrap().parse().unwrap();
+        replies.insert(id, line);
+    }
+    replies
+}
+
+fn guess(id: u32, rip: &str, user: &str, pass: &str) -> String {
+    format!(
+        "AUTH\t{id}\tPLAIN\tservice=imap\trip={rip}\tresp={}\n",
+        plain(user, pass)
+    )
+}
+
+/// The daemon's count of decisions on IMAP PLAIN logins that ended with `reason`.
+fn decided(port: u16, outcome: &str, reason: &str) -> f64 {
+    let (_, body) = common::http_get(port, "/metrics");
+    common::series(
+        &body,
+        &format!(
+            "mailauthd_auth_requests_total{{protocol=\"imap\",mechanism=\"plain\",outcome=\"{outcome}\",reason=\"{reason}\"}}"
+        ),
+    )
+    .unwrap_or(0.0)
+}
+
+/// A daemon on SQLite with `/metrics` on a port of its own, and more `[throttle]` lines.
+fn with_metrics(throttle: &str) -> (Daemon, u16) {
+    let port = common::free_port();
+    let d = Daemon::start_custom(
+        None,
+        None,
+        true,
+        "",
+        &format!("{throttle}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "metrics listener did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (d, port)
+}
+
+/// 120 wrong guesses and the right password pipelined on one connection: every attempt
+/// is charged while it is in flight and in the order it arrived, so no more than
+/// `network_block_after` (6) reach the password check, and the right password, sent last,
+/// is refused.
+#[test]
+fn pipelined_guesses_are_charged_before_they_are_decided() {
+    let (d, port) = with_metrics("");
+    let (mut c, _) = Client::handshake(&d.socket("auth"));
+    let mut requests: Vec<String> = (1..=120)
+        .map(|id| {
+            guess(
+                id,
+                "192.0.2.50",
+                "alice@example.org",
+                &format!("guess-{id}"),
+            )
+        })
+        .collect();
+    requests.push(guess(121, "192.0.2.50", "alice@example.org", "alice-pw"));
+    let replies = pipelined(&mut c, &requests);
+    for (id, reply) in &replies {
+        assert!(reply.starts_with(&format!("FAIL\t{id}\t")), "{reply}");
+    }
+    let net = throttle_entry(&d, "192.0.2.50/32").expect("the network is listed");
+    assert!(net["blocked_until_ms"].is_i64(), "{net}");
+    let checked = decided(port, "fail", "bad_credentials");
+    assert!(
+        checked <= 6.0,
+        "{checked} guesses reached the password check"
+    );
+    assert_eq!(checked + decided(port, "fail", "throttled"), 121.0);
+    assert!(net["failures"].as_u64().unwrap() <= 6, "{net}");
+    // The owner, from elsewhere, is not held up by any of it.
+    c.send(&guess(
+        200,
+        "198.51.100.20",
+        "alice@example.org",
+        "alice-pw",
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t200\tuser=alice@example.org");
+}
+
+/// The same with one connection per guess, all at once, as 60 Postfix smtpd processes
+/// would open them: the attempts in flight count, whichever connection they came on, so
+/// at most 6 of the 60 reach the password check, and the right password after them is
+/// refused while the block holds.
+#[test]
+fn parallel_connections_are_charged_while_in_flight() {
+    let (d, port) = with_metrics("");
+    let auth = d.socket("auth");
+    let start = std::sync::Arc::new(std::sync::Barrier::new(60));
+    let threads: Vec<_> = (1..=60u32)
+        .map(|id| {
+            let (auth, start) = (auth.clone(), start.clone());
+            std::thread::spawn(move || {
+                let (mut c, _) = Client::handshake(&auth);
+                start.wait();
+                c.send(&guess(
+                    id,
+                    "192.0.2.51",
+                    "alice@example.org",
+                    &format!("guess-{id}"),
+                ));
+                c.line().unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        let reply = t.join().unwrap();
+        assert!(reply.starts_with("FAIL\t"), "{reply}");
+    }
+    let checked = decided(port, "fail", "bad_credentials");
+    assert!(
+        checked <= 6.0,
+        "{checked} guesses reached the password check"
+    );
+    assert_eq!(checked + decided(port, "fail", "throttled"), 60.0);
+    let net = throttle_entry(&d, "192.0.2.51/32").expect("the network is listed");
+    assert!(net["blocked_until_ms"].is_i64(), "{net}");
+    let (mut c, _) = Client::handshake(&auth);
+    c.send(&guess(61, "192.0.2.51", "alice@example.org", "alice-pw"));
+    assert!(c.line().unwrap().starts_with("FAIL\t61\t"));
+}
+
+/// One hash worker with a queue of 2: 40 parallel wrong guesses mostly get "busy", and
+/// each of those counts as a failure, so the source ends blocked and its account counted
+/// as if the guesses had come one by one.
+#[test]
+fn guesses_refused_by_a_busy_hash_pool_are_charged() {
+    let d = Daemon::start_custom(
+        None,
+        None,
+        true,
+        "",
+        "network_block_after = 30\naccount_block_after = 100\n[hash_pool]\nworkers = 1\nqueue = 2\n",
+    );
+    let (mut c, _) = Client::handshake(&d.socket("auth"));
+    let requests: Vec<String> = (1..=40)
+        .map(|id| {
+            guess(
+                id,
+                "192.0.2.60",
+                "alice@example.org",
+                &format!("guess-{id}"),
+            )
+        })
+        .collect();
+    let replies = pipelined(&mut c, &requests);
+    let busy = replies.values().filter(|r| r.contains("temp_fail")).count();
+    assert!(
+        busy >= 10,
+        "the pool was busy for {busy} of 40: {replies:?}"
+    );
+    let net = throttle_entry(&d, "192.0.2.60/32").expect("the network is listed");
+    assert!(net["blocked_until_ms"].is_i64(), "{net}");
+    assert_eq!(net["failures"], 30, "{net}");
+    let account = throttle_entry(&d, "alice@example.org").expect("the account is listed");
+    assert_eq!(account["failures"], 30, "{account}");
+    c.send(&guess(41, "192.0.2.60", "alice@example.org", "alice-pw"));
+    assert!(c.line().unwrap().starts_with("FAIL\t41\t"), "blocked");
+}
+
+/// Strangers block alice's account for password guessing, from many networks. The block
+/// refuses the right password from a stranger's network, but never alice's app password
+/// (from anywhere) nor her password from a network she logged in from before.
+#[test]
+fn strangers_cannot_lock_the_owner_out() {
+    let d = Daemon::start_custom(
+        None,
+        None,
+        true,
+        "",
+        "network_block_after = 100\naccount_block_after = 8\n",
+    );
+    d.cli(
+        &["mailbox", "add", "carol@example.org", "--password-stdin"],
+        Some("carol-pw\n"),
+    );
+    let app = d.app_password("carol@example.org", "imap,smtp");
+    let (mut c, _) = Client::handshake(&d.socket("auth"));
+    let mut login = |id: u32, rip: &str, pass: &str| {
+        c.send(&guess(id, rip, "carol@example.org", pass));
+        c.line().unwrap()
+    };
+    assert_eq!(
+        login(1, "198.51.100.7", "carol-pw"),
+        "OK\t1\tuser=carol@example.org"
+    );
+    for id in 2..=9 {
+        let reply = login(id, &format!("203.0.113.{id}"), &format!("guess-{id}"));
+        assert!(reply.starts_with(&format!("FAIL\t{id}\t")), "{reply}");
+    }
+    let account = throttle_entry(&d, "carol@example.org").expect("the account is listed");
+    assert!(account["blocked_until_ms"].is_i64(), "{account}");
+    assert!(
+        login(10, "203.0.113.50", "carol-pw").starts_with("FAIL\t10\t"),
+        "a stranger's network may not try passwords while the account is blocked"
+    );
+    assert_eq!(
+        login(11, "203.0.113.51", &app),
+        "OK\t11\tuser=carol@example.org",
+        "an app password passes from anywhere"
+    );
+    assert_eq!(
+        login(12, "198.51.100.7", "carol-pw"),
+        "OK\t12\tuser=carol@example.org",
+        "the owner's own network passes with the password"
+    );
+
+    // A password shaped like an app password is exempt from the block only as an app
+    // password: while the account is blocked it never reaches the stored password.
+    d.cli(
+        &["mailbox", "add", "dave@example.org", "--password-stdin"],
+        Some("abcdabcdabcdabcdabcd\n"),
+    );
+    let (mut c, _) = Client::handshake(&d.socket("auth"));
+    for id in 20..=27 {
+        c.send(&guess(
+            id,
+            &format!("203.0.113.{id}"),
+            "dave@example.org",
+            &format!("guess-{id}"),
+        ));
+        assert!(c.line().unwrap().starts_with("FAIL"));
+    }
+    c.send(&guess(
+        30,
+        "203.0.113.60",
+        "dave@example.org",
+        "abcdabcdabcdabcdabcd",
+    ));
+    assert!(
+        c.line().unwrap().starts_with("FAIL\t30\t"),
+        "blocked for passwords"
+    );
+    c.send(&guess(
+        31,
+        "203.0.113.60",
+        "dave@example.org",
+        "abcd-abcd-abcd-abcd-abcd",
+    ));
+    assert!(
+        c.line().unwrap().starts_with("FAIL\t31\t"),
+        "blocked for passwords"
+    );
+    d.cli(&["throttle", "clear", "dave@example.org"], None);
+    c.send(&guess(
+        32,
+        "203.0.113.60",
+        "dave@example.org",
+        "abcdabcdabcdabcdabcd",
+    ));
+    assert_eq!(
+        c.line().unwrap(),
+        "OK\t32\tuser=dave@example.org",
+        "once lifted"
+    );
+}
+
+/// A TCP client outside the listener's `trusted` list is itself the source: the `rip`
+/// it claims is not believed, so it cannot spread guesses over made-up addresses.
+#[test]
+fn a_tcp_client_is_the_source_unless_trusted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = Daemon::start_custom(
+        None,
+        None,
+        true,
+        &format!("listen = [\"tcp:127.0.0.1:{port}\"]\n"),
+        "",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("connect: {e}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut line = String::new();
+    while line.trim_end() != "DONE" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    writer.write_all(b"VERSION\t1\t2\nCPID\t1\n").unwrap();
+    let mut ask = |id: u32, rip: &str, pass: &str| {
+        writer
+            .write_all(guess(id, rip, "alice@example.org", pass).as_bytes())
+            .unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap();
+        reply.trim_end().to_string()
+    };
+    for id in 1..=6 {
+        let reply = ask(id, &format!("192.0.2.{id}"), &format!("guess-{id}"));
+        assert!(reply.starts_with(&format!("FAIL\t{id}\t")), "{reply}");
+    }
+    assert!(
+        ask(7, "198.51.100.1", "alice-pw").starts_with("FAIL\t7\t"),
+        "the client itself is blocked, whatever rip it names"
+    );
+    let net = throttle_entry(&d, "127.0.0.1/32").expect("the peer's own address is counted");
+    assert!(net["blocked_until_ms"].is_i64(), "{net}");
+    assert!(throttle_entry(&d, "192.0.2.1/32").is_none());
 }

@@ -274,6 +274,7 @@ async fn decide(
             secured: true,
             mechanism: Some("PLAIN"),
             no_penalty: false,
+            admitted: None,
         })
         .await
 }

@@ -130,6 +130,7 @@ impl Fixture {
                 secured: true,
                 mechanism: Some("PLAIN"),
                 no_penalty,
+                admitted: None,
             })
             .await
     }

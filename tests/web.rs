@@ -177,6 +177,7 @@ async fn login(core: &Core, secret: &str, service: &str) -> Outcome {
             remote_ip: Some("192.0.2.1".parse().unwrap()),
             secured: true,
             no_penalty: true,
+            admitted: None,
             mechanism: None,
         })
         .await

@@ -8,7 +8,7 @@ use super::last_use::LastUseSender;
 use super::password::{self, Argon2Params, Verified};
 use super::pool::{HashPool, PoolError};
 use super::services::ServiceMap;
-use super::throttle::{Throttle, Verdict};
+use super::throttle::{Attempt, Settlement, Throttle, Ticket, Verdict};
 use super::verify_cache::VerifyCache;
 use super::{Credential, FailReason, Outcome, Success, TempCause};
 use crate::clock::Clock;
@@ -31,6 +31,9 @@ pub struct AuthRequest<'a> {
     /// attempt is neither counted as a failure nor as a success. Existing delays and
     /// blocks still apply.
     pub no_penalty: bool,
+    /// Notified once the attempt is charged to the throttle, so a connection can have its
+    /// requests charged in the order they arrived while deciding them all at once.
+    pub admitted: Option<&'a tokio::sync::Notify>,
 }
 
 /// What a login's service and secret look like, before any rule is applied.
@@ -103,11 +106,18 @@ impl Authenticator {
             protocol: self.parts.services.resolve(req.service),
             app_password: looks_like_app_password(req.secret.expose()),
         };
-        let outcome = match self.decide(req, address, &account, login).await {
-            Ok(success) => Outcome::Ok(success),
-            Err(outcome) => outcome,
+        let (admitted, ticket) = self.admit(req, &account, login.app_password).await;
+        let outcome = match admitted {
+            Ok(()) => match self
+                .decide(req, address, login, ticket.passwords_refused())
+                .await
+            {
+                Ok(success) => Outcome::Ok(success),
+                Err(outcome) => outcome,
+            },
+            Err(refused) => refused,
         };
-        self.learn(req, &account, &outcome).await;
+        self.settle(req, ticket, &outcome).await;
         audit(req, &outcome);
         crate::metrics::auth_decided(
             login.protocol.map_or("unknown", Protocol::name),
@@ -136,10 +146,9 @@ impl Authenticator {
         &self,
         req: &AuthRequest<'_>,
         address: Result<Address, NameError>,
-        account: &str,
         login: LoginShape,
+        passwords_refused: bool,
     ) -> Step<Success> {
-        self.admit(req, account).await?;
         let Some(protocol) = login.protocol else {
             return Err(Outcome::Fail(FailReason::UnknownService));
         };
@@ -172,6 +181,12 @@ impl Authenticator {
         if let Some(found) = app_password {
             return self.check_app_password(&view, found, protocol, req);
         }
+        if passwords_refused {
+            // The account is blocked for password guessing; only its block's exemption
+            // for app passwords let this secret in, and it is none of this mailbox's.
+            tokio::time::sleep(self.parts.throttle.blocked_delay()).await;
+            return Err(Outcome::Fail(FailReason::Throttled));
+        }
         if view.auth_source == AuthSource::Oidc {
             return self
                 .refuse_after_dummy(req, FailReason::OidcNeedsAppPassword)
@@ -180,11 +195,31 @@ impl Authenticator {
         self.check_stored_password(&view, protocol, req).await
     }
 
-    /// Rule 1: the throttle, before anything touches the store or the hash pool. Waiting
-    /// is an async sleep, so a delayed login holds no thread.
-    async fn admit(&self, req: &AuthRequest<'_>, account: &str) -> Step<()> {
+    /// Rule 1: the throttle, before anything touches the store or the hash pool. The
+    /// attempt is charged now, while it is in flight (see [`Throttle::admit`]); waiting is
+    /// an async sleep, so a delayed login holds no thread.
+    async fn admit(
+        &self,
+        req: &AuthRequest<'_>,
+        account: &str,
+        app_password: bool,
+    ) -> (Step<()>, Ticket<'_>) {
+        let throttle = &self.parts.throttle;
         let now = self.parts.clock.now_ms();
-        match self.parts.throttle.check(req.remote_ip, account, now).await {
+        let attempt = Attempt {
+            rip: req.remote_ip,
+            account,
+            fingerprint: throttle
+                .fingerprinter()
+                .fingerprint(account, req.secret.expose()),
+            app_password,
+            counted: !req.no_penalty,
+        };
+        let (verdict, ticket) = throttle.admit(attempt, now).await;
+        if let Some(admitted) = req.admitted {
+            admitted.notify_one();
+        }
+        let admitted = match verdict {
             Verdict::Allow => Ok(()),
             Verdict::Delay(delay) => {
                 crate::metrics::throttle_delayed();
@@ -200,51 +235,22 @@ impl Authenticator {
                     blocked_for_ms = until.saturating_sub(now),
                     "attempt refused while blocked"
                 );
-                tokio::time::sleep(self.parts.throttle.blocked_delay()).await;
+                tokio::time::sleep(throttle.blocked_delay()).await;
                 Err(Outcome::Fail(FailReason::Throttled))
             }
-        }
+        };
+        (admitted, ticket)
     }
 
-    /// Feeds a decision back into the throttle.
-    async fn learn(&self, req: &AuthRequest<'_>, account: &str, outcome: &Outcome) {
-        if req.no_penalty {
-            return;
-        }
-        let throttle = &self.parts.throttle;
+    /// Feeds a decision back into the throttle and ends the attempt's reservation.
+    async fn settle(&self, req: &AuthRequest<'_>, ticket: Ticket<'_>, outcome: &Outcome) {
+        let settlement = if req.no_penalty {
+            Settlement::Neither
+        } else {
+            settlement(outcome)
+        };
         let now = self.parts.clock.now_ms();
-        match outcome {
-            Outcome::Ok(_) => throttle.record_success(req.remote_ip, account, now).await,
-            // Each of these is what a guesser sees as "wrong": an unknown or disabled
-            // account and a refused credential must cost the same, or counting would tell
-            // them apart.
-            Outcome::Fail(
-                FailReason::UnknownUser
-                | FailReason::DomainDisabled
-                | FailReason::MailboxDisabled
-                | FailReason::MailboxNoLogin
-                | FailReason::ProtocolNotAllowed
-                | FailReason::AppPasswordExpired
-                | FailReason::AppPasswordProtocol
-                | FailReason::AppPasswordNetwork
-                | FailReason::OidcNeedsAppPassword
-                | FailReason::BadCredentials,
-            ) => {
-                let fingerprint = throttle
-                    .fingerprinter()
-                    .fingerprint(account, req.secret.expose());
-                throttle
-                    .record_failure(req.remote_ip, account, fingerprint, now)
-                    .await;
-            }
-            // Not guesses: an attempt refused by the throttle itself, a service name we do
-            // not serve (a client set up wrongly, decided before any account is looked
-            // up), or our own fault (a broken stored hash, an outage).
-            Outcome::Fail(
-                FailReason::Throttled | FailReason::UnknownService | FailReason::UnusableStoredHash,
-            )
-            | Outcome::TempFail(_) => {}
-        }
+        self.parts.throttle.settle(ticket, settlement, now).await;
     }
 
     /// `None` when the secret is no app password of this mailbox, so the stored password
@@ -394,6 +400,39 @@ fn account_refusal(view: &LoginView, protocol: Protocol) -> Option<FailReason> {
     None
 }
 
+/// What a decision means to the throttle.
+fn settlement(outcome: &Outcome) -> Settlement {
+    match outcome {
+        Outcome::Ok(_) => Settlement::Success,
+        // Each of these is what a guesser sees as "wrong": an unknown or disabled account
+        // and a refused credential must cost the same, or counting would tell them apart.
+        // A guess the hash pool was too busy to check counts as one too, or keeping the
+        // pool busy would make guessing free.
+        Outcome::Fail(
+            FailReason::UnknownUser
+            | FailReason::DomainDisabled
+            | FailReason::MailboxDisabled
+            | FailReason::MailboxNoLogin
+            | FailReason::ProtocolNotAllowed
+            | FailReason::AppPasswordExpired
+            | FailReason::AppPasswordProtocol
+            | FailReason::AppPasswordNetwork
+            | FailReason::OidcNeedsAppPassword
+            | FailReason::BadCredentials,
+        )
+        | Outcome::TempFail(TempCause::HashPoolBusy) => Settlement::Failure,
+        // Not guesses: an attempt refused by the throttle itself, a service name we do
+        // not serve (a client set up wrongly, decided before any account is looked up),
+        // or our own fault (a broken stored hash, an outage).
+        Outcome::Fail(
+            FailReason::Throttled | FailReason::UnknownService | FailReason::UnusableStoredHash,
+        )
+        | Outcome::TempFail(TempCause::StoreUnavailable | TempCause::Internal) => {
+            Settlement::Neither
+        }
+    }
+}
+
 fn store_trouble(e: &StoreError) -> Outcome {
     tracing::warn!(error = %e, "store error during authentication");
     Outcome::TempFail(if e.is_unavailable() {
@@ -494,10 +533,12 @@ impl Authenticator {
             secured: true,
             no_penalty: false,
             mechanism: Some("form"),
+            admitted: None,
         };
         let account = throttle_account(&Address::parse(login), login);
         // Throttled like a mail login, counting toward the same source and account.
-        let result = match self.admit(&req, &account).await {
+        let (admitted, ticket) = self.admit(&req, &account, false).await;
+        let result = match admitted {
             Ok(()) => self.decide_web(&req).await,
             Err(refused) => Err(refused),
         };
@@ -511,7 +552,7 @@ impl Authenticator {
             }),
             Err(o) => o.clone(),
         };
-        self.learn(&req, &account, &outcome).await;
+        self.settle(&req, ticket, &outcome).await;
         audit(&req, &outcome);
         match (result, outcome) {
             (Ok(address), _) => {

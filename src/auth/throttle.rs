@@ -14,7 +14,7 @@ mod front;
 mod health;
 mod redis;
 
-pub use self::front::{ClearError, SetupError, Throttle};
+pub use self::front::{ClearError, SetupError, Throttle, Ticket};
 pub use self::redis::RedisUrl;
 
 use std::collections::hash_map::RandomState;
@@ -47,6 +47,9 @@ const SHARDS: usize = 16;
 /// a few slots cover a household of stale devices behind one address.
 const RECENT_SECRETS: usize = 4;
 
+/// Networks remembered per account as its owner's (see `known_network_for`).
+const KNOWN_NETWORKS: usize = 4;
+
 /// Login names come from the network; a key never holds more than an address can be.
 const MAX_ACCOUNT_KEY_BYTES: usize = 320;
 
@@ -72,6 +75,9 @@ pub struct ThrottleConfig {
     /// Failures within the window that block an account; 0 never blocks.
     pub account_block_after: u32,
     pub block_duration: Duration,
+    /// A network that logged in to an account successfully this recently is not held up
+    /// by that account's block (strangers cannot lock the owner out); zero remembers none.
+    pub known_network_for: Duration,
     /// Sources that are never delayed, blocked or counted.
     pub trusted_networks: Vec<IpNet>,
     /// Networks and accounts remembered at once; beyond it the least telling are forgotten.
@@ -96,10 +102,11 @@ impl Default for ThrottleConfig {
             max_delay: Duration::from_secs(5),
             window: Duration::from_secs(900),
             network_block_after: 15,
-            // Higher than the network's: anyone can fail against any account, so an
-            // account block also locks its owner out until it expires.
+            // Higher than the network's: anyone can fail against any account. The owner's
+            // own networks and app passwords are exempt from it (`known_network_for`).
             account_block_after: 30,
             block_duration: Duration::from_secs(900),
+            known_network_for: Duration::from_secs(30 * 86_400),
             trusted_networks: Vec::new(),
             max_tracked: 65_536,
             redis_url: None,
@@ -167,6 +174,12 @@ impl ThrottleConfig {
             problems.push((
                 "block_secs",
                 "must be between 1 and 604800 (a week)".to_string(),
+            ));
+        }
+        if self.known_network_for > 365 * day {
+            problems.push((
+                "known_network_secs",
+                "at most 31536000 (a year); 0 remembers no network".to_string(),
             ));
         }
         for (key, value) in [
@@ -240,6 +253,49 @@ pub enum Verdict {
         until: UnixMillis,
         key: ThrottleKey,
     },
+}
+
+/// An attempt as the throttle sees it when it arrives, before anything is decided.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    pub rip: Option<IpAddr>,
+    /// The canonical address, or the login text when it is no address.
+    pub account: &'a str,
+    /// [`Fingerprinter::fingerprint`] of the account and the secret.
+    pub fingerprint: u64,
+    /// The secret is shaped like an app password: about 94 random bits that nobody
+    /// guesses, so the account's standing never holds it up (its network's still does).
+    pub app_password: bool,
+    /// `false` for Dovecot's `no-penalty`: delays and blocks apply, nothing is counted.
+    pub counted: bool,
+}
+
+/// How an admitted attempt ended, as far as the throttle cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// A wrong guess, or an attempt the hash pool was too busy to check: counted against
+    /// its network and account as if it had come alone.
+    Failure,
+    /// Relaxes its network, clears its account and remembers the network as the owner's.
+    Success,
+    /// Not a guess (an outage, a service not served here): only its reservation ends.
+    Neither,
+}
+
+/// The keys an attempt is held up by and charged to.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Checked for delays and blocks, reserved while in flight, charged on failure.
+    held: Vec<ThrottleKey>,
+    /// Charged on failure but never holding the attempt up: the account, for a login from
+    /// a network its owner used recently.
+    charged_only: Vec<ThrottleKey>,
+}
+
+impl Plan {
+    fn charged(&self) -> impl Iterator<Item = &ThrottleKey> {
+        self.held.iter().chain(&self.charged_only)
+    }
 }
 
 /// Who failures are counted against.
@@ -449,7 +505,8 @@ impl MemoryThrottle {
         self.config().max_delay
     }
 
-    /// Whether, and how long, an attempt must wait before credentials are checked.
+    /// Whether, and how long, an attempt must wait before credentials are checked;
+    /// attempts in flight count as failures. Reserves nothing (see [`Self::reserve`]).
     pub fn check(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) -> Verdict {
         let config = self.config();
         let Scope::Keys(keys) = scope(&config, rip, account) else {
@@ -458,11 +515,157 @@ impl MemoryThrottle {
         let standings = keys
             .into_iter()
             .map(|key| {
-                let standing = self.shard(&key).standing(&key, now, &config);
+                let standing = self.shard(&key).look(&key, None, now, &config).0;
                 (key, standing)
             })
             .collect();
         verdict(standings, &config)
+    }
+
+    /// Reserves a place for an attempt on each of `keys` (unless the same wrong secret
+    /// was refused there recently: that repeat will not count) and says whether, and how
+    /// long, it must wait; attempts already in flight count as failures. Each key is
+    /// checked and reserved under one lock, so concurrent attempts never all see room.
+    /// Nothing stays reserved when the verdict is a block. Returns the keys reserved,
+    /// for [`Self::release`].
+    fn reserve(
+        &self,
+        keys: &[ThrottleKey],
+        fingerprint: u64,
+        now: UnixMillis,
+    ) -> (Verdict, Vec<ThrottleKey>) {
+        let config = self.config();
+        self.reserve_each(keys, &config, |shard, key| {
+            shard.look(key, Some(fingerprint), now, &config)
+        })
+    }
+
+    /// Takes a place on each key before its standing is read elsewhere (Redis), and
+    /// returns how many other attempts were in flight there at that moment. Reserving
+    /// first is what makes the sum of the two exact or higher, never lower: an attempt
+    /// that settles meanwhile wrote its failure before it gave its place up.
+    fn reserve_blind(&self, keys: &[ThrottleKey]) -> Vec<u32> {
+        keys.iter()
+            .map(|key| {
+                let mut shard = self.shard(key);
+                let count = shard.in_flight.entry(key.clone()).or_insert(0);
+                *count += 1;
+                *count - 1
+            })
+            .collect()
+    }
+
+    /// Attempts in flight on each key now, reserving nothing.
+    fn in_flight_on(&self, keys: &[ThrottleKey]) -> Vec<u32> {
+        keys.iter()
+            .map(|key| self.shard(key).in_flight.get(key).copied().unwrap_or(0))
+            .collect()
+    }
+
+    fn reserve_each(
+        &self,
+        keys: &[ThrottleKey],
+        config: &ThrottleConfig,
+        mut look: impl FnMut(&mut Shard, &ThrottleKey) -> (Standing, bool),
+    ) -> (Verdict, Vec<ThrottleKey>) {
+        let mut reserved = Vec::with_capacity(keys.len());
+        let mut standings = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut shard = self.shard(key);
+            let (standing, repeat) = look(&mut shard, key);
+            if !matches!(standing, Standing::Blocked(_)) && !repeat {
+                *shard.in_flight.entry(key.clone()).or_insert(0) += 1;
+                reserved.push(key.clone());
+            }
+            standings.push((key.clone(), standing));
+        }
+        let verdict = verdict(standings, config);
+        if matches!(verdict, Verdict::Blocked { .. }) {
+            self.release(&reserved);
+            reserved.clear();
+        }
+        (verdict, reserved)
+    }
+
+    /// Ends the reservations [`Self::reserve`] made.
+    fn release(&self, reserved: &[ThrottleKey]) {
+        for key in reserved {
+            self.shard(key).release(key);
+        }
+    }
+
+    /// Counts a failure on each key and ends its reservation under the same lock, so
+    /// the key's count never dips in between.
+    fn fail_and_release(
+        &self,
+        keys: &[ThrottleKey],
+        reserved: &[ThrottleKey],
+        fingerprint: u64,
+        now: UnixMillis,
+    ) {
+        let config = self.config();
+        let capacity = self.per_shard.load(Ordering::Relaxed);
+        for key in keys {
+            let mut shard = self.shard(key);
+            shard.fail(key.clone(), fingerprint, now, &config, capacity);
+            if reserved.contains(key) {
+                shard.release(key);
+            }
+        }
+        for key in reserved.iter().filter(|k| !keys.contains(k)) {
+            self.shard(key).release(key);
+        }
+    }
+
+    /// Whether `net` logged in to `account` within `known_network_for`.
+    fn is_known_network(&self, account: &str, net: IpNet, now: UnixMillis) -> bool {
+        let config = self.config();
+        let key = ThrottleKey::account(account);
+        self.shard(&key)
+            .known
+            .get(&key)
+            .is_some_and(|known| known.contains(net, now, millis(config.known_network_for)))
+    }
+
+    /// Remembers `rip`'s network as one its owner logs in from.
+    fn remember_network(&self, account: &str, rip: IpAddr, now: UnixMillis) {
+        let config = self.config();
+        if config.known_network_for.is_zero() {
+            return;
+        }
+        let ThrottleKey::Network(net) = ThrottleKey::network_of(rip) else {
+            return;
+        };
+        let key = ThrottleKey::account(account);
+        let capacity = self.per_shard.load(Ordering::Relaxed);
+        let mut shard = self.shard(&key);
+        if !shard.known.contains_key(&key) && shard.known.len() >= capacity {
+            let ttl = millis(config.known_network_for);
+            shard
+                .known
+                .retain(|_, k| k.newest() > now.saturating_sub(ttl));
+            if shard.known.len() >= capacity {
+                // The oldest eighth goes, so a flood of successes pays one sort per many.
+                let mut ranked: Vec<(UnixMillis, ThrottleKey)> = shard
+                    .known
+                    .iter()
+                    .map(|(k, v)| (v.newest(), k.clone()))
+                    .collect();
+                ranked.sort_unstable_by_key(|(at, _)| *at);
+                for (_, old) in ranked.into_iter().take(capacity / 8 + 1) {
+                    shard.known.remove(&old);
+                }
+            }
+        }
+        shard.known.entry(key).or_default().remember(net, now);
+    }
+
+    /// Attempts reserved and not yet settled, over every key; a test hook.
+    pub fn in_flight(&self) -> u32 {
+        self.shards
+            .iter()
+            .map(|s| lock(s).in_flight.values().sum::<u32>())
+            .sum()
     }
 
     /// Counts a refused attempt against its network and account. `secret_fingerprint`
@@ -479,11 +682,7 @@ impl MemoryThrottle {
         let Scope::Keys(keys) = scope(&config, rip, account) else {
             return;
         };
-        let capacity = self.per_shard.load(Ordering::Relaxed);
-        for key in keys {
-            self.shard(&key)
-                .fail(key, secret_fingerprint, now, &config, capacity);
-        }
+        self.fail_and_release(&keys, &[], secret_fingerprint, now);
     }
 
     /// A success halves its network's failures (shared addresses also carry strangers'
@@ -493,8 +692,16 @@ impl MemoryThrottle {
         let Scope::Keys(keys) = scope(&config, rip, account) else {
             return;
         };
+        self.succeed_keys(&keys, now);
+        if let Some(ip) = rip {
+            self.remember_network(account, ip, now);
+        }
+    }
+
+    fn succeed_keys(&self, keys: &[ThrottleKey], now: UnixMillis) {
+        let config = self.config();
         for key in keys {
-            self.shard(&key).succeed(&key, now, &config);
+            self.shard(key).succeed(key, now, &config);
         }
     }
 
@@ -610,6 +817,33 @@ fn delay_for(config: &ThrottleConfig, failures: u32) -> Duration {
         .min(config.max_delay)
 }
 
+/// `standing` with `pending` attempts in flight counted as failures: enough of them to
+/// reach the block threshold refuse the next attempt as if the block were already set.
+fn with_in_flight(
+    key: &ThrottleKey,
+    standing: Standing,
+    pending: u32,
+    now: UnixMillis,
+    config: &ThrottleConfig,
+) -> Standing {
+    let failures = match standing {
+        Standing::Blocked(_) => return standing,
+        Standing::Gone => pending,
+        Standing::Counting(failures) => failures.saturating_add(pending),
+    };
+    let threshold = match key.kind() {
+        KeyKind::Network => config.network_block_after,
+        KeyKind::Account => config.account_block_after,
+    };
+    if threshold > 0 && failures >= threshold {
+        Standing::Blocked(now)
+    } else if failures == 0 {
+        Standing::Gone
+    } else {
+        Standing::Counting(failures)
+    }
+}
+
 /// Blocked first (latest end first), then most failures, then by key.
 fn sort_listing(all: &mut [BlockInfo]) {
     all.sort_by(|a, b| {
@@ -677,6 +911,12 @@ impl Filter {
 #[derive(Default)]
 struct Shard {
     entries: HashMap<ThrottleKey, Entry>,
+    /// Attempts admitted and not yet decided, per key; they count as failures until then.
+    /// Kept apart from `entries` (and never in Redis): a daemon that dies takes its
+    /// attempts in flight with it.
+    in_flight: HashMap<ThrottleKey, u32>,
+    /// Per account, the networks its owner logged in from lately.
+    known: HashMap<ThrottleKey, KnownNetworks>,
 }
 
 struct Entry {
@@ -688,6 +928,7 @@ struct Entry {
 }
 
 /// Where a key stands at some moment.
+#[derive(Clone, Debug)]
 enum Standing {
     /// Nothing to hold against it (never failed, window passed, or block served).
     Gone,
@@ -736,6 +977,47 @@ fn standing(
 }
 
 impl Shard {
+    /// The key's standing with its attempts in flight counted as failures, and whether
+    /// `fingerprint` is a wrong secret it refused recently (a repeat that will not count).
+    fn look(
+        &mut self,
+        key: &ThrottleKey,
+        fingerprint: Option<u64>,
+        now: UnixMillis,
+        config: &ThrottleConfig,
+    ) -> (Standing, bool) {
+        let standing = self.standing(key, now, config);
+        let repeat = match (fingerprint, &standing) {
+            (Some(fp), Standing::Counting(_)) => {
+                self.entries.get(key).is_some_and(|e| e.recent.contains(fp))
+            }
+            _ => false,
+        };
+        (self.with_in_flight(key, standing, now, config), repeat)
+    }
+
+    /// `standing` with this key's attempts in flight added: enough of them to reach the
+    /// block threshold refuse the next attempt as if the block were already set.
+    fn with_in_flight(
+        &self,
+        key: &ThrottleKey,
+        standing: Standing,
+        now: UnixMillis,
+        config: &ThrottleConfig,
+    ) -> Standing {
+        let pending = self.in_flight.get(key).copied().unwrap_or(0);
+        with_in_flight(key, standing, pending, now, config)
+    }
+
+    fn release(&mut self, key: &ThrottleKey) {
+        if let Some(n) = self.in_flight.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.in_flight.remove(key);
+            }
+        }
+    }
+
     fn standing(
         &mut self,
         key: &ThrottleKey,
@@ -850,6 +1132,48 @@ impl Shard {
         for (_, key) in ranked.into_iter().take(excess) {
             self.entries.remove(&key);
         }
+    }
+}
+
+/// Networks an account's owner logged in from, newest kept; a few cover home, office
+/// and phone.
+#[derive(Default)]
+struct KnownNetworks {
+    slots: [Option<(IpNet, UnixMillis)>; KNOWN_NETWORKS],
+}
+
+impl KnownNetworks {
+    fn contains(&self, net: IpNet, now: UnixMillis, ttl: i64) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .any(|(n, at)| *n == net && now.saturating_sub(*at) < ttl)
+    }
+
+    fn remember(&mut self, net: IpNet, now: UnixMillis) {
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| s.is_some_and(|(n, _)| n == net))
+            .or_else(|| self.slots.iter().position(Option::is_none))
+            .unwrap_or_else(|| {
+                // Full: the network seen longest ago makes room.
+                self.slots
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.map_or(i64::MIN, |(_, at)| at))
+                    .map_or(0, |(i, _)| i)
+            });
+        self.slots[slot] = Some((net, now));
+    }
+
+    fn newest(&self) -> UnixMillis {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|(_, at)| *at)
+            .max()
+            .unwrap_or(0)
     }
 }
 

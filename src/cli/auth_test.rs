@@ -36,6 +36,7 @@ pub async fn run(
             secured,
             mechanism: Some("PLAIN"),
             no_penalty: false,
+            admitted: None,
         })
         .await;
     let elapsed = started.elapsed();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -131,6 +131,7 @@ async fn run(
         client_minor: None,
         pending: HashMap::new(),
         tx,
+        last_admitted: None,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = vec![0u8; 4096];
@@ -203,6 +204,18 @@ struct Conn<'a> {
     client_minor: Option<u32>,
     pending: HashMap<u32, Pending>,
     tx: mpsc::Sender<Reply>,
+    /// Notified when the request before the next one has been charged to the throttle.
+    last_admitted: Option<Arc<Notify>>,
+}
+
+/// Notifies the next request of a connection that this one has been charged, also when
+/// it never gets that far (cancelled, aborted): the next one must not wait forever.
+struct Baton(Arc<Notify>);
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
 
 impl Conn<'_> {
@@ -271,12 +284,20 @@ impl Conn<'_> {
             tracing::warn!(peer = %self.peer.description, id, "AUTH without service= or protocol=; refused");
             return Ok(proto::encode_fail(id, None, Some(FAIL_REASON), false));
         };
+        // What a client says about the end user (`rip`, `secured`, `no-penalty`) is
+        // believed only from a trusted peer; any other TCP client is itself the source,
+        // for throttling, trusted networks and app-password network limits alike.
+        let trusted = self.peer.trusted;
         let request = RequestInfo {
             service,
-            rip: auth.rip,
-            secured: auth.secured,
+            rip: if trusted {
+                auth.rip.or(self.peer.ip)
+            } else {
+                self.peer.ip
+            },
+            secured: auth.secured && trusted,
             mechanism,
-            no_penalty: auth.no_penalty && self.peer.trusted,
+            no_penalty: auth.no_penalty && trusted,
         };
         let initial = auth.take_initial_response(self.client_minor.unwrap_or(0));
         let (exchange, step) = Exchange::start(mechanism, initial);
@@ -322,7 +343,16 @@ impl Conn<'_> {
                 let auth = self.service.auth.clone();
                 let tx = self.tx.clone();
                 let smtp = auth.protocol_of(&request.service) == Some(Protocol::Smtp);
+                // Requests are decided at once but charged to the throttle in the order
+                // they arrived: pipelined guesses cannot overtake each other, so the
+                // last of them is never among the first few checked.
+                let before = self.last_admitted.take();
+                let baton = Baton(Arc::new(Notify::new()));
+                self.last_admitted = Some(baton.0.clone());
                 let task = tokio::spawn(async move {
+                    if let Some(before) = before {
+                        before.notified().await;
+                    }
                     let outcome = auth
                         .authenticate(&AuthRequest {
                             login: &authcid,
@@ -332,8 +362,10 @@ impl Conn<'_> {
                             secured: request.secured,
                             mechanism: Some(request.mechanism.name()),
                             no_penalty: request.no_penalty,
+                            admitted: Some(&baton.0),
                         })
                         .await;
+                    drop(baton);
                     let reply = match outcome {
                         Outcome::Ok(success) => {
                             Reply::Line(id, proto::encode_ok(id, &success.mailbox, &[]))

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use super::health::Health;
 use super::redis::{CallError, RedisThrottle};
 use super::{
-    scope, verdict, BlockInfo, Filter, Fingerprinter, MemoryThrottle, RedisUrl, Scope,
-    ThrottleConfig, Verdict,
+    scope, verdict, with_in_flight, Attempt, BlockInfo, Filter, Fingerprinter, MemoryThrottle,
+    Plan, RedisUrl, Scope, Settlement, Standing, ThrottleConfig, ThrottleKey, Verdict,
 };
 use crate::clock::UnixMillis;
 
@@ -142,6 +142,163 @@ impl Throttle {
         restart
     }
 
+    /// Charges an attempt as it arrives, before anything else is looked at: its keys'
+    /// standings count the attempts still in flight, and it takes a place among them
+    /// until [`Throttle::settle`] (or dropping the ticket) ends it. So guesses pipelined on
+    /// one connection or sent over many at once are delayed and blocked as if they had
+    /// come one after another.
+    ///
+    /// The account's standing does not hold up a secret shaped like an app password, nor
+    /// a login from a network that logged in to the account lately: an account block
+    /// stops password guessing, it must not let strangers lock the owner out. A blocked
+    /// account's app-password-shaped secret may still only pass as an app password
+    /// ([`Ticket::passwords_refused`]).
+    pub async fn admit(&self, attempt: Attempt<'_>, now: UnixMillis) -> (Verdict, Ticket<'_>) {
+        let mut ticket = Ticket {
+            throttle: self,
+            rip: attempt.rip,
+            account: attempt.account.to_string(),
+            fingerprint: attempt.fingerprint,
+            counted: attempt.counted,
+            settled: false,
+            admitted_at: now,
+            passwords_refused: false,
+            plan: Plan::default(),
+            reserved: Vec::new(),
+        };
+        let config = self.config();
+        let Scope::Keys(keys) = scope(&config, attempt.rip, attempt.account) else {
+            return (Verdict::Allow, ticket);
+        };
+        if keys.is_empty() {
+            return (Verdict::Allow, ticket);
+        }
+        let network = keys.iter().find_map(|k| match k {
+            ThrottleKey::Network(net) => Some(*net),
+            ThrottleKey::Account(_) => None,
+        });
+        // Standings from Redis when it answers, else from memory. For Redis this attempt
+        // takes its places first (see `MemoryThrottle::reserve_blind`).
+        let shared = match self.redis_for_login() {
+            Some(redis) => {
+                let others = if attempt.counted {
+                    self.memory.reserve_blind(&keys)
+                } else {
+                    self.memory.in_flight_on(&keys)
+                };
+                let account = keys.iter().find(|k| matches!(k, ThrottleKey::Account(_)));
+                let call = redis.standings_and_known(&keys, account.zip(network), now, &config);
+                match self.bounded("check", config.redis_timeout, call).await {
+                    Some((remote, known)) => Some((remote, others, known)),
+                    None => {
+                        if attempt.counted {
+                            self.memory.release(&keys);
+                        }
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let has_account = keys.iter().any(|k| matches!(k, ThrottleKey::Account(_)));
+        let known = match (&shared, network) {
+            (Some((_, _, known)), _) => *known,
+            (None, Some(net)) if has_account => {
+                self.memory.is_known_network(attempt.account, net, now)
+            }
+            (None, _) => false,
+        };
+        let mut plan = Plan::default();
+        let mut held_standings = Vec::new();
+        // Places taken for Redis on keys that turn out not to hold the attempt up.
+        let mut not_held = Vec::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            let standing = shared.as_ref().map(|(remote, others, _)| {
+                with_in_flight(&key, remote[i].clone(), others[i], now, &config)
+            });
+            match key {
+                ThrottleKey::Account(_) if known => {
+                    not_held.push(key.clone());
+                    plan.charged_only.push(key);
+                }
+                ThrottleKey::Account(_) if attempt.app_password => {
+                    let standing = standing.unwrap_or_else(|| {
+                        self.memory.shard(&key).look(&key, None, now, &config).0
+                    });
+                    ticket.passwords_refused = matches!(standing, Standing::Blocked(_));
+                    not_held.push(key.clone());
+                    plan.charged_only.push(key);
+                }
+                key => {
+                    if let Some(standing) = standing {
+                        held_standings.push((key.clone(), standing));
+                    }
+                    plan.held.push(key);
+                }
+            }
+        }
+        let (verdict, reserved) = match (attempt.counted, shared.is_some()) {
+            (true, true) => {
+                self.memory.release(&not_held);
+                let verdict = verdict(held_standings, &config);
+                if matches!(verdict, Verdict::Blocked { .. }) {
+                    self.memory.release(&plan.held);
+                    (verdict, Vec::new())
+                } else {
+                    (verdict, plan.held.clone())
+                }
+            }
+            (true, false) => self.memory.reserve(&plan.held, attempt.fingerprint, now),
+            (false, true) => (verdict(held_standings, &config), Vec::new()),
+            (false, false) => {
+                let looked = plan.held.iter().map(|key| {
+                    let standing = self.memory.shard(key).look(key, None, now, &config).0;
+                    (key.clone(), standing)
+                });
+                (verdict(looked.collect(), &config), Vec::new())
+            }
+        };
+        ticket.plan = plan;
+        ticket.reserved = reserved;
+        (verdict, ticket)
+    }
+
+    /// Ends an admitted attempt: counts it as [`Settlement`] says, then frees its place
+    /// among the attempts in flight (in that order, so its keys' counts never dip).
+    pub async fn settle(&self, mut ticket: Ticket<'_>, settlement: Settlement, now: UnixMillis) {
+        ticket.settled = true;
+        let plan = std::mem::take(&mut ticket.plan);
+        if !ticket.counted {
+            return;
+        }
+        match settlement {
+            Settlement::Neither => {}
+            Settlement::Failure => {
+                let keys: Vec<ThrottleKey> = plan.charged().cloned().collect();
+                if keys.is_empty() {
+                    return;
+                }
+                let config = self.config();
+                if let Some(redis) = self.redis_for_login() {
+                    let call = redis.record_failure(&keys, ticket.fingerprint, now, &config);
+                    if self
+                        .bounded("record_failure", config.redis_timeout, call)
+                        .await
+                        .is_some()
+                    {
+                        return;
+                    }
+                }
+                let reserved = std::mem::take(&mut ticket.reserved);
+                self.memory
+                    .fail_and_release(&keys, &reserved, ticket.fingerprint, now);
+            }
+            Settlement::Success => {
+                self.record_success(ticket.rip, &ticket.account, now).await;
+            }
+        }
+    }
+
     /// Whether, and how long, an attempt must wait before credentials are checked.
     pub async fn check(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) -> Verdict {
         let config = self.config();
@@ -200,7 +357,15 @@ impl Throttle {
             return;
         }
         if let Some(redis) = self.redis_for_login() {
-            let call = redis.record_success(&keys, now, &config);
+            let known = match (rip, config.known_network_for.is_zero()) {
+                (Some(ip), false) => match ThrottleKey::network_of(ip) {
+                    ThrottleKey::Network(net) => Some((ThrottleKey::account(account), net)),
+                    ThrottleKey::Account(_) => None,
+                },
+                _ => None,
+            };
+            let known = known.as_ref().map(|(account, net)| (account, *net));
+            let call = redis.record_success(&keys, known, now, &config);
             if self
                 .bounded("record_success", config.redis_timeout, call)
                 .await
@@ -288,6 +453,57 @@ impl Throttle {
                 Err(e.to_string())
             }
         }
+    }
+}
+
+/// An attempt's place among those in flight, from [`Throttle::admit`] until
+/// [`Throttle::settle`]. Dropped unsettled (the client cancelled or went away while it
+/// was being decided) it counts as a failure in this daemon's memory: every attempt is
+/// charged, and cancelling must not make guesses free.
+pub struct Ticket<'a> {
+    throttle: &'a Throttle,
+    rip: Option<IpAddr>,
+    account: String,
+    fingerprint: u64,
+    counted: bool,
+    /// Set by [`Throttle::settle`]; an unsettled ticket is a cancelled attempt.
+    settled: bool,
+    admitted_at: UnixMillis,
+    passwords_refused: bool,
+    plan: Plan,
+    reserved: Vec<ThrottleKey>,
+}
+
+impl Ticket<'_> {
+    /// The account is blocked and this attempt passed only because its secret looks like
+    /// an app password: it may open the mailbox as one, never as the stored password.
+    pub fn passwords_refused(&self) -> bool {
+        self.passwords_refused
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.counted && !self.settled {
+            let keys: Vec<ThrottleKey> = self.plan.charged().cloned().collect();
+            self.throttle.memory.fail_and_release(
+                &keys,
+                &self.reserved,
+                self.fingerprint,
+                self.admitted_at,
+            );
+        } else {
+            self.throttle.memory.release(&self.reserved);
+        }
+    }
+}
+
+impl fmt::Debug for Ticket<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("plan", &self.plan)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
     }
 }
 
@@ -420,6 +636,187 @@ mod tests {
         assert_eq!(t.clear(Some("not an address or network")).await.unwrap(), 0);
         assert_eq!(t.clear(Some("192.0.2.1")).await.unwrap(), 1);
         assert!(t.list(T0).await.is_empty());
+    }
+
+    fn attempt<'a>(t: &Throttle, rip: &str, account: &'a str, secret: &str) -> Attempt<'a> {
+        Attempt {
+            rip: ip(rip),
+            account,
+            fingerprint: t.fingerprinter().fingerprint(account, secret.as_bytes()),
+            app_password: false,
+            counted: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn attempts_in_flight_count_toward_delays_and_blocks() {
+        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        let mut held = Vec::new();
+        let mut verdicts = Vec::new();
+        for i in 0..5 {
+            let (verdict, ticket) = t
+                .admit(attempt(&t, "192.0.2.1", "", &format!("guess {i}")), T0)
+                .await;
+            verdicts.push(verdict);
+            held.push(ticket);
+        }
+        // One free failure, then 100 ms doubling to the 400 ms cap: the undecided
+        // attempts already count.
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Allow,
+                Verdict::Delay(Duration::from_millis(100)),
+                Verdict::Delay(Duration::from_millis(200)),
+                Verdict::Delay(Duration::from_millis(400)),
+                Verdict::Delay(Duration::from_millis(400)),
+            ]
+        );
+        assert_eq!(t.memory.in_flight(), 5);
+        // Five in flight reach network_block_after: the sixth is refused before it is
+        // decided, and takes no place.
+        let (sixth, ticket) = t.admit(attempt(&t, "192.0.2.1", "", "guess 5"), T0).await;
+        assert!(matches!(sixth, Verdict::Blocked { .. }), "{sixth:?}");
+        t.settle(ticket, Settlement::Neither, T0).await;
+        assert_eq!(t.memory.in_flight(), 5);
+        // Another network is not held up by them.
+        let (other, ticket) = t.admit(attempt(&t, "198.51.100.1", "", "x"), T0).await;
+        assert_eq!(other, Verdict::Allow);
+        t.settle(ticket, Settlement::Success, T0).await;
+        for ticket in held {
+            t.settle(ticket, Settlement::Failure, T0).await;
+        }
+        assert_eq!(t.memory.in_flight(), 0);
+        assert!(matches!(
+            t.check(ip("192.0.2.1"), "", T0 + 1).await,
+            Verdict::Blocked { until, .. } if until > T0 + 1
+        ));
+    }
+
+    #[tokio::test]
+    async fn successes_and_outages_free_their_place_and_count_nothing() {
+        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        for i in 0..20 {
+            let (verdict, ticket) = t
+                .admit(attempt(&t, "192.0.2.1", "", &format!("s {i}")), T0)
+                .await;
+            assert_eq!(verdict, Verdict::Allow, "attempt {i}");
+            let settlement = if i % 2 == 0 {
+                Settlement::Success
+            } else {
+                Settlement::Neither
+            };
+            t.settle(ticket, settlement, T0).await;
+        }
+        assert_eq!(t.memory.in_flight(), 0);
+        assert!(t.list(T0).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_attempt_counts_as_a_failure() {
+        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        for i in 0..5 {
+            let (_, ticket) = t
+                .admit(attempt(&t, "192.0.2.1", "", &format!("c {i}")), T0)
+                .await;
+            drop(ticket);
+        }
+        assert_eq!(t.memory.in_flight(), 0);
+        assert!(matches!(
+            t.check(ip("192.0.2.1"), "", T0).await,
+            Verdict::Blocked { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_known_repeat_takes_no_place_and_no_penalty_counts_nothing() {
+        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        let (_, ticket) = t.admit(attempt(&t, "192.0.2.1", "", "stale"), T0).await;
+        t.settle(ticket, Settlement::Failure, T0).await;
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            let (verdict, ticket) = t.admit(attempt(&t, "192.0.2.1", "", "stale"), T0).await;
+            assert!(!matches!(verdict, Verdict::Blocked { .. }));
+            held.push(ticket);
+        }
+        assert_eq!(t.memory.in_flight(), 0, "a repeat will not count");
+        for ticket in held {
+            t.settle(ticket, Settlement::Failure, T0).await;
+        }
+        let listed = t.list(T0).await;
+        assert_eq!(listed[0].failures, 1);
+
+        for i in 0..10 {
+            let mut quiet = attempt(&t, "192.0.2.2", "", &format!("np {i}"));
+            quiet.counted = false;
+            let (verdict, ticket) = t.admit(quiet, T0).await;
+            assert_eq!(verdict, Verdict::Allow);
+            if i % 2 == 0 {
+                t.settle(ticket, Settlement::Failure, T0).await;
+            }
+        }
+        assert_eq!(t.memory.in_flight(), 0);
+        assert_eq!(t.list(T0).await.len(), 1, "192.0.2.2 was never counted");
+    }
+
+    #[tokio::test]
+    async fn an_account_block_spares_app_passwords_and_the_owners_networks() {
+        let t = Throttle::new(
+            ThrottleConfig {
+                network_block_after: 0,
+                account_block_after: 3,
+                ..config()
+            },
+            Fingerprinter::with_key([3; 32]),
+        )
+        .unwrap();
+        let alice = "alice@example.org";
+        // The owner logs in from home.
+        let (_, ticket) = t.admit(attempt(&t, "198.51.100.7", alice, "pw"), T0).await;
+        t.settle(ticket, Settlement::Success, T0).await;
+        // Strangers block the account for password guessing.
+        for i in 0..3 {
+            let (_, ticket) = t
+                .admit(
+                    attempt(&t, &format!("203.0.113.{i}"), alice, &format!("g{i}")),
+                    T0,
+                )
+                .await;
+            t.settle(ticket, Settlement::Failure, T0).await;
+        }
+        let (stranger, _) = t.admit(attempt(&t, "203.0.113.50", alice, "pw"), T0).await;
+        assert!(matches!(stranger, Verdict::Blocked { .. }), "{stranger:?}");
+        // An app password from anywhere passes, but only as an app password.
+        let mut app = attempt(&t, "203.0.113.51", alice, "abcdabcdabcdabcdabcd");
+        app.app_password = true;
+        let (verdict, ticket) = t.admit(app, T0).await;
+        assert_eq!(verdict, Verdict::Allow);
+        assert!(ticket.passwords_refused());
+        t.settle(ticket, Settlement::Failure, T0).await;
+        // The owner's own network passes with the password, and may even fail.
+        let (home, ticket) = t.admit(attempt(&t, "198.51.100.7", alice, "old"), T0).await;
+        assert_eq!(home, Verdict::Allow);
+        assert!(!ticket.passwords_refused());
+        t.settle(ticket, Settlement::Failure, T0).await;
+        // Its own network's failure still counts there (one free, then a delay).
+        let (home, ticket) = t.admit(attempt(&t, "198.51.100.7", alice, "pw"), T0).await;
+        assert_eq!(home, Verdict::Delay(Duration::from_millis(100)));
+        t.settle(ticket, Settlement::Success, T0).await;
+        // Known for `known_network_for`, then a stranger again.
+        let later = T0 + super::super::millis(config().known_network_for) + 1;
+        for i in 0..3 {
+            let (_, ticket) = t
+                .admit(
+                    attempt(&t, &format!("203.0.113.{i}"), alice, &format!("h{i}")),
+                    later,
+                )
+                .await;
+            t.settle(ticket, Settlement::Failure, later).await;
+        }
+        let (stale, _) = t
+            .admit(attempt(&t, "198.51.100.7", alice, "pw"), later)
+            .await;
+        assert!(matches!(stale, Verdict::Blocked { .. }), "{stale:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use super::{
     log_block, millis, sort_listing, standing, BlockInfo, Filter, KeyKind, Standing,
-    ThrottleConfig, ThrottleKey, RELAX_INTERVAL_MS,
+    ThrottleConfig, ThrottleKey, KNOWN_NETWORKS, RELAX_INTERVAL_MS,
 };
 use crate::clock::UnixMillis;
 use crate::store::DatabaseUrl;
@@ -108,6 +108,7 @@ pub(super) struct RedisThrottle {
     connection: ConnectionManager,
     fail: Script,
     succeed: Script,
+    remember: Script,
 }
 
 impl RedisThrottle {
@@ -128,6 +129,7 @@ impl RedisThrottle {
             connection,
             fail: Script::new(include_str!("fail.lua")),
             succeed: Script::new(include_str!("succeed.lua")),
+            remember: Script::new(include_str!("remember.lua")),
         })
     }
 
@@ -137,6 +139,41 @@ impl RedisThrottle {
 
     pub(super) fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Each key's standing at `now`, in the order given, and whether `known`'s network
+    /// logged in to its account within `known_network_for`; one round trip.
+    pub(super) async fn standings_and_known(
+        &self,
+        keys: &[ThrottleKey],
+        known: Option<(&ThrottleKey, IpNet)>,
+        now: UnixMillis,
+        config: &ThrottleConfig,
+    ) -> Result<(Vec<Standing>, bool), CallError> {
+        let names: Vec<String> = keys.iter().map(|k| self.key_name(k)).collect();
+        let mut pipe = counts_pipe(&names);
+        if let Some((account, net)) = known {
+            // HMGET, so every reply of the pipeline is a list of optional numbers.
+            pipe.cmd("HMGET")
+                .arg(self.known_name(account))
+                .arg(net.to_string());
+        }
+        let mut rows: Vec<Vec<Option<i64>>> =
+            pipe.query_async(&mut self.connection.clone()).await?;
+        let seen = match known {
+            Some(_) => rows.pop().and_then(|row| row.first().copied().flatten()),
+            None => None,
+        };
+        let known =
+            seen.is_some_and(|at| now.saturating_sub(at) < millis(config.known_network_for));
+        let standings = rows
+            .into_iter()
+            .map(|row| {
+                let field = |i: usize| row.get(i).copied().flatten();
+                Counts::from_row((field(0), field(1), field(2))).standing(now, config)
+            })
+            .collect();
+        Ok((standings, known))
     }
 
     /// Each key's standing at `now`, in the order given.
@@ -190,10 +227,12 @@ impl RedisThrottle {
         Ok(())
     }
 
-    /// Feeds a successful login back; see `succeed.lua`.
+    /// Feeds a successful login back (see `succeed.lua`) and remembers `known`'s network
+    /// as one its account's owner logs in from (see `remember.lua`).
     pub(super) async fn record_success(
         &self,
         keys: &[ThrottleKey],
+        known: Option<(&ThrottleKey, IpNet)>,
         now: UnixMillis,
         config: &ThrottleConfig,
     ) -> Result<(), CallError> {
@@ -208,6 +247,18 @@ impl RedisThrottle {
             call.arg(key.kind().name());
         }
         let _: i64 = call.invoke_async(&mut self.connection.clone()).await?;
+        if let Some((account, net)) = known {
+            let ttl = millis(config.known_network_for);
+            let _: i64 = self
+                .remember
+                .key(self.known_name(account))
+                .arg(net.to_string())
+                .arg(now)
+                .arg(ttl.saturating_add(EXPIRY_SLACK_MS))
+                .arg(KNOWN_NETWORKS)
+                .invoke_async(&mut self.connection.clone())
+                .await?;
+        }
         Ok(())
     }
 
@@ -323,28 +374,16 @@ impl RedisThrottle {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = ::redis::pipe();
-        for name in names {
-            pipe.cmd("HMGET")
-                .arg(name)
-                .arg("failures")
-                .arg("last")
-                .arg("blocked");
-        }
-        let rows: Vec<(Option<i64>, Option<i64>, Option<i64>)> =
-            pipe.query_async(&mut self.connection.clone()).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(failures, last, blocked)| match (failures, last) {
-                (Some(failures), Some(last)) => Counts {
-                    failures: clamp_count(failures),
-                    last_failure: last,
-                    blocked_until: blocked,
-                },
-                // Gone between two calls, or not written by us: nothing to hold.
-                _ => Counts::NONE,
-            })
-            .collect())
+        let rows: Vec<(Option<i64>, Option<i64>, Option<i64>)> = counts_pipe(names)
+            .query_async(&mut self.connection.clone())
+            .await?;
+        Ok(rows.into_iter().map(Counts::from_row).collect())
+    }
+
+    /// Where the networks an account's owner logged in from are kept: one hash per
+    /// account, network → when. Not a throttle key: `list` and `clear` pass it by.
+    fn known_name(&self, account: &ThrottleKey) -> String {
+        format!("{}known:{account}", self.prefix)
     }
 
     fn key_name(&self, key: &ThrottleKey) -> String {
@@ -364,6 +403,18 @@ impl RedisThrottle {
     }
 }
 
+fn counts_pipe(names: &[String]) -> ::redis::Pipeline {
+    let mut pipe = ::redis::pipe();
+    for name in names {
+        pipe.cmd("HMGET")
+            .arg(name)
+            .arg("failures")
+            .arg("last")
+            .arg("blocked");
+    }
+    pipe
+}
+
 /// A hash's counting fields, as memory's entry has them.
 struct Counts {
     failures: u32,
@@ -377,6 +428,18 @@ impl Counts {
         last_failure: 0,
         blocked_until: None,
     };
+
+    fn from_row((failures, last, blocked): (Option<i64>, Option<i64>, Option<i64>)) -> Counts {
+        match (failures, last) {
+            (Some(failures), Some(last)) => Counts {
+                failures: clamp_count(failures),
+                last_failure: last,
+                blocked_until: blocked,
+            },
+            // Gone between two calls, or not written by us: nothing to hold.
+            _ => Counts::NONE,
+        }
+    }
 
     fn standing(&self, now: UnixMillis, config: &ThrottleConfig) -> Standing {
         standing(
