@@ -408,6 +408,44 @@ else
 fi
 
 # ---------------------------------------------------------------------------
+echo "# guesses sent in parallel from one client address"
+# 60 SMTP sessions at once from 127.0.0.5, each with one wrong password, as a guesser
+# sends them: Postfix opens an auth connection per smtpd process, and every attempt is
+# charged while it is in flight, so no more than network_block_after (15, the default)
+# reach the password check, and the right password is refused while the block holds.
+ATTACKER=127.0.0.5
+attack_swaks() { # FILE PASSWORD
+	swaks --ehlo client.test --timeout 30 --local-interface "$ATTACKER" \
+		--server "127.0.0.1:$SUB_PORT" --from carol@example.org --to bob@example.org \
+		--auth PLAIN --auth-user carol@example.org --auth-password "$2" --quit-after AUTH >"$1" 2>&1 || true
+}
+attackers=()
+for i in $(seq 1 60); do
+	attack_swaks "$T/transcripts/parallel-$i.txt" "guess-$i-carol" &
+	attackers+=($!)
+done
+wait "${attackers[@]}"
+n535=$(for i in $(seq 1 60); do auth_reply "$T/transcripts/parallel-$i.txt"; done | grep -c '^535$' || true)
+expect_eq "60 parallel wrong passwords from one address -> 535 each" 60 "$n535" \
+	"$(cat "$T/transcripts/parallel-1.txt")"
+checked=$(grep "rip=\"$ATTACKER\"" "$MD_LOG" | grep -c 'reason="bad_credentials"' || true)
+throttled=$(grep "rip=\"$ATTACKER\"" "$MD_LOG" | grep -c 'reason="throttled"' || true)
+if [ "$checked" -le 15 ] && [ $((checked + throttled)) -eq 60 ]; then
+	ok "of 60 parallel guesses $checked reached the password check, $throttled were throttled"
+else
+	not_ok "at most 15 of 60 parallel guesses reach the password check (checked $checked, throttled $throttled)" \
+		"$(grep "rip=\"$ATTACKER\"" "$MD_LOG" | tail -n 5)"
+fi
+attack_swaks "$T/transcripts/attacker-right.txt" 'carol-Pass-2024'
+expect_eq "the right password from that address while the block holds -> 535" 535 \
+	"$(auth_reply "$T/transcripts/attacker-right.txt")" "$(cat "$T/transcripts/attacker-right.txt")"
+expect_auth "carol from another address is not held up -> 235" 235 "$SUB_PORT" PLAIN carol@example.org 'carol-Pass-2024'
+mdctl throttle clear "$ATTACKER" >/dev/null
+attack_swaks "$T/transcripts/attacker-cleared.txt" 'carol-Pass-2024'
+expect_eq "after throttle clear, the right password from that address -> 235" 235 \
+	"$(auth_reply "$T/transcripts/attacker-cleared.txt")" "$(cat "$T/transcripts/attacker-cleared.txt")"
+
+# ---------------------------------------------------------------------------
 echo "# logs"
 bad=$(grep -E 'no SASL authentication mechanisms|throttling|fatal:|panic' "$PLOG" || true)
 expect_eq "Postfix never lost the SASL handshake (no 'no SASL authentication mechanisms', no throttling, no fatal)" "" "$bad"
