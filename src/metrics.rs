@@ -76,6 +76,7 @@ struct Metrics {
     throttle_delayed: Family<KindLabels, Counter>,
     throttle_refused: Family<KindLabels, Counter>,
     throttle_fallbacks: Counter,
+    auth_overloaded: Counter,
     verify_cache: Family<ResultLabels, Counter>,
     hash_pool_depth: Gauge,
     hash_pool_workers: Gauge,
@@ -135,6 +136,12 @@ impl Metrics {
             "Throttle calls answered from memory because Redis did not answer in time",
             throttle_fallbacks.clone(),
         );
+        let auth_overloaded = Counter::default();
+        registry.register(
+            "auth_overloaded",
+            "Auth requests answered with a temporary failure because too many were being decided at once",
+            auth_overloaded.clone(),
+        );
         let verify_cache = Family::<ResultLabels, Counter>::default();
         registry.register(
             "verify_cache_lookups",
@@ -176,6 +183,7 @@ impl Metrics {
             throttle_delayed,
             throttle_refused,
             throttle_fallbacks,
+            auth_overloaded,
             verify_cache,
             hash_pool_depth,
             hash_pool_workers,
@@ -266,6 +274,10 @@ pub fn throttle_blocked(kind: &'static str) {
 
 pub fn throttle_redis_fallback() {
     METRICS.throttle_fallbacks.inc();
+}
+
+pub fn auth_overloaded() {
+    METRICS.auth_overloaded.inc();
 }
 
 pub fn verify_cache(hit: bool) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -26,12 +26,19 @@ use crate::secret::Secret;
 const FAIL_REASON: &str = "Authentication failed";
 /// Requests one connection may have open at once; Postfix uses one, Dovecot a handful.
 const MAX_PENDING: usize = 128;
+/// Requests being decided at once over every connection. Each holds a few KiB while it
+/// waits (for a delay, a hash worker, the store); without a bound, a few hundred
+/// connections pipelining requests would hold hundreds of MiB. A hash pool of a few
+/// workers and its queue never needs more; app-password logins finish in microseconds.
+/// Beyond it a request gets a quick temporary failure, as when the hash pool is full.
+const MAX_DECIDING: usize = 512;
 
 pub struct AuthService {
     auth: Arc<Authenticator>,
     spid: u32,
     next_cuid: AtomicU32,
     idle_timeout: Duration,
+    deciding: Arc<Semaphore>,
 }
 
 impl AuthService {
@@ -41,6 +48,7 @@ impl AuthService {
             spid: std::process::id(),
             next_cuid: AtomicU32::new(1),
             idle_timeout,
+            deciding: Arc::new(Semaphore::new(MAX_DECIDING)),
         }
     }
 }
@@ -132,6 +140,7 @@ async fn run(
         pending: HashMap::new(),
         tx,
         last_admitted: None,
+        close_now: false,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = vec![0u8; 4096];
@@ -183,12 +192,32 @@ async fn run(
                         Ok(_) => {}
                         Err(why) => return End::Protocol(why),
                     }
+                    if conn.close_now {
+                        return End::TempFailClose;
+                    }
                 }
             }
             _ = &mut idle, if conn.pending.is_empty() => return End::Idle,
             _ = shutdown.cancelled(), if conn.pending.is_empty() => return End::Shutdown,
         }
     }
+}
+
+/// "Try again later": a FAIL with the temporary-failure code, or for Postfix, which turns
+/// every FAIL into 535, a closed connection (454).
+fn temp_fail_reply(id: u32, login: &str, smtp: bool) -> Reply {
+    if smtp {
+        return Reply::Close(id);
+    }
+    Reply::Line(
+        id,
+        proto::encode_fail_code(
+            id,
+            Some(login),
+            Some(FailCode::TempFail),
+            Some("Temporary authentication failure, try again later"),
+        ),
+    )
 }
 
 /// Removes consumed bytes and zeroes them first: they may hold credentials.
@@ -206,6 +235,8 @@ struct Conn<'a> {
     tx: mpsc::Sender<Reply>,
     /// Notified when the request before the next one has been charged to the throttle.
     last_admitted: Option<Arc<Notify>>,
+    /// A temporary failure for Postfix was decided on the spot: close (454) at once.
+    close_now: bool,
 }
 
 /// Notifies the next request of a connection that this one has been charged, also when
@@ -346,10 +377,22 @@ impl Conn<'_> {
                 // Requests are decided at once but charged to the throttle in the order
                 // they arrived: pipelined guesses cannot overtake each other, so the
                 // last of them is never among the first few checked.
+                let Ok(permit) = self.service.deciding.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = %self.peer.description, id, "too many requests being decided; temporary failure");
+                    crate::metrics::auth_overloaded();
+                    return Ok(match temp_fail_reply(id, &authcid, smtp) {
+                        Reply::Line(_, line) => line,
+                        Reply::Close(_) => {
+                            self.close_now = true;
+                            Vec::new()
+                        }
+                    });
+                };
                 let before = self.last_admitted.take();
                 let baton = Baton(Arc::new(Notify::new()));
                 self.last_admitted = Some(baton.0.clone());
                 let task = tokio::spawn(async move {
+                    let _permit = permit;
                     if let Some(before) = before {
                         before.notified().await;
                     }
@@ -374,16 +417,7 @@ impl Conn<'_> {
                             id,
                             proto::encode_fail(id, Some(&authcid), Some(FAIL_REASON), false),
                         ),
-                        Outcome::TempFail(_) if smtp => Reply::Close(id),
-                        Outcome::TempFail(_) => Reply::Line(
-                            id,
-                            proto::encode_fail_code(
-                                id,
-                                Some(&authcid),
-                                Some(FailCode::TempFail),
-                                Some("Temporary authentication failure, try again later"),
-                            ),
-                        ),
+                        Outcome::TempFail(_) => temp_fail_reply(id, &authcid, smtp),
                     };
                     let _ = tx.send(reply).await;
                 });
