@@ -1126,3 +1126,39 @@ fn a_tcp_client_is_the_source_unless_trusted() {
     assert!(net["blocked_until_ms"].is_i64(), "{net}");
     assert!(throttle_entry(&d, "192.0.2.1/32").is_none());
 }
+
+/// Five connections pipelining 120 slow logins each: no more than 512 requests are
+/// decided at once over all connections (each holds memory while it waits); the rest get
+/// a quick temporary failure instead of piling up, and every request gets an answer.
+#[test]
+fn requests_decided_at_once_are_bounded_over_all_connections() {
+    let (d, port) = with_metrics("enabled = false\n[hash_pool]\nworkers = 1\nqueue = 1000\n");
+    let threads: Vec<_> = (0..5u32)
+        .map(|c| {
+            let auth = d.socket("auth");
+            std::thread::spawn(move || {
+                let (mut client, _) = Client::handshake(&auth);
+                let requests: Vec<String> = (1..=120)
+                    .map(|id| guess(id, &format!("192.0.2.{c}"), "alice@example.org", "wrong"))
+                    .collect();
+                pipelined(&mut client, &requests)
+            })
+        })
+        .collect();
+    let mut temp = 0;
+    for t in threads {
+        let replies = t.join().unwrap();
+        assert_eq!(replies.len(), 120);
+        temp += replies
+            .values()
+            .filter(|r| r.contains("code=temp_fail"))
+            .count();
+    }
+    let (_, body) = common::http_get(port, "/metrics");
+    let overloaded = common::series(&body, "mailauthd_auth_overloaded_total").unwrap_or(0.0);
+    assert!(
+        overloaded >= 88.0,
+        "{overloaded} refused at the cap:\n{body}"
+    );
+    assert!(temp as f64 >= overloaded, "{temp} temporary failures");
+}
