@@ -68,6 +68,7 @@ pub struct OidcSection {
     pub name_claim: Option<String>,
     pub ignore_tls_errors: Option<bool>,
     pub provision: Option<bool>,
+    pub require_verified_email: Option<bool>,
     pub timeout_ms: Option<u64>,
 }
 
@@ -1237,6 +1238,10 @@ mod tests {
             ("email", "mailcow_template")
         );
         assert!(o.provision && !o.ignore_tls_errors && o.endpoints.is_none());
+        assert!(
+            o.require_verified_email,
+            "an absent email_verified is refused by default"
+        );
         assert_eq!(o.client_secret.as_ref().unwrap().expose(), b"s3cret-client");
         assert!(!format!("{c:?}").contains("s3cret"));
         let w = c.web.as_ref().unwrap();
@@ -1277,6 +1282,24 @@ mod tests {
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn require_verified_email_can_be_turned_off_and_must_be_a_boolean() {
+        let base = r#"
+            [oidc]
+            issuer = "http://127.0.0.1:9000"
+            client_id = "mail"
+            redirect_url = "http://127.0.0.1:8080/callback"
+        "#;
+        let off = parse(&format!("{base}require_verified_email = false\n")).unwrap();
+        assert!(!off.oidc.unwrap().require_verified_email);
+        let problems = parse(&format!("{base}require_verified_email = \"no\"\n")).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(|p| format!("{p:?}")).collect();
+        assert!(
+            shown.iter().any(|p| p.contains("require_verified_email")),
+            "{shown:?}"
+        );
     }
 
     #[test]

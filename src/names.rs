@@ -16,6 +16,11 @@ pub enum NameError {
     BadCharacters(String),
     #[error("{0:?} is too long")]
     TooLong(String),
+    #[error("{address:?}: the part before @ {problem}")]
+    BadLocalPart {
+        address: String,
+        problem: &'static str,
+    },
     #[error("domain {0:?} is not a valid domain name")]
     BadDomain(String),
     #[error("unknown protocol {0:?}: use imap, pop3, sieve or smtp")]
@@ -48,7 +53,27 @@ pub fn normalize_domain(input: &str) -> Result<String, NameError> {
     Ok(ascii)
 }
 
-/// A mail address in its canonical form: trimmed, lower-case, domain in IDNA ASCII.
+/// What is wrong with a local part, or `None` when it may name a mailbox here.
+///
+/// Only ASCII is accepted, so lower-casing cannot fold two distinct characters together
+/// (U+212A KELVIN SIGN lower-cases to `k` under Unicode rules). `/` and the names `.` and
+/// `..` are refused because Dovecot and Postfix build directory paths from the local part.
+fn local_part_problem(local: &str) -> Option<&'static str> {
+    if !local.is_ascii() {
+        Some("may only use ASCII characters (no accented letters or look-alike symbols)")
+    } else if local.bytes().any(|b| b.is_ascii_control()) {
+        Some("may not contain control characters")
+    } else if local.contains('/') {
+        Some("may not contain /")
+    } else if local == "." || local == ".." {
+        Some("may not be . or ..")
+    } else {
+        None
+    }
+}
+
+/// A mail address in its canonical form: trimmed, local part ASCII lower-case, domain in
+/// IDNA ASCII.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Address(String);
@@ -68,8 +93,24 @@ impl Address {
         if local.is_empty() || local.len() > 64 || local.contains('@') {
             return Err(NameError::NotAnAddress(t.to_string()));
         }
+        if let Some(problem) = local_part_problem(local) {
+            return Err(NameError::BadLocalPart {
+                address: t.to_string(),
+                problem,
+            });
+        }
         let domain = normalize_domain(domain)?;
-        Ok(Address(format!("{}@{}", local.to_lowercase(), domain)))
+        Ok(Address(format!(
+            "{}@{}",
+            local.to_ascii_lowercase(),
+            domain
+        )))
+    }
+
+    /// Whether `text` is already an address in canonical form, as the store insists on for
+    /// every address it writes.
+    pub fn is_canonical(text: &str) -> bool {
+        Address::parse(text).is_ok_and(|a| a.0 == text)
     }
 
     pub fn as_str(&self) -> &str {
@@ -234,6 +275,55 @@ mod tests {
             Address::parse(&"x".repeat(400)),
             Err(NameError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn local_parts_are_ascii_and_never_folded() {
+        // U+212A KELVIN SIGN lower-cases to "k" under Unicode rules: it must not become
+        // kelvin@, and nor may any other non-ASCII local part.
+        for bad in [
+            "\u{212A}elvin@example.org",
+            "\u{212a}ELVIN@EXAMPLE.ORG",
+            "müller@example.org",
+            "ǅ@example.org",
+            "a\u{200B}b@example.org",
+            "İnci@example.org",
+        ] {
+            let e = Address::parse(bad).unwrap_err();
+            assert!(
+                matches!(e, NameError::BadLocalPart { .. }),
+                "{bad:?}: {e:?}"
+            );
+            assert!(e.to_string().contains("ASCII"), "{e}");
+        }
+        for (bad, word) in [
+            ("a/b@example.org", "/"),
+            ("../x@example.org", "/"),
+            ("..@example.org", ".."),
+            (".@example.org", ".."),
+            ("a\u{7f}b@example.org", "control"),
+        ] {
+            let e = Address::parse(bad).unwrap_err();
+            assert!(e.to_string().contains(word), "{bad:?}: {e}");
+        }
+        assert!(Address::parse("a\0b@example.org").is_err());
+        // ASCII lower-casing only, and the domain still goes through IDNA.
+        assert_eq!(
+            Address::parse("KELVIN@B\u{DC}CHER.example")
+                .unwrap()
+                .as_str(),
+            "kelvin@xn--bcher-kva.example"
+        );
+        assert_eq!(
+            Address::parse("o'Brien+Tag!#$%&*=?^_`{|}~-x@example.org")
+                .unwrap()
+                .as_str(),
+            "o'brien+tag!#$%&*=?^_`{|}~-x@example.org"
+        );
+        assert!(Address::is_canonical("kelvin@example.org"));
+        assert!(!Address::is_canonical("Kelvin@example.org"));
+        assert!(!Address::is_canonical("\u{212A}elvin@example.org"));
+        assert!(!Address::is_canonical(" kelvin@example.org"));
     }
 
     #[test]

@@ -12,8 +12,12 @@ use crate::clock::Clock;
 use crate::names::{Address, Protocols};
 use crate::size::format_size;
 use crate::store::{
-    AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Store, StoreError, Template,
+    AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Overrides, Store, StoreError, Template,
 };
+
+/// How often a write that lost a race with another writer of the same mailbox is decided
+/// again on the fresh row before giving up with a temporary failure.
+const WRITE_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Error)]
 pub enum ProvisionError {
@@ -41,6 +45,7 @@ impl From<StoreError> for ProvisionError {
 }
 
 /// What a new mailbox should be; unset fields come from the template, then the domain.
+/// Fields given here are the postmaster's word: they become the mailbox's overrides.
 #[derive(Clone, Debug)]
 pub struct NewMailbox {
     pub address: Address,
@@ -64,8 +69,12 @@ pub struct MailboxChanges {
     pub quota: Option<u64>,
     pub protocols: Option<Protocols>,
     pub state: Option<MailboxState>,
-    /// Re-applies the template (quota, protocols, state) before the explicit changes above.
+    /// Applies this template (quota, protocols, state) and drops the mailbox's overrides,
+    /// before the explicit changes above (which become overrides again).
     pub template: Option<String>,
+    /// Re-applies the mailbox's own template and drops its overrides (as `template` with the
+    /// template it follows); refused for a mailbox that follows none.
+    pub reset: bool,
     /// Forgets the identity-provider account the mailbox is bound to; the next sign-in with
     /// its address binds it again (a re-created account, a changed address).
     pub unlink_identity: bool,
@@ -100,6 +109,7 @@ pub async fn create_mailbox(
         state: MailboxState::Active,
         template: None,
         template_hash: None,
+        overrides: Overrides::NONE,
         created_at: now,
         updated_at: now,
         last_login: None,
@@ -107,9 +117,7 @@ pub async fn create_mailbox(
     if let Some(t) = &template {
         apply_template(&mut mailbox, t);
     }
-    mailbox.quota = new.quota.unwrap_or(mailbox.quota);
-    mailbox.protocols = new.protocols.unwrap_or(mailbox.protocols);
-    mailbox.state = new.state.unwrap_or(mailbox.state);
+    set_by_postmaster(&mut mailbox, new.quota, new.protocols, new.state);
 
     let quota = mailbox.quota;
     let require_active = new.require_active_domain;
@@ -131,36 +139,86 @@ pub async fn update_mailbox(
     address: &Address,
     changes: MailboxChanges,
 ) -> Result<Mailbox, ProvisionError> {
-    let mut mailbox = store
-        .get_mailbox(address.as_str())
-        .await?
-        .ok_or_else(|| ProvisionError::UnknownMailbox(address.to_string()))?;
-    if let Some(name) = &changes.template {
-        apply_template(&mut mailbox, &load_template(store, name).await?);
+    // Decided on the row as read and written only if nobody wrote it meanwhile (a sign-in
+    // binding it, say), so a postmaster's change never undoes another write, nor the reverse.
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = store
+            .get_mailbox(address.as_str())
+            .await?
+            .ok_or_else(|| ProvisionError::UnknownMailbox(address.to_string()))?;
+        let mut mailbox = current.clone();
+        let template = match (&changes.template, changes.reset) {
+            (Some(name), _) => Some(name.clone()),
+            (None, true) => Some(current.template.clone().ok_or_else(|| {
+                ProvisionError::Refused(format!(
+                    "mailbox {address} follows no template; name one with --template NAME"
+                ))
+            })?),
+            (None, false) => None,
+        };
+        if let Some(name) = &template {
+            mailbox.overrides = Overrides::NONE;
+            apply_template(&mut mailbox, &load_template(store, name).await?);
+        }
+        if let Some(name) = &changes.display_name {
+            mailbox.display_name = name.clone();
+        }
+        set_by_postmaster(
+            &mut mailbox,
+            changes.quota,
+            changes.protocols,
+            changes.state,
+        );
+        if changes.unlink_identity {
+            mailbox.oidc_issuer = None;
+            mailbox.oidc_subject = None;
+        }
+        mailbox.updated_at = clock.now();
+        let quota = mailbox.quota;
+        let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, false, false);
+        if store.update_mailbox_if(&mailbox, &current, &check).await? {
+            return Ok(mailbox);
+        }
     }
-    if let Some(name) = changes.display_name {
-        mailbox.display_name = name;
-    }
-    mailbox.quota = changes.quota.unwrap_or(mailbox.quota);
-    mailbox.protocols = changes.protocols.unwrap_or(mailbox.protocols);
-    mailbox.state = changes.state.unwrap_or(mailbox.state);
-    if changes.unlink_identity {
-        mailbox.oidc_issuer = None;
-        mailbox.oidc_subject = None;
-    }
-    mailbox.updated_at = clock.now();
-    let quota = mailbox.quota;
-    let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, false, false);
-    store.update_mailbox(&mailbox, &check).await?;
-    Ok(mailbox)
+    Err(ProvisionError::Store(StoreError::Unavailable(format!(
+        "mailbox {address} kept changing while it was being updated; try again"
+    ))))
 }
 
-/// Sets what a template decides: quota, protocols, state, and which template (and which
-/// version of it) the mailbox now follows.
+/// Explicit settings from the postmaster: set, and remembered as overrides that applying a
+/// template leaves alone.
+fn set_by_postmaster(
+    mailbox: &mut Mailbox,
+    quota: Option<u64>,
+    protocols: Option<Protocols>,
+    state: Option<MailboxState>,
+) {
+    if let Some(q) = quota {
+        mailbox.quota = q;
+        mailbox.overrides.quota = true;
+    }
+    if let Some(p) = protocols {
+        mailbox.protocols = p;
+        mailbox.overrides.protocols = true;
+    }
+    if let Some(s) = state {
+        mailbox.state = s;
+        mailbox.overrides.state = true;
+    }
+}
+
+/// Sets what a template decides (quota, protocols, state) except what the mailbox's
+/// overrides keep, and which template (and which version of it) the mailbox now follows.
 pub fn apply_template(mailbox: &mut Mailbox, template: &Template) {
-    mailbox.quota = template.quota;
-    mailbox.protocols = template.protocols;
-    mailbox.state = template.state;
+    if !mailbox.overrides.quota {
+        mailbox.quota = template.quota;
+    }
+    if !mailbox.overrides.protocols {
+        mailbox.protocols = template.protocols;
+    }
+    if !mailbox.overrides.state {
+        mailbox.state = template.state;
+    }
     mailbox.template = Some(template.name.clone());
     mailbox.template_hash = Some(template.content_hash());
 }

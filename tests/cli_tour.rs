@@ -211,6 +211,29 @@ fn mistakes_get_clear_messages_nonzero_exits_and_change_nothing() {
             "not a mail address",
         ),
         (
+            vec![
+                "mailbox",
+                "add",
+                "\u{212A}elvin@example.org",
+                "--no-password",
+            ],
+            None,
+            2,
+            "the part before @ may only use ASCII characters",
+        ),
+        (
+            vec!["mailbox", "add", "../etc@example.org", "--no-password"],
+            None,
+            2,
+            "the part before @ may not contain /",
+        ),
+        (
+            vec!["alias", "add", "m\u{fc}ller@example.org", "bob@example.org"],
+            None,
+            2,
+            "may only use ASCII characters",
+        ),
+        (
             vec!["mailbox", "add", "alice@nowhere.org", "--password-stdin"],
             Some("pw\n"),
             1,
@@ -511,4 +534,94 @@ fn mailboxes_import_from_a_dovecot_passwd_file_with_their_hashes() {
     assert!(out.status.success(), "{}", text(&out));
     let ok = mailauthd(d, &["auth", "test", "solo@example.org"], Some(password));
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+}
+
+/// `mailbox set` settings are shown as set by hand; `--reset` and `--template` hand them
+/// back to the template.
+#[test]
+fn mailbox_set_by_hand_is_shown_and_reset_hands_back_to_the_template() {
+    let dir = setup();
+    let d = dir.path();
+    let ok = |args: &[&str]| {
+        let out = mailauthd(d, args, None);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        text(&out)
+    };
+    let json = |address: &str| -> serde_json::Value {
+        let out = mailauthd(d, &["--json", "mailbox", "show", address], None);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    ok(&["domain", "add", "example.org"]);
+    ok(&[
+        "template",
+        "add",
+        "staff",
+        "--quota",
+        "2G",
+        "--protocols",
+        "imap,smtp",
+    ]);
+    ok(&[
+        "mailbox",
+        "add",
+        "olga@example.org",
+        "--authsource",
+        "oidc",
+        "--template",
+        "staff",
+    ]);
+    assert_eq!(
+        json("olga@example.org")["mailbox"]["overrides"],
+        serde_json::json!([])
+    );
+
+    ok(&[
+        "mailbox",
+        "set",
+        "olga@example.org",
+        "--active",
+        "0",
+        "--quota",
+        "1G",
+    ]);
+    let v = json("olga@example.org");
+    assert_eq!(
+        v["mailbox"]["overrides"],
+        serde_json::json!(["quota", "state"])
+    );
+    assert_eq!(v["mailbox"]["state"], "disabled");
+    let shown = ok(&["mailbox", "show", "olga@example.org"]);
+    assert!(
+        shown.contains("quota,state (kept when the template is re-applied)"),
+        "{shown}"
+    );
+
+    ok(&["mailbox", "set", "olga@example.org", "--reset"]);
+    let v = json("olga@example.org");
+    assert_eq!(v["mailbox"]["overrides"], serde_json::json!([]));
+    assert_eq!(
+        (
+            v["mailbox"]["state"].as_str(),
+            v["mailbox"]["quota"].as_u64()
+        ),
+        (Some("active"), Some(2 << 30))
+    );
+
+    ok(&["mailbox", "add", "plain@example.org", "--no-password"]);
+    let out = mailauthd(d, &["mailbox", "set", "plain@example.org", "--reset"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("follows no template; name one with --template NAME"));
+    let out = mailauthd(
+        d,
+        &[
+            "mailbox",
+            "set",
+            "plain@example.org",
+            "--reset",
+            "--template",
+            "staff",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

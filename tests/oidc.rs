@@ -231,6 +231,7 @@ fn settings(issuer: &str) -> OidcSettings {
         name_claim: "name".into(),
         ignore_tls_errors: false,
         provision: true,
+        require_verified_email: true,
         timeout: Duration::from_millis(700),
     }
 }

@@ -1,5 +1,6 @@
 //! Sign-in provisioning against every store backend: first sign-ins, the update-on-sign-in
-//! rules, refusals that create nothing, and 50 concurrent first sign-ins into room for 10.
+//! rules, the postmaster's settings that sign-ins keep, refusals that create nothing, and
+//! concurrent first sign-ins (50 into room for 10; several people racing for one address).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,7 +16,7 @@ use mailauthd::provision::{
 use mailauthd::store::*;
 
 const ISSUER: &str = "https://idp.example.org";
-const ON: SignInRules = SignInRules { provision: true };
+const ON: SignInRules = SignInRules::DEFAULT;
 
 fn domain(name: &str, max_mailboxes: Option<u64>) -> Domain {
     Domain {
@@ -87,6 +88,9 @@ async fn sign_in_rules_hold_on_every_backend() {
         refusals_create_nothing(s).await;
         limits_defer_updates_and_keep_old_values(s).await;
         provisioning_off_only_admits_existing(s).await;
+        postmaster_settings_survive_sign_in(s).await;
+        email_verified_must_be_true(s).await;
+        addresses_are_not_folded_together(s).await;
         db.finish().await;
         eprintln!("sign-in provisioning passed on {}", backend.name());
     }
@@ -183,6 +187,31 @@ async fn later_sign_ins_update_only_when_something_changed(s: &dyn Store) {
     assert_eq!(m.mailbox().display_name, "Alice Smith");
     assert_eq!(m.mailbox().quota, 3 << 30);
 
+    // A quota the postmaster set with `mailbox set` is theirs: the template re-applied at
+    // the next display-name change leaves it.
+    let alice = Address::parse("alice@example.org").unwrap();
+    let set_quota = MailboxChanges {
+        quota: Some(4 << 30),
+        ..Default::default()
+    };
+    provision::update_mailbox(s, &clock, &alice, set_quota)
+        .await
+        .unwrap();
+    c.display_name = Some("Alice Smith-Jones".into());
+    let m = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert!(matches!(m, SignedIn::Updated(_)), "{m:?}");
+    assert_eq!(m.mailbox().display_name, "Alice Smith-Jones");
+    assert_eq!(m.mailbox().quota, 4 << 30, "the postmaster's quota stays");
+    assert!(m.mailbox().overrides.quota);
+    let reset = MailboxChanges {
+        reset: true,
+        ..Default::default()
+    };
+    let m = provision::update_mailbox(s, &clock, &alice, reset)
+        .await
+        .unwrap();
+    assert_eq!((m.quota, m.overrides), (3 << 30, Overrides::NONE));
+
     let stored = s.get_mailbox("alice@example.org").await.unwrap().unwrap();
     assert_eq!(stored.password_hash.as_deref(), Some("{PLAIN}kept"));
     assert_eq!(stored.auth_source, AuthSource::Oidc);
@@ -265,6 +294,7 @@ async fn refusals_create_nothing(s: &dyn Store) {
             state: MailboxState::Active,
             template: None,
             template_hash: None,
+            overrides: Overrides::NONE,
             created_at: 1,
             updated_at: 1,
             last_login: None,
@@ -369,7 +399,10 @@ async fn limits_defer_updates_and_keep_old_values(s: &dyn Store) {
 
 async fn provisioning_off_only_admits_existing(s: &dyn Store) {
     let clock = ManualClock::at(5000);
-    let off = SignInRules { provision: false };
+    let off = SignInRules {
+        provision: false,
+        ..ON
+    };
     let c = claims("sub-gina", "gina@example.org", &["staff"]);
     let r = provision::sign_in(s, &clock, off, &c).await.unwrap_err();
     assert_eq!(r.code(), "no_mailbox");
@@ -390,6 +423,7 @@ async fn provisioning_off_only_admits_existing(s: &dyn Store) {
             state: MailboxState::Active,
             template: None,
             template_hash: None,
+            overrides: Overrides::NONE,
             created_at: 1,
             updated_at: 1,
             last_login: None,
@@ -489,5 +523,315 @@ async fn one_person_signing_in_twice_at_once_gets_one_mailbox() {
             1
         );
         db.finish().await;
+    }
+}
+
+/// The postmaster's `mailbox set` (state, protocols, quota) outlives every way a sign-in
+/// re-applies a template: a new display name at the provider, `template set`, a changed
+/// template claim. Only `--template`/`--reset` hand the settings back.
+async fn postmaster_settings_survive_sign_in(s: &dyn Store) {
+    let clock = ManualClock::at(6000);
+    let mut c = claims("sub-hugo", "hugo@example.org", &["staff"]);
+    let m = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert!(matches!(m, SignedIn::Created(_)), "{m:?}");
+    let hugo = Address::parse("hugo@example.org").unwrap();
+    let stored = || async { s.get_mailbox("hugo@example.org").await.unwrap().unwrap() };
+
+    for (state, code) in [
+        (MailboxState::Disabled, "mailbox_disabled"),
+        (MailboxState::NoLogin, "mailbox_no_login"),
+    ] {
+        let set_state = MailboxChanges {
+            state: Some(state),
+            ..Default::default()
+        };
+        provision::update_mailbox(s, &clock, &hugo, set_state)
+            .await
+            .unwrap();
+
+        // The provider's display name changes (people may edit it themselves).
+        c.display_name = Some(format!("Hugo {code}"));
+        let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+        assert_eq!(r.code(), code, "{r}");
+        assert_eq!(stored().await.state, state, "after a display-name change");
+        assert_eq!(stored().await.display_name, format!("Hugo {code}"));
+
+        // The template changes (`template set`), state included.
+        let mut t = s.get_template("staff").await.unwrap().unwrap();
+        t.quota += 1 << 20;
+        t.state = MailboxState::Active;
+        s.update_template(&t).await.unwrap();
+        let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+        assert_eq!(r.code(), code, "{r}");
+        let m = stored().await;
+        assert_eq!(m.state, state, "after template set");
+        assert_eq!(
+            m.quota, t.quota,
+            "what the postmaster did not set follows the template"
+        );
+
+        // The template claim now maps to another template.
+        c.template_values = vec!["students".into()];
+        let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+        assert_eq!(r.code(), code, "{r}");
+        let m = stored().await;
+        assert_eq!(m.state, state, "after a changed template claim");
+        assert_eq!(m.template.as_deref(), Some("students"));
+        c.template_values = vec!["staff".into()];
+        assert!(provision::sign_in(s, &clock, ON, &c).await.is_err());
+    }
+
+    // Protocols and quota set by hand stay too, and the mailbox signs in with them.
+    let set = MailboxChanges {
+        state: Some(MailboxState::Active),
+        protocols: Some(Protocols::parse_list("imap").unwrap()),
+        quota: Some(1 << 29),
+        ..Default::default()
+    };
+    provision::update_mailbox(s, &clock, &hugo, set)
+        .await
+        .unwrap();
+    c.display_name = Some("Hugo Again".into());
+    c.template_values = vec!["students".into()];
+    let m = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert_eq!(m.mailbox().template.as_deref(), Some("students"));
+    assert_eq!(m.mailbox().protocols.to_string(), "imap");
+    assert_eq!(m.mailbox().quota, 1 << 29);
+    assert_eq!(m.mailbox().state, MailboxState::Active);
+    assert_eq!(
+        m.mailbox().overrides,
+        Overrides {
+            quota: true,
+            protocols: true,
+            state: true
+        }
+    );
+
+    // `mailbox set --template`: the template's values again, nothing kept by hand.
+    let back = MailboxChanges {
+        template: Some("staff".into()),
+        ..Default::default()
+    };
+    let m = provision::update_mailbox(s, &clock, &hugo, back)
+        .await
+        .unwrap();
+    let staff = s.get_template("staff").await.unwrap().unwrap();
+    assert_eq!(
+        (m.quota, m.protocols, m.state, m.overrides),
+        (staff.quota, staff.protocols, staff.state, Overrides::NONE)
+    );
+    // ...so a template that disables its mailboxes disables this one at the next sign-in.
+    let mut frozen = staff.clone();
+    frozen.state = MailboxState::Disabled;
+    s.update_template(&frozen).await.unwrap();
+    c.template_values = vec!["staff".into()];
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.code(), "mailbox_disabled");
+    s.update_template(&staff).await.unwrap();
+    let m = provision::sign_in(s, &clock, ON, &c).await.unwrap();
+    assert_eq!(m.mailbox().state, MailboxState::Active);
+}
+
+async fn email_verified_must_be_true(s: &dyn Store) {
+    let clock = ManualClock::at(7000);
+    let before = s.list_mailboxes(None).await.unwrap().len();
+    let mut c = claims("sub-iris", "iris@example.org", &["staff"]);
+    c.email_verified = None;
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.code(), "email_verified_missing");
+    assert!(
+        r.person_message()
+            .contains("did not confirm that the address iris@example.org is verified"),
+        "{}",
+        r.person_message()
+    );
+    assert!(r.to_string().contains("require_verified_email"), "{r}");
+    assert_eq!(s.list_mailboxes(None).await.unwrap().len(), before);
+
+    // Nor does it bind a mailbox the postmaster made for the person.
+    let jo = Address::parse("jo@example.org").unwrap();
+    provision::create_mailbox(
+        s,
+        &clock,
+        provision::NewMailbox {
+            address: jo.clone(),
+            password_hash: None,
+            auth_source: AuthSource::Oidc,
+            display_name: String::new(),
+            quota: None,
+            protocols: None,
+            state: None,
+            template: Some("staff".into()),
+            oidc_identity: None,
+            require_active_domain: false,
+        },
+    )
+    .await
+    .unwrap();
+    let mut j = claims("sub-jo", "jo@example.org", &["staff"]);
+    j.email_verified = None;
+    let r = provision::sign_in(s, &clock, ON, &j).await.unwrap_err();
+    assert_eq!(r.code(), "email_verified_missing");
+    assert_eq!(
+        s.get_mailbox("jo@example.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .oidc_subject,
+        None
+    );
+
+    // Switched off (a provider that never sends the claim): absent is accepted, false never.
+    let lax = SignInRules {
+        require_verified_email: false,
+        ..ON
+    };
+    let m = provision::sign_in(s, &clock, lax, &c).await.unwrap();
+    assert!(matches!(m, SignedIn::Created(_)), "{m:?}");
+    let m = provision::sign_in(s, &clock, lax, &j).await.unwrap();
+    assert_eq!(m.mailbox().oidc_subject.as_deref(), Some("sub-jo"));
+    c.email_verified = Some(false);
+    let r = provision::sign_in(s, &clock, lax, &c).await.unwrap_err();
+    assert_eq!(r.code(), "email_not_verified");
+    // And an existing, bound mailbox is not signed in to without it either.
+    c.email_verified = None;
+    let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+    assert_eq!(r.code(), "email_verified_missing");
+    c.email_verified = Some(true);
+    provision::sign_in(s, &clock, ON, &c).await.unwrap();
+}
+
+/// U+212A KELVIN SIGN lower-cases to "k" under Unicode rules; an address with it must not
+/// reach kelvin@, nor create a look-alike mailbox. Nor may `/` or NUL reach the store.
+async fn addresses_are_not_folded_together(s: &dyn Store) {
+    let clock = ManualClock::at(8000);
+    let kelvin = claims("sub-kelvin", "kelvin@example.org", &["staff"]);
+    provision::sign_in(s, &clock, ON, &kelvin).await.unwrap();
+    // The postmaster unlinks it (say the account was re-created): it is unbound now.
+    let unlink = MailboxChanges {
+        unlink_identity: true,
+        ..Default::default()
+    };
+    let address = Address::parse("kelvin@example.org").unwrap();
+    provision::update_mailbox(s, &clock, &address, unlink)
+        .await
+        .unwrap();
+    let before = s.list_mailboxes(None).await.unwrap().len();
+    for (claim, shown) in [
+        (
+            "\u{212A}elvin@example.org",
+            "The address \u{212A}elvin@example.org cannot be used",
+        ),
+        (
+            "\u{212A}ELVIN@EXAMPLE.ORG",
+            "The address \u{212A}ELVIN@EXAMPLE.ORG cannot be used",
+        ),
+        ("k\u{0131}lvin@example.org", "ASCII"),
+        ("a/../kelvin@example.org", "may not contain /"),
+        ("kel\0vin@example.org", "usable mail address"),
+    ] {
+        let c = claims("sub-mallory", claim, &["staff"]);
+        let r = provision::sign_in(s, &clock, ON, &c).await.unwrap_err();
+        assert_eq!(r.code(), "bad_address", "{claim:?}: {r}");
+        assert!(
+            r.person_message().contains(shown),
+            "{claim:?}: {}",
+            r.person_message()
+        );
+    }
+    let stored = s.get_mailbox("kelvin@example.org").await.unwrap().unwrap();
+    assert_eq!(stored.oidc_subject, None, "not bound by a look-alike");
+    assert_eq!(s.list_mailboxes(None).await.unwrap().len(), before);
+}
+
+/// People racing for one unbound address, each with their own subject: exactly one gets it
+/// and is bound; every other one is refused, whether the postmaster made the mailbox
+/// (provisioning on or off) or the first sign-in creates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_sign_ins_of_different_people_for_one_address_bind_exactly_one() {
+    const ROUNDS: usize = 6;
+    const RACERS: usize = 8;
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let store: Arc<dyn Store> = db.dyn_store();
+        store
+            .create_domain(&domain("race.example", None))
+            .await
+            .unwrap();
+        store
+            .create_template(&template("staff", 1 << 30, "all"))
+            .await
+            .unwrap();
+        store.set_default_template(Some("staff")).await.unwrap();
+        let clock = Arc::new(ManualClock::at(30_000));
+        for round in 0..ROUNDS * 3 {
+            let address = format!("shared{round}@race.example");
+            let (prepared, rules) = match round % 3 {
+                0 => (true, ON),
+                1 => (
+                    true,
+                    SignInRules {
+                        provision: false,
+                        ..ON
+                    },
+                ),
+                _ => (false, ON),
+            };
+            if prepared {
+                provision::create_mailbox(
+                    &*store,
+                    &*clock,
+                    provision::NewMailbox {
+                        address: Address::parse(&address).unwrap(),
+                        password_hash: None,
+                        auth_source: AuthSource::Oidc,
+                        display_name: String::new(),
+                        quota: None,
+                        protocols: None,
+                        state: None,
+                        template: Some("staff".into()),
+                        oidc_identity: None,
+                        require_active_domain: false,
+                    },
+                )
+                .await
+                .unwrap();
+            }
+            let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+            let mut tasks = Vec::new();
+            for i in 0..RACERS {
+                let (store, clock, barrier) = (store.clone(), clock.clone(), barrier.clone());
+                let c = claims(&format!("sub-{round}-{i}"), &address, &[]);
+                tasks.push(tokio::spawn(async move {
+                    barrier.wait().await;
+                    let out = provision::sign_in(&*store, &*clock as &dyn Clock, rules, &c).await;
+                    (c.subject, out)
+                }));
+            }
+            let (mut winners, mut other) = (Vec::new(), Vec::new());
+            for t in tasks {
+                match t.await.unwrap() {
+                    (subject, Ok(_)) => winners.push(subject),
+                    (_, Err(SignInRefusal::OtherAccount { .. })) => {}
+                    (_, x) => other.push(format!("{x:?}")),
+                }
+            }
+            let name = backend.name();
+            assert!(other.is_empty(), "{name} {address}: unexpected {other:?}");
+            assert_eq!(winners.len(), 1, "{name} {address}: signed in: {winners:?}");
+            let m = store.get_mailbox(&address).await.unwrap().unwrap();
+            assert_eq!(
+                m.oidc_subject.as_ref(),
+                Some(&winners[0]),
+                "{name} {address}"
+            );
+            // The winner keeps getting in; everyone else stays out.
+            let again = claims(&winners[0], &address, &[]);
+            provision::sign_in(&*store, &*clock, rules, &again)
+                .await
+                .unwrap();
+        }
+        db.finish().await;
+        eprintln!("racing first sign-ins passed on {}", backend.name());
     }
 }

@@ -581,3 +581,384 @@ async fn an_unreachable_database_is_unavailable_not_wrong() {
     let err = store.login_view("alice@example.org").await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
 }
+
+fn raw_mailbox(address: &str, template: Option<&str>) -> Mailbox {
+    Mailbox {
+        address: address.into(),
+        domain: address.rsplit_once('@').unwrap().1.into(),
+        password_hash: None,
+        auth_source: AuthSource::Oidc,
+        oidc_issuer: None,
+        oidc_subject: None,
+        display_name: String::new(),
+        quota: 2 << 30,
+        protocols: Protocols::parse_list("imap,smtp").unwrap(),
+        state: MailboxState::Active,
+        template: template.map(str::to_string),
+        template_hash: None,
+        overrides: Overrides::NONE,
+        created_at: 1,
+        updated_at: 200,
+        last_login: None,
+    }
+}
+
+fn template(name: &str, quota: u64, protocols: &str, state: MailboxState) -> Template {
+    Template {
+        name: name.into(),
+        quota,
+        protocols: Protocols::parse_list(protocols).unwrap(),
+        state,
+        created_at: 100,
+        updated_at: 100,
+    }
+}
+
+/// What the postmaster sets is stored as an override; `--template`/`--reset` clear it; a
+/// compare-and-set write loses to any write in between; addresses are stored canonical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_compare_and_set_and_canonical_addresses_on_every_backend() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let s = &*db.store;
+        let name = backend.name();
+        let clock = ManualClock::at(1_000);
+        s.create_domain(&domain("example.org")).await.unwrap();
+        s.create_template(&template(
+            "staff",
+            2 << 30,
+            "imap,smtp",
+            MailboxState::Active,
+        ))
+        .await
+        .unwrap();
+        s.create_template(&template("students", 1 << 30, "imap", MailboxState::Active))
+            .await
+            .unwrap();
+
+        // Explicit settings at creation are overrides; template values are not.
+        let mut new = new_mailbox("olga@example.org");
+        new.template = Some("staff".into());
+        new.state = Some(MailboxState::NoLogin);
+        let olga = provision::create_mailbox(s, &clock, new).await.unwrap();
+        assert_eq!((olga.quota, olga.state), (2 << 30, MailboxState::NoLogin));
+        let only_state = Overrides {
+            state: true,
+            ..Overrides::NONE
+        };
+        assert_eq!(olga.overrides, only_state, "{name}");
+        let stored = s.get_mailbox("olga@example.org").await.unwrap().unwrap();
+        assert_eq!(stored, olga, "{name}: overrides are stored");
+
+        let address = Address::parse("olga@example.org").unwrap();
+        let set = MailboxChanges {
+            quota: Some(3 << 30),
+            ..Default::default()
+        };
+        let m = provision::update_mailbox(s, &clock, &address, set)
+            .await
+            .unwrap();
+        assert_eq!(m.overrides.to_string(), "quota,state", "{name}");
+        assert_eq!(
+            s.list_mailboxes(Some("example.org")).await.unwrap()[0].overrides,
+            m.overrides,
+            "{name}"
+        );
+        // --template NAME: that template's values, then explicit options are overrides again.
+        let to_students = MailboxChanges {
+            template: Some("students".into()),
+            protocols: Some(Protocols::parse_list("imap,pop3").unwrap()),
+            ..Default::default()
+        };
+        let m = provision::update_mailbox(s, &clock, &address, to_students)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                m.quota,
+                m.state,
+                m.protocols.to_string(),
+                m.overrides.to_string()
+            ),
+            (
+                1 << 30,
+                MailboxState::Active,
+                "imap,pop3".into(),
+                "protocols".into()
+            ),
+            "{name}"
+        );
+        // --reset: the template it follows, nothing kept.
+        let reset = MailboxChanges {
+            reset: true,
+            ..Default::default()
+        };
+        let m = provision::update_mailbox(s, &clock, &address, reset.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (m.protocols.to_string(), m.overrides),
+            ("imap".into(), Overrides::NONE),
+            "{name}"
+        );
+        provision::create_mailbox(s, &clock, new_mailbox("plain@example.org"))
+            .await
+            .unwrap();
+        let plain = Address::parse("plain@example.org").unwrap();
+        match provision::update_mailbox(s, &clock, &plain, reset).await {
+            Err(ProvisionError::Refused(msg)) => {
+                assert!(msg.contains("follows no template"), "{name}: {msg}")
+            }
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+
+        // Compare-and-set: a write based on an old read loses and writes nothing.
+        let read = s.get_mailbox("olga@example.org").await.unwrap().unwrap();
+        let first = Mailbox {
+            display_name: "First".into(),
+            ..read.clone()
+        };
+        assert!(s
+            .update_mailbox_if(&first, &read, &|_, _| Ok(()))
+            .await
+            .unwrap());
+        let late = Mailbox {
+            oidc_issuer: Some("https://idp".into()),
+            oidc_subject: Some("late".into()),
+            ..read.clone()
+        };
+        assert!(
+            !s.update_mailbox_if(&late, &read, &|_, _| Ok(()))
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        let now = s.get_mailbox("olga@example.org").await.unwrap().unwrap();
+        assert_eq!(
+            (now.display_name.as_str(), now.oidc_subject.as_deref()),
+            ("First", None),
+            "{name}"
+        );
+        // A refused limit check writes nothing either.
+        assert!(matches!(
+            s.update_mailbox_if(&late, &now, &|_, _| Err("no".into()))
+                .await,
+            Err(StoreError::Refused(_))
+        ));
+        s.delete_mailbox("olga@example.org").await.unwrap();
+        assert!(
+            !s.update_mailbox_if(&first, &now, &|_, _| Ok(()))
+                .await
+                .unwrap(),
+            "{name}"
+        );
+
+        // The store writes addresses only in canonical form.
+        for (bad, why) in [
+            ("\u{212A}elvin@example.org", "ASCII"),
+            ("Kelvin@example.org", "canonical"),
+            ("a/b@example.org", "/"),
+            ("a\u{0}b@example.org", "control"),
+        ] {
+            match s
+                .create_mailbox(&raw_mailbox(bad, None), &|_, _| Ok(()))
+                .await
+            {
+                Err(StoreError::Refused(msg)) => {
+                    assert!(msg.contains(why), "{name} {bad:?}: {msg}")
+                }
+                other => panic!("{name} {bad:?}: expected a refusal, got {other:?}"),
+            }
+            let alias = Alias {
+                address: bad.into(),
+                target: "plain@example.org".into(),
+                domain: "example.org".into(),
+                created_at: 1,
+            };
+            assert!(
+                matches!(s.add_alias(&alias).await, Err(StoreError::Refused(_))),
+                "{name} {bad:?}"
+            );
+        }
+        assert!(s.get_mailbox("kelvin@example.org").await.unwrap().is_none());
+        db.finish().await;
+        eprintln!("overrides and compare-and-set passed on {name}");
+    }
+}
+
+/// Sixteen writers that read the same unbound mailbox and each bind their own identity:
+/// exactly one write lands, on every backend, round after round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_compare_and_set_lets_exactly_one_writer_win() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        db.store
+            .create_domain(&domain("cas.example"))
+            .await
+            .unwrap();
+        for round in 0..10 {
+            let address = format!("box{round}@cas.example");
+            let read = raw_mailbox(&address, None);
+            db.store
+                .create_mailbox(&read, &|_, _| Ok(()))
+                .await
+                .unwrap();
+            let barrier = Arc::new(tokio::sync::Barrier::new(16));
+            let mut tasks = Vec::new();
+            for i in 0..16 {
+                let (store, read, barrier) = (db.dyn_store(), read.clone(), barrier.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mine = Mailbox {
+                        oidc_issuer: Some("https://idp".into()),
+                        oidc_subject: Some(format!("sub-{round}-{i}")),
+                        ..read.clone()
+                    };
+                    barrier.wait().await;
+                    let won = store.update_mailbox_if(&mine, &read, &|_, _| Ok(())).await;
+                    (i, won)
+                }));
+            }
+            let mut winners = Vec::new();
+            for t in tasks {
+                let (i, won) = t.await.unwrap();
+                if won.unwrap_or_else(|e| panic!("{}: {e}", backend.name())) {
+                    winners.push(i);
+                }
+            }
+            assert_eq!(
+                winners.len(),
+                1,
+                "{} {address}: {winners:?}",
+                backend.name()
+            );
+            let m = db.store.get_mailbox(&address).await.unwrap().unwrap();
+            assert_eq!(m.oidc_subject, Some(format!("sub-{round}-{}", winners[0])));
+        }
+        db.finish().await;
+    }
+}
+
+/// Migration 0003 on mailboxes from before it: what the postmaster evidently set (a state
+/// other than the template's, fewer protocols, another quota on an unchanged template) is
+/// kept as an override; a difference a later template change explains is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0003_keeps_what_the_postmaster_set_on_every_backend() {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let s = &*db.store;
+        let name = backend.name();
+        s.create_domain(&domain("old.example")).await.unwrap();
+        s.create_template(&template(
+            "staff",
+            2 << 30,
+            "imap,smtp",
+            MailboxState::Active,
+        ))
+        .await
+        .unwrap();
+        s.create_template(&template(
+            "frozen",
+            2 << 30,
+            "imap,smtp",
+            MailboxState::Disabled,
+        ))
+        .await
+        .unwrap();
+        let staff = Some("staff");
+        let protocols = |p: &str| Protocols::parse_list(p).unwrap();
+        let cases: Vec<(Mailbox, &str)> = vec![
+            (raw_mailbox("same@old.example", staff), ""),
+            (
+                Mailbox {
+                    state: MailboxState::Disabled,
+                    ..raw_mailbox("disabled@old.example", staff)
+                },
+                "state",
+            ),
+            (
+                Mailbox {
+                    state: MailboxState::NoLogin,
+                    ..raw_mailbox("nologin@old.example", None)
+                },
+                "state",
+            ),
+            (raw_mailbox("untemplated@old.example", None), ""),
+            (
+                Mailbox {
+                    state: MailboxState::Disabled,
+                    ..raw_mailbox("frozen@old.example", Some("frozen"))
+                },
+                "",
+            ),
+            (
+                Mailbox {
+                    protocols: protocols("imap"),
+                    ..raw_mailbox("fewer@old.example", staff)
+                },
+                "protocols",
+            ),
+            (
+                Mailbox {
+                    protocols: protocols("all"),
+                    ..raw_mailbox("more@old.example", staff)
+                },
+                "",
+            ),
+            (
+                Mailbox {
+                    quota: 1 << 30,
+                    ..raw_mailbox("quota@old.example", staff)
+                },
+                "quota",
+            ),
+            (
+                Mailbox {
+                    quota: 1 << 30,
+                    updated_at: 50,
+                    ..raw_mailbox("stale@old.example", staff)
+                },
+                "",
+            ),
+            (
+                Mailbox {
+                    quota: 1 << 30,
+                    protocols: protocols("smtp"),
+                    state: MailboxState::Disabled,
+                    ..raw_mailbox("all@old.example", staff)
+                },
+                "quota,protocols,state",
+            ),
+        ];
+        for (m, _) in &cases {
+            s.create_mailbox(m, &|_, _| Ok(())).await.unwrap();
+        }
+        // Back to the schema before 0003, with these rows in it.
+        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        for stmt in [
+            "ALTER TABLE mailboxes DROP COLUMN overrides",
+            "DELETE FROM mailauthd_migrations WHERE version = 3",
+        ] {
+            sqlx::query(stmt).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+
+        // A new store, as after an upgrade: SQLite connections that saw the old schema
+        // would not notice another connection's ALTER TABLE before their next statement.
+        let upgraded = open(&common::options(&db.url)).await.unwrap();
+        assert_eq!(
+            upgraded.migrate().await.unwrap(),
+            ["0003_overrides.sql"],
+            "{name}"
+        );
+        for (m, expected) in &cases {
+            let got = upgraded.get_mailbox(&m.address).await.unwrap().unwrap();
+            assert_eq!(got.overrides.to_string(), *expected, "{name} {}", m.address);
+            assert_eq!((got.quota, got.state), (m.quota, m.state), "{name}");
+        }
+        upgraded.close().await;
+        db.finish().await;
+        eprintln!("migration 0003 passed on {name}");
+    }
+}

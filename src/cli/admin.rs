@@ -531,6 +531,14 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
                     ("protocols", m.protocols.to_string()),
                     ("template", m.template.clone().unwrap_or_else(|| "-".into())),
                     (
+                        "set by hand",
+                        if m.overrides.is_empty() {
+                            "-".into()
+                        } else {
+                            format!("{} (kept when the template is re-applied)", m.overrides)
+                        },
+                    ),
+                    (
                         "oidc identity",
                         match (&m.oidc_issuer, &m.oidc_subject) {
                             (Some(i), Some(s)) => format!("{s} at {i}"),
@@ -547,6 +555,7 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
             address,
             password_stdin,
             password_prompt,
+            reset,
             fields,
         } => {
             let address = Address::parse(&address)?;
@@ -556,6 +565,7 @@ async fn mailbox(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
                 protocols: protocols(fields.protocols.as_deref())?,
                 state: state(fields.active.as_deref())?,
                 template: fields.template,
+                reset,
                 unlink_identity: false,
             };
             let existing = require_mailbox(ctx, &address).await?;

@@ -185,7 +185,9 @@ pub struct MailboxFields {
     /// Display name
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Apply this template (quota, protocols, state); explicit options override it
+    /// Apply this template (quota, protocols, state); explicit options override it.
+    /// Quota, protocols and state given here are kept when a sign-in re-applies a
+    /// template; with `mailbox set`, --template hands all three back to the template
     #[arg(long, value_name = "NAME")]
     pub template: Option<String>,
 }
@@ -214,7 +216,8 @@ pub enum MailboxCommand {
     List { domain: Option<String> },
     /// Show one mailbox
     Show { address: String },
-    /// Change a mailbox
+    /// Change a mailbox. Quota, protocols and state set here stay as set: a sign-in that
+    /// re-applies a template keeps them, until --template or --reset
     Set {
         address: String,
         /// Set a new password, read from standard input
@@ -223,6 +226,10 @@ pub enum MailboxCommand {
         /// Ask for a new password on the terminal
         #[arg(long, conflicts_with = "password_stdin")]
         password_prompt: bool,
+        /// Re-apply the mailbox's own template and forget the quota, protocols and state
+        /// set by hand (the same as --template with the template it follows)
+        #[arg(long, conflicts_with = "template")]
+        reset: bool,
         #[command(flatten)]
         fields: MailboxFields,
     },

@@ -47,6 +47,8 @@ pub struct OidcSettings {
     pub name_claim: String,
     pub ignore_tls_errors: bool,
     pub provision: bool,
+    /// Only an explicit `email_verified: true` creates or binds a mailbox (or signs in).
+    pub require_verified_email: bool,
     pub timeout: Duration,
 }
 
@@ -286,6 +288,7 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
         name_claim,
         ignore_tls_errors: section.ignore_tls_errors.unwrap_or(false),
         provision: section.provision.unwrap_or(true),
+        require_verified_email: section.require_verified_email.unwrap_or(true),
         timeout: Duration::from_millis(timeout_ms),
     })
 }

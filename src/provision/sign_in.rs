@@ -8,11 +8,12 @@ use std::sync::Mutex;
 
 use thiserror::Error;
 
-use super::{apply_template, limit_breach, LimitBreach};
+use super::{apply_template, limit_breach, LimitBreach, WRITE_ATTEMPTS};
 use crate::clock::Clock;
-use crate::names::Address;
+use crate::names::{Address, NameError};
 use crate::store::{
-    AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Mapping, Store, StoreError, Template,
+    AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Mapping, Overrides, Store, StoreError,
+    Template,
 };
 
 /// Display names come from the provider; keep what we store bounded.
@@ -26,7 +27,8 @@ pub struct SignInClaims {
     pub subject: String,
     /// The address claim as sent; parsed (and so lower-cased, IDNA-encoded) here.
     pub address: String,
-    /// `None` when the provider does not send `email_verified` at all.
+    /// `None` when the provider does not send `email_verified` at all. Only `Some(true)`
+    /// lets a sign-in in while [`SignInRules::require_verified_email`] is on.
     pub email_verified: Option<bool>,
     pub display_name: Option<String>,
     /// The template claim: one string or a list, in the provider's order.
@@ -37,6 +39,18 @@ pub struct SignInClaims {
 pub struct SignInRules {
     /// Create missing mailboxes and re-apply templates; off means existing mailboxes only.
     pub provision: bool,
+    /// Refuse a sign-in whose provider does not say `email_verified: true`, whichever claim
+    /// the address comes from (`[oidc] require_verified_email`). Off only for providers
+    /// that never send the claim; `false` is refused either way.
+    pub require_verified_email: bool,
+}
+
+impl SignInRules {
+    /// The defaults of an `[oidc]` section that sets neither key.
+    pub const DEFAULT: SignInRules = SignInRules {
+        provision: true,
+        require_verified_email: true,
+    };
 }
 
 /// How a sign-in that let the person in left their mailbox.
@@ -77,8 +91,10 @@ impl SignedIn {
 pub enum SignInRefusal {
     #[error("the provider says the address {0} is not verified (email_verified = false)")]
     EmailNotVerified(String),
+    #[error("the provider did not say that the address {0} is verified (no email_verified claim); with a provider that never sends it, set [oidc] require_verified_email = false")]
+    EmailVerifiedMissing(String),
     #[error("the address claim {0:?} is not a usable mail address: {1}")]
-    BadAddress(String, String),
+    BadAddress(String, NameError),
     #[error("domain {0} is not served here")]
     DomainNotServed(String),
     #[error("domain {0} is disabled")]
@@ -122,6 +138,13 @@ impl SignInRefusal {
         match self {
             SignInRefusal::EmailNotVerified(a) => format!(
                 "Your organisation has not verified the address {a}. Verify it there, then sign in again."
+            ),
+            SignInRefusal::EmailVerifiedMissing(a) => format!(
+                "Your organisation's sign-in did not confirm that the address {a} is verified. Ask the postmaster to check the provider's settings."
+            ),
+            SignInRefusal::BadAddress(claim, NameError::BadLocalPart { problem, .. }) => format!(
+                "The address {} cannot be used for a mailbox here: the part before @ {problem}. Ask your administrator for an address in plain ASCII.",
+                shown_claim(claim)
             ),
             SignInRefusal::BadAddress(..) => {
                 "Your account has no usable mail address. Ask your administrator to set one.".into()
@@ -168,6 +191,7 @@ impl SignInRefusal {
     pub fn code(&self) -> &'static str {
         match self {
             SignInRefusal::EmailNotVerified(_) => "email_not_verified",
+            SignInRefusal::EmailVerifiedMissing(_) => "email_verified_missing",
             SignInRefusal::BadAddress(..) => "bad_address",
             SignInRefusal::DomainNotServed(_) => "domain_not_served",
             SignInRefusal::DomainDisabled(_)
@@ -194,6 +218,15 @@ impl SignInRefusal {
 impl From<StoreError> for SignInRefusal {
     fn from(e: StoreError) -> Self {
         SignInRefusal::Store(e)
+    }
+}
+
+/// An address claim as a person may be shown it: escaped where it is not printable, short.
+fn shown_claim(claim: &str) -> String {
+    let escaped: String = claim.trim().chars().flat_map(char::escape_debug).collect();
+    match escaped.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
     }
 }
 
@@ -235,39 +268,48 @@ async fn admit(
     claims: &SignInClaims,
 ) -> Result<SignedIn, SignInRefusal> {
     let address = Address::parse(&claims.address)
-        .map_err(|e| SignInRefusal::BadAddress(claims.address.clone(), e.to_string()))?;
-    if claims.email_verified == Some(false) {
-        return Err(SignInRefusal::EmailNotVerified(address.to_string()));
+        .map_err(|e| SignInRefusal::BadAddress(claims.address.clone(), e))?;
+    match claims.email_verified {
+        Some(true) => {}
+        Some(false) => return Err(SignInRefusal::EmailNotVerified(address.to_string())),
+        None if rules.require_verified_email => {
+            return Err(SignInRefusal::EmailVerifiedMissing(address.to_string()))
+        }
+        None => {}
     }
-    if let Some(bound) = store
-        .find_mailbox_by_oidc(&claims.issuer, &claims.subject)
-        .await?
-    {
-        if bound.address != address.as_str() {
-            return Err(SignInRefusal::LinkedElsewhere {
-                subject: claims.subject.clone(),
-                existing: bound.address,
-                address: address.to_string(),
-            });
+    // Every write below is a compare-and-set on the row as read here; one that lost a race
+    // (another sign-in bound or created the mailbox, the postmaster changed it) is decided
+    // again on the fresh row, where the winner's binding refuses the loser.
+    for _ in 0..WRITE_ATTEMPTS {
+        if let Some(bound) = store
+            .find_mailbox_by_oidc(&claims.issuer, &claims.subject)
+            .await?
+        {
+            if bound.address != address.as_str() {
+                return Err(SignInRefusal::LinkedElsewhere {
+                    subject: claims.subject.clone(),
+                    existing: bound.address,
+                    address: address.to_string(),
+                });
+            }
+        }
+        let decided = match store.get_mailbox(address.as_str()).await? {
+            Some(mailbox) => existing(store, clock, rules, claims, mailbox).await?,
+            None if !rules.provision => return Err(SignInRefusal::NoMailbox(address.to_string())),
+            // Another sign-in created the mailbox, or bound this identity elsewhere, first.
+            None => match create(store, clock, claims, &address).await {
+                Err(SignInRefusal::Store(StoreError::Conflict(_))) => None,
+                other => Some(other?),
+            },
+        };
+        if let Some(outcome) = decided {
+            return Ok(outcome);
         }
     }
-    match store.get_mailbox(address.as_str()).await? {
-        Some(mailbox) => existing(store, clock, rules, claims, mailbox).await,
-        None if !rules.provision => Err(SignInRefusal::NoMailbox(address.to_string())),
-        None => match create(store, clock, claims, &address).await {
-            // Another sign-in of the same person won the race: carry on as a later sign-in.
-            Err(SignInRefusal::Store(StoreError::Conflict(_))) => {
-                match store.get_mailbox(address.as_str()).await? {
-                    Some(mailbox) => existing(store, clock, rules, claims, mailbox).await,
-                    None => Err(SignInRefusal::Store(StoreError::Conflict(format!(
-                        "identity {} at {}",
-                        claims.subject, claims.issuer
-                    )))),
-                }
-            }
-            other => other,
-        },
-    }
+    Err(SignInRefusal::Store(StoreError::Unavailable(format!(
+        "mailbox {address} kept changing during the sign-in of {} at {}",
+        claims.subject, claims.issuer
+    ))))
 }
 
 async fn chosen_template(
@@ -352,6 +394,7 @@ async fn create(
         state: template.state,
         template: None,
         template_hash: None,
+        overrides: Overrides::NONE,
         created_at: now,
         updated_at: now,
         last_login: None,
@@ -373,13 +416,15 @@ async fn create(
     }
 }
 
+/// Lets a sign-in in to the mailbox it names and brings the mailbox up to date. `Ok(None)`:
+/// the mailbox changed since it was read and nothing was written; decide again.
 async fn existing(
     store: &dyn Store,
     clock: &dyn Clock,
     rules: SignInRules,
     claims: &SignInClaims,
     mailbox: Mailbox,
-) -> Result<SignedIn, SignInRefusal> {
+) -> Result<Option<SignedIn>, SignInRefusal> {
     if mailbox.auth_source == AuthSource::Local {
         return Err(SignInRefusal::LocalMailbox(mailbox.address));
     }
@@ -413,6 +458,7 @@ async fn existing(
                 .as_deref()
                 .is_some_and(|n| n != mailbox.display_name);
         if stale {
+            // What the postmaster set on the mailbox (its overrides) stays as it is.
             apply_template(&mut wanted, &template);
             if let Some(n) = new_name {
                 wanted.display_name = n;
@@ -429,8 +475,9 @@ async fn existing(
         let check = |d: &Domain, u: &DomainUsage| {
             limit_breach(d, u, quota, false, false).map_err(|b| breaches.record(b))
         };
-        match store.update_mailbox(&wanted, &check).await {
-            Ok(()) => SignedIn::Updated(wanted),
+        match store.update_mailbox_if(&wanted, &mailbox, &check).await {
+            Ok(true) => SignedIn::Updated(wanted),
+            Ok(false) | Err(StoreError::Conflict(_)) => return Ok(None),
             Err(StoreError::Refused(text)) => {
                 let reason = breaches.take().map(|b| b.to_string()).unwrap_or(text);
                 tracing::warn!(
@@ -444,7 +491,15 @@ async fn existing(
                     let mut bound = mailbox.clone();
                     bound.oidc_issuer = wanted.oidc_issuer.clone();
                     bound.oidc_subject = wanted.oidc_subject.clone();
-                    store.update_mailbox(&bound, &|_, _| Ok(())).await?;
+                    bound.updated_at = wanted.updated_at;
+                    match store
+                        .update_mailbox_if(&bound, &mailbox, &|_, _| Ok(()))
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) | Err(StoreError::Conflict(_)) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    }
                     SignedIn::UpdateDeferred {
                         mailbox: bound,
                         reason,
@@ -468,7 +523,7 @@ async fn existing(
         MailboxState::Active => {}
     }
     match store.get_domain(&current.domain).await? {
-        Some(d) if d.active => Ok(outcome),
+        Some(d) if d.active => Ok(Some(outcome)),
         _ => Err(SignInRefusal::DomainDisabled(current.domain.clone())),
     }
 }

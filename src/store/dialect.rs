@@ -51,6 +51,16 @@ impl Dialect {
         Cow::Owned(out)
     }
 
+    /// Appended to a `SELECT` that must read the newest committed row and keep it until
+    /// the transaction ends. SQLite has no row locks: a transaction that has written holds
+    /// the whole database, so its reads are current already.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Mysql | Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
     /// `SUM` returns NUMERIC/DECIMAL on PostgreSQL and MySQL; cast back to a 64-bit integer.
     pub fn bigint_cast(self) -> &'static str {
         match self {

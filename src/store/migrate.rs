@@ -58,6 +58,7 @@ macro_rules! migration {
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_init.sql"),
     migration!(2, "0002_policy.sql"),
+    migration!(3, "0003_overrides.sql"),
 ];
 
 /// Names of migrations in the order they apply; what `mailauthd migrate` reports.
@@ -91,11 +92,23 @@ mod tests {
         names
     }
 
-    /// table -> ordered column names, read from the CREATE TABLE statements.
+    /// table -> ordered column names, read from the CREATE TABLE and ALTER TABLE … ADD
+    /// COLUMN statements.
     fn schema(dialect: Dialect) -> BTreeMap<String, Vec<String>> {
-        let mut tables = BTreeMap::new();
+        let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for m in MIGRATIONS {
             for stmt in m.statements(dialect) {
+                if let Some(rest) = stmt.strip_prefix("ALTER TABLE ") {
+                    let words: Vec<&str> = rest.split_whitespace().collect();
+                    let [table, "ADD", "COLUMN", column, ..] = words[..] else {
+                        panic!("{}: unexpected ALTER TABLE: {stmt}", m.name);
+                    };
+                    tables
+                        .get_mut(table)
+                        .unwrap_or_else(|| panic!("{}: no table {table}", m.name))
+                        .push(column.to_string());
+                    continue;
+                }
                 let Some(rest) = stmt.strip_prefix("CREATE TABLE ") else {
                     continue;
                 };
@@ -144,6 +157,7 @@ mod tests {
     fn every_dialect_creates_the_same_tables_columns_and_indexes() {
         let sqlite = schema(Dialect::Sqlite);
         assert!(sqlite.contains_key("mailboxes") && sqlite.contains_key("app_passwords"));
+        assert!(sqlite["mailboxes"].contains(&"overrides".to_string()));
         for d in [Dialect::Mysql, Dialect::Postgres] {
             assert_eq!(schema(d), sqlite, "{} schema differs from sqlite", d.name());
             assert_eq!(

@@ -143,9 +143,20 @@ pub trait Store: Send + Sync + 'static {
     async fn set_default_template(&self, name: Option<&str>) -> StoreResult<()>;
 
     // Mailboxes
+    /// Refuses an address that is not in canonical form ([`crate::names::Address`]).
     async fn create_mailbox(&self, mailbox: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()>;
     /// Writes everything but the password hash and auth source, which have their own methods.
     async fn update_mailbox(&self, mailbox: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()>;
+    /// [`Store::update_mailbox`] as a compare-and-set: writes only while the stored mailbox
+    /// still has `expected`'s values in everything that method writes (and the same auth
+    /// source), so two writers that read the same row cannot both win. `Ok(false)`: the row
+    /// changed or went away meanwhile and nothing was written; read it again and decide again.
+    async fn update_mailbox_if(
+        &self,
+        mailbox: &Mailbox,
+        expected: &Mailbox,
+        check: LimitCheck<'_>,
+    ) -> StoreResult<bool>;
     async fn get_mailbox(&self, address: &str) -> StoreResult<Option<Mailbox>>;
     /// The mailbox bound to this identity-provider account, if any.
     async fn find_mailbox_by_oidc(

@@ -150,6 +150,68 @@ impl Template {
     }
 }
 
+/// The settings a template decides that the postmaster set on one mailbox by hand
+/// (`mailbox add`/`mailbox set` with `--quota`, `--protocols`, `--active`). They are the
+/// postmaster's word: re-applying a template never undoes them; `mailbox set --template`
+/// or `--reset` hands them back to the template.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub quota: bool,
+    pub protocols: bool,
+    pub state: bool,
+}
+
+impl Overrides {
+    pub const NONE: Overrides = Overrides {
+        quota: false,
+        protocols: false,
+        state: false,
+    };
+
+    pub fn is_empty(self) -> bool {
+        self == Overrides::NONE
+    }
+
+    fn names(self) -> Vec<&'static str> {
+        [
+            (self.quota, "quota"),
+            (self.protocols, "protocols"),
+            (self.state, "state"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+
+    /// Reads the stored column (`quota,protocols,state`, any subset); an unknown word
+    /// written by a newer version is ignored.
+    pub fn from_stored(s: &str) -> Self {
+        s.split(',')
+            .fold(Overrides::NONE, |o, word| match word.trim() {
+                "quota" => Overrides { quota: true, ..o },
+                "protocols" => Overrides {
+                    protocols: true,
+                    ..o
+                },
+                "state" => Overrides { state: true, ..o },
+                _ => o,
+            })
+    }
+}
+
+/// The stored form: `quota,protocols,state` or a subset; empty for none.
+impl fmt::Display for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names().join(","))
+    }
+}
+
+impl Serialize for Overrides {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Mapping {
     pub claim_value: String,
@@ -174,6 +236,9 @@ pub struct Mailbox {
     pub state: MailboxState,
     pub template: Option<String>,
     pub template_hash: Option<String>,
+    /// Which of quota, protocols and state the postmaster set on this mailbox; applying a
+    /// template (at sign-in) leaves those as they are.
+    pub overrides: Overrides,
     pub created_at: UnixTime,
     pub updated_at: UnixTime,
     pub last_login: Option<LastUseInfo>,
@@ -498,6 +563,28 @@ mod tests {
         assert_eq!(t.content_hash(), h);
         t.quota = 2 << 30;
         assert_ne!(t.content_hash(), h);
+    }
+
+    #[test]
+    fn overrides_round_trip_and_read_leniently() {
+        let all = Overrides {
+            quota: true,
+            protocols: true,
+            state: true,
+        };
+        assert_eq!(all.to_string(), "quota,protocols,state");
+        assert_eq!(Overrides::from_stored(&all.to_string()), all);
+        assert_eq!(Overrides::NONE.to_string(), "");
+        assert_eq!(Overrides::from_stored(""), Overrides::NONE);
+        let state = Overrides::from_stored("state, colour");
+        assert_eq!(
+            state,
+            Overrides {
+                state: true,
+                ..Overrides::NONE
+            }
+        );
+        assert_eq!(serde_json::to_string(&state).unwrap(), r#"["state"]"#);
     }
 
     #[test]

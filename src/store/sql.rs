@@ -14,7 +14,7 @@ use super::records::*;
 use super::sqlite_reads::SqliteReads;
 use super::{Dialect, LimitCheck, Store, StoreError, StoreOptions, StoreResult, MIGRATIONS};
 use crate::clock::UnixTime;
-use crate::names::Protocols;
+use crate::names::{Address, Protocols};
 
 static INSTALL_DRIVERS: Once = Once::new();
 
@@ -95,6 +95,64 @@ impl SqlStore {
 
     fn q<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
         self.dialect.sql(sql)
+    }
+
+    /// Writes a mailbox's changeable fields, in the transaction that holds its domain's
+    /// lock. With `expected`, only while the stored row still agrees with it (a
+    /// compare-and-set): every mailbox write takes the domain lock first, so the row read
+    /// here cannot change before the write. Returns whether it wrote.
+    async fn write_mailbox(
+        &self,
+        m: &Mailbox,
+        expected: Option<&Mailbox>,
+        check: LimitCheck<'_>,
+    ) -> StoreResult<bool> {
+        let mut tx = decode(self.pool.begin().await, "mailbox")?;
+        let (domain, usage) =
+            lock_domain(&mut tx, self.dialect, &m.domain, Some(&m.address)).await?;
+        if let Some(expected) = expected {
+            let row = decode(
+                sqlx::query(&self.q(&format!(
+                    "{} WHERE address = ?{}",
+                    MAILBOX_COLUMNS,
+                    self.dialect.for_update()
+                )))
+                .bind(&m.address)
+                .fetch_optional(&mut *tx)
+                .await,
+                "mailbox",
+            )?;
+            let current = row
+                .map(|r| decode(mailbox_from(&r), "mailbox"))
+                .transpose()?;
+            if !current.is_some_and(|c| same_writable_fields(&c, expected)) {
+                return Ok(false);
+            }
+        }
+        check(&domain, &usage).map_err(StoreError::Refused)?;
+        let done = sqlx::query(&self.q(
+            "UPDATE mailboxes SET oidc_issuer = ?, oidc_subject = ?, display_name = ?, quota = ?, protocols = ?, \
+             active = ?, template = ?, template_hash = ?, overrides = ?, updated_at = ? WHERE address = ?",
+        ))
+        .bind(m.oidc_issuer.as_deref())
+        .bind(m.oidc_subject.as_deref())
+        .bind(&m.display_name)
+        .bind(to_i64(m.quota))
+        .bind(m.protocols.to_string())
+        .bind(m.state.code())
+        .bind(m.template.as_deref())
+        .bind(m.template_hash.as_deref())
+        .bind(m.overrides.to_string())
+        .bind(m.updated_at)
+        .bind(&m.address)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_err(e, &format!("mailbox {}", m.address)))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("mailbox {}", m.address)));
+        }
+        decode(tx.commit().await, "mailbox")?;
+        Ok(true)
     }
 
     async fn applied_versions(&self) -> StoreResult<Vec<i64>> {
@@ -275,7 +333,7 @@ fn template_from(row: &AnyRow) -> Result<Template, sqlx::Error> {
 const MAILBOX_COLUMNS: &str =
     "SELECT address, domain, password_hash, auth_source, oidc_issuer, oidc_subject, \
      display_name, quota, protocols, active, template, template_hash, created_at, updated_at, \
-     last_login_at, last_login_ip, last_login_service FROM mailboxes";
+     last_login_at, last_login_ip, last_login_service, overrides FROM mailboxes";
 
 fn mailbox_from(row: &AnyRow) -> Result<Mailbox, sqlx::Error> {
     Ok(Mailbox {
@@ -291,6 +349,7 @@ fn mailbox_from(row: &AnyRow) -> Result<Mailbox, sqlx::Error> {
         state: state_of(row.try_get(9)?)?,
         template: row.try_get(10)?,
         template_hash: row.try_get(11)?,
+        overrides: Overrides::from_stored(&row.try_get::<String, _>(17)?),
         created_at: row.try_get(12)?,
         updated_at: row.try_get(13)?,
         last_login: last_use_of(row.try_get(14)?, row.try_get(15)?, row.try_get(16)?),
@@ -783,13 +842,14 @@ impl Store for SqlStore {
     // Mailboxes
 
     async fn create_mailbox(&self, m: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()> {
+        canonical_address(&m.address, "mailbox")?;
         let mut tx = decode(self.pool.begin().await, "mailbox")?;
         let (domain, usage) = lock_domain(&mut tx, self.dialect, &m.domain, None).await?;
         check(&domain, &usage).map_err(StoreError::Refused)?;
         sqlx::query(&self.q(
             "INSERT INTO mailboxes (address, domain, password_hash, auth_source, oidc_issuer, oidc_subject, \
-             display_name, quota, protocols, active, template, template_hash, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             display_name, quota, protocols, active, template, template_hash, overrides, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ))
         .bind(&m.address)
         .bind(&m.domain)
@@ -803,6 +863,7 @@ impl Store for SqlStore {
         .bind(m.state.code())
         .bind(m.template.as_deref())
         .bind(m.template_hash.as_deref())
+        .bind(m.overrides.to_string())
         .bind(m.created_at)
         .bind(m.updated_at)
         .execute(&mut *tx)
@@ -812,31 +873,16 @@ impl Store for SqlStore {
     }
 
     async fn update_mailbox(&self, m: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()> {
-        let mut tx = decode(self.pool.begin().await, "mailbox")?;
-        let (domain, usage) =
-            lock_domain(&mut tx, self.dialect, &m.domain, Some(&m.address)).await?;
-        check(&domain, &usage).map_err(StoreError::Refused)?;
-        let done = sqlx::query(&self.q(
-            "UPDATE mailboxes SET oidc_issuer = ?, oidc_subject = ?, display_name = ?, quota = ?, protocols = ?, \
-             active = ?, template = ?, template_hash = ?, updated_at = ? WHERE address = ?",
-        ))
-        .bind(m.oidc_issuer.as_deref())
-        .bind(m.oidc_subject.as_deref())
-        .bind(&m.display_name)
-        .bind(to_i64(m.quota))
-        .bind(m.protocols.to_string())
-        .bind(m.state.code())
-        .bind(m.template.as_deref())
-        .bind(m.template_hash.as_deref())
-        .bind(m.updated_at)
-        .bind(&m.address)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| map_err(e, &format!("mailbox {}", m.address)))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("mailbox {}", m.address)));
-        }
-        decode(tx.commit().await, "mailbox")
+        self.write_mailbox(m, None, check).await.map(|_| ())
+    }
+
+    async fn update_mailbox_if(
+        &self,
+        m: &Mailbox,
+        expected: &Mailbox,
+        check: LimitCheck<'_>,
+    ) -> StoreResult<bool> {
+        self.write_mailbox(m, Some(expected), check).await
     }
 
     async fn get_mailbox(&self, address: &str) -> StoreResult<Option<Mailbox>> {
@@ -1082,6 +1128,8 @@ impl Store for SqlStore {
     // Aliases and send-as grants
 
     async fn add_alias(&self, a: &Alias) -> StoreResult<()> {
+        canonical_address(&a.address, "alias")?;
+        canonical_address(&a.target, "alias target")?;
         sqlx::query(
             &self
                 .q("INSERT INTO aliases (address, target, domain, created_at) VALUES (?, ?, ?, ?)"),
@@ -1477,6 +1525,33 @@ fn usage_from(row: &AnyRow) -> Result<DomainUsage, sqlx::Error> {
 /// Takes the domain's row lock first (an UPDATE, which every dialect turns into a write
 /// lock), then reads the domain and its usage, so concurrent writers for one domain queue
 /// here and each sees the others' committed mailboxes.
+/// The store writes addresses only in the form [`Address::parse`] gives them, so no other
+/// way in (an import, a future caller) can create a mailbox that two spellings reach.
+fn canonical_address(address: &str, what: &str) -> StoreResult<()> {
+    match Address::parse(address) {
+        Ok(a) if a.as_str() == address => Ok(()),
+        Ok(a) => Err(StoreError::Refused(format!(
+            "{what} address {address:?} is not in canonical form (it would be {a})"
+        ))),
+        Err(e) => Err(StoreError::Refused(format!("{what} address refused: {e}"))),
+    }
+}
+
+/// Whether two mailbox rows agree on everything [`SqlStore::write_mailbox`] writes, and on
+/// the auth source, which decides whether a sign-in may write at all.
+fn same_writable_fields(a: &Mailbox, b: &Mailbox) -> bool {
+    a.oidc_issuer == b.oidc_issuer
+        && a.oidc_subject == b.oidc_subject
+        && a.display_name == b.display_name
+        && a.quota == b.quota
+        && a.protocols == b.protocols
+        && a.state == b.state
+        && a.template == b.template
+        && a.template_hash == b.template_hash
+        && a.overrides == b.overrides
+        && a.auth_source == b.auth_source
+}
+
 async fn lock_domain(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     dialect: Dialect,

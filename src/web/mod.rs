@@ -67,6 +67,10 @@ impl ProviderSetup {
             rp,
             rules: SignInRules {
                 provision: config.oidc.as_ref().is_none_or(|o| o.provision),
+                require_verified_email: config
+                    .oidc
+                    .as_ref()
+                    .is_none_or(|o| o.require_verified_email),
             },
         })
     }

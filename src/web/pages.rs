@@ -307,6 +307,7 @@ mod tests {
             state: MailboxState::Active,
             template: None,
             template_hash: None,
+            overrides: Default::default(),
             created_at: 0,
             updated_at: 0,
             last_login: None,

@@ -121,10 +121,10 @@ chmod 600 "$TMP/client-secret"
 
 # --- the people at the provider ------------------------------------------------------
 
-write_accounts() { # $1 = alice's template
+write_accounts() { # $1 = alice's template, [$2 = alice's display name]
 	cat >"$TMP/accounts.json" <<EOF
 {
-  "alice": { "email": "Alice@Example.org", "email_verified": true, "name": "Alice Example", "mailcow_template": "$1" },
+  "alice": { "email": "Alice@Example.org", "email_verified": true, "name": "${2:-Alice Example}", "mailcow_template": "$1" },
   "bob":   { "email": "bob@nowhere.example", "email_verified": true, "name": "Bob", "mailcow_template": "staff" },
   "carol": { "email": "carol@example.org", "email_verified": true, "name": "Carol", "mailcow_template": ["guests", "visitors"] },
   "dave":  { "email": "dave@full.example", "email_verified": true, "name": "Dave", "mailcow_template": "staff" },
@@ -132,7 +132,9 @@ write_accounts() { # $1 = alice's template
   "frank": { "email": "frank@example.org", "email_verified": false, "name": "Frank", "mailcow_template": "staff" },
   "gina":  { "email": "Gina@Bücher.example", "email_verified": "true", "name": "Gina", "mailcow_template": ["visitors", "staff"] },
   "hank":  { "email": "hank@example.org", "email_verified": true, "name": "Hank", "mailcow_template": "staff", "department": "lab" },
-  "ivy":   { "email": "ivy@example.org", "email_verified": true, "name": "Ivy", "mailcow_template": "staff", "department": "lab" }
+  "ivy":   { "email": "ivy@example.org", "email_verified": true, "name": "Ivy", "mailcow_template": "staff", "department": "lab" },
+  "jack":  { "email": "jack@example.org", "name": "Jack", "mailcow_template": "staff" },
+  "kim":   { "email": "\u212Aim@example.org", "email_verified": true, "name": "Kim", "mailcow_template": "staff" }
 }
 EOF
 }
@@ -355,6 +357,53 @@ else
 $show"
 fi
 
+# --- the postmaster's settings outlive sign-ins ----------------------------------------
+
+# Disabled by the postmaster, then the person changes their display name at the provider
+# (which would re-apply the template) and signs in again: still disabled, and refused.
+m mailbox set alice@example.org --active 0 >/dev/null
+write_accounts students "Alice Renamed"
+out=$(browser signin 04b-alice-disabled-renamed --login alice)
+show=$(m --json mailbox show alice@example.org 2>&1 || true)
+if [ "$(json 'j.reason || ""' <<<"$out")" = "Your mailbox is disabled." ] &&
+	[ "$(json 'j.mailbox.state' <<<"$show")" = disabled ] &&
+	[ "$(json 'j.mailbox.display_name' <<<"$show")" = "Alice Renamed" ] &&
+	[ "$(json 'j.mailbox.overrides.join(",")' <<<"$show")" = state ]; then
+	ok "a disabled mailbox stays disabled after a display-name change at the provider and a new sign-in"
+else
+	not_ok "a disabled mailbox stays disabled after a display-name change and a new sign-in" "$out
+$show"
+fi
+
+# Receive-only, then the template changes (template set) and the name again.
+m mailbox set alice@example.org --active 2 >/dev/null
+m template set students --protocols imap,pop3,sieve >/dev/null
+write_accounts students "Alice Renamed Again"
+out=$(browser signin 04c-alice-receive-only --login alice)
+show=$(m --json mailbox show alice@example.org 2>&1 || true)
+if [ "$(json 'j.reason || ""' <<<"$out")" = "Your mailbox receives mail but may not sign in." ] &&
+	[ "$(json 'j.mailbox.state' <<<"$show")" = no_login ] &&
+	[ "$(json 'j.mailbox.protocols.join(",")' <<<"$show")" = imap,pop3,sieve ]; then
+	ok "a receive-only mailbox stays receive-only after template set and a new sign-in (the template's protocols still apply)"
+else
+	not_ok "a receive-only mailbox stays receive-only after template set and a new sign-in" "$out
+$show"
+fi
+m template set students --protocols imap,pop3 >/dev/null
+
+# mailbox set --reset hands the state back to the template: the next sign-in gets in.
+m mailbox set alice@example.org --reset >/dev/null
+out=$(browser signin 04d-alice-reset --login alice)
+show=$(m --json mailbox show alice@example.org 2>&1 || true)
+if [ "$(json 'j.address' <<<"$out")" = alice@example.org ] &&
+	[ "$(json 'j.mailbox.state' <<<"$show")" = active ] &&
+	[ "$(json 'j.mailbox.overrides.length' <<<"$show")" = 0 ]; then
+	ok "after mailbox set --reset the template's state applies again and the sign-in gets in"
+else
+	not_ok "after mailbox set --reset the sign-in gets in" "$out
+$show"
+fi
+
 # --- refusals show their reason and create nothing ------------------------------------
 
 before=$(mailbox_count)
@@ -373,8 +422,11 @@ expect_refusal bob 06-missing-domain "nowhere.example is not served here." "miss
 expect_refusal dave 07-full-domain "The mailbox limit for full.example is reached." "full domain"
 expect_refusal erin 08-local-mailbox "This mailbox signs in with a password. Use the password form instead." "local mailbox"
 expect_refusal frank 09-unverified "Your organisation has not verified the address frank@example.org. Verify it there, then sign in again." "unverified address"
+expect_refusal jack 09b-no-email-verified "Your organisation's sign-in did not confirm that the address jack@example.org is verified. Ask the postmaster to check the provider's settings." "a sign-in without email_verified"
+expect_refusal kim 09c-kelvin-sign "The address $(printf '\u212A')im@example.org cannot be used for a mailbox here: the part before @ may only use ASCII characters (no accented letters or look-alike symbols). Ask your administrator for an address in plain ASCII." "an address with U+212A KELVIN SIGN"
 after=$(mailbox_count)
 if [ "$before" = "$after" ] && ! m mailbox show carol@example.org >/dev/null 2>&1 &&
+	! m mailbox show jack@example.org >/dev/null 2>&1 && ! m mailbox show kim@example.org >/dev/null 2>&1 &&
 	[ "$(m --json mailbox show erin@example.org | json 'j.mailbox.auth_source')" = local ]; then
 	ok "refused sign-ins created nothing and left the local mailbox local"
 else
