@@ -989,3 +989,216 @@ async fn the_listener_bounds_bodies_heads_and_connections() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(site.get("/healthz", None).await.body, "ok\n");
 }
+
+/// A provider that answers discovery (advertising RFC 9207 `iss` or not), has no keys, and
+/// refuses every code; it counts the codes it is asked about.
+async fn fake_provider(advertises_iss: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::{get, post};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let tokens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let discovery = serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/authorize"),
+        "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "authorization_response_iss_parameter_supported": advertises_iss,
+    })
+    .to_string();
+    let counter = tokens.clone();
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || async move { ([("content-type", "application/json")], discovery) }),
+        )
+        .route(
+            "/jwks",
+            get(|| async { ([("content-type", "application/json")], "{\"keys\":[]}") }),
+        )
+        .route(
+            "/token",
+            post(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        [("content-type", "application/json")],
+                        "{\"error\":\"invalid_grant\"}",
+                    )
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (issuer, tokens)
+}
+
+/// `/login` in a fresh browser: its cookie and the `state` it was sent to the provider with.
+async fn begin_sign_in(site: &Site) -> (String, String) {
+    let r = site.get("/login", None).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let url = openidconnect::url::Url::parse(r.location.as_deref().unwrap()).unwrap();
+    let state = url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    (r.cookie.unwrap(), state)
+}
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+async fn site_with_provider(
+    advertises_iss: bool,
+) -> (
+    Site,
+    String,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Core,
+    tempfile::TempDir,
+) {
+    let (issuer, tokens) = fake_provider(advertises_iss).await;
+    let (site, core, dir) = start_with(
+        &format!(
+            "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"mail\"\nclient_secret = \"s3cret\"\n\
+             redirect_url = \"http://127.0.0.1:9/callback\"\ntimeout_ms = 2000\n"
+        ),
+        "",
+    )
+    .await;
+    (site, issuer, tokens, core, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_error_text_is_shown_only_for_this_browsers_sign_in() {
+    let (site, issuer, _tokens, _core, _dir) = site_with_provider(true).await;
+    let lure = "Call +1-555-0100 to unlock your account";
+    // Anyone can send a browser to /callback with words of their choosing.
+    let forged = site
+        .get(
+            &format!(
+                "/callback?{}",
+                query(&[
+                    ("error", "server_error"),
+                    ("error_description", lure),
+                    ("state", "x")
+                ])
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST);
+    assert!(!forged.body.contains("555"), "{}", forged.body);
+    let (cookie, state) = begin_sign_in(&site).await;
+    let wrong_state = site
+        .get(
+            &format!(
+                "/callback?{}",
+                query(&[
+                    ("error", "server_error"),
+                    ("error_description", lure),
+                    ("state", &format!("{state}x")),
+                    ("iss", &issuer),
+                ])
+            ),
+            Some(&cookie),
+        )
+        .await;
+    assert!(!wrong_state.body.contains("555"), "{}", wrong_state.body);
+    // The real answer to this browser's sign-in: its text is shown.
+    let (cookie, state) = begin_sign_in(&site).await;
+    let real = site
+        .get(
+            &format!(
+                "/callback?{}",
+                query(&[
+                    ("error", "server_error"),
+                    ("error_description", "maintenance until noon"),
+                    ("state", &state),
+                    ("iss", &issuer),
+                ])
+            ),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(real.status, StatusCode::FORBIDDEN);
+    assert!(
+        real.body.contains("maintenance until noon"),
+        "{}",
+        real.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorisation_response_iss_is_checked_when_the_provider_advertises_it() {
+    let (site, issuer, tokens, _core, _dir) = site_with_provider(true).await;
+    let callback = |cookie: String, params: Vec<(&'static str, String)>| {
+        let site = &site;
+        async move {
+            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            site.get(&format!("/callback?{}", query(&pairs)), Some(&cookie))
+                .await
+        }
+    };
+    let count = || tokens.load(std::sync::atomic::Ordering::SeqCst);
+    // Missing, or naming another provider (a mix-up): refused before the code is used.
+    let (cookie, state) = begin_sign_in(&site).await;
+    let r = callback(cookie, vec![("code", "c1".into()), ("state", state)]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("could not be verified"), "{}", r.body);
+    let (cookie, state) = begin_sign_in(&site).await;
+    let r = callback(
+        cookie,
+        vec![
+            ("code", "c2".into()),
+            ("state", state),
+            ("iss", "https://attacker.example".into()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("could not be verified"), "{}", r.body);
+    assert_eq!(count(), 0, "no code reached the token endpoint");
+    // Ours: on to the token endpoint (which refuses the made-up code).
+    let (cookie, state) = begin_sign_in(&site).await;
+    let r = callback(
+        cookie,
+        vec![
+            ("code", "c3".into()),
+            ("state", state),
+            ("iss", issuer.clone()),
+        ],
+    )
+    .await;
+    assert!(r.body.contains("did not accept this sign-in"), "{}", r.body);
+    assert_eq!(count(), 1);
+
+    // A provider that does not advertise it: no iss is fine, a wrong one still is not.
+    let (site, _issuer, tokens, _core, _dir) = site_with_provider(false).await;
+    let (cookie, state) = begin_sign_in(&site).await;
+    let pairs = [("code", "c4"), ("state", state.as_str())];
+    let r = site
+        .get(&format!("/callback?{}", query(&pairs)), Some(&cookie))
+        .await;
+    assert!(r.body.contains("did not accept this sign-in"), "{}", r.body);
+    assert_eq!(tokens.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (cookie, state) = begin_sign_in(&site).await;
+    let pairs = [
+        ("code", "c5"),
+        ("state", state.as_str()),
+        ("iss", "https://attacker.example"),
+    ];
+    let r = site
+        .get(&format!("/callback?{}", query(&pairs)), Some(&cookie))
+        .await;
+    assert!(r.body.contains("could not be verified"), "{}", r.body);
+    assert_eq!(tokens.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
