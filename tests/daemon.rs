@@ -892,3 +892,67 @@ fn a_slow_http_flood_on_the_web_page_starves_neither_auth_nor_userdb() {
         "the cap was hit and said so"
     );
 }
+
+/// A raw HTTP/1.0 exchange: status, headers and body as text.
+fn http_raw(port: u16, request: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// The page's password form is a door of the decision core in the real daemon: one audit
+/// line in the format fail2ban reads (`service="web"`, the client behind the trusted
+/// proxy as `rip`), and the web door in `/metrics`.
+#[test]
+fn the_password_form_writes_the_audit_line_of_every_door() {
+    let web_port = free_port();
+    let metrics_port = free_port();
+    let mut d = Daemon::prepare(&format!(
+        "[web]\nlisten = \"127.0.0.1:{web_port}\"\nsecure_cookies = false\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    ));
+    d.run();
+    let (status, head, body) = http_raw(web_port, "GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let start = body.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &body[start..start + body[start..].find('"').unwrap()];
+    let form = format!("csrf={csrf}&address=alice%40example.org&password=wrong");
+    let (status, _, _) = http_raw(
+        web_port,
+        &format!(
+            "POST /login/password HTTP/1.0\r\nHost: x\r\nCookie: {cookie}\r\n\
+             X-Forwarded-For: 192.0.2.66, 198.51.100.7\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(status, 403);
+    d.wait_log(
+        "WARN auth service=\"web\" user=\"alice@example.org\" rip=\"198.51.100.7\" mech=\"form\" outcome=\"fail\" reason=\"bad_credentials\"",
+    );
+    let (_, metrics) = http_get(metrics_port, "/metrics");
+    assert_eq!(
+        series(
+            &metrics,
+            "mailauthd_auth_requests_total{protocol=\"web\",mechanism=\"other\",outcome=\"fail\",reason=\"bad_credentials\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
