@@ -44,9 +44,27 @@ pub struct Limits {
     pub header_timeout: Duration,
 }
 
+/// Where connections come from: a TCP listener (a fake one in tests).
+pub trait Accept: Send {
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        TcpListener::accept(self).await
+    }
+}
+
+/// The pause after the `n`th accept error in a row: 10 ms, doubling, at most 1 s.
+fn backoff_after(previous: Duration) -> Duration {
+    (previous * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 /// Serves `router` on `listener` until `stop` is cancelled, then drains.
 pub async fn run(
-    listener: TcpListener,
+    listener: impl Accept,
     router: Router,
     limits: Limits,
     what: &'static str,
@@ -89,7 +107,7 @@ pub async fn run(
             }
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ECONNABORTED, …: none is fixed by retrying at once.
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                backoff = backoff_after(backoff);
                 if let Some(n) = failed.tick() {
                     tracing::warn!(listener = what, error = %e, failures = n, retry_in_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 }
@@ -182,5 +200,60 @@ impl Throttled {
         }
         self.last = Some(now);
         Some(std::mem::take(&mut self.count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Fails every accept, as a process out of descriptors does.
+    struct OutOfDescriptors(Arc<AtomicUsize>);
+
+    impl Accept for OutOfDescriptors {
+        async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(std::io::Error::from_raw_os_error(24)) // EMFILE
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let limits = Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_secs(10),
+        };
+        let task = tokio::spawn(run(
+            OutOfDescriptors(calls.clone()),
+            Router::new(),
+            limits,
+            "test",
+            stop.clone(),
+        ));
+        // Pauses of 10, 20, 40, … 640 ms: about 8 tries in 1.5 s, where a loop that
+        // retried at once would make millions.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let tries = calls.load(Ordering::SeqCst);
+        assert!((4..=12).contains(&tries), "{tries} accepts in 1.5 s");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("a stop ends the loop during a pause")
+            .unwrap();
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_a_second() {
+        let mut b = Duration::ZERO;
+        let steps: Vec<u128> = (0..10)
+            .map(|_| {
+                b = backoff_after(b);
+                b.as_millis()
+            })
+            .collect();
+        assert_eq!(steps, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
     }
 }
