@@ -80,7 +80,11 @@ pub struct WebSection {
     pub mail_host: Option<String>,
     pub secure_cookies: Option<bool>,
     pub session_minutes: Option<u64>,
+    /// Replaced by `trusted_proxies`; refused when true, with a pointer to it.
     pub trust_x_forwarded_for: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub max_connections: Option<u64>,
+    pub header_timeout_seconds: Option<u64>,
 }
 
 /// The admin channel of a running daemon; unix only, for root and the daemon's user.
@@ -475,6 +479,14 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
 
     let mut extra = BTreeMap::new();
     for (name, protocol) in &file.services {
+        if name.trim().eq_ignore_ascii_case(crate::auth::WEB_SERVICE) {
+            problem(
+                problems,
+                &format!("services.{name}"),
+                "is reserved for the web page's password form; a mail service cannot use that name",
+            );
+            continue;
+        }
         match protocol.parse::<Protocol>() {
             Ok(p) => {
                 extra.insert(name.clone(), p);
@@ -836,7 +848,11 @@ fn first_dir_from_env(var: &str) -> Option<PathBuf> {
     ))
 }
 
-fn networks(key: &str, list: &[String], problems: &mut Vec<Problem>) -> Vec<ipnet::IpNet> {
+pub(crate) fn networks(
+    key: &str,
+    list: &[String],
+    problems: &mut Vec<Problem>,
+) -> Vec<ipnet::IpNet> {
     list.iter()
         .filter_map(|n| match crate::store::parse_networks(n) {
             Ok(mut nets) if nets.len() == 1 => nets.pop(),

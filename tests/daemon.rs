@@ -668,3 +668,261 @@ fn start_up_failures_name_what_is_wrong() {
         "the running daemon keeps its socket"
     );
 }
+
+/// Percentile of sorted latencies.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// One slow HTTP client: a header byte every two seconds, never a whole head. `Ok(how long
+/// until the server closed it)`, `Err` when it was still open after `give_up`.
+async fn slow_http_client(port: u16, give_up: Duration) -> Result<Duration, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut s = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => s,
+        Err(e) => return Err(format!("connect: {e}")),
+    };
+    let head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    let mut buf = [0u8; 1024];
+    for i in 0.. {
+        let byte = head.get(i).copied().unwrap_or(b'a');
+        if s.write_all(&[byte]).await.is_err() {
+            return Ok(started.elapsed());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(started.elapsed()),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+        if started.elapsed() > give_up {
+            return Err(format!("still open after {:?}", started.elapsed()));
+        }
+    }
+    unreachable!()
+}
+
+/// Slow HTTP against the web page (a header byte every 2 s on thousands of connections)
+/// while app-password logins and userdb lookups go on: the auth and userdb sockets keep
+/// answering, and the server closes every slow connection (beyond `[web] max_connections`
+/// at once, the rest after the header timeout). `MAILAUTHD_SLOW_CONNECTIONS` sets how many
+/// (default 5000; `bench/slow-http.sh` runs the 20,000 of the issue).
+#[test]
+fn a_slow_http_flood_on_the_web_page_starves_neither_auth_nor_userdb() {
+    let wanted: usize = std::env::var("MAILAUTHD_SLOW_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    // Room for the slow clients here and the daemon's own descriptors (it inherits this).
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    if soft < hard {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+            .unwrap();
+    }
+    let slow_count = wanted.min(
+        usize::try_from(hard)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(1500),
+    );
+    assert!(
+        slow_count >= 1000,
+        "descriptor limit {hard} is too low for this test"
+    );
+
+    let web_port = free_port();
+    let mut d = Daemon::prepare(&format!(
+        "[web]\nlisten = \"127.0.0.1:{web_port}\"\nsecure_cookies = false\n"
+    ));
+    let created = d.cli(
+        &[
+            "--json",
+            "app-password",
+            "create",
+            "alice@example.org",
+            "--name",
+            "phone",
+            "--protocols",
+            "imap",
+        ],
+        None,
+    );
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let app = created["password"].as_str().unwrap().to_string();
+    d.run();
+    assert_eq!(http_get(web_port, "/healthz"), (200, "ok\n".into()));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let flood_started = Instant::now();
+    let slow = runtime.spawn(async move {
+        let mut tasks = Vec::with_capacity(slow_count);
+        for i in 0..slow_count {
+            tasks.push(tokio::spawn(slow_http_client(
+                web_port,
+                Duration::from_secs(40),
+            )));
+            // Opened over about two seconds, as a flood from many machines would be.
+            if i % 250 == 249 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let mut results = Vec::with_capacity(slow_count);
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        results
+    });
+
+    // Meanwhile: app-password logins on the auth socket, USER lookups on the userdb socket.
+    let mut auth = AuthClient::connect(&d.socket("auth"));
+    let userdb = UnixStream::connect(d.socket("userdb")).unwrap();
+    userdb
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut userdb_reader = BufReader::new(userdb.try_clone().unwrap());
+    let mut userdb_writer = userdb;
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        userdb_reader.read_line(&mut line).unwrap(); // VERSION, SPID
+    }
+    userdb_writer.write_all(b"VERSION\t1\t1\n").unwrap();
+    let mut auth_latency = Vec::new();
+    let mut userdb_latency = Vec::new();
+    let mut id = 0u32;
+    while flood_started.elapsed() < Duration::from_secs(14) {
+        id += 1;
+        let t = Instant::now();
+        let reply = auth.plain(id, "alice@example.org", &app);
+        auth_latency.push(t.elapsed());
+        assert!(reply.starts_with(&format!("OK\t{id}\t")), "{reply}");
+        let t = Instant::now();
+        writeln!(userdb_writer, "USER\t{id}\talice@example.org\tservice=lmtp").unwrap();
+        line.clear();
+        userdb_reader
+            .read_line(&mut line)
+            .expect("the userdb socket answers during the flood");
+        userdb_latency.push(t.elapsed());
+        assert!(
+            line.starts_with(&format!("USER\t{id}\talice@example.org")),
+            "{line}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let results = runtime.block_on(slow).unwrap();
+    let still_open: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        still_open.is_empty(),
+        "{} of {slow_count} slow connections were not closed by the server, e.g. {:?}",
+        still_open.len(),
+        still_open.first()
+    );
+    let mut closed: Vec<Duration> = results.into_iter().map(Result::unwrap).collect();
+    closed.sort();
+    auth_latency.sort();
+    userdb_latency.sort();
+    eprintln!(
+        "{slow_count} slow connections: closed after p50 {:?}, max {:?}; \
+         {} app-password logins meanwhile: p50 {:?}, p99 {:?}, max {:?}; \
+         userdb lookups: p50 {:?}, p99 {:?}",
+        percentile(&closed, 0.5),
+        closed.last().unwrap(),
+        auth_latency.len(),
+        percentile(&auth_latency, 0.5),
+        percentile(&auth_latency, 0.99),
+        auth_latency.last().unwrap(),
+        percentile(&userdb_latency, 0.5),
+        percentile(&userdb_latency, 0.99),
+    );
+    // The header timeout (10 s by default) closes the ones that were served, with room for
+    // a loaded machine; a byte every 2 s never extends it.
+    assert!(
+        *closed.last().unwrap() < Duration::from_secs(25),
+        "a slow connection lasted {:?}",
+        closed.last().unwrap()
+    );
+    assert!(auth_latency.len() > 100, "logins kept going");
+    // Answering, not merely eventually: every login well inside Postfix's 10 s SASL timeout.
+    assert!(
+        *auth_latency.last().unwrap() < Duration::from_secs(2),
+        "{:?}",
+        auth_latency.last()
+    );
+    assert_eq!(http_get(web_port, "/healthz"), (200, "ok\n".into()));
+    assert!(
+        d.log_text().contains("connection limit reached"),
+        "the cap was hit and said so"
+    );
+}
+
+/// A raw HTTP/1.0 exchange: status, headers and body as text.
+fn http_raw(port: u16, request: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// The page's password form is a door of the decision core in the real daemon: one audit
+/// line in the format fail2ban reads (`service="web"`, the client behind the trusted
+/// proxy as `rip`), and the web door in `/metrics`.
+#[test]
+fn the_password_form_writes_the_audit_line_of_every_door() {
+    let web_port = free_port();
+    let metrics_port = free_port();
+    let mut d = Daemon::prepare(&format!(
+        "[web]\nlisten = \"127.0.0.1:{web_port}\"\nsecure_cookies = false\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    ));
+    d.run();
+    let (status, head, body) = http_raw(web_port, "GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let start = body.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &body[start..start + body[start..].find('"').unwrap()];
+    let form = format!("csrf={csrf}&address=alice%40example.org&password=wrong");
+    let (status, _, _) = http_raw(
+        web_port,
+        &format!(
+            "POST /login/password HTTP/1.0\r\nHost: x\r\nCookie: {cookie}\r\n\
+             X-Forwarded-For: 192.0.2.66, 198.51.100.7\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(status, 403);
+    d.wait_log(
+        "WARN auth service=\"web\" user=\"alice@example.org\" rip=\"198.51.100.7\" mech=\"form\" outcome=\"fail\" reason=\"bad_credentials\"",
+    );
+    let (_, metrics) = http_get(metrics_port, "/metrics");
+    assert_eq!(
+        series(
+            &metrics,
+            "mailauthd_auth_requests_total{protocol=\"web\",mechanism=\"other\",outcome=\"fail\",reason=\"bad_credentials\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}

@@ -178,6 +178,15 @@ async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
     .await;
     mailbox(
         s,
+        "noprotocols@example.org",
+        AuthSource::Local,
+        Some(&pw("pw")),
+        MailboxState::Active,
+        "none",
+    )
+    .await;
+    mailbox(
+        s,
         "nopass@example.org",
         AuthSource::Local,
         None,
@@ -579,6 +588,160 @@ async fn every_rule_of_the_decision_core() {
                 "ok",
                 "password",
             ),
+            // The web page's password form: the same core, a door of its own.
+            (
+                "web: local password",
+                "local@example.org",
+                s("pw-local"),
+                "web",
+                None,
+                "ok",
+                "password",
+            ),
+            (
+                "web: the service name in any case",
+                "local@example.org",
+                s("pw-local"),
+                "WEB",
+                None,
+                "ok",
+                "password",
+            ),
+            (
+                "web: login is normalised",
+                "  LOCAL@Example.ORG ",
+                s("pw-local"),
+                "web",
+                None,
+                "ok",
+                "password",
+            ),
+            (
+                "web: wrong password",
+                "local@example.org",
+                s("nope"),
+                "web",
+                None,
+                "fail",
+                "bad_credentials",
+            ),
+            (
+                "web: unknown user",
+                "ghost@example.org",
+                s("pw-local"),
+                "web",
+                None,
+                "fail",
+                "unknown_user",
+            ),
+            (
+                "web: login without @",
+                "local",
+                s("pw-local"),
+                "web",
+                None,
+                "fail",
+                "unknown_user",
+            ),
+            (
+                "web: an app password never opens the page",
+                "local@example.org",
+                app("local"),
+                "web",
+                None,
+                "fail",
+                "bad_credentials",
+            ),
+            (
+                "web: oidc mailbox, its stored password",
+                "oidc@example.org",
+                s("pw-oidc"),
+                "web",
+                None,
+                "fail",
+                "oidc_needs_app_password",
+            ),
+            (
+                "web: oidc mailbox, its app password",
+                "oidc@example.org",
+                app("all"),
+                "web",
+                None,
+                "fail",
+                "oidc_needs_app_password",
+            ),
+            (
+                "web: mailbox active 0",
+                "disabled@example.org",
+                s("pw"),
+                "web",
+                None,
+                "fail",
+                "mailbox_disabled",
+            ),
+            (
+                "web: mailbox active 2",
+                "nologin@example.org",
+                s("pw"),
+                "web",
+                None,
+                "fail",
+                "mailbox_no_login",
+            ),
+            (
+                "web: domain inactive",
+                "user@off.example",
+                s("pw"),
+                "web",
+                None,
+                "fail",
+                "domain_disabled",
+            ),
+            (
+                "web: the page is no mail protocol",
+                "noprotocols@example.org",
+                s("pw"),
+                "web",
+                None,
+                "ok",
+                "password",
+            ),
+            (
+                "web: and the mail protocols stay shut",
+                "noprotocols@example.org",
+                s("pw"),
+                "imap",
+                None,
+                "fail",
+                "protocol_not_allowed",
+            ),
+            (
+                "web: broken stored hash",
+                "broken@example.org",
+                s("x"),
+                "web",
+                None,
+                "fail",
+                "unusable_stored_hash",
+            ),
+            (
+                "web: no stored password",
+                "nopass@example.org",
+                s(""),
+                "web",
+                None,
+                "fail",
+                "bad_credentials",
+            ),
+            (
+                "web: imported SHA512-CRYPT",
+                "legacy@example.org",
+                s(LEGACY_PASSWORD),
+                "web",
+                None,
+                "ok",
+                "password",
+            ),
         ];
         for (row, login, secret, service, rip, label, reason) in &rows {
             let outcome = decide(&f, login, secret, service, *rip).await;
@@ -855,4 +1018,135 @@ async fn the_verification_cache_never_outlives_a_change() {
     assert_eq!(local("pw-new").await, "password");
     f.writer.shutdown().await;
     db.finish().await;
+}
+
+/// What a web page session is held to: the credential generation moves with every change of
+/// how the mailbox proves who it is, and with nothing else; on every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credential_generation_moves_with_every_credential_change() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let b = backend.name();
+        let store = db.dyn_store();
+        let s = &*store;
+        s.create_domain(&Domain {
+            name: "example.org".into(),
+            active: true,
+            max_mailboxes: None,
+            max_quota: None,
+            total_quota: None,
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+        let new = NewMailbox {
+            address: Address::parse("bound@example.org").unwrap(),
+            password_hash: Some("{PLAIN}one".into()),
+            auth_source: AuthSource::Oidc,
+            display_name: String::new(),
+            quota: None,
+            protocols: None,
+            state: None,
+            template: None,
+            oidc_identity: Some(("https://idp.example".into(), "sub-1".into())),
+            require_active_domain: false,
+        };
+        provision::create_mailbox(s, &ManualClock::at(NOW), new)
+            .await
+            .unwrap();
+        let address = Address::parse("bound@example.org").unwrap();
+        let generation = || async {
+            s.session_view("bound@example.org")
+                .await
+                .unwrap()
+                .unwrap()
+                .credential_generation
+        };
+        let view = s.session_view("bound@example.org").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                view.auth_source,
+                view.oidc_issuer.as_deref(),
+                view.oidc_subject.as_deref(),
+                view.state,
+                view.domain_active,
+                view.protocols,
+                view.credential_generation
+            ),
+            (
+                AuthSource::Oidc,
+                Some("https://idp.example"),
+                Some("sub-1"),
+                MailboxState::Active,
+                true,
+                Protocols::ALL,
+                0
+            ),
+            "{b}"
+        );
+        assert_eq!(s.session_view("ghost@example.org").await.unwrap(), None);
+
+        // No change of credentials: the same generation.
+        let clock = ManualClock::at(NOW);
+        provision::update_mailbox(
+            s,
+            &clock,
+            &address,
+            provision::MailboxChanges {
+                display_name: Some("B".into()),
+                state: Some(MailboxState::NoLogin),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(s
+            .replace_password_hash("bound@example.org", "{PLAIN}one", "{PLAIN}one-rehashed")
+            .await
+            .unwrap());
+        s.set_auth_source("bound@example.org", AuthSource::Oidc, NOW)
+            .await
+            .unwrap();
+        assert_eq!(generation().await, 0, "{b}: nothing changed");
+        let view = s.session_view("bound@example.org").await.unwrap().unwrap();
+        assert_eq!(view.state, MailboxState::NoLogin, "{b}");
+
+        // Each change of credentials: one step.
+        s.set_password_hash("bound@example.org", Some("{PLAIN}two"), NOW)
+            .await
+            .unwrap();
+        assert_eq!(generation().await, 1, "{b}: new password");
+        s.set_auth_source("bound@example.org", AuthSource::Local, NOW)
+            .await
+            .unwrap();
+        assert_eq!(generation().await, 2, "{b}: auth source switched");
+        provision::update_mailbox(
+            s,
+            &clock,
+            &address,
+            provision::MailboxChanges {
+                unlink_identity: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(generation().await, 3, "{b}: identity unlinked");
+        let view = s.session_view("bound@example.org").await.unwrap().unwrap();
+        assert_eq!((view.oidc_issuer, view.oidc_subject), (None, None), "{b}");
+        // Unlinking what is not linked changes nothing.
+        provision::update_mailbox(
+            s,
+            &clock,
+            &address,
+            provision::MailboxChanges {
+                unlink_identity: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(generation().await, 3, "{b}: nothing left to unlink");
+        db.finish().await;
+    }
 }

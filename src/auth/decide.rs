@@ -7,7 +7,7 @@ use super::app_password::{looks_like_app_password, AppPasswordKey};
 use super::last_use::LastUseSender;
 use super::password::{self, Argon2Params, Verified};
 use super::pool::{HashPool, PoolError};
-use super::services::ServiceMap;
+use super::services::{Door, ServiceMap};
 use super::throttle::{Attempt, Settlement, Throttle, Ticket, Verdict};
 use super::verify_cache::VerifyCache;
 use super::{Credential, FailReason, Outcome, Success, TempCause};
@@ -39,7 +39,7 @@ pub struct AuthRequest<'a> {
 /// What a login's service and secret look like, before any rule is applied.
 #[derive(Clone, Copy)]
 struct LoginShape {
-    protocol: Option<Protocol>,
+    protocol: Option<Door>,
     app_password: bool,
 }
 
@@ -102,9 +102,11 @@ impl Authenticator {
         let address = Address::parse(req.login);
         let account = throttle_account(&address, req.login);
         // Looked at once, for the decision and for the metrics.
+        let door = self.parts.services.door(req.service);
         let login = LoginShape {
-            protocol: self.parts.services.resolve(req.service),
-            app_password: looks_like_app_password(req.secret.expose()),
+            protocol: door,
+            // On the web page a secret is a password whatever it looks like.
+            app_password: door != Some(Door::Web) && looks_like_app_password(req.secret.expose()),
         };
         let (admitted, ticket) = self.admit(req, &account, login.app_password).await;
         let outcome = match admitted {
@@ -120,7 +122,7 @@ impl Authenticator {
         self.settle(req, ticket, &outcome).await;
         audit(req, &outcome);
         crate::metrics::auth_decided(
-            login.protocol.map_or("unknown", Protocol::name),
+            login.protocol.map_or("unknown", Door::name),
             req.mechanism,
             outcome.label(),
             outcome.reason(),
@@ -149,7 +151,7 @@ impl Authenticator {
         login: LoginShape,
         passwords_refused: bool,
     ) -> Step<Success> {
-        let Some(protocol) = login.protocol else {
+        let Some(door) = login.protocol else {
             return Err(Outcome::Fail(FailReason::UnknownService));
         };
         let Ok(address) = address else {
@@ -175,10 +177,10 @@ impl Authenticator {
             Ok(None) => return self.refuse_after_dummy(req, FailReason::UnknownUser).await,
             Err(e) => return Err(store_trouble(&e)),
         };
-        if let Some(reason) = account_refusal(&view, protocol) {
+        if let Some(reason) = account_refusal(&view, door) {
             return self.refuse_after_dummy(req, reason).await;
         }
-        if let Some(found) = app_password {
+        if let (Some(found), Door::Mail(protocol)) = (app_password, door) {
             return self.check_app_password(&view, found, protocol, req);
         }
         if passwords_refused {
@@ -192,7 +194,7 @@ impl Authenticator {
                 .refuse_after_dummy(req, FailReason::OidcNeedsAppPassword)
                 .await;
         }
-        self.check_stored_password(&view, protocol, req).await
+        self.check_stored_password(&view, door, req).await
     }
 
     /// Rule 1: the throttle, before anything touches the store or the hash pool. The
@@ -283,7 +285,7 @@ impl Authenticator {
             Some(reason) => Err(Outcome::Fail(reason)),
             None => Ok(Success {
                 mailbox: view.address.clone(),
-                protocol,
+                protocol: Door::Mail(protocol),
                 credential: Credential::AppPassword {
                     id: found.id,
                     name: found.name,
@@ -295,7 +297,7 @@ impl Authenticator {
     async fn check_stored_password(
         &self,
         view: &LoginView,
-        protocol: Protocol,
+        protocol: Door,
         req: &AuthRequest<'_>,
     ) -> Step<Success> {
         let Some(stored) = view.password_hash.clone().filter(|h| !h.is_empty()) else {
@@ -384,8 +386,10 @@ impl Authenticator {
     }
 }
 
-/// Rules 4 and 5: the account and its domain may log in, with this protocol.
-fn account_refusal(view: &LoginView, protocol: Protocol) -> Option<FailReason> {
+/// Rules 4 and 5: the account and its domain may log in, with this protocol. The web page
+/// is no mail protocol: the mailbox's protocols gate the app passwords made there, not the
+/// page itself.
+fn account_refusal(view: &LoginView, door: Door) -> Option<FailReason> {
     match view.state {
         MailboxState::Disabled => return Some(FailReason::MailboxDisabled),
         MailboxState::NoLogin => return Some(FailReason::MailboxNoLogin),
@@ -394,10 +398,12 @@ fn account_refusal(view: &LoginView, protocol: Protocol) -> Option<FailReason> {
     if !view.domain_active {
         return Some(FailReason::DomainDisabled);
     }
-    if !view.protocols.contains(protocol) {
-        return Some(FailReason::ProtocolNotAllowed);
+    match door {
+        Door::Mail(protocol) if !view.protocols.contains(protocol) => {
+            Some(FailReason::ProtocolNotAllowed)
+        }
+        Door::Mail(_) | Door::Web => None,
     }
-    None
 }
 
 /// What a decision means to the throttle.
@@ -499,112 +505,4 @@ fn printable_login(login: &str) -> String {
         .take(128)
         .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
         .collect()
-}
-
-/// Service name the web page's password sign-in is logged with.
-pub const WEB_SERVICE: &str = "web";
-
-/// How a password sign-in on the web page ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WebOutcome {
-    /// The canonical address of the mailbox signed in to.
-    Ok(String),
-    Fail(FailReason),
-    TempFail(TempCause),
-}
-
-impl Authenticator {
-    /// The web page's password sign-in for `local` mailboxes: the same rules as a mail
-    /// login (throttled, unknown users cost a hash, disabled mailboxes and domains are
-    /// refused, one audit line with service `web`) except that no mail protocol is involved and app
-    /// passwords do not count — an app password opens a mailbox, never the page that makes
-    /// more of them. An `oidc` mailbox signs in through the provider instead.
-    pub async fn authenticate_web(
-        &self,
-        login: &str,
-        secret: &Secret,
-        remote_ip: Option<IpAddr>,
-    ) -> WebOutcome {
-        let req = AuthRequest {
-            login,
-            secret,
-            service: WEB_SERVICE,
-            remote_ip,
-            secured: true,
-            no_penalty: false,
-            mechanism: Some("form"),
-            admitted: None,
-        };
-        let account = throttle_account(&Address::parse(login), login);
-        // Throttled like a mail login, counting toward the same source and account.
-        let (admitted, ticket) = self.admit(&req, &account, false).await;
-        let result = match admitted {
-            Ok(()) => self.decide_web(&req).await,
-            Err(refused) => Err(refused),
-        };
-        let outcome = match &result {
-            // The audit line wants an Outcome; IMAP stands in as "some protocol", and only
-            // the label and reason are logged.
-            Ok(address) => Outcome::Ok(Success {
-                mailbox: address.clone(),
-                protocol: Protocol::Imap,
-                credential: Credential::Password,
-            }),
-            Err(o) => o.clone(),
-        };
-        self.settle(&req, ticket, &outcome).await;
-        audit(&req, &outcome);
-        match (result, outcome) {
-            (Ok(address), _) => {
-                self.parts.last_use.record(LastUse {
-                    mailbox: address.clone(),
-                    app_password_id: None,
-                    at: self.parts.clock.now(),
-                    ip: remote_ip.map(|ip| ip.to_string()),
-                    service: WEB_SERVICE.to_string(),
-                });
-                WebOutcome::Ok(address)
-            }
-            (Err(_), Outcome::Fail(r)) => WebOutcome::Fail(r),
-            (Err(_), Outcome::TempFail(c)) => WebOutcome::TempFail(c),
-            (Err(_), Outcome::Ok(_)) => WebOutcome::TempFail(TempCause::Internal),
-        }
-    }
-
-    async fn decide_web(&self, req: &AuthRequest<'_>) -> Result<String, Outcome> {
-        let Ok(address) = Address::parse(req.login) else {
-            return self
-                .refuse_after_dummy(req, FailReason::UnknownUser)
-                .await
-                .map(|s| s.mailbox);
-        };
-        let view = match self.parts.store.login_view(address.as_str()).await {
-            Ok(Some(view)) => view,
-            Ok(None) => {
-                return self
-                    .refuse_after_dummy(req, FailReason::UnknownUser)
-                    .await
-                    .map(|s| s.mailbox)
-            }
-            Err(e) => return Err(store_trouble(&e)),
-        };
-        let refusal = match view.state {
-            MailboxState::Disabled => Some(FailReason::MailboxDisabled),
-            MailboxState::NoLogin => Some(FailReason::MailboxNoLogin),
-            MailboxState::Active if !view.domain_active => Some(FailReason::DomainDisabled),
-            MailboxState::Active if view.auth_source == AuthSource::Oidc => {
-                Some(FailReason::OidcNeedsAppPassword)
-            }
-            MailboxState::Active => None,
-        };
-        if let Some(reason) = refusal {
-            return self
-                .refuse_after_dummy(req, reason)
-                .await
-                .map(|s| s.mailbox);
-        }
-        self.check_stored_password(&view, Protocol::Imap, req)
-            .await
-            .map(|s| s.mailbox)
-    }
 }

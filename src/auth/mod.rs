@@ -11,5 +11,6 @@ pub mod services;
 pub mod throttle;
 pub mod verify_cache;
 
-pub use decide::{AuthRequest, Authenticator, AuthenticatorParts, WebOutcome, WEB_SERVICE};
+pub use decide::{AuthRequest, Authenticator, AuthenticatorParts};
 pub use outcome::{Credential, FailReason, Outcome, Success, TempCause};
+pub use services::{Door, WEB_SERVICE};

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::names::Protocol;
+use super::services::Door;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -40,7 +40,8 @@ impl Outcome {
 pub struct Success {
     /// The canonical address; front doors answer with this `user=`.
     pub mailbox: String,
-    pub protocol: Protocol,
+    /// The mail protocol, or the web page.
+    pub protocol: Door,
     pub credential: Credential,
 }
 
@@ -65,7 +66,8 @@ pub enum FailReason {
     AppPasswordExpired,
     AppPasswordProtocol,
     AppPasswordNetwork,
-    /// An `oidc` mailbox was offered something other than a valid app password.
+    /// An `oidc` mailbox was offered something other than a valid app password (on the web
+    /// page: a password at all; it signs in through the provider).
     OidcNeedsAppPassword,
     /// The stored hash uses an unknown or broken scheme: a configuration problem.
     UnusableStoredHash,

@@ -14,20 +14,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
-    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClientAuthMethod,
-    CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
+    CoreClientAuthMethod, CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
     CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AdditionalClaims, AuthType, AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret,
-    CsrfToken, EmptyAdditionalProviderMetadata, EmptyExtraTokenFields, EndSessionUrl,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpClientError, IdToken, IdTokenFields,
-    IssuerUrl, JsonWebKeySet, JsonWebKeySetUrl, LogoutProviderMetadata, LogoutRequest, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl,
-    ProviderMetadataWithLogout, RedirectUrl, RequestTokenError, ResponseTypes, Scope,
-    StandardErrorResponse, StandardTokenResponse, TokenResponse, TokenUrl, UserInfoClaims,
-    UserInfoError, UserInfoUrl,
+    AdditionalClaims, AdditionalProviderMetadata, AuthType, AuthUrl, AuthorizationCode, Client,
+    ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndSessionUrl, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, HttpClientError, IdToken, IdTokenFields, IssuerUrl, JsonWebKeySet,
+    JsonWebKeySetUrl, LogoutProviderMetadata, LogoutRequest, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadata, RedirectUrl,
+    RequestTokenError, ResponseTypes, Scope, StandardErrorResponse, StandardTokenResponse,
+    TokenResponse, TokenUrl, UserInfoClaims, UserInfoError, UserInfoUrl,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -68,7 +68,42 @@ type OurIdToken = IdToken<
     CoreJweContentEncryptionAlgorithm,
     CoreJwsSigningAlgorithm,
 >;
-pub(crate) type Metadata = ProviderMetadataWithLogout;
+/// Discovery fields beyond the standard and logout ones that we act on.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ExtraProviderMetadata {
+    /// RFC 9207: the provider puts `iss` in every authorisation response, so a response
+    /// from another provider (a mix-up attack) can be told apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_response_iss_parameter_supported: Option<Value>,
+}
+
+impl AdditionalProviderMetadata for ExtraProviderMetadata {}
+
+impl ExtraProviderMetadata {
+    /// `true` (or the string `"true"`, which some providers send).
+    pub fn sends_response_iss(&self) -> bool {
+        match &self.authorization_response_iss_parameter_supported {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            _ => false,
+        }
+    }
+}
+
+pub(crate) type Metadata = ProviderMetadata<
+    LogoutProviderMetadata<ExtraProviderMetadata>,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 pub(crate) type OidcClient = Client<
     ExtraClaims,
     CoreAuthDisplay,
@@ -112,6 +147,15 @@ pub enum OidcError {
     Claims(#[from] ClaimError),
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
+    /// RFC 9207: the authorisation response names another issuer, or none although the
+    /// provider promises to name itself.
+    #[error(
+        "the sign-in answer's iss parameter {offered:?} is not the provider's issuer {expected}"
+    )]
+    ResponseIssuer {
+        offered: Option<String>,
+        expected: String,
+    },
 }
 
 impl OidcError {
@@ -124,7 +168,10 @@ impl OidcError {
             OidcError::TokenRefused { .. } => {
                 "Your organisation's sign-in service did not accept this sign-in (it may have been used already or taken too long). Please sign in again.".into()
             }
-            OidcError::TokenResponse(_) | OidcError::NoIdToken | OidcError::IdToken(_) => {
+            OidcError::TokenResponse(_)
+            | OidcError::NoIdToken
+            | OidcError::IdToken(_)
+            | OidcError::ResponseIssuer { .. } => {
                 "The answer from your organisation's sign-in service could not be verified, so you are not signed in. If this keeps happening, tell the postmaster.".into()
             }
             OidcError::UserInfo(_) => {
@@ -190,6 +237,10 @@ pub struct Identity {
 pub(crate) struct Provider {
     pub client: OidcClient,
     pub end_session: Option<EndSessionUrl>,
+    /// The issuer as the provider names itself, and whether it promises `iss` in every
+    /// authorisation response (RFC 9207).
+    issuer: String,
+    sends_response_iss: bool,
     fetched: Instant,
 }
 
@@ -270,6 +321,23 @@ impl RelyingParty {
         })
     }
 
+    /// RFC 9207: an authorisation response (success or error) that carries `iss` must name
+    /// our provider; one without it is refused when the provider advertises
+    /// `authorization_response_iss_parameter_supported`. Call once `state` has matched.
+    pub async fn check_response_issuer(&self, offered: Option<&str>) -> Result<(), OidcError> {
+        let p = self.provider(false).await?;
+        let refused = || OidcError::ResponseIssuer {
+            offered: offered.map(|o| o.chars().take(200).collect()),
+            expected: p.issuer.clone(),
+        };
+        match offered {
+            Some(iss) if iss == p.issuer => Ok(()),
+            Some(_) => Err(refused()),
+            None if p.sends_response_iss => Err(refused()),
+            None => Ok(()),
+        }
+    }
+
     /// Finishes a sign-in with the code the browser brought back (its `state` already
     /// checked against `pending` by the caller).
     pub async fn finish(&self, pending: &PendingSignIn, code: &str) -> Result<Identity, OidcError> {
@@ -332,6 +400,14 @@ impl RelyingParty {
             claims,
             id_token: Secret::from(id_token.to_string()),
         })
+    }
+
+    /// The origin (`https://host:port`) of the provider's end-session endpoint, if it has
+    /// one; pages with a sign-out form allow it as a form target.
+    pub async fn end_session_origin(&self) -> Option<String> {
+        let p = self.provider(false).await.ok()?;
+        let origin = p.end_session.as_ref()?.url().origin();
+        origin.is_tuple().then(|| origin.ascii_serialization())
     }
 
     /// Where to send the browser to end the provider's session too (RP-initiated logout),
@@ -420,7 +496,7 @@ pub(crate) async fn load_metadata(
             ],
             LogoutProviderMetadata {
                 end_session_endpoint: e.end_session.clone().map(EndSessionUrl::from_url),
-                additional_metadata: EmptyAdditionalProviderMetadata {},
+                additional_metadata: ExtraProviderMetadata::default(),
             },
         )
         .set_token_endpoint(Some(TokenUrl::from_url(e.token.clone())))
@@ -495,10 +571,17 @@ async fn load_provider(
 ) -> Result<Provider, OidcError> {
     let metadata = load_metadata(settings, http).await?;
     let keys = load_keys(&metadata, http).await?;
+    let issuer = metadata.issuer().as_str().to_string();
+    let sends_response_iss = metadata
+        .additional_metadata()
+        .additional_metadata
+        .sends_response_iss();
     let (client, _, end_session) = build_client(settings, metadata.set_jwks(keys));
     Ok(Provider {
         client,
         end_session,
+        issuer,
+        sends_response_iss,
         fetched: Instant::now(),
     })
 }

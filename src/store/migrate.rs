@@ -59,6 +59,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_init.sql"),
     migration!(2, "0002_policy.sql"),
     migration!(3, "0003_overrides.sql"),
+    migration!(4, "0004_credential_generation.sql"),
 ];
 
 /// Names of migrations in the order they apply; what `mailauthd migrate` reports.

@@ -146,6 +146,7 @@ pub trait Store: Send + Sync + 'static {
     /// Refuses an address that is not in canonical form ([`crate::names::Address`]).
     async fn create_mailbox(&self, mailbox: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()>;
     /// Writes everything but the password hash and auth source, which have their own methods.
+    /// Unlinking the identity (issuer and subject set to none) bumps the credential generation.
     async fn update_mailbox(&self, mailbox: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()>;
     /// [`Store::update_mailbox`] as a compare-and-set: writes only while the stored mailbox
     /// still has `expected`'s values in everything that method writes (and the same auth
@@ -166,6 +167,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Mailbox>>;
     async fn list_mailboxes(&self, domain: Option<&str>) -> StoreResult<Vec<Mailbox>>;
     async fn delete_mailbox(&self, address: &str) -> StoreResult<()>;
+    /// A new password: bumps the credential generation, ending page sessions.
     async fn set_password_hash(
         &self,
         address: &str,
@@ -173,9 +175,11 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> StoreResult<()>;
     /// Replaces the hash only if it is still `old`, so a rehash never undoes a password
-    /// change that happened meanwhile. Returns whether it replaced.
+    /// change that happened meanwhile. Returns whether it replaced. The same password in a
+    /// new scheme: the credential generation stays.
     async fn replace_password_hash(&self, address: &str, old: &str, new: &str)
         -> StoreResult<bool>;
+    /// Bumps the credential generation when the source changes.
     async fn set_auth_source(
         &self,
         address: &str,
@@ -191,6 +195,9 @@ pub trait Store: Send + Sync + 'static {
         address: &str,
         lookup_hash: &str,
     ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>>;
+
+    /// The mailbox state a web page session is re-checked against, in one query.
+    async fn session_view(&self, address: &str) -> StoreResult<Option<SessionView>>;
 
     // App passwords
     async fn create_app_password(&self, app_password: &NewAppPassword) -> StoreResult<i64>;

@@ -269,6 +269,20 @@ pub struct LoginView {
     pub quota: u64,
 }
 
+/// What the web page re-checks a session against on every request, read in one query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    pub address: String,
+    pub auth_source: AuthSource,
+    pub oidc_issuer: Option<String>,
+    pub oidc_subject: Option<String>,
+    pub protocols: Protocols,
+    pub state: MailboxState,
+    pub domain_active: bool,
+    /// Bumped by every password change, auth-source switch and identity unlink.
+    pub credential_generation: i64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewAppPassword {
     pub mailbox: String,

@@ -131,9 +131,13 @@ impl SqlStore {
         }
         check(&domain, &usage).map_err(StoreError::Refused)?;
         let done = sqlx::query(&self.q(
-            "UPDATE mailboxes SET oidc_issuer = ?, oidc_subject = ?, display_name = ?, quota = ?, protocols = ?, \
+            // Removing the identity binding (unlink) ends the page sessions made with it.
+            "UPDATE mailboxes SET credential_generation = credential_generation + \
+             CASE WHEN ? IS NULL AND oidc_subject IS NOT NULL THEN 1 ELSE 0 END, \
+             oidc_issuer = ?, oidc_subject = ?, display_name = ?, quota = ?, protocols = ?, \
              active = ?, template = ?, template_hash = ?, overrides = ?, updated_at = ? WHERE address = ?",
         ))
+        .bind(m.oidc_subject.as_deref())
         .bind(m.oidc_issuer.as_deref())
         .bind(m.oidc_subject.as_deref())
         .bind(&m.display_name)
@@ -416,6 +420,24 @@ fn login_view_with_app_password_from(
         None => None,
     };
     Ok((view, app))
+}
+
+const SESSION_VIEW_SQL: &str =
+    "SELECT m.address, m.auth_source, m.oidc_issuer, m.oidc_subject, m.protocols, m.active, \
+     d.active, m.credential_generation \
+     FROM mailboxes m JOIN domains d ON d.name = m.domain WHERE m.address = ?";
+
+fn session_view_from(r: &impl Columns) -> Result<SessionView, sqlx::Error> {
+    Ok(SessionView {
+        address: r.text(0)?,
+        auth_source: auth_source_of(&r.text(1)?)?,
+        oidc_issuer: r.opt_text(2)?,
+        oidc_subject: r.opt_text(3)?,
+        protocols: Protocols::from_stored(&r.text(4)?),
+        state: state_of(r.int(5)?)?,
+        domain_active: r.int(6)? != 0,
+        credential_generation: r.int(7)?,
+    })
 }
 
 const SENDER_ACCOUNT_SQL: &str =
@@ -960,7 +982,8 @@ impl Store for SqlStore {
     ) -> StoreResult<()> {
         let done = decode(
             sqlx::query(
-                &self.q("UPDATE mailboxes SET password_hash = ?, updated_at = ? WHERE address = ?"),
+                &self.q("UPDATE mailboxes SET password_hash = ?, updated_at = ?, \
+                     credential_generation = credential_generation + 1 WHERE address = ?"),
             )
             .bind(hash)
             .bind(now)
@@ -1002,9 +1025,11 @@ impl Store for SqlStore {
         now: UnixTime,
     ) -> StoreResult<()> {
         let done = decode(
-            sqlx::query(
-                &self.q("UPDATE mailboxes SET auth_source = ?, updated_at = ? WHERE address = ?"),
-            )
+            sqlx::query(&self.q("UPDATE mailboxes SET \
+                     credential_generation = credential_generation + \
+                     CASE WHEN auth_source = ? THEN 0 ELSE 1 END, \
+                     auth_source = ?, updated_at = ? WHERE address = ?"))
+            .bind(source.name())
             .bind(source.name())
             .bind(now)
             .bind(address)
@@ -1057,6 +1082,23 @@ impl Store for SqlStore {
             "mailbox",
         )?;
         row.map(|r| decode(login_view_with_app_password_from(&r), "mailbox"))
+            .transpose()
+    }
+
+    async fn session_view(&self, address: &str) -> StoreResult<Option<SessionView>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(SESSION_VIEW_SQL, &[&address], "mailbox", |r| {
+                session_view_from(r)
+            });
+        }
+        let row = decode(
+            sqlx::query(&self.q(SESSION_VIEW_SQL))
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
+            "mailbox",
+        )?;
+        row.map(|r| decode(session_view_from(&r), "mailbox"))
             .transpose()
     }
 

@@ -10,11 +10,11 @@ use axum::response::Response;
 use super::pages::{self, Notice};
 use super::session::{self, Session, SignedInUser, Via};
 use super::{field, html_response, redirect, with_cookie, AppState};
-use crate::auth::{app_password, FailReason, WebOutcome};
+use crate::auth::{app_password, AuthRequest, FailReason, Outcome, WEB_SERVICE};
 use crate::clock::parse_date;
-use crate::names::{Protocol, Protocols};
+use crate::names::{Address, Protocol, Protocols};
 use crate::secret::Secret;
-use crate::store::{MailboxState, NewAppPassword, StoreError};
+use crate::store::{NewAppPassword, SessionView, StoreError};
 
 /// Enough for every device a person owns; bounds what one account can make us store.
 const MAX_APP_PASSWORDS: usize = 100;
@@ -28,6 +28,9 @@ pub async fn index(
 ) -> Response {
     if let Some((id, s)) = state.session(&headers) {
         if let Some(user) = &s.user {
+            if let Err(r) = state.recheck(&id, user).await {
+                return *r;
+            }
             let notice = state.sessions.take_notice(&id);
             return account_page(
                 &state,
@@ -86,6 +89,8 @@ fn sign_in_page(
     )
 }
 
+/// The mailbox page of a session [`WebState::recheck`](super::WebState::recheck) has just
+/// passed.
 async fn account_page(
     state: &AppState,
     id: &str,
@@ -98,33 +103,18 @@ async fn account_page(
         Ok(None) => {
             state.sessions.remove(id);
             return state.problem(
-                StatusCode::OK,
+                StatusCode::FORBIDDEN,
                 "Signed out",
                 "Your mailbox no longer exists here.",
             );
         }
         Err(e) => return store_trouble(state, &e),
     };
-    // A mailbox disabled (or its domain) after sign-in loses the page at once, as it loses
-    // mail logins.
-    let domain_active = match state.store.get_domain(&mailbox.domain).await {
-        Ok(d) => d.is_some_and(|d| d.active),
-        Err(e) => return store_trouble(state, &e),
-    };
-    if mailbox.state != MailboxState::Active || !domain_active {
-        state.sessions.remove(id);
-        tracing::info!(target: "mailauthd::web", user = %mailbox.address, "signed out: mailbox or domain no longer active");
-        return state.problem(
-            StatusCode::FORBIDDEN,
-            "Signed out",
-            "Your mailbox is disabled.",
-        );
-    }
     let apps = match state.store.list_app_passwords(&mailbox.address).await {
         Ok(a) => a,
         Err(e) => return store_trouble(state, &e),
     };
-    html_response(
+    let page = html_response(
         StatusCode::OK,
         pages::account(&pages::Account {
             site: &state.settings.title,
@@ -134,7 +124,8 @@ async fn account_page(
             now: state.clock.now(),
             message,
         }),
-    )
+    );
+    state.with_sign_out_csp(page, user).await
 }
 
 fn store_trouble(state: &AppState, e: &StoreError) -> Response {
@@ -155,20 +146,54 @@ fn bad_form(state: &AppState, why: &str) -> Response {
     )
 }
 
-/// A form posted by a signed-in person, its CSRF token checked.
+/// A form that could not be read: too large (413), or not a form.
+fn unreadable_form(state: &AppState, rejection: &FormRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        tracing::warn!(target: "mailauthd::web", limit = super::MAX_BODY_BYTES, "form refused: body too large");
+        return state.problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Too large",
+            "That form was far larger than any this page sends.",
+        );
+    }
+    bad_form(state, "unreadable form")
+}
+
+/// A form posted by a signed-in person, its CSRF token checked and the session re-checked
+/// against the mailbox.
 struct SignedInForm {
     id: String,
     session: Session,
     user: SignedInUser,
+    view: SessionView,
     fields: Vec<(String, String)>,
 }
 
-/// The signed-in form, or the page to show instead.
-fn signed_in_form(
+/// The signed-in form, re-checked, or the page to show instead.
+async fn signed_in_form(
     state: &AppState,
     headers: &HeaderMap,
     form: FormResult,
 ) -> Result<SignedInForm, Box<Response>> {
+    let (id, session, user, fields) = signed_in_fields(state, headers, form)?;
+    let view = state.recheck(&id, &user).await?;
+    Ok(SignedInForm {
+        id,
+        session,
+        user,
+        view,
+        fields,
+    })
+}
+
+type Fields = Vec<(String, String)>;
+
+/// A signed-in session's form with its CSRF token checked; no mailbox read.
+fn signed_in_fields(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: FormResult,
+) -> Result<(String, Session, SignedInUser, Fields), Box<Response>> {
     let signed_out = || {
         Box::new(state.problem(
             StatusCode::FORBIDDEN,
@@ -179,8 +204,9 @@ fn signed_in_form(
     let Some((id, session)) = state.session(headers) else {
         return Err(signed_out());
     };
-    let Ok(Form(fields)) = form else {
-        return Err(Box::new(bad_form(state, "unreadable form")));
+    let fields = match form {
+        Ok(Form(fields)) => fields,
+        Err(rejection) => return Err(Box::new(unreadable_form(state, &rejection))),
     };
     if !session.csrf_matches(field(&fields, "csrf")) {
         return Err(Box::new(bad_form(state, "missing or wrong CSRF token")));
@@ -188,12 +214,7 @@ fn signed_in_form(
     let Some(user) = session.user.clone() else {
         return Err(signed_out());
     };
-    Ok(SignedInForm {
-        id,
-        session,
-        user,
-        fields,
-    })
+    Ok((id, session, user, fields))
 }
 
 pub async fn password_sign_in(
@@ -214,8 +235,9 @@ pub async fn password_sign_in(
             StatusCode::FORBIDDEN,
         );
     };
-    let Ok(Form(fields)) = form else {
-        return bad_form(&state, "unreadable form");
+    let fields = match form {
+        Ok(Form(fields)) => fields,
+        Err(rejection) => return unreadable_form(&state, &rejection),
     };
     if !s.csrf_matches(field(&fields, "csrf")) {
         return bad_form(&state, "missing or wrong CSRF token");
@@ -233,17 +255,45 @@ pub async fn password_sign_in(
             status,
         )
     };
-    match state
+    // The generation the session will carry, read before the password is checked: a
+    // password changed meanwhile ends the session at its first request, never the reverse.
+    let generation = match Address::parse(&login) {
+        Ok(address) => match state.store.session_view(address.as_str()).await {
+            Ok(view) => view.map(|v| v.credential_generation),
+            Err(e) => return store_trouble(&state, &e),
+        },
+        Err(_) => None,
+    };
+    // The decision core's web door: throttled, audited and counted like every login; app
+    // passwords never open the page; an `oidc` mailbox signs in at its provider.
+    let outcome = state
         .auth
-        .authenticate_web(&login, &secret, Some(rip))
-        .await
-    {
-        WebOutcome::Ok(address) => {
+        .authenticate(&AuthRequest {
+            login: &login,
+            secret: &secret,
+            service: WEB_SERVICE,
+            remote_ip: Some(rip),
+            secured: state.settings.secure_cookies,
+            mechanism: Some("form"),
+            no_penalty: false,
+            admitted: None,
+        })
+        .await;
+    match outcome {
+        Outcome::Ok(success) => {
+            let Some(generation) = generation else {
+                // Created between the two reads: nothing to hold the session to yet.
+                return refuse(
+                    "The mailbox service is unavailable right now. Try again in a minute.",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
+            };
             match state.sessions.sign_in(
                 Some(&id),
                 SignedInUser {
-                    address,
+                    address: success.mailbox,
                     via: Via::Password,
+                    generation,
                 },
             ) {
                 Ok(new_id) => with_cookie(
@@ -256,25 +306,17 @@ pub async fn password_sign_in(
                 ),
             }
         }
-        WebOutcome::Fail(FailReason::OidcNeedsAppPassword) => {
-            let provider = state
-                .relying_party()
-                .map(|rp| rp.settings().display_name.clone())
-                .unwrap_or_else(|| "your organisation's account".into());
-            refuse(
-                &format!("This mailbox signs in with {provider}. Use the button above."),
-                StatusCode::FORBIDDEN,
-            )
-        }
-        WebOutcome::Fail(FailReason::Throttled) => refuse(
+        Outcome::Fail(FailReason::Throttled) => refuse(
             "Too many attempts. Wait a minute, then try again.",
             StatusCode::TOO_MANY_REQUESTS,
         ),
-        WebOutcome::Fail(_) => refuse(
+        // One message for every refusal, an `oidc` mailbox's included: the form must not
+        // tell which addresses sign in through the provider (the button above is for them).
+        Outcome::Fail(_) => refuse(
             "The address or password is wrong, or this mailbox may not sign in.",
             StatusCode::FORBIDDEN,
         ),
-        WebOutcome::TempFail(_) => refuse(
+        Outcome::TempFail(_) => refuse(
             "The mailbox service is unavailable right now. Try again in a minute.",
             StatusCode::SERVICE_UNAVAILABLE,
         ),
@@ -290,8 +332,9 @@ pub async fn create_app_password(
         id,
         session: s,
         user,
+        view,
         fields,
-    } = match signed_in_form(&state, &headers, form) {
+    } = match signed_in_form(&state, &headers, form).await {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -324,12 +367,9 @@ pub async fn create_app_password(
     if protocols == Protocols::NONE {
         return problem("Choose at least one of IMAP, POP3, SIEVE or SMTP.").await;
     }
-    let mailbox_protocols = match state.store.get_mailbox(&user.address).await {
-        Ok(Some(m)) => m.protocols,
-        Ok(None) => return account_page(&state, &id, &s, &user, None).await,
-        Err(e) => return store_trouble(&state, &e),
-    };
-    if let Some(p) = protocols.iter().find(|p| !mailbox_protocols.contains(*p)) {
+    // The mailbox as the re-check just read it: active, its domain active, and these
+    // protocols allowed.
+    if let Some(p) = protocols.iter().find(|p| !view.protocols.contains(*p)) {
         return problem(&format!(
             "Your mailbox does not allow {}, so an app password for it could not work.",
             p.name().to_uppercase()
@@ -381,7 +421,7 @@ pub async fn create_app_password(
     tracing::info!(target: "mailauthd::web", user = %user.address, id = app_id, name = %name, protocols = %protocols, "app password created");
     let shown = String::from_utf8_lossy(secret.expose()).into_owned();
     let mailbox_host = state.settings.mail_host.clone();
-    html_response(
+    let page = html_response(
         StatusCode::OK,
         pages::created(&pages::Created {
             site: &state.settings.title,
@@ -393,7 +433,8 @@ pub async fn create_app_password(
             mail_host: mailbox_host.as_deref(),
             csrf: &s.csrf,
         }),
-    )
+    );
+    state.with_sign_out_csp(page, &user).await
 }
 
 pub async fn revoke_app_password(
@@ -403,7 +444,7 @@ pub async fn revoke_app_password(
 ) -> Response {
     let SignedInForm {
         id, user, fields, ..
-    } = match signed_in_form(&state, &headers, form) {
+    } = match signed_in_form(&state, &headers, form).await {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -428,7 +469,8 @@ pub async fn sign_out(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let SignedInForm { id, user, .. } = match signed_in_form(&state, &headers, form) {
+    // Signing out needs no mailbox: it works when the store does not.
+    let (id, _, user, _) = match signed_in_fields(&state, &headers, form) {
         Ok(x) => x,
         Err(r) => return *r,
     };

@@ -72,9 +72,13 @@ pub async fn start_if_configured(
         .route(&settings.path, get(own_listener_metrics))
         .route("/healthz", get(super::healthz))
         .route("/readyz", get(readyz))
-        .with_state(Probe { auth, store })
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let server = super::serve(listener, app, "metrics", None);
+        .with_state(Probe { auth, store });
+    // Scraped by a few collectors: a small cap of its own.
+    let limits = super::listener::Limits {
+        max_connections: 64,
+        header_timeout: std::time::Duration::from_secs(10),
+    };
+    let server = super::serve(listener, app, limits, "metrics", None);
     tracing::info!(listen = %server.local_addr, path = %settings.path, "metrics listening");
     Ok(Some(server))
 }

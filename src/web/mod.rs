@@ -3,10 +3,18 @@
 //!
 //! Server-rendered HTML with no script. Every form carries the session's CSRF token; the
 //! session cookie is HttpOnly, SameSite=Lax (the provider's redirect back is a cross-site
-//! navigation, which Strict would strip) and Secure unless a test setup turns it off.
+//! navigation, which Strict would strip) and Secure with the `__Host-` prefix unless a test
+//! setup turns Secure off.
+//!
+//! The password form is one more door of the decision core (service `web`): the same
+//! throttle, audit line, metrics and rules as a mail login; app passwords never open the
+//! page. A signed-in session is re-checked against its mailbox on every request
+//! ([`WebState::recheck`]).
 
 mod account;
+pub mod client_ip;
 mod html;
+mod listener;
 pub mod metrics;
 mod oidc;
 pub mod pages;
@@ -31,8 +39,11 @@ use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::oidc::RelyingParty;
 use crate::provision::SignInRules;
-use crate::store::Store;
-use session::{Session, Sessions};
+use crate::store::{AuthSource, MailboxState, SessionView, Store};
+use session::{Session, Sessions, SignedInUser, Via};
+
+/// Request bodies beyond this are refused (413): the page's forms are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub struct WebState {
     pub settings: WebSettings,
@@ -107,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -186,8 +198,17 @@ impl WebState {
 /// [`WebServer::stop`].
 pub async fn start(state: AppState, activated: &mut Activated) -> Result<WebServer, WebError> {
     let listener = tcp_listener("web", state.settings.listen, activated).await?;
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server = serve(listener, app, "web page", Some(state));
+    let limits = listener::Limits {
+        max_connections: state.settings.max_connections,
+        header_timeout: state.settings.header_timeout,
+    };
+    let server = serve(
+        listener,
+        router(state.clone()),
+        limits,
+        "web page",
+        Some(state),
+    );
     tracing::info!(listen = %server.local_addr, "web page listening");
     Ok(server)
 }
@@ -219,9 +240,10 @@ pub(crate) async fn tcp_listener(
         .map_err(|source| WebError::Bind { addr, source })
 }
 
-fn serve(
+pub(crate) fn serve(
     listener: tokio::net::TcpListener,
-    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
+    app: Router,
+    limits: listener::Limits,
     what: &'static str,
     state: Option<AppState>,
 ) -> WebServer {
@@ -229,15 +251,7 @@ fn serve(
         .local_addr()
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let token = CancellationToken::new();
-    let stop = token.clone();
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "{what} listener failed");
-        }
-    });
+    let task = tokio::spawn(listener::run(listener, app, limits, what, token.clone()));
     WebServer {
         local_addr,
         state,
@@ -280,12 +294,20 @@ async fn security_headers(mut response: Response) -> Response {
     set(h, header::X_FRAME_OPTIONS, "DENY");
     // The callback URL carries the code; it must not leak to anything linked from a page.
     set(h, header::REFERRER_POLICY, "no-referrer");
-    set(
-        h,
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
-    );
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        if let Ok(v) = HeaderValue::from_str(&csp("'self'")) {
+            h.insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+    }
     response
+}
+
+/// The page's Content-Security-Policy: no script, no framing, forms post only to
+/// `form_action` (this site, plus the provider's sign-out on pages that need it).
+fn csp(form_action: &str) -> String {
+    format!(
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+    )
 }
 
 pub(crate) fn html_response(status: StatusCode, body: String) -> Response {
@@ -324,13 +346,76 @@ impl WebState {
     }
 
     pub(crate) fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+        let secure = self.settings.secure_cookies;
         let id = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(session::id_from_cookie_header)?;
+            .find_map(|h| session::id_from_cookie_header(h, secure))?;
         let s = self.sessions.get(&id)?;
         Some((id, s))
+    }
+
+    /// Re-checks a signed-in session against its mailbox, as every request does: a mailbox
+    /// deleted, disabled, made receive-only, in a disabled domain, switched to another auth
+    /// source, unlinked from its provider account, or with a credential generation other
+    /// than the session's (a new password) ends the session. `Err` is the page to show
+    /// instead (the session removed), or the store's trouble (the session kept).
+    pub(crate) async fn recheck(
+        &self,
+        id: &str,
+        user: &SignedInUser,
+    ) -> Result<SessionView, Box<Response>> {
+        let view = match self.store.session_view(&user.address).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(target: "mailauthd::web", error = %e, "store error on the web page");
+                return Err(Box::new(self.problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again later",
+                    "The mailbox service is unavailable right now. Try again in a minute.",
+                )));
+            }
+        };
+        if let Some(ended) = session_ends(user, view.as_ref()) {
+            self.sessions.remove(id);
+            return Err(Box::new(self.ended(ended.code, user, ended.message)));
+        }
+        // `session_ends` ends every session without a mailbox.
+        view.ok_or_else(|| Box::new(self.ended("mailbox_deleted", user, "")))
+    }
+
+    /// A page with the sign-out form of a person signed in through the provider: its CSP
+    /// lets the form's answer go on to the provider's end-session endpoint (form-action
+    /// applies to a form's redirects too), and nowhere else.
+    pub(crate) async fn with_sign_out_csp(
+        &self,
+        mut response: Response,
+        user: &SignedInUser,
+    ) -> Response {
+        if !matches!(user.via, Via::Provider { .. }) {
+            return response;
+        }
+        let Some(origin) = self.relying_party() else {
+            return response;
+        };
+        let Some(origin) = origin.end_session_origin().await else {
+            return response;
+        };
+        if let Ok(v) = HeaderValue::from_str(&csp(&format!("'self' {origin}"))) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+        response
+    }
+
+    fn ended(&self, reason: &str, user: &SignedInUser, message: &str) -> Response {
+        tracing::info!(target: "mailauthd::web", user = %user.address, reason, "session ended");
+        with_cookie(
+            self.problem(StatusCode::FORBIDDEN, "Signed out", message),
+            Some(session::clear_cookie(self.settings.secure_cookies)),
+        )
     }
 
     /// The visitor's session, or a new anonymous one with the cookie to set.
@@ -357,25 +442,46 @@ impl WebState {
         }
     }
 
-    /// The client's address: the peer, or behind a trusted reverse proxy the last
-    /// X-Forwarded-For entry (the one the proxy itself added).
+    /// The client's address: the peer, or behind one of `[web] trusted_proxies` the
+    /// right-most `X-Forwarded-For` entry that is not a trusted proxy.
     pub(crate) fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-        if self.settings.trust_x_forwarded_for {
-            let forwarded = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-                .next_back();
-            if let Some(ip) = forwarded {
-                return ip;
-            }
-        }
-        peer.ip()
+        client_ip::client_ip(headers, peer.ip(), &self.settings.trusted_proxies)
     }
 }
 
+/// Why a session ends: a code for the log, a sentence for the person.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Ended {
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+const CHANGED: &str = "Your sign-in details changed (a new password, another way of signing in, or your organisation's account unlinked). Sign in again.";
+
+/// The rule [`WebState::recheck`] applies; `None`: the session lives on.
+pub(crate) fn session_ends(user: &SignedInUser, view: Option<&SessionView>) -> Option<Ended> {
+    let end = |code, message| Some(Ended { code, message });
+    let Some(view) = view else {
+        return end("mailbox_deleted", "Your mailbox no longer exists here.");
+    };
+    match view.state {
+        MailboxState::Disabled => return end("mailbox_disabled", "Your mailbox is disabled."),
+        MailboxState::NoLogin => return end("mailbox_no_login", "Your mailbox is disabled."),
+        MailboxState::Active => {}
+    }
+    if !view.domain_active {
+        return end("domain_disabled", "Your mailbox is disabled.");
+    }
+    if view.credential_generation != user.generation {
+        return end("credentials_changed", CHANGED);
+    }
+    match (&user.via, view.auth_source) {
+        (Via::Password, AuthSource::Local) => None,
+        (Via::Provider { .. }, AuthSource::Oidc) if view.oidc_subject.is_some() => None,
+        (Via::Provider { .. }, AuthSource::Oidc) => end("identity_unlinked", CHANGED),
+        _ => end("auth_source_changed", CHANGED),
+    }
+}
 /// `/healthz` on every HTTP listener: the process runs.
 pub(crate) async fn healthz() -> &'static str {
     "ok\n"

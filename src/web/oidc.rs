@@ -90,11 +90,45 @@ pub async fn callback(
         .as_ref()
         .and_then(|(id, _)| state.sessions.take_pending(id));
 
+    // Whether this answer belongs to the sign-in this browser started. Only then is
+    // anything in it believed: anyone can send a browser to /callback with made-up text.
+    let offered = param("state").unwrap_or("");
+    let matched = pending.as_ref().is_some_and(|p| {
+        let expected = p.state.expose();
+        offered.len() == expected.len() && bool::from(offered.as_bytes().ct_eq(expected))
+    });
+    if matched {
+        // RFC 9207: the answer must come from our provider, errors included.
+        if let Err(e) = rp.check_response_issuer(param("iss")).await {
+            let status = match e {
+                crate::oidc::OidcError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            return fail(
+                status,
+                "response_issuer",
+                &e.to_string(),
+                "Sign-in failed",
+                &e.person_message(),
+            );
+        }
+    }
+
     if let Some(error) = param("error") {
         let error = printable(error, 64);
         let description = param("error_description")
             .map(|d| printable(d, 200))
             .unwrap_or_default();
+        if !matched {
+            // Not an answer to a sign-in of this browser: show none of its text.
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "provider_error_unmatched",
+                &format!("{error}: {description} (state does not match a pending sign-in)"),
+                "Sign-in expired",
+                "This sign-in has expired or was already used. Please start again.",
+            );
+        }
         let message = match error.as_str() {
             "access_denied" => "You declined the sign-in, or your organisation does not allow you to use this service.".to_string(),
             "login_required" | "interaction_required" | "consent_required" => {
@@ -127,9 +161,7 @@ pub async fn callback(
             "This sign-in has expired or was already used. Please start again.",
         );
     };
-    let offered = param("state").unwrap_or("");
-    let expected = pending.state.expose();
-    if offered.len() != expected.len() || !bool::from(offered.as_bytes().ct_eq(expected)) {
+    if !matched {
         return fail(
             StatusCode::BAD_REQUEST,
             "state_mismatch",
@@ -169,6 +201,35 @@ pub async fn callback(
     match provision::sign_in(&*state.store, &*state.clock, state.rules(), claims).await {
         Ok(outcome) => {
             let address = outcome.mailbox().address.clone();
+            // The generation the session is held to, read after the binding was checked:
+            // the mailbox must still be this identity's `oidc` mailbox as it is read.
+            let generation = match state.store.session_view(&address).await {
+                Ok(Some(v))
+                    if v.auth_source == crate::store::AuthSource::Oidc
+                        && v.oidc_issuer.as_deref() == Some(claims.issuer.as_str())
+                        && v.oidc_subject.as_deref() == Some(claims.subject.as_str()) =>
+                {
+                    v.credential_generation
+                }
+                Ok(_) => {
+                    return fail(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "mailbox_changed",
+                        "the mailbox changed while signing in",
+                        "Sign-in failed",
+                        "Your mailbox changed while you were signing in. Please sign in again.",
+                    )
+                }
+                Err(e) => {
+                    return fail(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        &e.to_string(),
+                        "Try again later",
+                        "The mailbox service is unavailable right now. Try again in a minute.",
+                    )
+                }
+            };
             if let SignedIn::UpdateDeferred { reason, .. } = &outcome {
                 tracing::warn!(target: "mailauthd::web", user = %address, reason = %reason, "mailbox not updated at sign-in");
             }
@@ -181,6 +242,7 @@ pub async fn callback(
                     via: Via::Provider {
                         id_token: identity.id_token,
                     },
+                    generation,
                 },
             ) {
                 Ok(id) => with_cookie(

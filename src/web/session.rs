@@ -3,8 +3,12 @@
 //! The cookie holds only a random id. Everything else — the pending OIDC sign-in, who is
 //! signed in, the CSRF token — stays here, so nothing a browser sends can forge it. Sessions
 //! are lost on restart, which only means signing in again.
+//!
+//! The table is bounded, and no operation walks it: sessions are indexed by expiry, so each
+//! call removes a few expired ones from the front and a full table evicts the anonymous
+//! session closest to expiry, both in O(log n) under the lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,11 +18,18 @@ use subtle::ConstantTimeEq;
 use crate::oidc::PendingSignIn;
 use crate::secret::Secret;
 
+/// The cookie's name over plain HTTP (test setups).
 pub const COOKIE: &str = "mailauthd_session";
+/// The cookie's name when cookies are Secure: the `__Host-` prefix makes browsers refuse it
+/// unless it is Secure, host-only (no Domain) and for Path=/, so a sibling subdomain cannot
+/// plant or overwrite it.
+pub const HOST_COOKIE: &str = "__Host-mailauthd_session";
 /// A visitor who has not signed in gets this long to do so.
 const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Bounds memory whatever a crawler or attacker does; signed-in people are evicted last.
 const MAX_SESSIONS: usize = 20_000;
+/// Expired sessions removed per call at most, so no call does unbounded work.
+const PURGE_PER_CALL: usize = 64;
 
 /// How the person proved who they are.
 #[derive(Clone, Debug)]
@@ -31,6 +42,9 @@ pub enum Via {
 pub struct SignedInUser {
     pub address: String,
     pub via: Via,
+    /// The mailbox's credential generation when the session began; a session whose
+    /// mailbox has another one ends (password changed, auth source switched, unlinked).
+    pub generation: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -59,8 +73,66 @@ pub fn random_token() -> Option<String> {
 
 #[derive(Debug)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
+    table: Mutex<Table>,
     lifetime: Duration,
+}
+
+/// The sessions and two expiry indexes over them.
+#[derive(Debug, Default)]
+struct Table {
+    map: HashMap<String, Session>,
+    /// `(expires, id)` of every session.
+    by_expiry: BTreeSet<(Instant, String)>,
+    /// `(expires, id)` of sessions nobody has signed in to: the first to go when full.
+    anonymous: BTreeSet<(Instant, String)>,
+}
+
+impl Table {
+    fn insert(&mut self, id: String, session: Session) {
+        self.remove(&id);
+        self.by_expiry.insert((session.expires, id.clone()));
+        if session.user.is_none() {
+            self.anonymous.insert((session.expires, id.clone()));
+        }
+        self.map.insert(id, session);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Session> {
+        let session = self.map.remove(id)?;
+        let key = (session.expires, id.to_string());
+        self.by_expiry.remove(&key);
+        self.anonymous.remove(&key);
+        Some(session)
+    }
+
+    /// Removes up to [`PURGE_PER_CALL`] expired sessions, oldest first.
+    fn purge_expired(&mut self, now: Instant) {
+        for _ in 0..PURGE_PER_CALL {
+            let Some((expires, id)) = self.by_expiry.first().cloned() else {
+                return;
+            };
+            if expires > now {
+                return;
+            }
+            self.remove(&id);
+        }
+    }
+
+    /// Room for one more: expired sessions go first, then the anonymous one closest to
+    /// expiry. Signed-in people are never evicted for a newcomer.
+    fn make_room(&mut self, now: Instant) -> Result<(), SessionError> {
+        self.purge_expired(now);
+        if self.map.len() < MAX_SESSIONS {
+            return Ok(());
+        }
+        match self.anonymous.first().cloned() {
+            Some((_, id)) => {
+                self.remove(&id);
+                Ok(())
+            }
+            None => Err(SessionError::Full),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,25 +146,25 @@ pub enum SessionError {
 impl Sessions {
     pub fn new(lifetime: Duration) -> Self {
         Sessions {
-            map: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
             lifetime,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave a session half-written in a way that
         // matters more than losing sessions, so carry on with the data.
-        self.map
+        self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn get(&self, id: &str) -> Option<Session> {
-        let mut map = self.lock();
-        match map.get(id) {
+        let mut table = self.lock();
+        match table.map.get(id) {
             Some(s) if s.expires > Instant::now() => Some(s.clone()),
             Some(_) => {
-                map.remove(id);
+                table.remove(id);
                 None
             }
             None => None,
@@ -102,41 +174,30 @@ impl Sessions {
     /// A new anonymous session.
     pub fn create(&self) -> Result<(String, Session), SessionError> {
         let id = random_token().ok_or(SessionError::NoRandomness)?;
+        let now = Instant::now();
         let session = Session {
             csrf: random_token().ok_or(SessionError::NoRandomness)?,
-            expires: Instant::now() + ANONYMOUS_LIFETIME,
+            expires: now + ANONYMOUS_LIFETIME,
             user: None,
             pending: None,
             notice: None,
         };
-        let mut map = self.lock();
-        if map.len() >= MAX_SESSIONS {
-            let now = Instant::now();
-            map.retain(|_, s| s.expires > now);
-        }
-        if map.len() >= MAX_SESSIONS {
-            let oldest_anonymous = map
-                .iter()
-                .filter(|(_, s)| s.user.is_none())
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone());
-            match oldest_anonymous {
-                Some(k) => {
-                    map.remove(&k);
-                }
-                None => return Err(SessionError::Full),
-            }
-        }
-        map.insert(id.clone(), session.clone());
+        let mut table = self.lock();
+        table.make_room(now)?;
+        table.insert(id.clone(), session.clone());
         Ok((id, session))
     }
 
-    /// Changes a live session; false when it has gone.
+    /// Changes a live session's pending sign-in or notice; false when it has gone. Who is
+    /// signed in and the expiry change only through [`Sessions::sign_in`].
     pub fn update(&self, id: &str, change: impl FnOnce(&mut Session)) -> bool {
-        let mut map = self.lock();
-        match map.get_mut(id) {
+        let mut table = self.lock();
+        match table.map.get_mut(id) {
             Some(s) if s.expires > Instant::now() => {
+                let (expires, user) = (s.expires, s.user.clone());
                 change(s);
+                s.expires = expires;
+                s.user = user;
                 true
             }
             _ => false,
@@ -145,14 +206,16 @@ impl Sessions {
 
     /// Takes the pending sign-in out, so a code or state can be used once only.
     pub fn take_pending(&self, id: &str) -> Option<PendingSignIn> {
-        let mut map = self.lock();
-        map.get_mut(id)
+        let mut table = self.lock();
+        table
+            .map
+            .get_mut(id)
             .filter(|s| s.expires > Instant::now())
             .and_then(|s| s.pending.take())
     }
 
     pub fn take_notice(&self, id: &str) -> Option<String> {
-        self.lock().get_mut(id).and_then(|s| s.notice.take())
+        self.lock().map.get_mut(id).and_then(|s| s.notice.take())
     }
 
     pub fn remove(&self, id: &str) {
@@ -168,15 +231,17 @@ impl Sessions {
     ) -> Result<String, SessionError> {
         let id = random_token().ok_or(SessionError::NoRandomness)?;
         let csrf = random_token().ok_or(SessionError::NoRandomness)?;
-        let mut map = self.lock();
+        let now = Instant::now();
+        let mut table = self.lock();
         if let Some(old) = old_id {
-            map.remove(old);
+            table.remove(old);
         }
-        map.insert(
+        table.make_room(now)?;
+        table.insert(
             id.clone(),
             Session {
                 csrf,
-                expires: Instant::now() + self.lifetime,
+                expires: now + self.lifetime,
                 user: Some(user),
                 pending: None,
                 notice: None,
@@ -186,7 +251,7 @@ impl Sessions {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -194,12 +259,22 @@ impl Sessions {
     }
 }
 
+/// The cookie's name: `__Host-` prefixed when cookies are Secure.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        HOST_COOKIE
+    } else {
+        COOKIE
+    }
+}
+
 /// The session id from a `Cookie` header, if it has the shape of one of ours.
-pub fn id_from_cookie_header(header: &str) -> Option<String> {
+pub fn id_from_cookie_header(header: &str, secure: bool) -> Option<String> {
+    let name = cookie_name(secure);
     header
         .split(';')
         .filter_map(|part| part.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim().to_string())
         .filter(|v| {
             v.len() == 43
@@ -210,14 +285,16 @@ pub fn id_from_cookie_header(header: &str) -> Option<String> {
 
 pub fn set_cookie(id: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax{}",
+        "{}={id}; Path=/; HttpOnly; SameSite=Lax{}",
+        cookie_name(secure),
         if secure { "; Secure" } else { "" }
     )
 }
 
 pub fn clear_cookie(secure: bool) -> String {
     format!(
-        "{COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        cookie_name(secure),
         if secure { "; Secure" } else { "" }
     )
 }
@@ -255,6 +332,7 @@ mod tests {
                 SignedInUser {
                     address: "a@example.org".into(),
                     via: Via::Password,
+                    generation: 0,
                 },
             )
             .unwrap();
@@ -267,14 +345,83 @@ mod tests {
     fn cookie_header_is_parsed_strictly() {
         let id = random_token().unwrap();
         assert_eq!(
-            id_from_cookie_header(&format!("a=b; {COOKIE}={id}; c=d")),
+            id_from_cookie_header(&format!("a=b; {COOKIE}={id}; c=d"), false),
             Some(id.clone())
         );
-        assert_eq!(id_from_cookie_header(&format!("{COOKIE}=short")), None);
-        assert_eq!(id_from_cookie_header("other=x"), None);
+        assert_eq!(
+            id_from_cookie_header(&format!("a=b; {HOST_COOKIE}={id}; c=d"), true),
+            Some(id.clone())
+        );
+        // A cookie without the prefix can be planted by a sibling host: not ours when Secure.
+        assert_eq!(id_from_cookie_header(&format!("{COOKIE}={id}"), true), None);
+        assert_eq!(
+            id_from_cookie_header(&format!("{COOKIE}=short"), false),
+            None
+        );
+        assert_eq!(id_from_cookie_header("other=x", false), None);
         let c = set_cookie(&id, true);
+        assert!(c.starts_with("__Host-mailauthd_session="));
         assert!(c.contains("HttpOnly") && c.contains("Secure") && c.contains("SameSite=Lax"));
+        assert!(c.contains("Path=/") && !c.contains("Domain"));
+        assert!(clear_cookie(true).starts_with("__Host-"));
         assert!(!set_cookie(&id, false).contains("Secure"));
+        assert!(!set_cookie(&id, false).starts_with("__Host-"));
+    }
+
+    #[test]
+    fn a_full_table_evicts_anonymous_sessions_never_signed_in_ones() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let user = |n: usize| SignedInUser {
+            address: format!("u{n}@example.org"),
+            via: Via::Password,
+            generation: 0,
+        };
+        let signed: Vec<String> = (0..MAX_SESSIONS - 1)
+            .map(|n| s.sign_in(None, user(n)).unwrap())
+            .collect();
+        let (first_anon, _) = s.create().unwrap();
+        assert_eq!(s.len(), MAX_SESSIONS);
+        // Full: the anonymous session makes room for the next visitor.
+        let (second_anon, _) = s.create().unwrap();
+        assert!(s.get(&first_anon).is_none());
+        assert!(s.get(&second_anon).is_some());
+        assert_eq!(s.len(), MAX_SESSIONS);
+        // Full of signed-in people and one newcomer being signed in: no one evicted.
+        assert!(s.sign_in(Some(&second_anon), user(99_999)).is_ok());
+        assert!(matches!(s.create(), Err(SessionError::Full)));
+        assert!(signed.iter().all(|id| s.get(id).is_some()));
+        let t = s.lock();
+        assert_eq!(
+            t.by_expiry.len(),
+            t.map.len(),
+            "the index follows the table"
+        );
+        assert!(t.anonymous.is_empty());
+    }
+
+    #[test]
+    fn expired_sessions_are_purged_from_the_front() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let mut t = s.lock();
+        let past = Instant::now() - Duration::from_secs(1);
+        for n in 0..200 {
+            t.insert(
+                format!("old{n}"),
+                Session {
+                    csrf: String::new(),
+                    expires: past,
+                    user: None,
+                    pending: None,
+                    notice: None,
+                },
+            );
+        }
+        t.purge_expired(Instant::now());
+        assert_eq!(t.map.len(), 200 - PURGE_PER_CALL, "bounded work per call");
+        t.purge_expired(Instant::now());
+        t.purge_expired(Instant::now());
+        t.purge_expired(Instant::now());
+        assert!(t.map.is_empty() && t.by_expiry.is_empty() && t.anonymous.is_empty());
     }
 
     #[test]

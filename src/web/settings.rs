@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use openidconnect::url::Url;
 
 use crate::config::{problem, Problem, WebSection};
@@ -18,10 +19,20 @@ pub struct WebSettings {
     /// `Secure` on cookies; off only for plain-HTTP test setups.
     pub secure_cookies: bool,
     pub session_lifetime: Duration,
-    pub trust_x_forwarded_for: bool,
+    /// Reverse proxies whose `X-Forwarded-For` is read (see [`super::client_ip`]).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Connections the listener serves at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// A client gets this long to send a request's headers (also between requests on a
+    /// kept-alive connection); then the connection is closed.
+    pub header_timeout: Duration,
     /// Where the provider sends people back after signing out: the page's own root.
     pub public_root: Option<Url>,
 }
+
+/// Enough for every person signing in at once on a busy site, far below the descriptor
+/// limit.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 512;
 
 pub fn check(
     section: WebSection,
@@ -52,6 +63,35 @@ pub fn check(
             "must be between 5 and 10080 (a week)",
         );
     }
+    if section.trust_x_forwarded_for == Some(true) {
+        problem(
+            problems,
+            "web.trust_x_forwarded_for",
+            "has been replaced by web.trusted_proxies: list your reverse proxies' addresses, \
+             e.g. trusted_proxies = [\"127.0.0.1/32\", \"::1/128\"], and remove this key",
+        );
+    }
+    let trusted_proxies = crate::config::networks(
+        "web.trusted_proxies",
+        section.trusted_proxies.as_deref().unwrap_or_default(),
+        problems,
+    );
+    let max_connections = section.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=1_000_000).contains(&max_connections) {
+        problem(
+            problems,
+            "web.max_connections",
+            "must be between 1 and 1000000",
+        );
+    }
+    let header_timeout = section.header_timeout_seconds.unwrap_or(10);
+    if !(1..=300).contains(&header_timeout) {
+        problem(
+            problems,
+            "web.header_timeout_seconds",
+            "must be between 1 and 300",
+        );
+    }
     let mail_host = section
         .mail_host
         .map(|h| h.trim().to_string())
@@ -77,7 +117,61 @@ pub fn check(
         mail_host,
         secure_cookies: section.secure_cookies.unwrap_or(true),
         session_lifetime: Duration::from_secs(minutes.clamp(5, 7 * 24 * 60) * 60),
-        trust_x_forwarded_for: section.trust_x_forwarded_for.unwrap_or(false),
+        trusted_proxies,
+        max_connections: usize::try_from(max_connections.clamp(1, 1_000_000)).unwrap_or(1),
+        header_timeout: Duration::from_secs(header_timeout.clamp(1, 300)),
         public_root,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    fn keys(text: &str) -> Vec<String> {
+        parse(text)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
+    }
+
+    #[test]
+    fn trusted_proxies_and_limits_are_checked() {
+        let c = parse(
+            "[web]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nmax_connections = 64\nheader_timeout_seconds = 5\n",
+        )
+        .unwrap();
+        let w = c.web.unwrap();
+        assert_eq!(w.trusted_proxies.len(), 2);
+        assert!(w.trusted_proxies[1].contains(&"::1".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(w.max_connections, 64);
+        assert_eq!(w.header_timeout.as_secs(), 5);
+        let d = parse("[web]\n").unwrap().web.unwrap();
+        assert!(d.trusted_proxies.is_empty(), "nobody is trusted by default");
+        assert_eq!((d.max_connections, d.header_timeout.as_secs()), (512, 10));
+        assert_eq!(
+            keys("[web]\ntrusted_proxies = [\"proxy.example\"]\n"),
+            ["web.trusted_proxies"]
+        );
+        assert_eq!(
+            keys("[web]\nmax_connections = 0\nheader_timeout_seconds = 0\n"),
+            ["web.max_connections", "web.header_timeout_seconds"]
+        );
+    }
+
+    #[test]
+    fn the_old_all_or_nothing_key_points_to_the_new_one() {
+        let problems = parse("[web]\ntrust_x_forwarded_for = true\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "web.trust_x_forwarded_for");
+        assert!(problems[0].message.contains("web.trusted_proxies"));
+        // Saying "no" asked for nothing; it is accepted and means what it always meant.
+        assert!(parse("[web]\ntrust_x_forwarded_for = false\n")
+            .unwrap()
+            .web
+            .unwrap()
+            .trusted_proxies
+            .is_empty());
+    }
 }

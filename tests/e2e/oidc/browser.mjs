@@ -28,6 +28,7 @@ const { positionals, values: opt } = parseArgs({
     name: { type: 'string', default: 'laptop' },
     protocols: { type: 'string', default: 'imap' },
     replay: { type: 'boolean', default: false },
+    issuer: { type: 'string' },
   },
 });
 const action = positionals[0];
@@ -190,7 +191,17 @@ try {
       await page.goto(opt.base + '/callback?code=invented&state=forged');
       await shot('callback-without-sign-in');
       seen.noState = await report();
-      await page.goto(opt.base + '/callback?error=access_denied&error_description=User%20cancelled');
+      // A provider error that answers no sign-in of this browser: none of its text shown.
+      await page.goto(opt.base + '/callback?error=server_error&error_description=Call%20555-0100%20now');
+      await shot('callback-forged-provider-error');
+      seen.forgedProviderError = await report();
+      // The answer to this browser's own sign-in (its state, the provider's iss): shown.
+      const started = await context.request.get(opt.base + '/login', { maxRedirects: 0 });
+      const state = new URL(started.headers()['location']).searchParams.get('state');
+      await page.goto(
+        opt.base + '/callback?error=access_denied&error_description=User%20cancelled' +
+          `&state=${encodeURIComponent(state)}&iss=${encodeURIComponent(opt.issuer ?? '')}`,
+      );
       await shot('callback-provider-error');
       seen.providerError = await report();
       await page.goto(opt.base + '/');

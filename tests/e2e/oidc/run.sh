@@ -459,10 +459,10 @@ else
 	not_ok "after switching to oidc the stored password fails for the right reason" "$(cat "$TMP/auth-erin.txt")"
 fi
 out=$(browser local 11b-erin-now-oidc --login erin@example.org --password erin-local-password-1)
-if grep -q 'signs in with Example SSO' <<<"$(json 'j.alert || ""' <<<"$out")"; then
-	ok "the password form sends an oidc mailbox to the provider"
+if grep -q 'address or password is wrong' <<<"$(json 'j.alert || ""' <<<"$out")"; then
+	ok "the password form refuses an oidc mailbox's stored password with the words of a wrong password"
 else
-	not_ok "the password form sends an oidc mailbox to the provider" "$out"
+	not_ok "the password form refuses an oidc mailbox's stored password like a wrong password" "$out"
 fi
 m mailbox set-authsource erin@example.org local >/dev/null
 if printf 'erin-local-password-1\n' | m auth test erin@example.org --service imap >/dev/null 2>&1; then
@@ -473,12 +473,14 @@ fi
 
 # --- bad input: clear pages, never a stack trace ---------------------------------------
 
-out=$(browser bad-input 12-bad-input)
+out=$(browser bad-input 12-bad-input --issuer "$ISSUER")
 if grep -q 'expired' <<<"$(json 'j.noState.reason' <<<"$out")" &&
+	grep -q 'expired' <<<"$(json 'j.forgedProviderError.reason' <<<"$out")" &&
+	! grep -q '555' <<<"$(json 'j.forgedProviderError.reason' <<<"$out")" &&
 	grep -q 'declined' <<<"$(json 'j.providerError.reason' <<<"$out")" &&
 	[ "$(json 'j.noCsrf.status' <<<"$out")" = 403 ] && [ "$(json 'j.noCsrf.body' <<<"$out")" = true ] &&
 	[ "$(json 'j.notFound.reason' <<<"$out")" = "There is no such page here." ]; then
-	ok "forged callback, provider error, form without CSRF token and unknown page each get a clear page"
+	ok "forged callback, forged and real provider errors (text shown only for this browser's sign-in), form without CSRF token and unknown page each get a clear page"
 else
 	not_ok "bad input gets clear pages" "$out"
 fi
