@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, http_get, series};
+use common::{free_port, http_get, http_raw, series};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -861,22 +861,6 @@ fn a_slow_http_flood_on_the_web_page_starves_neither_auth_nor_userdb() {
         d.log_text().contains("connection limit reached"),
         "the cap was hit and said so"
     );
-}
-
-/// A raw HTTP/1.0 exchange: status, headers and body as text.
-fn http_raw(port: u16, request: &str) -> (u16, String, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (status, head.to_string(), body.to_string())
 }
 
 /// The page's password form is a door of the decision core in the real daemon: one audit

@@ -212,10 +212,19 @@ pub fn cli_ok(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> S
 
 /// A plain HTTP/1.0 GET to 127.0.0.1:`port`: the status and the body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (status, _, body) = http_raw(
+        port,
+        &format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"),
+    );
+    (status, body)
+}
+
+/// A raw HTTP/1.0 exchange with 127.0.0.1:`port`: status, headers and body as text.
+pub fn http_raw(port: u16, request: &str) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    s.write_all(request.as_bytes()).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text
@@ -223,8 +232,8 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, body.to_string())
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 /// The value of one series in a Prometheus text exposition.
