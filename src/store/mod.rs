@@ -202,6 +202,8 @@ pub trait Store: Send + Sync + 'static {
     async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>>;
     /// Whether `domain` is served here, as a domain or as an alias domain.
     async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>>;
+    /// Whether `address` (canonical) is a mailbox or an alias here, whoever it belongs to.
+    async fn address_exists(&self, address: &str) -> StoreResult<bool>;
     /// An alias (with `mailbox` among its targets) or a send-as grant of `mailbox` that
     /// covers one of `addresses` (canonical), in one query of primary-key lookups. Grants
     /// match an address, its `@domain`, or `*`; with no addresses only `*` can match. An

@@ -381,6 +381,9 @@ fn sender_account_from(r: &impl Columns) -> Result<SenderAccount, sqlx::Error> {
 const SERVED_DOMAIN_SQL: &str = "SELECT name, active, 0 FROM domains WHERE name = ? \
      UNION ALL SELECT target, active, 1 FROM alias_domains WHERE name = ?";
 
+const ADDRESS_EXISTS_SQL: &str = "SELECT address FROM mailboxes WHERE address = ? \
+     UNION ALL SELECT address FROM aliases WHERE address = ?";
+
 fn served_domain_from(r: &impl Columns) -> Result<ServedDomain, sqlx::Error> {
     let active = r.int(1)? != 0;
     Ok(if r.int(2)? == 0 {
@@ -1305,6 +1308,25 @@ impl Store for SqlStore {
         )?;
         row.map(|r| decode(served_domain_from(&r), "domain"))
             .transpose()
+    }
+
+    async fn address_exists(&self, address: &str) -> StoreResult<bool> {
+        if let Some(fast) = &self.fast {
+            return fast
+                .optional(ADDRESS_EXISTS_SQL, &[&address, &address], "address", |r| {
+                    r.text(0)
+                })
+                .map(|found| found.is_some());
+        }
+        let row = decode(
+            sqlx::query(&self.q(ADDRESS_EXISTS_SQL))
+                .bind(address)
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
+            "address",
+        )?;
+        Ok(row.is_some())
     }
 
     async fn send_permission(
