@@ -180,7 +180,9 @@ fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> (Config, bool) {
     if new.log_level != old.log_level {
         applied.push("log.level");
     }
-    if format!("{:?}", old.oidc) != format!("{:?}", new.oidc) {
+    // By value, never by `Debug` text: `Debug` redacts secrets, so a client secret rotated
+    // in `client_secret_file` would look unchanged.
+    if old.oidc != new.oidc {
         let web = live.http.iter().filter_map(|s| s.state.as_ref());
         let mut failed = false;
         for state in web {
@@ -247,22 +249,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(old.metrics != new.metrics, "metrics");
     check(
-        format!("{:?}", old.policy_socket) != format!("{:?}", new.policy_socket)
-            || format!("{:?}", old.control_socket) != format!("{:?}", new.control_socket),
+        old.policy_socket != new.policy_socket || old.control_socket != new.control_socket,
         "policy_socket/control_socket",
     );
-    check(
-        format!("{:?}", old.policy) != format!("{:?}", new.policy),
-        "policy",
-    );
+    check(old.policy != new.policy, "policy");
+    // `[web]` holds no secret, so its `Debug` text shows every value.
     check(format!("{:?}", old.web) != format!("{:?}", new.web), "web");
-    check(
-        format!("{:?}", old.auth_socket) != format!("{:?}", new.auth_socket),
-        "auth_socket",
-    );
-    check(
-        format!("{:?}", old.userdb_socket) != format!("{:?}", new.userdb_socket),
-        "userdb_socket",
-    );
+    check(old.auth_socket != new.auth_socket, "auth_socket");
+    check(old.userdb_socket != new.userdb_socket, "userdb_socket");
     keys
 }

@@ -52,7 +52,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// One listener section of the config, checked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: &'static str,
     pub endpoints: Vec<Endpoint>,
