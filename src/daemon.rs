@@ -17,7 +17,13 @@ use crate::web::WebServer;
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
-    raise_open_file_limit();
+    let limit = raise_open_file_limit();
+    if let Some(limit) = limit {
+        if let Err(message) = config.check_descriptors(limit) {
+            tracing::error!("cannot start: {message}");
+            return Err(CliError::refused(message));
+        }
+    }
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -124,16 +130,22 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
 
 /// Every connection is a file: raise the soft limit to the hard one, so a daemon started
 /// by hand (soft limit often 1024) can hold as many connections as under systemd.
-fn raise_open_file_limit() {
+/// Returns the limit now in force, if it can be read.
+fn raise_open_file_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => Some(hard),
+            Err(e) => {
                 tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                Some(soft)
             }
+        },
+        Ok((soft, _)) => Some(soft),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            None
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
 }
 

@@ -40,6 +40,30 @@ impl Daemon {
         seed: bool,
         throttle: &str,
     ) -> Daemon {
+        Daemon::start_full(
+            store_url,
+            key_file,
+            seed,
+            throttle,
+            "idle_timeout_ms = 60000\nmax_connections = 4096\n",
+            "",
+        )
+    }
+
+    /// The seeded test data, with these `[auth_socket]` lines and more sections after
+    /// `[throttle]`.
+    fn start_sections(auth_socket: &str, sections: &str) -> Daemon {
+        Daemon::start_full(None, None, true, "", auth_socket, sections)
+    }
+
+    fn start_full(
+        store_url: Option<&str>,
+        key_file: Option<&Path>,
+        seed: bool,
+        throttle: &str,
+        auth_socket: &str,
+        sections: &str,
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("mailauthd.toml");
         let store = store_url
@@ -50,8 +74,9 @@ impl Daemon {
             format!(
                 "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
                  [credentials]\n{key}argon2_memory_kib = 8192\nargon2_iterations = 1\n\
-                 [auth_socket]\nidle_timeout_ms = 60000\nmax_connections = 4096\n\
-                 [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n{throttle}",
+                 [auth_socket]\n{auth_socket}\
+                 [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n{throttle}\n\
+                 {sections}",
                 state = dir.path().join("state"),
                 run = dir.path().join("run"),
                 key = key_file.map(|k| format!("key_file = {k:?}\n")).unwrap_or_default(),
@@ -333,6 +358,148 @@ fn protocol_conversations_with_the_real_daemon() {
         plain("bob@example.org", &app)
     ));
     assert!(fresh.line().unwrap().starts_with("FAIL\t2\t"));
+}
+
+/// A client that leaks connections fills the auth socket's cap (here 40) with idle ones,
+/// some after the handshake, some silent. A new connection (Postfix's, for one SMTP
+/// session) still gets its handshake at once and logs in: the longest-idle connection is
+/// closed to make room, whatever the idle timeout (600 s here). A flood of 1,100 more keeps
+/// the cap and leaves the userdb and policy sockets answering.
+#[test]
+fn a_full_auth_socket_makes_room_by_closing_its_longest_idle_connection() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = Daemon::start_sections(
+        "max_connections = 40\nidle_timeout_ms = 600000\n",
+        &format!(
+            "[userdb_socket]\nmax_connections = 20\n[policy_socket]\nmax_connections = 20\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ),
+    );
+    let auth = d.socket("auth");
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 1400 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    assert!(
+        hard >= 1400,
+        "the hard open-file limit {hard} is too low for this test"
+    );
+
+    // The leak: 20 connections that did the handshake like Dovecot, then 20 silent ones.
+    let mut leaked: Vec<Client> = (0..20).map(|_| Client::handshake(&auth).0).collect();
+    for _ in 0..20 {
+        leaked.push(Client::connect(&auth));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Every one of them is being served (got its handshake): the cap is exactly full.
+    for c in &mut leaked[20..] {
+        assert!(c.line().unwrap().starts_with("VERSION\t"));
+    }
+
+    let started = Instant::now();
+    let (mut fresh, hello) = Client::handshake(&auth);
+    let waited = started.elapsed();
+    assert_eq!(hello.last().unwrap(), "DONE");
+    fresh.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=smtp\tnologin\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(fresh.line().unwrap(), "OK\t1\tuser=alice@example.org");
+    eprintln!("handshake on a full auth socket after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(3),
+        "a new connection waited {waited:?} for its handshake"
+    );
+    // The room came from the connection idle longest, the first leaked one.
+    leaked[0]
+        .writer
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(leaked[0].closed(), "the longest-idle connection was closed");
+
+    // A connection with a request in flight is not taken: a login pipelined with the next
+    // connection's arrival is answered.
+    let (mut busy, _) = Client::handshake(&auth);
+    busy.send(&format!(
+        "AUTH\t7\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    let (mut next, _) = Client::handshake(&auth);
+    assert_eq!(busy.line().unwrap(), "OK\t7\tuser=alice@example.org");
+    next.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(next.line().unwrap(), "OK\t1\tuser=alice@example.org");
+
+    // The flood: 1,100 connections more, all held open by this process.
+    let flood: Vec<UnixStream> = (0..1100)
+        .map(|_| UnixStream::connect(&auth).unwrap())
+        .collect();
+    // Meanwhile the other listeners answer at once.
+    let started = Instant::now();
+    let mut userdb = Client::connect(&d.socket("userdb"));
+    assert!(userdb.line().unwrap().starts_with("VERSION\t1\t"));
+    assert!(userdb.line().unwrap().starts_with("SPID\t"));
+    userdb.send("VERSION\t1\t1\nUSER\t1\talice@example.org\tservice=lmtp\n");
+    assert!(userdb
+        .line()
+        .unwrap()
+        .starts_with("USER\t1\talice@example.org"));
+    let mut policy = Client::connect(&d.socket("policy"));
+    policy.send(
+        "request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=alice@example.org\n\
+         sender=alice@example.org\nrecipient=x@example.com\nclient_address=192.0.2.1\n\n",
+    );
+    assert_eq!(policy.line().unwrap(), "action=DUNNO");
+    eprintln!(
+        "userdb and policy answered during the flood in {:?}",
+        started.elapsed()
+    );
+    // And the auth socket itself still takes a login on a new connection.
+    let started = Instant::now();
+    let (mut after, _) = Client::handshake(&auth);
+    after.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(after.line().unwrap(), "OK\t1\tuser=alice@example.org");
+    eprintln!(
+        "login on a new auth connection during the flood in {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(flood);
+
+    let (status, text) = http_get(metrics_port, "/metrics");
+    assert_eq!(status, 200);
+    let evicted = text
+        .lines()
+        .find(|l| l.starts_with("mailauthd_connections_evicted_total{listener=\"auth_socket\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(evicted >= 1000.0, "evictions counted: {evicted}\n{text}");
+}
+
+/// Minimal HTTP/1.0 GET on loopback: status and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
 }
 
 #[test]
