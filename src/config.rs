@@ -116,6 +116,7 @@ pub struct StoreSection {
     pub url_file: Option<PathBuf>,
     pub max_connections: Option<u32>,
     pub connect_timeout_ms: Option<u64>,
+    pub query_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -481,6 +482,14 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
             "must be between 100 and 60000",
         );
     }
+    let query_timeout_ms = file.store.query_timeout_ms.unwrap_or(3000);
+    if !(100..=600_000).contains(&query_timeout_ms) {
+        problem(
+            problems,
+            "store.query_timeout_ms",
+            "must be between 100 and 600000",
+        );
+    }
 
     let defaults = Argon2Params::default();
     let argon2 = Argon2Params {
@@ -612,6 +621,7 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
             url,
             max_connections: max_connections.max(1),
             connect_timeout: Duration::from_millis(connect_timeout_ms),
+            query_timeout: Duration::from_millis(query_timeout_ms),
         },
         state_directory,
         argon2,
@@ -1072,6 +1082,16 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.auth_socket.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.userdb_socket.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_store_query_timeout_has_a_default_and_bounds() {
+        let c = parse("").unwrap();
+        assert_eq!(c.store.query_timeout, Duration::from_secs(3));
+        let c = parse("[store]\nquery_timeout_ms = 1500\n").unwrap();
+        assert_eq!(c.store.query_timeout, Duration::from_millis(1500));
+        let problems = parse("[store]\nquery_timeout_ms = 50\n").unwrap_err();
+        assert_eq!(problems[0].key, "store.query_timeout_ms");
     }
 
     #[test]

@@ -47,13 +47,14 @@ impl Daemon {
             throttle,
             "idle_timeout_ms = 60000\nmax_connections = 4096\n",
             "",
+            None,
         )
     }
 
     /// The seeded test data, with these `[auth_socket]` lines and more sections after
     /// `[throttle]`.
     fn start_sections(auth_socket: &str, sections: &str) -> Daemon {
-        Daemon::start_full(None, None, true, "", auth_socket, sections)
+        Daemon::start_full(None, None, true, "", auth_socket, sections, None)
     }
 
     fn start_full(
@@ -63,16 +64,18 @@ impl Daemon {
         throttle: &str,
         auth_socket: &str,
         sections: &str,
+        store_lines: Option<&str>,
     ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("mailauthd.toml");
         let store = store_url
             .map(|u| format!("url = {u:?}\n"))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + store_lines.unwrap_or("connect_timeout_ms = 500\n");
         std::fs::write(
             &config,
             format!(
-                "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
+                "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}\
                  [credentials]\n{key}argon2_memory_kib = 8192\nargon2_iterations = 1\n\
                  [auth_socket]\n{auth_socket}\
                  [throttle]\nbase_delay_ms = 1\nmax_delay_ms = 5\nnetwork_block_after = 6\nblock_secs = 600\n{throttle}\n\
@@ -634,6 +637,228 @@ fn store_outage_is_temporary_and_recovers() {
         assert!(Instant::now() < deadline, "did not recover: {reply}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    drop(d);
+    rt.block_on(db.finish());
+}
+
+/// A TCP relay to the real database that the test can freeze: from then on nothing passes
+/// on the connections it carries, and they stay open, never answering (a database that
+/// hangs, a network that drops its packets). Connections accepted while frozen get the
+/// same. After `thaw`, new connections pass again; the frozen ones stay dead, as
+/// connections to a server that restarted behind a dropping firewall do.
+struct FreezingRelay {
+    port: u16,
+    epoch: tokio::sync::watch::Sender<u64>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Frozen connections, kept open until the relay goes.
+    graveyard: std::sync::Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>>,
+    acceptor: tokio::task::AbortHandle,
+}
+
+impl FreezingRelay {
+    async fn start(upstream: String) -> FreezingRelay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (epoch, _) = tokio::sync::watch::channel(0u64);
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let graveyard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (epochs, frozen2, graves) = (epoch.clone(), frozen.clone(), graveyard.clone());
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if frozen2.load(Ordering::SeqCst) {
+                    graves.lock().unwrap().push(client);
+                    continue;
+                }
+                let mut changed = epochs.subscribe();
+                let graves = graves.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let freeze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = changed.changed() => true,
+                    };
+                    if freeze {
+                        graves.lock().unwrap().extend([client, server]);
+                    }
+                });
+            }
+        })
+        .abort_handle();
+        FreezingRelay {
+            port,
+            epoch,
+            frozen,
+            graveyard,
+            acceptor,
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezingRelay {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.graveyard.lock().unwrap().clear();
+    }
+}
+
+/// One login on a new connection: the reply line, and how long it took.
+fn timed_login(auth: &Path, id: u32) -> (String, Duration) {
+    let started = Instant::now();
+    let (mut c, _) = Client::handshake(auth);
+    c.writer
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    c.send(&format!(
+        "AUTH\t{id}\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    let reply = c.line().unwrap_or_else(|| "closed".into());
+    (reply, started.elapsed())
+}
+
+/// PostgreSQL hangs (behind a relay that stops passing anything, its connections left
+/// open), then comes back while every connection the daemon had stays dead. Logins during
+/// the hang get a temporary failure within the deadline, never a hang and never "wrong
+/// password"; once the database answers again, logins succeed at once, not after each
+/// dead pooled connection has timed out in turn. Default store timeouts (3 s).
+#[test]
+fn logins_recover_at_once_when_a_database_that_hung_comes_back() {
+    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
+        );
+        eprintln!("note: MAILAUTHD_TEST_POSTGRES_URL not set; recovery test skipped outside CI");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
+    rt.block_on(db.store.close());
+    let upstream = {
+        let rest = db.url.split_once("://").unwrap().1;
+        let host_port = rest.split_once('@').map_or(rest, |(_, h)| h);
+        host_port.split('/').next().unwrap().to_string()
+    };
+    let relay = rt.block_on(FreezingRelay::start(upstream.clone()));
+    let via_relay = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", relay.port), 1);
+    let d = Daemon::start_full(
+        Some(&via_relay),
+        None,
+        true,
+        "",
+        "idle_timeout_ms = 60000\n",
+        "",
+        Some(""),
+    );
+    let auth = d.socket("auth");
+
+    // Several pooled connections, as a busy server has.
+    let parallel = |n: u32, first_id: u32| -> Vec<(String, Duration)> {
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let auth = auth.clone();
+                std::thread::spawn(move || timed_login(&auth, first_id + i))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    for (i, (reply, _)) in parallel(16, 1).iter().enumerate() {
+        assert_eq!(reply, &format!("OK\t{}\tuser=alice@example.org", i + 1));
+    }
+
+    // The hang, with logins arriving meanwhile.
+    relay.freeze();
+    for (i, (reply, took)) in parallel(4, 100).iter().enumerate() {
+        let id = 100 + i;
+        assert!(
+            reply.starts_with(&format!("FAIL\t{id}\t")) && reply.contains("code=temp_fail"),
+            "during the hang: {reply}"
+        );
+        assert!(*took < Duration::from_secs(10), "a login hung for {took:?}");
+        eprintln!("login during the hang: temporary failure after {took:?}");
+    }
+
+    // The database answers again; the daemon's old connections do not.
+    relay.thaw();
+    let back = Instant::now();
+    let mut id = 200;
+    let recovered = loop {
+        let (reply, _) = timed_login(&auth, id);
+        if reply == format!("OK\t{id}\tuser=alice@example.org") {
+            break back.elapsed();
+        }
+        assert!(
+            reply.starts_with(&format!("FAIL\t{id}\t")) && reply.contains("code=temp_fail"),
+            "while recovering: {reply}"
+        );
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "no login succeeded within 30 s of the database coming back"
+        );
+        id += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("database recovery: first login OK {recovered:?} after the database came back ({} refused before)", id - 200);
+    assert!(
+        recovered < Duration::from_secs(3),
+        "logins recovered only {recovered:?} after the database came back"
+    );
+    // And they stay recovered, in parallel too.
+    for (i, (reply, _)) in parallel(16, 300).iter().enumerate() {
+        assert_eq!(
+            reply,
+            &format!("OK\t{}\tuser=alice@example.org", 300 + i),
+            "after recovery"
+        );
+    }
+
+    // A second, quiet hang: nothing asks the database meanwhile, so the first login after
+    // it is the one that finds every pooled connection dead.
+    relay.freeze();
+    std::thread::sleep(Duration::from_secs(1));
+    relay.thaw();
+    let back = Instant::now();
+    let mut id = 400;
+    let recovered = loop {
+        let (reply, _) = timed_login(&auth, id);
+        if reply == format!("OK\t{id}\tuser=alice@example.org") {
+            break back.elapsed();
+        }
+        assert!(
+            reply.contains("code=temp_fail"),
+            "after the quiet hang: {reply}"
+        );
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "no recovery after the quiet hang"
+        );
+        id += 1;
+    };
+    eprintln!("database recovery after a quiet hang: first login OK after {recovered:?} ({} refused before)", id - 400);
+    assert!(
+        recovered < Duration::from_secs(3),
+        "after a quiet hang, logins recovered only after {recovered:?}"
+    );
+    drop(relay);
     drop(d);
     rt.block_on(db.finish());
 }

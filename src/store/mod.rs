@@ -4,6 +4,7 @@
 //! ([`open`]); the few places where the SQL dialects differ live in [`dialect`].
 
 mod dialect;
+mod guard;
 mod migrate;
 mod records;
 mod sql;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 pub use dialect::Dialect;
+pub use guard::GuardedStore;
 pub use migrate::{applied_migrations, MIGRATIONS};
 pub use records::*;
 pub use sql::SqlStore;
@@ -101,6 +103,8 @@ pub struct StoreOptions {
     pub url: DatabaseUrl,
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// How long one store call of the daemon may take on a network database.
+    pub query_timeout: Duration,
 }
 
 /// Opens the backend the URL names. Does not migrate: see [`Store::migrate`].
