@@ -113,7 +113,11 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 tracing::warn!("policy client closed the connection in the middle of a request");
                 return Err(ConnectionError::Truncated);
             }
-            Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Ok(Ok(n)) => {
+                // A request is open from its first byte until its reply is written.
+                activity.busy();
+                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "policy connection read failed");
                 return Err(e.into());
