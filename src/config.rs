@@ -24,6 +24,12 @@ use crate::store::{DatabaseUrl, StoreOptions};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mailauthd/mailauthd.toml";
 const DEFAULT_STATE_DIR: &str = "/var/lib/mailauthd";
 const DEFAULT_RUNTIME_DIR: &str = "/run/mailauthd";
+/// `idle_timeout_ms` of the auth and userdb listeners.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Descriptors kept aside from the listeners' caps and the database pool: the listening
+/// sockets, log and key files, Redis, HTTP clients to the identity provider, SQLite's
+/// files.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -115,6 +121,7 @@ pub struct StoreSection {
     pub url_file: Option<PathBuf>,
     pub max_connections: Option<u32>,
     pub connect_timeout_ms: Option<u64>,
+    pub query_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +295,59 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl Config {
+    /// What may hold a descriptor at once, by config key: each listener's cap, the
+    /// database pool and a fixed reserve.
+    pub fn descriptor_budget(&self) -> Vec<(String, u64)> {
+        let mut budget: Vec<(String, u64)> = [
+            &self.auth_socket,
+            &self.userdb_socket,
+            &self.policy_socket,
+            &self.control_socket,
+        ]
+        .iter()
+        .filter(|l| !l.endpoints.is_empty())
+        .map(|l| {
+            (
+                format!("{}.max_connections", l.name),
+                l.max_connections as u64,
+            )
+        })
+        .collect();
+        if let Some(web) = &self.web {
+            budget.push(("web.max_connections".into(), web.max_connections as u64));
+        }
+        if self.metrics.listen.is_some() {
+            budget.push((
+                "metrics listener".into(),
+                crate::web::metrics::METRICS_MAX_CONNECTIONS as u64,
+            ));
+        }
+        budget.push((
+            "store.max_connections".into(),
+            u64::from(self.store.max_connections),
+        ));
+        budget.push(("reserved".into(), RESERVED_DESCRIPTORS));
+        budget
+    }
+
+    /// Refuses caps that together do not fit under the open-file limit `limit`: a flood
+    /// on one listener would then take the descriptors another one needs.
+    pub fn check_descriptors(&self, limit: u64) -> Result<(), String> {
+        let budget = self.descriptor_budget();
+        let total: u64 = budget.iter().map(|(_, n)| n).sum();
+        if total <= limit {
+            return Ok(());
+        }
+        let parts: Vec<String> = budget.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        Err(format!(
+            "the connection caps need {total} open files ({}), but the open-file limit is {limit}; \
+             lower the caps or raise the limit (LimitNOFILE= in the systemd unit, ulimit -n)",
+            parts.join(" + ")
+        ))
+    }
+}
+
 /// Which file to read: `--config`, else `$MAILAUTHD_CONFIG`, else the system path.
 pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)
@@ -437,6 +497,14 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
             "must be between 100 and 60000",
         );
     }
+    let query_timeout_ms = file.store.query_timeout_ms.unwrap_or(3000);
+    if !(100..=600_000).contains(&query_timeout_ms) {
+        problem(
+            problems,
+            "store.query_timeout_ms",
+            "must be between 100 and 600000",
+        );
+    }
 
     let defaults = Argon2Params::default();
     let argon2 = Argon2Params {
@@ -576,6 +644,7 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
             url,
             max_connections: max_connections.max(1),
             connect_timeout: Duration::from_millis(connect_timeout_ms),
+            query_timeout: Duration::from_millis(query_timeout_ms),
         },
         state_directory,
         argon2,
@@ -918,7 +987,9 @@ fn listener(
             "must be at least 1",
         );
     }
-    let idle = section.idle_timeout_ms.unwrap_or(600_000);
+    // Short: Postfix and Dovecot reconnect at once, and a connection left open by a
+    // client that forgot it should give its place back soon.
+    let idle = section.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
     if !(1_000..=86_400_000).contains(&idle) {
         problem(
             problems,
@@ -1037,6 +1108,44 @@ mod tests {
         assert_eq!(c.key_file, PathBuf::from("/srv/m/app-password.key"));
         assert!(c.rehash_on_login);
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.auth_socket.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.userdb_socket.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_store_query_timeout_has_a_default_and_bounds() {
+        let c = parse("").unwrap();
+        assert_eq!(c.store.query_timeout, Duration::from_secs(3));
+        let c = parse("[store]\nquery_timeout_ms = 1500\n").unwrap();
+        assert_eq!(c.store.query_timeout, Duration::from_millis(1500));
+        let problems = parse("[store]\nquery_timeout_ms = 50\n").unwrap_err();
+        assert_eq!(problems[0].key, "store.query_timeout_ms");
+    }
+
+    #[test]
+    fn connection_caps_must_fit_under_the_open_file_limit() {
+        let c = parse("state_directory = \"/srv/m\"\n").unwrap();
+        // 1024 each for auth, userdb and policy, 16 control, 16 database, 64 reserved.
+        let total = 3 * 1024 + 16 + 16 + RESERVED_DESCRIPTORS;
+        assert_eq!(c.check_descriptors(total), Ok(()));
+        let message = c.check_descriptors(1024).unwrap_err();
+        for part in [
+            "need 3168 open files",
+            "auth_socket.max_connections 1024",
+            "userdb_socket.max_connections 1024",
+            "policy_socket.max_connections 1024",
+            "control_socket.max_connections 16",
+            "store.max_connections 16",
+            "reserved 64",
+            "open-file limit is 1024",
+            "LimitNOFILE=",
+        ] {
+            assert!(message.contains(part), "{part:?} missing in {message}");
+        }
+        // A listener that is turned off needs nothing.
+        let c =
+            parse("[userdb_socket]\nlisten = []\n[policy_socket]\nmax_connections = 10\n").unwrap();
+        assert_eq!(c.check_descriptors(1024 + 10 + 16 + 16 + 64), Ok(()));
     }
 
     #[test]

@@ -17,7 +17,13 @@ use crate::web::WebServer;
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
-    raise_open_file_limit();
+    let limit = raise_open_file_limit();
+    if let Some(limit) = limit {
+        if let Err(message) = config.check_descriptors(limit) {
+            tracing::error!("cannot start: {message}");
+            return Err(CliError::refused(message));
+        }
+    }
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -124,16 +130,22 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
 
 /// Every connection is a file: raise the soft limit to the hard one, so a daemon started
 /// by hand (soft limit often 1024) can hold as many connections as under systemd.
-fn raise_open_file_limit() {
+/// Returns the limit now in force, if it can be read.
+fn raise_open_file_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => Some(hard),
+            Err(e) => {
                 tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                Some(soft)
             }
+        },
+        Ok((soft, _)) => Some(soft),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            None
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
 }
 
@@ -180,7 +192,9 @@ fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> (Config, bool) {
     if new.log_level != old.log_level {
         applied.push("log.level");
     }
-    if format!("{:?}", old.oidc) != format!("{:?}", new.oidc) {
+    // By value, never by `Debug` text: `Debug` redacts secrets, so a client secret rotated
+    // in `client_secret_file` would look unchanged.
+    if old.oidc != new.oidc {
         let web = live.http.iter().filter_map(|s| s.state.as_ref());
         let mut failed = false;
         for state in web {
@@ -247,22 +261,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(old.metrics != new.metrics, "metrics");
     check(
-        format!("{:?}", old.policy_socket) != format!("{:?}", new.policy_socket)
-            || format!("{:?}", old.control_socket) != format!("{:?}", new.control_socket),
+        old.policy_socket != new.policy_socket || old.control_socket != new.control_socket,
         "policy_socket/control_socket",
     );
-    check(
-        format!("{:?}", old.policy) != format!("{:?}", new.policy),
-        "policy",
-    );
+    check(old.policy != new.policy, "policy");
+    // `[web]` holds no secret, so its `Debug` text shows every value.
     check(format!("{:?}", old.web) != format!("{:?}", new.web), "web");
-    check(
-        format!("{:?}", old.auth_socket) != format!("{:?}", new.auth_socket),
-        "auth_socket",
-    );
-    check(
-        format!("{:?}", old.userdb_socket) != format!("{:?}", new.userdb_socket),
-        "userdb_socket",
-    );
+    check(old.auth_socket != new.auth_socket, "auth_socket");
+    check(old.userdb_socket != new.userdb_socket, "userdb_socket");
     keys
 }

@@ -52,6 +52,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -81,6 +86,8 @@ struct Metrics {
     hash_pool_depth: Gauge,
     hash_pool_workers: Gauge,
     verify_cache_entries: Gauge,
+    accept_errors: Family<ListenerLabels, Counter>,
+    connections_evicted: Family<ListenerLabels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -166,6 +173,18 @@ impl Metrics {
             "Verified passwords remembered now",
             verify_cache_entries.clone(),
         );
+        let accept_errors = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts by listener (out of descriptors, for one); the listener backs off",
+            accept_errors.clone(),
+        );
+        let connections_evicted = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_evicted",
+            "Idle connections closed to make room for a new one on a full listener",
+            connections_evicted.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
@@ -188,6 +207,8 @@ impl Metrics {
             hash_pool_depth,
             hash_pool_workers,
             verify_cache_entries,
+            accept_errors,
+            connections_evicted,
         }
     }
 }
@@ -287,6 +308,21 @@ pub fn verify_cache(hit: bool) {
             result: if hit { "hit" } else { "miss" },
             reason: "stored_password",
         })
+        .inc();
+}
+
+/// `listener`: the config section's name, e.g. `auth_socket`.
+pub fn accept_failed(listener: &'static str) {
+    METRICS
+        .accept_errors
+        .get_or_create(&ListenerLabels { listener })
+        .inc();
+}
+
+pub fn connection_evicted(listener: &'static str) {
+    METRICS
+        .connections_evicted
+        .get_or_create(&ListenerLabels { listener })
         .inc();
 }
 

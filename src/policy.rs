@@ -13,6 +13,9 @@
 //!    (`user+tag@domain`), the same local part in an active alias domain of its domain, an
 //!    alias with the mailbox among its targets, or covered by a send-as grant (address,
 //!    `@domain`, `*`). Sub-addressing and alias domains combine with aliases and grants.
+//!    As in Postfix, the whole address is looked up first: an address that is itself a
+//!    mailbox or an alias here is never a sub-address of another one (with delimiters
+//!    `+-`, `alice-bob@` is not `alice`'s when the mailbox `alice-bob@` exists).
 //! 3. The null sender is allowed or refused as configured.
 //! 4. Sending limits, unless the client is in a trusted network.
 //!
@@ -155,7 +158,7 @@ fn render(text: &str, values: &[(&str, &str)]) -> String {
 }
 
 /// The `[policy]` section, checked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicySettings {
     /// Characters that start a sub-address tag (Postfix's `recipient_delimiter`); empty
     /// turns sub-addressing off.
@@ -439,28 +442,46 @@ impl PolicyService {
         if &sender == user {
             return Ok(Some(Reason::OwnAddress));
         }
-        let mut candidates = vec![sender.clone()];
-        if let Some(base) = strip_subaddress(&sender, &self.settings.subaddress_delimiters) {
-            if &base == user {
-                return Ok(Some(Reason::Subaddress));
+        // The same local part in an active alias domain of a domain served here.
+        let alias_target = if sender.domain() != account.domain {
+            // Only a foreign domain can be an alias domain; the user's own needs no lookup.
+            match self.store.served_domain(sender.domain()).await? {
+                Some(ServedDomain::Alias {
+                    target,
+                    active: true,
+                }) => Some(target),
+                _ => None,
             }
-            candidates.push(base);
+        } else {
+            None
+        };
+        let translated = alias_target
+            .as_deref()
+            .and_then(|target| with_domain(&sender, target));
+        if translated.as_ref() == Some(user) {
+            return Ok(Some(Reason::AliasDomain));
         }
-        // Only a foreign domain can be an alias domain; skip the lookup for the user's own.
-        if sender.domain() != account.domain {
-            if let Some(ServedDomain::Alias {
-                target,
-                active: true,
-            }) = self.store.served_domain(sender.domain()).await?
+        let mut candidates = vec![sender.clone()];
+        candidates.extend(translated.clone());
+        // Like Postfix, the whole address first: a sub-address is only a sub-address when
+        // no mailbox or alias has the whole address, so with delimiters `+-` the mailbox
+        // `alice-bob@` is never `alice`'s.
+        if let Some(base) = strip_subaddress(&sender, &self.settings.subaddress_delimiters) {
+            if !self
+                .whole_address_exists(&sender, translated.as_ref())
+                .await?
             {
-                let translated: Vec<Address> = candidates
-                    .iter()
-                    .filter_map(|c| with_domain(c, &target))
-                    .collect();
-                if translated.contains(user) {
+                if &base == user {
+                    return Ok(Some(Reason::Subaddress));
+                }
+                let translated_base = alias_target
+                    .as_deref()
+                    .and_then(|target| with_domain(&base, target));
+                if translated_base.as_ref() == Some(user) {
                     return Ok(Some(Reason::AliasDomain));
                 }
-                candidates.extend(translated);
+                candidates.push(base);
+                candidates.extend(translated_base);
             }
         }
         let addresses: Vec<String> = candidates.into_iter().map(|a| a.to_string()).collect();
@@ -475,6 +496,22 @@ impl PolicyService {
                 None => None,
             },
         )
+    }
+
+    /// Whether the sender, or its translation out of an alias domain, is a mailbox or an
+    /// alias here.
+    async fn whole_address_exists(
+        &self,
+        sender: &Address,
+        translated: Option<&Address>,
+    ) -> Result<bool, StoreError> {
+        if self.store.address_exists(sender.as_str()).await? {
+            return Ok(true);
+        }
+        match translated {
+            Some(t) => self.store.address_exists(t.as_str()).await,
+            None => Ok(false),
+        }
     }
 
     fn check_limits(&self, req: &PolicyRequest, account: &SenderAccount) -> Option<Decision> {

@@ -12,7 +12,7 @@ use crate::auth::{Authenticator, AuthenticatorParts};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::keyfile::{self, KeyFileError};
-use crate::store::{self, SqlStore, Store, StoreError};
+use crate::store::{self, GuardedStore, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -35,7 +35,8 @@ impl StartError {
 }
 
 pub struct Core {
-    pub store: Arc<SqlStore>,
+    /// Every call with a deadline (`store.query_timeout_ms`).
+    pub store: Arc<GuardedStore>,
     pub auth: Arc<Authenticator>,
     /// Shared with the decision core; the control socket lists and lifts blocks here.
     pub throttle: Arc<Throttle>,
@@ -49,7 +50,8 @@ impl Core {
             url: config.store.url.to_string(),
             source,
         };
-        let store = Arc::new(store::open(&config.store).await.map_err(store_err)?);
+        let store = store::open(&config.store).await.map_err(store_err)?;
+        let store = Arc::new(GuardedStore::new(store, config.store.query_timeout));
         store.migrate().await.map_err(store_err)?;
         let key = keyfile::load_or_create(&config.key_file)?;
         let dyn_store: Arc<dyn Store> = store.clone();

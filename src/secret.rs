@@ -37,6 +37,17 @@ impl From<String> for Secret {
     }
 }
 
+/// Compared in constant time, so a comparison (config reload) says nothing through its
+/// timing about how much of a secret matched.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == other.0.len() && bool::from(self.0.as_slice().ct_eq(other.0.as_slice()))
+    }
+}
+
+impl Eq for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")
@@ -59,5 +70,15 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!format!("{s}").contains("hunter2"));
         assert_eq!(s.expose(), b"hunter2-very-secret");
+    }
+
+    #[test]
+    fn secrets_compare_by_content_although_their_debug_is_the_same() {
+        let a = Secret::from("old-client-secret");
+        let b = Secret::from("new-client-secret");
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_ne!(a, b);
+        assert_eq!(a, Secret::from("old-client-secret"));
+        assert_ne!(a, Secret::from("old-client-secret-longer"));
     }
 }

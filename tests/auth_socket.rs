@@ -52,6 +52,33 @@ impl Daemon {
         auth_socket: &str,
         throttle: &str,
     ) -> Daemon {
+        Daemon::start_full(
+            store_url,
+            key_file,
+            seed,
+            throttle,
+            &format!("idle_timeout_ms = 60000\nmax_connections = 4096\n{auth_socket}"),
+            "",
+            None,
+        )
+    }
+
+    /// The seeded test data, with these `[auth_socket]` lines and more sections after
+    /// `[throttle]`.
+    fn start_sections(auth_socket: &str, sections: &str) -> Daemon {
+        Daemon::start_full(None, None, true, "", auth_socket, sections, None)
+    }
+
+    fn start_full(
+        store_url: Option<&str>,
+        key_file: Option<&Path>,
+        seed: bool,
+        throttle: &str,
+        auth_socket: &str,
+        sections: &str,
+        store_lines: Option<&str>,
+    ) -> Daemon {
+        // Test defaults, unless `throttle` sets the same key.
         let defaults: String = [
             "base_delay_ms = 1",
             "max_delay_ms = 5",
@@ -69,17 +96,21 @@ impl Daemon {
         let config = dir.path().join("mailauthd.toml");
         let store = store_url
             .map(|u| format!("url = {u:?}\n"))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + store_lines.unwrap_or("connect_timeout_ms = 500\n");
         std::fs::write(
             &config,
             format!(
-                "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}connect_timeout_ms = 500\n\
+                "state_directory = {state:?}\nruntime_directory = {run:?}\n[store]\n{store}\
                  [credentials]\n{key}argon2_memory_kib = 8192\nargon2_iterations = 1\n\
-                 [auth_socket]\nidle_timeout_ms = 60000\nmax_connections = 4096\n{auth_socket}\
-                 [throttle]\n{defaults}{throttle}",
+                 [auth_socket]\n{auth_socket}\
+                 [throttle]\n{defaults}{throttle}\n\
+                 {sections}",
                 state = dir.path().join("state"),
                 run = dir.path().join("run"),
-                key = key_file.map(|k| format!("key_file = {k:?}\n")).unwrap_or_default(),
+                key = key_file
+                    .map(|k| format!("key_file = {k:?}\n"))
+                    .unwrap_or_default(),
             ),
         )
         .unwrap();
@@ -360,6 +391,148 @@ fn protocol_conversations_with_the_real_daemon() {
     assert!(fresh.line().unwrap().starts_with("FAIL\t2\t"));
 }
 
+/// A client that leaks connections fills the auth socket's cap (here 40) with idle ones,
+/// some after the handshake, some silent. A new connection (Postfix's, for one SMTP
+/// session) still gets its handshake at once and logs in: the longest-idle connection is
+/// closed to make room, whatever the idle timeout (600 s here). A flood of 1,100 more keeps
+/// the cap and leaves the userdb and policy sockets answering.
+#[test]
+fn a_full_auth_socket_makes_room_by_closing_its_longest_idle_connection() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = Daemon::start_sections(
+        "max_connections = 40\nidle_timeout_ms = 600000\n",
+        &format!(
+            "[userdb_socket]\nmax_connections = 20\n[policy_socket]\nmax_connections = 20\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ),
+    );
+    let auth = d.socket("auth");
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 1400 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    }
+    assert!(
+        hard >= 1400,
+        "the hard open-file limit {hard} is too low for this test"
+    );
+
+    // The leak: 20 connections that did the handshake like Dovecot, then 20 silent ones.
+    let mut leaked: Vec<Client> = (0..20).map(|_| Client::handshake(&auth).0).collect();
+    for _ in 0..20 {
+        leaked.push(Client::connect(&auth));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Every one of them is being served (got its handshake): the cap is exactly full.
+    for c in &mut leaked[20..] {
+        assert!(c.line().unwrap().starts_with("VERSION\t"));
+    }
+
+    let started = Instant::now();
+    let (mut fresh, hello) = Client::handshake(&auth);
+    let waited = started.elapsed();
+    assert_eq!(hello.last().unwrap(), "DONE");
+    fresh.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=smtp\tnologin\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(fresh.line().unwrap(), "OK\t1\tuser=alice@example.org");
+    eprintln!("handshake on a full auth socket after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(3),
+        "a new connection waited {waited:?} for its handshake"
+    );
+    // The room came from the connection idle longest, the first leaked one.
+    leaked[0]
+        .writer
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert!(leaked[0].closed(), "the longest-idle connection was closed");
+
+    // A connection with a request in flight is not taken: a login pipelined with the next
+    // connection's arrival is answered.
+    let (mut busy, _) = Client::handshake(&auth);
+    busy.send(&format!(
+        "AUTH\t7\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    let (mut next, _) = Client::handshake(&auth);
+    assert_eq!(busy.line().unwrap(), "OK\t7\tuser=alice@example.org");
+    next.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(next.line().unwrap(), "OK\t1\tuser=alice@example.org");
+
+    // The flood: 1,100 connections more, all held open by this process.
+    let flood: Vec<UnixStream> = (0..1100)
+        .map(|_| UnixStream::connect(&auth).unwrap())
+        .collect();
+    // Meanwhile the other listeners answer at once.
+    let started = Instant::now();
+    let mut userdb = Client::connect(&d.socket("userdb"));
+    assert!(userdb.line().unwrap().starts_with("VERSION\t1\t"));
+    assert!(userdb.line().unwrap().starts_with("SPID\t"));
+    userdb.send("VERSION\t1\t1\nUSER\t1\talice@example.org\tservice=lmtp\n");
+    assert!(userdb
+        .line()
+        .unwrap()
+        .starts_with("USER\t1\talice@example.org"));
+    let mut policy = Client::connect(&d.socket("policy"));
+    policy.send(
+        "request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=alice@example.org\n\
+         sender=alice@example.org\nrecipient=x@example.com\nclient_address=192.0.2.1\n\n",
+    );
+    assert_eq!(policy.line().unwrap(), "action=DUNNO");
+    eprintln!(
+        "userdb and policy answered during the flood in {:?}",
+        started.elapsed()
+    );
+    // And the auth socket itself still takes a login on a new connection.
+    let started = Instant::now();
+    let (mut after, _) = Client::handshake(&auth);
+    after.send(&format!(
+        "AUTH\t1\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(after.line().unwrap(), "OK\t1\tuser=alice@example.org");
+    eprintln!(
+        "login on a new auth connection during the flood in {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(flood);
+
+    let (status, text) = http_get(metrics_port, "/metrics");
+    assert_eq!(status, 200);
+    let evicted = text
+        .lines()
+        .find(|l| l.starts_with("mailauthd_connections_evicted_total{listener=\"auth_socket\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(evicted >= 1000.0, "evictions counted: {evicted}\n{text}");
+}
+
+/// Minimal HTTP/1.0 GET on loopback: status and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
 #[test]
 fn userdb_lookups() {
     let d = Daemon::start(None);
@@ -492,6 +665,228 @@ fn store_outage_is_temporary_and_recovers() {
         assert!(Instant::now() < deadline, "did not recover: {reply}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    drop(d);
+    rt.block_on(db.finish());
+}
+
+/// A TCP relay to the real database that the test can freeze: from then on nothing passes
+/// on the connections it carries, and they stay open, never answering (a database that
+/// hangs, a network that drops its packets). Connections accepted while frozen get the
+/// same. After `thaw`, new connections pass again; the frozen ones stay dead, as
+/// connections to a server that restarted behind a dropping firewall do.
+struct FreezingRelay {
+    port: u16,
+    epoch: tokio::sync::watch::Sender<u64>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Frozen connections, kept open until the relay goes.
+    graveyard: std::sync::Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>>,
+    acceptor: tokio::task::AbortHandle,
+}
+
+impl FreezingRelay {
+    async fn start(upstream: String) -> FreezingRelay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (epoch, _) = tokio::sync::watch::channel(0u64);
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let graveyard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (epochs, frozen2, graves) = (epoch.clone(), frozen.clone(), graveyard.clone());
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if frozen2.load(Ordering::SeqCst) {
+                    graves.lock().unwrap().push(client);
+                    continue;
+                }
+                let mut changed = epochs.subscribe();
+                let graves = graves.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let freeze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = changed.changed() => true,
+                    };
+                    if freeze {
+                        graves.lock().unwrap().extend([client, server]);
+                    }
+                });
+            }
+        })
+        .abort_handle();
+        FreezingRelay {
+            port,
+            epoch,
+            frozen,
+            graveyard,
+            acceptor,
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezingRelay {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.graveyard.lock().unwrap().clear();
+    }
+}
+
+/// One login on a new connection: the reply line, and how long it took.
+fn timed_login(auth: &Path, id: u32) -> (String, Duration) {
+    let started = Instant::now();
+    let (mut c, _) = Client::handshake(auth);
+    c.writer
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    c.send(&format!(
+        "AUTH\t{id}\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    let reply = c.line().unwrap_or_else(|| "closed".into());
+    (reply, started.elapsed())
+}
+
+/// PostgreSQL hangs (behind a relay that stops passing anything, its connections left
+/// open), then comes back while every connection the daemon had stays dead. Logins during
+/// the hang get a temporary failure within the deadline, never a hang and never "wrong
+/// password"; once the database answers again, logins succeed at once, not after each
+/// dead pooled connection has timed out in turn. Default store timeouts (3 s).
+#[test]
+fn logins_recover_at_once_when_a_database_that_hung_comes_back() {
+    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
+        );
+        eprintln!("note: MAILAUTHD_TEST_POSTGRES_URL not set; recovery test skipped outside CI");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
+    rt.block_on(db.store.close());
+    let upstream = {
+        let rest = db.url.split_once("://").unwrap().1;
+        let host_port = rest.split_once('@').map_or(rest, |(_, h)| h);
+        host_port.split('/').next().unwrap().to_string()
+    };
+    let relay = rt.block_on(FreezingRelay::start(upstream.clone()));
+    let via_relay = db
+        .url
+        .replacen(&upstream, &format!("127.0.0.1:{}", relay.port), 1);
+    let d = Daemon::start_full(
+        Some(&via_relay),
+        None,
+        true,
+        "",
+        "idle_timeout_ms = 60000\n",
+        "",
+        Some(""),
+    );
+    let auth = d.socket("auth");
+
+    // Several pooled connections, as a busy server has.
+    let parallel = |n: u32, first_id: u32| -> Vec<(String, Duration)> {
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let auth = auth.clone();
+                std::thread::spawn(move || timed_login(&auth, first_id + i))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    };
+    for (i, (reply, _)) in parallel(16, 1).iter().enumerate() {
+        assert_eq!(reply, &format!("OK\t{}\tuser=alice@example.org", i + 1));
+    }
+
+    // The hang, with logins arriving meanwhile.
+    relay.freeze();
+    for (i, (reply, took)) in parallel(4, 100).iter().enumerate() {
+        let id = 100 + i;
+        assert!(
+            reply.starts_with(&format!("FAIL\t{id}\t")) && reply.contains("code=temp_fail"),
+            "during the hang: {reply}"
+        );
+        assert!(*took < Duration::from_secs(10), "a login hung for {took:?}");
+        eprintln!("login during the hang: temporary failure after {took:?}");
+    }
+
+    // The database answers again; the daemon's old connections do not.
+    relay.thaw();
+    let back = Instant::now();
+    let mut id = 200;
+    let recovered = loop {
+        let (reply, _) = timed_login(&auth, id);
+        if reply == format!("OK\t{id}\tuser=alice@example.org") {
+            break back.elapsed();
+        }
+        assert!(
+            reply.starts_with(&format!("FAIL\t{id}\t")) && reply.contains("code=temp_fail"),
+            "while recovering: {reply}"
+        );
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "no login succeeded within 30 s of the database coming back"
+        );
+        id += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("database recovery: first login OK {recovered:?} after the database came back ({} refused before)", id - 200);
+    assert!(
+        recovered < Duration::from_secs(3),
+        "logins recovered only {recovered:?} after the database came back"
+    );
+    // And they stay recovered, in parallel too.
+    for (i, (reply, _)) in parallel(16, 300).iter().enumerate() {
+        assert_eq!(
+            reply,
+            &format!("OK\t{}\tuser=alice@example.org", 300 + i),
+            "after recovery"
+        );
+    }
+
+    // A second, quiet hang: nothing asks the database meanwhile, so the first login after
+    // it is the one that finds every pooled connection dead.
+    relay.freeze();
+    std::thread::sleep(Duration::from_secs(1));
+    relay.thaw();
+    let back = Instant::now();
+    let mut id = 400;
+    let recovered = loop {
+        let (reply, _) = timed_login(&auth, id);
+        if reply == format!("OK\t{id}\tuser=alice@example.org") {
+            break back.elapsed();
+        }
+        assert!(
+            reply.contains("code=temp_fail"),
+            "after the quiet hang: {reply}"
+        );
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "no recovery after the quiet hang"
+        );
+        id += 1;
+    };
+    eprintln!("database recovery after a quiet hang: first login OK after {recovered:?} ({} refused before)", id - 400);
+    assert!(
+        recovered < Duration::from_secs(3),
+        "after a quiet hang, logins recovered only after {recovered:?}"
+    );
+    drop(relay);
     drop(d);
     rt.block_on(db.finish());
 }

@@ -910,3 +910,45 @@ fn the_password_form_writes_the_audit_line_of_every_door() {
         "{metrics}"
     );
 }
+
+/// Listener caps that together need more descriptors than the process may open stop the
+/// start with a message that names each cap and the limit; caps that fit start.
+#[test]
+fn connection_caps_must_fit_under_the_open_file_limit() {
+    let mut d = Daemon::prepare("");
+    // 3 × 1024 (auth, userdb, policy) + 16 + 16 + 64 is more than 1024.
+    let out = Command::new("prlimit")
+        .args(["--nofile=1024:1024", "--", BIN])
+        .args(["--config", d.config.to_str().unwrap(), "serve"])
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    for part in [
+        "need 3168 open files",
+        "auth_socket.max_connections 1024",
+        "policy_socket.max_connections 1024",
+        "open-file limit is 1024",
+        "LimitNOFILE=",
+    ] {
+        assert!(err.contains(part), "{part:?} missing in: {err}");
+    }
+    assert!(!d.socket("auth").exists(), "nothing was bound");
+
+    d.write_config(
+        "[auth_socket]\nmax_connections = 600\n[userdb_socket]\nmax_connections = 100\n\
+         [policy_socket]\nmax_connections = 100\n",
+    );
+    d.spawn(
+        Command::new("prlimit")
+            .args(["--nofile=1024:1024", "--", BIN])
+            .args(["--config", d.config.to_str().unwrap(), "serve"]),
+    );
+    d.expect_notify("READY=1");
+    let mut c = AuthClient::connect(&d.socket("auth"));
+    assert_eq!(
+        c.plain(1, "alice@example.org", "alice-pw"),
+        "OK\t1\tuser=alice@example.org"
+    );
+}

@@ -189,6 +189,7 @@ async fn policy_decisions_on_every_backend() {
         let b = backend.name();
         setup(&*db.store).await;
         sender_ownership(&db, b).await;
+        delimiters_never_reach_other_addresses(&db, b).await;
         access_rechecks(&db, b).await;
         null_sender_settings(&db, b).await;
         unauthenticated_sessions(&db, b).await;
@@ -253,6 +254,48 @@ async fn sender_ownership(db: &common::TestDb, b: &str) {
     assert_eq!(d, Decision::Reject(mailauthd::policy::Reason::NotOwned, "5.7.1 <bob@example.org>: not owned by alice@example.org".into()), "{b}");
     let d = decide(&p, &request(Some("nosmtp@example.org"), Some("nosmtp@example.org"))).await;
     assert_eq!(format!("{:?}", d.action()), "Reject(\"5.7.1 <nosmtp@example.org>: this account may not send mail\")", "{b}");
+}
+
+/// With several delimiters, a cut at one of them must not land on the sender's own mailbox
+/// when the whole address is another mailbox or alias: Postfix looks the whole address up
+/// first, and so does the policy.
+#[rustfmt::skip]
+async fn delimiters_never_reach_other_addresses(db: &common::TestDb, b: &str) {
+    let s = &*db.store;
+    mailbox(s, "alice-bob@example.org", MailboxState::Active, "all").await;
+    alias(s, "alice-team@example.org", &["bob@example.org"]).await;
+    alias(s, "sales-eu@example.org", &["carol@example.org"]).await;
+    for (address, exists) in [
+        ("alice-bob@example.org", true),
+        ("alice-team@example.org", true),
+        ("alice-x@example.org", false),
+        ("alice-bob@alias.example", false),
+    ] {
+        assert_eq!(s.address_exists(address).await.unwrap(), exists, "{b}: {address}");
+    }
+    let settings = PolicySettings { subaddress_delimiters: "+-".into(), ..PolicySettings::default() };
+    let p = service(db.dyn_store(), &ManualClock::at(NOW), settings);
+    let rows: &[Row] = &[
+        ("'+' tag", Some("alice@example.org"), Some("alice+x@example.org"), "dunno", "subaddress"),
+        ("'-' tag, no such address", Some("alice@example.org"), Some("alice-x@example.org"), "dunno", "subaddress"),
+        ("another mailbox behind '-'", Some("alice@example.org"), Some("alice-bob@example.org"), "reject", "not_owned"),
+        ("another mailbox, other case", Some("alice@example.org"), Some("Alice-Bob@example.org"), "reject", "not_owned"),
+        ("an alias of someone else behind '-'", Some("alice@example.org"), Some("alice-team@example.org"), "reject", "not_owned"),
+        ("the alias's own target", Some("bob@example.org"), Some("alice-team@example.org"), "dunno", "alias"),
+        ("the other mailbox itself", Some("alice-bob@example.org"), Some("alice-bob@example.org"), "dunno", "own_address"),
+        ("the other mailbox through an alias domain", Some("alice@example.org"), Some("alice-bob@alias.example"), "reject", "not_owned"),
+        ("'-' tag through an alias domain", Some("alice@example.org"), Some("alice-x@alias.example"), "dunno", "alias_domain"),
+        ("an alias of someone else, not the base alias", Some("bob@example.org"), Some("sales-eu@example.org"), "reject", "not_owned"),
+        ("a tag of an alias still is the alias", Some("bob@example.org"), Some("sales-x@example.org"), "dunno", "alias"),
+    ];
+    for (row, user, sender, label, reason) in rows {
+        let d = decide(&p, &request(*user, *sender)).await;
+        expect(&d, label, reason, row, b);
+    }
+    // With '+' only, '-' is part of the local part and cuts nothing.
+    let p = service(db.dyn_store(), &ManualClock::at(NOW), PolicySettings::default());
+    let d = decide(&p, &request(Some("alice@example.org"), Some("alice-x@example.org"))).await;
+    expect(&d, "reject", "not_owned", "'-' with '+' only", b);
 }
 
 /// A mailbox that loses its right to send after logging in is refused at its next request.

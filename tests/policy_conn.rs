@@ -12,6 +12,7 @@ use mailauthd::clock::ManualClock;
 use mailauthd::names::{Address, Protocols};
 use mailauthd::policy::{DecisionError, PolicyService, PolicySettings};
 use mailauthd::provision::{self, NewMailbox};
+use mailauthd::server::connections::Activity;
 use mailauthd::server::policy_conn::{serve_connection, ConnectionError};
 use mailauthd::store::{AuthSource, Domain, MailboxState, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -125,7 +126,7 @@ fn connect(f: &Fixture, pipe: usize, shutdown: &CancellationToken) -> (DuplexStr
     let served = tokio::spawn(serve_connection(
         server,
         f.service.clone(),
-        shutdown.clone(),
+        Activity::detached(shutdown.clone()),
     ));
     (client, served)
 }

@@ -19,7 +19,7 @@ pub enum ClientAuth {
 }
 
 /// Endpoints given by hand, for providers without discovery (mailcow's admin form).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExplicitEndpoints {
     pub authorization: Url,
     pub token: Url,
@@ -28,7 +28,9 @@ pub struct ExplicitEndpoints {
     pub end_session: Option<Url>,
 }
 
-#[derive(Clone, Debug)]
+/// Compared by value at reload: a client secret rotated in `client_secret_file` differs
+/// although its `Debug` (redacted) does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OidcSettings {
     /// Shown on the sign-in button: "Sign in with …".
     pub display_name: String,

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::connections::Activity;
 use super::listener::{Peer, Stream};
 use crate::auth::{AuthRequest, Authenticator, Outcome};
 use crate::names::Protocol;
@@ -83,6 +84,8 @@ enum End {
     ClientClosed,
     Idle,
     Shutdown,
+    /// The listener was full and this connection had been idle longest.
+    Evicted,
     Protocol(String),
     TempFailClose,
     Io(std::io::Error),
@@ -92,16 +95,19 @@ pub async fn serve_connection(
     stream: Box<dyn Stream>,
     peer: Peer,
     service: Arc<AuthService>,
-    shutdown: CancellationToken,
+    activity: Activity,
 ) {
     let cuid = service.next_cuid.fetch_add(1, Ordering::Relaxed);
-    let end = run(stream, &peer, &service, cuid, shutdown).await;
+    let end = run(stream, &peer, &service, cuid, &activity).await;
     match end {
         End::ClientClosed | End::Shutdown | End::TempFailClose => {
             tracing::debug!(peer = %peer.description, cuid, "auth connection closed")
         }
         End::Idle => {
             tracing::debug!(peer = %peer.description, cuid, "auth connection idle; closed")
+        }
+        End::Evicted => {
+            tracing::debug!(peer = %peer.description, cuid, "auth listener full: closed this connection, idle longest, for a new one")
         }
         End::Protocol(why) => {
             tracing::warn!(peer = %peer.description, cuid, error = %why, "auth client broke the protocol; connection closed")
@@ -117,8 +123,9 @@ async fn run(
     peer: &Peer,
     service: &AuthService,
     cuid: u32,
-    shutdown: CancellationToken,
+    activity: &Activity,
 ) -> End {
+    let stop: &CancellationToken = activity.stop();
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut cookie = [0u8; 16];
     let _ = getrandom::fill(&mut cookie);
@@ -147,6 +154,11 @@ async fn run(
     let idle = tokio::time::sleep(service.idle_timeout);
     tokio::pin!(idle);
     loop {
+        // Open means being decided: an exchange waiting for the client's next step is
+        // the client's to finish and holds nothing here, so it neither keeps the
+        // connection from idling out nor from being closed to make room.
+        let deciding = conn.deciding();
+        activity.set_busy(deciding);
         tokio::select! {
             // Replies and requests first: a line that arrives as the idle timer fires is
             // served, not dropped.
@@ -197,8 +209,10 @@ async fn run(
                     }
                 }
             }
-            _ = &mut idle, if conn.pending.is_empty() => return End::Idle,
-            _ = shutdown.cancelled(), if conn.pending.is_empty() => return End::Shutdown,
+            _ = &mut idle, if !deciding => return End::Idle,
+            _ = stop.cancelled(), if !deciding => {
+                return if activity.evicted() { End::Evicted } else { End::Shutdown };
+            }
         }
     }
 }
@@ -250,6 +264,13 @@ impl Drop for Baton {
 }
 
 impl Conn<'_> {
+    /// Whether a request is being decided (its reply not sent yet).
+    fn deciding(&self) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Deciding(_)))
+    }
+
     /// Returns bytes to send now; an error closes the connection.
     fn handle_line(&mut self, line: &[u8]) -> Result<Vec<u8>, String> {
         let parsed = match proto::parse_client_line(line) {

@@ -4,10 +4,12 @@
 //! it (socket mode 0600 by default, and the peer's uid is checked).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use super::connections::Activity;
 use super::listener::{Peer, Stream};
 use crate::auth::throttle::{BlockInfo, Throttle};
 use crate::clock::Clock;
@@ -93,7 +95,15 @@ impl ControlService {
     }
 }
 
-pub async fn serve_connection(stream: Box<dyn Stream>, peer: Peer, service: Arc<ControlService>) {
+/// One request, one reply. A client that sends no full request line within `idle` (or
+/// before the daemon stops, or before the listener needs its place) is closed unanswered.
+pub async fn serve_connection(
+    stream: Box<dyn Stream>,
+    peer: Peer,
+    service: Arc<ControlService>,
+    idle: Duration,
+    activity: Activity,
+) {
     if !peer.control_allowed {
         tracing::warn!(peer = %peer.description, "control socket: peer is neither root nor the daemon's user; closed");
         return;
@@ -101,7 +111,16 @@ pub async fn serve_connection(stream: Box<dyn Stream>, peer: Peer, service: Arc<
     let (reader, mut writer) = tokio::io::split(stream);
     let mut line = String::new();
     let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(reader, MAX_REQUEST));
-    let reply = match limited.read_line(&mut line).await {
+    let read = tokio::select! {
+        _ = activity.stop().cancelled() => return,
+        read = tokio::time::timeout(idle, limited.read_line(&mut line)) => read,
+    };
+    let Ok(read) = read else {
+        tracing::debug!(peer = %peer.description, "control connection sent no request in time; closed");
+        return;
+    };
+    activity.busy();
+    let reply = match read {
         Ok(_) => match serde_json::from_str::<ControlRequest>(line.trim()) {
             Ok(request) => service.answer(request).await,
             Err(e) => ControlReply::Error {

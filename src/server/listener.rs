@@ -12,10 +12,10 @@ use ipnet::IpNet;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::connections::{Activity, Connections};
 use crate::activation::Activated;
 
 /// Where a listener listens.
@@ -52,7 +52,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// One listener section of the config, checked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: &'static str,
     pub endpoints: Vec<Endpoint>,
@@ -278,27 +278,30 @@ fn lookup_group(name: &str) -> Result<nix::unistd::Gid, String> {
     }
 }
 
-/// Accepts until `shutdown`, at most `max_connections` at once, handing each connection
-/// to `handle` on a tracked task.
+/// Accepts until `shutdown`, with the listener's connections (shared by its endpoints)
+/// capped by `connections`, handing each connection to `handle` on a tracked task.
+/// Accept errors (no descriptors left, for one) are counted and backed off, so the loop
+/// never spins; the other listeners keep their own room.
 pub async fn serve<H, F>(
     bound: Bound,
     config: Arc<ListenerConfig>,
+    connections: Arc<Connections>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     handle: H,
 ) where
-    H: Fn(Box<dyn Stream>, Peer, CancellationToken) -> F + Send + Sync + 'static,
+    H: Fn(Box<dyn Stream>, Peer, Activity) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let name = config.name;
+    let mut backoff = AcceptBackoff::default();
     loop {
-        // Waiting for a slot before accepting leaves excess clients in the kernel's backlog
-        // instead of accepting connections we cannot serve.
-        let permit = tokio::select! {
+        // Accept only when the connection can be served: with room, or an idle one to
+        // close. Otherwise excess clients wait in the kernel's backlog.
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
+            () = connections.admissible() => {}
+        }
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             a = accept(&bound, &config) => a,
@@ -307,19 +310,49 @@ pub async fn serve<H, F>(
             Ok(Some(pair)) => pair,
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(listener = name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::metrics::accept_failed(name);
+                let pause = backoff.failed();
+                tracing::warn!(listener = name, error = %e, pause = ?pause, "accept failed; pausing this listener");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
                 continue;
             }
         };
-        let fut = handle(stream, peer, shutdown.clone());
-        tracker.spawn(async move {
-            fut.await;
-            drop(permit);
-        });
+        backoff.succeeded();
+        let activity = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = connections.admit(&shutdown) => a,
+        };
+        let fut = handle(stream, peer, activity);
+        tracker.spawn(fut);
     }
     if let Bound::Unix(_, _, Some(path)) = &bound {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Pauses after failed accepts: 10 ms doubling to 1 s, back to the start after a success.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self) -> Duration {
+        let pause = Self::FIRST
+            .saturating_mul(1u32 << self.failures.min(10))
+            .min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        pause
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -403,6 +436,18 @@ mod tests {
             Endpoint::Tcp("[::1]:3659".parse().unwrap())
         );
         assert!(Endpoint::parse("localhost").is_err());
+    }
+
+    #[test]
+    fn failed_accepts_back_off_up_to_a_second_and_reset() {
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<Duration> = (0..10).map(|_| b.failed()).collect();
+        assert_eq!(pauses[0], Duration::from_millis(10));
+        assert_eq!(pauses[1], Duration::from_millis(20));
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(pauses[9], Duration::from_secs(1));
+        b.succeeded();
+        assert_eq!(b.failed(), Duration::from_millis(10));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `web` touch sockets; everything they decide comes from the decision core.
 
 pub mod auth_conn;
+pub mod connections;
 pub mod control_conn;
 pub mod listener;
 pub mod policy_conn;
@@ -17,6 +18,7 @@ use crate::activation::Activated;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::store::Store;
+use connections::Connections;
 use listener::{bind, serve, ListenError};
 
 /// All listeners of a running daemon, bound before readiness is announced.
@@ -42,14 +44,16 @@ impl FrontDoors {
         let auth_service = Arc::new(auth_conn::AuthService::new(auth, auth_cfg.idle_timeout));
         let bound_auth = bind(&auth_cfg, activated)?;
         endpoints.extend(bound_auth.iter().map(|b| format!("auth {}", b.describe())));
+        let auth_conns = Connections::new(auth_cfg.name, auth_cfg.max_connections);
         for bound in bound_auth {
             let service = auth_service.clone();
             tracker.spawn(serve(
                 bound,
                 auth_cfg.clone(),
+                auth_conns.clone(),
                 tracker.clone(),
                 shutdown.clone(),
-                move |s, p, stop| auth_conn::serve_connection(s, p, service.clone(), stop),
+                move |s, p, activity| auth_conn::serve_connection(s, p, service.clone(), activity),
             ));
         }
 
@@ -64,14 +68,18 @@ impl FrontDoors {
                 .iter()
                 .map(|b| format!("userdb {}", b.describe())),
         );
+        let userdb_conns = Connections::new(userdb_cfg.name, userdb_cfg.max_connections);
         for bound in bound_userdb {
             let service = userdb_service.clone();
             tracker.spawn(serve(
                 bound,
                 userdb_cfg.clone(),
+                userdb_conns.clone(),
                 tracker.clone(),
                 shutdown.clone(),
-                move |s, p, stop| userdb_conn::serve_connection(s, p, service.clone(), stop),
+                move |s, p, activity| {
+                    userdb_conn::serve_connection(s, p, service.clone(), activity)
+                },
             ));
         }
 
@@ -87,14 +95,15 @@ impl FrontDoors {
                 .iter()
                 .map(|b| format!("policy {}", b.describe())),
         );
+        let policy_conns = Connections::new(policy_cfg.name, policy_cfg.max_connections);
         for bound in bound_policy {
             let service = policy_service.clone();
-            tracker.spawn(serve(bound, policy_cfg.clone(), tracker.clone(), shutdown.clone(), move |s, p, stop| {
+            tracker.spawn(serve(bound, policy_cfg.clone(), policy_conns.clone(), tracker.clone(), shutdown.clone(), move |s, p, activity| {
                 let service = service.clone();
                 async move {
                     use tracing::Instrument;
                     let span = tracing::info_span!("policy", peer = %p.description);
-                    if let Err(e) = policy_conn::serve_connection(s, service, stop).instrument(span).await {
+                    if let Err(e) = policy_conn::serve_connection(s, service, activity).instrument(span).await {
                         tracing::debug!(peer = %p.description, error = %e, "policy connection ended");
                     }
                 }
@@ -112,14 +121,19 @@ impl FrontDoors {
                 .iter()
                 .map(|b| format!("control {}", b.describe())),
         );
+        let control_conns = Connections::new(control_cfg.name, control_cfg.max_connections);
         for bound in bound_control {
             let service = control.clone();
+            let idle = control_cfg.idle_timeout;
             tracker.spawn(serve(
                 bound,
                 control_cfg.clone(),
+                control_conns.clone(),
                 tracker.clone(),
                 shutdown.clone(),
-                move |s, p, _stop| control_conn::serve_connection(s, p, service.clone()),
+                move |s, p, activity| {
+                    control_conn::serve_connection(s, p, service.clone(), idle, activity)
+                },
             ));
         }
 

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
+
+use super::connections::Activity;
 
 use crate::policy::{DecisionError, PolicyService};
 use crate::proto::postfix_policy::{decode, encode_action, Decoded, PolicyError};
@@ -45,13 +46,15 @@ pub enum ConnectionError {
 /// Serves one connection until it ends; see the module notes.
 ///
 /// Returns `Ok(())` when the client closes between requests, when it stays silent for the
-/// configured idle timeout between requests, and when `shutdown` fires between requests (a
-/// request being read or decided is finished first).
+/// configured idle timeout between requests, and when the activity's stop fires between
+/// requests (shutdown, or the listener is full and this connection idle longest; a request
+/// being read or decided is finished first).
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     service: Arc<PolicyService>,
-    shutdown: CancellationToken,
+    activity: Activity,
 ) -> Result<(), ConnectionError> {
+    let shutdown = activity.stop().clone();
     let mut stream = stream;
     let limits = service.settings().codec;
     let idle = service.settings().idle_timeout;
@@ -87,6 +90,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         buf.drain(..start);
         write_replies(&mut stream, &mut replies, idle).await?;
         let between_requests = buf.is_empty();
+        activity.set_busy(!between_requests);
         if between_requests && shutdown.is_cancelled() {
             return Ok(());
         }
@@ -109,7 +113,11 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 tracing::warn!("policy client closed the connection in the middle of a request");
                 return Err(ConnectionError::Truncated);
             }
-            Ok(Ok(n)) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Ok(Ok(n)) => {
+                // A request is open from its first byte until its reply is written.
+                activity.busy();
+                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "policy connection read failed");
                 return Err(e.into());

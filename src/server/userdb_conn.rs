@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
+use super::connections::Activity;
 use super::listener::{Peer, Stream};
 use crate::names::Address;
 use crate::proto::dovecot_master::{self as proto, LookupLine, MasterLine};
@@ -66,9 +66,9 @@ pub async fn serve_connection(
     stream: Box<dyn Stream>,
     peer: Peer,
     service: Arc<UserdbService>,
-    shutdown: CancellationToken,
+    activity: Activity,
 ) {
-    if let Err(why) = run(stream, &service, shutdown).await {
+    if let Err(why) = run(stream, &service, &activity).await {
         tracing::warn!(peer = %peer.description, error = %why, "userdb connection closed");
     }
 }
@@ -76,7 +76,7 @@ pub async fn serve_connection(
 async fn run(
     stream: Box<dyn Stream>,
     service: &UserdbService,
-    shutdown: CancellationToken,
+    activity: &Activity,
 ) -> Result<(), String> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let hello = proto::encode_handshake(proto::PROTOCOL_MINOR, std::process::id());
@@ -85,14 +85,17 @@ async fn run(
     let mut chunk = vec![0u8; 4096];
     let mut versioned = false;
     loop {
+        // Between requests: idle, so the first to go when the listener is full.
+        activity.idle();
         let n = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = activity.stop().cancelled() => return Ok(()),
             _ = tokio::time::sleep(service.idle_timeout) => return Ok(()),
             read = reader.read(&mut chunk) => read.map_err(|e| e.to_string())?,
         };
         if n == 0 {
             return Ok(());
         }
+        activity.busy();
         buf.extend_from_slice(&chunk[..n]);
         loop {
             let (line, consumed) = match next_line(&buf, proto::MAX_LINE_LENGTH) {

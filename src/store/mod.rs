@@ -4,6 +4,7 @@
 //! ([`open`]); the few places where the SQL dialects differ live in [`dialect`].
 
 mod dialect;
+mod guard;
 mod migrate;
 mod records;
 mod sql;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 pub use dialect::Dialect;
+pub use guard::GuardedStore;
 pub use migrate::{applied_migrations, MIGRATIONS};
 pub use records::*;
 pub use sql::SqlStore;
@@ -101,6 +103,8 @@ pub struct StoreOptions {
     pub url: DatabaseUrl,
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// How long one store call of the daemon may take on a network database.
+    pub query_timeout: Duration,
 }
 
 /// Opens the backend the URL names. Does not migrate: see [`Store::migrate`].
@@ -220,6 +224,8 @@ pub trait Store: Send + Sync + 'static {
     async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>>;
     /// Whether `domain` is served here, as a domain or as an alias domain.
     async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>>;
+    /// Whether `address` (canonical) is a mailbox or an alias here, whoever it belongs to.
+    async fn address_exists(&self, address: &str) -> StoreResult<bool>;
     /// An alias (with `mailbox` among its targets) or a send-as grant of `mailbox` that
     /// covers one of `addresses` (canonical), in one query of primary-key lookups. Grants
     /// match an address, its `@domain`, or `*`; with no addresses only `*` can match. An

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -24,6 +25,60 @@ pub struct SqlStore {
     dialect: Dialect,
     /// SQLite only: the hot reads, without sqlx's thread hop.
     fast: Option<Arc<SqliteReads>>,
+    trouble: Arc<Trouble>,
+}
+
+/// A checkout's ping gets a quarter of the checkout's time (at most 500 ms) before its
+/// connection counts as dead, so a dead one still leaves time to open a new one.
+fn ping_timeout(connect_timeout: Duration) -> Duration {
+    (connect_timeout / 4).clamp(Duration::from_millis(25), Duration::from_millis(500))
+}
+
+/// When the database last failed a call. A connection opened before that is not trusted
+/// again: a database that hung may have left every pooled connection dead, and waiting
+/// for each to time out in turn would keep logins failing long after it is back.
+#[derive(Debug)]
+struct Trouble {
+    epoch: Instant,
+    /// Microseconds after `epoch` plus one; 0: never.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Trouble {
+    fn new() -> Self {
+        Trouble {
+            epoch: Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn mark(&self) {
+        self.last.store(
+            self.now_us().saturating_add(1),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// Whether a connection of this age was opened before the last trouble.
+    fn predates_trouble(&self, age: Duration) -> bool {
+        let last = self.last.load(std::sync::atomic::Ordering::SeqCst);
+        if last == 0 {
+            return false;
+        }
+        let age_us = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+        let opened = self.now_us().saturating_sub(age_us).saturating_add(1);
+        opened <= last
+    }
+}
+
+fn retired() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::other(
+        "connection opened before the database last failed; replaced by a new one",
+    ))
 }
 
 impl SqlStore {
@@ -46,14 +101,60 @@ impl SqlStore {
         let connect = AnyConnectOptions::from_str(&url).map_err(|e| {
             StoreError::Database(format!("invalid database URL {}: {e}", options.url))
         })?;
+        let trouble = Arc::new(Trouble::new());
+        let network = dialect != Dialect::Sqlite;
+        let on_checkout = trouble.clone();
+        let on_release = trouble.clone();
+        let ping_limit = ping_timeout(options.connect_timeout);
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .min_connections(0)
             .acquire_timeout(options.connect_timeout)
             // A ping before every query doubles the cost of a login on SQLite, whose
-            // connections are a local file and never go stale; network databases keep it,
-            // so connections cut by a server restart are replaced without a failed login.
-            .test_before_acquire(dialect != Dialect::Sqlite)
+            // connections are a local file and never go stale. Network databases get one,
+            // with a deadline of its own (sqlx's would wait as long as the checkout), so
+            // connections cut by a server restart are replaced without a failed login.
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                let trouble = on_checkout.clone();
+                Box::pin(async move {
+                    if !network {
+                        return Ok(true);
+                    }
+                    // An error closes the connection without a goodbye: a dead one would
+                    // not answer that either.
+                    if trouble.predates_trouble(meta.age) {
+                        return Err(retired());
+                    }
+                    match tokio::time::timeout(ping_limit, sqlx::Connection::ping(conn)).await {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(e)) => {
+                            trouble.mark();
+                            Err(e)
+                        }
+                        Err(_) => {
+                            // The others are likely as dead: retire them all now.
+                            trouble.mark();
+                            Err(sqlx::Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "pooled connection did not answer a ping",
+                            )))
+                        }
+                    }
+                })
+            })
+            .after_release(move |_conn, meta| {
+                let trouble = on_release.clone();
+                // Not back into the pool (and not pinged, which could hang) when the
+                // database failed since it was opened.
+                Box::pin(async move {
+                    if network && trouble.predates_trouble(meta.age) {
+                        Err(retired())
+                    } else {
+                        Ok(true)
+                    }
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -79,7 +180,15 @@ impl SqlStore {
             pool,
             dialect,
             fast,
+            trouble,
         })
+    }
+
+    /// A call failed for want of the database (timed out, connection lost): every
+    /// connection opened until now is retired at its next checkout or release, without
+    /// waiting on it.
+    pub fn connection_trouble(&self) {
+        self.trouble.mark();
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -461,6 +570,9 @@ fn sender_account_from(r: &impl Columns) -> Result<SenderAccount, sqlx::Error> {
 // create_alias_domain refuses names that are domains, so at most one row comes back.
 const SERVED_DOMAIN_SQL: &str = "SELECT name, active, 0 FROM domains WHERE name = ? \
      UNION ALL SELECT target, active, 1 FROM alias_domains WHERE name = ?";
+
+const ADDRESS_EXISTS_SQL: &str = "SELECT address FROM mailboxes WHERE address = ? \
+     UNION ALL SELECT address FROM aliases WHERE address = ?";
 
 fn served_domain_from(r: &impl Columns) -> Result<ServedDomain, sqlx::Error> {
     let active = r.int(1)? != 0;
@@ -1395,6 +1507,25 @@ impl Store for SqlStore {
         )?;
         row.map(|r| decode(served_domain_from(&r), "domain"))
             .transpose()
+    }
+
+    async fn address_exists(&self, address: &str) -> StoreResult<bool> {
+        if let Some(fast) = &self.fast {
+            return fast
+                .optional(ADDRESS_EXISTS_SQL, &[&address, &address], "address", |r| {
+                    r.text(0)
+                })
+                .map(|found| found.is_some());
+        }
+        let row = decode(
+            sqlx::query(&self.q(ADDRESS_EXISTS_SQL))
+                .bind(address)
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
+            "address",
+        )?;
+        Ok(row.is_some())
     }
 
     async fn send_permission(

@@ -54,6 +54,9 @@ async fn readyz(State(probe): State<Probe>) -> Response {
 
 /// Starts the metrics listener when `[metrics] listen` is set (or systemd passed a socket
 /// named `metrics`).
+/// Connections the metrics listener serves at once.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
 pub async fn start_if_configured(
     settings: &MetricsSettings,
     auth: Arc<Authenticator>,
@@ -75,7 +78,7 @@ pub async fn start_if_configured(
         .with_state(Probe { auth, store });
     // Scraped by a few collectors: a small cap of its own.
     let limits = super::listener::Limits {
-        max_connections: 64,
+        max_connections: METRICS_MAX_CONNECTIONS,
         header_timeout: std::time::Duration::from_secs(10),
     };
     let server = super::serve(listener, app, limits, "metrics", None);

@@ -107,6 +107,7 @@ pub fn options(url: &str) -> StoreOptions {
         url: DatabaseUrl::new(url),
         max_connections: 16,
         connect_timeout: Duration::from_secs(10),
+        query_timeout: Duration::from_secs(30),
     }
 }
 

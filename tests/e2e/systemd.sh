@@ -302,6 +302,15 @@ note "container: $(in_ct systemctl --version | head -n 1), its PID 1 is $LEADER 
 ###########################################################################
 # Install
 
+# Postfix and Dovecot as the package finds them: their users exist, and postfix is in
+# group mailauthd the way earlier versions of the package left it (the upgrade must take
+# it out: that group reads the config).
+out=$(in_ct sh -ec '
+	groupadd --system mailauthd
+	useradd --system --no-create-home --shell /usr/sbin/nologin --groups mailauthd postfix
+	useradd --system --no-create-home --shell /usr/sbin/nologin dovecot' 2>&1) &&
+	ok "users postfix and dovecot exist (postfix in group mailauthd, as an earlier version left it)" ||
+	not_ok "users postfix and dovecot exist" "$out"
 out=$(in_ct dpkg -i /e2e/mailauthd.deb 2>&1) && ok "dpkg -i installs the package" ||
 	not_ok "dpkg -i installs the package" "$out"
 printf '%s\n' "$out" >"$OUTDIR/dpkg.log"
@@ -310,12 +319,17 @@ expect_eq "unit installed, not enabled, not started" \
 	"loaded /lib/systemd/system/mailauthd.service disabled inactive" "$got"
 got=$(in_ct stat -c '%a %U:%G' /etc/mailauthd/mailauthd.toml || true)
 expect_eq "shipped config is 0640 root:mailauthd" "640 root:mailauthd" "$got"
+got=$(in_ct sh -c 'getent group mailauthd | cut -d: -f4; getent group mailauthd-sock | cut -d: -f4 | tr , "\n" | sort | tr "\n" " "')
+expect_eq "group mailauthd has no members; mailauthd-sock has the daemon, dovecot and postfix" \
+	"
+dovecot mailauthd postfix " "$got"
 
 ###########################################################################
 # Configure and start
 
 CONFIG=/etc/mailauthd/mailauthd.toml
-# The shipped file (every key commented) with the metrics listener turned on. Written in
+# The shipped file (every key commented but the sockets' group) with the metrics listener
+# turned on. Written in
 # place, so the file keeps its owner and mode.
 in_ct sh -c "printf '\n[metrics]\nlisten = \"127.0.0.1:9154\"\n' >>$CONFIG"
 in_ct cp "$CONFIG" /root/mailauthd.toml.good
@@ -343,12 +357,12 @@ got=$(in_ct stat -c '%a %U:%G' /run/mailauthd || true)
 expect_eq "/run/mailauthd is 0755 mailauthd:mailauthd (RuntimeDirectoryMode)" "755 mailauthd:mailauthd" "$got"
 for s in auth userdb policy; do
 	got=$(in_ct stat -c '%F %a %U:%G' "/run/mailauthd/$s" || true)
-	expect_eq "/run/mailauthd/$s is a socket, 0660 mailauthd:mailauthd" "socket 660 mailauthd:mailauthd" "$got"
+	expect_eq "/run/mailauthd/$s is a socket, 0660 mailauthd:mailauthd-sock" "socket 660 mailauthd:mailauthd-sock" "$got"
 done
 got=$(in_ct stat -c '%F %a %U' /run/mailauthd/control || true)
 expect_eq "/run/mailauthd/control is a socket, 0600 mailauthd" "socket 600 mailauthd" "$got"
 got=$(in_ct stat -c '%a %U:%G' /var/lib/mailauthd || true)
-expect_eq "/var/lib/mailauthd is 0750 mailauthd:mailauthd (StateDirectoryMode)" "750 mailauthd:mailauthd" "$got"
+expect_eq "/var/lib/mailauthd is 0700 mailauthd:mailauthd (StateDirectoryMode)" "700 mailauthd:mailauthd" "$got"
 got=$(in_ct stat -c '%a %U' /var/lib/mailauthd/app-password.key || true)
 expect_eq "app-password key is 0600 mailauthd" "600 mailauthd" "$got"
 
@@ -378,6 +392,42 @@ case $(printf '%s\n' "$out" | tail -n 1) in
 "FAIL	1"*) ok "wrong password through the auth socket refused" ;;
 *) not_ok "wrong password through the auth socket refused" "$out" ;;
 esac
+
+# What Postfix and Dovecot may reach: the sockets, and nothing else.
+as_user() { # USER COMMAND...: as that user with its groups, as its own daemon would run
+	local user=$1
+	shift
+	in_ct setpriv --reuid="$user" --regid="$user" --init-groups --reset-env -- "$@"
+}
+out=$(as_user postfix python3 /e2e/authclient.py auth /run/mailauthd/auth alice@example.org alice-pw smtp 2>&1 || true)
+case $(printf '%s\n' "$out" | head -n 1)/$(printf '%s\n' "$out" | tail -n 1) in
+VERSION*/"OK	1	user=alice@example.org") ok "user postfix connects to the auth socket and logs in" ;;
+*) not_ok "user postfix connects to the auth socket and logs in" "$out" ;;
+esac
+out=$(as_user postfix python3 /e2e/authclient.py policy /run/mailauthd/policy someone@example.net alice@example.org 2>&1 || true)
+case $out in
+action=*) ok "user postfix gets an answer on the policy socket ($(printf '%s\n' "$out" | head -n 1))" ;;
+*) not_ok "user postfix gets an answer on the policy socket" "$out" ;;
+esac
+out=$(as_user dovecot python3 /e2e/authclient.py userdb /run/mailauthd/userdb 2>&1 || true)
+case $(printf '%s\n' "$out" | tr '\n' ' ') in
+"VERSION	1	"*" SPID	"*) ok "user dovecot connects to the userdb socket" ;;
+*) not_ok "user dovecot connects to the userdb socket" "$out" ;;
+esac
+for f in /etc/mailauthd/mailauthd.toml /var/lib/mailauthd/mailauthd.db /var/lib/mailauthd/app-password.key; do
+	for user in postfix dovecot; do
+		if out=$(as_user "$user" cat "$f" 2>&1 >/dev/null); then
+			not_ok "user $user cannot read $f" "it could"
+		else
+			ok "user $user cannot read $f ($(printf '%s' "$out" | tail -n 1))"
+		fi
+	done
+done
+out=$(as_user postfix ls /var/lib/mailauthd 2>&1) && not_ok "user postfix cannot list /var/lib/mailauthd" "$out" ||
+	ok "user postfix cannot list /var/lib/mailauthd"
+out=$(as_user nobody python3 /e2e/authclient.py auth /run/mailauthd/auth 2>&1) &&
+	not_ok "a user outside mailauthd-sock (nobody) cannot connect to the auth socket" "$out" ||
+	ok "a user outside mailauthd-sock (nobody) cannot connect to the auth socket"
 
 metrics=$(in_ct curl -sS --max-time 10 http://127.0.0.1:9154/metrics 2>&1 || true)
 printf '%s\n' "$metrics" >"$OUTDIR/metrics.txt"
@@ -536,7 +586,7 @@ got=$(in_ct systemctl is-enabled mailauthd-auth.socket mailauthd-userdb.socket m
 expect_eq "socket units enabled" "enabled enabled enabled " "$got"
 for s in auth userdb policy; do
 	got=$(in_ct stat -c '%F %a %U:%G' "/run/mailauthd/$s" || true)
-	expect_eq "/run/mailauthd/$s from the socket unit: 0660 mailauthd:mailauthd" "socket 660 mailauthd:mailauthd" "$got"
+	expect_eq "/run/mailauthd/$s from the socket unit: 0660 mailauthd:mailauthd-sock" "socket 660 mailauthd:mailauthd-sock" "$got"
 done
 inode=$(in_ct stat -c %i /run/mailauthd/auth || true)
 
@@ -553,6 +603,10 @@ auth_login() { # NAME: one login through the auth socket, handshake first
 	fi
 }
 auth_login "activated auth socket: handshake VERSION…DONE, login accepted"
+out=$(as_user postfix python3 /e2e/authclient.py auth /run/mailauthd/auth alice@example.org alice-pw smtp 2>&1 || true)
+[ "$(printf '%s\n' "$out" | tail -n 1)" = "OK	1	user=alice@example.org" ] &&
+	ok "user postfix logs in through the activated auth socket" ||
+	not_ok "user postfix logs in through the activated auth socket" "$out"
 out=$(in_ct python3 /e2e/authclient.py userdb /run/mailauthd/userdb 2>&1 || true)
 case $(printf '%s\n' "$out" | tr '\n' ' ') in
 "VERSION	1	"*" SPID	"*) ok "activated userdb socket answers (VERSION, SPID)" ;;

@@ -650,6 +650,57 @@ replace_config <"$TMP/config.reloaded.toml"
 exec {HELD_IN}>&-
 wait "$HELD_PID" || true
 
+# --- a client secret rotated in client_secret_file is re-read by SIGHUP ----------------
+# The config file itself does not change; only the file it names. The secret's Debug text
+# is redacted, so a reload that compared settings by their Debug text would keep the old one.
+
+reload_and_wait() { # prints the reload's log line
+	local mark
+	mark=$(wc -l <"$TMP/mailauthd.log")
+	kill -HUP "$DAEMON_PID" || true
+	if wait_log "$mark" 'configuration reloaded|reload refused'; then
+		grep -m 1 -E 'configuration reloaded|reload refused' <(log_since "$mark") || true
+	else
+		echo "no reload line in the log within 20 s"
+	fi
+}
+WRONG_SECRET=e2e-wrong-secret-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+printf '%s\n' "$WRONG_SECRET" >"$TMP/client-secret.next"
+chmod 600 "$TMP/client-secret.next"
+mv "$TMP/client-secret.next" "$TMP/client-secret"
+line=$(reload_and_wait)
+if grep -q 'INFO configuration reloaded ' <<<"$line" && grep -qE 'applied=([^=]*, )?oidc( |,|$)' <<<"$line"; then
+	ok "SIGHUP after a wrong secret is written to client_secret_file applies oidc"
+else
+	not_ok "SIGHUP after a wrong secret is written to client_secret_file applies oidc" "$line"
+fi
+log_mark=$(wc -l <"$TMP/mailauthd.log")
+out=$(browser signin 17-hank-wrong-secret --login hank)
+sleep 0.5
+if [ "$(json 'j.address' <<<"$out")" != hank@example.org ] &&
+	grep -q 'invalid_client' <(log_since "$log_mark"); then
+	ok "with the wrong secret in force, sign-in fails at the token endpoint (invalid_client)"
+else
+	not_ok "with the wrong secret in force, sign-in fails at the token endpoint (invalid_client)" "$out
+$(log_since "$log_mark")"
+fi
+printf '%s\n' "$CLIENT_SECRET" >"$TMP/client-secret.next"
+chmod 600 "$TMP/client-secret.next"
+mv "$TMP/client-secret.next" "$TMP/client-secret"
+line=$(reload_and_wait)
+out=$(browser signin 18-hank-secret-restored --login hank)
+if grep -qE 'applied=([^=]*, )?oidc( |,|$)' <<<"$line" && [ "$(json 'j.address' <<<"$out")" = hank@example.org ]; then
+	ok "the correct secret written and SIGHUP: the next sign-in works (same process)"
+else
+	not_ok "the correct secret written and SIGHUP: the next sign-in works" "$line
+$out"
+fi
+if grep -qF "$WRONG_SECRET" "$TMP/mailauthd.log"; then
+	not_ok "the rotated secrets stay out of the daemon log"
+else
+	ok "the rotated secrets stay out of the daemon log"
+fi
+
 # --- the daemon's log, after everything above (reloads included) ---------------------
 
 if grep -qiE 'panicked|stack backtrace' "$TMP/mailauthd.log"; then

@@ -131,9 +131,10 @@ pf_store
 pf_socket_dir
 
 # The policy listener on TCP, as policy.cf's default socket expects, and on a unix socket
-# next to the auth socket for the policy-unix service. No [policy] section:
-# its defaults (sub-address delimiter "+", null sender allowed, no forged-sender check,
-# no trusted networks, no default limits) are what is tested; limits come from templates.
+# next to the auth socket for the policy-unix service. [policy] keeps its defaults (null
+# sender allowed, no forged-sender check, no trusted networks, no default limits; limits
+# come from templates) except the sub-address delimiters: "+-", so a cut at "-" is tested
+# to never reach another existing mailbox.
 cat >"$MD_CONF" <<EOF
 state_directory = "$MD/state"
 runtime_directory = "$MD/run"
@@ -149,6 +150,9 @@ mode = "0660"
 [policy_socket]
 listen = ["tcp:127.0.0.1:$POLICY_PORT", "unix:$POLICY_SOCK"]
 mode = "0660"
+
+[policy]
+subaddress_delimiters = "+-"
 EOF
 md_start
 wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
@@ -181,6 +185,9 @@ add_local alice@example.org "$ALICE_PW"
 add_local erin@example.org "$ERIN_PW"
 add_local carol@example.org 'carol-Pass-2024'
 add_local dora@example.org "$DORA_PW"
+# Another mailbox behind alice's "-": with delimiters "+-" it is still not alice's.
+ALICE_BOB_PW='alice-bob-Pass-2024'
+add_local alice-bob@example.org "$ALICE_BOB_PW"
 # Sending limits: at most 2 messages an hour for lena, at most 3 recipients an hour for rita.
 mdctl template add two-messages --protocols imap,smtp --send-limits 1h:2:- >/dev/null
 mdctl template add three-recipients --protocols imap,smtp --send-limits 1h:-:3 >/dev/null
@@ -387,6 +394,13 @@ f=$(send "multi-target alias, second target" erin@example.org "$ERIN_PW" team@ex
 expect_sent "erin sends as team@example.org (alias of alice and erin)" "$f"
 f=$(send "sub-address" alice@example.org "$ALICE_PW" alice+tag@example.org)
 expect_sent "alice sends as alice+tag@example.org (sub-address)" "$f"
+f=$(send "sub-address at the second delimiter" alice@example.org "$ALICE_PW" alice-tag@example.org)
+expect_sent "alice sends as alice-tag@example.org (sub-address at \"-\", no such mailbox)" "$f"
+f=$(send "another mailbox behind the delimiter" alice@example.org "$ALICE_PW" alice-bob@example.org)
+expect_rcpt "alice as alice-bob@example.org (an existing mailbox, not alice + tag bob) -> 554 5.7.1 not owned" \
+	'554 5\.7\.1 .*<alice-bob@example\.org>: not owned by alice@example\.org$' "$f"
+f=$(send "that mailbox itself" alice-bob@example.org "$ALICE_BOB_PW" alice-bob@example.org)
+expect_sent "alice-bob sends as alice-bob@example.org (own address)" "$f"
 f=$(send "alias domain" alice@example.org "$ALICE_PW" alice@example.net)
 expect_sent "alice sends as alice@example.net (example.net is an alias domain of example.org)" "$f"
 f=$(send "send-as grant" alice@example.org "$ALICE_PW" someone@example.com)
