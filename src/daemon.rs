@@ -105,8 +105,11 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
     systemd::spawn_watchdog();
 
     let mut current = config;
+    let mut trim = tokio::time::interval(std::time::Duration::from_secs(5));
+    trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = trim.tick() => crate::memory::give_back_freed(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {

@@ -25,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod keyfile;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod oidc;

@@ -149,8 +149,9 @@ async fn run(
         last_admitted: None,
         close_now: false,
     };
+    // Read straight into the line buffer: thousands of idle connections each keep only
+    // this, not a second read buffer.
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut chunk = vec![0u8; 4096];
     let idle = tokio::time::sleep(service.idle_timeout);
     tokio::pin!(idle);
     loop {
@@ -180,13 +181,12 @@ async fn run(
                     }
                 }
             }
-            read = reader.read(&mut chunk) => {
-                let n = match read {
+            read = reader.read_buf(&mut buf) => {
+                match read {
                     Ok(0) => return End::ClientClosed,
-                    Ok(n) => n,
+                    Ok(_) => {}
                     Err(e) => return End::Io(e),
-                };
-                buf.extend_from_slice(&chunk[..n]);
+                }
                 idle.as_mut().reset(tokio::time::Instant::now() + service.idle_timeout);
                 loop {
                     let (line, consumed) = match next_line(&buf, proto::MAX_LINE_LENGTH) {
