@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mailauthd::auth::app_password::AppPasswordKey;
 use mailauthd::auth::throttle::{
-    Fingerprinter, KeyKind, RedisUrl, Throttle, ThrottleConfig, ThrottleKey, Verdict,
+    Attempt, Fingerprinter, KeyKind, RedisUrl, Throttle, ThrottleConfig, ThrottleKey, Verdict,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
@@ -497,4 +497,43 @@ async fn redis_outage_falls_back_and_shared_state_returns_with_redis() {
         "Redis's block and memory's"
     );
     println!("throttle redis outage and recovery passed");
+}
+
+/// With Redis, an attempt cancelled while it was being decided (its ticket dropped) still
+/// counts: this daemon's own count holds next to the shared one.
+#[tokio::test]
+async fn attempts_cancelled_in_flight_count_with_redis_too() {
+    let Some(url) = common::redis_url("the cancelled-attempt Redis test") else {
+        return;
+    };
+    let config = config(&url, &common::unique_redis_prefix());
+    let t = daemon(&config);
+    for i in 0..6 {
+        let secret = format!("cancelled {i}");
+        let attempt = Attempt {
+            rip: ip("192.0.2.90"),
+            account: "",
+            fingerprint: t.fingerprinter().fingerprint("", secret.as_bytes()),
+            app_password: false,
+            counted: true,
+        };
+        let (verdict, ticket) = t.admit(attempt, T0).await;
+        assert!(
+            !matches!(verdict, Verdict::Blocked { .. }),
+            "attempt {i}: {verdict:?}"
+        );
+        drop(ticket);
+    }
+    let attempt = Attempt {
+        rip: ip("192.0.2.90"),
+        account: "",
+        fingerprint: 7,
+        app_password: false,
+        counted: true,
+    };
+    let (verdict, _ticket) = t.admit(attempt, T0 + SEC).await;
+    assert!(matches!(verdict, Verdict::Blocked { .. }), "{verdict:?}");
+    assert_eq!(t.redis_fallbacks(), 0, "Redis answered every call");
+    t.clear(None).await.unwrap();
+    println!("cancelled attempts through redis passed");
 }

@@ -92,6 +92,12 @@ impl Authenticator {
         &self.parts.verify_cache
     }
 
+    /// How long a door should hold back the answer to an attempt the throttle refused
+    /// (`Fail(Throttled)`), so a blocked client learns nothing faster than a delayed one.
+    pub fn refusal_delay(&self) -> std::time::Duration {
+        self.parts.throttle.blocked_delay()
+    }
+
     pub fn protocol_of(&self, service: &str) -> Option<Protocol> {
         self.parts.services.resolve(service)
     }
@@ -111,7 +117,13 @@ impl Authenticator {
         let (admitted, ticket) = self.admit(req, &account, login.app_password).await;
         let outcome = match admitted {
             Ok(()) => match self
-                .decide(req, address, login, ticket.passwords_refused())
+                .decide(
+                    req,
+                    address,
+                    login,
+                    ticket.passwords_refused(),
+                    ticket.password_delay(),
+                )
                 .await
             {
                 Ok(success) => Outcome::Ok(success),
@@ -150,6 +162,7 @@ impl Authenticator {
         address: Result<Address, NameError>,
         login: LoginShape,
         passwords_refused: bool,
+        password_delay: std::time::Duration,
     ) -> Step<Success> {
         let Some(door) = login.protocol else {
             return Err(Outcome::Fail(FailReason::UnknownService));
@@ -186,8 +199,12 @@ impl Authenticator {
         if passwords_refused {
             // The account is blocked for password guessing; only its block's exemption
             // for app passwords let this secret in, and it is none of this mailbox's.
-            tokio::time::sleep(self.parts.throttle.blocked_delay()).await;
             return Err(Outcome::Fail(FailReason::Throttled));
+        }
+        if !password_delay.is_zero() {
+            // The account's delay, which this app-password-shaped secret skipped at the
+            // door, applies before it is tried as a password.
+            tokio::time::sleep(password_delay).await;
         }
         if view.auth_source == AuthSource::Oidc {
             return self
@@ -199,7 +216,9 @@ impl Authenticator {
 
     /// Rule 1: the throttle, before anything touches the store or the hash pool. The
     /// attempt is charged now, while it is in flight (see [`Throttle::admit`]); waiting is
-    /// an async sleep, so a delayed login holds no thread.
+    /// an async sleep, so a delayed login holds no thread. A refusal comes back at once:
+    /// the door holds its answer back ([`Authenticator::refusal_delay`]) without holding
+    /// anything a login in progress needs.
     async fn admit(
         &self,
         req: &AuthRequest<'_>,
@@ -237,7 +256,6 @@ impl Authenticator {
                     blocked_for_ms = until.saturating_sub(now),
                     "attempt refused while blocked"
                 );
-                tokio::time::sleep(throttle.blocked_delay()).await;
                 Err(Outcome::Fail(FailReason::Throttled))
             }
         };

@@ -587,6 +587,24 @@ impl MemoryThrottle {
         (verdict, reserved)
     }
 
+    /// Takes a place on `key` that never refuses (unless `fingerprint` is a recent repeat,
+    /// which takes none) and returns its standing with the attempts in flight before it,
+    /// and whether a place was taken.
+    fn reserve_soft(
+        &self,
+        key: &ThrottleKey,
+        fingerprint: u64,
+        now: UnixMillis,
+    ) -> (Standing, bool) {
+        let config = self.config();
+        let mut shard = self.shard(key);
+        let (standing, repeat) = shard.look(key, Some(fingerprint), now, &config);
+        if !repeat {
+            *shard.in_flight.entry(key.clone()).or_insert(0) += 1;
+        }
+        (standing, !repeat)
+    }
+
     /// Ends the reservations [`Self::reserve`] made.
     fn release(&self, reserved: &[ThrottleKey]) {
         for key in reserved {
@@ -815,6 +833,19 @@ fn delay_for(config: &ThrottleConfig, failures: u32) -> Duration {
         .base_delay
         .saturating_mul(factor)
         .min(config.max_delay)
+}
+
+/// The stricter of two standings of one key: the later block, else the higher count.
+fn stricter(a: Standing, b: Standing) -> Standing {
+    match (a, b) {
+        (Standing::Blocked(x), Standing::Blocked(y)) => Standing::Blocked(x.max(y)),
+        (Standing::Blocked(x), _) | (_, Standing::Blocked(x)) => Standing::Blocked(x),
+        (Standing::Counting(x), Standing::Counting(y)) => Standing::Counting(x.max(y)),
+        (Standing::Counting(x), Standing::Gone) | (Standing::Gone, Standing::Counting(x)) => {
+            Standing::Counting(x)
+        }
+        (Standing::Gone, Standing::Gone) => Standing::Gone,
+    }
 }
 
 /// `standing` with `pending` attempts in flight counted as failures: enough of them to

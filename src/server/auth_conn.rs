@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connections::Activity;
 use super::listener::{Peer, Stream};
-use crate::auth::{AuthRequest, Authenticator, Outcome};
+use crate::auth::{AuthRequest, Authenticator, FailReason, Outcome};
 use crate::names::Protocol;
 use crate::proto::dovecot_auth::{self as proto, AuthLine, ClientLine, FailCode, Handshake};
 use crate::proto::line::{next_line, Frame};
@@ -33,6 +33,10 @@ const MAX_PENDING: usize = 128;
 /// workers and its queue never needs more; app-password logins finish in microseconds.
 /// Beyond it a request gets a quick temporary failure, as when the hash pool is full.
 const MAX_DECIDING: usize = 512;
+/// Throttled answers held back at once over every connection (see
+/// `Authenticator::refusal_delay`). They hold no deciding place; beyond this many, a
+/// blocked client is answered at once rather than held in memory.
+const MAX_HELD_BACK: usize = 4096;
 
 pub struct AuthService {
     auth: Arc<Authenticator>,
@@ -40,6 +44,7 @@ pub struct AuthService {
     next_cuid: AtomicU32,
     idle_timeout: Duration,
     deciding: Arc<Semaphore>,
+    held_back: Arc<Semaphore>,
 }
 
 impl AuthService {
@@ -50,6 +55,7 @@ impl AuthService {
             next_cuid: AtomicU32::new(1),
             idle_timeout,
             deciding: Arc::new(Semaphore::new(MAX_DECIDING)),
+            held_back: Arc::new(Semaphore::new(MAX_HELD_BACK)),
         }
     }
 }
@@ -181,7 +187,10 @@ async fn run(
                     }
                 }
             }
-            read = reader.read_buf(&mut buf) => {
+            // Once told to stop (shutdown, or closed to make room for a new client), no
+            // new request is read: the ones being decided finish, then the connection
+            // closes, however busy the client keeps its end.
+            read = reader.read_buf(&mut buf), if !stop.is_cancelled() => {
                 match read {
                     Ok(0) => return End::ClientClosed,
                     Ok(_) => {}
@@ -251,6 +260,18 @@ struct Conn<'a> {
     last_admitted: Option<Arc<Notify>>,
     /// A temporary failure for Postfix was decided on the spot: close (454) at once.
     close_now: bool,
+}
+
+impl Drop for Conn<'_> {
+    /// A closed connection's requests have nobody to answer: they end with it (and the
+    /// throttle charges each as a cancelled attempt).
+    fn drop(&mut self) {
+        for pending in self.pending.values() {
+            if let Pending::Deciding(handle) = pending {
+                handle.abort();
+            }
+        }
+    }
 }
 
 /// Notifies the next request of a connection that this one has been charged, also when
@@ -409,11 +430,11 @@ impl Conn<'_> {
                         }
                     });
                 };
+                let held_back = self.service.held_back.clone();
                 let before = self.last_admitted.take();
                 let baton = Baton(Arc::new(Notify::new()));
                 self.last_admitted = Some(baton.0.clone());
                 let task = tokio::spawn(async move {
-                    let _permit = permit;
                     if let Some(before) = before {
                         before.notified().await;
                     }
@@ -430,6 +451,14 @@ impl Conn<'_> {
                         })
                         .await;
                     drop(baton);
+                    drop(permit);
+                    if outcome == Outcome::Fail(FailReason::Throttled) {
+                        // Held back like a delayed attempt, outside the deciding cap, so
+                        // a blocked source cannot crowd everyone else out of it.
+                        if let Ok(_held) = held_back.try_acquire_owned() {
+                            tokio::time::sleep(auth.refusal_delay()).await;
+                        }
+                    }
                     let reply = match outcome {
                         Outcome::Ok(success) => {
                             Reply::Line(id, proto::encode_ok(id, &success.mailbox, &[]))

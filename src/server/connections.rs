@@ -268,6 +268,8 @@ mod tests {
         let a = conns.admit(&shutdown).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         let b = conns.admit(&shutdown).await;
+        // Idle times are in milliseconds: a tie would let either be the longest idle.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let c = conns.admit(&shutdown).await;
         a.busy();
         assert_eq!(conns.len(), 3);

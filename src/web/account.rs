@@ -306,10 +306,14 @@ pub async fn password_sign_in(
                 ),
             }
         }
-        Outcome::Fail(FailReason::Throttled) => refuse(
-            "Too many attempts. Wait a minute, then try again.",
-            StatusCode::TOO_MANY_REQUESTS,
-        ),
+        Outcome::Fail(FailReason::Throttled) => {
+            // Held back like a delayed attempt; the web listener's cap bounds how many.
+            tokio::time::sleep(state.auth.refusal_delay()).await;
+            refuse(
+                "Too many attempts. Wait a minute, then try again.",
+                StatusCode::TOO_MANY_REQUESTS,
+            )
+        }
         // One message for every refusal, an `oidc` mailbox's included: the form must not
         // tell which addresses sign in through the provider (the button above is for them).
         Outcome::Fail(_) => refuse(

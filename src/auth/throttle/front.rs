@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use super::health::Health;
 use super::redis::{CallError, RedisThrottle};
 use super::{
-    scope, verdict, with_in_flight, Attempt, BlockInfo, Filter, Fingerprinter, MemoryThrottle,
-    Plan, RedisUrl, Scope, Settlement, Standing, ThrottleConfig, ThrottleKey, Verdict,
+    delay_for, scope, stricter, verdict, with_in_flight, Attempt, BlockInfo, Filter, Fingerprinter,
+    MemoryThrottle, Plan, RedisUrl, Scope, Settlement, Standing, ThrottleConfig, ThrottleKey,
+    Verdict,
 };
 use crate::clock::UnixMillis;
 
@@ -163,8 +164,10 @@ impl Throttle {
             settled: false,
             admitted_at: now,
             passwords_refused: false,
+            password_delay: Duration::ZERO,
             plan: Plan::default(),
             reserved: Vec::new(),
+            soft_reserved: Vec::new(),
         };
         let config = self.config();
         let Scope::Keys(keys) = scope(&config, attempt.rip, attempt.account) else {
@@ -213,8 +216,17 @@ impl Throttle {
         // Places taken for Redis on keys that turn out not to hold the attempt up.
         let mut not_held = Vec::new();
         for (i, key) in keys.into_iter().enumerate() {
+            // What this daemon counted itself (attempts cancelled in flight, failures while
+            // Redis was away) holds too.
             let standing = shared.as_ref().map(|(remote, others, _)| {
-                with_in_flight(&key, remote[i].clone(), others[i], now, &config)
+                let own = self.memory.shard(&key).standing(&key, now, &config);
+                with_in_flight(
+                    &key,
+                    stricter(remote[i].clone(), own),
+                    others[i],
+                    now,
+                    &config,
+                )
             });
             match key {
                 ThrottleKey::Account(_) if known => {
@@ -222,11 +234,30 @@ impl Throttle {
                     plan.charged_only.push(key);
                 }
                 ThrottleKey::Account(_) if attempt.app_password => {
-                    let standing = standing.unwrap_or_else(|| {
-                        self.memory.shard(&key).look(&key, None, now, &config).0
-                    });
-                    ticket.passwords_refused = matches!(standing, Standing::Blocked(_));
-                    not_held.push(key.clone());
+                    // Never holds the attempt up, but takes a place like any other: should
+                    // the secret turn out to be no app password, the account's block and
+                    // delay (with its attempts in flight) stand before the stored password.
+                    // With Redis its place was taken before the read (`reserve_blind`).
+                    let (standing, reserved) = match standing {
+                        Some(standing) => (standing, attempt.counted),
+                        None if attempt.counted => {
+                            self.memory.reserve_soft(&key, attempt.fingerprint, now)
+                        }
+                        None => (
+                            self.memory.shard(&key).look(&key, None, now, &config).0,
+                            false,
+                        ),
+                    };
+                    if reserved {
+                        ticket.soft_reserved.push(key.clone());
+                    }
+                    match standing {
+                        Standing::Blocked(_) => ticket.passwords_refused = true,
+                        Standing::Counting(failures) => {
+                            ticket.password_delay = delay_for(&config, failures);
+                        }
+                        Standing::Gone => {}
+                    }
                     plan.charged_only.push(key);
                 }
                 key => {
@@ -266,34 +297,39 @@ impl Throttle {
     /// Ends an admitted attempt: counts it as [`Settlement`] says, then frees its place
     /// among the attempts in flight (in that order, so its keys' counts never dip).
     pub async fn settle(&self, mut ticket: Ticket<'_>, settlement: Settlement, now: UnixMillis) {
-        ticket.settled = true;
-        let plan = std::mem::take(&mut ticket.plan);
         if !ticket.counted {
+            ticket.settled = true;
             return;
         }
         match settlement {
-            Settlement::Neither => {}
+            Settlement::Neither => ticket.settled = true,
             Settlement::Failure => {
-                let keys: Vec<ThrottleKey> = plan.charged().cloned().collect();
+                let keys: Vec<ThrottleKey> = ticket.plan.charged().cloned().collect();
                 if keys.is_empty() {
+                    ticket.settled = true;
                     return;
                 }
                 let config = self.config();
                 if let Some(redis) = self.redis_for_login() {
                     let call = redis.record_failure(&keys, ticket.fingerprint, now, &config);
+                    // Settled only once recorded: dropped during the call (the client went
+                    // away), the ticket still charges the failure.
                     if self
                         .bounded("record_failure", config.redis_timeout, call)
                         .await
                         .is_some()
                     {
+                        ticket.settled = true;
                         return;
                     }
                 }
-                let reserved = std::mem::take(&mut ticket.reserved);
+                let reserved = ticket.take_reserved();
                 self.memory
                     .fail_and_release(&keys, &reserved, ticket.fingerprint, now);
+                ticket.settled = true;
             }
             Settlement::Success => {
+                ticket.settled = true;
                 self.record_success(ticket.rip, &ticket.account, now).await;
             }
         }
@@ -470,8 +506,12 @@ pub struct Ticket<'a> {
     settled: bool,
     admitted_at: UnixMillis,
     passwords_refused: bool,
+    password_delay: Duration,
     plan: Plan,
     reserved: Vec<ThrottleKey>,
+    /// Places taken on keys that never hold the attempt up (the account, for a secret
+    /// shaped like an app password).
+    soft_reserved: Vec<ThrottleKey>,
 }
 
 impl Ticket<'_> {
@@ -480,20 +520,34 @@ impl Ticket<'_> {
     pub fn passwords_refused(&self) -> bool {
         self.passwords_refused
     }
+
+    /// How long the account's standing asks a secret shaped like an app password to wait
+    /// before it is tried as the stored password (it did not wait at admission).
+    pub fn password_delay(&self) -> Duration {
+        self.password_delay
+    }
+
+    /// Every place this attempt holds, emptied.
+    fn take_reserved(&mut self) -> Vec<ThrottleKey> {
+        let mut all = std::mem::take(&mut self.reserved);
+        all.append(&mut self.soft_reserved);
+        all
+    }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
+        let reserved = self.take_reserved();
         if self.counted && !self.settled {
             let keys: Vec<ThrottleKey> = self.plan.charged().cloned().collect();
             self.throttle.memory.fail_and_release(
                 &keys,
-                &self.reserved,
+                &reserved,
                 self.fingerprint,
                 self.admitted_at,
             );
         } else {
-            self.throttle.memory.release(&self.reserved);
+            self.throttle.memory.release(&reserved);
         }
     }
 }
