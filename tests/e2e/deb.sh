@@ -3,8 +3,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-passed=0 failed=0
-check() { if eval "$2"; then echo "ok - $1"; passed=$((passed+1)); else echo "not ok - $1"; failed=$((failed+1)); fi; }
+# shellcheck source=lib.sh
+. "$ROOT/tests/e2e/lib.sh"
 
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 cargo deb --locked
@@ -20,21 +20,21 @@ groupdel mailauthd-sock >/dev/null 2>&1 || true
 # Postfix and Dovecot are installed (CI installs them first). Earlier versions of the
 # package put them in group mailauthd, which reads the config: as if upgrading from one.
 getent passwd postfix >/dev/null && getent passwd dovecot >/dev/null ||
-	{ echo "not ok - users postfix and dovecot exist (install postfix and dovecot-core)"; exit 1; }
+	{ not_ok "users postfix and dovecot exist (install postfix and dovecot-core)"; exit 1; }
 groupadd --system mailauthd
 usermod -a -G mailauthd postfix
 
 dpkg -i "$deb"
-check "binary installed" '[ -x /usr/bin/mailauthd ]'
-check "user created" 'getent passwd mailauthd >/dev/null'
-check "config is 0640 root:mailauthd" '[ "$(stat -c "%a %U:%G" /etc/mailauthd/mailauthd.toml)" = "640 root:mailauthd" ]'
-check "state folder is 0700 mailauthd" '[ "$(stat -c "%a %U" /var/lib/mailauthd)" = "700 mailauthd" ]'
+check "binary installed" eval '[ -x /usr/bin/mailauthd ]'
+check "user created" eval 'getent passwd mailauthd >/dev/null'
+check "config is 0640 root:mailauthd" eval '[ "$(stat -c "%a %U:%G" /etc/mailauthd/mailauthd.toml)" = "640 root:mailauthd" ]'
+check "state folder is 0700 mailauthd" eval '[ "$(stat -c "%a %U" /var/lib/mailauthd)" = "700 mailauthd" ]'
 in_group() { id -nG "$1" | tr ' ' '\n' | grep -qx "$2"; }
-check "postfix and dovecot are in group mailauthd-sock" 'in_group postfix mailauthd-sock && in_group dovecot mailauthd-sock'
-check "postfix and dovecot are not in group mailauthd (it reads the config)" '! in_group postfix mailauthd && ! in_group dovecot mailauthd'
-check "the daemon's user is in group mailauthd-sock (it gives the sockets that group)" 'in_group mailauthd mailauthd-sock'
-check "unit installed, not enabled" '[ -f /lib/systemd/system/mailauthd.service ] && ! [ -e /etc/systemd/system/multi-user.target.wants/mailauthd.service ]'
-check "systemd-analyze verify passes" 'systemd-analyze verify /lib/systemd/system/mailauthd.service'
+check "postfix and dovecot are in group mailauthd-sock" eval 'in_group postfix mailauthd-sock && in_group dovecot mailauthd-sock'
+check "postfix and dovecot are not in group mailauthd (it reads the config)" eval '! in_group postfix mailauthd && ! in_group dovecot mailauthd'
+check "the daemon's user is in group mailauthd-sock (it gives the sockets that group)" eval 'in_group mailauthd mailauthd-sock'
+check "unit installed, not enabled" eval '[ -f /lib/systemd/system/mailauthd.service ] && ! [ -e /etc/systemd/system/multi-user.target.wants/mailauthd.service ]'
+check "systemd-analyze verify passes" eval 'systemd-analyze verify /lib/systemd/system/mailauthd.service'
 # The optional socket-activation units from conf-examples, installed as docs/operations.md says.
 install_sockets() {
 	cp conf-examples/systemd/mailauthd-*.socket /etc/systemd/system/
@@ -47,12 +47,12 @@ install_sockets() {
 	return $rc
 }
 check "socket-activation units verify with the installed service" install_sockets
-check "config check from the installed paths" '/usr/bin/mailauthd config check'
-check "migrate from the installed paths" '/usr/bin/mailauthd migrate'
-check "database created for the daemon user" '[ "$(stat -c "%U" /var/lib/mailauthd/mailauthd.db)" = mailauthd ]'
-check "key created 0600 for the daemon user" '[ "$(stat -c "%a %U" /var/lib/mailauthd/app-password.key)" = "600 mailauthd" ]'
-check "admin commands work as root" '/usr/bin/mailauthd domain add example.org && /usr/bin/mailauthd domain list | grep -q example.org'
-check "a mailbox added as root" 'printf "alice-pw\n" | /usr/bin/mailauthd mailbox add alice@example.org --password-stdin'
+check "config check from the installed paths" eval '/usr/bin/mailauthd config check'
+check "migrate from the installed paths" eval '/usr/bin/mailauthd migrate'
+check "database created for the daemon user" eval '[ "$(stat -c "%U" /var/lib/mailauthd/mailauthd.db)" = mailauthd ]'
+check "key created 0600 for the daemon user" eval '[ "$(stat -c "%a %U" /var/lib/mailauthd/app-password.key)" = "600 mailauthd" ]'
+check "admin commands work as root" eval '/usr/bin/mailauthd domain add example.org && /usr/bin/mailauthd domain list | grep -q example.org'
+check "a mailbox added as root" eval 'printf "alice-pw\n" | /usr/bin/mailauthd mailbox add alice@example.org --password-stdin'
 
 # The daemon as the unit runs it (its user, its group, mailauthd-sock besides), with the
 # installed config; then what Postfix and Dovecot may reach: the sockets, nothing else.
@@ -65,27 +65,26 @@ setpriv --reuid=mailauthd --regid=mailauthd --init-groups --reset-env -- \
 	/usr/bin/mailauthd serve >"$client/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [ -S /run/mailauthd/policy ] && break; sleep 0.1; done
-check "the daemon started as mailauthd with the installed config" '[ -S /run/mailauthd/auth ] && [ -S /run/mailauthd/policy ]'
-check "sockets are 0660 mailauthd:mailauthd-sock" '[ "$(stat -c "%a %U:%G" /run/mailauthd/auth /run/mailauthd/userdb /run/mailauthd/policy | sort -u)" = "660 mailauthd:mailauthd-sock" ]'
-check "postfix logs in through the auth socket" '[ "$(as_user postfix python3 "$client/authclient.py" auth /run/mailauthd/auth alice@example.org alice-pw smtp | tail -n 1)" = "OK	1	user=alice@example.org" ]'
-check "postfix gets an answer on the policy socket" 'as_user postfix python3 "$client/authclient.py" policy /run/mailauthd/policy someone@example.net alice@example.org | grep -q "^action="'
-check "dovecot connects to the userdb socket" 'as_user dovecot python3 "$client/authclient.py" userdb /run/mailauthd/userdb | grep -q "^SPID	"'
+check "the daemon started as mailauthd with the installed config" eval '[ -S /run/mailauthd/auth ] && [ -S /run/mailauthd/policy ]'
+check "sockets are 0660 mailauthd:mailauthd-sock" eval '[ "$(stat -c "%a %U:%G" /run/mailauthd/auth /run/mailauthd/userdb /run/mailauthd/policy | sort -u)" = "660 mailauthd:mailauthd-sock" ]'
+check "postfix logs in through the auth socket" eval '[ "$(as_user postfix python3 "$client/authclient.py" auth /run/mailauthd/auth alice@example.org alice-pw smtp | tail -n 1)" = "OK	1	user=alice@example.org" ]'
+check "postfix gets an answer on the policy socket" eval 'as_user postfix python3 "$client/authclient.py" policy /run/mailauthd/policy someone@example.net alice@example.org | grep -q "^action="'
+check "dovecot connects to the userdb socket" eval 'as_user dovecot python3 "$client/authclient.py" userdb /run/mailauthd/userdb | grep -q "^SPID	"'
 for f in /etc/mailauthd/mailauthd.toml /var/lib/mailauthd/mailauthd.db /var/lib/mailauthd/app-password.key; do
 	for user in postfix dovecot; do
-		check "$user cannot read $f" "! as_user $user cat $f >/dev/null 2>&1"
+		check "$user cannot read $f" eval "! as_user $user cat $f >/dev/null 2>&1"
 	done
 done
-check "nobody (not in mailauthd-sock) cannot connect to the auth socket" '! as_user nobody python3 "$client/authclient.py" auth /run/mailauthd/auth >/dev/null 2>&1'
+check "nobody (not in mailauthd-sock) cannot connect to the auth socket" eval '! as_user nobody python3 "$client/authclient.py" auth /run/mailauthd/auth >/dev/null 2>&1'
 kill "$daemon"
 status=0
 wait "$daemon" || status=$?
-check "the daemon stopped cleanly on SIGTERM (exit 0, \"stopped\" logged)" '[ "$status" = 0 ] && grep -q "stopped" "$client/daemon.log"'
+check "the daemon stopped cleanly on SIGTERM (exit 0, \"stopped\" logged)" eval '[ "$status" = 0 ] && grep -q "stopped" "$client/daemon.log"'
 rm -rf "$client"
 
 dpkg --purge mailauthd >/dev/null
 rm -rf /var/lib/mailauthd
 gpasswd -d postfix mailauthd-sock >/dev/null 2>&1 || true
 gpasswd -d dovecot mailauthd-sock >/dev/null 2>&1 || true
-check "purged" '! [ -x /usr/bin/mailauthd ]'
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check "purged" eval '! [ -x /usr/bin/mailauthd ]'
+summary

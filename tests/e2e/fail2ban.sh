@@ -2,6 +2,8 @@
 # The shipped fail2ban filter matches the refusals the real daemon logs, and only those.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=lib.sh
+. "$ROOT/tests/e2e/lib.sh"
 BIN=${MAILAUTHD_BIN:-$ROOT/target/debug/mailauthd}
 command -v fail2ban-regex >/dev/null || apt-get install -y -qq --no-install-recommends fail2ban >/dev/null
 WORK=$(mktemp -d)
@@ -18,11 +20,8 @@ printf 'x\n' | "$BIN" auth test nobody@example.org --service pop3 --rip 2001:db8
 printf 'right\n' | "$BIN" auth test alice@example.org --service imap --rip 198.51.100.1 2>>"$WORK/log" >/dev/null
 cat "$WORK/log"
 out=$(fail2ban-regex -v "$WORK/log" "$ROOT/conf-examples/fail2ban/filter.d/mailauthd.conf")
-passed=0 failed=0
-check() { if eval "$2"; then echo "ok - $1"; passed=$((passed+1)); else echo "not ok - $1"; failed=$((failed+1)); fi; }
-check "three refusals matched" 'grep -Eq "^Failregex: 3 total" <<<"$out"'
-check "the IPv4 source is found" 'grep -q "192.0.2.66" <<<"$out"'
-check "the IPv6 source is found" 'grep -q "2001:db8::66" <<<"$out"'
-check "the success is not matched" '! grep -A3 "Matched line" <<<"$out" | grep -q "198.51.100.1"'
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+check "three refusals matched" eval 'grep -Eq "^Failregex: 3 total" <<<"$out"'
+check "the IPv4 source is found" eval 'grep -q "192.0.2.66" <<<"$out"'
+check "the IPv6 source is found" eval 'grep -q "2001:db8::66" <<<"$out"'
+check "the success is not matched" eval '! grep -A3 "Matched line" <<<"$out" | grep -q "198.51.100.1"'
+summary

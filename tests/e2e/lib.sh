@@ -1,12 +1,14 @@
-# Shared helpers for the end-to-end scripts (bash). Source it:
-#   . "$(dirname "$0")/../lib.sh"
-# Nothing here starts or stops anything; the caller keeps its own trap.
+# Shared helpers for the end-to-end scripts (bash). Every script sources it, for example
+#   . "$(dirname "$0")/lib.sh"            # tests/e2e/*.sh
+#   . "$(dirname "$0")/../lib.sh"         # tests/e2e/*/*.sh
+# Nothing here starts anything or sets a trap; the caller keeps its own. The counters are
+# E2E_PASSED and E2E_FAILED; `summary` prints the closing "N passed, N failed" line.
 
 E2E_PASSED=${E2E_PASSED:-0}
 E2E_FAILED=${E2E_FAILED:-0}
 E2E_USED_PORTS=${E2E_USED_PORTS:-}
 
-# ok NAME / not_ok NAME [DETAIL]: one line per check; DETAIL (last 25 lines) as "#" comments.
+# ok NAME / not_ok NAME [DETAIL]: one line per check; DETAIL (last 30 lines) as "#" comments.
 ok() {
 	E2E_PASSED=$((E2E_PASSED + 1))
 	echo "ok - $1"
@@ -16,19 +18,22 @@ not_ok() {
 	E2E_FAILED=$((E2E_FAILED + 1))
 	echo "not ok - $1"
 	if [ -n "${2:-}" ]; then
-		printf '%s\n' "$2" | tail -n 25 | sed 's/^/#   /'
+		printf '%s\n' "$2" | tail -n 30 | sed 's/^/#   /'
 	fi
 }
 
-# check NAME COMMAND...: ok when COMMAND succeeds.
+# check NAME COMMAND...: ok when COMMAND succeeds. On failure, DETAIL (set for the call,
+# `DETAIL=$out check ...`, or by COMMAND itself) is shown under the line; it is cleared
+# after every check. `check NAME eval 'TEXT'` checks shell text (pipes, `!`, `&&`).
 check() {
 	local name=$1
 	shift
 	if "$@"; then
 		ok "$name"
 	else
-		not_ok "$name"
+		not_ok "$name" "${DETAIL:-}"
 	fi
+	DETAIL=
 }
 
 # expect_eq NAME WANT GOT [DETAIL]
@@ -46,22 +51,31 @@ summary() {
 	[ "$E2E_FAILED" -eq 0 ] && [ "$E2E_PASSED" -gt 0 ]
 }
 
-# True when something accepts TCP connections on 127.0.0.1:PORT.
+# tcp_port_in_use PORT [ADDRESS]: true when something accepts TCP connections on
+# ADDRESS:PORT (default 127.0.0.1).
 tcp_port_in_use() {
-	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+	(exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
 }
 
-# Prints a free loopback TCP port in 20000-31999 not handed out before in this run.
+# pick_port VARIABLE [ADDRESS...]: sets VARIABLE to a loopback TCP port in 20000-31999 that
+# nothing listens on (on 127.0.0.1 and on each ADDRESS) and that was not handed out before
+# in this run. Set in this shell, not a subshell (`$(pick_port)`), so picks never repeat.
 # Ports come from 20000-31999, below Linux's range for outgoing connections (32768 and
 # up): a port an outgoing connection happens to hold makes a server's bind fail.
-pick_port() { # VARIABLE: set in this shell (not a subshell), so picks never repeat
-	local p i
+pick_port() {
+	local var=$1 p i a busy
+	shift
 	for i in $(seq 1 200); do
 		p=$((20000 + RANDOM % 12000))
 		case " $E2E_USED_PORTS " in *" $p "*) continue ;; esac
+		busy=
+		for a in "$@"; do
+			tcp_port_in_use "$p" "$a" && busy=1
+		done
+		[ -z "$busy" ] || continue
 		if ! tcp_port_in_use "$p" && ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
 			E2E_USED_PORTS="$E2E_USED_PORTS $p"
-			printf -v "$1" '%s' "$p"
+			printf -v "$var" '%s' "$p"
 			return 0
 		fi
 	done
@@ -108,15 +122,17 @@ wait_for() {
 	return 1
 }
 
-# stop_pid PID [SECONDS]: TERM, wait, then KILL. Only for processes the caller started.
+# stop_pid PID [SECONDS]: TERM, wait, then KILL, and reap it when it is this shell's
+# child. Only for processes the caller started.
 stop_pid() {
 	local pid=$1 i
 	[ -n "$pid" ] || return 0
 	kill -TERM "$pid" 2>/dev/null || return 0
 	for i in $(seq 1 $((${2:-5} * 10))); do
-		kill -0 "$pid" 2>/dev/null || return 0
+		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
-	kill -KILL "$pid" 2>/dev/null
+	if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+	wait "$pid" 2>/dev/null || true
 	return 0
 }

@@ -25,27 +25,13 @@ REPO=$(cd "$HERE/../../.." && pwd)
 ADAPTER_DIR=$REPO/conf-examples/dovecot
 ROOT=${DOVECOT_ROOT:-}
 ROOT=${ROOT%/}
-
-PASSED=0
-FAILED=0
-
-ok() {
-	PASSED=$((PASSED + 1))
-	echo "ok - $1"
-}
-
-not_ok() {
-	FAILED=$((FAILED + 1))
-	echo "not ok - $1"
-	if [ -n "${2:-}" ]; then
-		printf '%s\n' "$2" | tail -n 25 | sed 's/^/#   /'
-	fi
-}
+# shellcheck source=../lib.sh
+. "$REPO/tests/e2e/lib.sh"
 
 die() {
 	echo "error: $*" >&2
-	FAILED=$((FAILED + 1))
-	echo "$PASSED passed, $FAILED failed"
+	E2E_FAILED=$((E2E_FAILED + 1))
+	summary
 	exit 1
 }
 
@@ -108,24 +94,6 @@ T=${HT#"$ROOT"}
 chmod 0755 "$HT"
 FAKE_PID=
 
-port_in_use() {
-	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-pick_port() {
-	local p i
-	for i in $(seq 1 200); do
-		p=$((20000 + RANDOM % 12000))
-		case " $USED_PORTS " in *" $p "*) continue ;; esac
-		if ! port_in_use "$p"; then
-			USED_PORTS="$USED_PORTS $p"
-			echo "$p"
-			return 0
-		fi
-	done
-	return 1
-}
-
 stop_dovecot() { # conf (as Dovecot sees it)
 	[ -f "$ROOT$1" ] || return 0
 	local base pid i p children alive
@@ -180,9 +148,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-USED_PORTS=
-IMAP_PORT=$(pick_port) || die "no free port in 20000-31999"
-POP3_PORT=$(pick_port) || die "no free port in 20000-31999"
+pick_port IMAP_PORT || die "no free port in 20000-31999"
+pick_port POP3_PORT || die "no free port in 20000-31999"
 
 mkdir -p "$HT/backend" "$HT/frontend" "$HT/sock" "$HT/vmail" "$HT/homes/bob"
 chown "$NOBODY_UID:$NOBODY_GID" "$HT/vmail" "$HT/homes/bob"
@@ -364,7 +331,7 @@ start_frontend() {
 	run dovecot -c "$T/frontend/dovecot.conf" || return 1
 	local i
 	for i in $(seq 1 100); do
-		if port_in_use "$IMAP_PORT" && port_in_use "$POP3_PORT" && [ -S "$HT/frontend/run/auth-userdb" ]; then
+		if tcp_port_in_use "$IMAP_PORT" && tcp_port_in_use "$POP3_PORT" && [ -S "$HT/frontend/run/auth-userdb" ]; then
 			return 0
 		fi
 		sleep 0.1
@@ -748,5 +715,4 @@ else
 	ok "frontend log has no Lua errors, fatals or panics"
 fi
 
-echo "$PASSED passed, $FAILED failed"
-[ "$FAILED" = 0 ]
+summary

@@ -25,6 +25,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
 ADAPTER_DIR=$REPO/conf-examples/dovecot
 SNIPPET_SRC=$ADAPTER_DIR/2.3/conf.d/auth-mailauthd.conf.ext
+# shellcheck source=../lib.sh
+. "$REPO/tests/e2e/lib.sh"
 
 fail() { echo "imap-login: $*" >&2; exit 1; }
 
@@ -67,13 +69,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-PORT=
-for _ in $(seq 1 200); do
-	p=$((20000 + RANDOM % 12000))
-	if ! port_in_use "$p"; then PORT=$p; break; fi
-done
-[ -n "$PORT" ] || fail "no free port in 20000-31999"
+pick_port PORT 2>/dev/null || fail "no free port in 20000-31999"
 
 # The shipped adapter and config; only paths (and the mail user) substituted.
 install -m 0644 "$ADAPTER_DIR/mailauthd.lua" "$D/mailauthd.lua"
@@ -122,12 +118,8 @@ dovecot -c "$D/dovecot.conf" >"$D/start.out" 2>&1 || {
 	show_log
 	fail "dovecot did not start"
 }
-up=
-for _ in $(seq 1 100); do
-	if port_in_use "$PORT" && [ -S "$D/run/auth-userdb" ]; then up=1; break; fi
-	sleep 0.1
-done
-[ -n "$up" ] || { show_log; fail "dovecot is not listening on 127.0.0.1:$PORT"; }
+dovecot_up() { tcp_port_in_use "$PORT" && [ -S "$D/run/auth-userdb" ]; }
+wait_for 10 dovecot_up || { show_log; fail "dovecot is not listening on 127.0.0.1:$PORT"; }
 
 # curl exits 67 for any refused login; read the server's reply in the transcript.
 RC=0

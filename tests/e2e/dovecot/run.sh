@@ -76,24 +76,11 @@ OUTDIR=$ARTIFACTS/dovecot-e2e/$V
 PG_URL=${MAILAUTHD_TEST_POSTGRES_URL:-}
 
 ###########################################################################
-# Reporting
+# Reporting: ok, not_ok, check and summary from lib.sh
 
-PASSED=0
-FAILED=0
+# shellcheck source=../lib.sh
+. "$REPO/tests/e2e/lib.sh"
 SKIPPED=0
-
-ok() {
-	PASSED=$((PASSED + 1))
-	echo "ok - $1"
-}
-
-not_ok() { # name [details]
-	FAILED=$((FAILED + 1))
-	echo "not ok - $1"
-	if [ -n "${2:-}" ]; then
-		printf '%s\n' "$2" | tail -n 30 | sed 's/^/#   /'
-	fi
-}
 
 skip() { # name reason: neither passed nor failed
 	SKIPPED=$((SKIPPED + 1))
@@ -116,13 +103,12 @@ finish() {
 	trap - ERR
 	set +e
 	cleanup
-	if [ "$status" != 0 ] && [ "$FAILED" = 0 ]; then
+	if [ "$status" != 0 ] && [ "$E2E_FAILED" = 0 ]; then
 		not_ok "the script ended early (exit $status)"
 	fi
 	note "Dovecot $V pass took $(($(date +%s) - STARTED)) s; logs in $OUTDIR"
 	[ "$SKIPPED" = 0 ] || note "$SKIPPED check(s) skipped"
-	echo "$PASSED passed, $FAILED failed"
-	[ "$FAILED" = 0 ] && exit 0
+	summary && exit 0
 	exit 1
 }
 on_error() {
@@ -227,18 +213,6 @@ RECORDER_PID=
 PG_DB=
 PG_ADMIN_URL=
 
-stop_pid() { # pid: TERM, wait up to 5 s, KILL
-	local pid=$1 i
-	[ -n "$pid" ] || return 0
-	kill -TERM "$pid" 2>/dev/null || return 0
-	for i in $(seq 1 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
 stop_dovecot() {
 	[ -f "$D/dovecot.conf" ] || return 0
 	local pid i p children alive
@@ -296,27 +270,10 @@ cleanup() {
 ###########################################################################
 # Ports
 
-USED_PORTS=
-port_in_use() { # port [address]
-	(exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
-}
-pick_port() { # variable: a free port in 20000-31999, not handed out before
-	local p i
-	for i in $(seq 1 200); do
-		p=$((20000 + RANDOM % 12000))
-		case " $USED_PORTS " in *" $p "*) continue ;; esac
-		if ! port_in_use "$p" && ! port_in_use "$p" 127.0.0.2; then
-			USED_PORTS="$USED_PORTS $p"
-			printf -v "$1" '%s' "$p"
-			return 0
-		fi
-	done
-	die "no free port in 20000-31999"
-}
-pick_port IMAP_PORT
-pick_port POP3_PORT
-pick_port SIEVE_PORT
-pick_port LMTP_PORT
+# Free on 127.0.0.2 as well: Dovecot listens there too (the throttle checks come from it).
+for port in IMAP_PORT POP3_PORT SIEVE_PORT LMTP_PORT; do
+	pick_port "$port" 127.0.0.2 || die "no free port in 20000-31999"
+done
 
 ###########################################################################
 # mailauthd
@@ -541,8 +498,8 @@ start_dovecot() {
 	run dovecot -c "$T/dovecot/dovecot.conf" >"$D/start.out" 2>&1 || return 1
 	local i
 	for i in $(seq 1 100); do
-		if port_in_use "$IMAP_PORT" && port_in_use "$POP3_PORT" && port_in_use "$SIEVE_PORT" &&
-			port_in_use "$LMTP_PORT" && [ -S "$D/run/auth-userdb" ]; then
+		if tcp_port_in_use "$IMAP_PORT" && tcp_port_in_use "$POP3_PORT" && tcp_port_in_use "$SIEVE_PORT" &&
+			tcp_port_in_use "$LMTP_PORT" && [ -S "$D/run/auth-userdb" ]; then
 			return 0
 		fi
 		sleep 0.1
@@ -763,13 +720,6 @@ expect_temp() { # name proto user pass
 	else
 		ok "$name"
 	fi
-}
-
-check() { # name command...: ok when the command succeeds
-	local name=$1
-	shift
-	if "$@"; then ok "$name"; else not_ok "$name" "${DETAIL:-}"; fi
-	DETAIL=
 }
 
 ###########################################################################

@@ -23,34 +23,20 @@ case $MAILAUTHD_BIN in /*) ;; *) MAILAUTHD_BIN=$REPO/$MAILAUTHD_BIN ;; esac
 ARTIFACTS=${ARTIFACTS:-$REPO/ci-artifacts}
 case $ARTIFACTS in /*) ;; *) ARTIFACTS=$REPO/$ARTIFACTS ;; esac
 SHOTS=$ARTIFACTS/screenshots
+# shellcheck source=../lib.sh
+. "$REPO/tests/e2e/lib.sh"
 
-PASSED=0
-FAILED=0
 PIDS=()
-
-ok() {
-	PASSED=$((PASSED + 1))
-	echo "ok - $1"
-}
-
-not_ok() {
-	FAILED=$((FAILED + 1))
-	echo "not ok - $1"
-	if [ -n "${2:-}" ]; then
-		printf '%s\n' "$2" | tail -n 20 | sed 's/^/#   /'
-	fi
-}
 
 SUMMARY_PRINTED=
 finish() {
 	SUMMARY_PRINTED=1
-	echo "$PASSED passed, $FAILED failed"
-	[ "$FAILED" -eq 0 ]
+	summary
 }
 
 die() {
 	echo "error: $*" >&2
-	FAILED=$((FAILED + 1))
+	E2E_FAILED=$((E2E_FAILED + 1))
 	finish || exit 1
 }
 
@@ -58,7 +44,7 @@ cleanup() {
 	local status=$? pid
 	if [ -z "$SUMMARY_PRINTED" ]; then
 		echo "error: stopped early (exit status $status); see the lines above" >&2
-		echo "$PASSED passed, $((FAILED + 1)) failed"
+		echo "$E2E_PASSED passed, $((E2E_FAILED + 1)) failed"
 	fi
 	for pid in "${PIDS[@]}"; do
 		kill "$pid" 2>/dev/null || true
@@ -104,14 +90,9 @@ chmod 0711 "$TMP"
 mkdir -p "$TMP/state" "$SHOTS"
 rm -f "$SHOTS"/*.png
 
-free_port() {
-	node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
-}
-PROVIDER_PORT=$(free_port)
-TLS_PORT=$(free_port)
-WEB_PORT=$(free_port)
-while [ "$TLS_PORT" = "$PROVIDER_PORT" ]; do TLS_PORT=$(free_port); done
-while [ "$WEB_PORT" = "$PROVIDER_PORT" ] || [ "$WEB_PORT" = "$TLS_PORT" ]; do WEB_PORT=$(free_port); done
+pick_port PROVIDER_PORT || die "no free port"
+pick_port TLS_PORT || die "no free port"
+pick_port WEB_PORT || die "no free port"
 BASE=http://127.0.0.1:$WEB_PORT
 ISSUER=http://127.0.0.1:$PROVIDER_PORT
 TLS_ISSUER=https://127.0.0.1:$TLS_PORT
@@ -210,13 +191,8 @@ PIDS+=($!)
 DAEMON_PID=$!
 PIDS+=("$DAEMON_PID")
 
-wait_http() { # $1 = URL
-	local i
-	for i in $(seq 100); do
-		curl -fsk -o /dev/null "$1" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
+wait_http() { # $1 = URL: up to 10 s
+	wait_for 10 curl -fsk -o /dev/null "$1" 2>/dev/null
 }
 wait_http "$ISSUER/.well-known/openid-configuration" || die "provider did not start: $(cat "$TMP/provider.log")"
 wait_http "$BASE/healthz" || die "mailauthd did not start: $(cat "$TMP/mailauthd.log")"
@@ -496,13 +472,8 @@ fi
 
 # --- a reload (SIGHUP) applies a new claim mapping without dropping connections ---------
 
-wait_for() { # $1 = file, $2 = extended regex: waits up to 20 s for a matching line
-	local i
-	for i in $(seq 200); do
-		grep -qE "$2" "$1" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
+wait_line() { # $1 = file, $2 = extended regex: waits up to 20 s for a matching line
+	wait_for 20 grep -sqE "$2" "$1"
 }
 log_since() { # $1 = number of daemon log lines seen before
 	tail -n "+$(($1 + 1))" "$TMP/mailauthd.log"
@@ -533,10 +504,10 @@ exec {HELD_IN}>"$TMP/held-auth.in"
 held_auth() { # $1 = request id, $2 = address, $3 = password
 	# In a subshell: if the helper is gone, the broken pipe ends only that.
 	(printf 'auth %s %s %s\n' "$1" "$2" "$3" >&"$HELD_IN") 2>/dev/null || true
-	wait_for "$TMP/held-auth.out" "^(reply $1 |closed|error)" || true
+	wait_line "$TMP/held-auth.out" "^(reply $1 |closed|error)" || true
 	grep -E "^(reply $1 |closed|error)" "$TMP/held-auth.out" | tail -n 1 || true
 }
-wait_for "$TMP/held-auth.out" '^(ready|error)' || true
+wait_line "$TMP/held-auth.out" '^(ready|error)' || true
 reply=$(held_auth 1 erin@example.org erin-local-password-1)
 if grep -q "^ready spid=$DAEMON_PID " "$TMP/held-auth.out" && [ "$reply" = "reply 1 OK|1|user=erin@example.org" ]; then
 	ok "an auth-socket connection opened before the reload answers a login (OK for erin)"
