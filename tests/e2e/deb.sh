@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Builds the Debian package, installs it on a clean state, and runs the installed binary.
+# Installs the Debian package on a clean state and runs the installed binary. The package
+# is MAILAUTHD_DEB when set (CI builds it once, for this suite and systemd.sh); otherwise
+# `cargo deb` builds it here.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 # shellcheck source=lib.sh
 . "$ROOT/tests/e2e/lib.sh"
 
-command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
-cargo deb --locked
-deb=$(ls -t target/debian/mailauthd_*.deb | head -1)
+if [ -n "${MAILAUTHD_DEB:-}" ]; then
+	deb=$MAILAUTHD_DEB
+else
+	command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+	cargo deb --locked
+	deb=$(ls -t "${CARGO_TARGET_DIR:-target}"/debian/mailauthd_*.deb | head -1)
+fi
 dpkg-deb --info "$deb" | sed -n '1,20p'
 
 # A clean state: no earlier install, user, config or data.

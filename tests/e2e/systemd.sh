@@ -9,10 +9,11 @@
 #   tests/e2e/systemd.sh
 #
 # Environment:
+#   MAILAUTHD_DEB     the package to test (CI builds it once, for deb.sh and this suite).
+#                     Without it:
 #   CARGO_TARGET_DIR  where `cargo deb` puts the package (default target/ under the
 #                     repo). <target>/debian/mailauthd_*.deb is reused when it is newer
-#                     than the sources (CI runs tests/e2e/deb.sh first, which builds it);
-#                     otherwise it is built here.
+#                     than the sources; otherwise it is built here.
 #   SYSTEMD_ROOT      the Debian 12 tree the container boots (default
 #                     /srv/bookworm-systemd). Made with debootstrap when missing (about
 #                     300 MB from Debian's mirror, a minute or two) and reused otherwise;
@@ -127,16 +128,21 @@ if [ -n "$missing" ]; then
 fi
 
 ###########################################################################
-# The package: reused when newer than everything it is built from
+# The package: the one given, or reused when newer than everything it is built from
 
 # shellcheck disable=SC2012 # cargo-deb names its packages plainly
 deb=$(ls -t "$TARGET"/debian/mailauthd_*.deb 2>/dev/null | head -n 1 || true)
 newer=
-if [ -n "$deb" ]; then
+if [ -n "${MAILAUTHD_DEB:-}" ]; then
+	deb=$MAILAUTHD_DEB
+	[ -f "$deb" ] || die "MAILAUTHD_DEB names no file: $deb"
+elif [ -n "$deb" ]; then
 	newer=$(find "$REPO/src" "$REPO/packaging" "$REPO/conf-examples" "$REPO/Cargo.toml" \
 		"$REPO/Cargo.lock" "$REPO/README.md" -type f -newer "$deb" -print -quit)
 fi
-if [ -n "$deb" ] && [ -z "$newer" ]; then
+if [ -n "${MAILAUTHD_DEB:-}" ]; then
+	ok "package $(basename "$deb") given as MAILAUTHD_DEB"
+elif [ -n "$deb" ] && [ -z "$newer" ]; then
 	ok "package $(basename "$deb") reused from $TARGET/debian (newer than the sources)"
 else
 	note "building the package with cargo deb${newer:+ ($newer is newer than $deb)}"
