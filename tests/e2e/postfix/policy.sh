@@ -122,7 +122,7 @@ pick_port UNIX_PORT
 pick_port POLICY_PORT
 POLICY_SOCK=$SOCK_DIR/policy
 CAPTURE_PORT=
-[ -z "${UPDATE_FIXTURES:-}" ] || CAPTURE_PORT=$(pick_port)
+[ -z "${UPDATE_FIXTURES:-}" ] || pick_port CAPTURE_PORT
 
 # ---------------------------------------------------------------------------
 # mailauthd: its own state, a fresh PostgreSQL database (or SQLite), running as nobody.
