@@ -7,6 +7,9 @@
 E2E_PASSED=${E2E_PASSED:-0}
 E2E_FAILED=${E2E_FAILED:-0}
 E2E_USED_PORTS=${E2E_USED_PORTS:-}
+# The loopback ports pick_port hands out, LOW-HIGH. Suites run side by side get ranges that
+# do not overlap, so neither can take a port the other picked but has not bound yet.
+E2E_PORTS=${E2E_PORTS:-20000-31999}
 
 # ok NAME / not_ok NAME [DETAIL]: one line per check; DETAIL (last 30 lines) as "#" comments.
 ok() {
@@ -57,16 +60,16 @@ tcp_port_in_use() {
 	(exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null
 }
 
-# pick_port VARIABLE [ADDRESS...]: sets VARIABLE to a loopback TCP port in 20000-31999 that
+# pick_port VARIABLE [ADDRESS...]: sets VARIABLE to a loopback TCP port in E2E_PORTS that
 # nothing listens on (on 127.0.0.1 and on each ADDRESS) and that was not handed out before
 # in this run. Set in this shell, not a subshell (`$(pick_port)`), so picks never repeat.
-# Ports come from 20000-31999, below Linux's range for outgoing connections (32768 and
-# up): a port an outgoing connection happens to hold makes a server's bind fail.
+# The default range, 20000-31999, is below Linux's range for outgoing connections (32768
+# and up): a port an outgoing connection happens to hold makes a server's bind fail.
 pick_port() {
-	local var=$1 p i a busy
+	local var=$1 low=${E2E_PORTS%-*} high=${E2E_PORTS#*-} p i a busy
 	shift
 	for i in $(seq 1 200); do
-		p=$((20000 + RANDOM % 12000))
+		p=$((low + RANDOM % (high - low + 1)))
 		case " $E2E_USED_PORTS " in *" $p "*) continue ;; esac
 		busy=
 		for a in "$@"; do

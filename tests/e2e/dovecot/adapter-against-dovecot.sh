@@ -7,9 +7,10 @@
 #   backend   stands in for mailauthd: only its auth service, with an
 #             auth-client socket and an auth-userdb (auth-master) socket over
 #             passwd-files of {PLAIN} users;
-#   frontend  IMAP and POP3 on 127.0.0.1 (ports 20000-31999), authenticating
-#             through the shipped mailauthd.lua and conf.d/auth-mailauthd.conf.ext
-#             for its Dovecot version (only paths and the mail uid/gid substituted).
+#   frontend  IMAP and POP3 on 127.0.0.1 (ports from E2E_PORTS, see lib.sh),
+#             authenticating through the shipped mailauthd.lua and
+#             conf.d/auth-mailauthd.conf.ext for its Dovecot version (only paths and
+#             the mail uid/gid substituted).
 # A small Perl server then plays mailauthd signalling a temporary failure by
 # closing the connection after AUTH, with a Dovecot-2.4-style (v1.3) handshake.
 #
@@ -148,8 +149,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-pick_port IMAP_PORT || die "no free port in 20000-31999"
-pick_port POP3_PORT || die "no free port in 20000-31999"
+pick_port IMAP_PORT || die "no free port in $E2E_PORTS"
+pick_port POP3_PORT || die "no free port in $E2E_PORTS"
 
 mkdir -p "$HT/backend" "$HT/frontend" "$HT/sock" "$HT/vmail" "$HT/homes/bob"
 chown "$NOBODY_UID:$NOBODY_GID" "$HT/vmail" "$HT/homes/bob"

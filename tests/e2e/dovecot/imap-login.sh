@@ -69,7 +69,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-pick_port PORT 2>/dev/null || fail "no free port in 20000-31999"
+pick_port PORT 2>/dev/null || fail "no free port in $E2E_PORTS"
 
 # The shipped adapter and config; only paths (and the mail user) substituted.
 install -m 0644 "$ADAPTER_DIR/mailauthd.lua" "$D/mailauthd.lua"

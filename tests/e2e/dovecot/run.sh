@@ -27,7 +27,7 @@
 #
 # What runs, all on loopback: mailauthd (a temporary config: SQLite, then
 # PostgreSQL for the outage) with its auth and userdb sockets; one private
-# Dovecot (IMAP, POP3, ManageSieve, LMTP on ports 20000-31999, log_path to a
+# Dovecot (IMAP, POP3, ManageSieve, LMTP on ports from E2E_PORTS, log_path to a
 # file) using conf-examples/dovecot/mailauthd.lua and the version's
 # conf.d/auth-mailauthd.conf.ext with only paths, ports and the mail user
 # substituted. Clients: curl (IMAP, POP3), bash /dev/tcp dialogues (ManageSieve
@@ -272,7 +272,7 @@ cleanup() {
 
 # Free on 127.0.0.2 as well: Dovecot listens there too (the throttle checks come from it).
 for port in IMAP_PORT POP3_PORT SIEVE_PORT LMTP_PORT; do
-	pick_port "$port" 127.0.0.2 || die "no free port in 20000-31999"
+	pick_port "$port" 127.0.0.2 || die "no free port in $E2E_PORTS"
 done
 
 ###########################################################################
