@@ -1,18 +1,35 @@
-//! The only code that creates or changes mailboxes. The CLI calls it today; the OIDC
-//! sign-in calls the same functions, so domain limits and templates mean the same
-//! everywhere.
+//! The only code that creates or changes mailboxes, so that a domain's limits, a template
+//! and the postmaster's overrides mean the same whoever writes.
+//!
+//! - A new mailbox is built and inserted in one place, `insert`. The CLI reaches it through
+//!   [`create_mailbox`]; the first sign-in through an identity provider through
+//!   [`sign_in`]. Each finds the domain and the template its own way (a sign-in picks the
+//!   template by claim and refuses a disabled domain), then hands the same constructor a
+//!   [`NewMailbox`].
+//! - The postmaster's changes are [`update_mailbox`], [`set_password_hash`],
+//!   [`set_auth_source`] and [`remove_mailbox`]; a sign-in binds and brings up to date its
+//!   own mailbox in `sign_in`.
+//! - Domain limits are decided in `limits` and run by the store inside the transaction
+//!   that writes the row. A write that depends on the row as read is a compare-and-set,
+//!   decided again on the fresh row when another writer got there first.
+//!
+//! Keeping a credential in shape is not a change of the mailbox and stays with the decision
+//! core (`crate::auth`): the rehash of an imported hash after a login, and the last use.
 
+mod limits;
 mod sign_in;
 
+pub use limits::{limit_breach, LimitBreach};
 pub use sign_in::{choose_template, sign_in, SignInClaims, SignInRefusal, SignInRules, SignedIn};
 
 use thiserror::Error;
 
+use limits::{LimitGuard, WriteError};
+
 use crate::clock::Clock;
 use crate::names::{Address, Protocols};
-use crate::size::format_size;
 use crate::store::{
-    AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Overrides, Store, StoreError, Template,
+    AuthSource, Domain, Mailbox, MailboxState, Overrides, Store, StoreError, Template,
 };
 
 /// How often a write that lost a race with another writer of the same mailbox is decided
@@ -40,6 +57,16 @@ impl From<StoreError> for ProvisionError {
         match e {
             StoreError::Refused(msg) => ProvisionError::Refused(msg),
             other => ProvisionError::Store(other),
+        }
+    }
+}
+
+impl From<WriteError> for ProvisionError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            // The same text the store would have refused with.
+            WriteError::Limit(breach) => ProvisionError::Refused(breach.to_string()),
+            WriteError::Store(e) => e.into(),
         }
     }
 }
@@ -80,6 +107,8 @@ pub struct MailboxChanges {
     pub unlink_identity: bool,
 }
 
+/// A mailbox the postmaster adds (`mailbox add`, `mailbox import`): its domain must exist,
+/// and so must the template it names, if any.
 pub async fn create_mailbox(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -94,15 +123,40 @@ pub async fn create_mailbox(
         Some(name) => Some(load_template(store, name).await?),
         None => None,
     };
+    insert(store, clock, &new, &domain, template.as_ref())
+        .await
+        .map_err(|e| match e {
+            WriteError::Store(StoreError::Conflict(_)) => {
+                ProvisionError::Exists(new.address.to_string())
+            }
+            WriteError::Store(StoreError::NotFound(_)) => {
+                ProvisionError::UnknownDomain(domain_name)
+            }
+            other => other.into(),
+        })
+}
+
+/// The one constructor of a mailbox. It starts from the domain (its largest quota, every
+/// protocol, active), applies `template`, then sets what the caller gave explicitly
+/// (remembered as overrides), and has the store insert the row with the domain's limits
+/// checked in the same transaction. `new.template` is not read: callers load the template
+/// their own way.
+async fn insert(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    new: &NewMailbox,
+    domain: &Domain,
+    template: Option<&Template>,
+) -> Result<Mailbox, WriteError> {
     let now = clock.now();
-    let (issuer, subject) = new.oidc_identity.clone().unzip();
+    let (oidc_issuer, oidc_subject) = new.oidc_identity.clone().unzip();
     let mut mailbox = Mailbox {
         address: new.address.to_string(),
-        domain: domain_name,
+        domain: new.address.domain().to_string(),
         password_hash: new.password_hash.clone(),
         auth_source: new.auth_source,
-        oidc_issuer: issuer,
-        oidc_subject: subject,
+        oidc_issuer,
+        oidc_subject,
         display_name: new.display_name.clone(),
         quota: domain.max_quota.unwrap_or(0),
         protocols: Protocols::ALL,
@@ -114,25 +168,21 @@ pub async fn create_mailbox(
         updated_at: now,
         last_login: None,
     };
-    if let Some(t) = &template {
+    if let Some(t) = template {
         apply_template(&mut mailbox, t);
     }
     set_by_postmaster(&mut mailbox, new.quota, new.protocols, new.state);
-
-    let quota = mailbox.quota;
-    let require_active = new.require_active_domain;
-    let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, true, require_active);
-    store
-        .create_mailbox(&mailbox, &check)
+    let guard = LimitGuard::new(mailbox.quota, true, new.require_active_domain);
+    match store
+        .create_mailbox(&mailbox, &|d, u| guard.check(d, u))
         .await
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => ProvisionError::Exists(mailbox.address.clone()),
-            StoreError::NotFound(_) => ProvisionError::UnknownDomain(mailbox.domain.clone()),
-            other => other.into(),
-        })?;
-    Ok(mailbox)
+    {
+        Ok(()) => Ok(mailbox),
+        Err(e) => Err(guard.refusal(e)),
+    }
 }
 
+/// The postmaster's changes to a mailbox (`mailbox set`, `mailbox unlink`).
 pub async fn update_mailbox(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -174,15 +224,53 @@ pub async fn update_mailbox(
             mailbox.oidc_subject = None;
         }
         mailbox.updated_at = clock.now();
-        let quota = mailbox.quota;
-        let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, false, false);
-        if store.update_mailbox_if(&mailbox, &current, &check).await? {
+        let guard = LimitGuard::new(mailbox.quota, false, false);
+        let written = store
+            .update_mailbox_if(&mailbox, &current, &|d, u| guard.check(d, u))
+            .await
+            .map_err(|e| guard.refusal(e))?;
+        if written {
             return Ok(mailbox);
         }
     }
     Err(ProvisionError::Store(StoreError::Unavailable(format!(
         "mailbox {address} kept changing while it was being updated; try again"
     ))))
+}
+
+/// A new stored password, as a hash the caller made. The credential generation moves on,
+/// so the mailbox's page sessions end and no cached check of the old password counts.
+pub async fn set_password_hash(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    address: &Address,
+    hash: &str,
+) -> Result<(), ProvisionError> {
+    store
+        .set_password_hash(address.as_str(), Some(hash), clock.now())
+        .await?;
+    Ok(())
+}
+
+/// Switches a mailbox between its own password (`local`) and the identity provider
+/// (`oidc`). The stored password is kept either way; a change of source ends the
+/// mailbox's page sessions.
+pub async fn set_auth_source(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    address: &Address,
+    source: AuthSource,
+) -> Result<(), ProvisionError> {
+    store
+        .set_auth_source(address.as_str(), source, clock.now())
+        .await?;
+    Ok(())
+}
+
+/// Removes a mailbox; its app passwords and send-as grants go with it.
+pub async fn remove_mailbox(store: &dyn Store, address: &Address) -> Result<(), ProvisionError> {
+    store.delete_mailbox(address.as_str()).await?;
+    Ok(())
 }
 
 /// Explicit settings from the postmaster: set, and remembered as overrides that applying a
@@ -228,171 +316,4 @@ async fn load_template(store: &dyn Store, name: &str) -> Result<Template, Provis
         .get_template(name)
         .await?
         .ok_or_else(|| ProvisionError::UnknownTemplate(name.to_string()))
-}
-
-/// The domain's limits for a mailbox with `quota` (0 = unlimited). `usage` excludes the
-/// mailbox itself when it is being changed rather than added.
-pub fn check_limits(
-    domain: &Domain,
-    usage: &DomainUsage,
-    quota: u64,
-    adding: bool,
-    require_active: bool,
-) -> Result<(), String> {
-    limit_breach(domain, usage, quota, adding, require_active).map_err(|b| b.to_string())
-}
-
-/// Which domain rule a mailbox would break; sign-ins tell a person which one it was.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum LimitBreach {
-    #[error("domain {0} is disabled")]
-    DomainDisabled(String),
-    #[error("the mailbox limit for {domain} is reached ({max} mailboxes)")]
-    MailboxCount { domain: String, max: u64 },
-    #[error("{domain} allows at most {} per mailbox; an unlimited quota is not allowed", format_size(*.max))]
-    UnlimitedQuota { domain: String, max: u64 },
-    #[error("quota {} is over the maximum of {} per mailbox in {domain}", format_size(*.quota), format_size(*.max))]
-    QuotaOverMax {
-        domain: String,
-        quota: u64,
-        max: u64,
-    },
-    #[error("{domain} has a total quota of {}; every mailbox needs a finite quota", format_size(*.total))]
-    TotalNeedsFinite { domain: String, total: u64 },
-    #[error("quota {} would exceed the total quota of {domain}: {} of {} already assigned", format_size(*.quota), format_size(*.used), format_size(*.total))]
-    TotalQuota {
-        domain: String,
-        quota: u64,
-        used: u64,
-        total: u64,
-    },
-}
-
-pub fn limit_breach(
-    domain: &Domain,
-    usage: &DomainUsage,
-    quota: u64,
-    adding: bool,
-    require_active: bool,
-) -> Result<(), LimitBreach> {
-    let name = &domain.name;
-    if require_active && !domain.active {
-        return Err(LimitBreach::DomainDisabled(name.clone()));
-    }
-    if let Some(max) = domain.max_mailboxes.filter(|_| adding) {
-        if usage.mailboxes >= max {
-            return Err(LimitBreach::MailboxCount {
-                domain: name.clone(),
-                max,
-            });
-        }
-    }
-    if let Some(max) = domain.max_quota {
-        if quota == 0 {
-            return Err(LimitBreach::UnlimitedQuota {
-                domain: name.clone(),
-                max,
-            });
-        }
-        if quota > max {
-            return Err(LimitBreach::QuotaOverMax {
-                domain: name.clone(),
-                quota,
-                max,
-            });
-        }
-    }
-    if let Some(total) = domain.total_quota {
-        if quota == 0 || usage.unlimited_mailboxes > 0 {
-            return Err(LimitBreach::TotalNeedsFinite {
-                domain: name.clone(),
-                total,
-            });
-        }
-        if usage.quota_sum.saturating_add(quota) > total {
-            return Err(LimitBreach::TotalQuota {
-                domain: name.clone(),
-                quota,
-                used: usage.quota_sum,
-                total,
-            });
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn domain() -> Domain {
-        Domain {
-            name: "example.org".into(),
-            active: true,
-            max_mailboxes: Some(2),
-            max_quota: Some(10 << 30),
-            total_quota: Some(15 << 30),
-            created_at: 0,
-        }
-    }
-
-    #[test]
-    fn limits_hold() {
-        let d = domain();
-        let empty = DomainUsage::default();
-        assert!(check_limits(&d, &empty, 5 << 30, true, true).is_ok());
-        let full = DomainUsage {
-            mailboxes: 2,
-            quota_sum: 4 << 30,
-            unlimited_mailboxes: 0,
-        };
-        assert!(check_limits(&d, &full, 1 << 30, true, true)
-            .unwrap_err()
-            .contains("mailbox limit"));
-        assert!(
-            check_limits(&d, &full, 1 << 30, false, true).is_ok(),
-            "changing is not adding"
-        );
-        assert!(check_limits(&d, &empty, 11 << 30, true, true)
-            .unwrap_err()
-            .contains("maximum of 10G"));
-        assert!(check_limits(&d, &empty, 0, true, true)
-            .unwrap_err()
-            .contains("unlimited"));
-        let used = DomainUsage {
-            mailboxes: 1,
-            quota_sum: 10 << 30,
-            unlimited_mailboxes: 0,
-        };
-        assert!(check_limits(&d, &used, 6 << 30, true, true)
-            .unwrap_err()
-            .contains("total quota"));
-        assert!(check_limits(&d, &used, 5 << 30, true, true).is_ok());
-    }
-
-    #[test]
-    fn disabled_domain_refuses_sign_ins_only() {
-        let mut d = domain();
-        d.active = false;
-        assert!(check_limits(&d, &DomainUsage::default(), 1, true, true)
-            .unwrap_err()
-            .contains("disabled"));
-        assert!(check_limits(&d, &DomainUsage::default(), 1, true, false).is_ok());
-    }
-
-    #[test]
-    fn unlimited_domain_takes_anything() {
-        let d = Domain {
-            max_mailboxes: None,
-            max_quota: None,
-            total_quota: None,
-            ..domain()
-        };
-        let lots = DomainUsage {
-            mailboxes: 1_000_000,
-            quota_sum: u64::MAX / 2,
-            unlimited_mailboxes: 9,
-        };
-        assert!(check_limits(&d, &lots, 0, true, true).is_ok());
-    }
 }

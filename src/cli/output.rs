@@ -33,6 +33,16 @@ impl Output {
         }
     }
 
+    /// [`Output::list`] with one row per item, made by `row`.
+    pub fn rows<T: Serialize>(
+        &self,
+        value: &[T],
+        headers: &[&str],
+        row: impl Fn(&T) -> Vec<String>,
+    ) {
+        self.list(value, headers, value.iter().map(row).collect());
+    }
+
     /// Key/value lines for one record, or the record as JSON.
     pub fn record<T: Serialize>(&self, value: &T, fields: &[(&str, String)]) {
         if self.json {

@@ -28,23 +28,13 @@ pub async fn run(
     })?;
     match reply {
         ControlReply::Blocks { now_ms, entries } => {
-            let rows = entries
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.kind.clone(),
-                        e.key.clone(),
-                        e.failures.to_string(),
-                        match e.blocked_until_ms {
-                            Some(t) if t > now_ms => {
-                                format!("blocked until {}", format_time(t / 1000))
-                            }
-                            _ => "counting".into(),
-                        },
-                    ]
-                })
-                .collect();
-            out.list(&entries, &["KIND", "KEY", "FAILURES", "STATE"], rows);
+            out.rows(&entries, &["KIND", "KEY", "FAILURES", "STATE"], |e| {
+                let state = match e.blocked_until_ms {
+                    Some(t) if t > now_ms => format!("blocked until {}", format_time(t / 1000)),
+                    _ => "counting".into(),
+                };
+                vec![e.kind.clone(), e.key.clone(), e.failures.to_string(), state]
+            });
             Ok(())
         }
         ControlReply::Cleared { removed } => {

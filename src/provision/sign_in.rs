@@ -4,17 +4,13 @@
 //! the person gets in, and creates or updates their mailbox. Every refusal carries a reason a
 //! person can read and a detail for the postmaster's log.
 
-use std::sync::Mutex;
-
 use thiserror::Error;
 
-use super::{apply_template, limit_breach, LimitBreach, WRITE_ATTEMPTS};
+use super::limits::{LimitBreach, LimitGuard, WriteError};
+use super::{apply_template, insert, NewMailbox, WRITE_ATTEMPTS};
 use crate::clock::Clock;
 use crate::names::{Address, NameError};
-use crate::store::{
-    AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Mapping, Overrides, Store, StoreError,
-    Template,
-};
+use crate::store::{AuthSource, Mailbox, MailboxState, Mapping, Store, StoreError, Template};
 
 /// Display names come from the provider; keep what we store bounded.
 const MAX_DISPLAY_NAME: usize = 200;
@@ -342,28 +338,9 @@ fn display_name(claims: &SignInClaims) -> Option<String> {
         .map(|n| n.trim().to_string())
 }
 
-/// Runs `write` with a limit check that remembers which rule refused, so the person can be
-/// told "mailbox limit" rather than a generic refusal.
-struct BreachRecorder(Mutex<Option<LimitBreach>>);
-
-impl BreachRecorder {
-    fn new() -> Self {
-        BreachRecorder(Mutex::new(None))
-    }
-
-    fn record(&self, breach: LimitBreach) -> String {
-        let text = breach.to_string();
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(breach);
-        }
-        text
-    }
-
-    fn take(&self) -> Option<LimitBreach> {
-        self.0.lock().ok().and_then(|mut slot| slot.take())
-    }
-}
-
+/// A first sign-in's mailbox: in an active domain, with the template its claims map to,
+/// bound to this identity, and without a password (an `oidc` mailbox logs in to mail with
+/// app passwords only).
 async fn create(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -379,40 +356,25 @@ async fn create(
         return Err(SignInRefusal::DomainDisabled(domain_name));
     }
     let template = chosen_template(store, claims).await?;
-    let now = clock.now();
-    let mut mailbox = Mailbox {
-        address: address.to_string(),
-        domain: domain_name,
-        // No usable password: an oidc mailbox logs in to mail with app passwords only.
+    let new = NewMailbox {
+        address: address.clone(),
         password_hash: None,
         auth_source: AuthSource::Oidc,
-        oidc_issuer: Some(claims.issuer.clone()),
-        oidc_subject: Some(claims.subject.clone()),
         display_name: display_name(claims).unwrap_or_default(),
-        quota: 0,
-        protocols: template.protocols,
-        state: template.state,
-        template: None,
-        template_hash: None,
-        overrides: Overrides::NONE,
-        created_at: now,
-        updated_at: now,
-        last_login: None,
+        quota: None,
+        protocols: None,
+        state: None,
+        template: Some(template.name.clone()),
+        oidc_identity: Some((claims.issuer.clone(), claims.subject.clone())),
+        require_active_domain: true,
     };
-    apply_template(&mut mailbox, &template);
-    let quota = mailbox.quota;
-    let breaches = BreachRecorder::new();
-    let check = |d: &Domain, u: &DomainUsage| {
-        limit_breach(d, u, quota, true, true).map_err(|b| breaches.record(b))
-    };
-    match store.create_mailbox(&mailbox, &check).await {
-        Ok(()) => Ok(SignedIn::Created(mailbox)),
-        Err(StoreError::Refused(text)) => Err(match breaches.take() {
-            Some(b) => SignInRefusal::Limit(b),
-            None => SignInRefusal::Store(StoreError::Refused(text)),
-        }),
-        Err(StoreError::NotFound(_)) => Err(SignInRefusal::DomainNotServed(mailbox.domain)),
-        Err(e) => Err(e.into()),
+    match insert(store, clock, &new, &domain, Some(&template)).await {
+        Ok(mailbox) => Ok(SignedIn::Created(mailbox)),
+        Err(WriteError::Limit(breach)) => Err(SignInRefusal::Limit(breach)),
+        Err(WriteError::Store(StoreError::NotFound(_))) => {
+            Err(SignInRefusal::DomainNotServed(domain_name))
+        }
+        Err(WriteError::Store(e)) => Err(e.into()),
     }
 }
 
@@ -470,48 +432,64 @@ async fn existing(
         SignedIn::Unchanged(mailbox)
     } else {
         wanted.updated_at = clock.now();
-        let quota = wanted.quota;
-        let breaches = BreachRecorder::new();
-        let check = |d: &Domain, u: &DomainUsage| {
-            limit_breach(d, u, quota, false, false).map_err(|b| breaches.record(b))
-        };
-        match store.update_mailbox_if(&wanted, &mailbox, &check).await {
-            Ok(true) => SignedIn::Updated(wanted),
-            Ok(false) | Err(StoreError::Conflict(_)) => return Ok(None),
-            Err(StoreError::Refused(text)) => {
-                let reason = breaches.take().map(|b| b.to_string()).unwrap_or(text);
-                tracing::warn!(
-                    user = %mailbox.address,
-                    template = wanted.template.as_deref().unwrap_or("-"),
-                    reason = %reason,
-                    "template not re-applied: it breaks a domain limit; the mailbox keeps its values and the next sign-in retries"
-                );
-                if needs_binding {
-                    // The binding is not a limit matter; record it so the identity sticks.
-                    let mut bound = mailbox.clone();
-                    bound.oidc_issuer = wanted.oidc_issuer.clone();
-                    bound.oidc_subject = wanted.oidc_subject.clone();
-                    bound.updated_at = wanted.updated_at;
-                    match store
-                        .update_mailbox_if(&bound, &mailbox, &|_, _| Ok(()))
-                        .await
-                    {
-                        Ok(true) => {}
-                        Ok(false) | Err(StoreError::Conflict(_)) => return Ok(None),
-                        Err(e) => return Err(e.into()),
-                    }
-                    SignedIn::UpdateDeferred {
-                        mailbox: bound,
-                        reason,
-                    }
-                } else {
-                    SignedIn::UpdateDeferred { mailbox, reason }
-                }
-            }
-            Err(e) => return Err(e.into()),
+        match write_update(store, mailbox, wanted, needs_binding).await? {
+            Some(outcome) => outcome,
+            None => return Ok(None),
         }
     };
+    let_in(store, outcome).await.map(Some)
+}
 
+/// Writes a sign-in's changes to a mailbox as read (`mailbox`). `Ok(None)`: the mailbox
+/// changed since it was read and nothing was written. When the domain's limits refuse the
+/// template, the mailbox keeps its values; a new binding is still recorded.
+async fn write_update(
+    store: &dyn Store,
+    mailbox: Mailbox,
+    wanted: Mailbox,
+    needs_binding: bool,
+) -> Result<Option<SignedIn>, SignInRefusal> {
+    let guard = LimitGuard::new(wanted.quota, false, false);
+    let written = store
+        .update_mailbox_if(&wanted, &mailbox, &|d, u| guard.check(d, u))
+        .await
+        .map_err(|e| guard.refusal(e));
+    let reason = match written {
+        Ok(true) => return Ok(Some(SignedIn::Updated(wanted))),
+        Ok(false) | Err(WriteError::Store(StoreError::Conflict(_))) => return Ok(None),
+        Err(WriteError::Limit(breach)) => breach.to_string(),
+        Err(WriteError::Store(StoreError::Refused(text))) => text,
+        Err(WriteError::Store(e)) => return Err(e.into()),
+    };
+    tracing::warn!(
+        user = %mailbox.address,
+        template = wanted.template.as_deref().unwrap_or("-"),
+        reason = %reason,
+        "template not re-applied: it breaks a domain limit; the mailbox keeps its values and the next sign-in retries"
+    );
+    if !needs_binding {
+        return Ok(Some(SignedIn::UpdateDeferred { mailbox, reason }));
+    }
+    // The binding is not a limit matter; record it so the identity sticks.
+    let mut bound = mailbox.clone();
+    bound.oidc_issuer = wanted.oidc_issuer;
+    bound.oidc_subject = wanted.oidc_subject;
+    bound.updated_at = wanted.updated_at;
+    match store
+        .update_mailbox_if(&bound, &mailbox, &|_, _| Ok(()))
+        .await
+    {
+        Ok(true) => Ok(Some(SignedIn::UpdateDeferred {
+            mailbox: bound,
+            reason,
+        })),
+        Ok(false) | Err(StoreError::Conflict(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The sign-in gets in only to an active mailbox of an active domain, as it is now.
+async fn let_in(store: &dyn Store, outcome: SignedIn) -> Result<SignedIn, SignInRefusal> {
     let current = outcome.mailbox();
     match current.state {
         MailboxState::Disabled => {
@@ -523,7 +501,7 @@ async fn existing(
         MailboxState::Active => {}
     }
     match store.get_domain(&current.domain).await? {
-        Some(d) if d.active => Ok(Some(outcome)),
+        Some(d) if d.active => Ok(outcome),
         _ => Err(SignInRefusal::DomainDisabled(current.domain.clone())),
     }
 }
