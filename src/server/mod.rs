@@ -4,6 +4,7 @@
 pub mod auth_conn;
 pub mod connections;
 pub mod control_conn;
+pub mod line_conn;
 pub mod listener;
 pub mod policy_conn;
 pub mod userdb_conn;
