@@ -1,7 +1,9 @@
 //! One userdb-socket connection: the read-only part of Dovecot's auth-master protocol.
 //!
 //! Dovecot's LMTP (through the shipped Lua adapter) and chasquid ask whether a mailbox
-//! exists and what its quota is; no password is involved.
+//! exists and what its quota is; no password is involved. Whether it exists for delivery
+//! is the decision core's rule ([`crate::auth::find_recipient`]); this door translates
+//! lines to lookups and answers to lines.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connections::Activity;
 use super::listener::{Peer, Stream};
-use crate::names::Address;
+use crate::auth::find_recipient;
 use crate::proto::dovecot_master::{self as proto, LookupLine, MasterLine};
 use crate::proto::line::{next_line, Frame};
-use crate::store::{MailboxState, Store};
+use crate::store::Store;
 
 pub struct UserdbService {
     store: Arc<dyn Store>,
@@ -30,32 +32,27 @@ impl UserdbService {
 
     /// The reply for one USER or PASS lookup.
     async fn lookup(&self, line: &LookupLine, pass: bool) -> Vec<u8> {
-        let Ok(address) = Address::parse(&line.user) else {
-            return proto::encode_notfound(line.id);
-        };
-        match self.store.login_view(address.as_str()).await {
-            // A mailbox that receives mail (active 1 or 2) in an active domain exists for
-            // delivery; one that is disabled does not.
-            Ok(Some(view)) if view.domain_active && view.state != MailboxState::Disabled => {
-                let quota = format!("*:bytes={}", view.quota);
+        match find_recipient(&*self.store, &line.user).await {
+            Ok(Some(found)) => {
+                let quota = format!("*:bytes={}", found.quota);
                 let mut fields: Vec<(&str, &str)> = Vec::new();
-                if view.quota > 0 {
+                if found.quota > 0 {
                     fields.push(("quota_rule", &quota));
                 }
-                tracing::debug!(user = %view.address, service = ?line.service, "userdb lookup: found");
+                tracing::debug!(user = %found.address, service = ?line.service, "userdb lookup: found");
                 if pass {
                     fields.push(("nopassword", ""));
-                    proto::encode_pass(line.id, &view.address, &fields)
+                    proto::encode_pass(line.id, &found.address, &fields)
                 } else {
-                    proto::encode_user(line.id, &view.address, &fields)
+                    proto::encode_user(line.id, &found.address, &fields)
                 }
             }
-            Ok(_) => {
-                tracing::debug!(user = %address, "userdb lookup: not found");
+            Ok(None) => {
+                tracing::debug!(user = %line.user, "userdb lookup: not found");
                 proto::encode_notfound(line.id)
             }
             Err(e) => {
-                tracing::warn!(user = %address, error = %e, "userdb lookup failed");
+                tracing::warn!(user = %line.user, error = %e, "userdb lookup failed");
                 proto::encode_fail(line.id, Some("temporary failure"))
             }
         }
