@@ -3,19 +3,36 @@
 //! Dovecot's LMTP (through the shipped Lua adapter) and chasquid ask whether a mailbox
 //! exists and what its quota is; no password is involved. Whether it exists for delivery
 //! is the decision core's rule ([`crate::auth::find_recipient`]); this door translates
-//! lines to lookups and answers to lines.
+//! lines to lookups and answers to lines, over [`super::line_conn`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use thiserror::Error;
 
 use super::connections::Activity;
+use super::line_conn::{ConnectionError, Filled, Limits, LineConn};
 use super::listener::{Peer, Stream};
 use crate::auth::find_recipient;
+use crate::proto::dovecot_auth::ProtoError;
 use crate::proto::dovecot_master::{self as proto, LookupLine, MasterLine};
-use crate::proto::line::{next_line, Frame};
 use crate::store::Store;
+
+/// Bytes first reserved for a connection's line buffer, and the step it grows by.
+const LINE_BUFFER: usize = 512;
+
+/// Why a userdb connection was closed other than by the client, an idle timeout or a stop.
+#[derive(Debug, Error)]
+pub enum UserdbError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("unsupported protocol version {0}")]
+    Version(u32),
+    #[error("request before VERSION")]
+    BeforeVersion,
+    #[error(transparent)]
+    Malformed(ProtoError),
+}
 
 pub struct UserdbService {
     store: Arc<dyn Store>,
@@ -74,51 +91,42 @@ async fn run(
     stream: Box<dyn Stream>,
     service: &UserdbService,
     activity: &Activity,
-) -> Result<(), String> {
-    let (mut reader, mut writer) = tokio::io::split(stream);
+) -> Result<(), UserdbError> {
+    let limits = Limits::new(proto::MAX_LINE_LENGTH, LINE_BUFFER, service.idle_timeout);
+    let mut conn = LineConn::new(stream, limits);
     let hello = proto::encode_handshake(proto::PROTOCOL_MINOR, std::process::id());
-    writer.write_all(&hello).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = vec![0u8; 4096];
+    conn.write_all(&hello).await?;
     let mut versioned = false;
     loop {
-        // Between requests: idle, so the first to go when the listener is full.
-        activity.idle();
-        let n = tokio::select! {
-            _ = activity.stop().cancelled() => return Ok(()),
-            _ = tokio::time::sleep(service.idle_timeout) => return Ok(()),
-            read = reader.read(&mut chunk) => read.map_err(|e| e.to_string())?,
+        // Every line already read is answered before a stop is looked at.
+        let Some(line) = conn.next_line()? else {
+            // Between requests: idle, so the first to go when the listener is full.
+            activity.idle();
+            let filled = tokio::select! {
+                _ = activity.stop().cancelled() => return Ok(()),
+                filled = conn.fill(true) => filled?,
+            };
+            match filled {
+                Filled::Data => activity.busy(),
+                Filled::Closed | Filled::Idle => return Ok(()),
+            }
+            continue;
         };
-        if n == 0 {
-            return Ok(());
-        }
-        activity.busy();
-        buf.extend_from_slice(&chunk[..n]);
-        loop {
-            let (line, consumed) = match next_line(&buf, proto::MAX_LINE_LENGTH) {
-                Frame::Line { line, consumed } => (line.to_vec(), consumed),
-                Frame::NeedMore => break,
-                Frame::TooLong => return Err("line too long".into()),
-            };
-            buf.drain(..consumed);
-            let reply = match proto::parse_master_line(&line) {
-                Ok(MasterLine::Version { major, .. }) if major == proto::PROTOCOL_MAJOR => {
-                    versioned = true;
-                    continue;
-                }
-                Ok(MasterLine::Version { major, .. }) => {
-                    return Err(format!("unsupported protocol version {major}"))
-                }
-                Ok(_) if !versioned => return Err("request before VERSION".into()),
-                Ok(MasterLine::User(l)) => service.lookup(&l, false).await,
-                Ok(MasterLine::Pass(l)) => service.lookup(&l, true).await,
-                Ok(MasterLine::List { id, .. }) => proto::encode_list_done(id, true),
-                Err(e) => match e.recoverable_request_id() {
-                    Some(id) => proto::encode_notfound(id),
-                    None => return Err(e.to_string()),
-                },
-            };
-            writer.write_all(&reply).await.map_err(|e| e.to_string())?;
-        }
+        let reply = match proto::parse_master_line(&line) {
+            Ok(MasterLine::Version { major, .. }) if major == proto::PROTOCOL_MAJOR => {
+                versioned = true;
+                continue;
+            }
+            Ok(MasterLine::Version { major, .. }) => return Err(UserdbError::Version(major)),
+            Ok(_) if !versioned => return Err(UserdbError::BeforeVersion),
+            Ok(MasterLine::User(l)) => service.lookup(&l, false).await,
+            Ok(MasterLine::Pass(l)) => service.lookup(&l, true).await,
+            Ok(MasterLine::List { id, .. }) => proto::encode_list_done(id, true),
+            Err(e) => match e.recoverable_request_id() {
+                Some(id) => proto::encode_notfound(id),
+                None => return Err(UserdbError::Malformed(e)),
+            },
+        };
+        conn.write_all(&reply).await?;
     }
 }
