@@ -115,6 +115,7 @@ impl FrontDoors {
         let control = Arc::new(control_conn::ControlService {
             throttle,
             clock: Arc::new(crate::clock::SystemClock),
+            idle_timeout: control_cfg.idle_timeout,
         });
         let bound_control = bind(&control_cfg, activated)?;
         endpoints.extend(
@@ -125,7 +126,6 @@ impl FrontDoors {
         let control_conns = Connections::new(control_cfg.name, control_cfg.max_connections);
         for bound in bound_control {
             let service = control.clone();
-            let idle = control_cfg.idle_timeout;
             tracker.spawn(serve(
                 bound,
                 control_cfg.clone(),
@@ -133,7 +133,7 @@ impl FrontDoors {
                 tracker.clone(),
                 shutdown.clone(),
                 move |s, p, activity| {
-                    control_conn::serve_connection(s, p, service.clone(), idle, activity)
+                    control_conn::serve_connection(s, p, service.clone(), activity)
                 },
             ));
         }
