@@ -13,6 +13,7 @@ use mailauthd::names::{Address, Protocols};
 use mailauthd::policy::{DecisionError, PolicyService, PolicySettings};
 use mailauthd::provision::{self, NewMailbox};
 use mailauthd::server::connections::Activity;
+use mailauthd::server::line_conn::ConnectionError as LineError;
 use mailauthd::server::policy_conn::{serve_connection, ConnectionError};
 use mailauthd::store::{AuthSource, Domain, MailboxState, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -426,7 +427,7 @@ async fn a_request_cut_short_closes_without_a_reply() {
     assert!(read_rest(&mut client).await.is_empty());
     assert!(matches!(
         finished(served).await,
-        Err(ConnectionError::Truncated)
+        Err(ConnectionError::Connection(LineError::Truncated))
     ));
 
     // The client never sends the empty line.
@@ -438,7 +439,7 @@ async fn a_request_cut_short_closes_without_a_reply() {
     assert!(read_rest(&mut client).await.is_empty());
     assert!(matches!(
         finished(served).await,
-        Err(ConnectionError::Stalled(_))
+        Err(ConnectionError::Connection(LineError::Stalled(_)))
     ));
     f.db.finish().await;
 }

@@ -3,23 +3,30 @@
 //! Requests on a connection are independent: each finished SASL exchange is decided on
 //! its own task and answered when ready, so replies may leave out of order and a slow
 //! hash never holds up an app-password login behind it.
+//!
+//! The line framing, its 16 KiB cap, the wipe of every consumed byte (lines carry
+//! passwords), the idle timer and the write timeout are [`super::line_conn`]'s. This file
+//! adds what is the auth socket's own: the handshake, the requests open on a connection,
+//! the order they are charged to the throttle in, and the caps over all connections.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use thiserror::Error;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::connections::Activity;
+use super::line_conn::{ConnectionError, Filled, Limits, LineConn};
 use super::listener::{Peer, Stream};
 use crate::auth::{AuthRequest, Authenticator, FailReason, Outcome};
 use crate::names::Protocol;
-use crate::proto::dovecot_auth::{self as proto, AuthLine, ClientLine, FailCode, Handshake};
-use crate::proto::line::{next_line, Frame};
+use crate::proto::dovecot_auth::{
+    self as proto, AuthLine, ClientLine, FailCode, Handshake, ProtoError,
+};
 use crate::proto::sasl::{Exchange, Mechanism, Step};
 use crate::secret::Secret;
 
@@ -37,6 +44,9 @@ const MAX_DECIDING: usize = 512;
 /// `Authenticator::refusal_delay`). They hold no deciding place; beyond this many, a
 /// blocked client is answered at once rather than held in memory.
 const MAX_HELD_BACK: usize = 4096;
+/// Bytes first reserved for a connection's line buffer, and the step it grows by: most
+/// lines are far shorter, and thousands of idle connections each keep only this.
+const LINE_BUFFER: usize = 1024;
 
 pub struct AuthService {
     auth: Arc<Authenticator>,
@@ -85,6 +95,27 @@ enum Reply {
     Close(u32),
 }
 
+/// How a client broke the protocol; the connection is closed.
+#[derive(Debug, Error)]
+enum ProtocolError {
+    #[error(transparent)]
+    Framing(ConnectionError),
+    #[error(transparent)]
+    Malformed(ProtoError),
+    #[error("client speaks protocol version {0}, we speak {major}", major = proto::PROTOCOL_MAJOR)]
+    Version(u32),
+    #[error("request before VERSION")]
+    BeforeVersion,
+    #[error("request id {0} reused while still open")]
+    IdReused(u32),
+    #[error("more than {MAX_PENDING} open requests")]
+    TooManyOpen,
+    #[error("CONT for request {0} while it is being decided")]
+    ContWhileDeciding(u32),
+    #[error("CONT for unknown request {0}")]
+    ContUnknown(u32),
+}
+
 /// Why a connection ended; logged once.
 enum End {
     ClientClosed,
@@ -92,9 +123,18 @@ enum End {
     Shutdown,
     /// The listener was full and this connection had been idle longest.
     Evicted,
-    Protocol(String),
+    Protocol(ProtocolError),
     TempFailClose,
-    Io(std::io::Error),
+    Connection(ConnectionError),
+}
+
+impl From<ConnectionError> for End {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::LineTooLong(_) => End::Protocol(ProtocolError::Framing(e)),
+            e => End::Connection(e),
+        }
+    }
 }
 
 pub async fn serve_connection(
@@ -118,7 +158,7 @@ pub async fn serve_connection(
         End::Protocol(why) => {
             tracing::warn!(peer = %peer.description, cuid, error = %why, "auth client broke the protocol; connection closed")
         }
-        End::Io(e) => {
+        End::Connection(e) => {
             tracing::debug!(peer = %peer.description, cuid, error = %e, "auth connection error")
         }
     }
@@ -132,7 +172,8 @@ async fn run(
     activity: &Activity,
 ) -> End {
     let stop: &CancellationToken = activity.stop();
-    let (mut reader, mut writer) = tokio::io::split(stream);
+    let limits = Limits::new(proto::MAX_LINE_LENGTH, LINE_BUFFER, service.idle_timeout);
+    let mut lines = LineConn::new(stream, limits);
     let mut cookie = [0u8; 16];
     let _ = getrandom::fill(&mut cookie);
     let hello = Handshake {
@@ -142,8 +183,8 @@ async fn run(
         cuid,
         cookie,
     };
-    if let Err(e) = writer.write_all(&hello.encode()).await {
-        return End::Io(e);
+    if let Err(e) = lines.write_all(&hello.encode()).await {
+        return e.into();
     }
     let (tx, mut rx) = mpsc::channel::<Reply>(MAX_PENDING);
     let mut conn = Conn {
@@ -155,11 +196,6 @@ async fn run(
         last_admitted: None,
         close_now: false,
     };
-    // Read straight into the line buffer: thousands of idle connections each keep only
-    // this, not a second read buffer.
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let idle = tokio::time::sleep(service.idle_timeout);
-    tokio::pin!(idle);
     loop {
         // Open means being decided: an exchange waiting for the client's next step is
         // the client's to finish and holds nothing here, so it neither keeps the
@@ -167,16 +203,16 @@ async fn run(
         let deciding = conn.deciding();
         activity.set_busy(deciding);
         tokio::select! {
-            // Replies and requests first: a line that arrives as the idle timer fires is
-            // served, not dropped.
+            // Replies first, then requests (`fill` reads bytes that arrive as its idle
+            // timer fires rather than drop them), then a stop.
             biased;
             reply = rx.recv() => {
                 let Some(reply) = reply else { continue };
                 match reply {
                     Reply::Line(id, line) => {
                         if conn.pending.remove(&id).is_some() {
-                            if let Err(e) = writer.write_all(&line).await {
-                                return End::Io(e);
+                            if let Err(e) = lines.write_all(&line).await {
+                                return e.into();
                             }
                         }
                     }
@@ -189,25 +225,25 @@ async fn run(
             }
             // Once told to stop (shutdown, or closed to make room for a new client), no
             // new request is read: the ones being decided finish, then the connection
-            // closes, however busy the client keeps its end.
-            read = reader.read_buf(&mut buf), if !stop.is_cancelled() => {
-                match read {
-                    Ok(0) => return End::ClientClosed,
-                    Ok(_) => {}
-                    Err(e) => return End::Io(e),
+            // closes, however busy the client keeps its end. The idle timer runs only
+            // while nothing is being decided.
+            filled = lines.fill(!deciding), if !stop.is_cancelled() => {
+                match filled {
+                    Ok(Filled::Data) => {}
+                    Ok(Filled::Closed) => return End::ClientClosed,
+                    Ok(Filled::Idle) => return End::Idle,
+                    Err(e) => return e.into(),
                 }
-                idle.as_mut().reset(tokio::time::Instant::now() + service.idle_timeout);
                 loop {
-                    let (line, consumed) = match next_line(&buf, proto::MAX_LINE_LENGTH) {
-                        Frame::Line { line, consumed } => (line.to_vec(), consumed),
-                        Frame::NeedMore => break,
-                        Frame::TooLong => return End::Protocol(format!("line longer than {} bytes", proto::MAX_LINE_LENGTH)),
+                    let line = match lines.next_line() {
+                        Ok(Some(line)) => line,
+                        Ok(None) => break,
+                        Err(e) => return e.into(),
                     };
-                    wipe_prefix(&mut buf, consumed);
                     match conn.handle_line(&line) {
                         Ok(out) if !out.is_empty() => {
-                            if let Err(e) = writer.write_all(&out).await {
-                                return End::Io(e);
+                            if let Err(e) = lines.write_all(&out).await {
+                                return e.into();
                             }
                         }
                         Ok(_) => {}
@@ -218,7 +254,6 @@ async fn run(
                     }
                 }
             }
-            _ = &mut idle, if !deciding => return End::Idle,
             _ = stop.cancelled(), if !deciding => {
                 return if activity.evicted() { End::Evicted } else { End::Shutdown };
             }
@@ -241,13 +276,6 @@ fn temp_fail_reply(id: u32, login: &str, smtp: bool) -> Reply {
             Some("Temporary authentication failure, try again later"),
         ),
     )
-}
-
-/// Removes consumed bytes and zeroes them first: they may hold credentials.
-fn wipe_prefix(buf: &mut Vec<u8>, n: usize) {
-    use zeroize::Zeroize;
-    buf[..n].zeroize();
-    buf.drain(..n);
 }
 
 struct Conn<'a> {
@@ -293,7 +321,7 @@ impl Conn<'_> {
     }
 
     /// Returns bytes to send now; an error closes the connection.
-    fn handle_line(&mut self, line: &[u8]) -> Result<Vec<u8>, String> {
+    fn handle_line(&mut self, line: &[u8]) -> Result<Vec<u8>, ProtocolError> {
         let parsed = match proto::parse_client_line(line) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -308,23 +336,20 @@ impl Conn<'_> {
                             Some(FAIL_REASON),
                         ))
                     }
-                    _ => Err(e.to_string()),
+                    _ => Err(ProtocolError::Malformed(e)),
                 };
             }
         };
         match parsed {
             ClientLine::Version { major, minor } => {
                 if major != proto::PROTOCOL_MAJOR {
-                    return Err(format!(
-                        "client speaks protocol version {major}, we speak {}",
-                        proto::PROTOCOL_MAJOR
-                    ));
+                    return Err(ProtocolError::Version(major));
                 }
                 self.client_minor = Some(minor);
                 Ok(Vec::new())
             }
             ClientLine::Cpid(_) => Ok(Vec::new()),
-            _ if self.client_minor.is_none() => Err("request before VERSION".into()),
+            _ if self.client_minor.is_none() => Err(ProtocolError::BeforeVersion),
             ClientLine::Auth(auth) => self.start(auth),
             ClientLine::Cont { id, data } => self.cont(id, data),
             ClientLine::Cancel { id } => {
@@ -336,13 +361,13 @@ impl Conn<'_> {
         }
     }
 
-    fn start(&mut self, mut auth: AuthLine) -> Result<Vec<u8>, String> {
+    fn start(&mut self, mut auth: AuthLine) -> Result<Vec<u8>, ProtocolError> {
         let id = auth.id;
         if self.pending.contains_key(&id) {
-            return Err(format!("request id {id} reused while still open"));
+            return Err(ProtocolError::IdReused(id));
         }
         if self.pending.len() >= MAX_PENDING {
-            return Err(format!("more than {MAX_PENDING} open requests"));
+            return Err(ProtocolError::TooManyOpen);
         }
         let Some(mechanism) = auth.mechanism_kind() else {
             tracing::info!(peer = %self.peer.description, id, mech = %auth.mechanism, "unsupported mechanism");
@@ -377,7 +402,7 @@ impl Conn<'_> {
         self.step(id, exchange, request, step)
     }
 
-    fn cont(&mut self, id: u32, data: Vec<u8>) -> Result<Vec<u8>, String> {
+    fn cont(&mut self, id: u32, data: Vec<u8>) -> Result<Vec<u8>, ProtocolError> {
         match self.pending.remove(&id) {
             Some(Pending::Exchanging {
                 mut exchange,
@@ -388,9 +413,9 @@ impl Conn<'_> {
             }
             Some(deciding @ Pending::Deciding(_)) => {
                 self.pending.insert(id, deciding);
-                Err(format!("CONT for request {id} while it is being decided"))
+                Err(ProtocolError::ContWhileDeciding(id))
             }
-            None => Err(format!("CONT for unknown request {id}")),
+            None => Err(ProtocolError::ContUnknown(id)),
         }
     }
 
@@ -400,7 +425,7 @@ impl Conn<'_> {
         exchange: Exchange,
         request: RequestInfo,
         step: Step,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, ProtocolError> {
         match step {
             Step::Challenge(challenge) => {
                 self.pending

@@ -27,7 +27,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// `unix:/path`, `/path`, `tcp:127.0.0.1:3659`, `127.0.0.1:3659` or `[::1]:3659`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, EndpointError> {
         let s = s.trim();
         if let Some(path) = s.strip_prefix("unix:") {
             return Ok(Endpoint::Unix(PathBuf::from(path)));
@@ -38,7 +38,19 @@ impl Endpoint {
         let addr = s.strip_prefix("tcp:").unwrap_or(s);
         addr.parse::<SocketAddr>()
             .map(Endpoint::Tcp)
-            .map_err(|_| format!("{s:?} is neither unix:/path nor tcp:ADDRESS:PORT"))
+            .map_err(|_| EndpointError(s.to_string()))
+    }
+}
+
+/// A listen address that is neither a unix path nor a TCP address.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0:?} is neither unix:/path nor tcp:ADDRESS:PORT")]
+pub struct EndpointError(String);
+
+/// The config check collects problems as text.
+impl From<EndpointError> for String {
+    fn from(e: EndpointError) -> Self {
+        e.to_string()
     }
 }
 
@@ -79,6 +91,19 @@ fn bind_err(endpoint: &Endpoint, message: impl Into<String>) -> ListenError {
         endpoint: endpoint.to_string(),
         message: message.into(),
     }
+}
+
+/// A socket's configured owner or group that cannot be used.
+#[derive(Debug, Error)]
+pub enum OwnerError {
+    #[error("no such {kind} {name:?}")]
+    NotFound { kind: &'static str, name: String },
+    #[error("cannot look up {kind} {name:?}: {source}")]
+    Lookup {
+        kind: &'static str,
+        name: String,
+        source: nix::Error,
+    },
 }
 
 /// Who connected, as far as the connection handlers need to know.
@@ -207,14 +232,15 @@ fn bind_unix(
         let _ = std::fs::remove_file(path);
         bind_err(endpoint, message)
     };
+    let owner_err = |e: OwnerError| cleanup(e.to_string());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
         .map_err(|e| cleanup(format!("cannot set mode {:o}: {e}", config.mode)))?;
     let uid = match &config.owner {
-        Some(name) => Some(lookup_user(name).map_err(cleanup)?),
+        Some(name) => Some(lookup_user(name).map_err(owner_err)?),
         None => None,
     };
     let gid = match &config.group {
-        Some(name) => Some(lookup_group(name).map_err(cleanup)?),
+        Some(name) => Some(lookup_group(name).map_err(owner_err)?),
         None => None,
     };
     if uid.is_some() || gid.is_some() {
@@ -262,19 +288,30 @@ fn remove_stale_socket(endpoint: &Endpoint, path: &Path) -> Result<(), ListenErr
         .map_err(|e| bind_err(endpoint, format!("cannot remove stale socket: {e}")))
 }
 
-fn lookup_user(name: &str) -> Result<nix::unistd::Uid, String> {
-    match nix::unistd::User::from_name(name) {
-        Ok(Some(u)) => Ok(u.uid),
-        Ok(None) => Err(format!("no such user {name:?}")),
-        Err(e) => Err(format!("cannot look up user {name:?}: {e}")),
-    }
+fn lookup_user(name: &str) -> Result<nix::unistd::Uid, OwnerError> {
+    found("user", name, nix::unistd::User::from_name(name)).map(|u| u.uid)
 }
 
-fn lookup_group(name: &str) -> Result<nix::unistd::Gid, String> {
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => Ok(g.gid),
-        Ok(None) => Err(format!("no such group {name:?}")),
-        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+fn lookup_group(name: &str) -> Result<nix::unistd::Gid, OwnerError> {
+    found("group", name, nix::unistd::Group::from_name(name)).map(|g| g.gid)
+}
+
+fn found<T>(
+    kind: &'static str,
+    name: &str,
+    entry: nix::Result<Option<T>>,
+) -> Result<T, OwnerError> {
+    match entry {
+        Ok(Some(entry)) => Ok(entry),
+        Ok(None) => Err(OwnerError::NotFound {
+            kind,
+            name: name.to_string(),
+        }),
+        Err(source) => Err(OwnerError::Lookup {
+            kind,
+            name: name.to_string(),
+            source,
+        }),
     }
 }
 
@@ -435,7 +472,10 @@ mod tests {
             Endpoint::parse("tcp:[::1]:3659").unwrap(),
             Endpoint::Tcp("[::1]:3659".parse().unwrap())
         );
-        assert!(Endpoint::parse("localhost").is_err());
+        assert_eq!(
+            Endpoint::parse("localhost").unwrap_err().to_string(),
+            "\"localhost\" is neither unix:/path nor tcp:ADDRESS:PORT"
+        );
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! The front doors: listeners and per-connection protocol drivers. Only this module and
 //! `web` touch sockets; everything they decide comes from the decision core.
+//!
+//! [`listener`] binds and accepts, [`connections`] caps a listener and picks whom to close
+//! when it is full, and [`line_conn`] is the buffer, framing, timers and error every
+//! driver shares. The drivers (`auth_conn`, `userdb_conn`, `policy_conn`,
+//! `control_conn`) only translate between their protocol and a call.
 
 pub mod auth_conn;
 pub mod connections;
 pub mod control_conn;
+pub mod line_conn;
 pub mod listener;
 pub mod policy_conn;
 pub mod userdb_conn;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activation::Activated;
+use crate::auth::throttle::Throttle;
 use crate::auth::Authenticator;
+use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::policy::PolicyService;
 use crate::store::Store;
-use connections::Connections;
-use listener::{bind, serve, ListenError};
+use connections::{Activity, Connections};
+use listener::{bind, serve, ListenError, ListenerConfig, Peer, Stream};
 
 /// All listeners of a running daemon, bound before readiness is announced.
 pub struct FrontDoors {
@@ -33,115 +43,84 @@ impl FrontDoors {
         config: &Config,
         auth: Arc<Authenticator>,
         store: Arc<dyn Store>,
-        throttle: Arc<crate::auth::throttle::Throttle>,
+        throttle: Arc<Throttle>,
         activated: &mut Activated,
     ) -> Result<Self, ListenError> {
-        let tracker = TaskTracker::new();
-        let shutdown = CancellationToken::new();
-        let mut endpoints = Vec::new();
+        let mut doors = FrontDoors {
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            endpoints: Vec::new(),
+        };
 
-        let auth_cfg = Arc::new(config.auth_socket.clone());
-        let auth_service = Arc::new(auth_conn::AuthService::new(auth, auth_cfg.idle_timeout));
-        let bound_auth = bind(&auth_cfg, activated)?;
-        endpoints.extend(bound_auth.iter().map(|b| format!("auth {}", b.describe())));
-        let auth_conns = Connections::new(auth_cfg.name, auth_cfg.max_connections);
-        for bound in bound_auth {
-            let service = auth_service.clone();
-            tracker.spawn(serve(
-                bound,
-                auth_cfg.clone(),
-                auth_conns.clone(),
-                tracker.clone(),
-                shutdown.clone(),
-                move |s, p, activity| auth_conn::serve_connection(s, p, service.clone(), activity),
-            ));
-        }
+        let auth_cfg = &config.auth_socket;
+        let auth = Arc::new(auth_conn::AuthService::new(auth, auth_cfg.idle_timeout));
+        doors.spawn_door("auth", auth_cfg, activated, move |s, p, a| {
+            auth_conn::serve_connection(s, p, auth.clone(), a)
+        })?;
 
-        let userdb_cfg = Arc::new(config.userdb_socket.clone());
-        let userdb_service = Arc::new(userdb_conn::UserdbService::new(
+        let userdb_cfg = &config.userdb_socket;
+        let userdb = Arc::new(userdb_conn::UserdbService::new(
             store.clone(),
             userdb_cfg.idle_timeout,
         ));
-        let bound_userdb = bind(&userdb_cfg, activated)?;
-        endpoints.extend(
-            bound_userdb
-                .iter()
-                .map(|b| format!("userdb {}", b.describe())),
-        );
-        let userdb_conns = Connections::new(userdb_cfg.name, userdb_cfg.max_connections);
-        for bound in bound_userdb {
-            let service = userdb_service.clone();
-            tracker.spawn(serve(
-                bound,
-                userdb_cfg.clone(),
-                userdb_conns.clone(),
-                tracker.clone(),
-                shutdown.clone(),
-                move |s, p, activity| {
-                    userdb_conn::serve_connection(s, p, service.clone(), activity)
-                },
-            ));
-        }
+        doors.spawn_door("userdb", userdb_cfg, activated, move |s, p, a| {
+            userdb_conn::serve_connection(s, p, userdb.clone(), a)
+        })?;
 
-        let policy_cfg = Arc::new(config.policy_socket.clone());
-        let policy_service = Arc::new(crate::policy::PolicyService::new(
-            store.clone(),
-            Arc::new(crate::clock::SystemClock),
+        let policy = Arc::new(PolicyService::new(
+            store,
+            Arc::new(SystemClock),
             config.policy.clone(),
         ));
-        let bound_policy = bind(&policy_cfg, activated)?;
-        endpoints.extend(
-            bound_policy
-                .iter()
-                .map(|b| format!("policy {}", b.describe())),
-        );
-        let policy_conns = Connections::new(policy_cfg.name, policy_cfg.max_connections);
-        for bound in bound_policy {
-            let service = policy_service.clone();
-            tracker.spawn(serve(bound, policy_cfg.clone(), policy_conns.clone(), tracker.clone(), shutdown.clone(), move |s, p, activity| {
-                let service = service.clone();
-                async move {
-                    use tracing::Instrument;
-                    let span = tracing::info_span!("policy", peer = %p.description);
-                    if let Err(e) = policy_conn::serve_connection(s, service, activity).instrument(span).await {
-                        tracing::debug!(peer = %p.description, error = %e, "policy connection ended");
-                    }
-                }
-            }));
-        }
+        doors.spawn_door(
+            "policy",
+            &config.policy_socket,
+            activated,
+            move |s, p, a| policy_conn::serve(s, p, policy.clone(), a),
+        )?;
 
-        let control_cfg = Arc::new(config.control_socket.clone());
+        let control_cfg = &config.control_socket;
         let control = Arc::new(control_conn::ControlService {
             throttle,
-            clock: Arc::new(crate::clock::SystemClock),
+            clock: Arc::new(SystemClock),
+            idle_timeout: control_cfg.idle_timeout,
         });
-        let bound_control = bind(&control_cfg, activated)?;
-        endpoints.extend(
-            bound_control
-                .iter()
-                .map(|b| format!("control {}", b.describe())),
-        );
-        let control_conns = Connections::new(control_cfg.name, control_cfg.max_connections);
-        for bound in bound_control {
-            let service = control.clone();
-            let idle = control_cfg.idle_timeout;
-            tracker.spawn(serve(
+        doors.spawn_door("control", control_cfg, activated, move |s, p, a| {
+            control_conn::serve_connection(s, p, control.clone(), a)
+        })?;
+
+        Ok(doors)
+    }
+
+    /// Binds one door's listener and starts an accept loop per bound socket, all sharing
+    /// the listener's connection cap; `serve_connection` drives each accepted connection.
+    fn spawn_door<H, F>(
+        &mut self,
+        door: &str,
+        config: &ListenerConfig,
+        activated: &mut Activated,
+        serve_connection: H,
+    ) -> Result<(), ListenError>
+    where
+        H: Fn(Box<dyn Stream>, Peer, Activity) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let config = Arc::new(config.clone());
+        let bound = bind(&config, activated)?;
+        self.endpoints
+            .extend(bound.iter().map(|b| format!("{door} {}", b.describe())));
+        let connections = Connections::new(config.name, config.max_connections);
+        for bound in bound {
+            self.tracker.spawn(serve(
                 bound,
-                control_cfg.clone(),
-                control_conns.clone(),
-                tracker.clone(),
-                shutdown.clone(),
-                move |s, p, activity| {
-                    control_conn::serve_connection(s, p, service.clone(), idle, activity)
-                },
+                config.clone(),
+                connections.clone(),
+                self.tracker.clone(),
+                self.shutdown.clone(),
+                serve_connection.clone(),
             ));
         }
-
-        Ok(FrontDoors {
-            tracker,
-            shutdown,
-            endpoints,
-        })
+        Ok(())
     }
 
     /// Stops accepting, lets open requests finish within `grace`, then drops the rest.

@@ -7,40 +7,59 @@
 //! end the connection without a reply, as `SMTPD_POLICY_README` asks: Postfix then
 //! retries on a new connection and finally applies `smtpd_policy_service_default_action`.
 //!
-//! The driver does not know its peer; callers run it inside a span that names the peer,
-//! so every line logged here carries it.
+//! The buffer, the idle timer (kept apart from a request that stalls), the wipe of
+//! consumed bytes and the write timeout are [`super::line_conn`]'s; the framing is the
+//! codec's, on the buffered bytes.
+//!
+//! [`serve_connection`] does not know its peer; [`serve`] runs it inside a span that names
+//! the peer, so every line logged here carries it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
 
 use super::connections::Activity;
+use super::line_conn::{self, Filled, Limits, LineConn};
+use super::listener::{Peer, Stream};
 
 use crate::policy::{DecisionError, PolicyService};
 use crate::proto::postfix_policy::{decode, encode_action, Decoded, PolicyError};
 
-/// Bytes asked of the socket per read. With the codec's size cap this bounds the buffer to
-/// `max_request_bytes + READ_CHUNK`, whatever the client sends.
+/// Bytes reserved for the buffer at the start, and the step it grows by. With the codec's
+/// size cap this bounds the buffer to `max_request_bytes + READ_CHUNK`, whatever the
+/// client sends.
 const READ_CHUNK: usize = 8192;
 
 /// Why a connection ended other than by the client hanging up between requests, an idle
 /// timeout or shutdown. The driver has already logged it.
 #[derive(Debug, Error)]
 pub enum ConnectionError {
-    #[error("policy connection I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    /// Read or write trouble, a request cut short or stalled, replies left unread.
+    #[error("policy connection: {0}")]
+    Connection(#[from] line_conn::ConnectionError),
     #[error("closed the policy connection without a reply: {0}")]
     Invalid(PolicyError),
     #[error("closed the policy connection without a reply: {0}")]
     Decision(DecisionError),
-    #[error("policy client closed the connection in the middle of a request")]
-    Truncated,
-    #[error("policy client sent no more of its request for {0:?}; closed the connection")]
-    Stalled(Duration),
-    #[error("policy client did not read its replies for {0:?}; closed the connection")]
-    WriteTimeout(Duration),
+}
+
+/// [`serve_connection`] for a listener: inside a span that names the peer, with how the
+/// connection ended logged.
+pub async fn serve(
+    stream: Box<dyn Stream>,
+    peer: Peer,
+    service: Arc<PolicyService>,
+    activity: Activity,
+) {
+    let span = tracing::info_span!("policy", peer = %peer.description);
+    if let Err(e) = serve_connection(stream, service, activity)
+        .instrument(span)
+        .await
+    {
+        tracing::debug!(peer = %peer.description, error = %e, "policy connection ended");
+    }
 }
 
 /// Serves one connection until it ends; see the module notes.
@@ -55,16 +74,18 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     activity: Activity,
 ) -> Result<(), ConnectionError> {
     let shutdown = activity.stop().clone();
-    let mut stream = stream;
     let limits = service.settings().codec;
     let idle = service.settings().idle_timeout;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-    let mut chunk = vec![0u8; READ_CHUNK];
+    // Requests are framed by the codec, which has its own caps.
+    let mut conn = LineConn::new(
+        stream,
+        Limits::new(limits.max_request_bytes, READ_CHUNK, idle),
+    );
     let mut replies: Vec<u8> = Vec::new();
     loop {
         let mut start = 0;
         loop {
-            match decode(&buf[start..], &limits) {
+            match decode(&conn.buffered()[start..], &limits) {
                 Decoded::Request { request, consumed } => {
                     start += consumed;
                     match service.decide(&request).await {
@@ -74,7 +95,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                         Err(e) => {
                             // The audit line of `decide` already says why. Answers to
                             // earlier requests stand; this one gets none.
-                            write_replies(&mut stream, &mut replies, idle).await?;
+                            write_replies(&mut conn, &mut replies).await?;
                             return Err(ConnectionError::Decision(e));
                         }
                     }
@@ -82,44 +103,43 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 Decoded::NeedMore => break,
                 Decoded::Invalid(e) => {
                     tracing::warn!(error = %e, "invalid policy request; closing the connection without a reply");
-                    write_replies(&mut stream, &mut replies, idle).await?;
+                    write_replies(&mut conn, &mut replies).await?;
                     return Err(ConnectionError::Invalid(e));
                 }
             }
         }
-        buf.drain(..start);
-        write_replies(&mut stream, &mut replies, idle).await?;
-        let between_requests = buf.is_empty();
+        conn.consume(start);
+        write_replies(&mut conn, &mut replies).await?;
+        let between_requests = !conn.has_partial();
         activity.set_busy(!between_requests);
         if between_requests && shutdown.is_cancelled() {
             return Ok(());
         }
-        let read = tokio::select! {
+        let filled = tokio::select! {
             biased;
             () = shutdown.cancelled(), if between_requests => return Ok(()),
-            read = tokio::time::timeout(idle, stream.read(&mut chunk)) => read,
+            filled = conn.fill(true) => filled,
         };
-        match read {
-            Err(_) if between_requests => {
+        match filled {
+            // A request is open from its first byte until its reply is written.
+            Ok(Filled::Data) => activity.busy(),
+            Ok(Filled::Closed) => return Ok(()),
+            Ok(Filled::Idle) => {
                 tracing::debug!(idle = ?idle, "policy connection idle; closing it");
                 return Ok(());
             }
-            Err(_) => {
-                tracing::warn!(idle = ?idle, "policy request incomplete for too long; closing the connection");
-                return Err(ConnectionError::Stalled(idle));
-            }
-            Ok(Ok(0)) if between_requests => return Ok(()),
-            Ok(Ok(0)) => {
-                tracing::warn!("policy client closed the connection in the middle of a request");
-                return Err(ConnectionError::Truncated);
-            }
-            Ok(Ok(n)) => {
-                // A request is open from its first byte until its reply is written.
-                activity.busy();
-                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "policy connection read failed");
+            Err(e) => {
+                match &e {
+                    line_conn::ConnectionError::Stalled(_) => {
+                        tracing::warn!(idle = ?idle, "policy request incomplete for too long; closing the connection")
+                    }
+                    line_conn::ConnectionError::Truncated => {
+                        tracing::warn!(
+                            "policy client closed the connection in the middle of a request"
+                        )
+                    }
+                    e => tracing::debug!(error = %e, "policy connection read failed"),
+                }
                 return Err(e.into());
             }
         }
@@ -127,30 +147,25 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// A client that stops reading must not hold the connection (and its buffers) forever.
-async fn write_replies<S: AsyncWrite + Unpin>(
-    stream: &mut S,
+async fn write_replies<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut LineConn<S>,
     replies: &mut Vec<u8>,
-    limit: Duration,
 ) -> Result<(), ConnectionError> {
     if replies.is_empty() {
         return Ok(());
     }
-    let write = async {
-        stream.write_all(replies).await?;
-        stream.flush().await
-    };
-    match tokio::time::timeout(limit, write).await {
-        Ok(Ok(())) => {
+    match conn.write_all(replies).await {
+        Ok(()) => {
             replies.clear();
             Ok(())
         }
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "policy connection write failed");
+        Err(e @ line_conn::ConnectionError::WriteTimeout(_)) => {
+            tracing::warn!(error = %e, "policy client is not reading replies; closing the connection");
             Err(e.into())
         }
-        Err(_) => {
-            tracing::warn!(timeout = ?limit, "policy client is not reading replies; closing the connection");
-            Err(ConnectionError::WriteTimeout(limit))
+        Err(e) => {
+            tracing::debug!(error = %e, "policy connection write failed");
+            Err(e.into())
         }
     }
 }

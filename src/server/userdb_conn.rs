@@ -1,19 +1,38 @@
 //! One userdb-socket connection: the read-only part of Dovecot's auth-master protocol.
 //!
 //! Dovecot's LMTP (through the shipped Lua adapter) and chasquid ask whether a mailbox
-//! exists and what its quota is; no password is involved.
+//! exists and what its quota is; no password is involved. Whether it exists for delivery
+//! is the decision core's rule ([`crate::auth::find_recipient`]); this door translates
+//! lines to lookups and answers to lines, over [`super::line_conn`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use thiserror::Error;
 
 use super::connections::Activity;
+use super::line_conn::{ConnectionError, Filled, Limits, LineConn};
 use super::listener::{Peer, Stream};
-use crate::names::Address;
+use crate::auth::find_recipient;
+use crate::proto::dovecot_auth::ProtoError;
 use crate::proto::dovecot_master::{self as proto, LookupLine, MasterLine};
-use crate::proto::line::{next_line, Frame};
-use crate::store::{MailboxState, Store};
+use crate::store::Store;
+
+/// Bytes first reserved for a connection's line buffer, and the step it grows by.
+const LINE_BUFFER: usize = 512;
+
+/// Why a userdb connection was closed other than by the client, an idle timeout or a stop.
+#[derive(Debug, Error)]
+pub enum UserdbError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("unsupported protocol version {0}")]
+    Version(u32),
+    #[error("request before VERSION")]
+    BeforeVersion,
+    #[error(transparent)]
+    Malformed(ProtoError),
+}
 
 pub struct UserdbService {
     store: Arc<dyn Store>,
@@ -30,32 +49,27 @@ impl UserdbService {
 
     /// The reply for one USER or PASS lookup.
     async fn lookup(&self, line: &LookupLine, pass: bool) -> Vec<u8> {
-        let Ok(address) = Address::parse(&line.user) else {
-            return proto::encode_notfound(line.id);
-        };
-        match self.store.login_view(address.as_str()).await {
-            // A mailbox that receives mail (active 1 or 2) in an active domain exists for
-            // delivery; one that is disabled does not.
-            Ok(Some(view)) if view.domain_active && view.state != MailboxState::Disabled => {
-                let quota = format!("*:bytes={}", view.quota);
+        match find_recipient(&*self.store, &line.user).await {
+            Ok(Some(found)) => {
+                let quota = format!("*:bytes={}", found.quota);
                 let mut fields: Vec<(&str, &str)> = Vec::new();
-                if view.quota > 0 {
+                if found.quota > 0 {
                     fields.push(("quota_rule", &quota));
                 }
-                tracing::debug!(user = %view.address, service = ?line.service, "userdb lookup: found");
+                tracing::debug!(user = %found.address, service = ?line.service, "userdb lookup: found");
                 if pass {
                     fields.push(("nopassword", ""));
-                    proto::encode_pass(line.id, &view.address, &fields)
+                    proto::encode_pass(line.id, &found.address, &fields)
                 } else {
-                    proto::encode_user(line.id, &view.address, &fields)
+                    proto::encode_user(line.id, &found.address, &fields)
                 }
             }
-            Ok(_) => {
-                tracing::debug!(user = %address, "userdb lookup: not found");
+            Ok(None) => {
+                tracing::debug!(user = %line.user, "userdb lookup: not found");
                 proto::encode_notfound(line.id)
             }
             Err(e) => {
-                tracing::warn!(user = %address, error = %e, "userdb lookup failed");
+                tracing::warn!(user = %line.user, error = %e, "userdb lookup failed");
                 proto::encode_fail(line.id, Some("temporary failure"))
             }
         }
@@ -77,51 +91,42 @@ async fn run(
     stream: Box<dyn Stream>,
     service: &UserdbService,
     activity: &Activity,
-) -> Result<(), String> {
-    let (mut reader, mut writer) = tokio::io::split(stream);
+) -> Result<(), UserdbError> {
+    let limits = Limits::new(proto::MAX_LINE_LENGTH, LINE_BUFFER, service.idle_timeout);
+    let mut conn = LineConn::new(stream, limits);
     let hello = proto::encode_handshake(proto::PROTOCOL_MINOR, std::process::id());
-    writer.write_all(&hello).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = vec![0u8; 4096];
+    conn.write_all(&hello).await?;
     let mut versioned = false;
     loop {
-        // Between requests: idle, so the first to go when the listener is full.
-        activity.idle();
-        let n = tokio::select! {
-            _ = activity.stop().cancelled() => return Ok(()),
-            _ = tokio::time::sleep(service.idle_timeout) => return Ok(()),
-            read = reader.read(&mut chunk) => read.map_err(|e| e.to_string())?,
+        // Every line already read is answered before a stop is looked at.
+        let Some(line) = conn.next_line()? else {
+            // Between requests: idle, so the first to go when the listener is full.
+            activity.idle();
+            let filled = tokio::select! {
+                _ = activity.stop().cancelled() => return Ok(()),
+                filled = conn.fill(true) => filled?,
+            };
+            match filled {
+                Filled::Data => activity.busy(),
+                Filled::Closed | Filled::Idle => return Ok(()),
+            }
+            continue;
         };
-        if n == 0 {
-            return Ok(());
-        }
-        activity.busy();
-        buf.extend_from_slice(&chunk[..n]);
-        loop {
-            let (line, consumed) = match next_line(&buf, proto::MAX_LINE_LENGTH) {
-                Frame::Line { line, consumed } => (line.to_vec(), consumed),
-                Frame::NeedMore => break,
-                Frame::TooLong => return Err("line too long".into()),
-            };
-            buf.drain(..consumed);
-            let reply = match proto::parse_master_line(&line) {
-                Ok(MasterLine::Version { major, .. }) if major == proto::PROTOCOL_MAJOR => {
-                    versioned = true;
-                    continue;
-                }
-                Ok(MasterLine::Version { major, .. }) => {
-                    return Err(format!("unsupported protocol version {major}"))
-                }
-                Ok(_) if !versioned => return Err("request before VERSION".into()),
-                Ok(MasterLine::User(l)) => service.lookup(&l, false).await,
-                Ok(MasterLine::Pass(l)) => service.lookup(&l, true).await,
-                Ok(MasterLine::List { id, .. }) => proto::encode_list_done(id, true),
-                Err(e) => match e.recoverable_request_id() {
-                    Some(id) => proto::encode_notfound(id),
-                    None => return Err(e.to_string()),
-                },
-            };
-            writer.write_all(&reply).await.map_err(|e| e.to_string())?;
-        }
+        let reply = match proto::parse_master_line(&line) {
+            Ok(MasterLine::Version { major, .. }) if major == proto::PROTOCOL_MAJOR => {
+                versioned = true;
+                continue;
+            }
+            Ok(MasterLine::Version { major, .. }) => return Err(UserdbError::Version(major)),
+            Ok(_) if !versioned => return Err(UserdbError::BeforeVersion),
+            Ok(MasterLine::User(l)) => service.lookup(&l, false).await,
+            Ok(MasterLine::Pass(l)) => service.lookup(&l, true).await,
+            Ok(MasterLine::List { id, .. }) => proto::encode_list_done(id, true),
+            Err(e) => match e.recoverable_request_id() {
+                Some(id) => proto::encode_notfound(id),
+                None => return Err(UserdbError::Malformed(e)),
+            },
+        };
+        conn.write_all(&reply).await?;
     }
 }
