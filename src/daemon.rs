@@ -19,9 +19,9 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
     let limit = raise_open_file_limit();
     if let Some(limit) = limit {
-        if let Err(message) = config.check_descriptors(limit) {
-            tracing::error!("cannot start: {message}");
-            return Err(CliError::refused(message));
+        if let Err(shortage) = config.check_descriptors(limit) {
+            tracing::error!("cannot start: {shortage}");
+            return Err(CliError::refused(shortage.to_string()));
         }
     }
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -44,7 +44,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
         }
     })?;
     let doors = match FrontDoors::start(
-        &config,
+        &config.doors(),
         core.auth.clone(),
         core.store.clone(),
         core.throttle.clone(),
@@ -59,7 +59,9 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
     };
     let mut http = Vec::new();
     let web = crate::web::start_if_configured(
-        &config,
+        config.web.as_ref(),
+        config.oidc.as_ref(),
+        &config.metrics,
         core.store.clone(),
         core.auth.clone(),
         &mut activated,
@@ -201,7 +203,7 @@ fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> (Config, bool) {
         let web = live.http.iter().filter_map(|s| s.state.as_ref());
         let mut failed = false;
         for state in web {
-            if let Err(e) = state.reconfigure(&new) {
+            if let Err(e) = state.reconfigure(new.oidc.as_ref()) {
                 tracing::error!(error = %e, "reload: the new [oidc] settings cannot be used; keeping the old ones");
                 failed = true;
             }

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use mailauthd::cli::{self, Cli};
-use mailauthd::config::LogFormat;
-use mailauthd::{logging, privileges};
+use mailauthd::logging::{self, LogFormat};
+use mailauthd::privileges;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -6,6 +6,7 @@ pub mod connections;
 pub mod control_conn;
 pub mod listener;
 pub mod policy_conn;
+pub mod settings;
 pub mod userdb_conn;
 
 use std::sync::Arc;
@@ -16,10 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::activation::Activated;
 use crate::auth::Authenticator;
-use crate::config::Config;
 use crate::store::Store;
 use connections::Connections;
 use listener::{bind, serve, ListenError};
+use settings::DoorSettings;
 
 /// All listeners of a running daemon, bound before readiness is announced.
 pub struct FrontDoors {
@@ -30,7 +31,7 @@ pub struct FrontDoors {
 
 impl FrontDoors {
     pub fn start(
-        config: &Config,
+        config: &DoorSettings<'_>,
         auth: Arc<Authenticator>,
         store: Arc<dyn Store>,
         throttle: Arc<crate::auth::throttle::Throttle>,
