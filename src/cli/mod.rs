@@ -465,6 +465,16 @@ impl From<crate::provision::ProvisionError> for CliError {
     }
 }
 
+impl From<crate::daemon::ServeError> for CliError {
+    fn from(e: crate::daemon::ServeError) -> Self {
+        if e.is_temporary() {
+            CliError::temporary(e.to_string())
+        } else {
+            CliError::refused(e.to_string())
+        }
+    }
+}
+
 impl From<crate::names::NameError> for CliError {
     fn from(e: crate::names::NameError) -> Self {
         CliError::usage(e.to_string())
@@ -482,7 +492,9 @@ pub async fn run(cli: Cli, log: crate::logging::LogControl) -> ExitCode {
     let out = Output::new(cli.json);
     let result = match cli.command {
         Command::Serve => match admin::load_config(cli.config.as_deref()) {
-            Ok(config) => crate::daemon::serve(config, log).await,
+            Ok(config) => crate::daemon::serve(config, log)
+                .await
+                .map_err(CliError::from),
             Err(e) => Err(e),
         },
         Command::Config(ConfigCommand::Check) => admin::config_check(cli.config.as_deref(), &out),
