@@ -35,7 +35,8 @@ pub struct MetricsSection {
     pub on_web_listener: Option<bool>,
 }
 
-#[derive(Clone, Debug)]
+/// Compared by value at reload, like every checked section.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebSettings {
     pub listen: SocketAddr,
     /// Page title and heading, e.g. "Example Mail".
