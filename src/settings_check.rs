@@ -30,18 +30,36 @@ pub fn problem(problems: &mut Vec<Problem>, key: &str, message: impl Into<String
     });
 }
 
-/// Reports `key` unless `value` lies in `range`, saying which bounds.
-pub fn within<T>(problems: &mut Vec<Problem>, key: &str, value: T, range: RangeInclusive<T>)
-where
-    T: PartialOrd + fmt::Display,
-{
-    if !range.contains(&value) {
-        problem(
-            problems,
-            key,
-            format!("must be between {} and {}", range.start(), range.end()),
-        );
+/// Range checks on the list a section's check reports into:
+/// `problems.within("web.header_timeout_seconds", seconds, 1..=300)`.
+pub trait Within {
+    /// Reports `key` unless `value` lies in `range`, saying which bounds.
+    fn within<T>(&mut self, key: &str, value: T, range: RangeInclusive<T>)
+    where
+        T: PartialOrd + fmt::Display;
+}
+
+impl Within for Vec<Problem> {
+    fn within<T>(&mut self, key: &str, value: T, range: RangeInclusive<T>)
+    where
+        T: PartialOrd + fmt::Display,
+    {
+        if !range.contains(&value) {
+            problem(
+                self,
+                key,
+                format!("must be between {} and {}", range.start(), range.end()),
+            );
+        }
     }
+}
+
+/// A text value without surrounding blanks; `None` when absent or blank, so the caller's
+/// default applies.
+pub fn trimmed(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// Each entry one address or CIDR network; the broken ones are reported under `key`.
@@ -104,8 +122,8 @@ mod tests {
     #[test]
     fn bounds_are_named_in_the_message() {
         let mut problems = Vec::new();
-        within(&mut problems, "a.b", 5u64, 1..=3);
-        within(&mut problems, "a.c", 2u64, 1..=3);
+        problems.within("a.b", 5u64, 1..=3);
+        problems.within("a.c", 2u64, 1..=3);
         assert_eq!(
             problems,
             [Problem {

@@ -12,32 +12,32 @@ use crate::auth::services::ServiceMap;
 use crate::auth::verify_cache::VerifyCacheConfig;
 use crate::auth::WEB_SERVICE;
 use crate::names::Protocol;
-use crate::settings_check::{problem, within, Problem};
+use crate::settings_check::{problem, Problem, Within};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct CredentialsSection {
-    pub key_file: Option<PathBuf>,
-    pub argon2_memory_kib: Option<u32>,
-    pub argon2_iterations: Option<u32>,
-    pub argon2_parallelism: Option<u32>,
-    pub rehash_on_login: Option<bool>,
-    pub verify_cache_entries: Option<usize>,
-    pub verify_cache_secs: Option<u64>,
+    key_file: Option<PathBuf>,
+    argon2_memory_kib: Option<u32>,
+    argon2_iterations: Option<u32>,
+    argon2_parallelism: Option<u32>,
+    rehash_on_login: Option<bool>,
+    verify_cache_entries: Option<usize>,
+    verify_cache_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct HashPoolSection {
-    pub workers: Option<usize>,
-    pub queue: Option<usize>,
+    workers: Option<usize>,
+    queue: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LastUseSection {
-    pub flush_interval_ms: Option<u64>,
-    pub queue: Option<usize>,
+    flush_interval_ms: Option<u64>,
+    queue: Option<usize>,
 }
 
 /// The key file: by default next to the SQLite file, in the state directory.
@@ -46,6 +46,11 @@ pub fn key_file(section: &CredentialsSection, state_directory: &Path) -> PathBuf
         .key_file
         .clone()
         .unwrap_or_else(|| state_directory.join("app-password.key"))
+}
+
+/// Whether a login replaces a stored hash that is not Argon2id at today's cost.
+pub fn rehash_on_login(section: &CredentialsSection) -> bool {
+    section.rehash_on_login.unwrap_or(true)
 }
 
 /// The cost of new hashes; below 8 MiB of memory is refused as too weak.
@@ -139,12 +144,7 @@ pub fn services(section: &BTreeMap<String, String>, problems: &mut Vec<Problem>)
 /// How often last-use records are written, and how many may wait.
 pub fn last_use(section: &LastUseSection, problems: &mut Vec<Problem>) -> (Duration, usize) {
     let interval = section.flush_interval_ms.unwrap_or(1000);
-    within(
-        problems,
-        "last_use.flush_interval_ms",
-        interval,
-        10..=600_000,
-    );
+    problems.within("last_use.flush_interval_ms", interval, 10..=600_000);
     (
         Duration::from_millis(interval),
         section.queue.unwrap_or(10_000),
@@ -153,15 +153,13 @@ pub fn last_use(section: &LastUseSection, problems: &mut Vec<Problem>) -> (Durat
 
 #[cfg(test)]
 mod tests {
-    use crate::config::parse;
+    use crate::config::tests::problem_keys;
 
     #[test]
     fn the_verification_cache_lives_at_most_a_day() {
-        let keys: Vec<String> = parse("[credentials]\nverify_cache_secs = 100000\n")
-            .unwrap_err()
-            .into_iter()
-            .map(|p| p.key)
-            .collect();
-        assert_eq!(keys, ["credentials.verify_cache_secs"]);
+        assert_eq!(
+            problem_keys("[credentials]\nverify_cache_secs = 100000\n"),
+            ["credentials.verify_cache_secs"]
+        );
     }
 }

@@ -10,8 +10,8 @@ use crate::settings_check::{problem, Problem};
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LogSection {
-    pub level: Option<String>,
-    pub format: Option<String>,
+    level: Option<String>,
+    format: Option<String>,
 }
 
 /// The level (default `info`) and the format (default text).

@@ -9,6 +9,9 @@
 //! section. They report into [`crate::settings_check::Problem`], which none of them has to
 //! import this module for. This module puts the sections together, fills in the defaults
 //! that depend on each other (the state and runtime directories) and reads the file.
+//!
+//! The schema's fields are private: only a section's own check reads what the file said,
+//! and everything else sees the checked values.
 
 mod auth;
 mod log;
@@ -58,23 +61,23 @@ pub const RESERVED_DESCRIPTORS: u64 = 64;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct FileConfig {
-    pub state_directory: Option<PathBuf>,
-    pub runtime_directory: Option<PathBuf>,
-    pub store: StoreSection,
-    pub credentials: CredentialsSection,
-    pub hash_pool: HashPoolSection,
-    pub services: BTreeMap<String, String>,
-    pub last_use: LastUseSection,
-    pub throttle: ThrottleSection,
-    pub log: LogSection,
-    pub oidc: Option<OidcSection>,
-    pub web: Option<WebSection>,
-    pub auth_socket: ListenerSection,
-    pub userdb_socket: ListenerSection,
-    pub policy_socket: ListenerSection,
-    pub control_socket: ControlSection,
-    pub policy: PolicySection,
-    pub metrics: MetricsSection,
+    state_directory: Option<PathBuf>,
+    runtime_directory: Option<PathBuf>,
+    store: StoreSection,
+    credentials: CredentialsSection,
+    hash_pool: HashPoolSection,
+    services: BTreeMap<String, String>,
+    last_use: LastUseSection,
+    throttle: ThrottleSection,
+    log: LogSection,
+    oidc: Option<OidcSection>,
+    web: Option<WebSection>,
+    auth_socket: ListenerSection,
+    userdb_socket: ListenerSection,
+    policy_socket: ListenerSection,
+    control_socket: ControlSection,
+    policy: PolicySection,
+    metrics: MetricsSection,
 }
 
 /// The checked configuration the daemon and the CLI run with.
@@ -328,7 +331,7 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         store,
         state_directory,
         argon2,
-        rehash_on_login: file.credentials.rehash_on_login.unwrap_or(true),
+        rehash_on_login: auth::rehash_on_login(&file.credentials),
         hash_workers,
         hash_queue,
         services,
@@ -359,8 +362,28 @@ fn first_dir_from_env(var: &str) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The keys of the problems in `text`, which must be refused.
+    pub(crate) fn problem_keys(text: &str) -> Vec<String> {
+        parse(text)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
+    }
+
+    /// `text` is refused, and each of `expected` is among the keys of its problems.
+    pub(crate) fn assert_reported(text: &str, expected: &[&str]) {
+        let keys = problem_keys(text);
+        for expected in expected {
+            assert!(
+                keys.iter().any(|k| k == expected),
+                "{expected} missing from {keys:?}"
+            );
+        }
+    }
 
     #[test]
     fn empty_file_gives_working_defaults() {
@@ -414,19 +437,18 @@ mod tests {
             [log]
             format = "xml"
         "#;
-        let problems = parse(text).unwrap_err();
-        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        for expected in [
-            "colour",
-            "credentials.keyfile",
-            "store.url",
-            "store.max_connections",
-            "credentials.argon2_memory_kib",
-            "services.lmtp",
-            "log.format",
-        ] {
-            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
-        }
+        assert_reported(
+            text,
+            &[
+                "colour",
+                "credentials.keyfile",
+                "store.url",
+                "store.max_connections",
+                "credentials.argon2_memory_kib",
+                "services.lmtp",
+                "log.format",
+            ],
+        );
     }
 
     #[test]

@@ -7,41 +7,41 @@ use serde::Deserialize;
 
 use crate::policy::{check_reply_text, NullSender, PolicySettings, ReplyTexts};
 use crate::proto::postfix_policy::Limits as CodecLimits;
-use crate::settings_check::{problem, within, Problem};
+use crate::settings_check::{problem, Problem, Within};
 use crate::store::{parse_networks, parse_window, LimitWindow, SendLimits};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct PolicySection {
-    pub subaddress_delimiters: Option<String>,
-    pub null_sender: Option<String>,
-    pub refuse_forged_local_senders: Option<bool>,
-    pub trusted_networks: Option<Vec<String>>,
-    pub limits: Option<Vec<LimitEntry>>,
-    pub idle_timeout_secs: Option<u64>,
-    pub max_line_bytes: Option<usize>,
-    pub max_attributes: Option<usize>,
-    pub max_request_bytes: Option<usize>,
-    pub replies: RepliesSection,
+    subaddress_delimiters: Option<String>,
+    null_sender: Option<String>,
+    refuse_forged_local_senders: Option<bool>,
+    trusted_networks: Option<Vec<String>>,
+    limits: Option<Vec<LimitEntry>>,
+    idle_timeout_secs: Option<u64>,
+    max_line_bytes: Option<usize>,
+    max_attributes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    replies: RepliesSection,
 }
 
 /// One `[[policy.limits]]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LimitEntry {
-    pub window: Option<String>,
-    pub messages: Option<u64>,
-    pub recipients: Option<u64>,
+    window: Option<String>,
+    messages: Option<u64>,
+    recipients: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RepliesSection {
-    pub not_owned: Option<String>,
-    pub null_sender: Option<String>,
-    pub no_access: Option<String>,
-    pub forged_sender: Option<String>,
-    pub over_limit: Option<String>,
+    not_owned: Option<String>,
+    null_sender: Option<String>,
+    no_access: Option<String>,
+    forged_sender: Option<String>,
+    over_limit: Option<String>,
 }
 
 pub fn check(section: PolicySection, problems: &mut Vec<Problem>) -> PolicySettings {
@@ -93,7 +93,7 @@ pub fn check(section: PolicySection, problems: &mut Vec<Problem>) -> PolicySetti
     let idle_secs = section
         .idle_timeout_secs
         .unwrap_or(defaults.idle_timeout.as_secs());
-    within(problems, "policy.idle_timeout_secs", idle_secs, 1..=3600);
+    problems.within("policy.idle_timeout_secs", idle_secs, 1..=3600);
     let codec = CodecLimits {
         max_line: section.max_line_bytes.unwrap_or(defaults.codec.max_line),
         max_attributes: section
@@ -103,18 +103,8 @@ pub fn check(section: PolicySection, problems: &mut Vec<Problem>) -> PolicySetti
             .max_request_bytes
             .unwrap_or(defaults.codec.max_request_bytes),
     };
-    within(
-        problems,
-        "policy.max_line_bytes",
-        codec.max_line,
-        512..=65_536,
-    );
-    within(
-        problems,
-        "policy.max_attributes",
-        codec.max_attributes,
-        32..=4096,
-    );
+    problems.within("policy.max_line_bytes", codec.max_line, 512..=65_536);
+    problems.within("policy.max_attributes", codec.max_attributes, 32..=4096);
     if !(4096..=1 << 20).contains(&codec.max_request_bytes)
         || codec.max_request_bytes < codec.max_line
     {
@@ -221,6 +211,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::parse;
+    use crate::config::tests::{assert_reported, problem_keys};
     use crate::policy::NullSender;
 
     #[test]
@@ -274,23 +265,21 @@ mod tests {
             not_owned = "4.7.1 <{sender}>"
             over_limit = "4.7.1 {who}"
         "#;
-        let problems = parse(text).unwrap_err();
-        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        for expected in [
-            "policy.subaddress_delimiters",
-            "policy.null_sender",
-            "policy.trusted_networks[0]",
-            "policy.idle_timeout_secs",
-            "policy.max_line_bytes",
-            "policy.limits[0].window",
-            "policy.limits[1].window",
-            "policy.replies.not_owned",
-            "policy.replies.over_limit",
-        ] {
-            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
-        }
+        assert_reported(
+            text,
+            &[
+                "policy.subaddress_delimiters",
+                "policy.null_sender",
+                "policy.trusted_networks[0]",
+                "policy.idle_timeout_secs",
+                "policy.max_line_bytes",
+                "policy.limits[0].window",
+                "policy.limits[1].window",
+                "policy.replies.not_owned",
+                "policy.replies.over_limit",
+            ],
+        );
         let dup = "[[policy.limits]]\nwindow = \"1h\"\nmessages = 1\n[[policy.limits]]\nwindow = \"60m\"\nrecipients = 1\n";
-        let keys: Vec<String> = parse(dup).unwrap_err().into_iter().map(|p| p.key).collect();
-        assert_eq!(keys, vec!["policy.limits".to_string()]);
+        assert_eq!(problem_keys(dup), vec!["policy.limits".to_string()]);
     }
 }

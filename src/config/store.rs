@@ -5,17 +5,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::settings_check::{inline_or_file, problem, within, Problem};
+use crate::settings_check::{inline_or_file, problem, Problem, Within};
 use crate::store::{DatabaseUrl, Dialect, StoreOptions};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct StoreSection {
-    pub url: Option<String>,
-    pub url_file: Option<PathBuf>,
-    pub max_connections: Option<u32>,
-    pub connect_timeout_ms: Option<u64>,
-    pub query_timeout_ms: Option<u64>,
+    url: Option<String>,
+    url_file: Option<PathBuf>,
+    max_connections: Option<u32>,
+    connect_timeout_ms: Option<u64>,
+    query_timeout_ms: Option<u64>,
 }
 
 /// Without a URL the store is the SQLite file in the state directory.
@@ -54,19 +54,9 @@ pub fn check(
         problem(problems, "store.max_connections", "must be at least 1");
     }
     let connect_timeout_ms = section.connect_timeout_ms.unwrap_or(3000);
-    within(
-        problems,
-        "store.connect_timeout_ms",
-        connect_timeout_ms,
-        100..=60_000,
-    );
+    problems.within("store.connect_timeout_ms", connect_timeout_ms, 100..=60_000);
     let query_timeout_ms = section.query_timeout_ms.unwrap_or(3000);
-    within(
-        problems,
-        "store.query_timeout_ms",
-        query_timeout_ms,
-        100..=600_000,
-    );
+    problems.within("store.query_timeout_ms", query_timeout_ms, 100..=600_000);
     StoreOptions {
         url: DatabaseUrl::new(url),
         max_connections: max_connections.max(1),

@@ -7,31 +7,31 @@ use openidconnect::url::{self, Url};
 use serde::Deserialize;
 
 use crate::secret::Secret;
-use crate::settings_check::{inline_or_file, problem, within, Problem};
+use crate::settings_check::{inline_or_file, problem, trimmed, Problem, Within};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct OidcSection {
-    pub display_name: Option<String>,
-    pub issuer: Option<String>,
-    pub authorization_endpoint: Option<String>,
-    pub token_endpoint: Option<String>,
-    pub userinfo_endpoint: Option<String>,
-    pub jwks_uri: Option<String>,
-    pub end_session_endpoint: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<String>,
-    pub client_secret_file: Option<PathBuf>,
-    pub token_endpoint_auth_method: Option<String>,
-    pub redirect_url: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub address_claim: Option<String>,
-    pub template_claim: Option<String>,
-    pub name_claim: Option<String>,
-    pub ignore_tls_errors: Option<bool>,
-    pub provision: Option<bool>,
-    pub require_verified_email: Option<bool>,
-    pub timeout_ms: Option<u64>,
+    display_name: Option<String>,
+    issuer: Option<String>,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+    userinfo_endpoint: Option<String>,
+    jwks_uri: Option<String>,
+    end_session_endpoint: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    token_endpoint_auth_method: Option<String>,
+    redirect_url: Option<String>,
+    scopes: Option<Vec<String>>,
+    address_claim: Option<String>,
+    template_claim: Option<String>,
+    name_claim: Option<String>,
+    ignore_tls_errors: Option<bool>,
+    provision: Option<bool>,
+    require_verified_email: Option<bool>,
+    timeout_ms: Option<u64>,
 }
 
 pub const DEFAULT_SCOPES: [&str; 4] = ["openid", "profile", "email", "mailcow_template"];
@@ -260,7 +260,7 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
     }
 
     let timeout_ms = section.timeout_ms.unwrap_or(10_000);
-    within(problems, "oidc.timeout_ms", timeout_ms, 500..=120_000);
+    problems.within("oidc.timeout_ms", timeout_ms, 500..=120_000);
 
     let address_claim = claim_name(
         section.address_claim,
@@ -279,10 +279,7 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
         return None;
     };
     Some(OidcSettings {
-        display_name: section
-            .display_name
-            .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty())
+        display_name: trimmed(section.display_name)
             .unwrap_or_else(|| "your organisation's account".into()),
         issuer,
         endpoints,
@@ -304,6 +301,7 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
 #[cfg(test)]
 mod tests {
     use crate::config::parse;
+    use crate::config::tests::assert_reported;
 
     #[test]
     fn oidc_and_web_sections_get_their_defaults() {
@@ -352,20 +350,19 @@ mod tests {
             [web]
             listen = "localhost"
         "#;
-        let problems = parse(text).unwrap_err();
-        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        for expected in [
-            "oidc.issuer",
-            "oidc.client_id",
-            "oidc.client_secret_file",
-            "oidc.redirect_url",
-            "oidc.authorization_endpoint",
-            "oidc.jwks_uri",
-            "oidc.token_endpoint_auth_method",
-            "oidc.scopes",
-        ] {
-            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
-        }
+        assert_reported(
+            text,
+            &[
+                "oidc.issuer",
+                "oidc.client_id",
+                "oidc.client_secret_file",
+                "oidc.redirect_url",
+                "oidc.authorization_endpoint",
+                "oidc.jwks_uri",
+                "oidc.token_endpoint_auth_method",
+                "oidc.scopes",
+            ],
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::listener::{Endpoint, ListenerConfig};
 use crate::policy::PolicySettings;
-use crate::settings_check::{networks, problem, within, Problem};
+use crate::settings_check::{networks, problem, Problem, Within};
 
 /// `idle_timeout_ms` of the auth and userdb listeners.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
@@ -18,21 +18,21 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ListenerSection {
-    pub listen: Option<Vec<String>>,
-    pub owner: Option<String>,
-    pub group: Option<String>,
-    pub mode: Option<String>,
-    pub allow: Option<Vec<String>>,
-    pub trusted: Option<Vec<String>>,
-    pub max_connections: Option<usize>,
-    pub idle_timeout_ms: Option<u64>,
+    listen: Option<Vec<String>>,
+    owner: Option<String>,
+    group: Option<String>,
+    mode: Option<String>,
+    allow: Option<Vec<String>>,
+    trusted: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    idle_timeout_ms: Option<u64>,
 }
 
 /// The admin channel of a running daemon; unix only, for root and the daemon's user.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ControlSection {
-    pub path: Option<PathBuf>,
+    path: Option<PathBuf>,
 }
 
 /// What the socket doors are started with, borrowed from the checked config.
@@ -101,12 +101,7 @@ pub fn check_listener(
     // Short: Postfix and Dovecot reconnect at once, and a connection left open by a
     // client that forgot it should give its place back soon.
     let idle = section.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
-    within(
-        problems,
-        &format!("{name}.idle_timeout_ms"),
-        idle,
-        1_000..=86_400_000,
-    );
+    problems.within(&format!("{name}.idle_timeout_ms"), idle, 1_000..=86_400_000);
     ListenerConfig {
         name,
         endpoints,

@@ -10,29 +10,29 @@ use openidconnect::url::Url;
 use serde::Deserialize;
 
 use crate::oidc::OidcSettings;
-use crate::settings_check::{networks, problem, within, Problem};
+use crate::settings_check::{networks, problem, trimmed, Problem, Within};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct WebSection {
-    pub listen: Option<String>,
-    pub title: Option<String>,
-    pub mail_host: Option<String>,
-    pub secure_cookies: Option<bool>,
-    pub session_minutes: Option<u64>,
+    listen: Option<String>,
+    title: Option<String>,
+    mail_host: Option<String>,
+    secure_cookies: Option<bool>,
+    session_minutes: Option<u64>,
     /// Replaced by `trusted_proxies`; refused when true, with a pointer to it.
-    pub trust_x_forwarded_for: Option<bool>,
-    pub trusted_proxies: Option<Vec<String>>,
-    pub max_connections: Option<u64>,
-    pub header_timeout_seconds: Option<u64>,
+    trust_x_forwarded_for: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    max_connections: Option<u64>,
+    header_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct MetricsSection {
-    pub listen: Option<String>,
-    pub path: Option<String>,
-    pub on_web_listener: Option<bool>,
+    listen: Option<String>,
+    path: Option<String>,
+    on_web_listener: Option<bool>,
 }
 
 /// Compared by value at reload, like every checked section.
@@ -104,27 +104,13 @@ pub fn check(
         problems,
     );
     let max_connections = section.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-    within(
-        problems,
-        "web.max_connections",
-        max_connections,
-        1..=1_000_000,
-    );
+    problems.within("web.max_connections", max_connections, 1..=1_000_000);
     let header_timeout = section.header_timeout_seconds.unwrap_or(10);
-    within(
-        problems,
-        "web.header_timeout_seconds",
-        header_timeout,
-        1..=300,
-    );
-    let mail_host = section
-        .mail_host
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            oidc.and_then(|o| o.redirect_url.host_str().map(str::to_string))
-                .filter(|h| h != "127.0.0.1" && h != "localhost" && h != "[::1]")
-        });
+    problems.within("web.header_timeout_seconds", header_timeout, 1..=300);
+    let mail_host = trimmed(section.mail_host).or_else(|| {
+        oidc.and_then(|o| o.redirect_url.host_str().map(str::to_string))
+            .filter(|h| h != "127.0.0.1" && h != "localhost" && h != "[::1]")
+    });
     let public_root = oidc.map(|o| {
         let mut root = o.redirect_url.clone();
         root.set_path("/");
@@ -134,11 +120,7 @@ pub fn check(
     });
     Some(WebSettings {
         listen: listen?,
-        title: section
-            .title
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| "Mail account".into()),
+        title: trimmed(section.title).unwrap_or_else(|| "Mail account".into()),
         mail_host,
         secure_cookies: section.secure_cookies.unwrap_or(true),
         session_lifetime: Duration::from_secs(minutes.clamp(5, 7 * 24 * 60) * 60),
@@ -221,14 +203,7 @@ pub fn check_metrics(
 #[cfg(test)]
 mod tests {
     use crate::config::parse;
-
-    fn keys(text: &str) -> Vec<String> {
-        parse(text)
-            .unwrap_err()
-            .into_iter()
-            .map(|p| p.key)
-            .collect()
-    }
+    use crate::config::tests::problem_keys as keys;
 
     #[test]
     fn trusted_proxies_and_limits_are_checked() {
