@@ -3,25 +3,53 @@
 
 use std::time::Duration;
 
+use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::activation::Activated;
-use crate::cli::CliError;
-use crate::config::{self, Config};
+use crate::activation::{Activated, ActivationError};
+use crate::config::{self, Config, TooFewDescriptors};
 use crate::logging::LogControl;
-use crate::runtime::Core;
+use crate::runtime::{Core, StartError};
+use crate::server::listener::ListenError;
 use crate::server::FrontDoors;
 use crate::systemd;
-use crate::web::WebServer;
+use crate::web::{WebError, WebServer};
 
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
+/// Why the daemon did not start; each is logged where it happens.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Descriptors(#[from] TooFewDescriptors),
+    #[error("cannot install signal handlers")]
+    Signals,
+    #[error(transparent)]
+    Activation(#[from] ActivationError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Http(#[from] WebError),
+    #[error("systemd passed sockets named {0}, but their listeners are not configured")]
+    UnclaimedSockets(String),
+}
+
+impl ServeError {
+    /// Worth trying again as it is (the database did not answer), as opposed to a
+    /// configuration or environment that must change first.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, ServeError::Start(e) if e.is_temporary())
+    }
+}
+
+pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
     let limit = raise_open_file_limit();
     if let Some(limit) = limit {
-        if let Err(message) = config.check_descriptors(limit) {
-            tracing::error!("cannot start: {message}");
-            return Err(CliError::refused(message));
+        if let Err(shortage) = config.check_descriptors(limit) {
+            tracing::error!("cannot start: {shortage}");
+            return Err(shortage.into());
         }
     }
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -29,22 +57,18 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
-        return Err(CliError::refused("cannot install signal handlers"));
+        return Err(ServeError::Signals);
     };
     let mut activated = Activated::from_environment().map_err(|e| {
         tracing::error!(error = %e, "cannot take the sockets systemd passed");
-        CliError::refused(e.to_string())
+        e
     })?;
     let core = Core::start(&config).await.map_err(|e| {
         tracing::error!(error = %e, "cannot start");
-        if e.is_temporary() {
-            CliError::temporary(e.to_string())
-        } else {
-            CliError::refused(e.to_string())
-        }
+        e
     })?;
     let doors = match FrontDoors::start(
-        &config,
+        &config.doors(),
         core.auth.clone(),
         core.store.clone(),
         core.throttle.clone(),
@@ -54,12 +78,14 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
         Err(e) => {
             tracing::error!(error = %e, "cannot listen");
             core.shutdown().await;
-            return Err(CliError::refused(e.to_string()));
+            return Err(e.into());
         }
     };
     let mut http = Vec::new();
     let web = crate::web::start_if_configured(
-        &config,
+        config.web.as_ref(),
+        config.oidc.as_ref(),
+        &config.metrics,
         core.store.clone(),
         core.auth.clone(),
         &mut activated,
@@ -83,16 +109,14 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), CliError> {
         Err(e) => {
             tracing::error!(error = %e, "cannot start an HTTP listener");
             stop_all(doors, http, core).await;
-            return Err(CliError::refused(e.to_string()));
+            return Err(e.into());
         }
     }
     if !activated.is_empty() {
         let names = activated.unclaimed().join(", ");
         tracing::error!(sockets = %names, "systemd passed sockets for listeners that are not configured");
         stop_all(doors, http, core).await;
-        return Err(CliError::refused(format!(
-            "systemd passed sockets named {names}, but their listeners are not configured"
-        )));
+        return Err(ServeError::UnclaimedSockets(names));
     }
     let mut endpoints = doors.endpoints.clone();
     endpoints.extend(http.iter().map(|s| {
@@ -201,7 +225,7 @@ fn reload(old: Config, log: &LogControl, live: &Live<'_>) -> (Config, bool) {
         let web = live.http.iter().filter_map(|s| s.state.as_ref());
         let mut failed = false;
         for state in web {
-            if let Err(e) = state.reconfigure(&new) {
+            if let Err(e) = state.reconfigure(new.oidc.as_ref()) {
                 tracing::error!(error = %e, "reload: the new [oidc] settings cannot be used; keeping the old ones");
                 failed = true;
             }
@@ -268,8 +292,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "policy_socket/control_socket",
     );
     check(old.policy != new.policy, "policy");
-    // `[web]` holds no secret, so its `Debug` text shows every value.
-    check(format!("{:?}", old.web) != format!("{:?}", new.web), "web");
+    check(old.web != new.web, "web");
     check(old.auth_socket != new.auth_socket, "auth_socket");
     check(old.userdb_socket != new.userdb_socket, "userdb_socket");
     keys

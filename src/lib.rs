@@ -36,6 +36,7 @@ pub mod provision;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod settings_check;
 pub mod size;
 pub mod store;
 pub mod systemd;

@@ -2,11 +2,27 @@
 
 use std::io::IsTerminal;
 
+use thiserror::Error;
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::LogFormat;
+/// How log lines are written: `[log] format`, or `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why a new log filter was not taken; the old one stays in force.
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error("{0}")]
+    Filter(#[from] ParseError),
+    #[error("{0}")]
+    Reload(#[from] reload::Error),
+}
 
 /// Changes the log filter of the running process.
 #[derive(Clone)]
@@ -20,12 +36,12 @@ impl LogControl {
         LogControl { handle: None }
     }
 
-    pub fn set_filter(&self, filter: &str) -> Result<(), String> {
+    pub fn set_filter(&self, filter: &str) -> Result<(), LogError> {
         let Some(handle) = &self.handle else {
             return Ok(());
         };
-        let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
+        let filter = EnvFilter::try_new(filter)?;
+        Ok(handle.reload(filter)?)
     }
 }
 

@@ -6,13 +6,25 @@
 //! another user, the process becomes that user before touching anything.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+use thiserror::Error;
+
+/// A step of becoming the state directory's owner failed; the process must not go on as
+/// root, half switched.
+#[derive(Debug, Error)]
+#[error("cannot switch to the owner of {} ({step}): {source}", directory.display())]
+pub struct AdoptError {
+    pub directory: PathBuf,
+    /// `groups`, `group` or `user`.
+    pub step: &'static str,
+    pub source: nix::Error,
+}
 
 /// Switches to the state directory's owner when running as root; returns the uid taken.
 /// Must run before any thread is started.
-pub fn adopt_state_owner(state_directory: &Path) -> Result<Option<u32>, String> {
+pub fn adopt_state_owner(state_directory: &Path) -> Result<Option<u32>, AdoptError> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
@@ -23,11 +35,10 @@ pub fn adopt_state_owner(state_directory: &Path) -> Result<Option<u32>, String> 
         return Ok(None);
     }
     let (uid, gid) = (Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid()));
-    let fail = |what: &str, e: nix::Error| {
-        format!(
-            "cannot switch to the owner of {} ({what}): {e}",
-            state_directory.display()
-        )
+    let fail = |step: &'static str, source: nix::Error| AdoptError {
+        directory: state_directory.to_path_buf(),
+        step,
+        source,
     };
     setgroups(&[gid]).map_err(|e| fail("groups", e))?;
     setgid(gid).map_err(|e| fail("group", e))?;

@@ -182,8 +182,9 @@ async fn start_with(top: &str, web: &str) -> (Site, Core, tempfile::TempDir) {
     }
     let settings = config.web.clone().unwrap();
     let state = mailauthd::web::state(
-        &config,
         settings,
+        config.oidc.as_ref(),
+        &config.metrics,
         store,
         core.auth.clone(),
         Arc::new(SystemClock),

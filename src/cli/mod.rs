@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{Config, ConfigErrors};
 pub use output::Output;
 
 const EXIT_CODES: &str = "\
@@ -465,6 +466,16 @@ impl From<crate::provision::ProvisionError> for CliError {
     }
 }
 
+impl From<crate::daemon::ServeError> for CliError {
+    fn from(e: crate::daemon::ServeError) -> Self {
+        if e.is_temporary() {
+            CliError::temporary(e.to_string())
+        } else {
+            CliError::refused(e.to_string())
+        }
+    }
+}
+
 impl From<crate::names::NameError> for CliError {
     fn from(e: crate::names::NameError) -> Self {
         CliError::usage(e.to_string())
@@ -477,13 +488,21 @@ impl From<crate::size::SizeError> for CliError {
     }
 }
 
-/// Runs a parsed command line; `main` only sets up logging and the runtime.
-pub async fn run(cli: Cli, log: crate::logging::LogControl) -> ExitCode {
+/// Runs a parsed command line; `main` only reads the config, sets up logging and the
+/// runtime. `serve` runs with `config`, the file as `main` read it; the other commands
+/// read the file themselves, as the state directory's owner `main` has become.
+pub async fn run(
+    cli: Cli,
+    config: Result<Config, ConfigErrors>,
+    log: crate::logging::LogControl,
+) -> ExitCode {
     let out = Output::new(cli.json);
     let result = match cli.command {
-        Command::Serve => match admin::load_config(cli.config.as_deref()) {
-            Ok(config) => crate::daemon::serve(config, log).await,
-            Err(e) => Err(e),
+        Command::Serve => match config {
+            Ok(config) => crate::daemon::serve(config, log)
+                .await
+                .map_err(CliError::from),
+            Err(e) => Err(CliError::usage(e.to_string().trim_end().to_string())),
         },
         Command::Config(ConfigCommand::Check) => admin::config_check(cli.config.as_deref(), &out),
         Command::Auth(AuthCommand::Test {
@@ -527,9 +546,4 @@ pub async fn run(cli: Cli, log: crate::logging::LogControl) -> ExitCode {
             ExitCode::from(e.code)
         }
     }
-}
-
-/// The config as every command reads it; `main` uses it to set up the daemon's logging.
-pub fn load_config(path: Option<&std::path::Path>) -> Result<crate::config::Config, CliError> {
-    admin::load_config(path)
 }

@@ -1,11 +1,38 @@
-//! The `[oidc]` config section, checked into [`OidcSettings`].
+//! The `[oidc]` config section ([`OidcSection`]), checked into [`OidcSettings`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use openidconnect::url::{self, Url};
+use serde::Deserialize;
 
-use crate::config::{problem, OidcSection, Problem};
 use crate::secret::Secret;
+use crate::settings_check::{inline_or_file, problem, trimmed, Problem, Within};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct OidcSection {
+    display_name: Option<String>,
+    issuer: Option<String>,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+    userinfo_endpoint: Option<String>,
+    jwks_uri: Option<String>,
+    end_session_endpoint: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    token_endpoint_auth_method: Option<String>,
+    redirect_url: Option<String>,
+    scopes: Option<Vec<String>>,
+    address_claim: Option<String>,
+    template_claim: Option<String>,
+    name_claim: Option<String>,
+    ignore_tls_errors: Option<bool>,
+    provision: Option<bool>,
+    require_verified_email: Option<bool>,
+    timeout_ms: Option<u64>,
+}
 
 pub const DEFAULT_SCOPES: [&str; 4] = ["openid", "profile", "email", "mailcow_template"];
 
@@ -175,29 +202,14 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
     if client_id.is_empty() {
         problem(problems, "oidc.client_id", "is required");
     }
-    let client_secret = match (section.client_secret, &section.client_secret_file) {
-        (Some(_), Some(_)) => {
-            problem(
-                problems,
-                "oidc.client_secret_file",
-                "set either oidc.client_secret or oidc.client_secret_file, not both",
-            );
-            None
-        }
-        (Some(s), None) => Some(Secret::from(s.trim().to_string())),
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(text) => Some(Secret::from(text.trim().to_string())),
-            Err(e) => {
-                problem(
-                    problems,
-                    "oidc.client_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                None
-            }
-        },
-        (None, None) => None,
-    }
+    let client_secret = inline_or_file(
+        "oidc",
+        "client_secret",
+        section.client_secret,
+        section.client_secret_file.as_deref(),
+        problems,
+    )
+    .map(Secret::from)
     .filter(|s| !s.is_empty());
 
     let client_auth = match section.token_endpoint_auth_method.as_deref() {
@@ -248,13 +260,7 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
     }
 
     let timeout_ms = section.timeout_ms.unwrap_or(10_000);
-    if !(500..=120_000).contains(&timeout_ms) {
-        problem(
-            problems,
-            "oidc.timeout_ms",
-            "must be between 500 and 120000",
-        );
-    }
+    problems.within("oidc.timeout_ms", timeout_ms, 500..=120_000);
 
     let address_claim = claim_name(
         section.address_claim,
@@ -273,10 +279,7 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
         return None;
     };
     Some(OidcSettings {
-        display_name: section
-            .display_name
-            .map(|n| n.trim().to_string())
-            .filter(|n| !n.is_empty())
+        display_name: trimmed(section.display_name)
             .unwrap_or_else(|| "your organisation's account".into()),
         issuer,
         endpoints,
@@ -293,4 +296,109 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
         require_verified_email: section.require_verified_email.unwrap_or(true),
         timeout: Duration::from_millis(timeout_ms),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+    use crate::config::tests::assert_reported;
+
+    #[test]
+    fn oidc_and_web_sections_get_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret-client\n").unwrap();
+        let text = format!(
+            "[oidc]\nissuer = \"https://sso.example.org/realms/x\"\nclient_id = \"mail\"\n\
+             client_secret_file = {secret:?}\nredirect_url = \"https://mail.example.org/callback\"\n[web]\n"
+        );
+        let c = parse(&text).unwrap();
+        let o = c.oidc.as_ref().unwrap();
+        assert_eq!(o.scopes, ["openid", "profile", "email", "mailcow_template"]);
+        assert_eq!(
+            (o.address_claim.as_str(), o.template_claim.as_str()),
+            ("email", "mailcow_template")
+        );
+        assert!(o.provision && !o.ignore_tls_errors && o.endpoints.is_none());
+        assert!(
+            o.require_verified_email,
+            "an absent email_verified is refused by default"
+        );
+        assert_eq!(o.client_secret.as_ref().unwrap().expose(), b"s3cret-client");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let w = c.web.as_ref().unwrap();
+        assert_eq!(w.listen.to_string(), "127.0.0.1:8080");
+        assert!(w.secure_cookies);
+        assert_eq!(w.mail_host.as_deref(), Some("mail.example.org"));
+        assert_eq!(
+            w.public_root.as_ref().unwrap().as_str(),
+            "https://mail.example.org/"
+        );
+    }
+
+    #[test]
+    fn oidc_problems_name_their_keys() {
+        let text = r#"
+            [oidc]
+            issuer = "http://sso.example.org"
+            client_secret = "a"
+            client_secret_file = "/nonexistent"
+            redirect_url = "https://mail.example.org/elsewhere"
+            token_endpoint = "https://sso.example.org/token"
+            token_endpoint_auth_method = "private_key_jwt"
+            scopes = ["profile"]
+            [web]
+            listen = "localhost"
+        "#;
+        assert_reported(
+            text,
+            &[
+                "oidc.issuer",
+                "oidc.client_id",
+                "oidc.client_secret_file",
+                "oidc.redirect_url",
+                "oidc.authorization_endpoint",
+                "oidc.jwks_uri",
+                "oidc.token_endpoint_auth_method",
+                "oidc.scopes",
+            ],
+        );
+    }
+
+    #[test]
+    fn require_verified_email_can_be_turned_off_and_must_be_a_boolean() {
+        let base = r#"
+            [oidc]
+            issuer = "http://127.0.0.1:9000"
+            client_id = "mail"
+            redirect_url = "http://127.0.0.1:8080/callback"
+        "#;
+        let off = parse(&format!("{base}require_verified_email = false\n")).unwrap();
+        assert!(!off.oidc.unwrap().require_verified_email);
+        let problems = parse(&format!("{base}require_verified_email = \"no\"\n")).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(|p| format!("{p:?}")).collect();
+        assert!(
+            shown.iter().any(|p| p.contains("require_verified_email")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn explicit_endpoints_turn_discovery_off() {
+        let text = r#"
+            [oidc]
+            issuer = "http://127.0.0.1:9000"
+            client_id = "mail"
+            redirect_url = "http://127.0.0.1:8080/callback"
+            authorization_endpoint = "http://127.0.0.1:9000/auth"
+            token_endpoint = "http://127.0.0.1:9000/token"
+            jwks_uri = "http://127.0.0.1:9000/jwks"
+            userinfo_endpoint = "http://127.0.0.1:9000/me"
+        "#;
+        let c = parse(text).unwrap();
+        let e = c.oidc.unwrap().endpoints.unwrap();
+        assert_eq!(e.token.as_str(), "http://127.0.0.1:9000/token");
+        assert_eq!(e.userinfo.unwrap().as_str(), "http://127.0.0.1:9000/me");
+        assert!(c.web.is_none());
+    }
 }

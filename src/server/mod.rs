@@ -12,6 +12,7 @@ pub mod control_conn;
 pub mod line_conn;
 pub mod listener;
 pub mod policy_conn;
+pub mod settings;
 pub mod userdb_conn;
 
 use std::future::Future;
@@ -25,11 +26,11 @@ use crate::activation::Activated;
 use crate::auth::throttle::Throttle;
 use crate::auth::Authenticator;
 use crate::clock::SystemClock;
-use crate::config::Config;
 use crate::policy::PolicyService;
 use crate::store::Store;
 use connections::{Activity, Connections};
 use listener::{bind, serve, ListenError, ListenerConfig, Peer, Stream};
+use settings::DoorSettings;
 
 /// All listeners of a running daemon, bound before readiness is announced.
 pub struct FrontDoors {
@@ -40,7 +41,7 @@ pub struct FrontDoors {
 
 impl FrontDoors {
     pub fn start(
-        config: &Config,
+        config: &DoorSettings<'_>,
         auth: Arc<Authenticator>,
         store: Arc<dyn Store>,
         throttle: Arc<Throttle>,

@@ -10,10 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::{tcp_listener, AppState, WebError, WebServer};
+use super::{tcp_listener, AppState, MetricsSettings, WebError, WebServer};
 use crate::activation::Activated;
 use crate::auth::Authenticator;
-use crate::config::MetricsSettings;
 use crate::metrics::{self, Levels};
 use crate::store::Store;
 
@@ -52,11 +51,11 @@ async fn readyz(State(probe): State<Probe>) -> Response {
     super::readiness(&*probe.store).await
 }
 
-/// Starts the metrics listener when `[metrics] listen` is set (or systemd passed a socket
-/// named `metrics`).
 /// Connections the metrics listener serves at once.
 pub const METRICS_MAX_CONNECTIONS: usize = 64;
 
+/// Starts the metrics listener when `[metrics] listen` is set (or systemd passed a socket
+/// named `metrics`).
 pub async fn start_if_configured(
     settings: &MetricsSettings,
     auth: Arc<Authenticator>,

@@ -32,12 +32,12 @@ use axum::Router;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-pub use settings::WebSettings;
+pub use settings::{MetricsSettings, WebSettings};
 
 use crate::activation::Activated;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
-use crate::oidc::RelyingParty;
+use crate::oidc::{OidcSettings, RelyingParty};
 use crate::provision::SignInRules;
 use crate::store::{AuthSource, MailboxState, SessionView, Store};
 use session::{Session, Sessions, SignedInUser, Via};
@@ -64,8 +64,8 @@ struct ProviderSetup {
 }
 
 impl ProviderSetup {
-    fn from_config(config: &crate::config::Config) -> Result<Self, WebError> {
-        let rp = match &config.oidc {
+    fn new(oidc: Option<&OidcSettings>) -> Result<Self, WebError> {
+        let rp = match oidc {
             Some(o) => {
                 if o.ignore_tls_errors {
                     tracing::warn!("{}", crate::oidc::probe::TLS_WARNING);
@@ -77,11 +77,8 @@ impl ProviderSetup {
         Ok(ProviderSetup {
             rp,
             rules: SignInRules {
-                provision: config.oidc.as_ref().is_none_or(|o| o.provision),
-                require_verified_email: config
-                    .oidc
-                    .as_ref()
-                    .is_none_or(|o| o.require_verified_email),
+                provision: oidc.is_none_or(|o| o.provision),
+                require_verified_email: oidc.is_none_or(|o| o.require_verified_email),
             },
         })
     }
@@ -145,20 +142,20 @@ impl WebServer {
     }
 }
 
+/// The page's state: `settings` is `[web]`, `oidc` the provider people sign in with (if
+/// any), and `metrics` says whether `/metrics` is served here too.
 pub fn state(
-    config: &crate::config::Config,
     settings: WebSettings,
+    oidc: Option<&OidcSettings>,
+    metrics: &MetricsSettings,
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, WebError> {
     Ok(Arc::new(WebState {
         sessions: Sessions::new(settings.session_lifetime),
-        provider: RwLock::new(ProviderSetup::from_config(config)?),
-        metrics_path: config
-            .metrics
-            .on_web_listener
-            .then(|| config.metrics.path.clone()),
+        provider: RwLock::new(ProviderSetup::new(oidc)?),
+        metrics_path: metrics.on_web_listener.then(|| metrics.path.clone()),
         settings,
         store,
         auth,
@@ -184,8 +181,8 @@ impl WebState {
 
     /// Applies a reloaded `[oidc]` section: sign-ins that start from now on use it. One
     /// already at the provider finishes with the new settings, or fails and is retried.
-    pub fn reconfigure(&self, config: &crate::config::Config) -> Result<(), WebError> {
-        let setup = ProviderSetup::from_config(config)?;
+    pub fn reconfigure(&self, oidc: Option<&OidcSettings>) -> Result<(), WebError> {
+        let setup = ProviderSetup::new(oidc)?;
         *self
             .provider
             .write()
@@ -262,20 +259,23 @@ pub(crate) fn serve(
 
 /// Starts the web page when `[web]` is configured; the daemon's one call.
 pub async fn start_if_configured(
-    config: &crate::config::Config,
+    settings: Option<&WebSettings>,
+    oidc: Option<&OidcSettings>,
+    metrics: &MetricsSettings,
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
     activated: &mut Activated,
 ) -> Result<Option<WebServer>, WebError> {
-    let Some(settings) = config.web.clone() else {
-        if config.oidc.is_some() {
+    let Some(settings) = settings.cloned() else {
+        if oidc.is_some() {
             tracing::warn!("[oidc] is configured but [web] is not: nobody can sign in");
         }
         return Ok(None);
     };
     let state = state(
-        config,
         settings,
+        oidc,
+        metrics,
         store,
         auth,
         Arc::new(crate::clock::SystemClock),

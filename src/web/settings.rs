@@ -1,15 +1,42 @@
-//! The `[web]` config section, checked into [`WebSettings`].
+//! The `[web]` config section, checked into [`WebSettings`], and `[metrics]`, checked into
+//! [`MetricsSettings`]: where `/metrics` is served depends on the web page's listener and
+//! must not take one of its paths.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use openidconnect::url::Url;
+use serde::Deserialize;
 
-use crate::config::{problem, Problem, WebSection};
 use crate::oidc::OidcSettings;
+use crate::settings_check::{networks, problem, trimmed, Problem, Within};
 
-#[derive(Clone, Debug)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct WebSection {
+    listen: Option<String>,
+    title: Option<String>,
+    mail_host: Option<String>,
+    secure_cookies: Option<bool>,
+    session_minutes: Option<u64>,
+    /// Replaced by `trusted_proxies`; refused when true, with a pointer to it.
+    trust_x_forwarded_for: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    max_connections: Option<u64>,
+    header_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricsSection {
+    listen: Option<String>,
+    path: Option<String>,
+    on_web_listener: Option<bool>,
+}
+
+/// Compared by value at reload, like every checked section.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebSettings {
     pub listen: SocketAddr,
     /// Page title and heading, e.g. "Example Mail".
@@ -71,35 +98,19 @@ pub fn check(
              e.g. trusted_proxies = [\"127.0.0.1/32\", \"::1/128\"], and remove this key",
         );
     }
-    let trusted_proxies = crate::config::networks(
+    let trusted_proxies = networks(
         "web.trusted_proxies",
         section.trusted_proxies.as_deref().unwrap_or_default(),
         problems,
     );
     let max_connections = section.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-    if !(1..=1_000_000).contains(&max_connections) {
-        problem(
-            problems,
-            "web.max_connections",
-            "must be between 1 and 1000000",
-        );
-    }
+    problems.within("web.max_connections", max_connections, 1..=1_000_000);
     let header_timeout = section.header_timeout_seconds.unwrap_or(10);
-    if !(1..=300).contains(&header_timeout) {
-        problem(
-            problems,
-            "web.header_timeout_seconds",
-            "must be between 1 and 300",
-        );
-    }
-    let mail_host = section
-        .mail_host
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            oidc.and_then(|o| o.redirect_url.host_str().map(str::to_string))
-                .filter(|h| h != "127.0.0.1" && h != "localhost" && h != "[::1]")
-        });
+    problems.within("web.header_timeout_seconds", header_timeout, 1..=300);
+    let mail_host = trimmed(section.mail_host).or_else(|| {
+        oidc.and_then(|o| o.redirect_url.host_str().map(str::to_string))
+            .filter(|h| h != "127.0.0.1" && h != "localhost" && h != "[::1]")
+    });
     let public_root = oidc.map(|o| {
         let mut root = o.redirect_url.clone();
         root.set_path("/");
@@ -109,11 +120,7 @@ pub fn check(
     });
     Some(WebSettings {
         listen: listen?,
-        title: section
-            .title
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| "Mail account".into()),
+        title: trimmed(section.title).unwrap_or_else(|| "Mail account".into()),
         mail_host,
         secure_cookies: section.secure_cookies.unwrap_or(true),
         session_lifetime: Duration::from_secs(minutes.clamp(5, 7 * 24 * 60) * 60),
@@ -124,17 +131,79 @@ pub fn check(
     })
 }
 
+/// Where `/metrics` is served: its own listener, the web page's, both or neither.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// A listener of its own, which also answers `/healthz` and `/readyz`.
+    pub listen: Option<SocketAddr>,
+    pub path: String,
+    pub on_web_listener: bool,
+}
+
+/// The web page's own paths, which `/metrics` on its listener must not shadow.
+const WEB_PAGE_PATHS: [&str; 7] = [
+    "/",
+    "/login",
+    "/login/password",
+    "/callback",
+    "/logout",
+    "/app-passwords",
+    "/app-passwords/revoke",
+];
+
+pub fn check_metrics(
+    section: MetricsSection,
+    web_configured: bool,
+    problems: &mut Vec<Problem>,
+) -> MetricsSettings {
+    let listen = section.listen.as_deref().and_then(|text| {
+        text.trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                problem(
+                    problems,
+                    "metrics.listen",
+                    format!("{text:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9154)"),
+                )
+            })
+            .ok()
+    });
+    let path = section.path.unwrap_or_else(|| "/metrics".into());
+    if !path.starts_with('/') || path.len() > 200 || path.chars().any(char::is_whitespace) {
+        problem(
+            problems,
+            "metrics.path",
+            "must be a URL path starting with / (default /metrics)",
+        );
+    }
+    let on_web_listener = section.on_web_listener.unwrap_or(false);
+    if on_web_listener && !web_configured {
+        problem(
+            problems,
+            "metrics.on_web_listener",
+            "needs a [web] section (or use metrics.listen for a listener of its own)",
+        );
+    }
+    if ["/healthz", "/readyz"].contains(&path.as_str())
+        || (on_web_listener && WEB_PAGE_PATHS.contains(&path.as_str()))
+    {
+        problem(
+            problems,
+            "metrics.path",
+            format!("{path} is already a page of its listener; pick another path"),
+        );
+    }
+    MetricsSettings {
+        listen,
+        path,
+        on_web_listener,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::parse;
-
-    fn keys(text: &str) -> Vec<String> {
-        parse(text)
-            .unwrap_err()
-            .into_iter()
-            .map(|p| p.key)
-            .collect()
-    }
+    use crate::config::tests::problem_keys as keys;
 
     #[test]
     fn trusted_proxies_and_limits_are_checked() {
@@ -173,5 +242,21 @@ mod tests {
             .unwrap()
             .trusted_proxies
             .is_empty());
+    }
+
+    #[test]
+    fn metrics_settings_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.metrics.listen, None);
+        assert!(!c.metrics.on_web_listener);
+        assert_eq!(c.metrics.path, "/metrics");
+        assert_eq!(
+            keys("[metrics]\nlisten = \"localhost\"\npath = \"metrics\"\non_web_listener = true\n"),
+            ["metrics.listen", "metrics.path", "metrics.on_web_listener"]
+        );
+        assert_eq!(
+            keys("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/readyz\"\n"),
+            ["metrics.path"]
+        );
     }
 }
