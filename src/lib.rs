@@ -18,6 +18,7 @@
 )]
 
 pub mod activation;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;

@@ -39,6 +39,7 @@ use thiserror::Error;
 
 pub use limits::{Counted, Exceeded, Usage};
 
+use crate::audit::{canonical_ip, printable};
 use crate::clock::Clock;
 use crate::names::{Address, Protocol};
 use crate::proto::postfix_policy::{Action, Limits, PolicyError, PolicyRequest};
@@ -383,7 +384,10 @@ impl PolicyService {
         let no_access = |reason: Reason| {
             let text = render(
                 &self.settings.texts.no_access,
-                &[("user", &printable(login)), ("sender", &sender_shown)],
+                &[
+                    ("user", &printable(login, SHOWN_CHARS)),
+                    ("sender", &sender_shown),
+                ],
             );
             Ok(Decision::Reject(reason, text))
         };
@@ -607,34 +611,15 @@ fn with_domain(address: &Address, domain: &str) -> Option<Address> {
     Address::parse(&format!("{}@{domain}", address.local_part())).ok()
 }
 
-/// Postfix may report an IPv4 client as `::ffff:a.b.c.d` on a dual-stack socket.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
+/// Values from the wire are shown in logs and replies up to this many characters.
+const SHOWN_CHARS: usize = 256;
 
 /// The sender as the client gave it, for reply texts: bounded, one line.
 fn shown_sender(sender: Option<&str>) -> String {
     match sender {
         None | Some("") => String::new(),
-        Some(s) => printable(s),
+        Some(s) => printable(s, SHOWN_CHARS),
     }
-}
-
-/// Values from the wire in logs and replies: one line, bounded.
-fn printable(s: &str) -> String {
-    const MAX: usize = 256;
-    let mut out: String = s
-        .chars()
-        .take(MAX)
-        .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
-        .collect();
-    if s.chars().nth(MAX).is_some() {
-        out.push('…');
-    }
-    out
 }
 
 /// One line per decision with fixed field names (`service`, `user`, `sender`, `rip`,
@@ -643,11 +628,11 @@ fn audit(req: &PolicyRequest, result: &Result<Decision, DecisionError>) {
     let user = req
         .sasl_username
         .as_deref()
-        .map_or_else(|| "-".into(), printable);
+        .map_or_else(|| "-".into(), |s| printable(s, SHOWN_CHARS));
     let sender = match req.sender.as_deref() {
         None => "-".to_string(),
         Some("") => "<>".to_string(),
-        Some(s) => printable(s),
+        Some(s) => printable(s, SHOWN_CHARS),
     };
     let rip = req
         .client_address
@@ -655,7 +640,7 @@ fn audit(req: &PolicyRequest, result: &Result<Decision, DecisionError>) {
     let state = req
         .protocol_state
         .as_deref()
-        .map_or_else(|| "-".into(), printable);
+        .map_or_else(|| "-".into(), |s| printable(s, SHOWN_CHARS));
     match result {
         Ok(d @ Decision::Dunno(_)) => {
             tracing::info!(target: "mailauthd::audit", service = "policy", user, sender, rip, state, action = d.label(), reason = d.reason().code(), "policy")
@@ -746,8 +731,8 @@ mod tests {
 
     #[test]
     fn wire_values_are_printable_and_bounded() {
-        assert_eq!(printable("a b\r\nc"), "a?b??c");
-        let long = printable(&"x".repeat(1000));
+        assert_eq!(printable("a b\r\nc", SHOWN_CHARS), "a?b??c");
+        let long = printable(&"x".repeat(1000), SHOWN_CHARS);
         assert!(long.chars().count() <= 257);
     }
 }

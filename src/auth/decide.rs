@@ -11,6 +11,7 @@ use super::services::{Door, ServiceMap};
 use super::throttle::{Attempt, Settlement, Throttle, Ticket, Verdict};
 use super::verify_cache::VerifyCache;
 use super::{Credential, FailReason, Outcome, Success, TempCause};
+use crate::audit::printable;
 use crate::clock::Clock;
 use crate::names::{Address, NameError, Protocol};
 use crate::secret::Secret;
@@ -490,7 +491,7 @@ fn audit(req: &AuthRequest<'_>, outcome: &Outcome) {
         .remote_ip
         .map(|ip| ip.to_string())
         .unwrap_or_else(|| "-".into());
-    let user = printable_login(req.login);
+    let user = printable(req.login, LOGIN_CHARS);
     let mech = req.mechanism.unwrap_or("-");
     let (label, reason) = (outcome.label(), outcome.reason());
     match outcome {
@@ -506,21 +507,16 @@ fn audit(req: &AuthRequest<'_>, outcome: &Outcome) {
     }
 }
 
+/// Login names come from the network: log lines and throttle keys show this many of their
+/// characters at most.
+const LOGIN_CHARS: usize = 128;
+
 /// The account a login counts against: its canonical address, or for a login that is no
 /// address (which can only fail) the bounded, lower-cased text, so `ADMIN` and `admin`
 /// are one key.
 fn throttle_account(address: &Result<Address, NameError>, login: &str) -> String {
     match address {
         Ok(address) => address.as_str().to_string(),
-        Err(_) => printable_login(login.trim()).to_lowercase(),
+        Err(_) => printable(login.trim(), LOGIN_CHARS).to_lowercase(),
     }
-}
-
-/// Login names come from the network: keep log lines one line and bounded.
-fn printable_login(login: &str) -> String {
-    login
-        .chars()
-        .take(128)
-        .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
-        .collect()
 }
