@@ -95,11 +95,35 @@ impl Default for ReplyTexts {
     }
 }
 
+/// What is wrong with a reply text in the config.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ReplyTextError {
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    #[error("must start with an enhanced status code {class}.X.Y, e.g. {class}.7.1")]
+    NoStatusCode { class: char },
+    #[error("has a '{{' without '}}'")]
+    UnclosedPlaceholder,
+    #[error("unknown placeholder {{{name}}}; this text knows {known}")]
+    UnknownPlaceholder { name: String, known: String },
+}
+
+/// The config check collects every problem as text, each under its key.
+impl From<ReplyTextError> for String {
+    fn from(e: ReplyTextError) -> String {
+        e.to_string()
+    }
+}
+
 /// Checks a reply text: a `5.x.x` (`class` 5) or `4.x.x` enhanced status code first, only
 /// the given placeholders, no control characters. For the config check.
-pub fn check_reply_text(text: &str, class: char, placeholders: &[&str]) -> Result<(), String> {
+pub fn check_reply_text(
+    text: &str,
+    class: char,
+    placeholders: &[&str],
+) -> Result<(), ReplyTextError> {
     if text.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
+        return Err(ReplyTextError::ControlCharacter);
     }
     let code = text.split_whitespace().next().unwrap_or("");
     let mut parts = code.split('.');
@@ -107,23 +131,21 @@ pub fn check_reply_text(text: &str, class: char, placeholders: &[&str]) -> Resul
         && parts.clone().count() == 2
         && parts.all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
     if !valid_code {
-        return Err(format!(
-            "must start with an enhanced status code {class}.X.Y, e.g. {class}.7.1"
-        ));
+        return Err(ReplyTextError::NoStatusCode { class });
     }
     let mut rest = text;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
-            return Err("has a '{' without '}'".into());
+            return Err(ReplyTextError::UnclosedPlaceholder);
         };
         let name = &after[..close];
         if !placeholders.contains(&name) {
             let known: Vec<String> = placeholders.iter().map(|p| format!("{{{p}}}")).collect();
-            return Err(format!(
-                "unknown placeholder {{{name}}}; this text knows {}",
-                known.join(", ")
-            ));
+            return Err(ReplyTextError::UnknownPlaceholder {
+                name: name.to_string(),
+                known: known.join(", "),
+            });
         }
         rest = &after[close + 1..];
     }
@@ -699,6 +721,7 @@ mod tests {
         assert!(check_reply_text("5.7.1234 no", '5', names).is_err());
         assert!(check_reply_text("5.7.1 {who}", '5', names)
             .unwrap_err()
+            .to_string()
             .contains("{who}"));
         assert!(check_reply_text("5.7.1 {sender", '5', names).is_err());
         assert!(check_reply_text("5.7.1 a\nb", '5', names).is_err());

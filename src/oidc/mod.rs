@@ -376,7 +376,7 @@ impl RelyingParty {
         };
         let issuer = id_claims.issuer().as_str().to_string();
         let subject = id_claims.subject().clone();
-        let id_map = to_map(&id_claims).map_err(OidcError::IdToken)?;
+        let id_map = to_map(&id_claims).map_err(|e| OidcError::IdToken(e.to_string()))?;
 
         let userinfo = match p
             .client
@@ -391,7 +391,7 @@ impl RelyingParty {
                         UserInfoError::Request(e) => request_error(&e),
                         other => OidcError::UserInfo(error_chain(&other)),
                     })?;
-                Some(to_map(&claims).map_err(OidcError::UserInfo)?)
+                Some(to_map(&claims).map_err(|e| OidcError::UserInfo(e.to_string()))?)
             }
         };
         let merged = claims::merge(id_map, userinfo);
@@ -431,11 +431,20 @@ impl RelyingParty {
     }
 }
 
-fn to_map<T: Serialize>(claims: &T) -> Result<Map<String, Value>, String> {
+/// Why a set of claims could not be turned into a JSON object.
+#[derive(Debug, Error)]
+enum ClaimsShape {
+    #[error("claims are not a JSON object")]
+    NotAnObject,
+    #[error("claims cannot be read: {0}")]
+    Unreadable(serde_json::Error),
+}
+
+fn to_map<T: Serialize>(claims: &T) -> Result<Map<String, Value>, ClaimsShape> {
     match serde_json::to_value(claims) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err("claims are not a JSON object".into()),
-        Err(e) => Err(format!("claims cannot be read: {e}")),
+        Ok(_) => Err(ClaimsShape::NotAnObject),
+        Err(e) => Err(ClaimsShape::Unreadable(e)),
     }
 }
 
