@@ -260,7 +260,10 @@ async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
             )
             .unwrap(),
         ),
-        verify_cache: Arc::new(VerifyCache::new(VerifyCacheConfig::default()).unwrap()),
+        verify_cache: Arc::new(
+            VerifyCache::new(VerifyCacheConfig::default(), Arc::new(ManualClock::at(NOW)))
+                .unwrap(),
+        ),
     })
     .unwrap();
     Fixture { auth, writer, apps }

@@ -103,7 +103,9 @@ async fn setup() -> Fixture {
         rehash_on_login: false,
         last_use: sender,
         throttle: Arc::new(Throttle::new(config(), Fingerprinter::random().unwrap()).unwrap()),
-        verify_cache: Arc::new(VerifyCache::new(VerifyCacheConfig::default()).unwrap()),
+        verify_cache: Arc::new(
+            VerifyCache::new(VerifyCacheConfig::default(), Arc::new(clock.clone())).unwrap(),
+        ),
     })
     .unwrap();
     Fixture {

@@ -37,6 +37,7 @@ use tokio::sync::Mutex;
 pub use claims::{ClaimError, ClaimNames};
 pub use settings::{ClientAuth, ExplicitEndpoints, OidcSettings};
 
+use crate::clock::Clock;
 use crate::provision::SignInClaims;
 use crate::secret::Secret;
 
@@ -248,15 +249,18 @@ pub struct RelyingParty {
     settings: OidcSettings,
     http: reqwest::Client,
     provider: Mutex<Option<Arc<Provider>>>,
+    /// The age of the provider's metadata is read on its monotonic reading.
+    clock: Arc<dyn Clock>,
 }
 
 impl RelyingParty {
-    pub fn new(settings: OidcSettings) -> Result<Self, OidcError> {
+    pub fn new(settings: OidcSettings, clock: Arc<dyn Clock>) -> Result<Self, OidcError> {
         let http = http_client(&settings)?;
         Ok(RelyingParty {
             settings,
             http,
             provider: Mutex::new(None),
+            clock,
         })
     }
 
@@ -277,12 +281,13 @@ impl RelyingParty {
     async fn provider(&self, force: bool) -> Result<Arc<Provider>, OidcError> {
         let mut slot = self.provider.lock().await;
         if let Some(p) = slot.as_ref() {
-            let fresh = p.fetched.elapsed() < METADATA_MAX_AGE;
-            if fresh && !(force && p.fetched.elapsed() > Duration::from_secs(30)) {
+            let age = self.clock.instant().saturating_duration_since(p.fetched);
+            let fresh = age < METADATA_MAX_AGE;
+            if fresh && !(force && age > Duration::from_secs(30)) {
                 return Ok(p.clone());
             }
         }
-        match load_provider(&self.settings, &self.http).await {
+        match load_provider(&self.settings, &self.http, &*self.clock).await {
             Ok(p) => {
                 let p = Arc::new(p);
                 *slot = Some(p.clone());
@@ -577,6 +582,7 @@ pub(crate) fn build_client(
 async fn load_provider(
     settings: &OidcSettings,
     http: &reqwest::Client,
+    clock: &dyn Clock,
 ) -> Result<Provider, OidcError> {
     let metadata = load_metadata(settings, http).await?;
     let keys = load_keys(&metadata, http).await?;
@@ -591,6 +597,6 @@ async fn load_provider(
         end_session,
         issuer,
         sends_response_iss,
-        fetched: Instant::now(),
+        fetched: clock.instant(),
     })
 }
