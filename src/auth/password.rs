@@ -74,23 +74,26 @@ impl Scheme {
         }
     }
 
+    /// Every scheme [`verify`] accepts.
+    pub const ALL: [Scheme; 9] = [
+        Scheme::Argon2id,
+        Scheme::Argon2i,
+        Scheme::BlfCrypt,
+        Scheme::Sha512Crypt,
+        Scheme::Sha256Crypt,
+        Scheme::Ssha512,
+        Scheme::Ssha256,
+        Scheme::Ssha,
+        Scheme::Plain,
+    ];
+
     /// Dovecot treats scheme names case-insensitively and has two aliases for PLAIN.
     fn from_name(name: &str) -> Option<Scheme> {
-        const ALL: [Scheme; 9] = [
-            Scheme::Argon2id,
-            Scheme::Argon2i,
-            Scheme::BlfCrypt,
-            Scheme::Sha512Crypt,
-            Scheme::Sha256Crypt,
-            Scheme::Ssha512,
-            Scheme::Ssha256,
-            Scheme::Ssha,
-            Scheme::Plain,
-        ];
         if name.eq_ignore_ascii_case("CLEAR") || name.eq_ignore_ascii_case("CLEARTEXT") {
             return Some(Scheme::Plain);
         }
-        ALL.into_iter()
+        Scheme::ALL
+            .into_iter()
             .find(|s| s.name().eq_ignore_ascii_case(name))
     }
 
@@ -655,17 +658,7 @@ mod tests {
     #[test]
     fn fixtures_cover_every_scheme_with_distinct_passwords() {
         let all = fixtures();
-        for scheme in [
-            Scheme::Argon2id,
-            Scheme::Argon2i,
-            Scheme::BlfCrypt,
-            Scheme::Sha512Crypt,
-            Scheme::Sha256Crypt,
-            Scheme::Ssha512,
-            Scheme::Ssha256,
-            Scheme::Ssha,
-            Scheme::Plain,
-        ] {
+        for scheme in Scheme::ALL {
             let mut passwords: Vec<&str> = all
                 .iter()
                 .filter(|f| expected_name(f.scheme) == scheme.name())
