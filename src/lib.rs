@@ -37,6 +37,7 @@ pub mod provision;
 pub mod runtime;
 pub mod secret;
 pub mod server;
+pub mod shared_state;
 pub mod size;
 pub mod store;
 pub mod systemd;

@@ -102,7 +102,10 @@ async fn setup() -> Fixture {
         argon2: CHEAP,
         rehash_on_login: false,
         last_use: sender,
-        throttle: Arc::new(Throttle::new(config(), Fingerprinter::random().unwrap()).unwrap()),
+        throttle: Arc::new(Throttle::in_memory(
+            config(),
+            Fingerprinter::random().unwrap(),
+        )),
         verify_cache: Arc::new(
             VerifyCache::new(VerifyCacheConfig::default(), Arc::new(clock.clone())).unwrap(),
         ),
