@@ -2,7 +2,7 @@
 //! before the store is asked, while other networks and accounts carry on.
 //!
 //! Delays here are a few milliseconds so the tests run at full speed; the delay values
-//! themselves are tested in `src/auth/throttle.rs`, state shared through Redis in
+//! themselves are tested in `src/auth/throttle/memory.rs`, state shared through Redis in
 //! `tests/throttle_redis.rs`. Windows and blocks run on a `ManualClock`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
