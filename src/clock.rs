@@ -1,8 +1,13 @@
 //! Time as a parameter, so expiry and throttling are testable without sleeping.
+//!
+//! Two readings: the wall time ([`Clock::now`], [`Clock::now_ms`]), for what is stored or
+//! shared with other daemons, and a monotonic one ([`Clock::instant`]), for how long
+//! something in this process has lasted (a session, a cached entry, a pause), which must
+//! not jump when someone sets the system clock. A [`ManualClock`] moves both.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch; what the store keeps.
 pub type UnixTime = i64;
@@ -17,6 +22,9 @@ pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> UnixMillis {
         self.now().saturating_mul(1000)
     }
+
+    /// The monotonic reading: never goes back, whatever the wall time does.
+    fn instant(&self) -> Instant;
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,11 +44,26 @@ impl Clock for SystemClock {
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0)
     }
+
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
 }
 
 /// A clock tests move by hand, in whole seconds or in milliseconds; clones share one time.
-#[derive(Clone, Debug, Default)]
-pub struct ManualClock(Arc<AtomicI64>);
+/// Its monotonic reading starts at the real one when it is made and moves with it.
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    ms: Arc<AtomicI64>,
+    start_ms: UnixMillis,
+    start: Instant,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::at_ms(0)
+    }
+}
 
 impl ManualClock {
     pub fn at(t: UnixTime) -> Self {
@@ -48,7 +71,11 @@ impl ManualClock {
     }
 
     pub fn at_ms(t: UnixMillis) -> Self {
-        ManualClock(Arc::new(AtomicI64::new(t)))
+        ManualClock {
+            ms: Arc::new(AtomicI64::new(t)),
+            start_ms: t,
+            start: Instant::now(),
+        }
     }
 
     pub fn advance(&self, secs: i64) {
@@ -56,7 +83,7 @@ impl ManualClock {
     }
 
     pub fn advance_ms(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.ms.fetch_add(ms, Ordering::SeqCst);
     }
 }
 
@@ -66,7 +93,13 @@ impl Clock for ManualClock {
     }
 
     fn now_ms(&self) -> UnixMillis {
-        self.0.load(Ordering::SeqCst)
+        self.ms.load(Ordering::SeqCst)
+    }
+
+    /// Moved as far as the wall time, but never before where it started.
+    fn instant(&self) -> Instant {
+        let moved = self.now_ms().saturating_sub(self.start_ms).max(0);
+        self.start + Duration::from_millis(moved.unsigned_abs())
     }
 }
 
@@ -162,6 +195,11 @@ mod tests {
         assert_eq!(c.now_ms(), 105_000);
         c.advance_ms(1_999);
         assert_eq!((c.now(), c.now_ms()), (106, 106_999));
+        let start = c.instant();
+        c.advance(60);
+        assert_eq!(c.instant() - start, Duration::from_secs(60));
+        c.advance(-3600);
+        assert!(c.instant() <= start, "never before where it started");
         let before_epoch = ManualClock::at_ms(-1);
         assert_eq!(
             before_epoch.now(),

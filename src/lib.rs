@@ -18,6 +18,7 @@
 )]
 
 pub mod activation;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -37,6 +38,7 @@ pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod settings_check;
+pub mod shared_state;
 pub mod size;
 pub mod store;
 pub mod systemd;

@@ -39,6 +39,7 @@ use thiserror::Error;
 
 pub use limits::{Counted, Exceeded, Usage};
 
+use crate::audit::{canonical_ip, printable};
 use crate::clock::Clock;
 use crate::names::{Address, Protocol};
 use crate::proto::postfix_policy::{Action, Limits, PolicyError, PolicyRequest};
@@ -94,11 +95,35 @@ impl Default for ReplyTexts {
     }
 }
 
+/// What is wrong with a reply text in the config.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ReplyTextError {
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    #[error("must start with an enhanced status code {class}.X.Y, e.g. {class}.7.1")]
+    NoStatusCode { class: char },
+    #[error("has a '{{' without '}}'")]
+    UnclosedPlaceholder,
+    #[error("unknown placeholder {{{name}}}; this text knows {known}")]
+    UnknownPlaceholder { name: String, known: String },
+}
+
+/// The config check collects every problem as text, each under its key.
+impl From<ReplyTextError> for String {
+    fn from(e: ReplyTextError) -> String {
+        e.to_string()
+    }
+}
+
 /// Checks a reply text: a `5.x.x` (`class` 5) or `4.x.x` enhanced status code first, only
 /// the given placeholders, no control characters. For the config check.
-pub fn check_reply_text(text: &str, class: char, placeholders: &[&str]) -> Result<(), String> {
+pub fn check_reply_text(
+    text: &str,
+    class: char,
+    placeholders: &[&str],
+) -> Result<(), ReplyTextError> {
     if text.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
+        return Err(ReplyTextError::ControlCharacter);
     }
     let code = text.split_whitespace().next().unwrap_or("");
     let mut parts = code.split('.');
@@ -106,23 +131,21 @@ pub fn check_reply_text(text: &str, class: char, placeholders: &[&str]) -> Resul
         && parts.clone().count() == 2
         && parts.all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
     if !valid_code {
-        return Err(format!(
-            "must start with an enhanced status code {class}.X.Y, e.g. {class}.7.1"
-        ));
+        return Err(ReplyTextError::NoStatusCode { class });
     }
     let mut rest = text;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else {
-            return Err("has a '{' without '}'".into());
+            return Err(ReplyTextError::UnclosedPlaceholder);
         };
         let name = &after[..close];
         if !placeholders.contains(&name) {
             let known: Vec<String> = placeholders.iter().map(|p| format!("{{{p}}}")).collect();
-            return Err(format!(
-                "unknown placeholder {{{name}}}; this text knows {}",
-                known.join(", ")
-            ));
+            return Err(ReplyTextError::UnknownPlaceholder {
+                name: name.to_string(),
+                known: known.join(", "),
+            });
         }
         rest = &after[close + 1..];
     }
@@ -345,6 +368,8 @@ impl PolicyService {
 
     /// Decides one request and writes one audit line for it.
     pub async fn decide(&self, request: &PolicyRequest) -> Result<Decision, DecisionError> {
+        // How long the decision took, for the metrics only: it decides nothing, so it is
+        // measured on the monotonic clock rather than taken from the `Clock`.
         let started = std::time::Instant::now();
         let result = self.evaluate(request).await;
         audit(request, &result);
@@ -383,7 +408,10 @@ impl PolicyService {
         let no_access = |reason: Reason| {
             let text = render(
                 &self.settings.texts.no_access,
-                &[("user", &printable(login)), ("sender", &sender_shown)],
+                &[
+                    ("user", &printable(login, SHOWN_CHARS)),
+                    ("sender", &sender_shown),
+                ],
             );
             Ok(Decision::Reject(reason, text))
         };
@@ -607,34 +635,15 @@ fn with_domain(address: &Address, domain: &str) -> Option<Address> {
     Address::parse(&format!("{}@{domain}", address.local_part())).ok()
 }
 
-/// Postfix may report an IPv4 client as `::ffff:a.b.c.d` on a dual-stack socket.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
+/// Values from the wire are shown in logs and replies up to this many characters.
+const SHOWN_CHARS: usize = 256;
 
 /// The sender as the client gave it, for reply texts: bounded, one line.
 fn shown_sender(sender: Option<&str>) -> String {
     match sender {
         None | Some("") => String::new(),
-        Some(s) => printable(s),
+        Some(s) => printable(s, SHOWN_CHARS),
     }
-}
-
-/// Values from the wire in logs and replies: one line, bounded.
-fn printable(s: &str) -> String {
-    const MAX: usize = 256;
-    let mut out: String = s
-        .chars()
-        .take(MAX)
-        .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
-        .collect();
-    if s.chars().nth(MAX).is_some() {
-        out.push('…');
-    }
-    out
 }
 
 /// One line per decision with fixed field names (`service`, `user`, `sender`, `rip`,
@@ -643,11 +652,11 @@ fn audit(req: &PolicyRequest, result: &Result<Decision, DecisionError>) {
     let user = req
         .sasl_username
         .as_deref()
-        .map_or_else(|| "-".into(), printable);
+        .map_or_else(|| "-".into(), |s| printable(s, SHOWN_CHARS));
     let sender = match req.sender.as_deref() {
         None => "-".to_string(),
         Some("") => "<>".to_string(),
-        Some(s) => printable(s),
+        Some(s) => printable(s, SHOWN_CHARS),
     };
     let rip = req
         .client_address
@@ -655,7 +664,7 @@ fn audit(req: &PolicyRequest, result: &Result<Decision, DecisionError>) {
     let state = req
         .protocol_state
         .as_deref()
-        .map_or_else(|| "-".into(), printable);
+        .map_or_else(|| "-".into(), |s| printable(s, SHOWN_CHARS));
     match result {
         Ok(d @ Decision::Dunno(_)) => {
             tracing::info!(target: "mailauthd::audit", service = "policy", user, sender, rip, state, action = d.label(), reason = d.reason().code(), "policy")
@@ -714,6 +723,7 @@ mod tests {
         assert!(check_reply_text("5.7.1234 no", '5', names).is_err());
         assert!(check_reply_text("5.7.1 {who}", '5', names)
             .unwrap_err()
+            .to_string()
             .contains("{who}"));
         assert!(check_reply_text("5.7.1 {sender", '5', names).is_err());
         assert!(check_reply_text("5.7.1 a\nb", '5', names).is_err());
@@ -746,8 +756,8 @@ mod tests {
 
     #[test]
     fn wire_values_are_printable_and_bounded() {
-        assert_eq!(printable("a b\r\nc"), "a?b??c");
-        let long = printable(&"x".repeat(1000));
+        assert_eq!(printable("a b\r\nc", SHOWN_CHARS), "a?b??c");
+        let long = printable(&"x".repeat(1000), SHOWN_CHARS);
         assert!(long.chars().count() <= 257);
     }
 }

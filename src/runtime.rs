@@ -6,12 +6,13 @@ use thiserror::Error;
 
 use crate::auth::last_use::LastUseWriter;
 use crate::auth::pool::HashPool;
-use crate::auth::throttle::{self, Fingerprinter, Throttle};
+use crate::auth::throttle::{Fingerprinter, Throttle};
 use crate::auth::verify_cache::VerifyCache;
 use crate::auth::{Authenticator, AuthenticatorParts};
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::keyfile::{self, KeyFileError};
+use crate::shared_state;
 use crate::store::{self, GuardedStore, Store, StoreError};
 
 #[derive(Debug, Error)]
@@ -25,7 +26,7 @@ pub enum StartError {
     #[error("the operating system gave no random bytes for an in-memory key: {0}")]
     Random(getrandom::Error),
     #[error(transparent)]
-    Throttle(#[from] throttle::SetupError),
+    Throttle(#[from] shared_state::SetupError),
 }
 
 impl StartError {
@@ -67,19 +68,24 @@ impl Core {
         } else {
             Fingerprinter::random().map_err(StartError::Random)?
         };
-        let throttle = Arc::new(Throttle::new(config.throttle.clone(), fingerprinter)?);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let throttle = Arc::new(shared_state::open_throttle(
+            config.throttle.clone(),
+            fingerprinter,
+            clock.clone(),
+        )?);
         let auth = Authenticator::new(AuthenticatorParts {
             store: dyn_store,
             key,
             pool: Arc::new(HashPool::new(config.hash_workers, config.hash_queue)),
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             services: config.services.clone(),
             argon2: config.argon2,
             rehash_on_login: config.rehash_on_login,
             last_use: sender,
             throttle: throttle.clone(),
             verify_cache: Arc::new(
-                VerifyCache::new(config.verify_cache).map_err(StartError::Random)?,
+                VerifyCache::new(config.verify_cache, clock).map_err(StartError::Random)?,
             ),
         })
         .map_err(|e| StartError::Credentials(e.to_string()))?;

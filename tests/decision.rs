@@ -250,17 +250,16 @@ async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
         last_use: sender,
         // The table is about the rules; repeated refusals would only add delays here.
         // Throttling has its own suite, tests/throttle.rs.
-        throttle: Arc::new(
-            Throttle::new(
-                ThrottleConfig {
-                    enabled: false,
-                    ..ThrottleConfig::default()
-                },
-                Fingerprinter::with_key([7; 32]),
-            )
-            .unwrap(),
+        throttle: Arc::new(Throttle::in_memory(
+            ThrottleConfig {
+                enabled: false,
+                ..ThrottleConfig::default()
+            },
+            Fingerprinter::with_key([7; 32]),
+        )),
+        verify_cache: Arc::new(
+            VerifyCache::new(VerifyCacheConfig::default(), Arc::new(ManualClock::at(NOW))).unwrap(),
         ),
-        verify_cache: Arc::new(VerifyCache::new(VerifyCacheConfig::default()).unwrap()),
     })
     .unwrap();
     Fixture { auth, writer, apps }

@@ -25,6 +25,7 @@ use openidconnect::{
 };
 use serde_json::{json, Value};
 
+use mailauthd::clock::SystemClock;
 use mailauthd::oidc::{ExtraClaims, OidcError, OidcSettings, RelyingParty};
 
 const KEY_PEM: &str = include_str!("fixtures/oidc-test-rsa.pem");
@@ -257,7 +258,7 @@ async fn attempt(
 #[tokio::test]
 async fn a_good_sign_in_merges_userinfo_over_the_id_token() {
     let (fake, issuer) = fake_provider().await;
-    let rp = RelyingParty::new(settings(&issuer)).unwrap();
+    let rp = RelyingParty::new(settings(&issuer), Arc::new(SystemClock)).unwrap();
     let identity = attempt(&rp, &fake, Token::Good).await.unwrap();
     let c = &identity.claims;
     assert_eq!(c.issuer, issuer);
@@ -281,7 +282,7 @@ async fn a_good_sign_in_merges_userinfo_over_the_id_token() {
 #[tokio::test]
 async fn bad_id_tokens_are_refused() {
     let (fake, issuer) = fake_provider().await;
-    let rp = RelyingParty::new(settings(&issuer)).unwrap();
+    let rp = RelyingParty::new(settings(&issuer), Arc::new(SystemClock)).unwrap();
     for bad in [
         Token::WrongAudience,
         Token::Expired,
@@ -301,7 +302,7 @@ async fn bad_id_tokens_are_refused() {
 #[tokio::test]
 async fn token_endpoint_refusals_and_timeouts_are_clear() {
     let (fake, issuer) = fake_provider().await;
-    let rp = RelyingParty::new(settings(&issuer)).unwrap();
+    let rp = RelyingParty::new(settings(&issuer), Arc::new(SystemClock)).unwrap();
     let e = attempt(&rp, &fake, Token::Refused).await.unwrap_err();
     assert!(
         matches!(&e, OidcError::TokenRefused { error, .. } if error == "invalid_grant"),
@@ -321,7 +322,7 @@ async fn claims_of_the_wrong_type_are_named() {
     let (fake, issuer) = fake_provider().await;
     fake.lock().unwrap().userinfo =
         json!({"sub": "subject-1", "email": "a@example.org", "mailcow_template": 5});
-    let rp = RelyingParty::new(settings(&issuer)).unwrap();
+    let rp = RelyingParty::new(settings(&issuer), Arc::new(SystemClock)).unwrap();
     let e = attempt(&rp, &fake, Token::Good).await.unwrap_err();
     assert!(matches!(e, OidcError::Claims(_)), "{e:?}");
     assert!(e.to_string().contains("mailcow_template"), "{e}");
@@ -332,7 +333,7 @@ async fn a_provider_that_is_down_is_unreachable_not_a_crash() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let rp = RelyingParty::new(settings(&issuer)).unwrap();
+    let rp = RelyingParty::new(settings(&issuer), Arc::new(SystemClock)).unwrap();
     let e = match rp.begin().await {
         Err(e) => e,
         Ok(_) => panic!("a provider that is down gave an authorization URL"),
@@ -354,7 +355,7 @@ async fn explicit_endpoints_work_without_discovery() {
     });
     // Nothing advertised without discovery: say how the client authenticates.
     s.client_auth = Some(mailauthd::oidc::ClientAuth::Post);
-    let rp = RelyingParty::new(s).unwrap();
+    let rp = RelyingParty::new(s, Arc::new(SystemClock)).unwrap();
     let identity = attempt(&rp, &fake, Token::Good).await.unwrap();
     assert_eq!(identity.claims.template_values, vec!["students", "staff"]);
 }

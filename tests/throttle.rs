@@ -2,7 +2,7 @@
 //! before the store is asked, while other networks and accounts carry on.
 //!
 //! Delays here are a few milliseconds so the tests run at full speed; the delay values
-//! themselves are tested in `src/auth/throttle.rs`, state shared through Redis in
+//! themselves are tested in `src/auth/throttle/memory.rs`, state shared through Redis in
 //! `tests/throttle_redis.rs`. Windows and blocks run on a `ManualClock`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -102,8 +102,13 @@ async fn setup() -> Fixture {
         argon2: CHEAP,
         rehash_on_login: false,
         last_use: sender,
-        throttle: Arc::new(Throttle::new(config(), Fingerprinter::random().unwrap()).unwrap()),
-        verify_cache: Arc::new(VerifyCache::new(VerifyCacheConfig::default()).unwrap()),
+        throttle: Arc::new(Throttle::in_memory(
+            config(),
+            Fingerprinter::random().unwrap(),
+        )),
+        verify_cache: Arc::new(
+            VerifyCache::new(VerifyCacheConfig::default(), Arc::new(clock.clone())).unwrap(),
+        ),
     })
     .unwrap();
     Fixture {

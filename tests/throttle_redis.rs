@@ -19,6 +19,8 @@ use mailauthd::auth::app_password::AppPasswordKey;
 use mailauthd::auth::throttle::{
     Attempt, Fingerprinter, KeyKind, RedisUrl, Throttle, ThrottleConfig, ThrottleKey, Verdict,
 };
+use mailauthd::clock::SystemClock;
+use mailauthd::shared_state;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -58,7 +60,8 @@ fn config(url: &str, prefix: &str) -> ThrottleConfig {
 /// A daemon's throttle: its own client and fingerprinter, from the site's shared key.
 fn daemon(config: &ThrottleConfig) -> Throttle {
     let site_key = AppPasswordKey::new(vec![42; 32]);
-    Throttle::new(config.clone(), Fingerprinter::for_site(&site_key)).unwrap()
+    let fingerprinter = Fingerprinter::for_site(&site_key);
+    shared_state::open_throttle(config.clone(), fingerprinter, Arc::new(SystemClock)).unwrap()
 }
 
 /// `n` failures with the distinct secrets `guess {from}`…, one second apart from `start`,

@@ -1,4 +1,19 @@
 //! The one decision every front door asks for.
+//!
+//! [`Authenticator::authenticate`] turns one [`AuthRequest`] into an [`Outcome`] and writes
+//! one audit line for it. The rules, in order:
+//! 1. The throttle (`admit`), before anything touches the store or the hash pool.
+//! 2. The login must be an address (`names::Address::parse`).
+//! 3. The mailbox must exist.
+//! 4. The mailbox and its domain must be active.
+//! 5. The mailbox must allow the protocol of the service.
+//! 6. A secret shaped like an app password is checked as one of the mailbox's app passwords
+//!    (expiry, protocols, source networks), with no hashing.
+//! 7. Otherwise the stored password, for `local` mailboxes only: the verification cache,
+//!    then the hash pool.
+//!
+//! A login that is no address, an unknown mailbox and one refused by rules 4 and 5 still
+//! cost one dummy hash, so timing does not tell them from a wrong password.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,6 +26,7 @@ use super::services::{Door, ServiceMap};
 use super::throttle::{Attempt, Settlement, Throttle, Ticket, Verdict};
 use super::verify_cache::VerifyCache;
 use super::{Credential, FailReason, Outcome, Success, TempCause};
+use crate::audit::printable;
 use crate::clock::Clock;
 use crate::names::{Address, NameError, Protocol};
 use crate::secret::Secret;
@@ -104,6 +120,8 @@ impl Authenticator {
 
     /// Decides one login and writes one audit line for it.
     pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Outcome {
+        // How long the decision took, for the metrics only: it decides nothing, so it is
+        // measured on the monotonic clock rather than taken from the `Clock`.
         let started = std::time::Instant::now();
         let address = Address::parse(req.login);
         let account = throttle_account(&address, req.login);
@@ -214,11 +232,12 @@ impl Authenticator {
         self.check_stored_password(&view, door, req).await
     }
 
-    /// Rule 1: the throttle, before anything touches the store or the hash pool. The
-    /// attempt is charged now, while it is in flight (see [`Throttle::admit`]); waiting is
-    /// an async sleep, so a delayed login holds no thread. A refusal comes back at once:
-    /// the door holds its answer back ([`Authenticator::refusal_delay`]) without holding
-    /// anything a login in progress needs.
+    /// Rule 1 (see the module doc): the throttle, before anything touches the store or the
+    /// hash pool. The attempt is charged now, while it is in flight (see
+    /// [`Throttle::admit`]); waiting is an async sleep, so a delayed login holds no thread.
+    /// A refusal comes back at once: the door holds its answer back
+    /// ([`Authenticator::refusal_delay`]) without holding anything a login in progress
+    /// needs.
     async fn admit(
         &self,
         req: &AuthRequest<'_>,
@@ -273,9 +292,8 @@ impl Authenticator {
         self.parts.throttle.settle(ticket, settlement, now).await;
     }
 
-    /// `None` when the secret is no app password of this mailbox, so the stored password
-    /// is tried next.
-    /// Rule 6 for an app password of this mailbox that the secret matched.
+    /// Rule 6 (see the module doc) for an app password of this mailbox that the secret
+    /// matched.
     fn check_app_password(
         &self,
         view: &LoginView,
@@ -404,9 +422,9 @@ impl Authenticator {
     }
 }
 
-/// Rules 4 and 5: the account and its domain may log in, with this protocol. The web page
-/// is no mail protocol: the mailbox's protocols gate the app passwords made there, not the
-/// page itself.
+/// Rules 4 and 5 (see the module doc): the account and its domain may log in, with this
+/// protocol. The web page is no mail protocol: the mailbox's protocols gate the app
+/// passwords made there, not the page itself.
 fn account_refusal(view: &LoginView, door: Door) -> Option<FailReason> {
     match view.state {
         MailboxState::Disabled => return Some(FailReason::MailboxDisabled),
@@ -490,7 +508,7 @@ fn audit(req: &AuthRequest<'_>, outcome: &Outcome) {
         .remote_ip
         .map(|ip| ip.to_string())
         .unwrap_or_else(|| "-".into());
-    let user = printable_login(req.login);
+    let user = printable(req.login, LOGIN_CHARS);
     let mech = req.mechanism.unwrap_or("-");
     let (label, reason) = (outcome.label(), outcome.reason());
     match outcome {
@@ -506,21 +524,16 @@ fn audit(req: &AuthRequest<'_>, outcome: &Outcome) {
     }
 }
 
+/// Login names come from the network: log lines and throttle keys show this many of their
+/// characters at most.
+const LOGIN_CHARS: usize = 128;
+
 /// The account a login counts against: its canonical address, or for a login that is no
 /// address (which can only fail) the bounded, lower-cased text, so `ADMIN` and `admin`
 /// are one key.
 fn throttle_account(address: &Result<Address, NameError>, login: &str) -> String {
     match address {
         Ok(address) => address.as_str().to_string(),
-        Err(_) => printable_login(login.trim()).to_lowercase(),
+        Err(_) => printable(login.trim(), LOGIN_CHARS).to_lowercase(),
     }
-}
-
-/// Login names come from the network: keep log lines one line and bounded.
-fn printable_login(login: &str) -> String {
-    login
-        .chars()
-        .take(128)
-        .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
-        .collect()
 }

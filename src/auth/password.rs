@@ -74,23 +74,26 @@ impl Scheme {
         }
     }
 
+    /// Every scheme [`verify`] accepts.
+    pub const ALL: [Scheme; 9] = [
+        Scheme::Argon2id,
+        Scheme::Argon2i,
+        Scheme::BlfCrypt,
+        Scheme::Sha512Crypt,
+        Scheme::Sha256Crypt,
+        Scheme::Ssha512,
+        Scheme::Ssha256,
+        Scheme::Ssha,
+        Scheme::Plain,
+    ];
+
     /// Dovecot treats scheme names case-insensitively and has two aliases for PLAIN.
     fn from_name(name: &str) -> Option<Scheme> {
-        const ALL: [Scheme; 9] = [
-            Scheme::Argon2id,
-            Scheme::Argon2i,
-            Scheme::BlfCrypt,
-            Scheme::Sha512Crypt,
-            Scheme::Sha256Crypt,
-            Scheme::Ssha512,
-            Scheme::Ssha256,
-            Scheme::Ssha,
-            Scheme::Plain,
-        ];
         if name.eq_ignore_ascii_case("CLEAR") || name.eq_ignore_ascii_case("CLEARTEXT") {
             return Some(Scheme::Plain);
         }
-        ALL.into_iter()
+        Scheme::ALL
+            .into_iter()
             .find(|s| s.name().eq_ignore_ascii_case(name))
     }
 
@@ -124,7 +127,7 @@ pub enum HashError {
     Malformed(Scheme),
     /// Argon2 parameters that the argon2 crate, or our memory ceiling, rejects.
     #[error("invalid Argon2 parameters: {0}")]
-    InvalidParams(String),
+    InvalidParams(#[from] Argon2ParamsError),
     /// The operating system could not supply random bytes for a salt.
     #[error("could not generate a password salt")]
     Salt,
@@ -196,26 +199,56 @@ impl Default for Argon2Params {
     }
 }
 
+/// Why Argon2 costs cannot be used. Carries only the costs, so it is safe to log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Argon2ParamsError {
+    #[error("memory_kib {memory_kib} is above the {ARGON2_MAX_MEMORY_KIB} KiB that verification accepts")]
+    MemoryAboveCeiling { memory_kib: u32 },
+    #[error(
+        "parallelism {parallelism} is above the maximum {}",
+        Params::MAX_P_COST
+    )]
+    ParallelismAboveMaximum { parallelism: u32 },
+    /// The argon2 crate's own checks (a zero cost, too little memory for the lanes, …).
+    #[error(
+        "{source} (memory_kib {}, iterations {}, parallelism {})",
+        .params.memory_kib,
+        .params.iterations,
+        .params.parallelism
+    )]
+    Refused {
+        source: argon2::Error,
+        params: Argon2Params,
+    },
+    /// The hasher refused the costs when it came to use them.
+    #[error("{0}")]
+    Hashing(password_hash::Error),
+}
+
+/// The config check collects every problem as text, each under its key.
+impl From<Argon2ParamsError> for String {
+    fn from(e: Argon2ParamsError) -> String {
+        e.to_string()
+    }
+}
+
 impl Argon2Params {
     /// Lets config loading reject bad costs at startup instead of at the first login.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Argon2ParamsError> {
         self.to_argon2().map(|_| ())
     }
 
-    fn to_argon2(self) -> Result<Params, String> {
+    fn to_argon2(self) -> Result<Params, Argon2ParamsError> {
         if self.memory_kib > ARGON2_MAX_MEMORY_KIB {
-            return Err(format!(
-                "memory_kib {} is above the {ARGON2_MAX_MEMORY_KIB} KiB that verification accepts",
-                self.memory_kib
-            ));
+            return Err(Argon2ParamsError::MemoryAboveCeiling {
+                memory_kib: self.memory_kib,
+            });
         }
         // Checked before Params::new, whose `parallelism * 8` would overflow first.
         if self.parallelism > Params::MAX_P_COST {
-            return Err(format!(
-                "parallelism {} is above the maximum {}",
-                self.parallelism,
-                Params::MAX_P_COST
-            ));
+            return Err(Argon2ParamsError::ParallelismAboveMaximum {
+                parallelism: self.parallelism,
+            });
         }
         Params::new(
             self.memory_kib,
@@ -223,11 +256,9 @@ impl Argon2Params {
             self.parallelism,
             Some(ARGON2_OUTPUT_LEN),
         )
-        .map_err(|e| {
-            format!(
-                "{e} (memory_kib {}, iterations {}, parallelism {})",
-                self.memory_kib, self.iterations, self.parallelism
-            )
+        .map_err(|source| Argon2ParamsError::Refused {
+            source,
+            params: self,
         })
     }
 }
@@ -235,12 +266,12 @@ impl Argon2Params {
 /// Hashes a new password as `{ARGON2ID}$argon2id$v=19$...`, the form Dovecot writes and
 /// reads, so the database stays usable by Dovecot itself.
 pub fn hash_argon2id(password: &[u8], params: Argon2Params) -> Result<String, HashError> {
-    let params = params.to_argon2().map_err(HashError::InvalidParams)?;
+    let params = params.to_argon2()?;
     let salt = random_salt()?;
     let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
     let phc = hasher
         .hash_password(password, &salt)
-        .map_err(|e| HashError::InvalidParams(e.to_string()))?;
+        .map_err(Argon2ParamsError::Hashing)?;
     Ok(format!("{{{}}}{phc}", Scheme::Argon2id.name()))
 }
 
@@ -627,17 +658,7 @@ mod tests {
     #[test]
     fn fixtures_cover_every_scheme_with_distinct_passwords() {
         let all = fixtures();
-        for scheme in [
-            Scheme::Argon2id,
-            Scheme::Argon2i,
-            Scheme::BlfCrypt,
-            Scheme::Sha512Crypt,
-            Scheme::Sha256Crypt,
-            Scheme::Ssha512,
-            Scheme::Ssha256,
-            Scheme::Ssha,
-            Scheme::Plain,
-        ] {
+        for scheme in Scheme::ALL {
             let mut passwords: Vec<&str> = all
                 .iter()
                 .filter(|f| expected_name(f.scheme) == scheme.name())

@@ -8,12 +8,14 @@
 //! process, so the digests mean nothing outside it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
+
+use crate::clock::Clock;
 
 /// `[credentials] verify_cache_entries` and `verify_cache_secs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +36,8 @@ impl Default for VerifyCacheConfig {
 
 pub struct VerifyCache {
     config: VerifyCacheConfig,
+    /// Entry ages are read on its monotonic reading.
+    clock: Arc<dyn Clock>,
     key: Zeroizing<[u8; 32]>,
     /// One entry per mailbox: its last proven password. A client with an old password
     /// simply misses and pays for the hash.
@@ -49,11 +53,12 @@ struct Entry {
 }
 
 impl VerifyCache {
-    pub fn new(config: VerifyCacheConfig) -> Result<Self, getrandom::Error> {
+    pub fn new(config: VerifyCacheConfig, clock: Arc<dyn Clock>) -> Result<Self, getrandom::Error> {
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(key.as_mut())?;
         Ok(VerifyCache {
             config,
+            clock,
             key,
             entries: Mutex::new(HashMap::new()),
         })
@@ -72,9 +77,10 @@ impl VerifyCache {
 
     /// Whether this proof was recorded for the mailbox recently.
     pub fn proven(&self, mailbox: &str, proof: &Proof) -> bool {
+        let now = self.clock.instant();
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let hit = entries.get(mailbox).is_some_and(|e| {
-            e.stored_at.elapsed() < self.config.lifetime
+            now.saturating_duration_since(e.stored_at) < self.config.lifetime
                 && subtle::ConstantTimeEq::ct_eq(&e.digest[..], &proof.0[..]).into()
         });
         drop(entries);
@@ -84,10 +90,11 @@ impl VerifyCache {
 
     /// Records a password the hash check has just accepted.
     pub fn remember(&self, mailbox: &str, proof: Proof) {
+        let now = self.clock.instant();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= self.config.entries && !entries.contains_key(mailbox) {
             let lifetime = self.config.lifetime;
-            entries.retain(|_, e| e.stored_at.elapsed() < lifetime);
+            entries.retain(|_, e| now.saturating_duration_since(e.stored_at) < lifetime);
             if entries.len() >= self.config.entries {
                 // Still full of live entries: drop an eighth, oldest first, so a burst
                 // of new mailboxes pays for one sort per many inserts.
@@ -105,7 +112,7 @@ impl VerifyCache {
             mailbox.to_string(),
             Entry {
                 digest: proof.0,
-                stored_at: Instant::now(),
+                stored_at: now,
             },
         );
     }
@@ -149,8 +156,18 @@ impl std::fmt::Debug for VerifyCache {
 mod tests {
     use super::*;
 
+    use crate::clock::ManualClock;
+
+    fn cache_on(clock: &ManualClock, entries: usize, lifetime: Duration) -> VerifyCache {
+        VerifyCache::new(
+            VerifyCacheConfig { entries, lifetime },
+            Arc::new(clock.clone()),
+        )
+        .unwrap()
+    }
+
     fn cache(entries: usize, lifetime: Duration) -> VerifyCache {
-        VerifyCache::new(VerifyCacheConfig { entries, lifetime }).unwrap()
+        cache_on(&ManualClock::at(1_800_000_000), entries, lifetime)
     }
 
     impl VerifyCache {
@@ -189,9 +206,12 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let c = cache(10, Duration::from_millis(20));
+        let clock = ManualClock::at(1_800_000_000);
+        let c = cache_on(&clock, 10, Duration::from_millis(20));
         c.record("a@x.org", "{X}1", b"pw");
-        std::thread::sleep(Duration::from_millis(40));
+        clock.advance_ms(19);
+        assert!(c.check("a@x.org", "{X}1", b"pw"));
+        clock.advance_ms(21);
         assert!(!c.check("a@x.org", "{X}1", b"pw"));
     }
 

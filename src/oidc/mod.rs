@@ -37,6 +37,7 @@ use tokio::sync::Mutex;
 pub use claims::{ClaimError, ClaimNames};
 pub use settings::{ClientAuth, ExplicitEndpoints, OidcSettings};
 
+use crate::clock::Clock;
 use crate::provision::SignInClaims;
 use crate::secret::Secret;
 
@@ -248,15 +249,18 @@ pub struct RelyingParty {
     settings: OidcSettings,
     http: reqwest::Client,
     provider: Mutex<Option<Arc<Provider>>>,
+    /// The age of the provider's metadata is read on its monotonic reading.
+    clock: Arc<dyn Clock>,
 }
 
 impl RelyingParty {
-    pub fn new(settings: OidcSettings) -> Result<Self, OidcError> {
+    pub fn new(settings: OidcSettings, clock: Arc<dyn Clock>) -> Result<Self, OidcError> {
         let http = http_client(&settings)?;
         Ok(RelyingParty {
             settings,
             http,
             provider: Mutex::new(None),
+            clock,
         })
     }
 
@@ -277,12 +281,13 @@ impl RelyingParty {
     async fn provider(&self, force: bool) -> Result<Arc<Provider>, OidcError> {
         let mut slot = self.provider.lock().await;
         if let Some(p) = slot.as_ref() {
-            let fresh = p.fetched.elapsed() < METADATA_MAX_AGE;
-            if fresh && !(force && p.fetched.elapsed() > Duration::from_secs(30)) {
+            let age = self.clock.instant().saturating_duration_since(p.fetched);
+            let fresh = age < METADATA_MAX_AGE;
+            if fresh && !(force && age > Duration::from_secs(30)) {
                 return Ok(p.clone());
             }
         }
-        match load_provider(&self.settings, &self.http).await {
+        match load_provider(&self.settings, &self.http, &*self.clock).await {
             Ok(p) => {
                 let p = Arc::new(p);
                 *slot = Some(p.clone());
@@ -376,7 +381,7 @@ impl RelyingParty {
         };
         let issuer = id_claims.issuer().as_str().to_string();
         let subject = id_claims.subject().clone();
-        let id_map = to_map(&id_claims).map_err(OidcError::IdToken)?;
+        let id_map = to_map(&id_claims).map_err(|e| OidcError::IdToken(e.to_string()))?;
 
         let userinfo = match p
             .client
@@ -391,7 +396,7 @@ impl RelyingParty {
                         UserInfoError::Request(e) => request_error(&e),
                         other => OidcError::UserInfo(error_chain(&other)),
                     })?;
-                Some(to_map(&claims).map_err(OidcError::UserInfo)?)
+                Some(to_map(&claims).map_err(|e| OidcError::UserInfo(e.to_string()))?)
             }
         };
         let merged = claims::merge(id_map, userinfo);
@@ -431,11 +436,20 @@ impl RelyingParty {
     }
 }
 
-fn to_map<T: Serialize>(claims: &T) -> Result<Map<String, Value>, String> {
+/// Why a set of claims could not be turned into a JSON object.
+#[derive(Debug, Error)]
+enum ClaimsShape {
+    #[error("claims are not a JSON object")]
+    NotAnObject,
+    #[error("claims cannot be read: {0}")]
+    Unreadable(serde_json::Error),
+}
+
+fn to_map<T: Serialize>(claims: &T) -> Result<Map<String, Value>, ClaimsShape> {
     match serde_json::to_value(claims) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err("claims are not a JSON object".into()),
-        Err(e) => Err(format!("claims cannot be read: {e}")),
+        Ok(_) => Err(ClaimsShape::NotAnObject),
+        Err(e) => Err(ClaimsShape::Unreadable(e)),
     }
 }
 
@@ -568,6 +582,7 @@ pub(crate) fn build_client(
 async fn load_provider(
     settings: &OidcSettings,
     http: &reqwest::Client,
+    clock: &dyn Clock,
 ) -> Result<Provider, OidcError> {
     let metadata = load_metadata(settings, http).await?;
     let keys = load_keys(&metadata, http).await?;
@@ -582,6 +597,6 @@ async fn load_provider(
         end_session,
         issuer,
         sends_response_iss,
-        fetched: Instant::now(),
+        fetched: clock.instant(),
     })
 }

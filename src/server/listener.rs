@@ -422,7 +422,7 @@ async fn accept(
         }
         Bound::Tcp(listener) => {
             let (stream, addr) = listener.accept().await?;
-            let ip = canonical_ip(addr.ip());
+            let ip = crate::audit::canonical_ip(addr.ip());
             if !config.allow.iter().any(|n| n.contains(&ip)) {
                 tracing::warn!(listener = config.name, peer = %addr, "connection from a client outside the allow list; closed");
                 return Ok(None);
@@ -439,14 +439,6 @@ async fn accept(
                 },
             )))
         }
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (from dual-stack sockets) are matched as IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 
@@ -493,6 +485,9 @@ mod tests {
     #[test]
     fn mapped_addresses_match_as_ipv4() {
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(canonical_ip(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            crate::audit::canonical_ip(mapped),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use crate::clock::Clock;
+
 /// Longest a request may take from its head to the end of the answer: a slow body, a slow
 /// identity provider (several calls, each with `[oidc] timeout_ms`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -68,6 +70,7 @@ pub async fn run(
     router: Router,
     limits: Limits,
     what: &'static str,
+    clock: Arc<dyn Clock>,
     stop: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -86,7 +89,7 @@ pub async fn run(
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     // Closed at once: the descriptor is back before the next accept.
                     drop(stream);
-                    if let Some(n) = refused.tick() {
+                    if let Some(n) = refused.tick(clock.instant()) {
                         tracing::warn!(
                             listener = what,
                             max_connections = limits.max_connections,
@@ -108,7 +111,7 @@ pub async fn run(
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ECONNABORTED, …: none is fixed by retrying at once.
                 backoff = backoff_after(backoff);
-                if let Some(n) = failed.tick() {
+                if let Some(n) = failed.tick(clock.instant()) {
                     tracing::warn!(listener = what, error = %e, failures = n, retry_in_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 }
                 tokio::select! {
@@ -189,9 +192,8 @@ impl Throttled {
     }
 
     /// `Some(events since the last log line)` when it is time for one.
-    fn tick(&mut self) -> Option<u64> {
+    fn tick(&mut self, now: Instant) -> Option<u64> {
         self.count += 1;
-        let now = Instant::now();
         if self
             .last
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
@@ -231,6 +233,7 @@ mod tests {
             Router::new(),
             limits,
             "test",
+            Arc::new(crate::clock::SystemClock),
             stop.clone(),
         ));
         // Pauses of 10, 20, 40, … 640 ms: about 8 tries in 1.5 s, where a loop that
@@ -243,6 +246,22 @@ mod tests {
             .await
             .expect("a stop ends the loop during a pause")
             .unwrap();
+    }
+
+    #[test]
+    fn repeated_events_are_logged_at_most_once_a_second() {
+        let clock = crate::clock::ManualClock::at(1_800_000_000);
+        let mut t = Throttled::new();
+        assert_eq!(t.tick(clock.instant()), Some(1));
+        clock.advance_ms(500);
+        assert_eq!(t.tick(clock.instant()), None);
+        assert_eq!(t.tick(clock.instant()), None);
+        clock.advance_ms(500);
+        assert_eq!(
+            t.tick(clock.instant()),
+            Some(3),
+            "the two held back and this one"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use axum::Router;
 use super::{tcp_listener, AppState, MetricsSettings, WebError, WebServer};
 use crate::activation::Activated;
 use crate::auth::Authenticator;
+use crate::clock::SystemClock;
 use crate::metrics::{self, Levels};
 use crate::store::Store;
 
@@ -80,7 +81,14 @@ pub async fn start_if_configured(
         max_connections: METRICS_MAX_CONNECTIONS,
         header_timeout: std::time::Duration::from_secs(10),
     };
-    let server = super::serve(listener, app, limits, "metrics", None);
+    let server = super::serve(
+        listener,
+        app,
+        limits,
+        "metrics",
+        None,
+        Arc::new(SystemClock),
+    );
     tracing::info!(listen = %server.local_addr, path = %settings.path, "metrics listening");
     Ok(Some(server))
 }

@@ -64,13 +64,13 @@ struct ProviderSetup {
 }
 
 impl ProviderSetup {
-    fn new(oidc: Option<&OidcSettings>) -> Result<Self, WebError> {
+    fn new(oidc: Option<&OidcSettings>, clock: &Arc<dyn Clock>) -> Result<Self, WebError> {
         let rp = match oidc {
             Some(o) => {
                 if o.ignore_tls_errors {
                     tracing::warn!("{}", crate::oidc::probe::TLS_WARNING);
                 }
-                Some(Arc::new(RelyingParty::new(o.clone())?))
+                Some(Arc::new(RelyingParty::new(o.clone(), clock.clone())?))
             }
             None => None,
         };
@@ -153,8 +153,8 @@ pub fn state(
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, WebError> {
     Ok(Arc::new(WebState {
-        sessions: Sessions::new(settings.session_lifetime),
-        provider: RwLock::new(ProviderSetup::new(oidc)?),
+        sessions: Sessions::new(settings.session_lifetime, clock.clone()),
+        provider: RwLock::new(ProviderSetup::new(oidc, &clock)?),
         metrics_path: metrics.on_web_listener.then(|| metrics.path.clone()),
         settings,
         store,
@@ -182,7 +182,7 @@ impl WebState {
     /// Applies a reloaded `[oidc]` section: sign-ins that start from now on use it. One
     /// already at the provider finishes with the new settings, or fails and is retried.
     pub fn reconfigure(&self, oidc: Option<&OidcSettings>) -> Result<(), WebError> {
-        let setup = ProviderSetup::new(oidc)?;
+        let setup = ProviderSetup::new(oidc, &self.clock)?;
         *self
             .provider
             .write()
@@ -199,12 +199,14 @@ pub async fn start(state: AppState, activated: &mut Activated) -> Result<WebServ
         max_connections: state.settings.max_connections,
         header_timeout: state.settings.header_timeout,
     };
+    let clock = state.clock.clone();
     let server = serve(
         listener,
         router(state.clone()),
         limits,
         "web page",
         Some(state),
+        clock,
     );
     tracing::info!(listen = %server.local_addr, "web page listening");
     Ok(server)
@@ -243,12 +245,20 @@ pub(crate) fn serve(
     limits: listener::Limits,
     what: &'static str,
     state: Option<AppState>,
+    clock: Arc<dyn Clock>,
 ) -> WebServer {
     let local_addr = listener
         .local_addr()
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let token = CancellationToken::new();
-    let task = tokio::spawn(listener::run(listener, app, limits, what, token.clone()));
+    let task = tokio::spawn(listener::run(
+        listener,
+        app,
+        limits,
+        what,
+        clock,
+        token.clone(),
+    ));
     WebServer {
         local_addr,
         state,

@@ -11,10 +11,11 @@ use subtle::ConstantTimeEq;
 
 use super::session::{SignedInUser, Via};
 use super::{redirect, with_cookie, AppState};
+use crate::audit::printable;
 use crate::provision::{self, SignedIn};
 
-/// Provider error texts are shown to the person; keep them short and printable.
-fn printable(text: &str, max: usize) -> String {
+/// Provider error texts are shown to the person: short, one line, spaces kept.
+fn shown_text(text: &str, max: usize) -> String {
     text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
@@ -115,9 +116,9 @@ pub async fn callback(
     }
 
     if let Some(error) = param("error") {
-        let error = printable(error, 64);
+        let error = shown_text(error, 64);
         let description = param("error_description")
-            .map(|d| printable(d, 200))
+            .map(|d| shown_text(d, 200))
             .unwrap_or_default();
         if !matched {
             // Not an answer to a sign-in of this browser: show none of its text.

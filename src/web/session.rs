@@ -9,12 +9,13 @@
 //! session closest to expiry, both in O(log n) under the lock.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
+use crate::clock::Clock;
 use crate::oidc::PendingSignIn;
 use crate::secret::Secret;
 
@@ -71,10 +72,20 @@ pub fn random_token() -> Option<String> {
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-#[derive(Debug)]
 pub struct Sessions {
     table: Mutex<Table>,
     lifetime: Duration,
+    /// Expiry is read on its monotonic reading.
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("table", &self.table)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The sessions and two expiry indexes over them.
@@ -144,10 +155,11 @@ pub enum SessionError {
 }
 
 impl Sessions {
-    pub fn new(lifetime: Duration) -> Self {
+    pub fn new(lifetime: Duration, clock: Arc<dyn Clock>) -> Self {
         Sessions {
             table: Mutex::new(Table::default()),
             lifetime,
+            clock,
         }
     }
 
@@ -160,9 +172,10 @@ impl Sessions {
     }
 
     pub fn get(&self, id: &str) -> Option<Session> {
+        let now = self.clock.instant();
         let mut table = self.lock();
         match table.map.get(id) {
-            Some(s) if s.expires > Instant::now() => Some(s.clone()),
+            Some(s) if s.expires > now => Some(s.clone()),
             Some(_) => {
                 table.remove(id);
                 None
@@ -174,7 +187,7 @@ impl Sessions {
     /// A new anonymous session.
     pub fn create(&self) -> Result<(String, Session), SessionError> {
         let id = random_token().ok_or(SessionError::NoRandomness)?;
-        let now = Instant::now();
+        let now = self.clock.instant();
         let session = Session {
             csrf: random_token().ok_or(SessionError::NoRandomness)?,
             expires: now + ANONYMOUS_LIFETIME,
@@ -191,9 +204,10 @@ impl Sessions {
     /// Changes a live session's pending sign-in or notice; false when it has gone. Who is
     /// signed in and the expiry change only through [`Sessions::sign_in`].
     pub fn update(&self, id: &str, change: impl FnOnce(&mut Session)) -> bool {
+        let now = self.clock.instant();
         let mut table = self.lock();
         match table.map.get_mut(id) {
-            Some(s) if s.expires > Instant::now() => {
+            Some(s) if s.expires > now => {
                 let (expires, user) = (s.expires, s.user.clone());
                 change(s);
                 s.expires = expires;
@@ -206,11 +220,12 @@ impl Sessions {
 
     /// Takes the pending sign-in out, so a code or state can be used once only.
     pub fn take_pending(&self, id: &str) -> Option<PendingSignIn> {
+        let now = self.clock.instant();
         let mut table = self.lock();
         table
             .map
             .get_mut(id)
-            .filter(|s| s.expires > Instant::now())
+            .filter(|s| s.expires > now)
             .and_then(|s| s.pending.take())
     }
 
@@ -231,7 +246,7 @@ impl Sessions {
     ) -> Result<String, SessionError> {
         let id = random_token().ok_or(SessionError::NoRandomness)?;
         let csrf = random_token().ok_or(SessionError::NoRandomness)?;
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut table = self.lock();
         if let Some(old) = old_id {
             table.remove(old);
@@ -302,10 +317,15 @@ pub fn clear_cookie(secure: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+
+    fn sessions(lifetime: Duration) -> Sessions {
+        Sessions::new(lifetime, Arc::new(ManualClock::at(1_800_000_000)))
+    }
 
     #[test]
     fn csrf_must_match_exactly() {
-        let s = Sessions::new(Duration::from_secs(60));
+        let s = sessions(Duration::from_secs(60));
         let (_, session) = s.create().unwrap();
         assert!(session.csrf_matches(Some(&session.csrf.clone())));
         assert!(!session.csrf_matches(None));
@@ -315,7 +335,7 @@ mod tests {
 
     #[test]
     fn sign_in_rotates_the_id_and_pending_is_taken_once() {
-        let s = Sessions::new(Duration::from_secs(60));
+        let s = sessions(Duration::from_secs(60));
         let (old, _) = s.create().unwrap();
         assert!(s.update(&old, |x| {
             x.pending = Some(PendingSignIn {
@@ -370,7 +390,7 @@ mod tests {
 
     #[test]
     fn a_full_table_evicts_anonymous_sessions_never_signed_in_ones() {
-        let s = Sessions::new(Duration::from_secs(60));
+        let s = sessions(Duration::from_secs(60));
         let user = |n: usize| SignedInUser {
             address: format!("u{n}@example.org"),
             via: Via::Password,
@@ -401,9 +421,11 @@ mod tests {
 
     #[test]
     fn expired_sessions_are_purged_from_the_front() {
-        let s = Sessions::new(Duration::from_secs(60));
+        let clock = ManualClock::at(1_800_000_000);
+        let s = Sessions::new(Duration::from_secs(60), Arc::new(clock.clone()));
+        let past = clock.instant();
+        clock.advance(1);
         let mut t = s.lock();
-        let past = Instant::now() - Duration::from_secs(1);
         for n in 0..200 {
             t.insert(
                 format!("old{n}"),
@@ -416,12 +438,35 @@ mod tests {
                 },
             );
         }
-        t.purge_expired(Instant::now());
+        t.purge_expired(s.clock.instant());
         assert_eq!(t.map.len(), 200 - PURGE_PER_CALL, "bounded work per call");
-        t.purge_expired(Instant::now());
-        t.purge_expired(Instant::now());
-        t.purge_expired(Instant::now());
+        t.purge_expired(s.clock.instant());
+        t.purge_expired(s.clock.instant());
+        t.purge_expired(s.clock.instant());
         assert!(t.map.is_empty() && t.by_expiry.is_empty() && t.anonymous.is_empty());
+    }
+
+    #[test]
+    fn sessions_end_when_their_lifetime_has_passed() {
+        let clock = ManualClock::at(1_800_000_000);
+        let s = Sessions::new(Duration::from_secs(60), Arc::new(clock.clone()));
+        let (anonymous, _) = s.create().unwrap();
+        let user = SignedInUser {
+            address: "a@example.org".into(),
+            via: Via::Password,
+            generation: 0,
+        };
+        let signed = s.sign_in(None, user).unwrap();
+        clock.advance(59);
+        assert!(s.get(&signed).is_some());
+        clock.advance(1);
+        assert!(s.get(&signed).is_none(), "the lifetime has passed");
+        assert!(
+            s.get(&anonymous).is_some(),
+            "anonymous sessions get 15 minutes"
+        );
+        clock.advance(ANONYMOUS_LIFETIME.as_secs() as i64);
+        assert!(!s.update(&anonymous, |_| {}));
     }
 
     #[test]

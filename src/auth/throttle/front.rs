@@ -1,42 +1,27 @@
-//! The throttle the daemon holds: memory alone, or Redis with memory behind it.
+//! The throttle the daemon holds: memory alone, or shared standings with memory behind.
 //!
-//! A login must never be refused or held because Redis is down or slow, so every Redis
-//! call is bounded (`redis_timeout_ms`) and, if it fails, this process's memory answers
-//! that call instead. Memory then counts what this daemon sees until Redis answers again;
-//! those counts are not copied to Redis afterwards.
+//! A login must never be refused or held because the shared standings are down or slow:
+//! each of their calls is bounded (`redis_timeout_ms`) and, if it gives no answer, this
+//! process's memory answers that call instead. Memory then counts what this daemon sees
+//! until they answer again; those counts are not copied to them afterwards.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::time::Instant;
 
-use super::health::Health;
-use super::redis::{CallError, RedisThrottle};
-use super::{
-    delay_for, scope, stricter, verdict, with_in_flight, Attempt, BlockInfo, Filter, Fingerprinter,
-    MemoryThrottle, Plan, RedisUrl, Scope, Settlement, Standing, ThrottleConfig, ThrottleKey,
-    Verdict,
+use super::keys::{BlockInfo, Filter, Fingerprinter, ThrottleKey};
+use super::memory::MemoryThrottle;
+use super::settings::ThrottleConfig;
+use super::shared::{NoAnswer, Query, SharedStandings};
+use super::standing::{
+    counted_keys, delay_for, stricter, verdict, with_in_flight, Attempt, Plan, Settlement,
+    Standing, Verdict,
 };
 use crate::clock::UnixMillis;
-
-/// `list` and `clear` walk every key and a postmaster, not a login, waits for them.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Error)]
-pub enum SetupError {
-    #[error("throttle.redis_url {url}: {source}")]
-    Redis {
-        url: RedisUrl,
-        source: ::redis::RedisError,
-    },
-    #[error("throttle.redis_url: the Redis client must be set up inside the daemon's runtime")]
-    NoRuntime,
-}
 
 /// `clear` lifted this daemon's own entries but could not reach the shared ones.
 #[derive(Debug, Error)]
@@ -47,54 +32,51 @@ pub enum SetupError {
 )]
 pub struct ClearError {
     pub removed: usize,
-    pub reason: String,
+    pub reason: NoAnswer,
 }
 
 pub struct Throttle {
-    /// Holds the settings in force for both backends, and answers when Redis does not.
+    /// Holds the settings in force for both backends, and answers when the shared
+    /// standings do not.
     memory: MemoryThrottle,
-    redis: Option<RedisThrottle>,
-    health: Health,
+    shared: Option<Box<dyn SharedStandings>>,
 }
 
 impl fmt::Debug for Throttle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttle")
             .field("memory", &self.memory)
-            .field("redis", &self.redis.as_ref().map(|r| r.url()))
+            .field("redis", &self.shared.as_ref().map(|s| s.url()))
             .field("redis_fallbacks", &self.redis_fallbacks())
             .finish()
     }
 }
 
 impl Throttle {
-    /// In memory, or in Redis when `config.redis_url` is set. Redis is connected lazily: one
-    /// that is down at start-up refuses nothing, its calls fall back until it answers.
-    /// `fingerprinter` must be the same on every daemon sharing a Redis
-    /// ([`Fingerprinter::for_site`]). `config` should have passed
-    /// [`ThrottleConfig::validate`].
-    pub fn new(config: ThrottleConfig, fingerprinter: Fingerprinter) -> Result<Self, SetupError> {
-        let redis = match &config.redis_url {
-            None => None,
-            Some(url) => {
-                // The redis client spawns its connection task; without a runtime it panics.
-                if tokio::runtime::Handle::try_current().is_err() {
-                    return Err(SetupError::NoRuntime);
-                }
-                let redis = RedisThrottle::open(url, &config.redis_prefix).map_err(|source| {
-                    SetupError::Redis {
-                        url: url.clone(),
-                        source,
-                    }
-                })?;
-                Some(redis)
-            }
-        };
-        Ok(Throttle {
+    /// State in this process only, whatever `config.redis_url` says. `config` should have
+    /// passed [`ThrottleConfig::validate`].
+    pub fn in_memory(mut config: ThrottleConfig, fingerprinter: Fingerprinter) -> Self {
+        config.redis_url = None;
+        Throttle {
             memory: MemoryThrottle::new(config, fingerprinter),
-            redis,
-            health: Health::new(),
-        })
+            shared: None,
+        }
+    }
+
+    /// Standings shared with other daemons through `shared`, with memory behind them;
+    /// `config`'s Redis URL and prefix are taken from `shared`. `fingerprinter` must be
+    /// the same on every daemon sharing them ([`Fingerprinter::for_site`]).
+    pub fn shared(
+        mut config: ThrottleConfig,
+        fingerprinter: Fingerprinter,
+        shared: Box<dyn SharedStandings>,
+    ) -> Self {
+        config.redis_url = Some(shared.url().clone());
+        config.redis_prefix = shared.prefix().to_string();
+        Throttle {
+            memory: MemoryThrottle::new(config, fingerprinter),
+            shared: Some(shared),
+        }
     }
 
     /// The settings in force now.
@@ -113,13 +95,13 @@ impl Throttle {
 
     /// Whether the state is shared through Redis (when it answers).
     pub fn is_shared(&self) -> bool {
-        self.redis.is_some()
+        self.shared.is_some()
     }
 
     /// Calls memory answered because Redis failed, was too slow, or was being skipped
     /// right after a failure.
     pub fn redis_fallbacks(&self) -> u64 {
-        self.health.fallbacks()
+        self.shared.as_ref().map_or(0, |s| s.fallbacks())
     }
 
     /// Applies new settings to every call from now on, both backends. Returns the keys
@@ -128,15 +110,15 @@ impl Throttle {
     pub fn reconfigure(&self, config: ThrottleConfig) -> Vec<&'static str> {
         let mut restart = Vec::new();
         let mut applied = config;
-        let running_url = self.redis.as_ref().map(|r| r.url().clone());
+        let running_url = self.shared.as_ref().map(|s| s.url().clone());
         if applied.redis_url != running_url {
             restart.push("throttle.redis_url");
             applied.redis_url = running_url;
         }
-        if let Some(redis) = &self.redis {
-            if applied.redis_prefix != redis.prefix() {
+        if let Some(shared) = &self.shared {
+            if applied.redis_prefix != shared.prefix() {
                 restart.push("throttle.redis_prefix");
-                applied.redis_prefix = redis.prefix().to_string();
+                applied.redis_prefix = shared.prefix().to_string();
             }
         }
         self.memory.set_config(applied);
@@ -170,19 +152,16 @@ impl Throttle {
             soft_reserved: Vec::new(),
         };
         let config = self.config();
-        let Scope::Keys(keys) = scope(&config, attempt.rip, attempt.account) else {
+        let Some(keys) = counted_keys(&config, attempt.rip, attempt.account) else {
             return (Verdict::Allow, ticket);
         };
-        if keys.is_empty() {
-            return (Verdict::Allow, ticket);
-        }
         let network = keys.iter().find_map(|k| match k {
             ThrottleKey::Network(net) => Some(*net),
             ThrottleKey::Account(_) => None,
         });
         // Standings from Redis when it answers, else from memory. For Redis this attempt
         // takes its places first (see `MemoryThrottle::reserve_blind`).
-        let shared = match self.redis_for_login() {
+        let shared = match self.shared_for_login() {
             Some(redis) => {
                 let others = if attempt.counted {
                     self.memory.reserve_blind(&keys)
@@ -190,8 +169,9 @@ impl Throttle {
                     self.memory.in_flight_on(&keys)
                 };
                 let account = keys.iter().find(|k| matches!(k, ThrottleKey::Account(_)));
-                let call = redis.standings_and_known(&keys, account.zip(network), now, &config);
-                match self.bounded("check", config.redis_timeout, call).await {
+                let query = Query::new(&keys, now, &config);
+                let call = redis.standings_and_known(query, account.zip(network));
+                match call.await.ok() {
                     Some((remote, known)) => Some((remote, others, known)),
                     None => {
                         if attempt.counted {
@@ -219,7 +199,7 @@ impl Throttle {
             // What this daemon counted itself (attempts cancelled in flight, failures while
             // Redis was away) holds too.
             let standing = shared.as_ref().map(|(remote, others, _)| {
-                let own = self.memory.shard(&key).standing(&key, now, &config);
+                let own = self.memory.own_standing(&key, now, &config);
                 with_in_flight(
                     &key,
                     stricter(remote[i].clone(), own),
@@ -243,10 +223,7 @@ impl Throttle {
                         None if attempt.counted => {
                             self.memory.reserve_soft(&key, attempt.fingerprint, now)
                         }
-                        None => (
-                            self.memory.shard(&key).look(&key, None, now, &config).0,
-                            false,
-                        ),
+                        None => (self.memory.standing_in_flight(&key, now, &config), false),
                     };
                     if reserved {
                         ticket.soft_reserved.push(key.clone());
@@ -283,7 +260,7 @@ impl Throttle {
             (false, true) => (verdict(held_standings, &config), Vec::new()),
             (false, false) => {
                 let looked = plan.held.iter().map(|key| {
-                    let standing = self.memory.shard(key).look(key, None, now, &config).0;
+                    let standing = self.memory.standing_in_flight(key, now, &config);
                     (key.clone(), standing)
                 });
                 (verdict(looked.collect(), &config), Vec::new())
@@ -310,15 +287,12 @@ impl Throttle {
                     return;
                 }
                 let config = self.config();
-                if let Some(redis) = self.redis_for_login() {
-                    let call = redis.record_failure(&keys, ticket.fingerprint, now, &config);
+                if let Some(redis) = self.shared_for_login() {
+                    let query = Query::new(&keys, now, &config);
+                    let call = redis.record_failure(query, ticket.fingerprint);
                     // Settled only once recorded: dropped during the call (the client went
                     // away), the ticket still charges the failure.
-                    if self
-                        .bounded("record_failure", config.redis_timeout, call)
-                        .await
-                        .is_some()
-                    {
+                    if call.await.is_ok() {
                         ticket.settled = true;
                         return;
                     }
@@ -338,15 +312,12 @@ impl Throttle {
     /// Whether, and how long, an attempt must wait before credentials are checked.
     pub async fn check(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) -> Verdict {
         let config = self.config();
-        let Scope::Keys(keys) = scope(&config, rip, account) else {
+        let Some(keys) = counted_keys(&config, rip, account) else {
             return Verdict::Allow;
         };
-        if keys.is_empty() {
-            return Verdict::Allow;
-        }
-        if let Some(redis) = self.redis_for_login() {
-            let call = redis.standings(&keys, now, &config);
-            if let Some(standings) = self.bounded("check", config.redis_timeout, call).await {
+        if let Some(redis) = self.shared_for_login() {
+            let query = Query::new(&keys, now, &config);
+            if let Ok(standings) = redis.standings(query).await {
                 return verdict(keys.into_iter().zip(standings).collect(), &config);
             }
         }
@@ -363,19 +334,13 @@ impl Throttle {
         now: UnixMillis,
     ) {
         let config = self.config();
-        let Scope::Keys(keys) = scope(&config, rip, account) else {
+        let Some(keys) = counted_keys(&config, rip, account) else {
             return;
         };
-        if keys.is_empty() {
-            return;
-        }
-        if let Some(redis) = self.redis_for_login() {
-            let call = redis.record_failure(&keys, secret_fingerprint, now, &config);
-            if self
-                .bounded("record_failure", config.redis_timeout, call)
-                .await
-                .is_some()
-            {
+        if let Some(redis) = self.shared_for_login() {
+            let query = Query::new(&keys, now, &config);
+            let call = redis.record_failure(query, secret_fingerprint);
+            if call.await.is_ok() {
                 return;
             }
         }
@@ -386,13 +351,10 @@ impl Throttle {
     /// A success relaxes its network (at most once a minute) and clears its account.
     pub async fn record_success(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) {
         let config = self.config();
-        let Scope::Keys(keys) = scope(&config, rip, account) else {
+        let Some(keys) = counted_keys(&config, rip, account) else {
             return;
         };
-        if keys.is_empty() {
-            return;
-        }
-        if let Some(redis) = self.redis_for_login() {
+        if let Some(redis) = self.shared_for_login() {
             let known = match (rip, config.known_network_for.is_zero()) {
                 (Some(ip), false) => match ThrottleKey::network_of(ip) {
                     ThrottleKey::Network(net) => Some((ThrottleKey::account(account), net)),
@@ -401,12 +363,8 @@ impl Throttle {
                 _ => None,
             };
             let known = known.as_ref().map(|(account, net)| (account, *net));
-            let call = redis.record_success(&keys, known, now, &config);
-            if self
-                .bounded("record_success", config.redis_timeout, call)
-                .await
-                .is_some()
-            {
+            let query = Query::new(&keys, now, &config);
+            if redis.record_success(query, known).await.is_ok() {
                 return;
             }
         }
@@ -416,10 +374,9 @@ impl Throttle {
     /// What is held against networks and accounts, blocked first: from Redis (every
     /// daemon's entries), or, while Redis does not answer, what this daemon holds itself.
     pub async fn list(&self, now: UnixMillis) -> Vec<BlockInfo> {
-        if let Some(redis) = &self.redis {
+        if let Some(shared) = &self.shared {
             let config = self.config();
-            let call = redis.list(now, &config);
-            if let Some(all) = self.bounded("list", ADMIN_TIMEOUT, call).await {
+            if let Ok(all) = shared.list(now, &config).await {
                 return all;
             }
         }
@@ -434,13 +391,10 @@ impl Throttle {
         };
         // Memory too: it may hold what this daemon counted while Redis was away.
         let mut removed: BTreeSet<_> = self.memory.clear_matching(&filter).into_iter().collect();
-        let Some(redis) = &self.redis else {
+        let Some(shared) = &self.shared else {
             return Ok(removed.len());
         };
-        match self
-            .bounded_with_reason("clear", ADMIN_TIMEOUT, redis.clear(&filter))
-            .await
-        {
+        match shared.clear(&filter).await {
             Ok(shared) => {
                 removed.extend(shared);
                 Ok(removed.len())
@@ -452,43 +406,10 @@ impl Throttle {
         }
     }
 
-    /// Redis, unless there is none or a login should skip it for now.
-    fn redis_for_login(&self) -> Option<&RedisThrottle> {
-        let redis = self.redis.as_ref()?;
-        self.health.should_try(Instant::now()).then_some(redis)
-    }
-
-    /// `call` within `limit`; `None` (and a fallback counted, and perhaps logged) if it
-    /// failed or took longer.
-    async fn bounded<T>(
-        &self,
-        op: &'static str,
-        limit: Duration,
-        call: impl Future<Output = Result<T, CallError>>,
-    ) -> Option<T> {
-        self.bounded_with_reason(op, limit, call).await.ok()
-    }
-
-    async fn bounded_with_reason<T>(
-        &self,
-        op: &'static str,
-        limit: Duration,
-        call: impl Future<Output = Result<T, CallError>>,
-    ) -> Result<T, String> {
-        let result = match tokio::time::timeout(limit, call).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError::Timeout(limit)),
-        };
-        match result {
-            Ok(value) => {
-                self.health.succeeded(Instant::now());
-                Ok(value)
-            }
-            Err(e) => {
-                self.health.failed(op, &e, Instant::now());
-                Err(e.to_string())
-            }
-        }
+    /// The shared standings, unless there are none or a login should skip them for now.
+    fn shared_for_login(&self) -> Option<&dyn SharedStandings> {
+        let shared = self.shared.as_deref()?;
+        shared.ready().then_some(shared)
     }
 }
 
@@ -565,13 +486,8 @@ impl fmt::Debug for Ticket<'_> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::auth::throttle::ThrottleKey;
-
-    const T0: UnixMillis = 1_800_000_000_000;
-
-    fn ip(s: &str) -> Option<IpAddr> {
-        Some(s.parse().unwrap())
-    }
+    use crate::auth::throttle::millis;
+    use crate::auth::throttle::test_support::{ip, T0};
 
     fn config() -> ThrottleConfig {
         ThrottleConfig {
@@ -594,7 +510,7 @@ mod tests {
 
     #[tokio::test]
     async fn reconfigure_changes_delays_thresholds_and_trust_live() {
-        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
         fail(&t, "192.0.2.1", 0, 3).await;
         assert_eq!(
             t.check(ip("192.0.2.1"), "", T0).await,
@@ -634,52 +550,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reconfigure_names_what_needs_a_restart_and_keeps_running_with_it() {
-        let memory = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
-        assert!(memory
-            .reconfigure(ThrottleConfig {
-                redis_prefix: "other:".into(),
-                ..config()
-            })
-            .is_empty());
-        let wanted = RedisUrl::new("redis://127.0.0.1:1/");
-        assert_eq!(
-            memory.reconfigure(ThrottleConfig {
-                redis_url: Some(wanted.clone()),
-                ..config()
-            }),
-            ["throttle.redis_url"]
-        );
-        assert_eq!(memory.config().redis_url, None, "still in memory");
-        assert!(!memory.is_shared());
-
-        let shared = Throttle::new(
-            ThrottleConfig {
-                redis_url: Some(wanted.clone()),
-                ..config()
-            },
-            Fingerprinter::with_key([3; 32]),
-        )
-        .unwrap();
-        assert!(shared.is_shared());
-        assert_eq!(
-            shared.reconfigure(ThrottleConfig {
-                redis_url: Some(RedisUrl::new("redis://127.0.0.1:2/")),
-                redis_prefix: "moved:".into(),
-                free_failures: 7,
-                ..config()
-            }),
-            ["throttle.redis_url", "throttle.redis_prefix"]
-        );
-        let running = shared.config();
-        assert_eq!(running.redis_url, Some(wanted));
-        assert_eq!(running.redis_prefix, "mailauthd:throttle:");
-        assert_eq!(running.free_failures, 7, "the rest applies at once");
-    }
-
-    #[tokio::test]
     async fn without_redis_list_and_clear_use_memory() {
-        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
         fail(&t, "192.0.2.1", 0, 5).await;
         let listed = t.list(T0).await;
         assert_eq!(listed.len(), 1);
@@ -704,7 +576,7 @@ mod tests {
 
     #[tokio::test]
     async fn attempts_in_flight_count_toward_delays_and_blocks() {
-        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
         let mut held = Vec::new();
         let mut verdicts = Vec::new();
         for i in 0..5 {
@@ -749,7 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn successes_and_outages_free_their_place_and_count_nothing() {
-        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
         for i in 0..20 {
             let (verdict, ticket) = t
                 .admit(attempt(&t, "192.0.2.1", "", &format!("s {i}")), T0)
@@ -768,7 +640,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_attempt_counts_as_a_failure() {
-        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
         for i in 0..5 {
             let (_, ticket) = t
                 .admit(attempt(&t, "192.0.2.1", "", &format!("c {i}")), T0)
@@ -784,7 +656,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_repeat_takes_no_place_and_no_penalty_counts_nothing() {
-        let t = Throttle::new(config(), Fingerprinter::with_key([3; 32])).unwrap();
+        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
         let (_, ticket) = t.admit(attempt(&t, "192.0.2.1", "", "stale"), T0).await;
         t.settle(ticket, Settlement::Failure, T0).await;
         let mut held = Vec::new();
@@ -813,31 +685,37 @@ mod tests {
         assert_eq!(t.list(T0).await.len(), 1, "192.0.2.2 was never counted");
     }
 
+    /// Three wrong guesses against `account`, each from its own network and with its own
+    /// secret (`{secrets}0`…).
+    async fn strangers_fail(t: &Throttle, account: &str, secrets: &str, now: UnixMillis) {
+        for i in 0..3 {
+            let guess = attempt(
+                t,
+                &format!("203.0.113.{i}"),
+                account,
+                &format!("{secrets}{i}"),
+            );
+            let (_, ticket) = t.admit(guess, now).await;
+            t.settle(ticket, Settlement::Failure, now).await;
+        }
+    }
+
     #[tokio::test]
     async fn an_account_block_spares_app_passwords_and_the_owners_networks() {
-        let t = Throttle::new(
+        let t = Throttle::in_memory(
             ThrottleConfig {
                 network_block_after: 0,
                 account_block_after: 3,
                 ..config()
             },
             Fingerprinter::with_key([3; 32]),
-        )
-        .unwrap();
+        );
         let alice = "alice@example.org";
         // The owner logs in from home.
         let (_, ticket) = t.admit(attempt(&t, "198.51.100.7", alice, "pw"), T0).await;
         t.settle(ticket, Settlement::Success, T0).await;
         // Strangers block the account for password guessing.
-        for i in 0..3 {
-            let (_, ticket) = t
-                .admit(
-                    attempt(&t, &format!("203.0.113.{i}"), alice, &format!("g{i}")),
-                    T0,
-                )
-                .await;
-            t.settle(ticket, Settlement::Failure, T0).await;
-        }
+        strangers_fail(&t, alice, "g", T0).await;
         let (stranger, _) = t.admit(attempt(&t, "203.0.113.50", alice, "pw"), T0).await;
         assert!(matches!(stranger, Verdict::Blocked { .. }), "{stranger:?}");
         // An app password from anywhere passes, but only as an app password.
@@ -857,16 +735,8 @@ mod tests {
         assert_eq!(home, Verdict::Delay(Duration::from_millis(100)));
         t.settle(ticket, Settlement::Success, T0).await;
         // Known for `known_network_for`, then a stranger again.
-        let later = T0 + super::super::millis(config().known_network_for) + 1;
-        for i in 0..3 {
-            let (_, ticket) = t
-                .admit(
-                    attempt(&t, &format!("203.0.113.{i}"), alice, &format!("h{i}")),
-                    later,
-                )
-                .await;
-            t.settle(ticket, Settlement::Failure, later).await;
-        }
+        let later = T0 + millis(config().known_network_for) + 1;
+        strangers_fail(&t, alice, "h", later).await;
         let (stale, _) = t
             .admit(attempt(&t, "198.51.100.7", alice, "pw"), later)
             .await;
@@ -874,23 +744,10 @@ mod tests {
     }
 
     #[test]
-    fn redis_needs_a_runtime_and_says_so_instead_of_panicking() {
-        let err = Throttle::new(
-            ThrottleConfig {
-                redis_url: Some(RedisUrl::new("redis://127.0.0.1:1/")),
-                ..config()
-            },
-            Fingerprinter::with_key([3; 32]),
-        )
-        .unwrap_err();
-        assert!(matches!(err, SetupError::NoRuntime), "{err}");
-    }
-
-    #[test]
     fn a_failed_clear_says_what_was_and_was_not_lifted() {
         let e = ClearError {
             removed: 1,
-            reason: "no answer within 5000 ms".into(),
+            reason: NoAnswer::new("no answer within 5000 ms"),
         };
         assert_eq!(
             e.to_string(),

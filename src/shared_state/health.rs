@@ -1,13 +1,14 @@
 //! Whether Redis answers, told to the postmaster once per change and then every 30 s
 //! while it lasts, never once per login; and a count of the calls memory answered instead.
+//!
+//! One health per connection: an outage is the same for whatever is kept in Redis. The
+//! lines and the metric speak of the throttle, the one user of the connection so far.
+//! Times are monotonic readings the caller takes from its `Clock`.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
-
-use tokio::time::Instant;
-
-use super::redis::CallError;
+use std::time::{Duration, Instant};
 
 /// While Redis stays silent, a reminder this often says it still is.
 const WARN_EVERY: Duration = Duration::from_secs(30);
@@ -70,7 +71,12 @@ impl Health {
     }
 
     /// A call that failed or took too long; memory answers it instead.
-    pub(super) fn failed(&self, op: &'static str, error: &CallError, now: Instant) -> Reported {
+    pub(super) fn failed(
+        &self,
+        op: &'static str,
+        error: &dyn fmt::Display,
+        now: Instant,
+    ) -> Reported {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
         crate::metrics::throttle_redis_fallback();
         let mut outage = self.lock();
@@ -139,6 +145,7 @@ impl Health {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::shared_state::CallError;
 
     fn timeout() -> CallError {
         CallError::Timeout(Duration::from_millis(250))
