@@ -34,12 +34,18 @@ use crate::secret::Secret;
 const FAIL_REASON: &str = "Authentication failed";
 /// Requests one connection may have open at once; Postfix uses one, Dovecot a handful.
 const MAX_PENDING: usize = 128;
-/// Requests being decided at once over every connection. Each holds a few KiB while it
-/// waits (for a delay, a hash worker, the store); without a bound, a few hundred
-/// connections pipelining requests would hold hundreds of MiB. A hash pool of a few
-/// workers and its queue never needs more; app-password logins finish in microseconds.
-/// Beyond it a request gets a quick temporary failure, as when the hash pool is full.
+/// Requests being decided at once over every connection: from the moment a request's
+/// turn comes (the one before it on its connection was charged to the throttle) to its
+/// answer. Each holds a few KiB while it waits (for a delay, a hash worker, the store); a
+/// hash pool of a few workers and its queue never needs more, and app-password logins
+/// finish in microseconds. Beyond it a request gets a quick temporary failure, as when
+/// the hash pool is full. A request that the throttle refuses holds its place only for
+/// the moment the throttle takes to say so, so a blocked source's flood cannot fill it.
 const MAX_DECIDING: usize = 512;
+/// Requests read but not answered yet over every connection, waiting for their turn or
+/// being decided. Without a bound, a few hundred connections pipelining requests would
+/// hold hundreds of MiB; beyond it a request gets a quick temporary failure at once.
+const MAX_QUEUED: usize = 4096;
 /// Throttled answers held back at once over every connection (see
 /// `Authenticator::refusal_delay`). They hold no deciding place; beyond this many, a
 /// blocked client is answered at once rather than held in memory.
@@ -53,6 +59,7 @@ pub struct AuthService {
     spid: u32,
     next_cuid: AtomicU32,
     idle_timeout: Duration,
+    queued: Arc<Semaphore>,
     deciding: Arc<Semaphore>,
     held_back: Arc<Semaphore>,
 }
@@ -64,6 +71,7 @@ impl AuthService {
             spid: std::process::id(),
             next_cuid: AtomicU32::new(1),
             idle_timeout,
+            queued: Arc::new(Semaphore::new(MAX_QUEUED)),
             deciding: Arc::new(Semaphore::new(MAX_DECIDING)),
             held_back: Arc::new(Semaphore::new(MAX_HELD_BACK)),
         }
@@ -444,8 +452,8 @@ impl Conn<'_> {
                 // Requests are decided at once but charged to the throttle in the order
                 // they arrived: pipelined guesses cannot overtake each other, so the
                 // last of them is never among the first few checked.
-                let Ok(permit) = self.service.deciding.clone().try_acquire_owned() else {
-                    tracing::warn!(peer = %self.peer.description, id, "too many requests being decided; temporary failure");
+                let Ok(queued) = self.service.queued.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = %self.peer.description, id, "too many requests waiting; temporary failure");
                     crate::metrics::auth_overloaded();
                     return Ok(match temp_fail_reply(id, &authcid, smtp) {
                         Reply::Line(_, line) => line,
@@ -455,14 +463,26 @@ impl Conn<'_> {
                         }
                     });
                 };
+                let deciding = self.service.deciding.clone();
                 let held_back = self.service.held_back.clone();
                 let before = self.last_admitted.take();
                 let baton = Baton(Arc::new(Notify::new()));
                 self.last_admitted = Some(baton.0.clone());
+                let peer = self.peer.description.clone();
                 let task = tokio::spawn(async move {
+                    let _queued = queued;
                     if let Some(before) = before {
                         before.notified().await;
                     }
+                    let Ok(permit) = deciding.try_acquire_owned() else {
+                        // Dropping the baton lets the next request on this connection
+                        // take its turn.
+                        drop(baton);
+                        tracing::warn!(peer = %peer, id, "too many requests being decided; temporary failure");
+                        crate::metrics::auth_overloaded();
+                        let _ = tx.send(temp_fail_reply(id, &authcid, smtp)).await;
+                        return;
+                    };
                     let outcome = auth
                         .authenticate(&AuthRequest {
                             login: &authcid,
