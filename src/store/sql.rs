@@ -377,7 +377,8 @@ fn state_of(code: i64) -> Result<MailboxState, sqlx::Error> {
 }
 
 fn auth_source_of(s: &str) -> Result<AuthSource, sqlx::Error> {
-    s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
+    s.parse()
+        .map_err(|e: ValueError| sqlx::Error::Decode(Box::new(e)))
 }
 
 fn last_use_of(
@@ -1673,7 +1674,7 @@ fn placeholders(n: usize) -> String {
 
 fn send_limits_of(text: &str) -> Result<SendLimits, sqlx::Error> {
     text.parse()
-        .map_err(|e: String| sqlx::Error::Decode(format!("stored send limits: {e}").into()))
+        .map_err(|e: LimitsError| sqlx::Error::Decode(format!("stored send limits: {e}").into()))
 }
 
 fn usage_query(dialect: Dialect, excluding: bool) -> String {
