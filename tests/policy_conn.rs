@@ -14,7 +14,7 @@ use mailauthd::policy::{DecisionError, PolicyService, PolicySettings};
 use mailauthd::provision::{self, NewMailbox};
 use mailauthd::server::connections::Activity;
 use mailauthd::server::policy_conn::{serve_connection, ConnectionError};
-use mailauthd::store::{AuthSource, Domain, MailboxState, Store};
+use mailauthd::store::{AuthSource, Domain, Domains, MailboxState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

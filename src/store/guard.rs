@@ -15,9 +15,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Alias, AliasDomain, AppPassword, AuthSource, Domain, DomainUsage, LastUse, LimitCheck,
-    LoginView, Mailbox, Mapping, NewAppPassword, SendAs, SendLimits, SendPermission, SenderAccount,
-    ServedDomain, SessionView, SqlStore, Store, StoreError, StoreResult, Template,
+    Alias, AliasDomain, Aliases, AppPassword, AppPasswords, AuthSource, Domain, DomainUsage,
+    Domains, LastUse, LimitCheck, LoginStore, LoginView, Mailbox, Mailboxes, Mapping,
+    NewAppPassword, PolicyStore, SendAs, SendLimits, SendPermission, SenderAccount, ServedDomain,
+    SessionView, SqlStore, Store, StoreError, StoreResult, Template, Templates,
 };
 use crate::clock::UnixTime;
 
@@ -77,7 +78,67 @@ impl Store for GuardedStore {
     async fn ping(&self) -> StoreResult<()> {
         self.within(self.inner.ping()).await
     }
+}
 
+#[async_trait]
+impl LoginStore for GuardedStore {
+    async fn login_view(&self, address: &str) -> StoreResult<Option<LoginView>> {
+        self.within(self.inner.login_view(address)).await
+    }
+
+    async fn login_view_with_app_password(
+        &self,
+        address: &str,
+        lookup_hash: &str,
+    ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>> {
+        self.within(
+            self.inner
+                .login_view_with_app_password(address, lookup_hash),
+        )
+        .await
+    }
+
+    async fn replace_password_hash(
+        &self,
+        address: &str,
+        old: &str,
+        new: &str,
+    ) -> StoreResult<bool> {
+        self.within(self.inner.replace_password_hash(address, old, new))
+            .await
+    }
+
+    async fn record_last_use(&self, uses: &[LastUse]) -> StoreResult<()> {
+        self.within(self.inner.record_last_use(uses)).await
+    }
+}
+
+#[async_trait]
+impl PolicyStore for GuardedStore {
+    async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>> {
+        self.within(self.inner.sender_account(address)).await
+    }
+
+    async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>> {
+        self.within(self.inner.served_domain(domain)).await
+    }
+
+    async fn address_exists(&self, address: &str) -> StoreResult<bool> {
+        self.within(self.inner.address_exists(address)).await
+    }
+
+    async fn send_permission(
+        &self,
+        mailbox: &str,
+        addresses: &[String],
+    ) -> StoreResult<Option<SendPermission>> {
+        self.within(self.inner.send_permission(mailbox, addresses))
+            .await
+    }
+}
+
+#[async_trait]
+impl Domains for GuardedStore {
     async fn create_domain(&self, domain: &Domain) -> StoreResult<()> {
         self.within(self.inner.create_domain(domain)).await
     }
@@ -113,7 +174,10 @@ impl Store for GuardedStore {
     async fn delete_alias_domain(&self, name: &str) -> StoreResult<()> {
         self.within(self.inner.delete_alias_domain(name)).await
     }
+}
 
+#[async_trait]
+impl Templates for GuardedStore {
     async fn create_template(&self, template: &Template) -> StoreResult<()> {
         self.within(self.inner.create_template(template)).await
     }
@@ -154,6 +218,23 @@ impl Store for GuardedStore {
         self.within(self.inner.set_default_template(name)).await
     }
 
+    async fn template_send_limits(&self, template: &str) -> StoreResult<Option<SendLimits>> {
+        self.within(self.inner.template_send_limits(template)).await
+    }
+
+    async fn set_template_send_limits(
+        &self,
+        template: &str,
+        limits: Option<&SendLimits>,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        self.within(self.inner.set_template_send_limits(template, limits, now))
+            .await
+    }
+}
+
+#[async_trait]
+impl Mailboxes for GuardedStore {
     async fn create_mailbox(&self, mailbox: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()> {
         self.within(self.inner.create_mailbox(mailbox, check)).await
     }
@@ -203,16 +284,6 @@ impl Store for GuardedStore {
             .await
     }
 
-    async fn replace_password_hash(
-        &self,
-        address: &str,
-        old: &str,
-        new: &str,
-    ) -> StoreResult<bool> {
-        self.within(self.inner.replace_password_hash(address, old, new))
-            .await
-    }
-
     async fn set_auth_source(
         &self,
         address: &str,
@@ -223,26 +294,13 @@ impl Store for GuardedStore {
             .await
     }
 
-    async fn login_view(&self, address: &str) -> StoreResult<Option<LoginView>> {
-        self.within(self.inner.login_view(address)).await
-    }
-
     async fn session_view(&self, address: &str) -> StoreResult<Option<SessionView>> {
         self.within(self.inner.session_view(address)).await
     }
+}
 
-    async fn login_view_with_app_password(
-        &self,
-        address: &str,
-        lookup_hash: &str,
-    ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>> {
-        self.within(
-            self.inner
-                .login_view_with_app_password(address, lookup_hash),
-        )
-        .await
-    }
-
+#[async_trait]
+impl AppPasswords for GuardedStore {
     async fn create_app_password(&self, app_password: &NewAppPassword) -> StoreResult<i64> {
         self.within(self.inner.create_app_password(app_password))
             .await
@@ -256,7 +314,10 @@ impl Store for GuardedStore {
         self.within(self.inner.delete_app_password(mailbox, id))
             .await
     }
+}
 
+#[async_trait]
+impl Aliases for GuardedStore {
     async fn add_alias(&self, alias: &Alias) -> StoreResult<()> {
         self.within(self.inner.add_alias(alias)).await
     }
@@ -279,45 +340,6 @@ impl Store for GuardedStore {
 
     async fn revoke_send_as(&self, mailbox: &str, pattern: &str) -> StoreResult<()> {
         self.within(self.inner.revoke_send_as(mailbox, pattern))
-            .await
-    }
-
-    async fn record_last_use(&self, uses: &[LastUse]) -> StoreResult<()> {
-        self.within(self.inner.record_last_use(uses)).await
-    }
-
-    async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>> {
-        self.within(self.inner.sender_account(address)).await
-    }
-
-    async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>> {
-        self.within(self.inner.served_domain(domain)).await
-    }
-
-    async fn address_exists(&self, address: &str) -> StoreResult<bool> {
-        self.within(self.inner.address_exists(address)).await
-    }
-
-    async fn send_permission(
-        &self,
-        mailbox: &str,
-        addresses: &[String],
-    ) -> StoreResult<Option<SendPermission>> {
-        self.within(self.inner.send_permission(mailbox, addresses))
-            .await
-    }
-
-    async fn template_send_limits(&self, template: &str) -> StoreResult<Option<SendLimits>> {
-        self.within(self.inner.template_send_limits(template)).await
-    }
-
-    async fn set_template_send_limits(
-        &self,
-        template: &str,
-        limits: Option<&SendLimits>,
-        now: UnixTime,
-    ) -> StoreResult<()> {
-        self.within(self.inner.set_template_send_limits(template, limits, now))
             .await
     }
 }

@@ -13,7 +13,10 @@ use sqlx::{AnyPool, Row};
 
 use super::records::*;
 use super::sqlite_reads::SqliteReads;
-use super::{Dialect, LimitCheck, Store, StoreError, StoreOptions, StoreResult, MIGRATIONS};
+use super::{
+    Aliases, AppPasswords, Dialect, Domains, LimitCheck, LoginStore, Mailboxes, PolicyStore, Store,
+    StoreError, StoreOptions, StoreResult, Templates, MIGRATIONS,
+};
 use crate::clock::UnixTime;
 use crate::names::{Address, Protocols};
 
@@ -638,9 +641,251 @@ impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
         decode(sqlx::query("SELECT 1").execute(&self.pool).await, "ping").map(|_| ())
     }
+}
 
-    // Domains
+#[async_trait]
+impl LoginStore for SqlStore {
+    async fn login_view(&self, address: &str) -> StoreResult<Option<LoginView>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(LOGIN_VIEW_SQL, &[&address], "mailbox", |r| {
+                login_view_from(r)
+            });
+        }
+        let row = decode(
+            sqlx::query(&self.q(LOGIN_VIEW_SQL))
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
+            "mailbox",
+        )?;
+        row.map(|r| decode(login_view_from(&r), "mailbox"))
+            .transpose()
+    }
 
+    async fn login_view_with_app_password(
+        &self,
+        address: &str,
+        lookup_hash: &str,
+    ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(
+                LOGIN_VIEW_WITH_APP_PASSWORD_SQL,
+                &[&lookup_hash, &address],
+                "mailbox",
+                |r| login_view_with_app_password_from(r),
+            );
+        }
+        let row = decode(
+            sqlx::query(&self.q(LOGIN_VIEW_WITH_APP_PASSWORD_SQL))
+                .bind(lookup_hash)
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
+            "mailbox",
+        )?;
+        row.map(|r| decode(login_view_with_app_password_from(&r), "mailbox"))
+            .transpose()
+    }
+
+    async fn replace_password_hash(
+        &self,
+        address: &str,
+        old: &str,
+        new: &str,
+    ) -> StoreResult<bool> {
+        let done = decode(
+            sqlx::query(&self.q(
+                "UPDATE mailboxes SET password_hash = ? WHERE address = ? AND password_hash = ?",
+            ))
+            .bind(new)
+            .bind(address)
+            .bind(old)
+            .execute(&self.pool)
+            .await,
+            "mailbox",
+        )?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn record_last_use(&self, uses: &[LastUse]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = decode(self.pool.begin().await, "last use")?;
+        for u in uses {
+            // The guard on the time keeps an older record, flushed late, from overwriting a newer one.
+            decode(
+                sqlx::query(&self.q(
+                    "UPDATE mailboxes SET last_login_at = ?, last_login_ip = ?, last_login_service = ? \
+                     WHERE address = ? AND (last_login_at IS NULL OR last_login_at <= ?)",
+                ))
+                .bind(u.at)
+                .bind(u.ip.as_deref())
+                .bind(&u.service)
+                .bind(&u.mailbox)
+                .bind(u.at)
+                .execute(&mut *tx)
+                .await,
+                "last use",
+            )?;
+            if let Some(id) = u.app_password_id {
+                decode(
+                    sqlx::query(&self.q(
+                        "UPDATE app_passwords SET last_used_at = ?, last_used_ip = ?, last_used_service = ? \
+                         WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
+                    ))
+                    .bind(u.at)
+                    .bind(u.ip.as_deref())
+                    .bind(&u.service)
+                    .bind(id)
+                    .bind(u.at)
+                    .execute(&mut *tx)
+                    .await,
+                    "last use",
+                )?;
+            }
+        }
+        decode(tx.commit().await, "last use")
+    }
+}
+
+#[async_trait]
+impl PolicyStore for SqlStore {
+    async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(SENDER_ACCOUNT_SQL, &[&address], "mailbox", |r| {
+                sender_account_from(r)
+            });
+        }
+        let row = decode(
+            sqlx::query(&self.q(SENDER_ACCOUNT_SQL))
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
+            "mailbox",
+        )?;
+        row.map(|r| decode(sender_account_from(&r), "mailbox"))
+            .transpose()
+    }
+
+    async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(SERVED_DOMAIN_SQL, &[&domain, &domain], "domain", |r| {
+                served_domain_from(r)
+            });
+        }
+        let row = decode(
+            sqlx::query(&self.q(SERVED_DOMAIN_SQL))
+                .bind(domain)
+                .bind(domain)
+                .fetch_optional(&self.pool)
+                .await,
+            "domain",
+        )?;
+        row.map(|r| decode(served_domain_from(&r), "domain"))
+            .transpose()
+    }
+
+    async fn address_exists(&self, address: &str) -> StoreResult<bool> {
+        if let Some(fast) = &self.fast {
+            return fast
+                .optional(ADDRESS_EXISTS_SQL, &[&address, &address], "address", |r| {
+                    r.text(0)
+                })
+                .map(|found| found.is_some());
+        }
+        let row = decode(
+            sqlx::query(&self.q(ADDRESS_EXISTS_SQL))
+                .bind(address)
+                .bind(address)
+                .fetch_optional(&self.pool)
+                .await,
+            "address",
+        )?;
+        Ok(row.is_some())
+    }
+
+    async fn send_permission(
+        &self,
+        mailbox: &str,
+        addresses: &[String],
+    ) -> StoreResult<Option<SendPermission>> {
+        let mut patterns: Vec<String> = addresses.to_vec();
+        for a in addresses {
+            if let Some((_, domain)) = a.rsplit_once('@') {
+                let p = format!("@{domain}");
+                if !patterns.contains(&p) {
+                    patterns.push(p);
+                }
+            }
+        }
+        patterns.push("*".into());
+        // Both halves are primary-key lookups: aliases (address, target) and
+        // send_as (mailbox, pattern).
+        let aliases = if addresses.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "SELECT 0, address FROM aliases WHERE target = ? AND address IN ({}) UNION ALL ",
+                placeholders(addresses.len())
+            )
+        };
+        let sql = format!(
+            "{aliases}SELECT 1, pattern FROM send_as WHERE mailbox = ? AND pattern IN ({})",
+            placeholders(patterns.len())
+        );
+        let rows = match &self.fast {
+            Some(fast) => {
+                let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
+                if !addresses.is_empty() {
+                    params.push(&mailbox);
+                    params.extend(addresses.iter().map(|a| a as &dyn rusqlite::ToSql));
+                }
+                params.push(&mailbox);
+                params.extend(patterns.iter().map(|p| p as &dyn rusqlite::ToSql));
+                fast.all(&sql, &params, "send permission", |r| permission_row_from(r))?
+            }
+            None => {
+                let sql = self.q(&sql);
+                let mut query = sqlx::query(&sql);
+                if !addresses.is_empty() {
+                    query = query.bind(mailbox);
+                    for a in addresses {
+                        query = query.bind(a);
+                    }
+                }
+                query = query.bind(mailbox);
+                for p in &patterns {
+                    query = query.bind(p);
+                }
+                decode(query.fetch_all(&self.pool).await, "send permission")?
+                    .iter()
+                    .map(|r| decode(permission_row_from(r), "send permission"))
+                    .collect::<StoreResult<Vec<_>>>()?
+            }
+        };
+        let mut found: Option<SendPermission> = None;
+        for (kind, name) in rows {
+            if kind == 0 {
+                return Ok(Some(SendPermission::Alias { address: name }));
+            }
+            // Several grants may match; name the most specific one in the log.
+            let better = match &found {
+                Some(SendPermission::SendAs { pattern }) => {
+                    pattern_rank(&name) < pattern_rank(pattern)
+                }
+                _ => true,
+            };
+            if better {
+                found = Some(SendPermission::SendAs { pattern: name });
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl Domains for SqlStore {
     async fn create_domain(&self, d: &Domain) -> StoreResult<()> {
         let q = self.q(
             "INSERT INTO domains (name, active, max_mailboxes, max_quota, total_quota, created_at, lock_version) \
@@ -731,8 +976,6 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    // Alias domains
-
     async fn create_alias_domain(&self, a: &AliasDomain) -> StoreResult<()> {
         if self.get_domain(&a.name).await?.is_some() {
             return Err(StoreError::Conflict(format!("{} (as a domain)", a.name)));
@@ -789,9 +1032,10 @@ impl Store for SqlStore {
         }
         Ok(())
     }
+}
 
-    // Templates, mappings and the default template
-
+#[async_trait]
+impl Templates for SqlStore {
     async fn create_template(&self, t: &Template) -> StoreResult<()> {
         sqlx::query(&self.q(
             "INSERT INTO templates (name, quota, protocols, active, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -974,8 +1218,60 @@ impl Store for SqlStore {
         decode(tx.commit().await, "settings")
     }
 
-    // Mailboxes
+    async fn template_send_limits(&self, template: &str) -> StoreResult<Option<SendLimits>> {
+        if let Some(fast) = &self.fast {
+            return fast.optional(
+                TEMPLATE_SEND_LIMITS_SQL,
+                &[&template],
+                "template send limits",
+                |r| send_limits_from(r),
+            );
+        }
+        let row = decode(
+            sqlx::query(&self.q(TEMPLATE_SEND_LIMITS_SQL))
+                .bind(template)
+                .fetch_optional(&self.pool)
+                .await,
+            "template send limits",
+        )?;
+        row.map(|r| decode(send_limits_from(&r), "template send limits"))
+            .transpose()
+    }
 
+    async fn set_template_send_limits(
+        &self,
+        template: &str,
+        limits: Option<&SendLimits>,
+        now: UnixTime,
+    ) -> StoreResult<()> {
+        let mut tx = decode(self.pool.begin().await, "template send limits")?;
+        decode(
+            sqlx::query(&self.q("DELETE FROM template_send_limits WHERE template = ?"))
+                .bind(template)
+                .execute(&mut *tx)
+                .await,
+            "template send limits",
+        )?;
+        if let Some(limits) = limits {
+            sqlx::query(&self.q(
+                "INSERT INTO template_send_limits (template, limits, updated_at) VALUES (?, ?, ?)",
+            ))
+            .bind(template)
+            .bind(limits.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match map_err(e, "template send limits") {
+                StoreError::Refused(_) => StoreError::NotFound(format!("template {template}")),
+                other => other,
+            })?;
+        }
+        decode(tx.commit().await, "template send limits")
+    }
+}
+
+#[async_trait]
+impl Mailboxes for SqlStore {
     async fn create_mailbox(&self, m: &Mailbox, check: LimitCheck<'_>) -> StoreResult<()> {
         canonical_address(&m.address, "mailbox")?;
         let mut tx = decode(self.pool.begin().await, "mailbox")?;
@@ -1111,26 +1407,6 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn replace_password_hash(
-        &self,
-        address: &str,
-        old: &str,
-        new: &str,
-    ) -> StoreResult<bool> {
-        let done = decode(
-            sqlx::query(&self.q(
-                "UPDATE mailboxes SET password_hash = ? WHERE address = ? AND password_hash = ?",
-            ))
-            .bind(new)
-            .bind(address)
-            .bind(old)
-            .execute(&self.pool)
-            .await,
-            "mailbox",
-        )?;
-        Ok(done.rows_affected() > 0)
-    }
-
     async fn set_auth_source(
         &self,
         address: &str,
@@ -1156,48 +1432,6 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn login_view(&self, address: &str) -> StoreResult<Option<LoginView>> {
-        if let Some(fast) = &self.fast {
-            return fast.optional(LOGIN_VIEW_SQL, &[&address], "mailbox", |r| {
-                login_view_from(r)
-            });
-        }
-        let row = decode(
-            sqlx::query(&self.q(LOGIN_VIEW_SQL))
-                .bind(address)
-                .fetch_optional(&self.pool)
-                .await,
-            "mailbox",
-        )?;
-        row.map(|r| decode(login_view_from(&r), "mailbox"))
-            .transpose()
-    }
-
-    async fn login_view_with_app_password(
-        &self,
-        address: &str,
-        lookup_hash: &str,
-    ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>> {
-        if let Some(fast) = &self.fast {
-            return fast.optional(
-                LOGIN_VIEW_WITH_APP_PASSWORD_SQL,
-                &[&lookup_hash, &address],
-                "mailbox",
-                |r| login_view_with_app_password_from(r),
-            );
-        }
-        let row = decode(
-            sqlx::query(&self.q(LOGIN_VIEW_WITH_APP_PASSWORD_SQL))
-                .bind(lookup_hash)
-                .bind(address)
-                .fetch_optional(&self.pool)
-                .await,
-            "mailbox",
-        )?;
-        row.map(|r| decode(login_view_with_app_password_from(&r), "mailbox"))
-            .transpose()
-    }
-
     async fn session_view(&self, address: &str) -> StoreResult<Option<SessionView>> {
         if let Some(fast) = &self.fast {
             return fast.optional(SESSION_VIEW_SQL, &[&address], "mailbox", |r| {
@@ -1214,9 +1448,10 @@ impl Store for SqlStore {
         row.map(|r| decode(session_view_from(&r), "mailbox"))
             .transpose()
     }
+}
 
-    // App passwords
-
+#[async_trait]
+impl AppPasswords for SqlStore {
     async fn create_app_password(&self, a: &NewAppPassword) -> StoreResult<i64> {
         sqlx::query(&self.q(
             "INSERT INTO app_passwords (mailbox, name, lookup_hash, protocols, networks, expires_at, created_at) \
@@ -1279,9 +1514,10 @@ impl Store for SqlStore {
         }
         Ok(())
     }
+}
 
-    // Aliases and send-as grants
-
+#[async_trait]
+impl Aliases for SqlStore {
     async fn add_alias(&self, a: &Alias) -> StoreResult<()> {
         canonical_address(&a.address, "alias")?;
         canonical_address(&a.target, "alias target")?;
@@ -1428,234 +1664,6 @@ impl Store for SqlStore {
             )));
         }
         Ok(())
-    }
-
-    // Last use
-
-    async fn record_last_use(&self, uses: &[LastUse]) -> StoreResult<()> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let mut tx = decode(self.pool.begin().await, "last use")?;
-        for u in uses {
-            // The guard on the time keeps an older record, flushed late, from overwriting a newer one.
-            decode(
-                sqlx::query(&self.q(
-                    "UPDATE mailboxes SET last_login_at = ?, last_login_ip = ?, last_login_service = ? \
-                     WHERE address = ? AND (last_login_at IS NULL OR last_login_at <= ?)",
-                ))
-                .bind(u.at)
-                .bind(u.ip.as_deref())
-                .bind(&u.service)
-                .bind(&u.mailbox)
-                .bind(u.at)
-                .execute(&mut *tx)
-                .await,
-                "last use",
-            )?;
-            if let Some(id) = u.app_password_id {
-                decode(
-                    sqlx::query(&self.q(
-                        "UPDATE app_passwords SET last_used_at = ?, last_used_ip = ?, last_used_service = ? \
-                         WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
-                    ))
-                    .bind(u.at)
-                    .bind(u.ip.as_deref())
-                    .bind(&u.service)
-                    .bind(id)
-                    .bind(u.at)
-                    .execute(&mut *tx)
-                    .await,
-                    "last use",
-                )?;
-            }
-        }
-        decode(tx.commit().await, "last use")
-    }
-
-    // Sender policy
-
-    async fn sender_account(&self, address: &str) -> StoreResult<Option<SenderAccount>> {
-        if let Some(fast) = &self.fast {
-            return fast.optional(SENDER_ACCOUNT_SQL, &[&address], "mailbox", |r| {
-                sender_account_from(r)
-            });
-        }
-        let row = decode(
-            sqlx::query(&self.q(SENDER_ACCOUNT_SQL))
-                .bind(address)
-                .fetch_optional(&self.pool)
-                .await,
-            "mailbox",
-        )?;
-        row.map(|r| decode(sender_account_from(&r), "mailbox"))
-            .transpose()
-    }
-
-    async fn served_domain(&self, domain: &str) -> StoreResult<Option<ServedDomain>> {
-        if let Some(fast) = &self.fast {
-            return fast.optional(SERVED_DOMAIN_SQL, &[&domain, &domain], "domain", |r| {
-                served_domain_from(r)
-            });
-        }
-        let row = decode(
-            sqlx::query(&self.q(SERVED_DOMAIN_SQL))
-                .bind(domain)
-                .bind(domain)
-                .fetch_optional(&self.pool)
-                .await,
-            "domain",
-        )?;
-        row.map(|r| decode(served_domain_from(&r), "domain"))
-            .transpose()
-    }
-
-    async fn address_exists(&self, address: &str) -> StoreResult<bool> {
-        if let Some(fast) = &self.fast {
-            return fast
-                .optional(ADDRESS_EXISTS_SQL, &[&address, &address], "address", |r| {
-                    r.text(0)
-                })
-                .map(|found| found.is_some());
-        }
-        let row = decode(
-            sqlx::query(&self.q(ADDRESS_EXISTS_SQL))
-                .bind(address)
-                .bind(address)
-                .fetch_optional(&self.pool)
-                .await,
-            "address",
-        )?;
-        Ok(row.is_some())
-    }
-
-    async fn send_permission(
-        &self,
-        mailbox: &str,
-        addresses: &[String],
-    ) -> StoreResult<Option<SendPermission>> {
-        let mut patterns: Vec<String> = addresses.to_vec();
-        for a in addresses {
-            if let Some((_, domain)) = a.rsplit_once('@') {
-                let p = format!("@{domain}");
-                if !patterns.contains(&p) {
-                    patterns.push(p);
-                }
-            }
-        }
-        patterns.push("*".into());
-        // Both halves are primary-key lookups: aliases (address, target) and
-        // send_as (mailbox, pattern).
-        let aliases = if addresses.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "SELECT 0, address FROM aliases WHERE target = ? AND address IN ({}) UNION ALL ",
-                placeholders(addresses.len())
-            )
-        };
-        let sql = format!(
-            "{aliases}SELECT 1, pattern FROM send_as WHERE mailbox = ? AND pattern IN ({})",
-            placeholders(patterns.len())
-        );
-        let rows = match &self.fast {
-            Some(fast) => {
-                let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
-                if !addresses.is_empty() {
-                    params.push(&mailbox);
-                    params.extend(addresses.iter().map(|a| a as &dyn rusqlite::ToSql));
-                }
-                params.push(&mailbox);
-                params.extend(patterns.iter().map(|p| p as &dyn rusqlite::ToSql));
-                fast.all(&sql, &params, "send permission", |r| permission_row_from(r))?
-            }
-            None => {
-                let sql = self.q(&sql);
-                let mut query = sqlx::query(&sql);
-                if !addresses.is_empty() {
-                    query = query.bind(mailbox);
-                    for a in addresses {
-                        query = query.bind(a);
-                    }
-                }
-                query = query.bind(mailbox);
-                for p in &patterns {
-                    query = query.bind(p);
-                }
-                decode(query.fetch_all(&self.pool).await, "send permission")?
-                    .iter()
-                    .map(|r| decode(permission_row_from(r), "send permission"))
-                    .collect::<StoreResult<Vec<_>>>()?
-            }
-        };
-        let mut found: Option<SendPermission> = None;
-        for (kind, name) in rows {
-            if kind == 0 {
-                return Ok(Some(SendPermission::Alias { address: name }));
-            }
-            // Several grants may match; name the most specific one in the log.
-            let better = match &found {
-                Some(SendPermission::SendAs { pattern }) => {
-                    pattern_rank(&name) < pattern_rank(pattern)
-                }
-                _ => true,
-            };
-            if better {
-                found = Some(SendPermission::SendAs { pattern: name });
-            }
-        }
-        Ok(found)
-    }
-
-    async fn template_send_limits(&self, template: &str) -> StoreResult<Option<SendLimits>> {
-        if let Some(fast) = &self.fast {
-            return fast.optional(
-                TEMPLATE_SEND_LIMITS_SQL,
-                &[&template],
-                "template send limits",
-                |r| send_limits_from(r),
-            );
-        }
-        let row = decode(
-            sqlx::query(&self.q(TEMPLATE_SEND_LIMITS_SQL))
-                .bind(template)
-                .fetch_optional(&self.pool)
-                .await,
-            "template send limits",
-        )?;
-        row.map(|r| decode(send_limits_from(&r), "template send limits"))
-            .transpose()
-    }
-
-    async fn set_template_send_limits(
-        &self,
-        template: &str,
-        limits: Option<&SendLimits>,
-        now: UnixTime,
-    ) -> StoreResult<()> {
-        let mut tx = decode(self.pool.begin().await, "template send limits")?;
-        decode(
-            sqlx::query(&self.q("DELETE FROM template_send_limits WHERE template = ?"))
-                .bind(template)
-                .execute(&mut *tx)
-                .await,
-            "template send limits",
-        )?;
-        if let Some(limits) = limits {
-            sqlx::query(&self.q(
-                "INSERT INTO template_send_limits (template, limits, updated_at) VALUES (?, ?, ?)",
-            ))
-            .bind(template)
-            .bind(limits.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match map_err(e, "template send limits") {
-                StoreError::Refused(_) => StoreError::NotFound(format!("template {template}")),
-                other => other,
-            })?;
-        }
-        decode(tx.commit().await, "template send limits")
     }
 }
 
