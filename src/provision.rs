@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::clock::Clock;
 use crate::names::{Address, Protocols};
-use crate::size::format_size;
+pub use crate::store::LimitBreach;
 use crate::store::{
     AuthSource, Domain, DomainUsage, Mailbox, MailboxState, Overrides, Store, StoreError, Template,
 };
@@ -38,7 +38,8 @@ pub enum ProvisionError {
 impl From<StoreError> for ProvisionError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Refused(msg) => ProvisionError::Refused(msg),
+            StoreError::Refused(refusal) => ProvisionError::Refused(refusal.to_string()),
+            StoreError::Limit(breach) => ProvisionError::Refused(breach.to_string()),
             other => ProvisionError::Store(other),
         }
     }
@@ -121,7 +122,7 @@ pub async fn create_mailbox(
 
     let quota = mailbox.quota;
     let require_active = new.require_active_domain;
-    let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, true, require_active);
+    let check = move |d: &Domain, u: &DomainUsage| limit_breach(d, u, quota, true, require_active);
     store
         .create_mailbox(&mailbox, &check)
         .await
@@ -175,7 +176,7 @@ pub async fn update_mailbox(
         }
         mailbox.updated_at = clock.now();
         let quota = mailbox.quota;
-        let check = move |d: &Domain, u: &DomainUsage| check_limits(d, u, quota, false, false);
+        let check = move |d: &Domain, u: &DomainUsage| limit_breach(d, u, quota, false, false);
         if store.update_mailbox_if(&mailbox, &current, &check).await? {
             return Ok(mailbox);
         }
@@ -240,32 +241,6 @@ pub fn check_limits(
     require_active: bool,
 ) -> Result<(), String> {
     limit_breach(domain, usage, quota, adding, require_active).map_err(|b| b.to_string())
-}
-
-/// Which domain rule a mailbox would break; sign-ins tell a person which one it was.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum LimitBreach {
-    #[error("domain {0} is disabled")]
-    DomainDisabled(String),
-    #[error("the mailbox limit for {domain} is reached ({max} mailboxes)")]
-    MailboxCount { domain: String, max: u64 },
-    #[error("{domain} allows at most {} per mailbox; an unlimited quota is not allowed", format_size(*.max))]
-    UnlimitedQuota { domain: String, max: u64 },
-    #[error("quota {} is over the maximum of {} per mailbox in {domain}", format_size(*.quota), format_size(*.max))]
-    QuotaOverMax {
-        domain: String,
-        quota: u64,
-        max: u64,
-    },
-    #[error("{domain} has a total quota of {}; every mailbox needs a finite quota", format_size(*.total))]
-    TotalNeedsFinite { domain: String, total: u64 },
-    #[error("quota {} would exceed the total quota of {domain}: {} of {} already assigned", format_size(*.quota), format_size(*.used), format_size(*.total))]
-    TotalQuota {
-        domain: String,
-        quota: u64,
-        used: u64,
-        total: u64,
-    },
 }
 
 pub fn limit_breach(

@@ -4,8 +4,6 @@
 //! the person gets in, and creates or updates their mailbox. Every refusal carries a reason a
 //! person can read and a detail for the postmaster's log.
 
-use std::sync::Mutex;
-
 use thiserror::Error;
 
 use super::{apply_template, limit_breach, LimitBreach, WRITE_ATTEMPTS};
@@ -342,28 +340,6 @@ fn display_name(claims: &SignInClaims) -> Option<String> {
         .map(|n| n.trim().to_string())
 }
 
-/// Runs `write` with a limit check that remembers which rule refused, so the person can be
-/// told "mailbox limit" rather than a generic refusal.
-struct BreachRecorder(Mutex<Option<LimitBreach>>);
-
-impl BreachRecorder {
-    fn new() -> Self {
-        BreachRecorder(Mutex::new(None))
-    }
-
-    fn record(&self, breach: LimitBreach) -> String {
-        let text = breach.to_string();
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(breach);
-        }
-        text
-    }
-
-    fn take(&self) -> Option<LimitBreach> {
-        self.0.lock().ok().and_then(|mut slot| slot.take())
-    }
-}
-
 async fn create(
     store: &dyn Store,
     clock: &dyn Clock,
@@ -401,16 +377,10 @@ async fn create(
     };
     apply_template(&mut mailbox, &template);
     let quota = mailbox.quota;
-    let breaches = BreachRecorder::new();
-    let check = |d: &Domain, u: &DomainUsage| {
-        limit_breach(d, u, quota, true, true).map_err(|b| breaches.record(b))
-    };
+    let check = |d: &Domain, u: &DomainUsage| limit_breach(d, u, quota, true, true);
     match store.create_mailbox(&mailbox, &check).await {
         Ok(()) => Ok(SignedIn::Created(mailbox)),
-        Err(StoreError::Refused(text)) => Err(match breaches.take() {
-            Some(b) => SignInRefusal::Limit(b),
-            None => SignInRefusal::Store(StoreError::Refused(text)),
-        }),
+        Err(StoreError::Limit(breach)) => Err(SignInRefusal::Limit(breach)),
         Err(StoreError::NotFound(_)) => Err(SignInRefusal::DomainNotServed(mailbox.domain)),
         Err(e) => Err(e.into()),
     }
@@ -471,15 +441,12 @@ async fn existing(
     } else {
         wanted.updated_at = clock.now();
         let quota = wanted.quota;
-        let breaches = BreachRecorder::new();
-        let check = |d: &Domain, u: &DomainUsage| {
-            limit_breach(d, u, quota, false, false).map_err(|b| breaches.record(b))
-        };
+        let check = |d: &Domain, u: &DomainUsage| limit_breach(d, u, quota, false, false);
         match store.update_mailbox_if(&wanted, &mailbox, &check).await {
             Ok(true) => SignedIn::Updated(wanted),
             Ok(false) | Err(StoreError::Conflict(_)) => return Ok(None),
-            Err(StoreError::Refused(text)) => {
-                let reason = breaches.take().map(|b| b.to_string()).unwrap_or(text);
+            Err(refused @ (StoreError::Limit(_) | StoreError::Refused(_))) => {
+                let reason = refused.to_string();
                 tracing::warn!(
                     user = %mailbox.address,
                     template = wanted.template.as_deref().unwrap_or("-"),

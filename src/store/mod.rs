@@ -11,107 +11,79 @@
 //!   after a login, the last-use records. The userdb door reads `login_view` too.
 //! - [`PolicyStore`]: the sender policy (`policy.rs`). Four reads, each one query.
 //! - [`Directory`]: the command line, provisioning and the web page, which read and change
-//!   what is stored. It is made of one trait per group of tables: [`Domains`],
-//!   [`Templates`], [`Mailboxes`], [`AppPasswords`], [`Aliases`].
+//!   what is stored. It is made of one trait per group of tables, each implemented in its
+//!   own file of `sql/`: [`Domains`], [`Templates`], [`Mailboxes`], [`AppPasswords`],
+//!   [`Aliases`].
 //!
 //! [`Store`] itself adds what concerns the database as a whole: [`Store::migrate`] and
 //! [`Store::ping`]. The backend is chosen once from the URL ([`open`]); nothing outside
-//! this module builds a query or asks which backend it is; the few places where the SQL
-//! dialects differ live in [`dialect`].
+//! this module builds a query or asks which backend it is.
+//!
+//! # One SQL text over `sqlx::Any`, not a file per backend
+//!
+//! [`SqlStore`] runs the same SQL text on all three backends through sqlx's `Any` driver.
+//! The schema is kept plain so that this works: TEXT and BIGINT columns, times as unix
+//! seconds, states as small integers, no RETURNING, no upserts, no enums. What still
+//! differs is small and named in one place, [`Dialect`]: PostgreSQL's numbered
+//! placeholders (rewritten from `?`), row locks (`FOR UPDATE`, which SQLite has no need
+//! of), the integer type of a cast, and SQLite's connection settings (WAL, busy timeout,
+//! no ping before each query).
+//!
+//! A file per backend would hold some sixty statements three times over, to be kept in step
+//! by hand. The queries that matter most are the subtle ones (the compare-and-set of
+//! [`Mailboxes::update_mailbox_if`], the domain lock that makes limits hold under
+//! concurrent sign-ins, the guard that keeps a late last-use record from overwriting a
+//! newer one); a fix made in one copy and forgotten in another would show only on that
+//! backend. With one text, the conformance suite (`tests/store.rs`, run on all three)
+//! tests the very statements each backend runs.
+//!
+//! What `Any` costs, and how it is paid: no compile-time checked queries (`sqlx::query!`
+//! needs one database at build time), so `tests/store.rs` checks every statement on every
+//! backend instead; values limited to what `Any` carries, which the plain schema already
+//! is; and no placeholder rewriting, which [`Dialect::rewrite_placeholders`] does. Where
+//! the dialects cannot share text they do not: migrations are DDL (`AUTOINCREMENT`,
+//! `SERIAL`, `AUTO_INCREMENT`), so they are one folder per dialect, and a test checks
+//! that the three create the same tables, columns and indexes. The hot reads on SQLite
+//! go around sqlx for speed (`sqlite_hot_reads`) but run the same SQL text and decoders.
+//!
+//! # Files
+//!
+//! - `sql/`: [`SqlStore`], one file per group of tables, plus connecting, sending
+//!   statements and mapping errors;
+//! - `rows.rs`: each table's columns, the decoders that read them and the values that
+//!   fill them, which both drivers share; `param.rs`: a bound value;
+//! - `sqlite_hot_reads.rs`: the hot reads on SQLite;
+//! - `guard.rs`: [`GuardedStore`], a deadline on every call of the running daemon;
+//! - `records.rs`, `error.rs`, `domain_limits.rs`, `url.rs`: the values that cross the
+//!   traits;
+//! - `dialect.rs`, `migrate.rs` and `migrations/`.
 
 mod dialect;
+mod domain_limits;
+mod error;
 mod guard;
 mod migrate;
+mod param;
 mod records;
+mod rows;
 mod sql;
-mod sqlite_reads;
+mod sqlite_hot_reads;
+mod url;
 
-use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use thiserror::Error;
 
 pub use dialect::Dialect;
+pub use domain_limits::{LimitBreach, LimitCheck};
+pub use error::{Record, Refusal, StoreError, StoreResult, UrlError};
 pub use guard::GuardedStore;
 pub use migrate::{applied_migrations, MIGRATIONS};
 pub use records::*;
 pub use sql::SqlStore;
+pub use url::DatabaseUrl;
 
 use crate::clock::UnixTime;
-
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// The database cannot be reached or answered with a transient error. Callers turn this
-    /// into a temporary failure, never into "wrong password".
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{0} already exists")]
-    Conflict(String),
-    /// A rule checked inside a transaction refused the change; nothing was written.
-    #[error("{0}")]
-    Refused(String),
-    #[error("database error: {0}")]
-    Database(String),
-}
-
-impl StoreError {
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
-
-/// A database URL whose `Debug`/`Display` hide the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        DatabaseUrl(url.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn redacted(&self) -> String {
-        let s = &self.0;
-        let Some(scheme_end) = s.find("://") else {
-            return s.clone();
-        };
-        let rest = &s[scheme_end + 3..];
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
-            Some(at) => {
-                let userinfo = &rest[..at];
-                let user = userinfo.split(':').next().unwrap_or("");
-                let shown = if userinfo.contains(':') {
-                    format!("{user}:***")
-                } else {
-                    user.to_string()
-                };
-                format!("{}://{}{}", &s[..scheme_end], shown, &rest[at..])
-            }
-            None => s.clone(),
-        }
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
 
 /// How the store connects; from the `[store]` config section.
 #[derive(Clone, Debug)]
@@ -127,10 +99,6 @@ pub struct StoreOptions {
 pub async fn open(options: &StoreOptions) -> StoreResult<SqlStore> {
     SqlStore::connect(options).await
 }
-
-/// A check run inside the transaction that writes a mailbox, with the domain row locked, so
-/// limits hold even when many sign-ins for one domain arrive at once.
-pub type LimitCheck<'a> = &'a (dyn Fn(&Domain, &DomainUsage) -> Result<(), String> + Sync);
 
 /// Everything, as the daemon holds it.
 #[async_trait]
