@@ -44,8 +44,8 @@ use crate::clock::Clock;
 use crate::names::{Address, Protocol};
 use crate::proto::postfix_policy::{Action, Limits, PolicyError, PolicyRequest};
 use crate::store::{
-    format_window, MailboxState, SendLimits, SendPermission, SenderAccount, ServedDomain, Store,
-    StoreError,
+    format_window, MailboxState, PolicyStore, SendLimits, SendPermission, SenderAccount,
+    ServedDomain, StoreError,
 };
 
 /// What to do with the null sender `<>` from an authenticated client.
@@ -341,14 +341,18 @@ impl DecisionError {
 /// The policy decisions plus the in-memory sending counters; one per daemon, shared by
 /// every connection.
 pub struct PolicyService {
-    store: Arc<dyn Store>,
+    store: Arc<dyn PolicyStore>,
     clock: Arc<dyn Clock>,
     settings: PolicySettings,
     counters: limits::Counters,
 }
 
 impl PolicyService {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: PolicySettings) -> Self {
+    pub fn new(
+        store: Arc<dyn PolicyStore>,
+        clock: Arc<dyn Clock>,
+        settings: PolicySettings,
+    ) -> Self {
         PolicyService {
             store,
             clock,

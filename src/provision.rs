@@ -55,7 +55,8 @@ pub enum ProvisionError {
 impl From<StoreError> for ProvisionError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Refused(msg) => ProvisionError::Refused(msg),
+            StoreError::Refused(refusal) => ProvisionError::Refused(refusal.to_string()),
+            StoreError::Limit(breach) => ProvisionError::Refused(breach.to_string()),
             other => ProvisionError::Store(other),
         }
     }

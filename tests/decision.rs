@@ -937,7 +937,7 @@ async fn the_verification_cache_never_outlives_a_change() {
     let db = common::fresh(&common::Backend::Sqlite).await;
     let pool = Arc::new(HashPool::new(1, 0));
     let f = setup(db.dyn_store(), pool.clone()).await;
-    let store = f.auth.store().clone();
+    let store = db.dyn_store();
     let local = |pw: &str| {
         let pw = Secret::from(pw);
         let f = &f;

@@ -15,7 +15,7 @@ use mailauthd::provision::{self, NewMailbox};
 use mailauthd::server::connections::Activity;
 use mailauthd::server::line_conn::ConnectionError as LineError;
 use mailauthd::server::policy_conn::{serve_connection, ConnectionError};
-use mailauthd::store::{AuthSource, Domain, MailboxState, Store};
+use mailauthd::store::{AuthSource, Domain, Domains, MailboxState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

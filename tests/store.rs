@@ -741,9 +741,11 @@ async fn overrides_compare_and_set_and_canonical_addresses_on_every_backend() {
         );
         // A refused limit check writes nothing either.
         assert!(matches!(
-            s.update_mailbox_if(&late, &now, &|_, _| Err("no".into()))
-                .await,
-            Err(StoreError::Refused(_))
+            s.update_mailbox_if(&late, &now, &|d, _| Err(LimitBreach::DomainDisabled(
+                d.name.clone()
+            )))
+            .await,
+            Err(StoreError::Limit(_))
         ));
         s.delete_mailbox("olga@example.org").await.unwrap();
         assert!(
@@ -764,7 +766,8 @@ async fn overrides_compare_and_set_and_canonical_addresses_on_every_backend() {
                 .create_mailbox(&raw_mailbox(bad, None), &|_, _| Ok(()))
                 .await
             {
-                Err(StoreError::Refused(msg)) => {
+                Err(StoreError::Refused(refusal)) => {
+                    let msg = refusal.to_string();
                     assert!(msg.contains(why), "{name} {bad:?}: {msg}")
                 }
                 other => panic!("{name} {bad:?}: expected a refusal, got {other:?}"),

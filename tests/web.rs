@@ -13,7 +13,7 @@ use mailauthd::names::{Address, Protocols};
 use mailauthd::provision::{self, NewMailbox};
 use mailauthd::runtime::Core;
 use mailauthd::secret::Secret;
-use mailauthd::store::{AuthSource, Store};
+use mailauthd::store::{AppPasswords, AuthSource, Domains, LoginStore, Mailboxes};
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 

@@ -30,7 +30,7 @@ use crate::audit::printable;
 use crate::clock::Clock;
 use crate::names::{Address, NameError, Protocol};
 use crate::secret::Secret;
-use crate::store::{AuthSource, LastUse, LoginView, MailboxState, Store, StoreError};
+use crate::store::{AuthSource, LastUse, LoginStore, LoginView, MailboxState, StoreError};
 
 /// One login attempt as a front door saw it.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ struct LoginShape {
 }
 
 pub struct AuthenticatorParts {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn LoginStore>,
     pub key: AppPasswordKey,
     pub pool: Arc<HashPool>,
     pub clock: Arc<dyn Clock>,
@@ -88,7 +88,7 @@ impl Authenticator {
         Ok(Authenticator { parts, dummy_hash })
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn LoginStore> {
         &self.parts.store
     }
 

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{LastUse, Store};
+use crate::store::{LastUse, LoginStore};
 
 /// The cheap, cloneable handle logins use.
 #[derive(Clone, Debug)]
@@ -40,7 +40,7 @@ pub struct LastUseWriter {
 
 impl LastUseWriter {
     pub fn spawn(
-        store: Arc<dyn Store>,
+        store: Arc<dyn LoginStore>,
         interval: Duration,
         capacity: usize,
     ) -> (LastUseSender, LastUseWriter) {
@@ -61,7 +61,7 @@ impl LastUseWriter {
 }
 
 async fn run(
-    store: Arc<dyn Store>,
+    store: Arc<dyn LoginStore>,
     mut rx: mpsc::Receiver<LastUse>,
     interval: Duration,
     stop: CancellationToken,
@@ -96,7 +96,7 @@ fn add(pending: &mut HashMap<(String, Option<i64>), LastUse>, used: LastUse) {
     }
 }
 
-async fn flush(store: &dyn Store, pending: &mut HashMap<(String, Option<i64>), LastUse>) {
+async fn flush(store: &dyn LoginStore, pending: &mut HashMap<(String, Option<i64>), LastUse>) {
     if pending.is_empty() {
         return;
     }

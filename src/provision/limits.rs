@@ -3,41 +3,12 @@
 //!
 //! The rule is decided here; the store runs it inside the transaction that writes the
 //! mailbox, after locking the domain's row, so two writers can never both squeeze under a
-//! limit. [`LimitGuard`] is that check as the store takes it: it remembers which rule
-//! refused, so the writer gets the typed [`LimitBreach`] back rather than the store's text.
+//! limit. [`LimitGuard`] is that check as the store takes it; the store hands a breach back as
+//! `StoreError::Limit`, so the writer gets the typed [`LimitBreach`].
 
-use std::sync::Mutex;
-
-use thiserror::Error;
-
-use crate::size::format_size;
 use crate::store::{Domain, DomainUsage, StoreError};
 
-/// Which domain rule a mailbox would break; sign-ins tell a person which one it was.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum LimitBreach {
-    #[error("domain {0} is disabled")]
-    DomainDisabled(String),
-    #[error("the mailbox limit for {domain} is reached ({max} mailboxes)")]
-    MailboxCount { domain: String, max: u64 },
-    #[error("{domain} allows at most {} per mailbox; an unlimited quota is not allowed", format_size(*.max))]
-    UnlimitedQuota { domain: String, max: u64 },
-    #[error("quota {} is over the maximum of {} per mailbox in {domain}", format_size(*.quota), format_size(*.max))]
-    QuotaOverMax {
-        domain: String,
-        quota: u64,
-        max: u64,
-    },
-    #[error("{domain} has a total quota of {}; every mailbox needs a finite quota", format_size(*.total))]
-    TotalNeedsFinite { domain: String, total: u64 },
-    #[error("quota {} would exceed the total quota of {domain}: {} of {} already assigned", format_size(*.quota), format_size(*.used), format_size(*.total))]
-    TotalQuota {
-        domain: String,
-        quota: u64,
-        used: u64,
-        total: u64,
-    },
-}
+pub use crate::store::LimitBreach;
 
 /// The domain's limits for a mailbox with `quota` (0 = unlimited). `usage` excludes the
 /// mailbox itself when it is being changed rather than added (`adding` false), and only a
@@ -109,7 +80,6 @@ pub(super) struct LimitGuard {
     quota: u64,
     adding: bool,
     require_active: bool,
-    breach: Mutex<Option<LimitBreach>>,
 }
 
 impl LimitGuard {
@@ -118,31 +88,17 @@ impl LimitGuard {
             quota,
             adding,
             require_active,
-            breach: Mutex::new(None),
         }
     }
 
-    /// The check to hand to the store (`crate::store::LimitCheck`): the store gets the
-    /// breach's text, and the breach itself stays here for [`LimitGuard::refusal`].
-    pub(super) fn check(&self, domain: &Domain, usage: &DomainUsage) -> Result<(), String> {
-        limit_breach(domain, usage, self.quota, self.adding, self.require_active).map_err(
-            |breach| {
-                let text = breach.to_string();
-                if let Ok(mut slot) = self.breach.lock() {
-                    *slot = Some(breach);
-                }
-                text
-            },
-        )
+    pub(super) fn check(&self, domain: &Domain, usage: &DomainUsage) -> Result<(), LimitBreach> {
+        limit_breach(domain, usage, self.quota, self.adding, self.require_active)
     }
 
-    /// A failed write as the writer should see it: a refusal by this check is its breach;
-    /// a refusal by anything else, and every other error, is the store's.
     pub(super) fn refusal(&self, error: StoreError) -> WriteError {
-        let breach = self.breach.lock().ok().and_then(|mut slot| slot.take());
-        match (error, breach) {
-            (StoreError::Refused(_), Some(breach)) => WriteError::Limit(breach),
-            (other, _) => WriteError::Store(other),
+        match error {
+            StoreError::Limit(breach) => WriteError::Limit(breach),
+            other => WriteError::Store(other),
         }
     }
 }
@@ -234,16 +190,15 @@ mod tests {
             unlimited_mailboxes: 0,
         };
         let guard = LimitGuard::new(1 << 30, true, true);
-        let text = guard.check(&d, &full).unwrap_err();
-        assert!(text.contains("mailbox limit"), "{text}");
-        match guard.refusal(StoreError::Refused(text)) {
+        let breach = guard.check(&d, &full).unwrap_err();
+        assert!(breach.to_string().contains("mailbox limit"), "{breach}");
+        match guard.refusal(StoreError::Limit(breach)) {
             WriteError::Limit(LimitBreach::MailboxCount { max: 2, .. }) => {}
             other => panic!("expected the mailbox-count breach, got {other:?}"),
         }
-        let unchecked = LimitGuard::new(1 << 30, true, true);
-        match unchecked.refusal(StoreError::Refused("not a limit".into())) {
-            WriteError::Store(StoreError::Refused(text)) => assert_eq!(text, "not a limit"),
-            other => panic!("expected the store's refusal, got {other:?}"),
+        match guard.refusal(StoreError::TimedOut(std::time::Duration::from_secs(1))) {
+            WriteError::Store(StoreError::TimedOut(_)) => {}
+            other => panic!("expected the store's error, got {other:?}"),
         }
     }
 }

@@ -458,7 +458,7 @@ async fn write_update(
         Ok(true) => return Ok(Some(SignedIn::Updated(wanted))),
         Ok(false) | Err(WriteError::Store(StoreError::Conflict(_))) => return Ok(None),
         Err(WriteError::Limit(breach)) => breach.to_string(),
-        Err(WriteError::Store(StoreError::Refused(text))) => text,
+        Err(WriteError::Store(StoreError::Refused(refusal))) => refusal.to_string(),
         Err(WriteError::Store(e)) => return Err(e.into()),
     };
     tracing::warn!(

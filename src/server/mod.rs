@@ -73,12 +73,9 @@ impl FrontDoors {
             Arc::new(SystemClock),
             config.policy.clone(),
         ));
-        doors.spawn_door(
-            "policy",
-            config.policy_socket,
-            activated,
-            move |s, p, a| policy_conn::serve(s, p, policy.clone(), a),
-        )?;
+        doors.spawn_door("policy", config.policy_socket, activated, move |s, p, a| {
+            policy_conn::serve(s, p, policy.clone(), a)
+        })?;
 
         let control_cfg = &config.control_socket;
         let control = Arc::new(control_conn::ControlService {

@@ -33,7 +33,7 @@ impl Dialect {
 
     /// Rewrites `?` placeholders to `$1, $2, …` for PostgreSQL. Our queries never contain a
     /// literal `?`, which keeps this a plain scan.
-    pub fn sql(self, query: &str) -> Cow<'_, str> {
+    pub fn rewrite_placeholders(self, query: &str) -> Cow<'_, str> {
         if self != Dialect::Postgres || !query.contains('?') {
             return Cow::Borrowed(query);
         }
@@ -78,31 +78,23 @@ mod tests {
     fn placeholders_are_numbered_for_postgres_only() {
         let q = "SELECT a FROM t WHERE b = ? AND c = ?";
         assert_eq!(
-            Dialect::Postgres.sql(q),
+            Dialect::Postgres.rewrite_placeholders(q),
             "SELECT a FROM t WHERE b = $1 AND c = $2"
         );
-        assert_eq!(Dialect::Mysql.sql(q), q);
-        assert_eq!(Dialect::Sqlite.sql(q), q);
+        assert_eq!(Dialect::Mysql.rewrite_placeholders(q), q);
+        assert_eq!(Dialect::Sqlite.rewrite_placeholders(q), q);
     }
 
     #[test]
     fn urls_pick_the_dialect() {
-        assert_eq!(
-            Dialect::from_url("sqlite:///var/lib/x.db"),
-            Some(Dialect::Sqlite)
-        );
-        assert_eq!(
-            Dialect::from_url("mysql://root@127.0.0.1/test"),
-            Some(Dialect::Mysql)
-        );
-        assert_eq!(
-            Dialect::from_url("mariadb://root@127.0.0.1/test"),
-            Some(Dialect::Mysql)
-        );
-        assert_eq!(
-            Dialect::from_url("postgresql://localhost/test"),
-            Some(Dialect::Postgres)
-        );
-        assert_eq!(Dialect::from_url("redis://x"), None);
+        for (url, dialect) in [
+            ("sqlite:///var/lib/x.db", Some(Dialect::Sqlite)),
+            ("mysql://root@127.0.0.1/test", Some(Dialect::Mysql)),
+            ("mariadb://root@127.0.0.1/test", Some(Dialect::Mysql)),
+            ("postgresql://localhost/test", Some(Dialect::Postgres)),
+            ("redis://x", None),
+        ] {
+            assert_eq!(Dialect::from_url(url), dialect, "{url}");
+        }
     }
 }

@@ -1,9 +1,11 @@
-//! The rows the store reads and writes, as plain values.
+//! The rows the store reads and writes, as plain values, and the text forms some of their
+//! fields have on the command line, in the config file and in the database.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
+use thiserror::Error;
 
 use crate::clock::UnixTime;
 use crate::names::{Protocol, Protocols};
@@ -68,15 +70,13 @@ impl MailboxState {
 }
 
 impl FromStr for MailboxState {
-    type Err = String;
+    type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "0" | "disabled" => Ok(MailboxState::Disabled),
             "1" | "active" => Ok(MailboxState::Active),
             "2" | "nologin" | "no-login" => Ok(MailboxState::NoLogin),
-            other => Err(format!(
-                "invalid active state {other:?}: use 1 (active), 0 (disabled) or 2 (receives mail, no login)"
-            )),
+            other => Err(ValueError::MailboxState(other.to_string())),
         }
     }
 }
@@ -110,14 +110,12 @@ impl AuthSource {
 }
 
 impl FromStr for AuthSource {
-    type Err = String;
+    type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "local" => Ok(AuthSource::Local),
             "oidc" => Ok(AuthSource::Oidc),
-            other => Err(format!(
-                "invalid authentication source {other:?}: use local or oidc"
-            )),
+            other => Err(ValueError::AuthSource(other.to_string())),
         }
     }
 }
@@ -386,27 +384,21 @@ pub struct SendLimits(Vec<LimitWindow>);
 
 impl SendLimits {
     /// Checks, sorts by window and refuses duplicate windows.
-    pub fn new(mut windows: Vec<LimitWindow>) -> Result<Self, String> {
+    pub fn new(mut windows: Vec<LimitWindow>) -> Result<Self, LimitsError> {
         if windows.len() > MAX_LIMIT_WINDOWS {
-            return Err(format!("at most {MAX_LIMIT_WINDOWS} windows"));
+            return Err(LimitsError::TooManyWindows);
         }
         for w in &windows {
             if w.seconds == 0 || w.seconds > MAX_LIMIT_WINDOW_SECS {
-                return Err(format!(
-                    "window {} must be between 1s and 31d",
-                    format_window(w.seconds)
-                ));
+                return Err(LimitsError::WindowLength(w.seconds));
             }
             if w.messages.is_none() && w.recipients.is_none() {
-                return Err(format!(
-                    "window {} caps neither messages nor recipients",
-                    format_window(w.seconds)
-                ));
+                return Err(LimitsError::CapsNothing(w.seconds));
             }
         }
         windows.sort_by_key(|w| w.seconds);
         if windows.windows(2).any(|p| p[0].seconds == p[1].seconds) {
-            return Err("each window length may appear only once".into());
+            return Err(LimitsError::RepeatedWindow);
         }
         Ok(SendLimits(windows))
     }
@@ -425,7 +417,7 @@ impl SendLimits {
 }
 
 impl FromStr for SendLimits {
-    type Err = String;
+    type Err = LimitsError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("none") {
@@ -436,9 +428,7 @@ impl FromStr for SendLimits {
             .map(|item| {
                 let parts: Vec<&str> = item.trim().split(':').map(str::trim).collect();
                 let [window, messages, recipients] = parts[..] else {
-                    return Err(format!(
-                        "{item:?} is not WINDOW:MESSAGES:RECIPIENTS, e.g. 1h:100:1000"
-                    ));
+                    return Err(LimitsError::NotAnItem(item.to_string()));
                 };
                 Ok(LimitWindow {
                     seconds: parse_window(window)?,
@@ -480,7 +470,7 @@ impl Serialize for SendLimits {
 }
 
 /// `90s`, `15m`, `1h`, `1d`; a bare number is seconds.
-pub fn parse_window(s: &str) -> Result<u64, String> {
+pub fn parse_window(s: &str) -> Result<u64, LimitsError> {
     let t = s.trim();
     let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => t.split_at(i),
@@ -491,18 +481,14 @@ pub fn parse_window(s: &str) -> Result<u64, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "window {s:?}: use a number with s, m, h or d, e.g. 1h"
-            ))
-        }
+        _ => return Err(LimitsError::Window(s.to_string())),
     };
     digits
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(factor))
         .filter(|&n| n > 0)
-        .ok_or_else(|| format!("window {s:?}: use a number with s, m, h or d, e.g. 1h"))
+        .ok_or_else(|| LimitsError::Window(s.to_string()))
 }
 
 /// The shortest exact way to write a window: `1d`, `90m`, `45s`.
@@ -516,13 +502,13 @@ pub fn format_window(seconds: u64) -> String {
     }
 }
 
-fn parse_cap(s: &str) -> Result<Option<u64>, String> {
+fn parse_cap(s: &str) -> Result<Option<u64>, LimitsError> {
     if s == "-" {
         return Ok(None);
     }
     s.parse::<u64>()
         .map(Some)
-        .map_err(|_| format!("{s:?} is not a count (a number, or - for no cap)"))
+        .map_err(|_| LimitsError::Count(s.to_string()))
 }
 
 /// A successful login to remember, per mailbox and per app password.
@@ -543,7 +529,7 @@ pub fn format_networks(networks: &[ipnet::IpNet]) -> String {
         .join(",")
 }
 
-pub fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+pub fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, ValueError> {
     s.split(',')
         .map(str::trim)
         .filter(|n| !n.is_empty())
@@ -551,11 +537,56 @@ pub fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
             n.parse::<ipnet::IpNet>()
                 .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map(|net| net.trunc())
-                .map_err(|_| {
-                    format!("invalid network {n:?}: use an address or CIDR such as 192.0.2.0/24")
-                })
+                .map_err(|_| ValueError::Network(n.to_string()))
         })
         .collect()
+}
+
+/// A field given as text (a command-line option, a config key, a stored column) that is
+/// none of the values it may take. The message says which values would do.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ValueError {
+    #[error(
+        "invalid active state {0:?}: use 1 (active), 0 (disabled) or 2 (receives mail, no login)"
+    )]
+    MailboxState(String),
+    #[error("invalid authentication source {0:?}: use local or oidc")]
+    AuthSource(String),
+    #[error("invalid network {0:?}: use an address or CIDR such as 192.0.2.0/24")]
+    Network(String),
+}
+
+/// Why a text is not a [`SendLimits`].
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum LimitsError {
+    #[error("at most {MAX_LIMIT_WINDOWS} windows")]
+    TooManyWindows,
+    #[error("window {} must be between 1s and 31d", format_window(*.0))]
+    WindowLength(u64),
+    #[error("window {} caps neither messages nor recipients", format_window(*.0))]
+    CapsNothing(u64),
+    #[error("each window length may appear only once")]
+    RepeatedWindow,
+    #[error("{0:?} is not WINDOW:MESSAGES:RECIPIENTS, e.g. 1h:100:1000")]
+    NotAnItem(String),
+    #[error("window {0:?}: use a number with s, m, h or d, e.g. 1h")]
+    Window(String),
+    #[error("{0:?} is not a count (a number, or - for no cap)")]
+    Count(String),
+}
+
+// The command line and the config checks collect messages (`impl Into<String>`); these let
+// them take a typed error where they took its text before.
+impl From<ValueError> for String {
+    fn from(e: ValueError) -> String {
+        e.to_string()
+    }
+}
+
+impl From<LimitsError> for String {
+    fn from(e: LimitsError) -> String {
+        e.to_string()
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use super::{conflict, require_domain, Ctx};
 use crate::cli::{AliasCommand, CliError};
 use crate::clock::Clock;
 use crate::names::{normalize_domain, Address};
-use crate::store::{Alias, Store};
+use crate::store::{Alias, Aliases, Mailboxes};
 
 pub(super) async fn run(ctx: &Ctx, command: AliasCommand) -> Result<(), CliError> {
     match command {

@@ -5,7 +5,7 @@ use super::{conflict, require_domain, Ctx};
 use crate::cli::{AliasDomainCommand, CliError};
 use crate::clock::Clock;
 use crate::names::normalize_domain;
-use crate::store::{AliasDomain, Store};
+use crate::store::{AliasDomain, Domains};
 
 pub(super) async fn run(ctx: &Ctx, command: AliasDomainCommand) -> Result<(), CliError> {
     match command {

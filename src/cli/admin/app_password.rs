@@ -7,7 +7,7 @@ use crate::auth::app_password;
 use crate::cli::{AppPasswordCommand, CliError};
 use crate::clock::{format_time, parse_date, Clock, UnixTime};
 use crate::names::{Address, Protocols};
-use crate::store::{parse_networks, NewAppPassword, Store};
+use crate::store::{parse_networks, AppPasswords, NewAppPassword};
 
 pub(super) async fn run(ctx: &Ctx, command: AppPasswordCommand) -> Result<(), CliError> {
     match command {

@@ -6,7 +6,7 @@ use crate::cli::{CliError, DomainCommand, DomainLimits};
 use crate::clock::{format_time, Clock};
 use crate::names::normalize_domain;
 use crate::size::format_size;
-use crate::store::{Domain, Store};
+use crate::store::{Domain, Domains};
 
 pub(super) async fn run(ctx: &Ctx, command: DomainCommand) -> Result<(), CliError> {
     match command {

@@ -14,7 +14,7 @@ use crate::names::{normalize_domain, Address, NameError};
 use crate::provision::{self, MailboxChanges, NewMailbox, ProvisionError};
 use crate::secret::Secret;
 use crate::size::{parse_size, SizeError};
-use crate::store::{AuthSource, Store};
+use crate::store::{AppPasswords, AuthSource, Mailboxes};
 
 pub(super) async fn run(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
     match command {

@@ -4,7 +4,7 @@
 use super::template::{require_template, template_name};
 use super::Ctx;
 use crate::cli::{CliError, MappingCommand};
-use crate::store::{Mapping, Store};
+use crate::store::{Mapping, Templates};
 
 pub(super) async fn run(ctx: &Ctx, command: MappingCommand) -> Result<(), CliError> {
     match command {

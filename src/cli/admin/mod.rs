@@ -25,7 +25,7 @@ use super::{CliError, Command};
 use crate::clock::SystemClock;
 use crate::config::{self, Config};
 use crate::names::Address;
-use crate::store::{Domain, Mailbox, SqlStore, Store, StoreError, MIGRATIONS};
+use crate::store::{Domain, Domains, Mailbox, Mailboxes, SqlStore, Store, StoreError, MIGRATIONS};
 
 /// What every admin command works with: the config, the open store, the clock and the
 /// output format.

@@ -6,7 +6,7 @@ use super::{conflict, require_mailbox, Ctx};
 use crate::cli::{CliError, SendAsCommand};
 use crate::clock::Clock;
 use crate::names::{normalize_domain, Address};
-use crate::store::{SendAs, Store};
+use crate::store::{Aliases, SendAs};
 
 pub(super) async fn run(ctx: &Ctx, command: SendAsCommand) -> Result<(), CliError> {
     match command {

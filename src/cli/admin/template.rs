@@ -7,7 +7,7 @@ use super::{conflict, Ctx};
 use crate::cli::{CliError, TemplateCommand, TemplateFields};
 use crate::clock::{format_time, Clock};
 use crate::names::Protocols;
-use crate::store::{MailboxState, SendLimits, Store, Template};
+use crate::store::{MailboxState, SendLimits, Template, Templates};
 
 pub(super) async fn run(ctx: &Ctx, command: TemplateCommand) -> Result<(), CliError> {
     match command {

@@ -1,5 +1,5 @@
 //! The hot reads on SQLite (a login's mailbox and app password, the policy's sender
-//! checks), run straight on the calling thread.
+//! checks, a web session's re-check), run straight on the calling thread.
 //!
 //! sqlx gives every SQLite connection a thread of its own and hands each query to it and
 //! back; for an indexed read that takes microseconds, the two thread switches cost many
@@ -7,30 +7,31 @@
 //! those switches). Here a small set of read-only connections is used in place: a read
 //! holds one for the length of one statement, in WAL mode never waits for a writer, and
 //! sees every commit made before it started, so a revocation still applies on the next
-//! login. Writes, and every read not on a hot path, stay on sqlx.
+//! login. The SQL text and the row decoders are the ones sqlx runs on every other backend
+//! (`rows.rs`). Writes, and every read not on a hot path, stay on sqlx.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{ErrorCode, OpenFlags, Row, ToSql};
+use rusqlite::{ErrorCode, OpenFlags, Params};
 
-use super::sql::Columns;
+use super::rows::Select;
 use super::{StoreError, StoreResult};
 
 /// Connections kept open; more than the runtime's worker threads never run at once.
 const IDLE_CONNECTIONS: usize = 8;
 
-pub(super) struct SqliteReads {
+pub(super) struct SqliteHotReads {
     path: PathBuf,
     idle: Mutex<Vec<rusqlite::Connection>>,
     closed: AtomicBool,
 }
 
-impl SqliteReads {
+impl SqliteHotReads {
     pub(super) fn new(path: PathBuf) -> Self {
-        SqliteReads {
+        SqliteHotReads {
             path,
             idle: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -46,42 +47,53 @@ impl SqliteReads {
             .clear();
     }
 
-    /// The first row, decoded by `decode`, or `None`.
-    pub(super) fn optional<T>(
+    /// The first row of `select`, decoded, or `None`.
+    pub(super) fn first_row<T>(
         &self,
-        sql: &str,
-        params: &[&dyn ToSql],
-        what: &str,
-        decode: impl FnOnce(&Row<'_>) -> Result<T, sqlx::Error>,
+        select: &Select<T>,
+        params: impl Params,
     ) -> StoreResult<Option<T>> {
-        self.with(what, |conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(|e| map_err(e, what))?;
-            let mut rows = stmt.query(params).map_err(|e| map_err(e, what))?;
-            match rows.next().map_err(|e| map_err(e, what))? {
-                Some(row) => decode(row)
-                    .map(Some)
-                    .map_err(|e| StoreError::Database(format!("{what}: {e}"))),
-                None => Ok(None),
-            }
-        })
+        let mut first = None;
+        self.read_rows(select, params, |row| {
+            first = Some(row);
+            false
+        })?;
+        Ok(first)
     }
 
-    /// Every row, each decoded by `decode`.
-    pub(super) fn all<T>(
+    /// Every row of `select`, decoded.
+    pub(super) fn all_rows<T>(
         &self,
-        sql: &str,
-        params: &[&dyn ToSql],
-        what: &str,
-        mut decode: impl FnMut(&Row<'_>) -> Result<T, sqlx::Error>,
+        select: &Select<T>,
+        params: impl Params,
     ) -> StoreResult<Vec<T>> {
+        let mut all = Vec::new();
+        self.read_rows(select, params, |row| {
+            all.push(row);
+            true
+        })?;
+        Ok(all)
+    }
+
+    /// Hands each decoded row of `select` to `take` for as long as it returns `true`.
+    fn read_rows<T>(
+        &self,
+        select: &Select<T>,
+        params: impl Params,
+        mut take: impl FnMut(T) -> bool,
+    ) -> StoreResult<()> {
+        let what = select.what;
         self.with(what, |conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(|e| map_err(e, what))?;
-            let mut rows = stmt.query(params).map_err(|e| map_err(e, what))?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(|e| map_err(e, what))? {
-                out.push(decode(row).map_err(|e| StoreError::Database(format!("{what}: {e}")))?);
+            let mut stmt = conn
+                .prepare_cached(&select.sql)
+                .map_err(|e| store_error(e, what))?;
+            let mut rows = stmt.query(params).map_err(|e| store_error(e, what))?;
+            while let Some(row) = rows.next().map_err(|e| store_error(e, what))? {
+                if !take(select.read(row)?) {
+                    break;
+                }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
@@ -100,7 +112,7 @@ impl SqliteReads {
             .pop();
         let conn = match pooled {
             Some(conn) => conn,
-            None => self.open().map_err(|e| map_err(e, what))?,
+            None => self.open().map_err(|e| store_error(e, what))?,
         };
         let result = read(&conn);
         // A connection that failed may be broken (file replaced, disk error): drop it.
@@ -128,16 +140,18 @@ impl SqliteReads {
     }
 }
 
-impl std::fmt::Debug for SqliteReads {
+impl std::fmt::Debug for SqliteHotReads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteReads")
+        f.debug_struct("SqliteHotReads")
             .field("path", &self.path)
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
-fn map_err(e: rusqlite::Error, what: &str) -> StoreError {
+/// A missing, locked or unreadable file is an outage, as a lost connection is on a network
+/// database; anything else (a statement the file cannot run) is not.
+fn store_error(e: rusqlite::Error, what: &str) -> StoreError {
     match e.sqlite_error_code() {
         Some(
             ErrorCode::DatabaseBusy
@@ -149,40 +163,18 @@ fn map_err(e: rusqlite::Error, what: &str) -> StoreError {
             | ErrorCode::OutOfMemory
             | ErrorCode::PermissionDenied,
         ) => StoreError::Unavailable(format!("{what}: {e}")),
-        _ => StoreError::Database(format!("{what}: {e}")),
+        _ => StoreError::Database {
+            what: what.to_string(),
+            detail: e.to_string(),
+        },
     }
-}
-
-impl Columns for Row<'_> {
-    fn text(&self, i: usize) -> Result<String, sqlx::Error> {
-        self.get(i).map_err(decode_err)
-    }
-
-    fn opt_text(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
-        self.get(i).map_err(decode_err)
-    }
-
-    fn int(&self, i: usize) -> Result<i64, sqlx::Error> {
-        self.get(i).map_err(decode_err)
-    }
-
-    fn opt_int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
-        self.get(i).map_err(decode_err)
-    }
-}
-
-fn decode_err(e: rusqlite::Error) -> sqlx::Error {
-    sqlx::Error::Decode(Box::new(e))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    fn int_of(r: &Row<'_>) -> Result<i64, sqlx::Error> {
-        r.int(0)
-    }
+    use crate::store::rows::ints;
 
     fn database(dir: &tempfile::TempDir) -> (PathBuf, rusqlite::Connection) {
         let path = dir.path().join("t.db");
@@ -199,8 +191,9 @@ mod tests {
     fn a_pooled_connection_sees_every_later_commit() {
         let dir = tempfile::tempdir().unwrap();
         let (path, writer) = database(&dir);
-        let reads = SqliteReads::new(path);
-        let get = || reads.optional("SELECT v FROM t WHERE k = ?", &[&"a"], "t", int_of);
+        let reads = SqliteHotReads::new(path);
+        let select = ints("SELECT v FROM t WHERE k = ?", "t");
+        let get = || reads.first_row(&select, ["a"]);
         assert_eq!(get().unwrap(), None);
         writer.execute("INSERT INTO t VALUES ('a', 1)", []).unwrap();
         assert_eq!(
@@ -214,16 +207,16 @@ mod tests {
         assert_eq!(get().unwrap(), Some(2));
         writer.execute("DELETE FROM t", []).unwrap();
         assert_eq!(get().unwrap(), None, "a revocation counts on the next read");
-        let all = reads.all("SELECT v FROM t", &[], "t", int_of).unwrap();
+        let all = reads.all_rows(&ints("SELECT v FROM t", "t"), []).unwrap();
         assert!(all.is_empty());
     }
 
     #[test]
     fn a_missing_file_or_a_closed_store_is_unavailable_not_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = SqliteReads::new(dir.path().join("nothing-here.db"));
+        let missing = SqliteHotReads::new(dir.path().join("nothing-here.db"));
         let err = missing
-            .optional("SELECT 1", &[], "mailbox", int_of)
+            .first_row(&ints("SELECT 1", "mailbox"), [])
             .unwrap_err();
         assert!(err.is_unavailable(), "{err}");
         assert!(
@@ -232,14 +225,14 @@ mod tests {
         );
 
         let (path, _writer) = database(&dir);
-        let reads = SqliteReads::new(path);
+        let reads = SqliteHotReads::new(path);
         assert_eq!(
-            reads.optional("SELECT 7", &[], "t", int_of).unwrap(),
+            reads.first_row(&ints("SELECT 7", "t"), []).unwrap(),
             Some(7)
         );
         reads.close();
         assert!(reads
-            .optional("SELECT 7", &[], "t", int_of)
+            .first_row(&ints("SELECT 7", "t"), [])
             .unwrap_err()
             .is_unavailable());
     }
@@ -248,14 +241,9 @@ mod tests {
     fn the_read_connections_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _writer) = database(&dir);
-        let reads = SqliteReads::new(path);
+        let reads = SqliteHotReads::new(path);
         let err = reads
-            .optional(
-                "INSERT INTO t VALUES ('x', 1) RETURNING v",
-                &[],
-                "t",
-                int_of,
-            )
+            .first_row(&ints("INSERT INTO t VALUES ('x', 1) RETURNING v", "t"), [])
             .unwrap_err();
         assert!(!err.is_unavailable(), "{err}");
     }
