@@ -75,7 +75,7 @@ impl FrontDoors {
         ));
         doors.spawn_door(
             "policy",
-            &config.policy_socket,
+            config.policy_socket,
             activated,
             move |s, p, a| policy_conn::serve(s, p, policy.clone(), a),
         )?;
