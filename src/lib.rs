@@ -17,6 +17,19 @@
     )
 )]
 
+/// `impl Display` for a type whose text is what one of its `&'static str` methods returns
+/// (a reason code, a protocol name), so a log line and a metric label never disagree.
+/// Defined before the modules so every one of them can use it.
+macro_rules! display_via {
+    ($ty:ty, $method:ident) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.$method())
+            }
+        }
+    };
+}
+
 pub mod activation;
 pub mod audit;
 pub mod auth;

@@ -181,11 +181,7 @@ impl FromStr for Protocol {
     }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+display_via!(Protocol, name);
 
 /// A set of protocols, stored as `imap,pop3,sieve,smtp` so a person can read the column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

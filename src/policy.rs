@@ -28,7 +28,6 @@
 
 mod limits;
 
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,11 +270,7 @@ impl Reason {
     }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
+display_via!(Reason, code);
 
 /// The answer to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]

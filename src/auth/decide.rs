@@ -349,14 +349,9 @@ impl Authenticator {
         {
             Ok(Verified::Match)
         } else {
-            let secret = req.secret.clone();
-            let hash = stored.clone();
             let verdict = self
-                .parts
-                .pool
-                .run(move || password::verify(&hash, secret.expose()))
-                .await
-                .map_err(pool_trouble)?;
+                .verify_on_pool(stored.clone(), req.secret.clone())
+                .await?;
             if let (Ok(Verified::Match), Some(proof)) = (&verdict, proof) {
                 cache.remember(&view.address, proof);
             }
@@ -386,16 +381,25 @@ impl Authenticator {
     }
 
     async fn refuse_after_dummy(&self, req: &AuthRequest<'_>, reason: FailReason) -> Step<Success> {
-        let dummy = self.dummy_hash.clone();
-        let secret = req.secret.clone();
         // Only the time spent matters; the verdict on the dummy hash is meaningless.
         let _spent = self
-            .parts
-            .pool
-            .run(move || password::verify(&dummy, secret.expose()))
-            .await
-            .map_err(pool_trouble)?;
+            .verify_on_pool(self.dummy_hash.clone(), req.secret.clone())
+            .await?;
         Err(Outcome::Fail(reason))
+    }
+
+    /// Checks `secret` against `hash` on the hash pool, so the slow hash never runs on
+    /// an async worker thread.
+    async fn verify_on_pool(
+        &self,
+        hash: String,
+        secret: Secret,
+    ) -> Step<Result<Verified, password::HashError>> {
+        self.parts
+            .pool
+            .run(move || password::verify(&hash, secret.expose()))
+            .await
+            .map_err(pool_trouble)
     }
 
     /// Upgrades an imported hash to Argon2id after a login proved the password, without

@@ -1,7 +1,5 @@
 //! What a decision says: accepted, refused (with the rule that refused), or "try later".
 
-use std::fmt;
-
 use serde::Serialize;
 
 use super::services::Door;
@@ -94,11 +92,7 @@ impl FailReason {
     }
 }
 
-impl fmt::Display for FailReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
+display_via!(FailReason, code);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -118,8 +112,4 @@ impl TempCause {
     }
 }
 
-impl fmt::Display for TempCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
+display_via!(TempCause, code);

@@ -9,7 +9,6 @@
 //! through this module.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use argon2::password_hash::{self, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -107,11 +106,7 @@ impl Scheme {
     }
 }
 
-impl fmt::Display for Scheme {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+display_via!(Scheme, name);
 
 /// Why a stored hash could not be checked or a new one made.
 ///

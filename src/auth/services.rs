@@ -38,11 +38,7 @@ impl Door {
     }
 }
 
-impl std::fmt::Display for Door {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+display_via!(Door, name);
 
 impl Serialize for Door {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -85,6 +85,17 @@ fn tls_hint(text: &str) -> String {
     format!("{why}. Install the provider's CA certificate in the system store (update-ca-certificates) and test again; oidc.ignore_tls_errors = true is for test setups only")
 }
 
+/// A failed request to one of the provider's endpoints: the TLS advice when the error is
+/// about the certificate or handshake, else `otherwise`.
+fn request_failed(step: &str, text: String, otherwise: &str) -> Step {
+    let hint = if is_tls_problem(&text) {
+        tls_hint(&text)
+    } else {
+        otherwise.into()
+    };
+    Step::fail(step, text, hint)
+}
+
 /// Runs every step it can; later steps need the earlier ones, so a failure stops there.
 pub async fn run(settings: &OidcSettings) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -159,13 +170,7 @@ pub async fn run(settings: &OidcSettings) -> Vec<Step> {
             "the provider publishes no signing keys; ID tokens could not be verified",
         )),
         Err(e) => {
-            let text = e.to_string();
-            let hint = if is_tls_problem(&text) {
-                tls_hint(&text)
-            } else {
-                "check jwks_uri (discovery's or oidc.jwks_uri) and that it is reachable from this host".into()
-            };
-            steps.push(Step::fail("JWKS", text, hint));
+            steps.push(request_failed("JWKS", e.to_string(), "check jwks_uri (discovery's or oidc.jwks_uri) and that it is reachable from this host"));
             return steps;
         }
     }
@@ -211,13 +216,7 @@ pub async fn run(settings: &OidcSettings) -> Vec<Step> {
                     }
                 }
                 Err(RequestTokenError::Request(e)) => {
-                    let text = error_chain(&e);
-                    let hint = if is_tls_problem(&text) {
-                        tls_hint(&text)
-                    } else {
-                        "the token endpoint is not reachable from this host".into()
-                    };
-                    Step::fail(token_step, text, hint)
+                    request_failed(token_step, error_chain(&e), "the token endpoint is not reachable from this host")
                 }
                 Err(e) => Step::fail(
                     token_step,
@@ -249,13 +248,7 @@ pub async fn run(settings: &OidcSettings) -> Vec<Step> {
                     format!("{} answers (HTTP {status} for an invented token, as expected)", client.user_info_url().map(|u| u.as_str()).unwrap_or("")),
                 ),
                 Err(UserInfoError::Request(e)) => {
-                    let text = error_chain(&e);
-                    let hint = if is_tls_problem(&text) {
-                        tls_hint(&text)
-                    } else {
-                        "the userinfo endpoint is not reachable from this host".into()
-                    };
-                    Step::fail(userinfo_step, text, hint)
+                    request_failed(userinfo_step, error_chain(&e), "the userinfo endpoint is not reachable from this host")
                 }
                 Err(e) => Step::pass(
                     userinfo_step,

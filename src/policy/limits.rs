@@ -151,22 +151,29 @@ impl Counters {
         };
         let (new_messages, new_recipients) = state.new_counts(usage, rcpt_hash);
         for (window, limit) in limits.windows().iter().zip(&state.windows) {
-            if let Some(cap) = window.messages {
-                if new_messages > 0 && limit.messages.saturating_add(new_messages) > cap {
-                    return Err(Exceeded {
-                        window: *window,
-                        counted: Counted::Messages,
-                        limit: cap,
-                    });
-                }
-            }
-            if let Some(cap) = window.recipients {
-                if new_recipients > 0 && limit.recipients.saturating_add(new_recipients) > cap {
-                    return Err(Exceeded {
-                        window: *window,
-                        counted: Counted::Recipients,
-                        limit: cap,
-                    });
+            let counts = [
+                (
+                    Counted::Messages,
+                    window.messages,
+                    limit.messages,
+                    new_messages,
+                ),
+                (
+                    Counted::Recipients,
+                    window.recipients,
+                    limit.recipients,
+                    new_recipients,
+                ),
+            ];
+            for (counted, cap, used, new) in counts {
+                if let Some(cap) = cap {
+                    if new > 0 && used.saturating_add(new) > cap {
+                        return Err(Exceeded {
+                            window: *window,
+                            counted,
+                            limit: cap,
+                        });
+                    }
                 }
             }
         }

@@ -333,14 +333,21 @@ fn parse_cpid<'a>(mut fields: impl Iterator<Item = &'a [u8]>) -> Result<ClientLi
     }
 }
 
+/// The first two fields of a command that needs both, or `problem`.
+fn two_fields<'a>(
+    fields: &mut impl Iterator<Item = &'a [u8]>,
+    command: &'static str,
+    problem: &'static str,
+) -> Result<(&'a [u8], &'a [u8]), ProtoError> {
+    match (fields.next(), fields.next()) {
+        (Some(first), Some(second)) => Ok((first, second)),
+        _ => Err(ProtoError::Malformed { command, problem }),
+    }
+}
+
 fn parse_auth<'a>(mut fields: impl Iterator<Item = &'a [u8]>) -> Result<AuthLine, ProtoError> {
     const CMD: &str = "AUTH";
-    let (Some(id), Some(mech)) = (fields.next(), fields.next()) else {
-        return Err(ProtoError::Malformed {
-            command: CMD,
-            problem: "expected a request id and a mechanism",
-        });
-    };
+    let (id, mech) = two_fields(&mut fields, CMD, "expected a request id and a mechanism")?;
     let id = parse_number(id, CMD, "request id")?;
     if id == 0 {
         return Err(ProtoError::Malformed {
@@ -435,12 +442,7 @@ fn parse_auth<'a>(mut fields: impl Iterator<Item = &'a [u8]>) -> Result<AuthLine
 
 fn parse_cont<'a>(mut fields: impl Iterator<Item = &'a [u8]>) -> Result<ClientLine, ProtoError> {
     const CMD: &str = "CONT";
-    let (Some(id), Some(data)) = (fields.next(), fields.next()) else {
-        return Err(ProtoError::Malformed {
-            command: CMD,
-            problem: "expected a request id and data",
-        });
-    };
+    let (id, data) = two_fields(&mut fields, CMD, "expected a request id and data")?;
     let id = parse_number(id, CMD, "request id")?;
     // Dovecot 2.3 decodes everything after the id as base64, so an extra
     // field is a decoding error for that request, not a broken connection.

@@ -250,16 +250,18 @@ fn push_fields(out: &mut Vec<u8>, fields: &[(&str, &str)]) {
 
 /// `USER\t<id>\t<user>[\t<key>=<value>...]\n` (user name as a bare field).
 pub fn encode_user(id: u32, user: &str, fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = format!("USER\t{id}\t").into_bytes();
-    tabescape::escape_into(&mut out, user.as_bytes());
-    push_fields(&mut out, fields);
-    out.push(b'\n');
-    out
+    encode_lookup(format!("USER\t{id}\t"), user, fields)
 }
 
 /// `PASS\t<id>\tuser=<user>[\t<key>=<value>...]\n`.
 pub fn encode_pass(id: u32, user: &str, fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = format!("PASS\t{id}\tuser=").into_bytes();
+    encode_lookup(format!("PASS\t{id}\tuser="), user, fields)
+}
+
+/// `head` (command, id and whatever precedes the user name), then the escaped user name
+/// and the fields.
+fn encode_lookup(head: String, user: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = head.into_bytes();
     tabescape::escape_into(&mut out, user.as_bytes());
     push_fields(&mut out, fields);
     out.push(b'\n');

@@ -19,6 +19,14 @@ fn shown_text(text: &str, max: usize) -> String {
     text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
+/// The provider not answering is a temporary outage; anything else it said is a refusal.
+fn provider_status(e: &crate::oidc::OidcError) -> StatusCode {
+    match e {
+        crate::oidc::OidcError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
 pub async fn login(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(rp) = state.relying_party() else {
         return state.problem(
@@ -101,12 +109,8 @@ pub async fn callback(
     if matched {
         // RFC 9207: the answer must come from our provider, errors included.
         if let Err(e) = rp.check_response_issuer(param("iss")).await {
-            let status = match e {
-                crate::oidc::OidcError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::FORBIDDEN,
-            };
             return fail(
-                status,
+                provider_status(&e),
                 "response_issuer",
                 &e.to_string(),
                 "Sign-in failed",
@@ -184,12 +188,8 @@ pub async fn callback(
     let identity = match rp.finish(&pending, code).await {
         Ok(i) => i,
         Err(e) => {
-            let status = match e {
-                crate::oidc::OidcError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::FORBIDDEN,
-            };
             return fail(
-                status,
+                provider_status(&e),
                 "oidc_error",
                 &e.to_string(),
                 "Sign-in failed",
