@@ -13,12 +13,19 @@
 //!   that writes the row. A write that depends on the row as read is a compare-and-set,
 //!   decided again on the fresh row when another writer got there first.
 //!
+//! - App passwords are issued in `app_passwords`, for the web page and the CLI alike.
+//!
 //! Keeping a credential in shape is not a change of the mailbox and stays with the decision
 //! core (`crate::auth`): the rehash of an imported hash after a login, and the last use.
 
+mod app_passwords;
 mod limits;
 mod sign_in;
 
+pub use app_passwords::{
+    issue_app_password, valid_name, AppPasswordRefusal, AppPasswordRequest, DuplicateName,
+    IssueError, IssuedAppPassword, MAX_APP_PASSWORDS,
+};
 pub use limits::{limit_breach, LimitBreach};
 pub use sign_in::{choose_template, sign_in, SignInClaims, SignInRefusal, SignInRules, SignedIn};
 

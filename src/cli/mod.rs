@@ -547,3 +547,16 @@ pub async fn run(
         }
     }
 }
+
+impl From<crate::provision::IssueError> for CliError {
+    fn from(e: crate::provision::IssueError) -> Self {
+        use crate::provision::{AppPasswordRefusal as R, IssueError};
+        match e {
+            IssueError::Refused(why @ (R::BadName | R::NoProtocols | R::PastExpiry)) => {
+                CliError::usage(why.to_string())
+            }
+            IssueError::Store(s) => s.into(),
+            other => CliError::refused(other.to_string()),
+        }
+    }
+}

@@ -10,14 +10,21 @@ use axum::response::Response;
 use super::pages::{self, Notice};
 use super::session::{self, Session, SignedInUser, Via};
 use super::{field, html_response, redirect, with_cookie, AppState};
-use crate::auth::{app_password, AuthRequest, FailReason, Outcome, WEB_SERVICE};
+use crate::auth::{AuthRequest, FailReason, Outcome, WEB_SERVICE};
 use crate::clock::parse_date;
 use crate::names::{Address, Protocol, Protocols};
+use crate::provision::{issue_app_password, AppPasswordRequest, DuplicateName, IssueError};
 use crate::secret::Secret;
-use crate::store::{NewAppPassword, SessionView, StoreError};
+use crate::store::{SessionView, StoreError};
 
-/// Enough for every device a person owns; bounds what one account can make us store.
-const MAX_APP_PASSWORDS: usize = 100;
+/// A refusal's text as the page shows it: a sentence.
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
+        None => String::new(),
+    }
+}
 
 type FormResult = Result<Form<Vec<(String, String)>>, FormRejection>;
 
@@ -360,26 +367,10 @@ pub async fn create_app_password(
             .await
         }
     };
-    let name = field(&fields, "name").unwrap_or("").trim().to_string();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return problem("Give the app password a name of 1 to 100 characters, e.g. “phone”.").await;
-    }
     let protocols = Protocol::ALL
         .into_iter()
         .filter(|p| field(&fields, p.name()).is_some_and(|v| v == "on"))
         .fold(Protocols::NONE, Protocols::with);
-    if protocols == Protocols::NONE {
-        return problem("Choose at least one of IMAP, POP3, SIEVE or SMTP.").await;
-    }
-    // The mailbox as the re-check just read it: active, its domain active, and these
-    // protocols allowed.
-    if let Some(p) = protocols.iter().find(|p| !view.protocols.contains(*p)) {
-        return problem(&format!(
-            "Your mailbox does not allow {}, so an app password for it could not work.",
-            p.name().to_uppercase()
-        ))
-        .await;
-    }
     let now = state.clock.now();
     let expires_at = match field(&fields, "expires")
         .map(str::trim)
@@ -387,43 +378,39 @@ pub async fn create_app_password(
     {
         None => None,
         Some(text) => match parse_date(text) {
-            Some(day) if day > now => Some(day),
-            Some(_) => return problem("The expiry date must be in the future.").await,
+            Some(day) => Some(day),
             None => return problem("The expiry date is not a date (use YYYY-MM-DD).").await,
         },
     };
-    let existing = match state.store.list_app_passwords(&user.address).await {
-        Ok(list) => list,
-        Err(e) => return store_trouble(&state, &e),
-    };
-    if existing.len() >= MAX_APP_PASSWORDS {
-        return problem(&format!(
-            "You have {MAX_APP_PASSWORDS} app passwords. Revoke some you no longer use first."
-        ))
-        .await;
-    }
-    let secret = match app_password::generate() {
-        Ok(s) => s,
-        Err(e) => {
+    // The mailbox as the re-check just read it: active, its domain active, and these
+    // protocols allowed.
+    let issued = match issue_app_password(
+        state.store.as_ref(),
+        state.auth.key(),
+        AppPasswordRequest {
+            mailbox: &user.address,
+            name: field(&fields, "name").unwrap_or(""),
+            protocols,
+            allowed: Some(view.protocols),
+            networks: Vec::new(),
+            expires_at,
+            duplicate_name: DuplicateName::Refuse,
+            now,
+        },
+    )
+    .await
+    {
+        Ok(issued) => issued,
+        Err(IssueError::Refused(why)) => return problem(&sentence(&why.to_string())).await,
+        Err(IssueError::Store(e)) => return store_trouble(&state, &e),
+        Err(e @ IssueError::NoRandomness(_)) => {
             tracing::error!(error = %e, "no randomness for an app password");
             return store_trouble(&state, &StoreError::Unavailable("randomness".into()));
         }
     };
-    let new = NewAppPassword {
-        mailbox: user.address.clone(),
-        name: name.clone(),
-        lookup_hash: state.auth.key().lookup_hash(secret.expose()),
-        protocols,
-        networks: Vec::new(),
-        expires_at,
-        created_at: now,
-    };
-    let app_id = match state.store.create_app_password(&new).await {
-        Ok(app_id) => app_id,
-        Err(e) => return store_trouble(&state, &e),
-    };
+    let (app_id, name) = (issued.id, issued.name.clone());
     tracing::info!(target: "mailauthd::web", user = %user.address, id = app_id, name = %name, protocols = %protocols, "app password created");
-    let shown = String::from_utf8_lossy(secret.expose()).into_owned();
+    let shown = issued.shown();
     let mailbox_host = state.settings.mail_host.clone();
     let page = html_response(
         StatusCode::OK,
