@@ -37,6 +37,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod devices;
 pub mod keyfile;
 pub mod logging;
 pub mod memory;

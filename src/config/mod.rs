@@ -30,6 +30,8 @@ use crate::auth::password::Argon2Params;
 use crate::auth::services::ServiceMap;
 use crate::auth::throttle::ThrottleConfig;
 use crate::auth::verify_cache::VerifyCacheConfig;
+use crate::devices::settings::ClientsSection;
+use crate::devices::ClientSettings;
 use crate::logging::LogFormat;
 use crate::oidc::settings::OidcSection;
 use crate::oidc::OidcSettings;
@@ -78,6 +80,7 @@ pub struct FileConfig {
     control_socket: ControlSection,
     policy: PolicySection,
     metrics: MetricsSection,
+    clients: Option<ClientsSection>,
 }
 
 /// The checked configuration the daemon and the CLI run with.
@@ -109,6 +112,9 @@ pub struct Config {
     pub web: Option<WebSettings>,
     pub verify_cache: VerifyCacheConfig,
     pub metrics: MetricsSettings,
+    /// The servers mail clients are told of; `None` when no host is known (device setup
+    /// and discovery off).
+    pub clients: Option<ClientSettings>,
 }
 
 /// A config file that cannot be used, with every problem found in it.
@@ -320,8 +326,14 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         .and_then(|section| crate::web::settings::check(section, oidc.as_ref(), problems));
     let verify_cache = auth::verify_cache(&file.credentials, problems);
     let metrics = check_metrics(file.metrics, web.is_some(), problems);
+    let clients = crate::devices::settings::check(
+        file.clients,
+        web.as_ref().and_then(|w| w.mail_host.as_deref()),
+        problems,
+    );
 
     Config {
+        clients,
         source: None,
         oidc,
         web,
