@@ -169,7 +169,8 @@ pub fn invalid_request() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{fixtures, xml_leaves};
+    use crate::devices::fixtures;
+    use crate::devices::fixtures::xml_leaves;
 
     fn request(address: &str) -> String {
         format!(
