@@ -62,12 +62,10 @@ pub fn requested_address(body: &[u8]) -> Result<Option<String>, Malformed> {
                 }
                 path.push(name);
             }
-            Event::Empty(e) => {
-                if path.is_empty() {
-                    return Err(malformed("the root element is not Autodiscover"));
-                }
-                let _ = e;
+            Event::Empty(_) if path.is_empty() => {
+                return Err(malformed("the root element is not Autodiscover"));
             }
+            Event::Empty(_) => {}
             Event::End(_) => {
                 path.pop();
             }
