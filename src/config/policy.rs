@@ -134,7 +134,7 @@ fn limits(entries: Vec<LimitEntry>, problems: &mut Vec<Problem>) -> SendLimits {
         let seconds = match entry.window.as_deref().map(parse_window) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                problem(problems, &format!("{key}.window"), e);
+                problem(problems, &format!("{key}.window"), e.to_string());
                 continue;
             }
             None => {
@@ -153,7 +153,7 @@ fn limits(entries: Vec<LimitEntry>, problems: &mut Vec<Problem>) -> SendLimits {
         });
     }
     SendLimits::new(windows).unwrap_or_else(|e| {
-        problem(problems, "policy.limits", e);
+        problem(problems, "policy.limits", e.to_string());
         SendLimits::none()
     })
 }
@@ -163,7 +163,7 @@ fn replies(section: RepliesSection, problems: &mut Vec<Problem>) -> ReplyTexts {
     let mut pick = |value: Option<String>, default: String, key: &str, class, names| {
         let text = value.unwrap_or(default);
         if let Err(e) = check_reply_text(&text, class, names) {
-            problem(problems, &format!("policy.replies.{key}"), e);
+            problem(problems, &format!("policy.replies.{key}"), e.to_string());
         }
         text
     };

@@ -575,16 +575,9 @@ pub enum LimitsError {
     Count(String),
 }
 
-// The command line and the config checks collect messages (`impl Into<String>`); these let
-// them take a typed error where they took its text before.
+// The command line's `CliError::usage(impl Into<String>)` takes a value's error this way.
 impl From<ValueError> for String {
     fn from(e: ValueError) -> String {
-        e.to_string()
-    }
-}
-
-impl From<LimitsError> for String {
-    fn from(e: LimitsError) -> String {
         e.to_string()
     }
 }
