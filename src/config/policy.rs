@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::policy::{check_reply_text, NullSender, PolicySettings, ReplyTexts};
 use crate::proto::postfix_policy::Limits as CodecLimits;
-use crate::settings_check::{problem, Problem, Within};
+use crate::settings_check::{one_of, problem, Problem, Within};
 use crate::store::{parse_networks, parse_window, LimitWindow, SendLimits};
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +44,9 @@ pub struct RepliesSection {
     over_limit: Option<String>,
 }
 
+const NULL_SENDER: [(&str, NullSender); 2] =
+    [("allow", NullSender::Allow), ("refuse", NullSender::Refuse)];
+
 pub fn check(section: PolicySection, problems: &mut Vec<Problem>) -> PolicySettings {
     let defaults = PolicySettings::default();
     let subaddress_delimiters = section
@@ -60,18 +63,13 @@ pub fn check(section: PolicySection, problems: &mut Vec<Problem>) -> PolicySetti
             "use up to 8 punctuation characters such as \"+\" or \"+-\" (\"\" turns sub-addressing off)",
         );
     }
-    let null_sender = match section.null_sender.as_deref() {
-        None | Some("allow") => NullSender::Allow,
-        Some("refuse") => NullSender::Refuse,
-        Some(other) => {
-            problem(
-                problems,
-                "policy.null_sender",
-                format!("{other:?}: use allow or refuse"),
-            );
-            NullSender::Allow
-        }
-    };
+    let null_sender = one_of(
+        problems,
+        "policy.null_sender",
+        section.null_sender.as_deref(),
+        &NULL_SENDER,
+    )
+    .unwrap_or(NullSender::Allow);
     let mut trusted_networks = Vec::new();
     for (i, n) in section
         .trusted_networks
