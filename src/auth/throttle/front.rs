@@ -309,10 +309,21 @@ impl Throttle {
         }
     }
 
+    /// The settings now in force, and the keys they count an attempt against; `None` when
+    /// they count it against nothing.
+    fn counted(
+        &self,
+        rip: Option<IpAddr>,
+        account: &str,
+    ) -> Option<(Arc<ThrottleConfig>, Vec<ThrottleKey>)> {
+        let config = self.config();
+        let keys = counted_keys(&config, rip, account)?;
+        Some((config, keys))
+    }
+
     /// Whether, and how long, an attempt must wait before credentials are checked.
     pub async fn check(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) -> Verdict {
-        let config = self.config();
-        let Some(keys) = counted_keys(&config, rip, account) else {
+        let Some((config, keys)) = self.counted(rip, account) else {
             return Verdict::Allow;
         };
         if let Some(redis) = self.shared_for_login() {
@@ -333,8 +344,7 @@ impl Throttle {
         secret_fingerprint: u64,
         now: UnixMillis,
     ) {
-        let config = self.config();
-        let Some(keys) = counted_keys(&config, rip, account) else {
+        let Some((config, keys)) = self.counted(rip, account) else {
             return;
         };
         if let Some(redis) = self.shared_for_login() {
@@ -350,8 +360,7 @@ impl Throttle {
 
     /// A success relaxes its network (at most once a minute) and clears its account.
     pub async fn record_success(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) {
-        let config = self.config();
-        let Some(keys) = counted_keys(&config, rip, account) else {
+        let Some((config, keys)) = self.counted(rip, account) else {
             return;
         };
         if let Some(redis) = self.shared_for_login() {
