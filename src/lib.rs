@@ -74,4 +74,6 @@ pub mod shared_state;
 pub mod size;
 pub mod store;
 pub mod systemd;
+#[cfg(test)]
+mod test_support;
 pub mod web;

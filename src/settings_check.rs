@@ -140,6 +140,7 @@ pub fn inline_or_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::file_in_tempdir;
 
     #[test]
     fn bounds_are_named_in_the_message() {
@@ -157,9 +158,7 @@ mod tests {
 
     #[test]
     fn a_value_comes_from_the_file_or_the_key_never_both() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        std::fs::write(&path, " s3cret \n").unwrap();
+        let (_dir, path) = file_in_tempdir("secret", " s3cret \n");
         let mut problems = Vec::new();
         let read = inline_or_file("x", "secret", None, Some(&path), &mut problems);
         assert_eq!(read.as_deref(), Some("s3cret"));

@@ -293,12 +293,11 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
 mod tests {
     use crate::config::parse;
     use crate::config::tests::assert_reported;
+    use crate::test_support::file_in_tempdir;
 
     #[test]
     fn oidc_and_web_sections_get_their_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "s3cret-client\n").unwrap();
+        let (_dir, secret) = file_in_tempdir("secret", "s3cret-client\n");
         let text = format!(
             "[oidc]\nissuer = \"https://sso.example.org/realms/x\"\nclient_id = \"mail\"\n\
              client_secret_file = {secret:?}\nredirect_url = \"https://mail.example.org/callback\"\n[web]\n"
