@@ -267,10 +267,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             keys.push(key);
         }
     };
-    check(
-        old.store.url != new.store.url || old.store.max_connections != new.store.max_connections,
-        "store",
-    );
+    check(old.store != new.store, "store");
     check(old.key_file != new.key_file, "credentials.key_file");
     check(
         old.argon2 != new.argon2 || old.rehash_on_login != new.rehash_on_login,

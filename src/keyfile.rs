@@ -106,6 +106,7 @@ fn create_err(path: &str, source: std::io::Error) -> KeyFileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::file_in_tempdir;
 
     #[test]
     fn created_once_with_mode_0600_then_reused() {
@@ -120,9 +121,7 @@ mod tests {
 
     #[test]
     fn refuses_open_permissions_and_bad_length() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        fs::write(&path, [1u8; 32]).unwrap();
+        let (_dir, path) = file_in_tempdir("key", [1u8; 32]);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             load_or_create(&path),

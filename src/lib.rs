@@ -30,6 +30,24 @@ macro_rules! display_via {
     };
 }
 
+/// `Debug` as `Name(…)` and `Display` of a URL type through its `redacted()` text, so no
+/// log line, error or `{:?}` shows the password the URL carries.
+macro_rules! fmt_via_redacted {
+    ($ty:ident) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({})", stringify!($ty), self.redacted())
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.redacted())
+            }
+        }
+    };
+}
+
 pub mod activation;
 pub mod audit;
 pub mod auth;
@@ -56,4 +74,6 @@ pub mod shared_state;
 pub mod size;
 pub mod store;
 pub mod systemd;
+#[cfg(test)]
+mod test_support;
 pub mod web;

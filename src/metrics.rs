@@ -71,146 +71,59 @@ fn latency_histogram() -> Histogram {
 
 type Latency = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
-struct Metrics {
-    registry: Registry,
-    auth: Family<AuthLabels, Counter>,
-    auth_latency: Latency,
-    policy: Family<PolicyLabels, Counter>,
-    policy_latency: Histogram,
-    provisioning: Family<ResultLabels, Counter>,
-    throttle_delayed: Family<KindLabels, Counter>,
-    throttle_refused: Family<KindLabels, Counter>,
-    throttle_fallbacks: Counter,
-    auth_overloaded: Counter,
-    verify_cache: Family<ResultLabels, Counter>,
-    hash_pool_depth: Gauge,
-    hash_pool_workers: Gauge,
-    verify_cache_entries: Gauge,
-    accept_errors: Family<ListenerLabels, Counter>,
-    connections_evicted: Family<ListenerLabels, Counter>,
+/// Declares [`Metrics`]: each metric once, as its field, its type and first value, and the
+/// name and help it is registered under. They are registered (and exposed) in this order,
+/// then `build_info`.
+macro_rules! metrics {
+    ($($field:ident: $ty:ty = $first:expr, $name:literal, $help:literal;)*) => {
+        struct Metrics {
+            registry: Registry,
+            $($field: $ty,)*
+        }
+
+        impl Metrics {
+            fn new() -> Self {
+                let mut registry = Registry::with_prefix("mailauthd");
+                $(
+                    let $field: $ty = $first;
+                    registry.register($name, $help, $field.clone());
+                )*
+                register_build_info(&mut registry);
+                Metrics { registry, $($field,)* }
+            }
+        }
+    };
+}
+
+metrics! {
+    auth: Family<AuthLabels, Counter> = Default::default(), "auth_requests", "Authentication decisions by protocol, SASL mechanism, outcome and reason";
+    auth_latency: Latency = Family::new_with_constructor(latency_histogram), "auth_duration_seconds", "Time to decide a login, throttle delays included";
+    policy: Family<PolicyLabels, Counter> = Default::default(), "policy_requests", "Postfix policy decisions by action and reason";
+    policy_latency: Histogram = latency_histogram(), "policy_duration_seconds", "Time to decide a policy request";
+    provisioning: Family<ResultLabels, Counter> = Default::default(), "provisioning", "Sign-ins through the identity provider: mailboxes created, updated, unchanged or refused";
+    throttle_delayed: Family<KindLabels, Counter> = Default::default(), "throttle_delayed", "Login attempts delayed by the throttle";
+    throttle_refused: Family<KindLabels, Counter> = Default::default(), "throttle_blocked", "Login attempts refused because their network or account is blocked";
+    throttle_fallbacks: Counter = Default::default(), "throttle_redis_fallbacks", "Throttle calls answered from memory because Redis did not answer in time";
+    auth_overloaded: Counter = Default::default(), "auth_overloaded", "Auth requests answered with a temporary failure because too many were being decided at once";
+    verify_cache: Family<ResultLabels, Counter> = Default::default(), "verify_cache_lookups", "Stored-password checks answered by the verification cache (hit) or by hashing (miss)";
+    hash_pool_depth: Gauge = Default::default(), "hash_pool_queue_depth", "Password hashes running or waiting for a worker";
+    hash_pool_workers: Gauge = Default::default(), "hash_pool_workers", "Password hashes that may run at once";
+    verify_cache_entries: Gauge = Default::default(), "verify_cache_entries", "Verified passwords remembered now";
+    accept_errors: Family<ListenerLabels, Counter> = Default::default(), "accept_errors", "Failed accepts by listener (out of descriptors, for one); the listener backs off";
+    connections_evicted: Family<ListenerLabels, Counter> = Default::default(), "connections_evicted", "Idle connections closed to make room for a new one on a full listener";
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-impl Metrics {
-    fn new() -> Self {
-        let mut registry = Registry::with_prefix("mailauthd");
-        let auth = Family::<AuthLabels, Counter>::default();
-        registry.register(
-            "auth_requests",
-            "Authentication decisions by protocol, SASL mechanism, outcome and reason",
-            auth.clone(),
-        );
-        let auth_latency: Latency = Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "auth_duration_seconds",
-            "Time to decide a login, throttle delays included",
-            auth_latency.clone(),
-        );
-        let policy = Family::<PolicyLabels, Counter>::default();
-        registry.register(
-            "policy_requests",
-            "Postfix policy decisions by action and reason",
-            policy.clone(),
-        );
-        let policy_latency = latency_histogram();
-        registry.register(
-            "policy_duration_seconds",
-            "Time to decide a policy request",
-            policy_latency.clone(),
-        );
-        let provisioning = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "provisioning",
-            "Sign-ins through the identity provider: mailboxes created, updated, unchanged or refused",
-            provisioning.clone(),
-        );
-        let throttle_delayed = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "throttle_delayed",
-            "Login attempts delayed by the throttle",
-            throttle_delayed.clone(),
-        );
-        let throttle_refused = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "throttle_blocked",
-            "Login attempts refused because their network or account is blocked",
-            throttle_refused.clone(),
-        );
-        let throttle_fallbacks = Counter::default();
-        registry.register(
-            "throttle_redis_fallbacks",
-            "Throttle calls answered from memory because Redis did not answer in time",
-            throttle_fallbacks.clone(),
-        );
-        let auth_overloaded = Counter::default();
-        registry.register(
-            "auth_overloaded",
-            "Auth requests answered with a temporary failure because too many were being decided at once",
-            auth_overloaded.clone(),
-        );
-        let verify_cache = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "verify_cache_lookups",
-            "Stored-password checks answered by the verification cache (hit) or by hashing (miss)",
-            verify_cache.clone(),
-        );
-        let hash_pool_depth = Gauge::default();
-        registry.register(
-            "hash_pool_queue_depth",
-            "Password hashes running or waiting for a worker",
-            hash_pool_depth.clone(),
-        );
-        let hash_pool_workers = Gauge::default();
-        registry.register(
-            "hash_pool_workers",
-            "Password hashes that may run at once",
-            hash_pool_workers.clone(),
-        );
-        let verify_cache_entries = Gauge::default();
-        registry.register(
-            "verify_cache_entries",
-            "Verified passwords remembered now",
-            verify_cache_entries.clone(),
-        );
-        let accept_errors = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "accept_errors",
-            "Failed accepts by listener (out of descriptors, for one); the listener backs off",
-            accept_errors.clone(),
-        );
-        let connections_evicted = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "connections_evicted",
-            "Idle connections closed to make room for a new one on a full listener",
-            connections_evicted.clone(),
-        );
-        let build = Family::<VersionLabels, Gauge>::default();
-        build
-            .get_or_create(&VersionLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-        registry.register("build_info", "The running version", build);
-        Metrics {
-            registry,
-            auth,
-            auth_latency,
-            policy,
-            policy_latency,
-            provisioning,
-            throttle_delayed,
-            throttle_refused,
-            throttle_fallbacks,
-            auth_overloaded,
-            verify_cache,
-            hash_pool_depth,
-            hash_pool_workers,
-            verify_cache_entries,
-            accept_errors,
-            connections_evicted,
-        }
-    }
+/// A gauge that is 1, labelled with the running version.
+fn register_build_info(registry: &mut Registry) {
+    let build = Family::<VersionLabels, Gauge>::default();
+    build
+        .get_or_create(&VersionLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+    registry.register("build_info", "The running version", build);
 }
 
 /// One authentication decision. `protocol` is the resolved protocol's name, or `unknown`.

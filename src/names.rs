@@ -171,14 +171,18 @@ impl Protocol {
 impl FromStr for Protocol {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "imap" => Ok(Protocol::Imap),
-            "pop3" => Ok(Protocol::Pop3),
-            "sieve" => Ok(Protocol::Sieve),
-            "smtp" => Ok(Protocol::Smtp),
-            _ => Err(NameError::UnknownProtocol(s.trim().to_string())),
-        }
+        by_name(&Protocol::ALL, Protocol::name, s)
+            .ok_or_else(|| NameError::UnknownProtocol(s.trim().to_string()))
     }
+}
+
+/// The one of `all` whose `name` is `text`, ignoring case and surrounding blanks: how the
+/// config, the command line and stored columns read a fixed set of names.
+pub fn by_name<T: Copy>(all: &[T], name: fn(T) -> &'static str, text: &str) -> Option<T> {
+    let text = text.trim();
+    all.iter()
+        .copied()
+        .find(|v| name(*v).eq_ignore_ascii_case(text))
 }
 
 display_via!(Protocol, name);

@@ -107,13 +107,6 @@ pub enum ReplyTextError {
     UnknownPlaceholder { name: String, known: String },
 }
 
-/// The config check collects every problem as text, each under its key.
-impl From<ReplyTextError> for String {
-    fn from(e: ReplyTextError) -> String {
-        e.to_string()
-    }
-}
-
 /// Checks a reply text: a `5.x.x` (`class` 5) or `4.x.x` enhanced status code first, only
 /// the given placeholders, no control characters. For the config check.
 pub fn check_reply_text(

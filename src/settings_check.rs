@@ -62,6 +62,28 @@ pub fn trimmed(value: Option<String>) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// One of a few words, each standing for a value. `None` when the key is absent, and also
+/// (with a problem that lists the words) when the word is not one of them: the caller's
+/// default applies.
+pub fn one_of<T: Copy>(
+    problems: &mut Vec<Problem>,
+    key: &str,
+    value: Option<&str>,
+    words: &[(&str, T)],
+) -> Option<T> {
+    let word = value?;
+    if let Some((_, v)) = words.iter().find(|(w, _)| *w == word) {
+        return Some(*v);
+    }
+    let listed: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+    problem(
+        problems,
+        key,
+        format!("{word:?}: use {}", listed.join(" or ")),
+    );
+    None
+}
+
 /// Each entry one address or CIDR network; the broken ones are reported under `key`.
 pub fn networks(key: &str, list: &[String], problems: &mut Vec<Problem>) -> Vec<ipnet::IpNet> {
     list.iter()
@@ -118,6 +140,7 @@ pub fn inline_or_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::file_in_tempdir;
 
     #[test]
     fn bounds_are_named_in_the_message() {
@@ -135,9 +158,7 @@ mod tests {
 
     #[test]
     fn a_value_comes_from_the_file_or_the_key_never_both() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        std::fs::write(&path, " s3cret \n").unwrap();
+        let (_dir, path) = file_in_tempdir("secret", " s3cret \n");
         let mut problems = Vec::new();
         let read = inline_or_file("x", "secret", None, Some(&path), &mut problems);
         assert_eq!(read.as_deref(), Some("s3cret"));

@@ -220,13 +220,6 @@ pub enum Argon2ParamsError {
     Hashing(password_hash::Error),
 }
 
-/// The config check collects every problem as text, each under its key.
-impl From<Argon2ParamsError> for String {
-    fn from(e: Argon2ParamsError) -> String {
-        e.to_string()
-    }
-}
-
 impl Argon2Params {
     /// Lets config loading reject bad costs at startup instead of at the first login.
     pub fn validate(&self) -> Result<(), Argon2ParamsError> {

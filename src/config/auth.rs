@@ -62,7 +62,7 @@ pub fn argon2(section: &CredentialsSection, problems: &mut Vec<Problem>) -> Argo
         parallelism: section.argon2_parallelism.unwrap_or(defaults.parallelism),
     };
     if let Err(e) = argon2.validate() {
-        problem(problems, "credentials.argon2_*", e);
+        problem(problems, "credentials.argon2_*", e.to_string());
     }
     if argon2.memory_kib < 8192 {
         problem(

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
 use crate::logging::LogFormat;
-use crate::settings_check::{problem, Problem};
+use crate::settings_check::{one_of, problem, Problem};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -13,6 +13,8 @@ pub struct LogSection {
     level: Option<String>,
     format: Option<String>,
 }
+
+const FORMATS: [(&str, LogFormat); 2] = [("text", LogFormat::Text), ("json", LogFormat::Json)];
 
 /// The level (default `info`) and the format (default text).
 pub fn check(section: LogSection, problems: &mut Vec<Problem>) -> (String, LogFormat) {
@@ -24,17 +26,7 @@ pub fn check(section: LogSection, problems: &mut Vec<Problem>) -> (String, LogFo
             format!("{level:?} is not a level or filter (try info, debug, warn)"),
         );
     }
-    let format = match section.format.as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(other) => {
-            problem(
-                problems,
-                "log.format",
-                format!("{other:?}: use text or json"),
-            );
-            LogFormat::Text
-        }
-    };
+    let format = one_of(problems, "log.format", section.format.as_deref(), &FORMATS)
+        .unwrap_or(LogFormat::Text);
     (level, format)
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::policy::{check_reply_text, NullSender, PolicySettings, ReplyTexts};
 use crate::proto::postfix_policy::Limits as CodecLimits;
-use crate::settings_check::{problem, Problem, Within};
+use crate::settings_check::{one_of, problem, Problem, Within};
 use crate::store::{parse_networks, parse_window, LimitWindow, SendLimits};
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +44,9 @@ pub struct RepliesSection {
     over_limit: Option<String>,
 }
 
+const NULL_SENDER: [(&str, NullSender); 2] =
+    [("allow", NullSender::Allow), ("refuse", NullSender::Refuse)];
+
 pub fn check(section: PolicySection, problems: &mut Vec<Problem>) -> PolicySettings {
     let defaults = PolicySettings::default();
     let subaddress_delimiters = section
@@ -60,18 +63,13 @@ pub fn check(section: PolicySection, problems: &mut Vec<Problem>) -> PolicySetti
             "use up to 8 punctuation characters such as \"+\" or \"+-\" (\"\" turns sub-addressing off)",
         );
     }
-    let null_sender = match section.null_sender.as_deref() {
-        None | Some("allow") => NullSender::Allow,
-        Some("refuse") => NullSender::Refuse,
-        Some(other) => {
-            problem(
-                problems,
-                "policy.null_sender",
-                format!("{other:?}: use allow or refuse"),
-            );
-            NullSender::Allow
-        }
-    };
+    let null_sender = one_of(
+        problems,
+        "policy.null_sender",
+        section.null_sender.as_deref(),
+        &NULL_SENDER,
+    )
+    .unwrap_or(NullSender::Allow);
     let mut trusted_networks = Vec::new();
     for (i, n) in section
         .trusted_networks
@@ -134,7 +132,7 @@ fn limits(entries: Vec<LimitEntry>, problems: &mut Vec<Problem>) -> SendLimits {
         let seconds = match entry.window.as_deref().map(parse_window) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                problem(problems, &format!("{key}.window"), e);
+                problem(problems, &format!("{key}.window"), e.to_string());
                 continue;
             }
             None => {
@@ -153,7 +151,7 @@ fn limits(entries: Vec<LimitEntry>, problems: &mut Vec<Problem>) -> SendLimits {
         });
     }
     SendLimits::new(windows).unwrap_or_else(|e| {
-        problem(problems, "policy.limits", e);
+        problem(problems, "policy.limits", e.to_string());
         SendLimits::none()
     })
 }
@@ -163,7 +161,7 @@ fn replies(section: RepliesSection, problems: &mut Vec<Problem>) -> ReplyTexts {
     let mut pick = |value: Option<String>, default: String, key: &str, class, names| {
         let text = value.unwrap_or(default);
         if let Err(e) = check_reply_text(&text, class, names) {
-            problem(problems, &format!("policy.replies.{key}"), e);
+            problem(problems, &format!("policy.replies.{key}"), e.to_string());
         }
         text
     };

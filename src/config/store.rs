@@ -70,6 +70,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::parse;
+    use crate::test_support::file_in_tempdir;
 
     #[test]
     fn the_store_query_timeout_has_a_default_and_bounds() {
@@ -83,9 +84,7 @@ mod tests {
 
     #[test]
     fn url_from_file_is_read_and_hidden_in_debug() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("url");
-        std::fs::write(&path, "postgres://mail:s3cret@127.0.0.1/mail\n").unwrap();
+        let (_dir, path) = file_in_tempdir("url", "postgres://mail:s3cret@127.0.0.1/mail\n");
         let c = parse(&format!("[store]\nurl_file = {:?}\n", path)).unwrap();
         assert_eq!(
             c.store.url.expose(),

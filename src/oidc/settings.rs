@@ -7,7 +7,7 @@ use openidconnect::url::{self, Url};
 use serde::Deserialize;
 
 use crate::secret::Secret;
-use crate::settings_check::{inline_or_file, problem, trimmed, Problem, Within};
+use crate::settings_check::{inline_or_file, one_of, problem, trimmed, Problem, Within};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -134,6 +134,11 @@ fn claim_name(
     name.trim().to_string()
 }
 
+const CLIENT_AUTH: [(&str, ClientAuth); 2] = [
+    ("client_secret_basic", ClientAuth::Basic),
+    ("client_secret_post", ClientAuth::Post),
+];
+
 /// `None` when a required key is missing or broken; the problems say which.
 pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSettings> {
     // Kept as written: ID tokens must name the issuer exactly, and a parsed URL would gain a
@@ -147,31 +152,23 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
         section.jwks_uri.is_some(),
     ];
     let endpoints = if explicit_keys.iter().any(|k| *k) {
-        let authorization = parse_url(
-            section.authorization_endpoint.as_deref(),
-            "oidc.authorization_endpoint",
-            true,
-            problems,
-        );
-        let token = parse_url(
-            section.token_endpoint.as_deref(),
-            "oidc.token_endpoint",
-            true,
-            problems,
-        );
-        let jwks = parse_url(section.jwks_uri.as_deref(), "oidc.jwks_uri", true, problems);
-        let userinfo = parse_url(
-            section.userinfo_endpoint.as_deref(),
-            "oidc.userinfo_endpoint",
-            false,
-            problems,
-        );
-        let end_session = parse_url(
-            section.end_session_endpoint.as_deref(),
-            "oidc.end_session_endpoint",
-            false,
-            problems,
-        );
+        // (value, key, required), checked in this order.
+        let [authorization, token, jwks, userinfo, end_session] = [
+            (
+                &section.authorization_endpoint,
+                "oidc.authorization_endpoint",
+                true,
+            ),
+            (&section.token_endpoint, "oidc.token_endpoint", true),
+            (&section.jwks_uri, "oidc.jwks_uri", true),
+            (&section.userinfo_endpoint, "oidc.userinfo_endpoint", false),
+            (
+                &section.end_session_endpoint,
+                "oidc.end_session_endpoint",
+                false,
+            ),
+        ]
+        .map(|(value, key, required)| parse_url(value.as_deref(), key, required, problems));
         match (authorization, token, jwks) {
             (Some(authorization), Some(token), Some(jwks)) => Some(ExplicitEndpoints {
                 authorization,
@@ -212,19 +209,13 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
     .map(Secret::from)
     .filter(|s| !s.is_empty());
 
-    let client_auth = match section.token_endpoint_auth_method.as_deref() {
-        None => None,
-        Some("client_secret_basic") => Some(ClientAuth::Basic),
-        Some("client_secret_post") => Some(ClientAuth::Post),
-        Some(other) => {
-            problem(
-                problems,
-                "oidc.token_endpoint_auth_method",
-                format!("{other:?}: use client_secret_basic or client_secret_post"),
-            );
-            None
-        }
-    };
+    // Unset: as the provider advertises (`oidc::client_auth`).
+    let client_auth = one_of(
+        problems,
+        "oidc.token_endpoint_auth_method",
+        section.token_endpoint_auth_method.as_deref(),
+        &CLIENT_AUTH,
+    );
 
     let redirect_url = parse_url(
         section.redirect_url.as_deref(),
@@ -302,12 +293,11 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
 mod tests {
     use crate::config::parse;
     use crate::config::tests::assert_reported;
+    use crate::test_support::file_in_tempdir;
 
     #[test]
     fn oidc_and_web_sections_get_their_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "s3cret-client\n").unwrap();
+        let (_dir, secret) = file_in_tempdir("secret", "s3cret-client\n");
         let text = format!(
             "[oidc]\nissuer = \"https://sso.example.org/realms/x\"\nclient_id = \"mail\"\n\
              client_secret_file = {secret:?}\nredirect_url = \"https://mail.example.org/callback\"\n[web]\n"

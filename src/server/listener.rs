@@ -47,13 +47,6 @@ impl Endpoint {
 #[error("{0:?} is neither unix:/path nor tcp:ADDRESS:PORT")]
 pub struct EndpointError(String);
 
-/// The config check collects problems as text.
-impl From<EndpointError> for String {
-    fn from(e: EndpointError) -> Self {
-        e.to_string()
-    }
-}
-
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -58,7 +58,7 @@ pub fn check_listener(
             .filter_map(|l| match Endpoint::parse(l) {
                 Ok(e) => Some(e),
                 Err(msg) => {
-                    problem(problems, &format!("{name}.listen"), msg);
+                    problem(problems, &format!("{name}.listen"), msg.to_string());
                     None
                 }
             })

@@ -8,10 +8,11 @@
 //! uses ([`Counts::standing`]). Every call goes through [`Redis::call`], which bounds it
 //! and keeps the connection's health.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::Script;
+use ::redis::{Script, ScriptInvocation};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
@@ -70,7 +71,13 @@ impl RedisStandings {
         }
     }
 
-    async fn scan(&self, cursor: u64, pattern: &str) -> Result<(u64, Vec<String>), CallError> {
+    /// One SCAN step: the next cursor, and the throttle keys among the names it returned,
+    /// each with its name.
+    async fn scan(
+        &self,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<(String, ThrottleKey)>), CallError> {
         let (next, names): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
@@ -80,11 +87,12 @@ impl RedisStandings {
             .query_async(&mut self.redis.connection())
             .await?;
         // Our keys are UTF-8; anything else under the prefix is not ours to read.
-        let names = names
+        let keys = names
             .into_iter()
             .filter_map(|n| String::from_utf8(n).ok())
+            .filter_map(|name| self.parse_key_name(&name).map(|key| (name, key)))
             .collect();
-        Ok((next, names))
+        Ok((next, keys))
     }
 
     /// The counting fields of each named hash, one round trip.
@@ -109,6 +117,26 @@ impl RedisStandings {
             ThrottleKey::Network(net) => format!("{}net:{net}", self.prefix),
             ThrottleKey::Account(name) => format!("{}acct:{name}", self.prefix),
         }
+    }
+
+    /// `call` within the deadline of a call on a login's path, `redis_timeout`; `op`
+    /// names it in the log and the health state.
+    async fn on_login_path<T>(
+        &self,
+        op: &'static str,
+        config: &ThrottleConfig,
+        call: impl Future<Output = Result<T, CallError>>,
+    ) -> Result<T, NoAnswer> {
+        Ok(self.redis.call(op, config.redis_timeout, call).await?)
+    }
+
+    /// A run of `script` whose KEYS are the hashes of `keys`, in their order.
+    fn invoke_on<'s>(&self, script: &'s Script, keys: &[ThrottleKey]) -> ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(self.key_name(key));
+        }
+        invocation
     }
 
     fn parse_key_name(&self, name: &str) -> Option<ThrottleKey> {
@@ -172,7 +200,7 @@ impl SharedStandings for RedisStandings {
                 .collect();
             Ok::<_, CallError>((standings, known))
         };
-        Ok(self.redis.call("check", config.redis_timeout, call).await?)
+        self.on_login_path("check", config, call).await
     }
 
     async fn standings(&self, query: Query<'_>) -> Result<Vec<Standing>, NoAnswer> {
@@ -187,7 +215,7 @@ impl SharedStandings for RedisStandings {
                     .collect(),
             )
         };
-        Ok(self.redis.call("check", config.redis_timeout, call).await?)
+        self.on_login_path("check", config, call).await
     }
 
     async fn record_failure(&self, query: Query<'_>, fingerprint: u64) -> Result<(), NoAnswer> {
@@ -196,10 +224,7 @@ impl SharedStandings for RedisStandings {
         let call = async {
             let window = millis(config.window);
             let block = millis(config.block_duration);
-            let mut script = self.fail.prepare_invoke();
-            for key in keys {
-                script.key(self.key_name(key));
-            }
+            let mut script = self.invoke_on(&self.fail, keys);
             script
                 .arg(now)
                 .arg(fingerprint.to_string())
@@ -220,10 +245,7 @@ impl SharedStandings for RedisStandings {
             }
             Ok::<_, CallError>(())
         };
-        Ok(self
-            .redis
-            .call("record_failure", config.redis_timeout, call)
-            .await?)
+        self.on_login_path("record_failure", config, call).await
     }
 
     async fn record_success(
@@ -234,10 +256,7 @@ impl SharedStandings for RedisStandings {
         let Query { keys, now, config } = query;
         // `succeed.lua` for the keys, then `remember.lua` for the owner's network.
         let call = async {
-            let mut script = self.succeed.prepare_invoke();
-            for key in keys {
-                script.key(self.key_name(key));
-            }
+            let mut script = self.invoke_on(&self.succeed, keys);
             script
                 .arg(now)
                 .arg(millis(config.window))
@@ -260,10 +279,7 @@ impl SharedStandings for RedisStandings {
             }
             Ok::<_, CallError>(())
         };
-        Ok(self
-            .redis
-            .call("record_success", config.redis_timeout, call)
-            .await?)
+        self.on_login_path("record_success", config, call).await
     }
 
     async fn list(
@@ -277,11 +293,7 @@ impl SharedStandings for RedisStandings {
             let pattern = format!("{}*", glob_escape(&self.prefix));
             let mut cursor = 0u64;
             loop {
-                let (next, names) = self.scan(cursor, &pattern).await?;
-                let keys: Vec<(String, ThrottleKey)> = names
-                    .into_iter()
-                    .filter_map(|name| self.parse_key_name(&name).map(|key| (name, key)))
-                    .collect();
+                let (next, keys) = self.scan(cursor, &pattern).await?;
                 let names: Vec<String> = keys.iter().map(|(name, _)| name.clone()).collect();
                 let counts = self.counts(&names).await?;
                 for ((_, key), counts) in keys.into_iter().zip(counts) {
@@ -328,10 +340,9 @@ impl SharedStandings for RedisStandings {
             let mut removed = Vec::new();
             let mut cursor = 0u64;
             loop {
-                let (next, names) = self.scan(cursor, &pattern).await?;
-                let doomed: Vec<(String, ThrottleKey)> = names
+                let (next, keys) = self.scan(cursor, &pattern).await?;
+                let doomed: Vec<(String, ThrottleKey)> = keys
                     .into_iter()
-                    .filter_map(|name| self.parse_key_name(&name).map(|key| (name, key)))
                     .filter(|(_, key)| filter.matches(key))
                     .collect();
                 if !doomed.is_empty() {

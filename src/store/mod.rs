@@ -85,8 +85,9 @@ pub use url::DatabaseUrl;
 
 use crate::clock::UnixTime;
 
-/// How the store connects; from the `[store]` config section.
-#[derive(Clone, Debug)]
+/// How the store connects; from the `[store]` config section. Read once at start-up: a
+/// reload that changes any of it says the store waits for a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     pub url: DatabaseUrl,
     pub max_connections: u32,

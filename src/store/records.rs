@@ -8,7 +8,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::clock::UnixTime;
-use crate::names::{Protocol, Protocols};
+use crate::names::{by_name, Protocol, Protocols};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Domain {
@@ -101,6 +101,8 @@ pub enum AuthSource {
 }
 
 impl AuthSource {
+    pub const ALL: [AuthSource; 2] = [AuthSource::Local, AuthSource::Oidc];
+
     pub fn name(self) -> &'static str {
         match self {
             AuthSource::Local => "local",
@@ -112,19 +114,12 @@ impl AuthSource {
 impl FromStr for AuthSource {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "local" => Ok(AuthSource::Local),
-            "oidc" => Ok(AuthSource::Oidc),
-            other => Err(ValueError::AuthSource(other.to_string())),
-        }
+        by_name(&AuthSource::ALL, AuthSource::name, s)
+            .ok_or_else(|| ValueError::AuthSource(s.trim().to_ascii_lowercase()))
     }
 }
 
-impl fmt::Display for AuthSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+display_via!(AuthSource, name);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Template {
@@ -575,16 +570,9 @@ pub enum LimitsError {
     Count(String),
 }
 
-// The command line and the config checks collect messages (`impl Into<String>`); these let
-// them take a typed error where they took its text before.
+// The command line's `CliError::usage(impl Into<String>)` takes a value's error this way.
 impl From<ValueError> for String {
     fn from(e: ValueError) -> String {
-        e.to_string()
-    }
-}
-
-impl From<LimitsError> for String {
-    fn from(e: LimitsError) -> String {
         e.to_string()
     }
 }

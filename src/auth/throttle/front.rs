@@ -309,10 +309,21 @@ impl Throttle {
         }
     }
 
+    /// The settings now in force, and the keys they count an attempt against; `None` when
+    /// they count it against nothing.
+    fn counted(
+        &self,
+        rip: Option<IpAddr>,
+        account: &str,
+    ) -> Option<(Arc<ThrottleConfig>, Vec<ThrottleKey>)> {
+        let config = self.config();
+        let keys = counted_keys(&config, rip, account)?;
+        Some((config, keys))
+    }
+
     /// Whether, and how long, an attempt must wait before credentials are checked.
     pub async fn check(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) -> Verdict {
-        let config = self.config();
-        let Some(keys) = counted_keys(&config, rip, account) else {
+        let Some((config, keys)) = self.counted(rip, account) else {
             return Verdict::Allow;
         };
         if let Some(redis) = self.shared_for_login() {
@@ -333,8 +344,7 @@ impl Throttle {
         secret_fingerprint: u64,
         now: UnixMillis,
     ) {
-        let config = self.config();
-        let Some(keys) = counted_keys(&config, rip, account) else {
+        let Some((config, keys)) = self.counted(rip, account) else {
             return;
         };
         if let Some(redis) = self.shared_for_login() {
@@ -350,8 +360,7 @@ impl Throttle {
 
     /// A success relaxes its network (at most once a minute) and clears its account.
     pub async fn record_success(&self, rip: Option<IpAddr>, account: &str, now: UnixMillis) {
-        let config = self.config();
-        let Some(keys) = counted_keys(&config, rip, account) else {
+        let Some((config, keys)) = self.counted(rip, account) else {
             return;
         };
         if let Some(redis) = self.shared_for_login() {
@@ -510,7 +519,7 @@ mod tests {
 
     #[tokio::test]
     async fn reconfigure_changes_delays_thresholds_and_trust_live() {
-        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
+        let t = test_throttle();
         fail(&t, "192.0.2.1", 0, 3).await;
         assert_eq!(
             t.check(ip("192.0.2.1"), "", T0).await,
@@ -551,7 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_redis_list_and_clear_use_memory() {
-        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
+        let t = test_throttle();
         fail(&t, "192.0.2.1", 0, 5).await;
         let listed = t.list(T0).await;
         assert_eq!(listed.len(), 1);
@@ -574,15 +583,23 @@ mod tests {
         }
     }
 
+    /// In memory, with the settings of [`config`].
+    fn test_throttle() -> Throttle {
+        Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]))
+    }
+
+    /// A counted attempt from 192.0.2.1, naming no account, at `T0`.
+    async fn admit_guess<'t>(t: &'t Throttle, secret: &str) -> (Verdict, Ticket<'t>) {
+        t.admit(attempt(t, "192.0.2.1", "", secret), T0).await
+    }
+
     #[tokio::test]
     async fn attempts_in_flight_count_toward_delays_and_blocks() {
-        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
+        let t = test_throttle();
         let mut held = Vec::new();
         let mut verdicts = Vec::new();
         for i in 0..5 {
-            let (verdict, ticket) = t
-                .admit(attempt(&t, "192.0.2.1", "", &format!("guess {i}")), T0)
-                .await;
+            let (verdict, ticket) = admit_guess(&t, &format!("guess {i}")).await;
             verdicts.push(verdict);
             held.push(ticket);
         }
@@ -601,7 +618,7 @@ mod tests {
         assert_eq!(t.memory.in_flight(), 5);
         // Five in flight reach network_block_after: the sixth is refused before it is
         // decided, and takes no place.
-        let (sixth, ticket) = t.admit(attempt(&t, "192.0.2.1", "", "guess 5"), T0).await;
+        let (sixth, ticket) = admit_guess(&t, "guess 5").await;
         assert!(matches!(sixth, Verdict::Blocked { .. }), "{sixth:?}");
         t.settle(ticket, Settlement::Neither, T0).await;
         assert_eq!(t.memory.in_flight(), 5);
@@ -621,11 +638,9 @@ mod tests {
 
     #[tokio::test]
     async fn successes_and_outages_free_their_place_and_count_nothing() {
-        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
+        let t = test_throttle();
         for i in 0..20 {
-            let (verdict, ticket) = t
-                .admit(attempt(&t, "192.0.2.1", "", &format!("s {i}")), T0)
-                .await;
+            let (verdict, ticket) = admit_guess(&t, &format!("s {i}")).await;
             assert_eq!(verdict, Verdict::Allow, "attempt {i}");
             let settlement = if i % 2 == 0 {
                 Settlement::Success
@@ -640,11 +655,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_attempt_counts_as_a_failure() {
-        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
+        let t = test_throttle();
         for i in 0..5 {
-            let (_, ticket) = t
-                .admit(attempt(&t, "192.0.2.1", "", &format!("c {i}")), T0)
-                .await;
+            let (_, ticket) = admit_guess(&t, &format!("c {i}")).await;
             drop(ticket);
         }
         assert_eq!(t.memory.in_flight(), 0);
@@ -656,12 +669,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_repeat_takes_no_place_and_no_penalty_counts_nothing() {
-        let t = Throttle::in_memory(config(), Fingerprinter::with_key([3; 32]));
-        let (_, ticket) = t.admit(attempt(&t, "192.0.2.1", "", "stale"), T0).await;
+        let t = test_throttle();
+        let (_, ticket) = admit_guess(&t, "stale").await;
         t.settle(ticket, Settlement::Failure, T0).await;
         let mut held = Vec::new();
         for _ in 0..10 {
-            let (verdict, ticket) = t.admit(attempt(&t, "192.0.2.1", "", "stale"), T0).await;
+            let (verdict, ticket) = admit_guess(&t, "stale").await;
             assert!(!matches!(verdict, Verdict::Blocked { .. }));
             held.push(ticket);
         }

@@ -4,7 +4,6 @@
 //! config check. A Redis URL is a value here: it is checked with the redis client's own
 //! parser, and only the `shared_state` module ever connects to it.
 
-use std::fmt;
 use std::time::Duration;
 
 use ::redis::{IntoConnectionInfo, RedisError};
@@ -234,17 +233,7 @@ impl RedisUrl {
     }
 }
 
-impl fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RedisUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
+fmt_via_redacted!(RedisUrl);
 
 /// A Redis URL the redis client does not accept, with what to write instead. The client's
 /// own parse errors never repeat the URL, so this is safe to show.
