@@ -267,10 +267,11 @@ fn render(
         }
         DeviceKind::Android => {
             let payload = android::payload(settings, account).map_err(setup_refused)?;
-            match request.format {
+            let image = match request.format {
                 ImageFormat::Png => android::png(&payload),
-                ImageFormat::Svg => android::svg(&payload).into_bytes(),
-            }
+                ImageFormat::Svg => android::svg(&payload).map(String::into_bytes),
+            };
+            image.map_err(|e| CliError::refused(e.to_string()))?
         }
         DeviceKind::Settings if json => {
             let mut text = manual::json(settings, account).to_string();
