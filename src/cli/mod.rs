@@ -73,6 +73,9 @@ pub enum Command {
     /// App passwords for mail clients
     #[command(subcommand, name = "app-password")]
     AppPassword(AppPasswordCommand),
+    /// Set up a phone or mail program: a profile with a fresh app password
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Aliases: addresses delivered to (and sendable by) other mailboxes
     #[command(subcommand)]
     Alias(AliasCommand),
@@ -341,6 +344,82 @@ pub enum AppPasswordCommand {
     List { address: String },
     /// Revoke an app password; the next login with it fails
     Revoke { address: String, id: i64 },
+}
+
+const DEVICE_PROFILE_HELP: &str = "\
+Issues an app password for the protocols given (the mailbox must allow them) and writes it
+into what the device reads:
+
+  apple     an Apple configuration profile (.mobileconfig) for iPhone, iPad and Mac,
+            signed when [clients] has profile_certificate and profile_key
+  android   the QR code Thunderbird for Android scans (PNG, or SVG with --format svg)
+  settings  the servers, user name and password to type in (JSON with --json)
+
+The servers come from [clients] (or web.mail_host on the standard ports). The password is
+inside the output and shown nowhere else; the app password's id and name go to standard
+error. --output files are created with mode 0600 and never overwritten. A profile or PNG is
+not written to a terminal: give --output, or redirect standard output.
+
+Examples:
+  mailauthd device profile alice@example.org --kind apple --protocols imap,smtp \\
+    --output alice.mobileconfig
+  mailauthd device profile alice@example.org --kind android --protocols imap,smtp \\
+    --output alice.png
+  mailauthd --json device profile alice@example.org --kind settings --protocols imap,smtp
+
+Revoke it like any other: mailauthd app-password revoke ADDRESS ID
+
+Exit codes:
+  0  written
+  1  refused (no such mailbox, a protocol it does not allow, device setup off, the file
+     exists); no app password was kept
+  2  usage error (unknown option, malformed value)
+  3  temporary failure (database unreachable): try again later";
+
+/// What `device profile` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceKind {
+    /// Apple configuration profile (.mobileconfig) for iPhone, iPad and Mac
+    Apple,
+    /// QR code for Thunderbird for Android
+    Android,
+    /// The settings to type into any other mail program
+    Settings,
+}
+
+/// The picture format of the Android QR code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFormat {
+    Png,
+    Svg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Write a device profile carrying a new app password
+    #[command(after_help = DEVICE_PROFILE_HELP)]
+    Profile {
+        address: String,
+        /// apple, android or settings
+        #[arg(long, value_enum)]
+        kind: DeviceKind,
+        /// What the app password may do: imap,pop3,sieve,smtp (each allowed by the mailbox)
+        #[arg(long, value_name = "LIST")]
+        protocols: String,
+        /// The app password's name [default: after the kind, e.g. "Android"; numbered
+        /// " (2)" when taken]
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Day the app password stops working (YYYY-MM-DD, from 00:00 UTC)
+        #[arg(long, value_name = "DATE")]
+        expires: Option<String>,
+        /// Write to this new file (mode 0600) instead of standard output
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The QR code's format, for --kind android [default: png]
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        format: Option<ImageFormat>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

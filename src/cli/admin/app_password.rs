@@ -42,7 +42,7 @@ pub(super) async fn run(ctx: &Ctx, command: AppPasswordCommand) -> Result<(), Cl
 
 /// `--expires YYYY-MM-DD`: the start of that day (UTC), so "expires 2027-06-01" stops
 /// working then. It must be in the future.
-fn expiry(ctx: &Ctx, expires: Option<&str>) -> Result<Option<UnixTime>, CliError> {
+pub(super) fn expiry(ctx: &Ctx, expires: Option<&str>) -> Result<Option<UnixTime>, CliError> {
     let Some(d) = expires else {
         return Ok(None);
     };

@@ -10,6 +10,7 @@
 mod alias;
 mod alias_domain;
 mod app_password;
+mod device;
 mod domain;
 mod mailbox;
 mod mapping;
@@ -131,6 +132,7 @@ pub async fn run(
         Command::Template(c) => template::run(&ctx, c).await,
         Command::Mapping(c) => mapping::run(&ctx, c).await,
         Command::AppPassword(c) => app_password::run(&ctx, c).await,
+        Command::Device(c) => device::run(&ctx, c).await,
         Command::Alias(c) => alias::run(&ctx, c).await,
         Command::SendAs(c) => send_as::run(&ctx, c).await,
         Command::Serve
