@@ -42,3 +42,88 @@ pub enum SetupError {
     #[error("no server for {0} is configured for mail clients (see [clients])")]
     NotOffered(crate::names::Protocol),
 }
+
+/// Settings and accounts the format tests share.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{ClientSettings, DeviceAccount, Security, Server};
+    use crate::names::Protocols;
+
+    fn server(host: &str, port: u16, security: Security) -> Option<Server> {
+        Some(Server {
+            host: host.to_string(),
+            port,
+            security,
+        })
+    }
+
+    /// IMAP and POP3 over TLS, submission with STARTTLS, ManageSieve.
+    pub fn settings() -> ClientSettings {
+        ClientSettings {
+            imap: server("imap.example.org", 993, Security::Tls),
+            pop3: server("pop.example.org", 995, Security::Tls),
+            smtp: server("smtp.example.org", 587, Security::StartTls),
+            sieve: server("imap.example.org", 4190, Security::StartTls),
+            profile_identifier: "org.example.mail".to_string(),
+            profile_signing: None,
+        }
+    }
+
+    pub fn account<'a>(protocols: &str, password: Option<&'a str>) -> DeviceAccount<'a> {
+        DeviceAccount {
+            address: "jane@example.org",
+            display_name: "Jane Doe",
+            password,
+            protocols: Protocols::parse_list(protocols).unwrap_or_default(),
+        }
+    }
+}
+
+/// Reads generated XML back for the tests: every element without children and every
+/// attribute, in document order, as (`a/b/c` or `a/b/@attr`, unescaped text).
+#[cfg(test)]
+pub(crate) fn xml_leaves(xml: &str) -> Vec<(String, String)> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut path: Vec<String> = Vec::new();
+    let mut leaves = Vec::new();
+    let mut text = String::new();
+    let mut had_child = Vec::new();
+    loop {
+        match reader.read_event().unwrap() {
+            Event::Start(e) => {
+                if let Some(last) = had_child.last_mut() {
+                    *last = true;
+                }
+                path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap());
+                for a in e.attributes() {
+                    let a = a.unwrap();
+                    let key = String::from_utf8(a.key.as_ref().to_vec()).unwrap();
+                    let value = a.unescape_value().unwrap().into_owned();
+                    leaves.push((format!("{}/@{key}", path.join("/")), value));
+                }
+                had_child.push(false);
+                text.clear();
+            }
+            Event::Empty(e) => {
+                if let Some(last) = had_child.last_mut() {
+                    *last = true;
+                }
+                let name = String::from_utf8(e.name().as_ref().to_vec()).unwrap();
+                leaves.push((format!("{}/{name}", path.join("/")), String::new()));
+            }
+            Event::Text(t) => text.push_str(&t.unescape().unwrap()),
+            Event::End(_) => {
+                if had_child.pop() == Some(false) {
+                    leaves.push((path.join("/"), text.clone()));
+                }
+                path.pop();
+                text.clear();
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert!(path.is_empty(), "unclosed elements in {xml}");
+    leaves
+}
