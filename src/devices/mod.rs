@@ -110,7 +110,14 @@ pub(crate) fn xml_leaves(xml: &str) -> Vec<(String, String)> {
                     *last = true;
                 }
                 let name = String::from_utf8(e.name().as_ref().to_vec()).unwrap();
-                leaves.push((format!("{}/{name}", path.join("/")), String::new()));
+                let here = format!("{}/{name}", path.join("/"));
+                for a in e.attributes() {
+                    let a = a.unwrap();
+                    let key = String::from_utf8(a.key.as_ref().to_vec()).unwrap();
+                    let value = a.unescape_value().unwrap().into_owned();
+                    leaves.push((format!("{here}/@{key}"), value));
+                }
+                leaves.push((here, String::new()));
             }
             Event::Text(t) => text.push_str(&t.unescape().unwrap()),
             Event::End(_) => {
