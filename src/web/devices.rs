@@ -342,16 +342,23 @@ pub async fn form(State(state): State<AppState>, headers: HeaderMap) -> Response
 }
 
 /// What the device is made of: the setup without a password first (to refuse a choice
-/// that cannot work before any app password exists), then with it.
+/// that cannot work before any app password exists), then with it. `Err` is a sentence
+/// for the person.
 fn build(
     state: &WebState,
     clients: &ClientSettings,
     kind: Kind,
     account: &DeviceAccount<'_>,
-) -> Result<Built, SetupError> {
+) -> Result<Built, String> {
+    let setup = |e: SetupError| account::sentence(&e.to_string());
     Ok(match kind {
-        Kind::Apple => Built::Apple(apple::profile(clients, account, &state.settings.title)?),
-        Kind::Android => Built::Android(android::svg(&android::payload(clients, account)?)),
+        Kind::Apple => {
+            Built::Apple(apple::profile(clients, account, &state.settings.title).map_err(setup)?)
+        }
+        Kind::Android => {
+            let payload = android::payload(clients, account).map_err(setup)?;
+            Built::Android(android::svg(&payload).map_err(|e| account::sentence(&e.to_string()))?)
+        }
         Kind::Other => Built::Other(manual::text(clients, account)),
     })
 }
@@ -450,8 +457,8 @@ pub async fn create(
         password: None,
         protocols: chosen,
     };
-    if let Err(e) = build(&state, &clients, kind, &account) {
-        return refuse(&account::sentence(&e.to_string()));
+    if let Err(why) = build(&state, &clients, kind, &account) {
+        return refuse(&why);
     }
     let name = if typed_name.is_empty() {
         kind.default_name()
@@ -496,7 +503,7 @@ pub async fn create(
         }),
         Ok(Built::Android(svg)) => Ok((None, How::Android { svg })),
         Ok(Built::Other(text)) => Ok((None, How::Other { text })),
-        Err(e) => Err(e.to_string()),
+        Err(why) => Err(why),
     };
     let stored = made.and_then(|(profile, mut how)| {
         if let (Some(bytes), How::Apple { download, .. }) = (profile, &mut how) {
