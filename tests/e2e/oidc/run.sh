@@ -404,7 +404,7 @@ android_secret=$(json 'j.secret || ""' <<<"$out")
 DEVICE_SECRETS+=("$android_secret" "$(json 'j.done || ""' <<<"$out")")
 qr=$(json 'j.qr || ""' <<<"$out")
 qr_password=
-if [ -s "$qr" ] && zbarimg --raw -q "$qr" >"$TMP/qr.txt" 2>&1 &&
+if [ -s "$qr" ] && zbarimg --raw -q "$qr" >"$TMP/qr.txt" 2>"$TMP/zbarimg.err" &&
 	qr_password=$(python3 -c '
 import json, sys
 secret = sys.argv[2]
@@ -424,7 +424,7 @@ print(found[0])
 	ok "an Android device's QR code (screenshot) decodes with zbarimg to JSON carrying the password shown once"
 else
 	not_ok "an Android device's QR code decodes to JSON with the password" "$out
-$(cat "$TMP/qr.txt" "$TMP/qr-json.txt" 2>/dev/null)"
+$(cat "$TMP/qr.txt" "$TMP/zbarimg.err" "$TMP/qr-json.txt" 2>/dev/null)"
 fi
 if [ "$(json 'j.reloadShowsSecret' <<<"$out")" = false ] && [ "$(app_count)" = $((apps_before + 1)) ]; then
 	ok "reloading the Android result page shows no password again and makes no second app password"
