@@ -800,3 +800,85 @@ async fn a_profile_certificate_that_cannot_be_loaded_stops_the_start() {
     assert!(text.contains("clients.profile_certificate"), "{text}");
     assert!(text.contains("/nonexistent/cert.pem"), "{text}");
 }
+
+/// A self-signed certificate and its key, as PEM files in `dir`.
+fn signing_files(dir: &std::path::Path, cn: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509};
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut cert = x509::X509Builder::new().unwrap();
+    cert.set_version(2).unwrap();
+    cert.set_subject_name(&name).unwrap();
+    cert.set_issuer_name(&name).unwrap();
+    cert.set_pubkey(&key).unwrap();
+    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    cert.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    cert.sign(&key, MessageDigest::sha256()).unwrap();
+    let (cert_path, key_path) = (dir.join("profile.crt"), dir.join("profile.key"));
+    std::fs::write(&cert_path, cert.build().to_pem().unwrap()).unwrap();
+    std::fs::write(&key_path, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (cert_path, key_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_profile_names_its_signer_and_verifies() {
+    let keys = tempfile::tempdir().unwrap();
+    let (cert, key) = signing_files(keys.path(), "Example <Profiles>");
+    let (site, _core, _dir) = start_with(&format!(
+        "[clients]\nhost = \"mail.example.org\"\nprofile_certificate = {cert:?}\nprofile_key = {key:?}\n"
+    ))
+    .await;
+    let alice = site.sign_in("alice@example.org").await;
+    let r = site
+        .set_up(&alice, &[("kind", "apple"), ("imap", "on")])
+        .await;
+    let first = site.get(&done_path(&r), Some(&alice)).await;
+    assert!(
+        first
+            .body
+            .contains("The profile is signed by Example &lt;Profiles&gt;."),
+        "{}",
+        first.body
+    );
+    let secret = first.by_id("app-password").unwrap();
+    let at = first.body.find("href=\"/devices/profile/").unwrap() + 6;
+    let link = first.body[at..at + first.body[at..].find('"').unwrap()].to_string();
+    let download = site
+        .http
+        .get(format!("{}{link}", site.base))
+        .header(COOKIE, &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), StatusCode::OK);
+    let der = download.bytes().await.unwrap();
+    // CMS SignedData with the profile inside; its signature checks against the certificate.
+    let signed = openssl::pkcs7::Pkcs7::from_der(&der).unwrap();
+    let cert =
+        openssl::x509::X509::from_pem(&std::fs::read(keys.path().join("profile.crt")).unwrap())
+            .unwrap();
+    let mut certs = openssl::stack::Stack::new().unwrap();
+    certs.push(cert).unwrap();
+    let store = openssl::x509::store::X509StoreBuilder::new()
+        .unwrap()
+        .build();
+    let mut inner = Vec::new();
+    signed
+        .verify(
+            &certs,
+            &store,
+            None,
+            Some(&mut inner),
+            openssl::pkcs7::Pkcs7Flags::NOVERIFY,
+        )
+        .unwrap();
+    let plist = String::from_utf8(inner).unwrap();
+    assert!(
+        plist.contains(&format!("<string>{secret}</string>")),
+        "{plist}"
+    );
+}
