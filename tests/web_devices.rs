@@ -268,10 +268,8 @@ fn elements(xml: &str, name: &str) -> Vec<HashMap<String, String>> {
                     fields.insert(child.clone(), t.unescape().unwrap().into_owned());
                 }
             }
-            Event::End(e) => {
-                if e.local_name().as_ref() == name.as_bytes() {
-                    found.extend(current.take());
-                }
+            Event::End(e) if e.local_name().as_ref() == name.as_bytes() => {
+                found.extend(current.take());
             }
             Event::Eof => break,
             _ => {}
