@@ -164,7 +164,8 @@ pub fn png(payload: &str) -> Result<Vec<u8>, TooLong> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{fixtures, xml_leaves};
+    use crate::devices::fixtures;
+    use crate::devices::fixtures::xml_leaves;
 
     #[test]
     fn the_payload_follows_format_version_1() {

@@ -289,10 +289,13 @@ impl ProfileSigner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{fixtures, xml_leaves};
+    use crate::devices::fixtures;
+    use crate::devices::fixtures::xml_leaves;
+
+    type Dict = Vec<(String, String)>;
 
     /// The plist's dictionaries as (key, value) pairs, inner payload first.
-    fn read_plist(bytes: &[u8]) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    fn read_plist(bytes: &[u8]) -> (Dict, Dict) {
         let xml = std::str::from_utf8(bytes).unwrap();
         assert!(xml.contains("<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\""));
         let leaves = xml_leaves(xml);

@@ -57,7 +57,8 @@ fn server_element(xml: &mut String, element: &str, kind: &str, server: &Server) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{fixtures, xml_leaves};
+    use crate::devices::fixtures;
+    use crate::devices::fixtures::xml_leaves;
 
     fn values<'a>(leaves: &'a [(String, String)], path: &str) -> Vec<&'a str> {
         leaves

@@ -62,12 +62,10 @@ pub fn requested_address(body: &[u8]) -> Result<Option<String>, Malformed> {
                 }
                 path.push(name);
             }
-            Event::Empty(e) => {
-                if path.is_empty() {
-                    return Err(malformed("the root element is not Autodiscover"));
-                }
-                let _ = e;
+            Event::Empty(_) if path.is_empty() => {
+                return Err(malformed("the root element is not Autodiscover"));
             }
+            Event::Empty(_) => {}
             Event::End(_) => {
                 path.pop();
             }
@@ -169,7 +167,8 @@ pub fn invalid_request() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::{fixtures, xml_leaves};
+    use crate::devices::fixtures;
+    use crate::devices::fixtures::xml_leaves;
 
     fn request(address: &str) -> String {
         format!(

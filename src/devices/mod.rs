@@ -77,60 +77,59 @@ pub(crate) mod fixtures {
             protocols: Protocols::parse_list(protocols).unwrap_or_default(),
         }
     }
-}
 
-/// Reads generated XML back for the tests: every element without children and every
-/// attribute, in document order, as (`a/b/c` or `a/b/@attr`, unescaped text).
-#[cfg(test)]
-pub(crate) fn xml_leaves(xml: &str) -> Vec<(String, String)> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut path: Vec<String> = Vec::new();
-    let mut leaves = Vec::new();
-    let mut text = String::new();
-    let mut had_child = Vec::new();
-    loop {
-        match reader.read_event().unwrap() {
-            Event::Start(e) => {
-                if let Some(last) = had_child.last_mut() {
-                    *last = true;
+    /// Reads generated XML back for the tests: every element without children and every
+    /// attribute, in document order, as (`a/b/c` or `a/b/@attr`, unescaped text).
+    pub fn xml_leaves(xml: &str) -> Vec<(String, String)> {
+        use quick_xml::events::Event;
+        let mut reader = quick_xml::Reader::from_str(xml);
+        let mut path: Vec<String> = Vec::new();
+        let mut leaves = Vec::new();
+        let mut text = String::new();
+        let mut had_child = Vec::new();
+        loop {
+            match reader.read_event().unwrap() {
+                Event::Start(e) => {
+                    if let Some(last) = had_child.last_mut() {
+                        *last = true;
+                    }
+                    path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap());
+                    for a in e.attributes() {
+                        let a = a.unwrap();
+                        let key = String::from_utf8(a.key.as_ref().to_vec()).unwrap();
+                        let value = a.unescape_value().unwrap().into_owned();
+                        leaves.push((format!("{}/@{key}", path.join("/")), value));
+                    }
+                    had_child.push(false);
+                    text.clear();
                 }
-                path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap());
-                for a in e.attributes() {
-                    let a = a.unwrap();
-                    let key = String::from_utf8(a.key.as_ref().to_vec()).unwrap();
-                    let value = a.unescape_value().unwrap().into_owned();
-                    leaves.push((format!("{}/@{key}", path.join("/")), value));
+                Event::Empty(e) => {
+                    if let Some(last) = had_child.last_mut() {
+                        *last = true;
+                    }
+                    let name = String::from_utf8(e.name().as_ref().to_vec()).unwrap();
+                    let here = format!("{}/{name}", path.join("/"));
+                    for a in e.attributes() {
+                        let a = a.unwrap();
+                        let key = String::from_utf8(a.key.as_ref().to_vec()).unwrap();
+                        let value = a.unescape_value().unwrap().into_owned();
+                        leaves.push((format!("{here}/@{key}"), value));
+                    }
+                    leaves.push((here, String::new()));
                 }
-                had_child.push(false);
-                text.clear();
+                Event::Text(t) => text.push_str(&t.unescape().unwrap()),
+                Event::End(_) => {
+                    if had_child.pop() == Some(false) {
+                        leaves.push((path.join("/"), text.clone()));
+                    }
+                    path.pop();
+                    text.clear();
+                }
+                Event::Eof => break,
+                _ => {}
             }
-            Event::Empty(e) => {
-                if let Some(last) = had_child.last_mut() {
-                    *last = true;
-                }
-                let name = String::from_utf8(e.name().as_ref().to_vec()).unwrap();
-                let here = format!("{}/{name}", path.join("/"));
-                for a in e.attributes() {
-                    let a = a.unwrap();
-                    let key = String::from_utf8(a.key.as_ref().to_vec()).unwrap();
-                    let value = a.unescape_value().unwrap().into_owned();
-                    leaves.push((format!("{here}/@{key}"), value));
-                }
-                leaves.push((here, String::new()));
-            }
-            Event::Text(t) => text.push_str(&t.unescape().unwrap()),
-            Event::End(_) => {
-                if had_child.pop() == Some(false) {
-                    leaves.push((path.join("/"), text.clone()));
-                }
-                path.pop();
-                text.clear();
-            }
-            Event::Eof => break,
-            _ => {}
         }
+        assert!(path.is_empty(), "unclosed elements in {xml}");
+        leaves
     }
-    assert!(path.is_empty(), "unclosed elements in {xml}");
-    leaves
 }
