@@ -86,6 +86,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
         config.web.as_ref(),
         config.oidc.as_ref(),
         &config.metrics,
+        config.clients.as_ref(),
         core.store.clone(),
         core.auth.clone(),
         &mut activated,
@@ -290,6 +291,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(old.policy != new.policy, "policy");
     check(old.web != new.web, "web");
+    check(old.clients != new.clients, "clients");
     check(old.auth_socket != new.auth_socket, "auth_socket");
     check(old.userdb_socket != new.userdb_socket, "userdb_socket");
     keys

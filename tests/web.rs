@@ -185,6 +185,7 @@ async fn start_with(top: &str, web: &str) -> (Site, Core, tempfile::TempDir) {
         settings,
         config.oidc.as_ref(),
         &config.metrics,
+        config.clients.clone(),
         store,
         core.auth.clone(),
         Arc::new(SystemClock),

@@ -18,7 +18,7 @@ use crate::secret::Secret;
 use crate::store::{SessionView, StoreError};
 
 /// A refusal's text as the page shows it: a sentence.
-fn sentence(text: &str) -> String {
+pub(super) fn sentence(text: &str) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
@@ -26,7 +26,7 @@ fn sentence(text: &str) -> String {
     }
 }
 
-type FormResult = Result<Form<Vec<(String, String)>>, FormRejection>;
+pub(super) type FormResult = Result<Form<Vec<(String, String)>>, FormRejection>;
 
 pub async fn index(
     State(state): State<AppState>,
@@ -130,12 +130,13 @@ async fn account_page(
             csrf: &s.csrf,
             now: state.clock.now(),
             message,
+            devices: state.clients.is_some(),
         }),
     );
     state.with_sign_out_csp(page, user).await
 }
 
-fn store_trouble(state: &AppState, e: &StoreError) -> Response {
+pub(super) fn store_trouble(state: &AppState, e: &StoreError) -> Response {
     tracing::error!(target: "mailauthd::web", error = %e, "store error on the web page");
     state.problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -168,16 +169,16 @@ fn unreadable_form(state: &AppState, rejection: &FormRejection) -> Response {
 
 /// A form posted by a signed-in person, its CSRF token checked and the session re-checked
 /// against the mailbox.
-struct SignedInForm {
-    id: String,
-    session: Session,
-    user: SignedInUser,
-    view: SessionView,
-    fields: Vec<(String, String)>,
+pub(super) struct SignedInForm {
+    pub id: String,
+    pub session: Session,
+    pub user: SignedInUser,
+    pub view: SessionView,
+    pub fields: Vec<(String, String)>,
 }
 
 /// The signed-in form, re-checked, or the page to show instead.
-async fn signed_in_form(
+pub(super) async fn signed_in_form(
     state: &AppState,
     headers: &HeaderMap,
     form: FormResult,

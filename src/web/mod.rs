@@ -10,9 +10,16 @@
 //! throttle, audit line, metrics and rules as a mail login; app passwords never open the
 //! page. A signed-in session is re-checked against its mailbox on every request
 //! ([`WebState::recheck`]).
+//!
+//! With `[clients]` configured, the same listener answers mail clients' discovery
+//! (autoconfig, Autodiscover: public, no secret, [`discovery`]) and lets a signed-in person
+//! set up a device in one step ([`devices`]).
 
 mod account;
 pub mod client_ip;
+mod device_pages;
+mod devices;
+mod discovery;
 mod html;
 mod listener;
 pub mod metrics;
@@ -37,6 +44,7 @@ pub use settings::{MetricsSettings, WebSettings};
 use crate::activation::Activated;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
+use crate::devices::ClientSettings;
 use crate::oidc::{OidcSettings, RelyingParty};
 use crate::provision::SignInRules;
 use crate::store::{AuthSource, MailboxState, SessionView, Store};
@@ -55,6 +63,12 @@ pub struct WebState {
     pub sessions: Sessions,
     /// `/metrics` on this listener too, at this path.
     pub metrics_path: Option<String>,
+    /// The servers mail clients are told of; `None`: discovery and device setup are off.
+    pub clients: Option<ClientSettings>,
+    /// Signs Apple profiles, when `[clients]` names a certificate; loaded once at start.
+    signer: Option<devices::Signer>,
+    /// Device setups made and not yet shown, and their profile downloads.
+    setups: devices::Setups,
 }
 
 #[derive(Clone)]
@@ -97,6 +111,8 @@ pub enum WebError {
     Oidc(#[from] crate::oidc::OidcError),
     #[error("{0}")]
     Activation(String),
+    #[error("clients.profile_certificate / clients.profile_key: {0}")]
+    ProfileSigner(String),
 }
 
 pub fn router(state: AppState) -> Router {
@@ -112,9 +128,15 @@ pub fn router(state: AppState) -> Router {
         .route("/app-passwords", post(account::create_app_password))
         .route("/app-passwords/revoke", post(account::revoke_app_password))
         .route("/logout", post(account::sign_out))
+        .route("/devices", get(devices::form).post(devices::create))
+        .route("/devices/done/{token}", get(devices::done))
+        .route("/devices/profile/{token}", get(devices::profile))
+        .route(discovery::AUTOCONFIG_WELL_KNOWN, get(discovery::autoconfig))
+        .route(discovery::AUTOCONFIG_ISP, get(discovery::autoconfig))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(not_found)
+        // Autodiscover's path in any case (Outlook capitalises it); everything else 404.
+        .fallback(discovery::autodiscover_or_not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -143,19 +165,29 @@ impl WebServer {
 }
 
 /// The page's state: `settings` is `[web]`, `oidc` the provider people sign in with (if
-/// any), and `metrics` says whether `/metrics` is served here too.
+/// any), `metrics` says whether `/metrics` is served here too, and `clients` is
+/// `[clients]` (device setup and discovery; off when `None`). A profile certificate that
+/// cannot be loaded is an error here, at start, rather than at the first device.
 pub fn state(
     settings: WebSettings,
     oidc: Option<&OidcSettings>,
     metrics: &MetricsSettings,
+    clients: Option<ClientSettings>,
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, WebError> {
+    let signer = match clients.as_ref().and_then(|c| c.profile_signing.as_ref()) {
+        Some((cert, key)) => Some(devices::Signer::load(cert, key)?),
+        None => None,
+    };
     Ok(Arc::new(WebState {
         sessions: Sessions::new(settings.session_lifetime, clock.clone()),
         provider: RwLock::new(ProviderSetup::new(oidc, &clock)?),
         metrics_path: metrics.on_web_listener.then(|| metrics.path.clone()),
+        clients,
+        signer,
+        setups: devices::Setups::new(clock.clone()),
         settings,
         store,
         auth,
@@ -272,6 +304,7 @@ pub async fn start_if_configured(
     settings: Option<&WebSettings>,
     oidc: Option<&OidcSettings>,
     metrics: &MetricsSettings,
+    clients: Option<&ClientSettings>,
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
     activated: &mut Activated,
@@ -286,6 +319,7 @@ pub async fn start_if_configured(
         settings,
         oidc,
         metrics,
+        clients.cloned(),
         store,
         auth,
         Arc::new(crate::clock::SystemClock),
@@ -512,7 +546,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     readiness(&*state.store).await
 }
 
-async fn not_found(State(state): State<AppState>) -> Response {
+pub(crate) fn not_found(state: &WebState) -> Response {
     state.problem(
         StatusCode::NOT_FOUND,
         "Not found",

@@ -24,7 +24,7 @@ fn describe_use(u: &LastUseInfo) -> String {
     s
 }
 
-fn protocol_names(p: Protocols) -> String {
+pub(super) fn protocol_names(p: Protocols) -> String {
     let names: Vec<String> = p.iter().map(|p| p.name().to_uppercase()).collect();
     if names.is_empty() {
         "none".into()
@@ -38,7 +38,7 @@ pub struct Notice<'a> {
     pub text: &'a str,
 }
 
-fn notice(n: &Option<Notice<'_>>) -> String {
+pub(super) fn notice(n: &Option<Notice<'_>>) -> String {
     match n {
         Some(Notice { good: true, text }) => format!(
             "<section class=\"notice\" role=\"status\"><p>{}</p></section>\n",
@@ -105,6 +105,8 @@ pub struct Account<'a> {
     pub csrf: &'a str,
     pub now: UnixTime,
     pub message: Option<Notice<'a>>,
+    /// Device setup is on: link to it.
+    pub devices: bool,
 }
 
 pub fn account(a: &Account<'_>) -> String {
@@ -142,8 +144,15 @@ pub fn account(a: &Account<'_>) -> String {
 
     let _ = write!(
         body,
-        "<section aria-labelledby=\"apps-h\">\n<h2 id=\"apps-h\">App passwords</h2>\n\
-         <p class=\"muted\">Each mail program gets its own app password. Revoke one and that program stops at its next login.</p>\n"
+        "{}<section aria-labelledby=\"apps-h\">\n<h2 id=\"apps-h\">App passwords</h2>\n\
+         <p class=\"muted\">Each mail program gets its own app password. Revoke one and that program stops at its next login.</p>\n",
+        if a.devices {
+            "<section aria-labelledby=\"devices-h\">\n<h2 id=\"devices-h\">Set up a device</h2>\n\
+             <p>A phone, tablet or mail program set up in one step, with its own app password.</p>\n\
+             <p><a class=\"button\" id=\"set-up-device\" href=\"/devices\">Set up a device</a></p>\n</section>\n"
+        } else {
+            ""
+        }
     );
     if a.apps.is_empty() {
         body.push_str("<p id=\"no-app-passwords\">You have no app passwords yet.</p>\n");
@@ -338,11 +347,13 @@ mod tests {
             csrf: "tok",
             now: 1_800_001_000,
             message: None,
+            devices: true,
         });
         assert!(html.contains("Alice &lt;script&gt;"));
         assert!(html.contains("&lt;phone&gt;"));
         assert!(html.contains("from 192.0.2.7 (IMAP)"));
         assert!(html.matches("name=\"csrf\" value=\"tok\"").count() >= 3);
+        assert!(html.contains("href=\"/devices\""));
     }
 
     #[test]

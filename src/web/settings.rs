@@ -141,7 +141,7 @@ pub struct MetricsSettings {
 }
 
 /// The web page's own paths, which `/metrics` on its listener must not shadow.
-const WEB_PAGE_PATHS: [&str; 7] = [
+const WEB_PAGE_PATHS: [&str; 11] = [
     "/",
     "/login",
     "/login/password",
@@ -149,7 +149,19 @@ const WEB_PAGE_PATHS: [&str; 7] = [
     "/logout",
     "/app-passwords",
     "/app-passwords/revoke",
+    "/devices",
+    "/.well-known/autoconfig/mail/config-v1.1.xml",
+    "/mail/config-v1.1.xml",
+    "/autodiscover/autodiscover.xml",
 ];
+
+/// Whether `path` is one of the page's: its own paths, the device setup's results and
+/// downloads below `/devices/`, and Autodiscover's path in any case.
+fn is_web_page_path(path: &str) -> bool {
+    WEB_PAGE_PATHS.contains(&path)
+        || path.starts_with("/devices/")
+        || WEB_PAGE_PATHS.contains(&path.to_ascii_lowercase().as_str())
+}
 
 pub fn check_metrics(
     section: MetricsSection,
@@ -185,7 +197,7 @@ pub fn check_metrics(
         );
     }
     if ["/healthz", "/readyz"].contains(&path.as_str())
-        || (on_web_listener && WEB_PAGE_PATHS.contains(&path.as_str()))
+        || (on_web_listener && is_web_page_path(&path))
     {
         problem(
             problems,
@@ -258,5 +270,18 @@ mod tests {
             keys("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/readyz\"\n"),
             ["metrics.path"]
         );
+        for taken in [
+            "/devices",
+            "/devices/done/x",
+            "/Autodiscover/Autodiscover.xml",
+        ] {
+            assert_eq!(
+                keys(&format!(
+                    "[web]\n[metrics]\non_web_listener = true\npath = \"{taken}\"\n"
+                )),
+                ["metrics.path"],
+                "{taken}"
+            );
+        }
     }
 }

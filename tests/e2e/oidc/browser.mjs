@@ -9,6 +9,9 @@
 //   signout       sign in, sign out (RP-initiated logout at the provider)
 //   local         sign in with the password form (--login is the address, --password)
 //   bad-input     callbacks without state, with a provider error, a form without CSRF
+//   device        sign in, set up a device of --kind (apple, android, other) for
+//                 --protocols; apple: save the downloaded profile in --out and try its
+//                 link again; android: screenshot the QR code; then reload the result page
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -29,6 +32,8 @@ const { positionals, values: opt } = parseArgs({
     protocols: { type: 'string', default: 'imap' },
     replay: { type: 'boolean', default: false },
     issuer: { type: 'string' },
+    kind: { type: 'string', default: 'other' },
+    out: { type: 'string' },
   },
 });
 const action = positionals[0];
@@ -214,6 +219,54 @@ try {
       await shot('not-found');
       seen.notFound = await report();
       result = seen;
+      break;
+    }
+
+    case 'device': {
+      await signIn();
+      await Promise.all([page.waitForLoadState('load'), page.click('#set-up-device')]);
+      await shot('device-form-empty');
+      await page.check(`#kind-${opt.kind}`);
+      const wanted = opt.protocols.split(',');
+      for (const box of await page.$$('form[action="/devices"] input[type=checkbox]')) {
+        await box.setChecked(wanted.includes(await box.getAttribute('name')));
+      }
+      await shot(`device-form-${opt.kind}`);
+      await Promise.all([page.waitForLoadState('load'), page.click('form[action="/devices"] button[type=submit]')]);
+      const secret = await text('#app-password');
+      await shot(`device-ready-${opt.kind}`);
+      const seen = {
+        done: new URL(page.url()).pathname,
+        secret,
+        signature: await text('#profile-signature'),
+        settings: await text('#client-settings'),
+      };
+      if (opt.kind === 'apple') {
+        const link = await page.getAttribute('#profile-download', 'href');
+        const [download] = await Promise.all([page.waitForEvent('download'), page.click('#profile-download')]);
+        seen.profile = path.join(opt.out ?? os.tmpdir(), `${opt.prefix}.mobileconfig`);
+        await download.saveAs(seen.profile);
+        seen.filename = download.suggestedFilename();
+        // The same session asks again: the link worked once.
+        const again = await context.request.get(opt.base + link, { maxRedirects: 0 });
+        seen.secondDownload = again.status();
+        await page.goto(opt.base + link);
+        await shot('profile-link-again');
+        seen.secondDownloadReason = await text('#reason');
+        await page.goto(opt.base + seen.done);
+      }
+      if (opt.kind === 'android') {
+        const qr = await page.$('#qr-code');
+        seen.qr = path.join(opt.shots, `${opt.prefix}-qr.png`);
+        if (qr) await qr.screenshot({ path: seen.qr });
+      }
+      // Reloading the result page: never the secret again, never a second app password.
+      await page.goto(opt.base + seen.done);
+      await page.waitForLoadState('load');
+      await shot(`device-reload-${opt.kind}`);
+      seen.reloadShowsSecret = Boolean(secret) && (await page.content()).includes(secret);
+      seen.reloadReason = await text('#reason');
+      result = await report(seen);
       break;
     }
 

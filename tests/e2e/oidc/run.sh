@@ -3,13 +3,15 @@
 # OpenID provider (the npm package oidc-provider on loopback ports) and a real browser
 # (Debian's chromium, driven by playwright-core; never a downloaded browser). Also reloads
 # the daemon (SIGHUP) with a changed [oidc] section while an auth-socket connection stays
-# open (held by held-auth-conn.py, python3), and with a broken config file.
+# open (held by held-auth-conn.py, python3), and with a broken config file. Sets up an
+# Apple device (a signed profile, read back with openssl and python3's plistlib) and an
+# Android one (its QR code decoded with zbarimg) on the device page.
 #
 #   MAILAUTHD_BIN   the binary to test (default: target/debug/mailauthd; build it first)
 #   ARTIFACTS       screenshots go to $ARTIFACTS/screenshots (default: ci-artifacts)
 #   KEEP=1          keep the temporary folder (configs, logs, database)
 #
-# Installs chromium, openssl, python3 (apt) and the npm packages from the committed lockfile
+# Installs chromium, openssl, python3, zbar-tools (apt) and the npm packages from the committed lockfile
 # when they are missing. Only loopback addresses are used. Ends with "N passed, N failed";
 # exits non-zero on any failure.
 
@@ -70,6 +72,7 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v zbarimg >/dev/null 2>&1 || need_apt+=(zbar-tools)
 if [ "${#need_apt[@]}" -gt 0 ]; then
 	echo "# installing ${need_apt[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -123,6 +126,11 @@ write_accounts staff
 
 # --- mailauthd -----------------------------------------------------------------------
 
+# Apple profiles are signed with this (test-only, self-signed) certificate.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=mailauthd e2e profiles" \
+	-keyout "$TMP/profile.key" -out "$TMP/profile.crt" >/dev/null 2>&1
+chmod 600 "$TMP/profile.key"
+
 write_config() { # $1 = file, $2 = issuer, $3 = ignore_tls_errors, [$4 = display_name], [$5 = more [oidc] lines]
 	cat >"$1" <<EOF
 state_directory = "$TMP/state"
@@ -161,6 +169,11 @@ title = "Example Mail"
 mail_host = "mail.example.org"
 # The test talks plain HTTP on loopback, without a TLS proxy in front.
 secure_cookies = false
+
+# Device setup: the servers default to web.mail_host on the standard ports.
+[clients]
+profile_certificate = "$TMP/profile.crt"
+profile_key = "$TMP/profile.key"
 EOF
 }
 write_config "$TMP/config.toml" "$ISSUER" false
@@ -318,6 +331,107 @@ if [ -z "$secret" ] || printf '%s\n' "$secret" | m auth test alice@example.org -
 else
 	ok "a revoked app password fails at the next login"
 fi
+
+# --- device setup: an Apple profile and a Thunderbird QR code, each with its own password -
+
+app_count() { m --json app-password list alice@example.org 2>/dev/null | json 'j.length'; }
+imap_login() { # $1 = address, $2 = password, $3 = output file: 0 accepted, 1 refused, 2 no Dovecot
+	if [ -z "${MAILAUTHD_E2E_IMAP_LOGIN:-}" ]; then
+		echo "Dovecot is not installed" >"$3"
+		return 2
+	fi
+	"$MAILAUTHD_E2E_IMAP_LOGIN" "$1" "$2" >"$3" 2>&1 || return 1
+}
+dovecot_check() { # $1 = what, $2 = address, $3 = password
+	local rc=0
+	imap_login "$2" "$3" "$TMP/imap-device.txt" || rc=$?
+	if [ "$rc" = 0 ]; then
+		ok "$1"
+	elif [ "$rc" = 2 ] && [ -z "${CI:-}" ]; then
+		echo "# skip: $1 (Dovecot not installed)"
+	else
+		not_ok "$1" "$(cat "$TMP/imap-device.txt")"
+	fi
+}
+DEVICE_SECRETS=()
+
+apps_before=$(app_count)
+out=$(browser device 03b-alice-apple --login alice --kind apple --protocols imap,smtp --out "$TMP")
+apple_secret=$(json 'j.secret || ""' <<<"$out")
+DEVICE_SECRETS+=("$apple_secret" "$(json 'j.done || ""' <<<"$out")")
+profile=$(json 'j.profile || ""' <<<"$out")
+plist_password=
+if [ -s "$profile" ] &&
+	openssl cms -verify -binary -inform DER -noverify -in "$profile" -out "$TMP/profile.plist" >"$TMP/cms-verify.txt" 2>&1 &&
+	plist_password=$(python3 -c '
+import plistlib, sys
+p = plistlib.load(open(sys.argv[1], "rb"))
+mail = [c for c in p["PayloadContent"] if c["PayloadType"] == "com.apple.mail.managed"][0]
+assert mail["IncomingMailServerUsername"] == "alice@example.org", mail
+assert mail["IncomingMailServerHostName"] == "mail.example.org", mail
+print(mail["IncomingPassword"])
+' "$TMP/profile.plist" 2>"$TMP/plist.txt") &&
+	[ -n "$apple_secret" ] && [ "$plist_password" = "$apple_secret" ]; then
+	ok "an Apple device's profile downloads, its CMS signature verifies, and plistlib reads the account with the password shown once"
+else
+	not_ok "an Apple device's profile downloads, is signed and parses" "$out
+$(cat "$TMP/cms-verify.txt" "$TMP/plist.txt" 2>/dev/null)"
+fi
+if [ "$(json 'j.signature' <<<"$out")" = "The profile is signed by mailauthd e2e profiles." ] &&
+	[[ $(json 'j.filename' <<<"$out") == *.mobileconfig ]]; then
+	ok "the result page names the profile's signer (its certificate's CN); the file is a .mobileconfig"
+else
+	not_ok "the result page names the profile's signer" "$out"
+fi
+if [ "$(json 'j.secondDownload' <<<"$out")" = 410 ] && grep -q 'Make a new one' <<<"$(json 'j.secondDownloadReason' <<<"$out")"; then
+	ok "the profile link works once: the second use gets 410 Gone and a page saying to make a new one"
+else
+	not_ok "the profile link works once" "$out"
+fi
+if [ "$(json 'j.reloadShowsSecret' <<<"$out")" = false ] &&
+	grep -q 'already shown' <<<"$(json 'j.reloadReason' <<<"$out")" &&
+	[ "$(app_count)" = $((apps_before + 1)) ]; then
+	ok "reloading the Apple result page shows no password again and makes no second app password ($((apps_before + 1)) in app-password list)"
+else
+	not_ok "reloading the result page creates nothing and hides the password" "$out
+count before $apps_before, now $(app_count)"
+fi
+dovecot_check "Dovecot accepts an IMAP login with the profile's IncomingPassword" alice@example.org "${plist_password:-none}"
+
+apps_before=$(app_count)
+out=$(browser device 03c-alice-android --login alice --kind android --protocols imap,smtp)
+android_secret=$(json 'j.secret || ""' <<<"$out")
+DEVICE_SECRETS+=("$android_secret" "$(json 'j.done || ""' <<<"$out")")
+qr=$(json 'j.qr || ""' <<<"$out")
+qr_password=
+if [ -s "$qr" ] && zbarimg --raw -q "$qr" >"$TMP/qr.txt" 2>"$TMP/zbarimg.err" &&
+	qr_password=$(python3 -c '
+import json, sys
+secret = sys.argv[2]
+def strings(v):
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, list):
+        for x in v:
+            yield from strings(x)
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from strings(x)
+found = [s for s in strings(json.load(open(sys.argv[1]))) if s == secret]
+assert found, "the password is not in the payload"
+print(found[0])
+' "$TMP/qr.txt" "$android_secret" 2>"$TMP/qr-json.txt") && [ -n "$android_secret" ]; then
+	ok "an Android device's QR code (screenshot) decodes with zbarimg to JSON carrying the password shown once"
+else
+	not_ok "an Android device's QR code decodes to JSON with the password" "$out
+$(cat "$TMP/qr.txt" "$TMP/zbarimg.err" "$TMP/qr-json.txt" 2>/dev/null)"
+fi
+if [ "$(json 'j.reloadShowsSecret' <<<"$out")" = false ] && [ "$(app_count)" = $((apps_before + 1)) ]; then
+	ok "reloading the Android result page shows no password again and makes no second app password"
+else
+	not_ok "reloading the Android result page creates nothing" "$out"
+fi
+dovecot_check "Dovecot accepts an IMAP login with the password from the QR code" alice@example.org "${qr_password:-none}"
 
 # --- a changed claim at the provider updates the mailbox at the next sign-in ----------
 
@@ -683,6 +797,17 @@ if grep -qF "$CLIENT_SECRET" "$TMP/mailauthd.log" || { [ -n "$secret" ] && grep 
 	not_ok "no secrets in the daemon log"
 else
 	ok "no secrets in the daemon log (client secret, app password)"
+fi
+leaked=
+for s in "${DEVICE_SECRETS[@]}"; do
+	if [ -n "$s" ] && grep -qF "${s##*/}" "$TMP/mailauthd.log"; then
+		leaked+=" ${s:0:4}…"
+	fi
+done
+if [ -z "$leaked" ] && grep -q 'device set up' "$TMP/mailauthd.log"; then
+	ok "the daemon logs \"device set up\" but no device password or result token"
+else
+	not_ok "no device password or result token in the daemon log" "leaked:$leaked"
 fi
 
 # --- an HTTPS provider with a self-signed certificate ----------------------------------
