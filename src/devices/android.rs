@@ -14,7 +14,7 @@ use std::fmt::Write;
 use qrcode::{Color, EcLevel, QrCode};
 use serde_json::{json, Value};
 
-use super::{ClientSettings, DeviceAccount, Security, Server, SetupError};
+use super::{ClientSettings, DeviceAccount, MailApp, Security, Server, SetupError};
 use crate::names::Protocol;
 
 /// The payload is too long for a QR code.
@@ -45,43 +45,15 @@ pub fn payload(
     settings: &ClientSettings,
     account: &DeviceAccount<'_>,
 ) -> Result<String, SetupError> {
-    let (protocol, code) = if account.protocols.contains(Protocol::Imap) {
-        (Protocol::Imap, 0)
-    } else if account.protocols.contains(Protocol::Pop3) {
-        (Protocol::Pop3, 1)
-    } else {
-        return Err(SetupError::NoIncomingServer);
-    };
-    let incoming = settings
-        .server(protocol)
-        .ok_or(SetupError::NotOffered(protocol))?;
-    let outgoing = settings
-        .server(Protocol::Smtp)
-        .ok_or(SetupError::NotOffered(Protocol::Smtp))?;
-
-    let mut incoming_server = vec![
-        json!(code),
-        json!(incoming.host),
-        json!(incoming.port),
-        json!(security(incoming)),
-        json!(PASSWORD_CLEARTEXT),
-        json!(account.address),
-    ];
-    if let Some(password) = account.password {
+    let app = MailApp::choose(settings, account)?;
+    let code = if app.incoming == Protocol::Imap { 0 } else { 1 };
+    let mut incoming_server = server_entry(code, app.incoming_server, account.address);
+    if let Some(password) = app.password {
+        // AccountName empty: readers then name the account after the address.
         incoming_server.extend([json!(""), json!(password)]);
     }
-    let mut outgoing_server = vec![
-        json!(SMTP),
-        json!(outgoing.host),
-        json!(outgoing.port),
-        json!(security(outgoing)),
-        json!(PASSWORD_CLEARTEXT),
-        json!(account.address),
-    ];
-    if let Some(password) = account
-        .password
-        .filter(|_| account.protocols.contains(Protocol::Smtp))
-    {
+    let mut outgoing_server = server_entry(SMTP, app.outgoing_server, account.address);
+    if let Some(password) = app.outgoing_password {
         outgoing_server.push(json!(password));
     }
     let identity = json!([account.address, account.display_name]);
@@ -92,6 +64,18 @@ pub fn payload(
         [[Value::Array(outgoing_server), identity]],
     ]);
     Ok(root.to_string())
+}
+
+/// The fields an incoming and an outgoing server share, in the format's order.
+fn server_entry(protocol_code: u8, server: &Server, username: &str) -> Vec<Value> {
+    vec![
+        json!(protocol_code),
+        json!(server.host),
+        json!(server.port),
+        json!(security(server)),
+        json!(PASSWORD_CLEARTEXT),
+        json!(username),
+    ]
 }
 
 fn code(payload: &str) -> Result<QrCode, TooLong> {

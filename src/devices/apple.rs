@@ -25,7 +25,7 @@ use openssl::x509::X509;
 use quick_xml::escape::escape;
 use sha2::{Digest, Sha256};
 
-use super::{ClientSettings, DeviceAccount, Security, Server, SetupError};
+use super::{ClientSettings, DeviceAccount, MailApp, Security, Server, SetupError};
 use crate::names::Protocol;
 
 /// One value of a property list dictionary.
@@ -111,23 +111,18 @@ pub fn profile(
     account: &DeviceAccount<'_>,
     site: &str,
 ) -> Result<Vec<u8>, SetupError> {
-    let (incoming, account_type) = if account.protocols.contains(Protocol::Imap) {
-        (Protocol::Imap, "EmailTypeIMAP")
-    } else if account.protocols.contains(Protocol::Pop3) {
-        (Protocol::Pop3, "EmailTypePOP")
+    let MailApp {
+        incoming,
+        incoming_server,
+        outgoing_server,
+        outgoing_password,
+        ..
+    } = MailApp::choose(settings, account)?;
+    let account_type = if incoming == Protocol::Imap {
+        "EmailTypeIMAP"
     } else {
-        return Err(SetupError::NoIncomingServer);
+        "EmailTypePOP"
     };
-    let incoming_server = settings
-        .server(incoming)
-        .ok_or(SetupError::NotOffered(incoming))?;
-    let outgoing_server = settings
-        .server(Protocol::Smtp)
-        .ok_or(SetupError::NotOffered(Protocol::Smtp))?;
-    let outgoing_password = account
-        .password
-        .filter(|_| account.protocols.contains(Protocol::Smtp));
-
     let identifier = format!(
         "{}.mailauthd.{}",
         settings.profile_identifier,

@@ -58,15 +58,7 @@ fn server_element(xml: &mut String, element: &str, kind: &str, server: &Server) 
 mod tests {
     use super::*;
     use crate::devices::fixtures;
-    use crate::devices::fixtures::xml_leaves;
-
-    fn values<'a>(leaves: &'a [(String, String)], path: &str) -> Vec<&'a str> {
-        leaves
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
+    use crate::devices::fixtures::{values, xml_leaves};
 
     #[test]
     fn every_configured_server_is_listed_with_its_security() {

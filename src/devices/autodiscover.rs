@@ -168,7 +168,7 @@ pub fn invalid_request() -> String {
 mod tests {
     use super::*;
     use crate::devices::fixtures;
-    use crate::devices::fixtures::xml_leaves;
+    use crate::devices::fixtures::{values, xml_leaves};
 
     fn request(address: &str) -> String {
         format!(
@@ -257,14 +257,6 @@ mod tests {
         ] {
             refused(body);
         }
-    }
-
-    fn values<'a>(leaves: &'a [(String, String)], path: &str) -> Vec<&'a str> {
-        leaves
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, v)| v.as_str())
-            .collect()
     }
 
     #[test]

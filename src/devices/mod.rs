@@ -19,7 +19,7 @@ pub mod settings;
 
 pub use settings::{ClientSettings, Security, Server};
 
-use crate::names::Protocols;
+use crate::names::{Protocol, Protocols};
 
 /// The account a device is set up for.
 #[derive(Clone, Debug)]
@@ -44,6 +44,41 @@ pub enum SetupError {
 }
 
 /// Settings and accounts the format tests share.
+/// The servers a mail app is set up with, as Apple's and Thunderbird's formats both have
+/// it: one incoming server (IMAP when the account may use it, else POP3) and submission,
+/// which both formats require even when the account may not send.
+pub(crate) struct MailApp<'s, 'a> {
+    pub incoming: Protocol,
+    pub incoming_server: &'s Server,
+    pub outgoing_server: &'s Server,
+    /// The password for the incoming server (the account always may use it).
+    pub password: Option<&'a str>,
+    /// The password for submission, only when the account may send.
+    pub outgoing_password: Option<&'a str>,
+}
+
+impl<'s, 'a> MailApp<'s, 'a> {
+    pub fn choose(
+        settings: &'s ClientSettings,
+        account: &DeviceAccount<'a>,
+    ) -> Result<Self, SetupError> {
+        let incoming = [Protocol::Imap, Protocol::Pop3]
+            .into_iter()
+            .find(|p| account.protocols.contains(*p))
+            .ok_or(SetupError::NoIncomingServer)?;
+        let server = |p: Protocol| settings.server(p).ok_or(SetupError::NotOffered(p));
+        Ok(MailApp {
+            incoming,
+            incoming_server: server(incoming)?,
+            outgoing_server: server(Protocol::Smtp)?,
+            password: account.password,
+            outgoing_password: account
+                .password
+                .filter(|_| account.protocols.contains(Protocol::Smtp)),
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::{ClientSettings, DeviceAccount, Security, Server};
@@ -67,6 +102,15 @@ pub(crate) mod fixtures {
             profile_identifier: "org.example.mail".to_string(),
             profile_signing: None,
         }
+    }
+
+    /// The values at `path` among `leaves` (see [`xml_leaves`]).
+    pub fn values<'a>(leaves: &'a [(String, String)], path: &str) -> Vec<&'a str> {
+        leaves
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     pub fn account<'a>(protocols: &str, password: Option<&'a str>) -> DeviceAccount<'a> {

@@ -11,11 +11,33 @@ use super::pages::{self, Notice};
 use super::session::{self, Session, SignedInUser, Via};
 use super::{field, html_response, redirect, with_cookie, AppState};
 use crate::auth::{AuthRequest, FailReason, Outcome, WEB_SERVICE};
-use crate::clock::parse_date;
+use crate::clock::{parse_date, UnixTime};
 use crate::names::{Address, Protocol, Protocols};
 use crate::provision::{issue_app_password, AppPasswordRequest, DuplicateName, IssueError};
 use crate::secret::Secret;
 use crate::store::{SessionView, StoreError};
+
+/// The protocols whose checkbox (named after the protocol) a form has ticked.
+pub(super) fn checked_protocols(fields: &[(String, String)]) -> Protocols {
+    Protocol::ALL
+        .into_iter()
+        .filter(|p| field(fields, p.name()).is_some_and(|v| v == "on"))
+        .fold(Protocols::NONE, Protocols::with)
+}
+
+pub(super) const NOT_A_DATE: &str = "The expiry date is not a date (use YYYY-MM-DD).";
+
+/// A form's optional `expires` date (the start of that day, UTC); `Err` when it is not
+/// a date. Whether it lies in the future is for the issuer to say.
+pub(super) fn expiry_date(fields: &[(String, String)]) -> Result<Option<UnixTime>, ()> {
+    match field(fields, "expires")
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        None => Ok(None),
+        Some(text) => parse_date(text).map(Some).ok_or(()),
+    }
+}
 
 /// A refusal's text as the page shows it: a sentence.
 pub(super) fn sentence(text: &str) -> String {
@@ -368,20 +390,10 @@ pub async fn create_app_password(
             .await
         }
     };
-    let protocols = Protocol::ALL
-        .into_iter()
-        .filter(|p| field(&fields, p.name()).is_some_and(|v| v == "on"))
-        .fold(Protocols::NONE, Protocols::with);
+    let protocols = checked_protocols(&fields);
     let now = state.clock.now();
-    let expires_at = match field(&fields, "expires")
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-    {
-        None => None,
-        Some(text) => match parse_date(text) {
-            Some(day) => Some(day),
-            None => return problem("The expiry date is not a date (use YYYY-MM-DD).").await,
-        },
+    let Ok(expires_at) = expiry_date(&fields) else {
+        return problem(NOT_A_DATE).await;
     };
     // The mailbox as the re-check just read it: active, its domain active, and these
     // protocols allowed.

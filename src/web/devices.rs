@@ -20,15 +20,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use super::account::{self, FormResult, SignedInForm};
+use super::account::{self, checked_protocols, expiry_date, FormResult, SignedInForm, NOT_A_DATE};
 use super::device_pages::{self, DeviceForm};
 use super::pages::Notice;
 use super::session::{random_token, SignedInUser};
 use super::{field, html_response, not_found, redirect, AppState, WebError, WebState};
-use crate::clock::{parse_date, Clock};
+use crate::clock::Clock;
 use crate::devices::apple::ProfileSigner;
 use crate::devices::{android, apple, manual, ClientSettings, DeviceAccount, SetupError};
-use crate::names::{Protocol, Protocols};
+use crate::names::Protocols;
 use crate::provision::{issue_app_password, AppPasswordRequest, DuplicateName, IssueError};
 use crate::secret::Secret;
 use crate::store::StoreError;
@@ -317,6 +317,18 @@ async fn signed_in(
     Ok((id, s.csrf, user, view.protocols))
 }
 
+/// The CSRF token and person of a signed-in session, when device setup is on.
+async fn signed_in_with_setup(
+    state: &WebState,
+    headers: &HeaderMap,
+) -> Result<(String, SignedInUser), Box<Response>> {
+    if state.clients.is_none() {
+        return Err(Box::new(not_found(state)));
+    }
+    let (_, csrf, user, _) = signed_in(state, headers).await?;
+    Ok((csrf, user))
+}
+
 /// `GET /devices`: the form.
 pub async fn form(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(clients) = &state.clients else {
@@ -407,10 +419,7 @@ pub async fn create(
     let offer = usable(&clients, view.protocols);
     let kind = field(&fields, "kind").and_then(Kind::parse);
     let typed_name = field(&fields, "name").map(str::trim).unwrap_or("");
-    let chosen = Protocol::ALL
-        .into_iter()
-        .filter(|p| field(&fields, p.name()).is_some_and(|v| v == "on"))
-        .fold(Protocols::NONE, Protocols::with);
+    let chosen = checked_protocols(&fields);
     let refuse = |text: &str| {
         let page = device_pages::form(&DeviceForm {
             site: &state.settings.title,
@@ -436,15 +445,8 @@ pub async fn create(
     if chosen == Protocols::NONE {
         return refuse("Choose at least one protocol.");
     }
-    let expires_at = match field(&fields, "expires")
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-    {
-        None => None,
-        Some(text) => match parse_date(text) {
-            Some(day) => Some(day),
-            None => return refuse("The expiry date is not a date (use YYYY-MM-DD)."),
-        },
+    let Ok(expires_at) = expiry_date(&fields) else {
+        return refuse(NOT_A_DATE);
     };
     let display_name = match state.store.get_mailbox(&user.address).await {
         Ok(Some(m)) => m.display_name,
@@ -568,10 +570,7 @@ pub async fn done(
     headers: HeaderMap,
     UrlPath(token): UrlPath<String>,
 ) -> Response {
-    if state.clients.is_none() {
-        return not_found(&state);
-    }
-    let (_, csrf, user, _) = match signed_in(&state, &headers).await {
+    let (csrf, user) = match signed_in_with_setup(&state, &headers).await {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -596,10 +595,7 @@ pub async fn profile(
     headers: HeaderMap,
     UrlPath(token): UrlPath<String>,
 ) -> Response {
-    if state.clients.is_none() {
-        return not_found(&state);
-    }
-    let (_, csrf, user, _) = match signed_in(&state, &headers).await {
+    let (csrf, user) = match signed_in_with_setup(&state, &headers).await {
         Ok(x) => x,
         Err(r) => return *r,
     };
