@@ -97,7 +97,13 @@ impl Daemon {
         let store = store_url
             .map(|u| format!("url = {u:?}\n"))
             .unwrap_or_default()
-            + store_lines.unwrap_or("connect_timeout_ms = 500\n");
+            // A server that went away is noticed in half a second; SQLite, opened and
+            // migrated by the seeding CLI while the machine may be busy, gets longer.
+            + store_lines.unwrap_or(if store_url.is_some() {
+                "connect_timeout_ms = 500\n"
+            } else {
+                "connect_timeout_ms = 5000\n"
+            });
         std::fs::write(
             &config,
             format!(

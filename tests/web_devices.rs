@@ -880,3 +880,44 @@ async fn a_signed_profile_names_its_signer_and_verifies() {
         "{plist}"
     );
 }
+
+/// A store that fails mid-way (here its domains table is gone under the daemon): discovery
+/// answers 503, which clients retry, never a 404 that sends them elsewhere or a document.
+#[tokio::test]
+async fn discovery_with_the_store_failing_answers_try_again() {
+    let (site, _core, dir) = start_with(CLIENTS).await;
+    let ok = site
+        .get(
+            "/mail/config-v1.1.xml?emailaddress=alice%40example.org",
+            None,
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let db = rusqlite::Connection::open(dir.path().join("state").join("mailauthd.db")).unwrap();
+    db.execute_batch("ALTER TABLE domains RENAME TO domains_gone;")
+        .unwrap();
+    let autoconfig = site
+        .get(
+            "/mail/config-v1.1.xml?emailaddress=alice%40example.org",
+            None,
+        )
+        .await;
+    assert_eq!(
+        autoconfig.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        autoconfig.body
+    );
+    assert!(!autoconfig.body.contains("incomingServer"));
+    let request = b"<Autodiscover><Request><EMailAddress>alice@example.org</EMailAddress></Request></Autodiscover>";
+    let autodiscover = site
+        .post_body("/autodiscover/autodiscover.xml", request.to_vec())
+        .await;
+    assert_eq!(
+        autodiscover.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        autodiscover.body
+    );
+    assert!(!autodiscover.body.contains("<Protocol>"));
+}

@@ -225,6 +225,15 @@ pub struct ProfileSigner {
 pub struct SignerError(pub String);
 
 impl ProfileSigner {
+    /// The signing certificate's subject common name, as a device names the signer.
+    pub fn signer_name(&self) -> Option<String> {
+        self.certificate
+            .subject_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+            .next()
+            .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
+    }
+
     /// `certificate`: PEM, the signer's certificate first, then any chain certificates;
     /// `key`: the signer's private key in PEM.
     pub fn load(certificate: &Path, key: &Path) -> Result<Self, SignerError> {
@@ -552,6 +561,7 @@ mod tests {
             let signer =
                 ProfileSigner::load(&files.path("cert.pem"), &files.path("key.pem")).unwrap();
             assert_eq!(signer.chain.len(), 1);
+            assert_eq!(signer.signer_name().as_deref(), Some("Profile signer"));
             let account = fixtures::account("imap,smtp", Some("pw"));
             let profile = profile(&fixtures::settings(), &account, "Example").unwrap();
             let der = signer.sign(&profile).unwrap();

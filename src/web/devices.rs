@@ -270,20 +270,8 @@ impl Signer {
     pub fn load(certificate: &Path, key: &Path) -> Result<Signer, WebError> {
         let signer = ProfileSigner::load(certificate, key)
             .map_err(|e| WebError::ProfileSigner(e.to_string()))?;
-        let pem = std::fs::read(certificate).map_err(|e| {
-            WebError::ProfileSigner(format!("cannot read {}: {e}", certificate.display()))
-        })?;
-        let cert = openssl::x509::X509::from_pem(&pem).map_err(|e| {
-            WebError::ProfileSigner(format!(
-                "{} is not a PEM certificate: {e}",
-                certificate.display()
-            ))
-        })?;
-        let subject = cert
-            .subject_name()
-            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-            .next()
-            .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
+        let subject = signer
+            .signer_name()
             .unwrap_or_else(|| "a certificate without a common name".to_string());
         Ok(Signer { signer, subject })
     }
