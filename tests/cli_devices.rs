@@ -132,6 +132,26 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// `device profile ADDRESS --kind KIND --protocols PROTOCOLS`, then `more`.
+fn profile_args<'a>(
+    address: &'a str,
+    kind: &'a str,
+    protocols: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "device",
+        "profile",
+        address,
+        "--kind",
+        kind,
+        "--protocols",
+        protocols,
+    ];
+    args.extend_from_slice(more);
+    args
+}
+
 #[test]
 fn settings_json_has_the_servers_and_a_password_for_only_the_chosen_protocols() {
     let s = Setup::with_clients();
@@ -184,17 +204,12 @@ fn android_png_is_written_with_mode_0600() {
     s.mailbox("alice@example.org", "all");
     let file = s.path("q.png");
     let out = s.ok(
-        &[
-            "device",
-            "profile",
+        &profile_args(
             "alice@example.org",
-            "--kind",
             "android",
-            "--protocols",
             "imap,smtp",
-            "--output",
-            file.to_str().unwrap(),
-        ],
+            &["--output", file.to_str().unwrap()],
+        ),
         None,
     );
     assert!(out.stdout.is_empty(), "the secret goes only into the file");
@@ -205,17 +220,7 @@ fn android_png_is_written_with_mode_0600() {
     assert_eq!(s.app_passwords("alice@example.org"), ["Android"]);
 
     let svg = s.ok(
-        &[
-            "device",
-            "profile",
-            "alice@example.org",
-            "--kind",
-            "android",
-            "--protocols",
-            "imap",
-            "--format",
-            "svg",
-        ],
+        &profile_args("alice@example.org", "android", "imap", &["--format", "svg"]),
         None,
     );
     assert!(
@@ -231,17 +236,12 @@ fn apple_profile_is_written_unsigned_without_a_certificate() {
     s.mailbox("alice@example.org", "all");
     let file = s.path("p.mobileconfig");
     let out = s.ok(
-        &[
-            "device",
-            "profile",
+        &profile_args(
             "alice@example.org",
-            "--kind",
             "apple",
-            "--protocols",
             "imap,smtp",
-            "--output",
-            file.to_str().unwrap(),
-        ],
+            &["--output", file.to_str().unwrap()],
+        ),
         None,
     );
     let profile = String::from_utf8(std::fs::read(&file).unwrap()).unwrap();
@@ -262,17 +262,12 @@ fn a_protocol_the_mailbox_does_not_allow_is_refused_and_nothing_is_issued() {
     s.mailbox("bob@example.org", "imap");
     let file = s.path("bob.mobileconfig");
     let out = s.run(
-        &[
-            "device",
-            "profile",
+        &profile_args(
             "bob@example.org",
-            "--kind",
             "apple",
-            "--protocols",
             "imap,smtp",
-            "--output",
-            file.to_str().unwrap(),
-        ],
+            &["--output", file.to_str().unwrap()],
+        ),
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -285,15 +280,7 @@ fn a_protocol_the_mailbox_does_not_allow_is_refused_and_nothing_is_issued() {
     assert!(s.app_passwords("bob@example.org").is_empty());
 
     let missing = s.run(
-        &[
-            "device",
-            "profile",
-            "nobody@example.org",
-            "--kind",
-            "settings",
-            "--protocols",
-            "imap",
-        ],
+        &profile_args("nobody@example.org", "settings", "imap", &[]),
         None,
     );
     assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
@@ -305,15 +292,7 @@ fn without_clients_or_a_mail_host_device_setup_is_refused_clearly() {
     let s = Setup::new("");
     s.mailbox("alice@example.org", "all");
     let out = s.run(
-        &[
-            "device",
-            "profile",
-            "alice@example.org",
-            "--kind",
-            "settings",
-            "--protocols",
-            "imap",
-        ],
+        &profile_args("alice@example.org", "settings", "imap", &[]),
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -334,17 +313,12 @@ fn an_existing_output_file_is_never_overwritten() {
     let file = s.path("taken.png");
     std::fs::write(&file, "keep me").unwrap();
     let out = s.run(
-        &[
-            "device",
-            "profile",
+        &profile_args(
             "alice@example.org",
-            "--kind",
             "android",
-            "--protocols",
             "imap",
-            "--output",
-            file.to_str().unwrap(),
-        ],
+            &["--output", file.to_str().unwrap()],
+        ),
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -410,17 +384,12 @@ fn a_second_profile_gets_a_numbered_name() {
     assert_eq!(names, ["Mail program", "Mail program (2)"]);
 
     let named = s.ok(
-        &[
-            "device",
-            "profile",
+        &profile_args(
             "alice@example.org",
-            "--kind",
             "settings",
-            "--protocols",
             "imap",
-            "--name",
-            "Work laptop",
-        ],
+            &["--name", "Work laptop"],
+        ),
         None,
     );
     assert!(stderr(&named).contains("(Work laptop)"), "{}", text(&named));

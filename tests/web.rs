@@ -14,194 +14,36 @@ use mailauthd::provision::{self, NewMailbox};
 use mailauthd::runtime::Core;
 use mailauthd::secret::Secret;
 use mailauthd::store::{AppPasswords, AuthSource, Domains, LoginStore, Mailboxes};
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::SET_COOKIE;
 use reqwest::StatusCode;
 
-struct Page {
-    status: StatusCode,
-    cookie: Option<String>,
-    location: Option<String>,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
+#[path = "common/web_site.rs"]
+mod web_site;
 
-impl Page {
-    fn csrf(&self) -> String {
-        let start = self
-            .body
-            .find("name=\"csrf\" value=\"")
-            .expect("a CSRF field")
-            + 19;
-        let end = self.body[start..].find('"').unwrap();
-        self.body[start..start + end].to_string()
-    }
-}
-
-struct Site {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Site {
-    async fn get(&self, path: &str, cookie: Option<&str>) -> Page {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(c) = cookie {
-            req = req.header(COOKIE, c);
-        }
-        page(req.send().await.unwrap()).await
-    }
-
-    async fn post(&self, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Page {
-        self.post_from(path, cookie, form, None).await
-    }
-
-    /// A form post, through a proxy that says the client is `forwarded_for`.
-    async fn post_from(
-        &self,
-        path: &str,
-        cookie: Option<&str>,
-        form: &[(&str, &str)],
-        forwarded_for: Option<&str>,
-    ) -> Page {
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        if let Some(c) = cookie {
-            req = req.header(COOKIE, c);
-        }
-        if let Some(f) = forwarded_for {
-            req = req.header("x-forwarded-for", f);
-        }
-        page(req.send().await.unwrap()).await
-    }
-
-    /// Signs in with the password form from a fresh anonymous session.
-    async fn sign_in(&self, address: &str, password: &str, forwarded_for: Option<&str>) -> Page {
-        let front = self.get("/", None).await;
-        self.post_from(
-            "/login/password",
-            front.cookie.as_deref(),
-            &[
-                ("csrf", &front.csrf()),
-                ("address", address),
-                ("password", password),
-            ],
-            forwarded_for,
-        )
-        .await
-    }
-}
-
-fn urlencode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn page(r: reqwest::Response) -> Page {
-    let status = r.status();
-    let headers = r.headers().clone();
-    let cookie = headers
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string());
-    let location = headers
-        .get(LOCATION)
-        .map(|v| v.to_str().unwrap().to_string());
-    Page {
-        status,
-        cookie,
-        location,
-        headers,
-        body: r.text().await.unwrap(),
-    }
-}
-
+use web_site::{start_site, urlencode, Page, Site, TestMailbox};
 async fn start() -> (Site, Core, tempfile::TempDir) {
     start_with("", "").await
 }
 
-/// A web page with `top` added to the config's top sections and `web` to `[web]`.
+/// A web page with `top` added to the config's top sections and `web` to `[web]`;
+/// alice (local) and bob (oidc) at example.org, both imap and smtp.
 async fn start_with(top: &str, web: &str) -> (Site, Core, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "state_directory = {:?}\nruntime_directory = {:?}\n[credentials]\nargon2_memory_kib = 8192\nargon2_iterations = 1\n{top}\n[web]\nlisten = \"127.0.0.1:0\"\ntitle = \"Test Mail\"\n{web}\n",
-        dir.path().join("state"),
-        dir.path().join("run"),
-    );
-    let config = mailauthd::config::parse(&text).unwrap();
-    let core = Core::start(&config).await.unwrap();
-    let store: Arc<dyn mailauthd::store::Store> = core.store.clone();
-    store
-        .create_domain(&mailauthd::store::Domain {
-            name: "example.org".into(),
-            active: true,
-            max_mailboxes: None,
-            max_quota: None,
-            total_quota: None,
-            created_at: 1,
-        })
-        .await
-        .unwrap();
-    let cheap = Argon2Params {
-        memory_kib: 8192,
-        iterations: 1,
-        parallelism: 1,
+    let mailbox = |address, source| TestMailbox {
+        address,
+        protocols: "imap,smtp",
+        source,
+        display_name: "",
+        password: "alice-password-1",
     };
-    for (address, source) in [
-        ("alice@example.org", AuthSource::Local),
-        ("bob@example.org", AuthSource::Oidc),
-    ] {
-        provision::create_mailbox(
-            &*store,
-            &SystemClock,
-            NewMailbox {
-                address: Address::parse(address).unwrap(),
-                password_hash: Some(hash_argon2id(b"alice-password-1", cheap).unwrap()),
-                auth_source: source,
-                display_name: String::new(),
-                quota: None,
-                protocols: Some(Protocols::parse_list("imap,smtp").unwrap()),
-                state: None,
-                template: None,
-                oidc_identity: None,
-                require_active_domain: false,
-            },
-        )
-        .await
-        .unwrap();
-    }
-    let settings = config.web.clone().unwrap();
-    let state = mailauthd::web::state(
-        settings,
-        config.oidc.as_ref(),
-        &config.metrics,
-        config.clients.clone(),
-        store,
-        core.auth.clone(),
-        Arc::new(SystemClock),
+    start_site(
+        top,
+        web,
+        &[
+            mailbox("alice@example.org", AuthSource::Local),
+            mailbox("bob@example.org", AuthSource::Oidc),
+        ],
     )
-    .unwrap();
-    let server = mailauthd::web::start(state, &mut mailauthd::activation::Activated::default())
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.local_addr);
-    // The server lives as long as the test's runtime.
-    std::mem::forget(server);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    (Site { base, http }, core, dir)
+    .await
 }
 
 async fn login(core: &Core, secret: &str, service: &str) -> Outcome {
@@ -597,7 +439,7 @@ async fn the_password_form_is_a_door_of_the_decision_core() {
     .await;
     // Each from a client of its own, so none of this adds up to a block.
     let wrong = site
-        .sign_in("alice@example.org", "wrong", Some("203.0.113.1"))
+        .sign_in_form("alice@example.org", "wrong", Some("203.0.113.1"))
         .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     let generic = refusal_text(&wrong);
@@ -606,7 +448,7 @@ async fn the_password_form_is_a_door_of_the_decision_core() {
     let app = app_password_of(&core, "alice@example.org").await;
     assert!(matches!(login(&core, &app, "imap").await, Outcome::Ok(_)));
     let r = site
-        .sign_in("alice@example.org", &app, Some("203.0.113.2"))
+        .sign_in_form("alice@example.org", &app, Some("203.0.113.2"))
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(refusal_text(&r), generic);
@@ -616,7 +458,7 @@ async fn the_password_form_is_a_door_of_the_decision_core() {
         ("bob@example.org", "wrong", "203.0.113.4"),
         ("nobody@example.org", "alice-password-1", "203.0.113.5"),
     ] {
-        let r = site.sign_in(address, password, Some(client)).await;
+        let r = site.sign_in_form(address, password, Some(client)).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{address}");
         assert_eq!(refusal_text(&r), generic, "{address}");
     }
@@ -636,7 +478,7 @@ async fn the_password_form_is_a_door_of_the_decision_core() {
     let mut statuses = Vec::new();
     for n in 0..8 {
         let r = site
-            .sign_in(
+            .sign_in_form(
                 "alice@example.org",
                 &format!("guess-{n}"),
                 Some("198.51.100.9"),
@@ -650,7 +492,7 @@ async fn the_password_form_is_a_door_of_the_decision_core() {
         "{statuses:?}"
     );
     let r = site
-        .sign_in(
+        .sign_in_form(
             "alice@example.org",
             "alice-password-1",
             Some("198.51.100.9"),
@@ -681,7 +523,7 @@ async fn the_password_form_is_a_door_of_the_decision_core() {
     );
     // Another client is not held by that block.
     let r = site
-        .sign_in(
+        .sign_in_form(
             "alice@example.org",
             "alice-password-1",
             Some("198.51.100.10"),
@@ -698,7 +540,7 @@ async fn the_password_form_is_a_door_of_the_decision_core() {
 
 /// Signs alice in and checks the page shows her mailbox.
 async fn signed_in(site: &Site, address: &str, password: &str) -> String {
-    let r = site.sign_in(address, password, None).await;
+    let r = site.sign_in_form(address, password, None).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     let session = r.cookie.unwrap();
     assert!(site
@@ -899,7 +741,7 @@ async fn x_forwarded_for_is_read_only_from_trusted_proxies_right_to_left() {
     let top = "[last_use]\nflush_interval_ms = 10\n";
     // No trusted proxies (the default): the header is whatever the client says.
     let (site, core, _dir) = start_with(top, "").await;
-    site.sign_in(
+    site.sign_in_form(
         "alice@example.org",
         "alice-password-1",
         Some("198.51.100.9"),
@@ -918,7 +760,7 @@ async fn x_forwarded_for_is_read_only_from_trusted_proxies_right_to_left() {
         let (site, core, _dir) =
             start_with(top, "trusted_proxies = [\"127.0.0.0/8\", \"::1/128\"]\n").await;
         let r = site
-            .sign_in("alice@example.org", "alice-password-1", Some(header))
+            .sign_in_form("alice@example.org", "alice-password-1", Some(header))
             .await;
         assert_eq!(r.status, StatusCode::SEE_OTHER);
         assert_eq!(last_login_ip(&core).await, client, "{header}");

@@ -9,14 +9,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mailauthd::auth::password::{hash_argon2id, Argon2Params};
 use mailauthd::clock::SystemClock;
-use mailauthd::names::{Address, Protocols};
-use mailauthd::provision::{self, NewMailbox};
+use mailauthd::names::Protocols;
 use mailauthd::runtime::Core;
 use mailauthd::store::{AppPasswords, AuthSource};
 use quick_xml::events::Event;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::COOKIE;
 use reqwest::StatusCode;
 
 const PASSWORD: &str = "device-password-1";
@@ -24,108 +22,26 @@ const PASSWORD: &str = "device-password-1";
 /// ManageSieve for clients.
 const CLIENTS: &str = "[clients]\nhost = \"mail.example.org\"\n[clients.sieve]\nenabled = false\n";
 
-struct Page {
-    status: StatusCode,
-    cookie: Option<String>,
-    location: Option<String>,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
+#[path = "common/web_site.rs"]
+mod web_site;
 
-impl Page {
-    fn csrf(&self) -> String {
-        let start = self
-            .body
-            .find("name=\"csrf\" value=\"")
-            .expect("a CSRF field")
-            + 19;
-        let end = self.body[start..].find('"').unwrap();
-        self.body[start..start + end].to_string()
-    }
+use web_site::{start_site, Page, Site, TestMailbox};
 
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or("")
-    }
-
-    /// The text of the element with this id (no nested markup).
-    fn by_id(&self, id: &str) -> Option<String> {
-        let at = self.body.find(&format!("id=\"{id}\""))?;
-        let start = at + self.body[at..].find('>')? + 1;
-        let end = start + self.body[start..].find('<')?;
-        Some(self.body[start..end].to_string())
-    }
-}
-
-struct Site {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Site {
-    async fn get(&self, path: &str, cookie: Option<&str>) -> Page {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(c) = cookie {
-            req = req.header(COOKIE, c);
-        }
-        page(req.send().await.unwrap()).await
-    }
-
-    async fn get_with_host(&self, path: &str, host: &str) -> Page {
-        let req = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("host", host);
-        page(req.send().await.unwrap()).await
-    }
-
-    async fn post_body(&self, path: &str, body: Vec<u8>) -> Page {
-        let req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "text/xml")
-            .body(body);
-        page(req.send().await.unwrap()).await
-    }
-
-    async fn post(&self, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Page {
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        if let Some(c) = cookie {
-            req = req.header(COOKIE, c);
-        }
-        page(req.send().await.unwrap()).await
-    }
-
+/// What the device tests do on the page, beyond what every page test does.
+trait DeviceSite {
     /// Signs in with the password form; the session cookie.
+    async fn sign_in(&self, address: &str) -> String;
+    /// Posts the device form from a fresh GET of it.
+    async fn set_up(&self, cookie: &str, fields: &[(&str, &str)]) -> Page;
+}
+
+impl DeviceSite for Site {
     async fn sign_in(&self, address: &str) -> String {
-        let front = self.get("/", None).await;
-        let r = self
-            .post(
-                "/login/password",
-                front.cookie.as_deref(),
-                &[
-                    ("csrf", &front.csrf()),
-                    ("address", address),
-                    ("password", PASSWORD),
-                ],
-            )
-            .await;
+        let r = self.sign_in_form(address, PASSWORD, None).await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
         r.cookie.unwrap()
     }
 
-    /// Posts the device form from a fresh GET of it.
     async fn set_up(&self, cookie: &str, fields: &[(&str, &str)]) -> Page {
         let form = self.get("/devices", Some(cookie)).await;
         assert_eq!(form.status, StatusCode::OK, "{}", form.body);
@@ -136,106 +52,26 @@ impl Site {
     }
 }
 
-fn urlencode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn page(r: reqwest::Response) -> Page {
-    let status = r.status();
-    let headers = r.headers().clone();
-    let cookie = headers
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string());
-    let location = headers
-        .get(LOCATION)
-        .map(|v| v.to_str().unwrap().to_string());
-    Page {
-        status,
-        cookie,
-        location,
-        headers,
-        body: r.text().await.unwrap(),
-    }
-}
-
 /// A web page with `top` added to the config (e.g. `[clients]`), and mailboxes alice
 /// (imap, smtp), mallory (imap, pop3, smtp) and sieveonly (sieve) at example.org.
 async fn start_with(top: &str) -> (Site, Core, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "state_directory = {:?}\nruntime_directory = {:?}\n[credentials]\nargon2_memory_kib = 8192\nargon2_iterations = 1\n{top}\n[web]\nlisten = \"127.0.0.1:0\"\ntitle = \"Test Mail\"\n",
-        dir.path().join("state"),
-        dir.path().join("run"),
-    );
-    let config = mailauthd::config::parse(&text).unwrap();
-    let core = Core::start(&config).await.unwrap();
-    let store: Arc<dyn mailauthd::store::Store> = core.store.clone();
-    store
-        .create_domain(&mailauthd::store::Domain {
-            name: "example.org".into(),
-            active: true,
-            max_mailboxes: None,
-            max_quota: None,
-            total_quota: None,
-            created_at: 1,
-        })
-        .await
-        .unwrap();
-    let cheap = Argon2Params {
-        memory_kib: 8192,
-        iterations: 1,
-        parallelism: 1,
+    let mailbox = |address, protocols| TestMailbox {
+        address,
+        protocols,
+        source: AuthSource::Local,
+        display_name: "Alice <A&B>",
+        password: PASSWORD,
     };
-    for (address, protocols) in [
-        ("alice@example.org", "imap,smtp"),
-        ("mallory@example.org", "imap,pop3,smtp"),
-        ("sieveonly@example.org", "sieve"),
-    ] {
-        provision::create_mailbox(
-            &*store,
-            &SystemClock,
-            NewMailbox {
-                address: Address::parse(address).unwrap(),
-                password_hash: Some(hash_argon2id(PASSWORD.as_bytes(), cheap).unwrap()),
-                auth_source: AuthSource::Local,
-                display_name: "Alice <A&B>".into(),
-                quota: None,
-                protocols: Some(Protocols::parse_list(protocols).unwrap()),
-                state: None,
-                template: None,
-                oidc_identity: None,
-                require_active_domain: false,
-            },
-        )
-        .await
-        .unwrap();
-    }
-    let state = mailauthd::web::state(
-        config.web.clone().unwrap(),
-        config.oidc.as_ref(),
-        &config.metrics,
-        config.clients.clone(),
-        store,
-        core.auth.clone(),
-        Arc::new(SystemClock),
+    start_site(
+        top,
+        "",
+        &[
+            mailbox("alice@example.org", "imap,smtp"),
+            mailbox("mallory@example.org", "imap,pop3,smtp"),
+            mailbox("sieveonly@example.org", "sieve"),
+        ],
     )
-    .unwrap();
-    let server = mailauthd::web::start(state, &mut mailauthd::activation::Activated::default())
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.local_addr);
-    // The server lives as long as the test's runtime.
-    std::mem::forget(server);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    (Site { base, http }, core, dir)
+    .await
 }
 
 /// Each element named `name`: its attributes (`@attr`) and its children's text.
