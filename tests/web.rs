@@ -236,6 +236,20 @@ async fn a_local_mailbox_signs_in_and_manages_app_passwords() {
     let marker = "id=\"app-password\" aria-label=\"App password\">";
     let start = r.body.find(marker).unwrap() + marker.len();
     let secret = r.body[start..start + 24].to_string();
+    // The copy button's script, the one the CSP's hash allows, is on the page.
+    let script = r.body.split("<script>").nth(1).unwrap();
+    let script = &script[..script.find("</script>").unwrap()];
+    let hash = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script))
+    };
+    let csp = r.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains(&format!("script-src 'sha256-{hash}';")),
+        "{csp}"
+    );
+    assert_eq!(r.body.matches("<script>").count(), 1);
     assert!(matches!(
         login(&core, &secret, "imap").await,
         Outcome::Ok(_)
@@ -784,6 +798,18 @@ async fn the_listener_bounds_bodies_heads_and_connections() {
         csp.to_str().unwrap().contains("form-action 'self'"),
         "{csp:?}"
     );
+    // One script may run, the copy button's, by its hash: nothing inline by chance.
+    let script_src = csp
+        .to_str()
+        .unwrap()
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("script-src"))
+        .unwrap()
+        .to_string();
+    let sources: Vec<&str> = script_src.split_whitespace().skip(1).collect();
+    assert_eq!(sources.len(), 1, "{script_src}");
+    assert!(sources[0].starts_with("'sha256-"), "{script_src}");
 
     let big = "x".repeat(64 * 1024);
     let r = site

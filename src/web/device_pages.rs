@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::devices::{How, Kind, Ready};
-use super::html::{esc, page};
+use super::html::{copy_button, esc, page};
 use super::pages::{notice, protocol_names, Notice};
 use crate::names::{Protocol, Protocols};
 
@@ -108,10 +108,11 @@ pub fn done(site: &str, address: &str, csrf: &str, r: &Ready) -> String {
         body,
         "<section class=\"notice\" aria-labelledby=\"done-h\">\n<h2 id=\"done-h\">“{}” is ready</h2>\n\
          <p>Its app password, for {}. <strong>It is shown only this once</strong>; if you lose it, revoke it and set the device up again.</p>\n\
-         <p class=\"secret\" id=\"app-password\" aria-label=\"App password\">{}</p>\n</section>\n",
+         <p class=\"secret\" id=\"app-password\" aria-label=\"App password\">{}</p>\n{}</section>\n",
         esc(&r.name),
         esc(&protocol_names(r.protocols)),
-        esc(&secret)
+        esc(&secret),
+        copy_button()
     );
     body.push_str("<section aria-labelledby=\"setup-h\">\n<h2 id=\"setup-h\">Set it up</h2>\n");
     match &r.how {
@@ -243,6 +244,8 @@ mod tests {
         assert!(html.contains("“&lt;script&gt;” is ready"));
         assert!(html.contains("Host: &lt;x&gt;"));
         assert!(html.contains(">abcd-efgh<"));
-        assert!(!html.contains("<script>"));
+        // The one script is the copy button's; the name's markup is text.
+        assert_eq!(html.matches("<script>").count(), 1);
+        assert!(html.contains(&crate::web::html::copy_button()));
     }
 }

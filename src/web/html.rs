@@ -18,6 +18,29 @@ pub fn esc(text: &str) -> String {
     out
 }
 
+/// The page's one script: shows a "Copy" button beside a secret and copies it. Allowed by
+/// its hash in the Content-Security-Policy ([`copy_script_hash`]), so no other script can
+/// run; without it (or without a clipboard) the button stays hidden and nothing is lost.
+const COPY_SCRIPT: &str = "(function(){var b=document.getElementById('copy-secret'),s=document.getElementById('app-password');if(!b||!s||!navigator.clipboard)return;b.hidden=false;b.addEventListener('click',function(){navigator.clipboard.writeText(s.textContent.trim()).then(function(){b.textContent='Copied';});});})();";
+
+/// The button and script that copy the secret in the element `app-password`.
+pub fn copy_button() -> String {
+    format!(
+        "<p><button type=\"button\" id=\"copy-secret\" hidden>Copy the password</button></p>\n<script>{COPY_SCRIPT}</script>\n"
+    )
+}
+
+/// The CSP source that allows [`COPY_SCRIPT`] and nothing else: `'sha256-…'`.
+pub fn copy_script_hash() -> String {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(COPY_SCRIPT.as_bytes());
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
 const STYLE: &str = r#"
 :root { color-scheme: light dark; --fg: #1b1f24; --bg: #f6f7f9; --card: #fff; --line: #d6dae0; --accent: #1f5fbf; --bad: #a4262c; --good: #1e6b36; }
 @media (prefers-color-scheme: dark) { :root { --fg: #e8eaed; --bg: #16181c; --card: #202329; --line: #3a3f47; --accent: #7fb0ff; --bad: #ff8a8f; --good: #7fd99a; } }
@@ -90,6 +113,25 @@ pub fn page(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_copy_script_is_the_one_its_hash_allows() {
+        use base64::Engine as _;
+        use sha2::{Digest, Sha256};
+        let button = super::copy_button();
+        let start = button.find("<script>").unwrap() + "<script>".len();
+        let end = button.find("</script>").unwrap();
+        let digest = Sha256::digest(&button.as_bytes()[start..end]);
+        let expected = format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        );
+        assert_eq!(super::copy_script_hash(), expected);
+        assert!(
+            button.contains("hidden"),
+            "no button shows without the script"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -1,10 +1,11 @@
 //! The web page: sign in (through the identity provider, or with a `local` mailbox's
 //! password), see the mailbox, make and revoke app passwords; plus `/healthz` and `/readyz`.
 //!
-//! Server-rendered HTML with no script. Every form carries the session's CSRF token; the
-//! session cookie is HttpOnly, SameSite=Lax (the provider's redirect back is a cross-site
-//! navigation, which Strict would strip) and Secure with the `__Host-` prefix unless a test
-//! setup turns Secure off.
+//! Server-rendered HTML; its one script is the copy button beside a new password, allowed
+//! by its hash in the CSP, and the page works without it. Every form carries the session's
+//! CSRF token; the session cookie is HttpOnly, SameSite=Lax (the provider's redirect back
+//! is a cross-site navigation, which Strict would strip) and Secure with the `__Host-`
+//! prefix unless a test setup turns Secure off.
 //!
 //! The password form is one more door of the decision core (service `web`): the same
 //! throttle, audit line, metrics and rules as a mail login; app passwords never open the
@@ -346,11 +347,13 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// The page's Content-Security-Policy: no script, no framing, forms post only to
-/// `form_action` (this site, plus the provider's sign-out on pages that need it).
+/// The page's Content-Security-Policy: no script but the copy button's, by its hash; no
+/// framing; forms post only to `form_action` (this site, plus the provider's sign-out on
+/// pages that need it).
 fn csp(form_action: &str) -> String {
     format!(
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+        "default-src 'none'; script-src {}; style-src 'unsafe-inline'; img-src 'self'; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'",
+        html::copy_script_hash()
     )
 }
 

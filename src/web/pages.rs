@@ -1,8 +1,9 @@
-//! The pages a person sees. Plain HTML, no script: forms post back, the server answers.
+//! The pages a person sees. Plain HTML: forms post back, the server answers; the only
+//! script is the optional copy button (`html::copy_button`).
 
 use std::fmt::Write;
 
-use super::html::{esc, page};
+use super::html::{copy_button, esc, page};
 use crate::clock::{format_time, UnixTime};
 use crate::names::{Protocol, Protocols};
 use crate::store::{AppPassword, LastUseInfo, Mailbox};
@@ -254,10 +255,11 @@ pub fn created(c: &Created<'_>) -> String {
         body,
         "<section class=\"notice\" aria-labelledby=\"created-h\">\n<h2 id=\"created-h\">App password “{}” created</h2>\n\
          <p>Enter it in your mail program now. <strong>It is shown only this once</strong>; if you lose it, revoke it and make a new one.</p>\n\
-         <p class=\"secret\" id=\"app-password\" aria-label=\"App password\">{}</p>\n\
+         <p class=\"secret\" id=\"app-password\" aria-label=\"App password\">{}</p>\n{}\
          <dl>\n<dt>For</dt><dd>{}</dd>\n<dt>Expires</dt><dd>{}</dd>\n</dl>\n</section>\n",
         esc(c.name),
         esc(c.secret),
+        copy_button(),
         esc(&protocol_names(c.protocols)),
         c.expires.map(when).unwrap_or_else(|| "never".into())
     );

@@ -281,6 +281,11 @@ if [[ $secret =~ ^[a-z]{4}(-[a-z]{4}){4}$ ]] && grep -q 'mail.example.org' <<<"$
 else
 	not_ok "the page creates an app password" "$out"
 fi
+if [ "$(json 'j.copyButton' <<<"$out")" = true ]; then
+	ok "the copy button's script runs under the page's CSP (allowed by its hash) and shows the button"
+else
+	not_ok "the copy button's script runs under the page's CSP" "$out"
+fi
 if [ -n "$secret" ] && printf '%s\n' "$secret" | m auth test alice@example.org --service imap --rip 192.0.2.7 >"$TMP/auth-imap.txt" 2>&1; then
 	ok "auth test accepts the app password for imap"
 else
