@@ -228,11 +228,16 @@ pub struct Authorization {
     pub pending: PendingSignIn,
 }
 
-/// A finished sign-in: the claims to provision with, and the ID token for logout.
+/// A finished sign-in: the claims to provision with, the ID token for logout, the provider's
+/// session id for back-channel logout, and the refresh token when the provider issued one.
 #[derive(Debug)]
 pub struct Identity {
     pub claims: SignInClaims,
     pub id_token: Secret,
+    /// The ID token's `sid`: the provider's session, named again in a back-channel logout.
+    pub session_id: Option<String>,
+    /// Kept, sealed, to ask the provider later whether it still knows the person.
+    pub refresh_token: Option<Secret>,
 }
 
 pub(crate) struct Provider {
@@ -382,6 +387,10 @@ impl RelyingParty {
         let issuer = id_claims.issuer().as_str().to_string();
         let subject = id_claims.subject().clone();
         let id_map = to_map(&id_claims).map_err(|e| OidcError::IdToken(e.to_string()))?;
+        let session_id = id_map
+            .get("sid")
+            .and_then(|v| v.as_str())
+            .map(|sid| sid.chars().take(255).collect());
 
         let userinfo = match p
             .client
@@ -404,6 +413,10 @@ impl RelyingParty {
         Ok(Identity {
             claims,
             id_token: Secret::from(id_token.to_string()),
+            session_id,
+            refresh_token: token
+                .refresh_token()
+                .map(|t| Secret::from(t.secret().clone())),
         })
     }
 

@@ -6,8 +6,13 @@
 // Accounts live in a JSON file that is read on every sign-in, so the test script can change
 // a person's claims between runs: { "alice": { "email": "...", "mailcow_template": "staff" } }
 //
+// Refresh tokens are issued to the client on every sign-in (the liveness check uses them),
+// and Back-Channel Logout is on: with --backchannel-logout URL, ending a session at the
+// provider POSTs a logout token there.
+//
 // Usage: node provider.mjs --port N --accounts FILE --redirect URL --post-logout URL
 //                          [--tls-cert FILE --tls-key FILE] [--client-secret S]
+//                          [--backchannel-logout URL]
 
 import fs from 'node:fs';
 import http from 'node:http';
@@ -25,6 +30,7 @@ const { values: args } = parseArgs({
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
     'client-secret': { type: 'string', default: 'e2e-client-secret-0123456789abcdef' },
+    'backchannel-logout': { type: 'string' },
   },
 });
 
@@ -42,12 +48,18 @@ const configuration = {
       client_secret: args['client-secret'],
       redirect_uris: [args.redirect],
       post_logout_redirect_uris: [args['post-logout']],
-      grant_types: ['authorization_code'],
+      grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
+      ...(args['backchannel-logout']
+        ? {
+            backchannel_logout_uri: args['backchannel-logout'],
+            backchannel_logout_session_required: true,
+          }
+        : {}),
     },
   ],
-  scopes: ['openid', 'profile', 'email', 'mailcow_template', 'department'],
+  scopes: ['openid', 'offline_access', 'profile', 'email', 'mailcow_template', 'department'],
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
@@ -62,6 +74,12 @@ const configuration = {
   features: {
     devInteractions: { enabled: true },
     rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: true },
+  },
+  // A refresh token for every sign-in of a client allowed the grant, whether or not the
+  // consent prompt ran (by default offline_access needs prompt=consent).
+  issueRefreshToken(_ctx, client) {
+    return client.grantTypeAllowed('refresh_token');
   },
   cookies: { keys: ['mailauthd-e2e-cookie-key-not-secret'] },
   async findAccount(_ctx, id) {
