@@ -1696,10 +1696,10 @@ fn two_daemons_share_sending_limits_through_redis() {
     rt.block_on(db.store.close());
     let shared = tempfile::tempdir().unwrap();
     let key = shared.path().join("app-password.key");
+    let limits_prefix = common::unique_redis_prefix().replace(":throttle:", ":limits:");
     let sections = format!(
-        "[redis]\nurl = {redis:?}\nsend_limits_prefix = {:?}\n\
-         [[policy.limits]]\nwindow = \"1h\"\nmessages = 2\n",
-        common::unique_redis_prefix().replace(":throttle:", ":limits:")
+        "[redis]\nurl = {redis:?}\nsend_limits_prefix = {limits_prefix:?}\n\
+         [[policy.limits]]\nwindow = \"1h\"\nmessages = 2\n"
     );
     let start = |seed: bool| {
         Daemon::start_full(

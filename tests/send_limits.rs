@@ -256,7 +256,8 @@ async fn redis_counters_answer_as_memory_does() {
     scenarios.push(("random", random_steps(7, 800)));
     for (name, steps) in scenarios {
         let memory = Counters::default();
-        let redis = redis_counters(&url, &prefix(), Duration::from_secs(2)).await;
+        let prefix = prefix();
+        let redis = redis_counters(&url, &prefix, Duration::from_secs(2)).await;
         let expected = run(&memory, &steps).await;
         let got = run(&redis, &steps).await;
         for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
@@ -281,7 +282,9 @@ async fn redis_counters_answer_as_memory_does() {
                 steps.len()
             );
         }
+        common::remove_redis_keys(&url, &prefix).await;
     }
+    println!("sending limits answered as memory through redis");
 }
 
 #[tokio::test]
@@ -360,6 +363,8 @@ async fn two_daemons_on_one_redis_share_the_count() {
     }
     assert_eq!(passed, 5, "counted once, whichever daemon answered");
     assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+    common::remove_redis_keys(&url, &prefix).await;
+    println!("sending limits shared through redis passed");
 }
 
 #[tokio::test]
@@ -425,6 +430,7 @@ async fn keys_expire_with_their_window() {
     for key in keys {
         assert!(pttl(key.clone()).await > 0, "{key} never expires");
     }
+    common::remove_redis_keys(&url, &prefix).await;
 }
 
 /// Redis goes away between two messages and comes back: meanwhile memory counts (a limit
@@ -437,7 +443,8 @@ async fn redis_outage_falls_back_to_memory_and_recovers() {
     };
     let relay = common::relay::Relay::start(common::relay::upstream_of(&url)).await;
     let via = common::relay::via(&url, &format!("127.0.0.1:{}", relay.port));
-    let c = redis_counters(&via, &prefix(), Duration::from_millis(250)).await;
+    let prefix = prefix();
+    let c = redis_counters(&via, &prefix, Duration::from_millis(250)).await;
     let l: SendLimits = "1h:3:-".parse().unwrap();
     let r = |m: &'static str| Usage::Recipient {
         instance: Some(m),
@@ -482,6 +489,7 @@ async fn redis_outage_falls_back_to_memory_and_recovers() {
     assert_eq!(c.check_and_count("u@x", &l, r("m7"), T0 + 2).await, Ok(()));
     assert!(c.check_and_count("u@x", &l, r("m8"), T0 + 2).await.is_err());
     assert_eq!(c.fallbacks(), fallbacks, "answered by Redis");
+    common::remove_redis_keys(&url, &prefix).await;
     println!("sending limits through a Redis outage and back passed");
 }
 

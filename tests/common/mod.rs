@@ -53,6 +53,27 @@ pub fn unique_redis_prefix() -> String {
     format!("{}:throttle:", unique_name())
 }
 
+/// Removes every key under `prefix` (a test's own, from [`unique_redis_prefix`]).
+pub async fn remove_redis_keys(url: &str, prefix: &str) {
+    let mut conn = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = ::redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
 pub fn backends() -> Vec<Backend> {
     let in_ci = in_ci();
     let mut list = vec![Backend::Sqlite];
