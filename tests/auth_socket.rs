@@ -1754,5 +1754,7 @@ fn two_daemons_share_sending_limits_through_redis() {
         "action=DUNNO"
     );
     drop((at_a, at_b, a, b));
+    rt.block_on(common::remove_redis_keys(&redis, &limits_prefix));
     rt.block_on(db.finish());
+    println!("two daemons shared sending limits through redis");
 }
