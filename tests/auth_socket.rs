@@ -1758,3 +1758,66 @@ fn two_daemons_share_sending_limits_through_redis() {
     rt.block_on(db.finish());
     println!("two daemons shared sending limits through redis");
 }
+
+/// A daemon whose Redis is unreachable from the start: policy requests are answered at
+/// once from its own memory (the limit of 2 still holds, nothing is refused for Redis),
+/// and the log says so once, not once per request.
+#[test]
+fn an_unreachable_redis_is_logged_once_and_limits_hold_from_memory() {
+    let sections = "[redis]\nurl = \"redis://127.0.0.1:1/\"\n\
+                    [[policy.limits]]\nwindow = \"1h\"\nmessages = 2\n";
+    let mut d = Daemon::start_full(None, None, true, "", "", sections, None);
+    // Started again with its log in a file, to count the lines.
+    if let Some(mut child) = d.child.take() {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+    let log = d.dir.path().join("daemon.log");
+    d.child = Some(
+        Command::new(BIN)
+            .args(["--config", d.config.to_str().unwrap(), "serve"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut c = loop {
+        if let Ok(s) = UnixStream::connect(d.socket("policy")) {
+            drop(s);
+            break Client::connect(&d.socket("policy"));
+        }
+        assert!(Instant::now() < deadline, "policy socket did not come back");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    for m in 1..=6 {
+        answers.push(policy_ask(
+            &mut c,
+            "RCPT",
+            &format!("M{m}"),
+            "x@example.net",
+        ));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        answers[..2],
+        ["action=DUNNO", "action=DUNNO"],
+        "{answers:?}"
+    );
+    for a in &answers[2..] {
+        assert!(a.starts_with("action=DEFER_IF_PERMIT 4.7.1 "), "{a}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.matches("Redis does not answer").count();
+    assert_eq!(lines, 1, "{text}");
+    assert!(
+        text.contains("sending limits count in this daemon's"),
+        "{text}"
+    );
+}
