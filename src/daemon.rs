@@ -72,6 +72,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
         core.auth.clone(),
         core.store.clone(),
         core.throttle.clone(),
+        core.send_counters.clone(),
         &mut activated,
     ) {
         Ok(doors) => doors,
@@ -290,6 +291,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "policy_socket/control_socket",
     );
     check(old.policy != new.policy, "policy");
+    check(old.redis != new.redis, "redis");
     check(old.web != new.web, "web");
     check(old.clients != new.clients, "clients");
     check(old.auth_socket != new.auth_socket, "auth_socket");

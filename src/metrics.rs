@@ -104,6 +104,7 @@ metrics! {
     throttle_delayed: Family<KindLabels, Counter> = Default::default(), "throttle_delayed", "Login attempts delayed by the throttle";
     throttle_refused: Family<KindLabels, Counter> = Default::default(), "throttle_blocked", "Login attempts refused because their network or account is blocked";
     throttle_fallbacks: Counter = Default::default(), "throttle_redis_fallbacks", "Throttle calls answered from memory because Redis did not answer in time";
+    send_limits_fallbacks: Counter = Default::default(), "send_limits_redis_fallbacks", "Sending-limit checks answered from memory because Redis did not answer in time";
     auth_overloaded: Counter = Default::default(), "auth_overloaded", "Auth requests answered with a temporary failure because too many were being decided at once";
     verify_cache: Family<ResultLabels, Counter> = Default::default(), "verify_cache_lookups", "Stored-password checks answered by the verification cache (hit) or by hashing (miss)";
     hash_pool_depth: Gauge = Default::default(), "hash_pool_queue_depth", "Password hashes running or waiting for a worker";
@@ -208,6 +209,10 @@ pub fn throttle_blocked(kind: &'static str) {
 
 pub fn throttle_redis_fallback() {
     METRICS.throttle_fallbacks.inc();
+}
+
+pub fn send_limits_redis_fallback() {
+    METRICS.send_limits_fallbacks.inc();
 }
 
 pub fn auth_overloaded() {

@@ -36,7 +36,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 use thiserror::Error;
 
-pub use limits::{Counted, Exceeded, Usage};
+pub use limits::{
+    Counted, Counters, Exceeded, SendCounters, Usage, MESSAGES_PER_USER, RECIPIENTS_PER_MESSAGE,
+};
 
 use crate::audit::{canonical_ip, printable};
 use crate::clock::Clock;
@@ -326,26 +328,37 @@ impl DecisionError {
     }
 }
 
-/// The policy decisions plus the in-memory sending counters; one per daemon, shared by
-/// every connection.
+/// The policy decisions plus the sending counters; one per daemon, shared by every
+/// connection.
 pub struct PolicyService {
     store: Arc<dyn PolicyStore>,
     clock: Arc<dyn Clock>,
     settings: PolicySettings,
-    counters: limits::Counters,
+    counters: Arc<dyn SendCounters>,
 }
 
 impl PolicyService {
+    /// With sending counters in this process.
     pub fn new(
         store: Arc<dyn PolicyStore>,
         clock: Arc<dyn Clock>,
         settings: PolicySettings,
     ) -> Self {
+        Self::with_counters(store, clock, settings, Arc::new(Counters::default()))
+    }
+
+    /// With `counters` kept elsewhere, such as in the Redis several daemons share.
+    pub fn with_counters(
+        store: Arc<dyn PolicyStore>,
+        clock: Arc<dyn Clock>,
+        settings: PolicySettings,
+        counters: Arc<dyn SendCounters>,
+    ) -> Self {
         PolicyService {
             store,
             clock,
             settings,
-            counters: limits::Counters::default(),
+            counters,
         }
     }
 
@@ -353,7 +366,8 @@ impl PolicyService {
         &self.settings
     }
 
-    /// Users with sending-limit counters in memory (they go once their windows close).
+    /// Users with sending-limit counters in this daemon's memory (they go once their
+    /// windows close).
     pub fn counted_users(&self) -> usize {
         self.counters.tracked_users()
     }
@@ -437,7 +451,7 @@ impl PolicyService {
             },
         };
         if !trusted {
-            if let Some(decision) = self.check_limits(req, &account) {
+            if let Some(decision) = self.check_limits(req, &account).await {
                 return Ok(decision);
             }
         }
@@ -534,7 +548,7 @@ impl PolicyService {
         }
     }
 
-    fn check_limits(&self, req: &PolicyRequest, account: &SenderAccount) -> Option<Decision> {
+    async fn check_limits(&self, req: &PolicyRequest, account: &SenderAccount) -> Option<Decision> {
         let limits = account
             .send_limits
             .as_ref()
@@ -558,6 +572,7 @@ impl PolicyService {
         let exceeded = self
             .counters
             .check_and_count(&account.address, limits, usage, self.clock.now())
+            .await
             .err()?;
         let reason = match exceeded.counted {
             Counted::Messages => Reason::MessageLimit,

@@ -12,6 +12,7 @@ use crate::auth::{Authenticator, AuthenticatorParts};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::keyfile::{self, KeyFileError};
+use crate::policy::SendCounters;
 use crate::shared_state;
 use crate::store::{self, GuardedStore, Store, StoreError};
 
@@ -26,7 +27,7 @@ pub enum StartError {
     #[error("the operating system gave no random bytes for an in-memory key: {0}")]
     Random(getrandom::Error),
     #[error(transparent)]
-    Throttle(#[from] shared_state::SetupError),
+    Redis(#[from] shared_state::SetupError),
 }
 
 impl StartError {
@@ -41,6 +42,9 @@ pub struct Core {
     pub auth: Arc<Authenticator>,
     /// Shared with the decision core; the control socket lists and lifts blocks here.
     pub throttle: Arc<Throttle>,
+    /// The policy service's sending-limit counters: in Redis when `[redis]` names one
+    /// (on the throttle's connection), else in this process.
+    pub send_counters: Arc<dyn SendCounters>,
     last_use: LastUseWriter,
 }
 
@@ -69,11 +73,14 @@ impl Core {
             Fingerprinter::random().map_err(StartError::Random)?
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let throttle = Arc::new(shared_state::open_throttle(
+        // One connection for everything kept in Redis: one health, one outage line.
+        let redis = shared_state::open(&config.redis, clock.clone())?;
+        let throttle = Arc::new(shared_state::throttle_on(
             config.throttle.clone(),
             fingerprinter,
-            clock.clone(),
-        )?);
+            redis.clone(),
+        ));
+        let send_counters = shared_state::send_counters(&config.redis, redis);
         let auth = Authenticator::new(AuthenticatorParts {
             store: dyn_store,
             key,
@@ -93,6 +100,7 @@ impl Core {
             store,
             auth: Arc::new(auth),
             throttle,
+            send_counters,
             last_use,
         })
     }

@@ -1651,3 +1651,173 @@ fn app_password_shaped_guesses_are_limited_by_the_account_too() {
     assert!(checked <= 5.0, "{checked} reached the stored password");
     assert_eq!(checked + decided(port, "fail", "throttled"), 41.0);
 }
+
+/// One Postfix policy request on `c` for alice's message `instance`, its answer line.
+fn policy_ask(c: &mut Client, state: &str, instance: &str, recipient: &str) -> String {
+    c.send(&format!(
+        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
+         client_address=192.0.2.10\nsasl_method=PLAIN\nsasl_username=alice@example.org\n\
+         sender=alice@example.org\nrecipient={recipient}\ninstance={instance}\n\
+         recipient_count=1\n\n"
+    ));
+    let action = c.line().unwrap();
+    assert_eq!(
+        c.line().unwrap(),
+        "",
+        "a policy answer ends with an empty line"
+    );
+    action
+}
+
+/// Two daemons on one PostgreSQL database and one Redis (`[redis] url`), a limit of 2
+/// messages an hour: requests alternate between the daemons' policy sockets, a message
+/// asked about at both counts once, and the third message is deferred with 4.7.1 by
+/// either daemon.
+#[test]
+fn two_daemons_share_sending_limits_through_redis() {
+    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
+        );
+        eprintln!(
+            "note: MAILAUTHD_TEST_POSTGRES_URL not set; two-daemon sending-limit test skipped outside CI"
+        );
+        return;
+    };
+    let Some(redis) = common::redis_url("the two-daemon sending-limit test") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
+    rt.block_on(db.store.close());
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("app-password.key");
+    let limits_prefix = common::unique_redis_prefix().replace(":throttle:", ":limits:");
+    let sections = format!(
+        "[redis]\nurl = {redis:?}\nsend_limits_prefix = {limits_prefix:?}\n\
+         [[policy.limits]]\nwindow = \"1h\"\nmessages = 2\n"
+    );
+    let start = |seed: bool| {
+        Daemon::start_full(
+            Some(&db.url),
+            Some(&key),
+            seed,
+            &format!("redis_prefix = {:?}\n", common::unique_redis_prefix()),
+            "",
+            &sections,
+            None,
+        )
+    };
+    let a = start(true);
+    let b = start(false);
+    let mut at_a = Client::connect(&a.socket("policy"));
+    let mut at_b = Client::connect(&b.socket("policy"));
+
+    // Message 1: RCPT at A, a second recipient and END-OF-MESSAGE at B (as when two
+    // smtpd processes behind a balancer asked different daemons): one message.
+    assert_eq!(
+        policy_ask(&mut at_a, "RCPT", "M1", "x@example.net"),
+        "action=DUNNO"
+    );
+    assert_eq!(
+        policy_ask(&mut at_b, "RCPT", "M1", "y@example.net"),
+        "action=DUNNO"
+    );
+    assert_eq!(
+        policy_ask(&mut at_b, "END-OF-MESSAGE", "M1", ""),
+        "action=DUNNO"
+    );
+    // Message 2 at B.
+    assert_eq!(
+        policy_ask(&mut at_b, "RCPT", "M2", "x@example.net"),
+        "action=DUNNO"
+    );
+    // Message 3 at either daemon: over the limit of 2 an hour.
+    let deferred = "action=DEFER_IF_PERMIT 4.7.1 <alice@example.org>: sending limit of 2 \
+                    messages per 1h reached, try again later";
+    assert_eq!(
+        policy_ask(&mut at_a, "RCPT", "M3", "x@example.net"),
+        deferred
+    );
+    assert_eq!(
+        policy_ask(&mut at_b, "RCPT", "M3", "x@example.net"),
+        deferred
+    );
+    assert_eq!(policy_ask(&mut at_a, "MAIL", "M4", ""), deferred);
+    // Messages already counted still get their recipients.
+    assert_eq!(
+        policy_ask(&mut at_a, "RCPT", "M2", "z@example.net"),
+        "action=DUNNO"
+    );
+    drop((at_a, at_b, a, b));
+    rt.block_on(common::remove_redis_keys(&redis, &limits_prefix));
+    rt.block_on(db.finish());
+    println!("two daemons shared sending limits through redis");
+}
+
+/// A daemon whose Redis is unreachable from the start: policy requests are answered at
+/// once from its own memory (the limit of 2 still holds, nothing is refused for Redis),
+/// and the log says so once, not once per request.
+#[test]
+fn an_unreachable_redis_is_logged_once_and_limits_hold_from_memory() {
+    let sections = "[redis]\nurl = \"redis://127.0.0.1:1/\"\n\
+                    [[policy.limits]]\nwindow = \"1h\"\nmessages = 2\n";
+    let mut d = Daemon::start_full(None, None, true, "", "", sections, None);
+    // Started again with its log in a file, to count the lines.
+    if let Some(mut child) = d.child.take() {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+    let log = d.dir.path().join("daemon.log");
+    d.child = Some(
+        Command::new(BIN)
+            .args(["--config", d.config.to_str().unwrap(), "serve"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut c = loop {
+        if let Ok(s) = UnixStream::connect(d.socket("policy")) {
+            drop(s);
+            break Client::connect(&d.socket("policy"));
+        }
+        assert!(Instant::now() < deadline, "policy socket did not come back");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    for m in 1..=6 {
+        answers.push(policy_ask(
+            &mut c,
+            "RCPT",
+            &format!("M{m}"),
+            "x@example.net",
+        ));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        answers[..2],
+        ["action=DUNNO", "action=DUNNO"],
+        "{answers:?}"
+    );
+    for a in &answers[2..] {
+        assert!(a.starts_with("action=DEFER_IF_PERMIT 4.7.1 "), "{a}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.matches("Redis does not answer").count();
+    assert_eq!(lines, 1, "{text}");
+    assert!(
+        text.contains("sending limits count in this daemon's"),
+        "{text}"
+    );
+}

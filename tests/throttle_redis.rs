@@ -11,7 +11,6 @@
 mod common;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,7 @@ use mailauthd::auth::throttle::{
 };
 use mailauthd::clock::SystemClock;
 use mailauthd::shared_state;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::net::TcpListener;
 
 const T0: i64 = 1_800_000_000_000;
 const SEC: i64 = 1000;
@@ -374,74 +372,6 @@ async fn silent_redis_costs_one_timeout_not_one_per_login() {
     acceptor.abort();
 }
 
-/// `url` with its host and port replaced; user, password and database stay.
-fn via(url: &str, host_port: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let user = authority
-        .rsplit_once('@')
-        .map(|(user, _)| format!("{user}@"))
-        .unwrap_or_default();
-    format!("{scheme}://{user}{host_port}/{path}")
-}
-
-/// A TCP relay to the real Redis that the test can cut and restore.
-struct Relay {
-    port: u16,
-    up: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<AbortHandle>>>,
-    acceptor: AbortHandle,
-}
-
-impl Relay {
-    async fn start(upstream: String) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let links = Arc::new(Mutex::new(Vec::new()));
-        let (up2, links2) = (up.clone(), links.clone());
-        let acceptor = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection close
-                }
-                let upstream = upstream.clone();
-                let link = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                links2.lock().unwrap().push(link.abort_handle());
-            }
-        })
-        .abort_handle();
-        Relay {
-            port,
-            up,
-            links,
-            acceptor,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.cut();
-        self.acceptor.abort();
-    }
-}
-
 /// Redis goes away and comes back: meanwhile memory throttles, afterwards the shared
 /// state (recorded before the outage) applies again without a restart.
 #[tokio::test]
@@ -454,11 +384,11 @@ async fn redis_outage_falls_back_and_shared_state_returns_with_redis() {
         ::redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
         other => panic!("the outage test relays TCP only, not {other:?}"),
     };
-    let relay = Relay::start(upstream).await;
+    let relay = common::relay::Relay::start(upstream).await;
     let config = ThrottleConfig {
         redis_timeout: Duration::from_millis(250),
         ..config(
-            &via(&url, &format!("127.0.0.1:{}", relay.port)),
+            &common::relay::via(&url, &format!("127.0.0.1:{}", relay.port)),
             &common::unique_redis_prefix(),
         )
     };

@@ -16,6 +16,7 @@
 mod auth;
 mod log;
 mod policy;
+mod redis;
 mod store;
 mod throttle;
 
@@ -42,6 +43,7 @@ use crate::server::settings::{
     ListenerSection,
 };
 use crate::settings_check::Problem;
+use crate::shared_state::RedisSettings;
 use crate::store::StoreOptions;
 use crate::web::settings::{check_metrics, MetricsSection, WebSection};
 use crate::web::{MetricsSettings, WebSettings};
@@ -49,6 +51,7 @@ use crate::web::{MetricsSettings, WebSettings};
 pub use auth::{CredentialsSection, HashPoolSection, LastUseSection};
 pub use log::LogSection;
 pub use policy::{LimitEntry, PolicySection, RepliesSection};
+pub use redis::RedisSection;
 pub use store::StoreSection;
 pub use throttle::ThrottleSection;
 
@@ -71,6 +74,7 @@ pub struct FileConfig {
     services: BTreeMap<String, String>,
     last_use: LastUseSection,
     throttle: ThrottleSection,
+    redis: RedisSection,
     log: LogSection,
     oidc: Option<OidcSection>,
     web: Option<WebSection>,
@@ -98,6 +102,8 @@ pub struct Config {
     pub last_use_interval: Duration,
     pub last_use_queue: usize,
     pub throttle: ThrottleConfig,
+    /// The one Redis of the throttle and the sending limits.
+    pub redis: RedisSettings,
     pub log_level: String,
     pub log_format: LogFormat,
     pub runtime_directory: PathBuf,
@@ -315,7 +321,8 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
     let (hash_workers, hash_queue) = auth::hash_pool(&file.hash_pool, problems);
     let services = auth::services(&file.services, problems);
     let (last_use_interval, last_use_queue) = auth::last_use(&file.last_use, problems);
-    let throttle = throttle::check(&file.throttle, problems);
+    let redis = redis::check(&file.redis, &file.throttle, problems);
+    let throttle = throttle::check(&file.throttle, &redis, problems);
     let (log_level, log_format) = log::check(file.log, problems);
     let policy = policy::check(file.policy, problems);
     let oidc = file
@@ -350,6 +357,7 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         last_use_interval,
         last_use_queue,
         throttle,
+        redis,
         log_level,
         log_format,
         runtime_directory,

@@ -1,12 +1,15 @@
 //! The `[throttle]` section, checked into [`ThrottleConfig`]: the keys map one to one onto
-//! its fields, and [`ThrottleConfig::validate`] says which values do not go together.
+//! its fields, and [`ThrottleConfig::validate`] says which values do not go together. Its
+//! Redis URL and timeout come from the `[redis]` section's check, which reads this
+//! section's older keys for them.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::throttle::{RedisUrl, ThrottleConfig};
+use crate::auth::throttle::ThrottleConfig;
 use crate::settings_check::{networks, problem, Problem};
+use crate::shared_state::RedisSettings;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -27,7 +30,24 @@ pub struct ThrottleSection {
     redis_timeout_ms: Option<u64>,
 }
 
-pub fn check(section: &ThrottleSection, problems: &mut Vec<Problem>) -> ThrottleConfig {
+impl ThrottleSection {
+    /// `redis_url`, the older spelling of `[redis] url`.
+    pub(super) fn redis_url(&self) -> Option<&str> {
+        self.redis_url.as_deref()
+    }
+
+    /// `redis_timeout_ms`, the older spelling of `[redis] timeout_ms`.
+    pub(super) fn redis_timeout_ms(&self) -> Option<u64> {
+        self.redis_timeout_ms
+    }
+}
+
+/// `redis`: the checked `[redis]` section, which has this section's Redis keys folded in.
+pub fn check(
+    section: &ThrottleSection,
+    redis: &RedisSettings,
+    problems: &mut Vec<Problem>,
+) -> ThrottleConfig {
     let defaults = ThrottleConfig::default();
     let ms = |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
     let secs = |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
@@ -52,15 +72,12 @@ pub fn check(section: &ThrottleSection, problems: &mut Vec<Problem>) -> Throttle
         known_network_for: secs(section.known_network_secs, defaults.known_network_for),
         trusted_networks,
         max_tracked: section.max_tracked.unwrap_or(defaults.max_tracked),
-        redis_url: section
-            .redis_url
-            .as_deref()
-            .map(|url| RedisUrl::new(url.trim())),
+        redis_url: redis.url.clone(),
         redis_prefix: section
             .redis_prefix
             .clone()
             .unwrap_or(defaults.redis_prefix),
-        redis_timeout: ms(section.redis_timeout_ms, defaults.redis_timeout),
+        redis_timeout: redis.timeout,
     };
     if let Err(found) = config.validate() {
         for (key, message) in found {

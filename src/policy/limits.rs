@@ -1,4 +1,5 @@
-//! Sending-limit counters, in memory.
+//! Sending-limit counters: [`SendCounters`], the rules, and [`Counters`], the counters in
+//! this process.
 //!
 //! Each user has one counter per window length. A window opens with the first message
 //! counted in it and closes `seconds` later; the next counted message opens a new one. So
@@ -10,13 +11,17 @@
 //! the policy is listed in both sender and recipient restrictions); a recipient is counted
 //! once per message.
 //!
-//! Nothing is persisted: a restart starts every counter at zero, and daemons sharing one
-//! database count separately.
+//! [`Counters`] persist nothing: a restart starts every counter at zero, and daemons
+//! sharing one database count separately. With Redis configured the counters live there
+//! instead (`shared_state::RedisCounters`, the same rules in one script), so daemons
+//! count as one, and [`Counters`] is what they fall back to while Redis does not answer.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
+
+use async_trait::async_trait;
 
 use crate::clock::UnixTime;
 use crate::store::{LimitWindow, SendLimits};
@@ -26,9 +31,9 @@ const SHARDS: usize = 16;
 /// Messages per user whose recipients are remembered (concurrent SMTP sessions); a
 /// request for an older, forgotten one counts as a new message, so a flood of open
 /// messages can only make the limits stricter.
-const MESSAGES_PER_USER: usize = 32;
+pub const MESSAGES_PER_USER: usize = 32;
 /// Postfix's default `smtpd_recipient_limit`; past it every recipient counts, remembered or not.
-const RECIPIENTS_PER_MESSAGE: usize = 1000;
+pub const RECIPIENTS_PER_MESSAGE: usize = 1000;
 /// How often a shard drops users whose windows have all closed.
 const SWEEP_INTERVAL: i64 = 60;
 
@@ -72,6 +77,42 @@ pub struct Exceeded {
     pub window: LimitWindow,
     pub counted: Counted,
     pub limit: u64,
+}
+
+/// Where a daemon counts what its users send. Every implementation keeps the rules of
+/// [`Counters`] (the module doc); `tests/send_limits.rs` runs the same sequences against
+/// each and compares the answers.
+#[async_trait]
+pub trait SendCounters: Send + Sync {
+    /// Checks `usage` against every window of `limits` and, if all have room, counts it.
+    /// Never fails: counters that cannot be reached answer from this daemon's memory.
+    async fn check_and_count(
+        &self,
+        user: &str,
+        limits: &SendLimits,
+        usage: Usage<'_>,
+        now: UnixTime,
+    ) -> Result<(), Exceeded>;
+
+    /// Users with counters in this daemon's memory.
+    fn tracked_users(&self) -> usize;
+}
+
+#[async_trait]
+impl SendCounters for Counters {
+    async fn check_and_count(
+        &self,
+        user: &str,
+        limits: &SendLimits,
+        usage: Usage<'_>,
+        now: UnixTime,
+    ) -> Result<(), Exceeded> {
+        Counters::check_and_count(self, user, limits, usage, now)
+    }
+
+    fn tracked_users(&self) -> usize {
+        Counters::tracked_users(self)
+    }
 }
 
 pub struct Counters {

@@ -26,7 +26,7 @@ use crate::activation::Activated;
 use crate::auth::throttle::Throttle;
 use crate::auth::Authenticator;
 use crate::clock::SystemClock;
-use crate::policy::PolicyService;
+use crate::policy::{PolicyService, SendCounters};
 use crate::store::Store;
 use connections::{Activity, Connections};
 use listener::{bind, serve, ListenError, ListenerConfig, Peer, Stream};
@@ -45,6 +45,7 @@ impl FrontDoors {
         auth: Arc<Authenticator>,
         store: Arc<dyn Store>,
         throttle: Arc<Throttle>,
+        send_counters: Arc<dyn SendCounters>,
         activated: &mut Activated,
     ) -> Result<Self, ListenError> {
         let mut doors = FrontDoors {
@@ -68,10 +69,11 @@ impl FrontDoors {
             userdb_conn::serve_connection(s, p, userdb.clone(), a)
         })?;
 
-        let policy = Arc::new(PolicyService::new(
+        let policy = Arc::new(PolicyService::with_counters(
             store,
             Arc::new(SystemClock),
             config.policy.clone(),
+            send_counters,
         ));
         doors.spawn_door("policy", config.policy_socket, activated, move |s, p, a| {
             policy_conn::serve(s, p, policy.clone(), a)

@@ -18,10 +18,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Error)]
 pub enum SetupError {
-    #[error("throttle.redis_url {url}: {source}")]
+    #[error("redis.url {url}: {source}")]
     Redis { url: RedisUrl, source: RedisError },
-    #[error("throttle.redis_url: the Redis client must be set up inside the daemon's runtime")]
+    #[error("redis.url: the Redis client must be set up inside the daemon's runtime")]
     NoRuntime,
+}
+
+/// What a call keeps in Redis: each has its own fallback metric, while the health (and
+/// its log lines) is the connection's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Throttle,
+    SendLimits,
+}
+
+impl Caller {
+    fn fell_back(self) {
+        match self {
+            Caller::Throttle => crate::metrics::throttle_redis_fallback(),
+            Caller::SendLimits => crate::metrics::send_limits_redis_fallback(),
+        }
+    }
 }
 
 /// Why a Redis call gave no answer to use.
@@ -88,21 +105,27 @@ impl Redis {
         self.connection.clone()
     }
 
-    /// Whether a login should ask Redis now: not during the pause after a failure. A
-    /// `false` is counted as a fallback.
-    pub fn ready(&self) -> bool {
-        self.health.should_try(self.clock.instant())
+    /// Whether a login or a policy request should ask Redis now: not during the pause
+    /// after a failure. A `false` is counted as a fallback of `caller`.
+    pub fn ready(&self, caller: Caller) -> bool {
+        let ready = self.health.should_try(self.clock.instant());
+        if !ready {
+            caller.fell_back();
+        }
+        ready
     }
 
-    /// Calls answered from memory because Redis failed, was too slow, or was skipped.
+    /// Calls answered from memory because Redis failed, was too slow, or was skipped,
+    /// whoever made them.
     pub fn fallbacks(&self) -> u64 {
         self.health.fallbacks()
     }
 
-    /// `call` within `limit`; a failure or a timeout is counted as a fallback (and
-    /// perhaps logged), and the caller answers from its memory.
+    /// `call` within `limit`; a failure or a timeout is counted as a fallback of `caller`
+    /// (and perhaps logged), and the caller answers from its memory.
     pub async fn call<T>(
         &self,
+        caller: Caller,
         op: &'static str,
         limit: Duration,
         call: impl Future<Output = Result<T, CallError>>,
@@ -116,6 +139,7 @@ impl Redis {
                 self.health.succeeded(self.clock.instant());
             }
             Err(e) => {
+                caller.fell_back();
                 self.health.failed(op, e, self.clock.instant());
             }
         }

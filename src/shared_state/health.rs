@@ -1,9 +1,10 @@
 //! Whether Redis answers, told to the postmaster once per change and then every 30 s
 //! while it lasts, never once per login; and a count of the calls memory answered instead.
 //!
-//! One health per connection: an outage is the same for whatever is kept in Redis. The
-//! lines and the metric speak of the throttle, the one user of the connection so far.
-//! Times are monotonic readings the caller takes from its `Clock`.
+//! One health per connection: an outage is the same for whatever is kept in Redis (the
+//! throttle's standings, the sending-limit counters), so it is told once for both, naming
+//! the call that noticed it. The metrics, one per user of the connection, are counted by
+//! [`super::Redis`]. Times are monotonic readings the caller takes from its `Clock`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,7 +65,6 @@ impl Health {
         if outage.pause_until.is_some_and(|until| now < until) {
             outage.unreported += 1;
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::throttle_redis_fallback();
             return false;
         }
         true
@@ -78,7 +78,6 @@ impl Health {
         now: Instant,
     ) -> Reported {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::throttle_redis_fallback();
         let mut outage = self.lock();
         outage.pause_until = Some(now + PAUSE_AFTER_FAILURE);
         outage.unreported += 1;
@@ -88,11 +87,11 @@ impl Health {
             outage.unreported = 0;
             self.down.store(true, Ordering::Relaxed);
             tracing::warn!(
-                target: "mailauthd::throttle",
+                target: "mailauthd::redis",
                 op,
                 error = %error,
-                "Redis does not answer; throttling from this daemon's own memory until it does \
-                 (logins are not refused or held for it)"
+                "Redis does not answer; the throttle and the sending limits count in this daemon's \
+                 own memory until it does (logins and mail are not refused or held for it)"
             );
             return Reported::Warned;
         };
@@ -103,12 +102,13 @@ impl Health {
             return Reported::Quiet;
         }
         tracing::warn!(
-            target: "mailauthd::throttle",
+            target: "mailauthd::redis",
             op,
             error = %error,
             down_secs = now.saturating_duration_since(since).as_secs(),
             answered_from_memory = outage.unreported,
-            "Redis still does not answer; throttling from this daemon's own memory"
+            "Redis still does not answer; the throttle and the sending limits count in this \
+             daemon's own memory"
         );
         outage.last_warning = Some(now);
         outage.unreported = 0;
@@ -125,10 +125,10 @@ impl Health {
             return false;
         };
         tracing::info!(
-            target: "mailauthd::throttle",
+            target: "mailauthd::redis",
             down_secs = now.saturating_duration_since(since).as_secs(),
             answered_from_memory = outage.unreported,
-            "Redis answers again; throttle state is shared again"
+            "Redis answers again; throttle and sending-limit state is shared again"
         );
         *outage = Outage::default();
         self.down.store(false, Ordering::Relaxed);

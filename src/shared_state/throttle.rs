@@ -16,7 +16,7 @@ use ::redis::{Script, ScriptInvocation};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::connection::{CallError, Redis, SetupError};
+use super::connection::{CallError, Caller, Redis, SetupError};
 use crate::auth::throttle::{
     block_after, log_block, millis, sort_listing, BlockInfo, Counts, Filter, Fingerprinter,
     NoAnswer, Query, RedisUrl, SharedStandings, Standing, Throttle, ThrottleConfig, ThrottleKey,
@@ -43,12 +43,25 @@ pub fn open_throttle(
     fingerprinter: Fingerprinter,
     clock: Arc<dyn Clock>,
 ) -> Result<Throttle, SetupError> {
-    let Some(url) = &config.redis_url else {
-        return Ok(Throttle::in_memory(config, fingerprinter));
+    let redis = match &config.redis_url {
+        Some(url) => Some(Arc::new(Redis::open(url, clock)?)),
+        None => None,
     };
-    let redis = Arc::new(Redis::open(url, clock)?);
+    Ok(throttle_on(config, fingerprinter, redis))
+}
+
+/// Like [`open_throttle`], on a connection opened already (shared with the sending
+/// limits); `None` keeps the throttle in memory.
+pub fn throttle_on(
+    config: ThrottleConfig,
+    fingerprinter: Fingerprinter,
+    redis: Option<Arc<Redis>>,
+) -> Throttle {
+    let Some(redis) = redis else {
+        return Throttle::in_memory(config, fingerprinter);
+    };
     let standings = RedisStandings::new(redis, &config.redis_prefix);
-    Ok(Throttle::shared(config, fingerprinter, Box::new(standings)))
+    Throttle::shared(config, fingerprinter, Box::new(standings))
 }
 
 pub struct RedisStandings {
@@ -127,7 +140,10 @@ impl RedisStandings {
         config: &ThrottleConfig,
         call: impl Future<Output = Result<T, CallError>>,
     ) -> Result<T, NoAnswer> {
-        Ok(self.redis.call(op, config.redis_timeout, call).await?)
+        Ok(self
+            .redis
+            .call(Caller::Throttle, op, config.redis_timeout, call)
+            .await?)
     }
 
     /// A run of `script` whose KEYS are the hashes of `keys`, in their order.
@@ -160,7 +176,7 @@ impl SharedStandings for RedisStandings {
     }
 
     fn ready(&self) -> bool {
-        self.redis.ready()
+        self.redis.ready(Caller::Throttle)
     }
 
     fn fallbacks(&self) -> u64 {
@@ -318,7 +334,10 @@ impl SharedStandings for RedisStandings {
             sort_listing(&mut all);
             Ok::<_, CallError>(all)
         };
-        Ok(self.redis.call("list", ADMIN_TIMEOUT, call).await?)
+        Ok(self
+            .redis
+            .call(Caller::Throttle, "list", ADMIN_TIMEOUT, call)
+            .await?)
     }
 
     async fn clear(&self, filter: &Filter) -> Result<Vec<ThrottleKey>, NoAnswer> {
@@ -367,7 +386,10 @@ impl SharedStandings for RedisStandings {
             }
             Ok::<_, CallError>(removed)
         };
-        Ok(self.redis.call("clear", ADMIN_TIMEOUT, call).await?)
+        Ok(self
+            .redis
+            .call(Caller::Throttle, "clear", ADMIN_TIMEOUT, call)
+            .await?)
     }
 }
 

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod relay;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +51,27 @@ pub fn redis_url(test: &str) -> Option<String> {
 /// A Redis key prefix no other test run uses, so runs against one Redis never meet.
 pub fn unique_redis_prefix() -> String {
     format!("{}:throttle:", unique_name())
+}
+
+/// Removes every key under `prefix` (a test's own, from [`unique_redis_prefix`]).
+pub async fn remove_redis_keys(url: &str, prefix: &str) {
+    let mut conn = ::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = ::redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 pub fn backends() -> Vec<Backend> {
