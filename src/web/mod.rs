@@ -53,6 +53,8 @@ use session::{Session, Sessions, SignedInUser, Via};
 
 /// Request bodies beyond this are refused (413): the page's forms are a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// How often expired sessions and logout tokens are removed from the store.
+const SESSION_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct WebState {
     pub settings: WebSettings,
@@ -183,7 +185,7 @@ pub fn state(
         None => None,
     };
     Ok(Arc::new(WebState {
-        sessions: Sessions::new(settings.session_lifetime, clock.clone()),
+        sessions: Sessions::new(store.clone(), settings.session_lifetime, clock.clone()),
         provider: RwLock::new(ProviderSetup::new(oidc, &clock)?),
         metrics_path: metrics.on_web_listener.then(|| metrics.path.clone()),
         clients,
@@ -241,6 +243,11 @@ pub async fn start(state: AppState, activated: &mut Activated) -> Result<WebServ
         Some(state),
         clock,
     );
+    let sweeper = state.clone();
+    let stop = server.token.clone();
+    tokio::spawn(async move {
+        session::sweep_periodically(&sweeper.sessions, SESSION_SWEEP_EVERY, stop).await;
+    });
     tracing::info!(listen = %server.local_addr, "web page listening");
     Ok(server)
 }
@@ -392,15 +399,35 @@ impl WebState {
         )
     }
 
-    pub(crate) fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+    /// The visitor's session, if the cookie names a live one. `Err` is the page to show when
+    /// the store cannot say: the session is kept, not taken for signed out.
+    pub(crate) async fn session(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(String, Session)>, Box<Response>> {
         let secure = self.settings.secure_cookies;
-        let id = headers
+        let Some(id) = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(|h| session::id_from_cookie_header(h, secure))?;
-        let s = self.sessions.get(&id)?;
-        Some((id, s))
+            .find_map(|h| session::id_from_cookie_header(h, secure))
+        else {
+            return Ok(None);
+        };
+        match self.sessions.get(&id).await {
+            Ok(s) => Ok(s.map(|s| (id, s))),
+            Err(e) => Err(Box::new(self.session_trouble(&e))),
+        }
+    }
+
+    /// The page for a session the store could not read or write: 503, and a log line.
+    pub(crate) fn session_trouble(&self, e: &session::SessionError) -> Response {
+        tracing::error!(target: "mailauthd::web", error = %e, "web session store unavailable");
+        self.problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again later",
+            "The sign-in service is unavailable right now. Try again in a minute.",
+        )
     }
 
     /// Re-checks a signed-in session against its mailbox, as every request does: a mailbox
@@ -425,7 +452,9 @@ impl WebState {
             }
         };
         if let Some(ended) = session_ends(user, view.as_ref()) {
-            self.sessions.remove(id);
+            if let Err(e) = self.sessions.remove(id).await {
+                return Err(Box::new(self.session_trouble(&e)));
+            }
             return Err(Box::new(self.ended(ended.code, user, ended.message)));
         }
         // `session_ends` ends every session without a mailbox.
@@ -466,26 +495,19 @@ impl WebState {
     }
 
     /// The visitor's session, or a new anonymous one with the cookie to set.
-    pub(crate) fn session_or_new(
+    pub(crate) async fn session_or_new(
         &self,
         headers: &HeaderMap,
     ) -> Result<(String, Session, Option<String>), Box<Response>> {
-        if let Some((id, s)) = self.session(headers) {
+        if let Some((id, s)) = self.session(headers).await? {
             return Ok((id, s, None));
         }
-        match self.sessions.create() {
+        match self.sessions.create().await {
             Ok((id, s)) => {
                 let cookie = session::set_cookie(&id, self.settings.secure_cookies);
                 Ok((id, s, Some(cookie)))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create a web session");
-                Err(Box::new(self.problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Busy",
-                    "The page is busy right now. Try again in a minute.",
-                )))
-            }
+            Err(e) => Err(Box::new(self.session_trouble(&e))),
         }
     }
 
