@@ -20,9 +20,7 @@ use super::{
     NewAppPassword, PolicyStore, SendAs, SendLimits, SendPermission, SenderAccount, ServedDomain,
     SessionView, SqlStore, Store, StoreError, StoreResult, Template, Templates,
 };
-use super::{
-    PendingSignInRecord, ProviderSessions, SessionScope, SessionStore, Swept, WebSession,
-};
+use super::{PendingSignInRecord, ProviderSessions, SessionScope, SessionStore, Swept, WebSession};
 use crate::clock::UnixTime;
 
 /// [`SqlStore`] with a deadline on every call.
@@ -178,4 +176,5 @@ within_deadline!(SessionStore {
     trim_web_sessions(scope: SessionScope<'_>, keep: u64) -> u64;
     sweep_expired(now: UnixTime, batch: u64) -> Swept;
     record_logout_token(issuer: &str, jti: &str, expires_at: UnixTime) -> bool;
+    logout_once(jti: &str, remember_until: UnixTime, which: ProviderSessions<'_>) -> Option<u64>;
 });

@@ -110,8 +110,12 @@ pub trait SessionStore: Send + Sync + 'static {
         now: UnixTime,
     ) -> StoreResult<Option<PendingSignInRecord>>;
     /// Sets a live session's one-time notice; `false` when the session has gone.
-    async fn set_session_notice(&self, digest: &str, notice: &str, now: UnixTime)
-        -> StoreResult<bool>;
+    async fn set_session_notice(
+        &self,
+        digest: &str,
+        notice: &str,
+        now: UnixTime,
+    ) -> StoreResult<bool>;
     /// Takes the notice out, once.
     async fn take_session_notice(&self, digest: &str) -> StoreResult<Option<String>>;
     /// Removing a session that is not there is not an error.
@@ -131,6 +135,16 @@ pub trait SessionStore: Send + Sync + 'static {
         jti: &str,
         expires_at: UnixTime,
     ) -> StoreResult<bool>;
+    /// A back-channel logout, once: records the token's `jti` (until `remember_until`) and
+    /// ends the sessions it names, in one transaction, so a failure leaves neither done and
+    /// the provider's retry is not taken for a replay. `None`: the `jti` was recorded
+    /// already (a replay) and nothing was ended; else how many sessions ended.
+    async fn logout_once(
+        &self,
+        jti: &str,
+        remember_until: UnixTime,
+        which: ProviderSessions<'_>,
+    ) -> StoreResult<Option<u64>>;
 }
 
 /// Sessions [`SessionStore::trim_web_sessions`] removes in one call at most.

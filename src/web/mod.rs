@@ -15,8 +15,12 @@
 //! With `[clients]` configured, the same listener answers mail clients' discovery
 //! (autoconfig, Autodiscover: public, no secret, [`discovery`]) and lets a signed-in person
 //! set up a device in one step ([`devices`]).
+//!
+//! The identity provider ends page sessions of a person who signed out there through
+//! OpenID Connect Back-Channel Logout ([`backchannel`]).
 
 mod account;
+mod backchannel;
 pub mod client_ip;
 mod device_pages;
 mod devices;
@@ -53,6 +57,9 @@ use session::{Session, Sessions, SignedInUser, Via};
 
 /// Request bodies beyond this are refused (413): the page's forms are a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Where the provider POSTs logout tokens: register `<public root>/backchannel-logout` as
+/// the client's `backchannel_logout_uri`.
+pub const BACKCHANNEL_LOGOUT_PATH: &str = "/backchannel-logout";
 /// How often expired sessions and logout tokens are removed from the store.
 const SESSION_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -131,6 +138,10 @@ pub fn router(state: AppState) -> Router {
         .route("/app-passwords", post(account::create_app_password))
         .route("/app-passwords/revoke", post(account::revoke_app_password))
         .route("/logout", post(account::sign_out))
+        .route(
+            BACKCHANNEL_LOGOUT_PATH,
+            post(backchannel::backchannel_logout),
+        )
         .route("/devices", get(devices::form).post(devices::create))
         .route("/devices/done/{token}", get(devices::done))
         .route("/devices/profile/{token}", get(devices::profile))
@@ -235,6 +246,7 @@ pub async fn start(state: AppState, activated: &mut Activated) -> Result<WebServ
         header_timeout: state.settings.header_timeout,
     };
     let clock = state.clock.clone();
+    let sweeper = state.clone();
     let server = serve(
         listener,
         router(state.clone()),
@@ -243,7 +255,6 @@ pub async fn start(state: AppState, activated: &mut Activated) -> Result<WebServ
         Some(state),
         clock,
     );
-    let sweeper = state.clone();
     let stop = server.token.clone();
     tokio::spawn(async move {
         session::sweep_periodically(&sweeper.sessions, SESSION_SWEEP_EVERY, stop).await;

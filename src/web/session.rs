@@ -228,10 +228,17 @@ impl Sessions {
     }
 
     /// Puts a pending sign-in in a live session; false when it has gone.
-    pub async fn set_pending(&self, id: &str, pending: &PendingSignIn) -> Result<bool, SessionError> {
+    pub async fn set_pending(
+        &self,
+        id: &str,
+        pending: &PendingSignIn,
+    ) -> Result<bool, SessionError> {
         let now = self.clock.now();
         let record = pending_record(pending);
-        Ok(self.store.set_session_pending(&digest(id), &record, now).await?)
+        Ok(self
+            .store
+            .set_session_pending(&digest(id), &record, now)
+            .await?)
     }
 
     /// Takes the pending sign-in out, so a code or state can be used once only, on
@@ -244,7 +251,10 @@ impl Sessions {
 
     pub async fn set_notice(&self, id: &str, notice: &str) -> Result<bool, SessionError> {
         let now = self.clock.now();
-        Ok(self.store.set_session_notice(&digest(id), notice, now).await?)
+        Ok(self
+            .store
+            .set_session_notice(&digest(id), notice, now)
+            .await?)
     }
 
     pub async fn take_notice(&self, id: &str) -> Result<Option<String>, SessionError> {
@@ -284,7 +294,10 @@ impl Sessions {
 
     /// Removes a batch of expired sessions and logout tokens.
     pub async fn sweep(&self) -> Result<Swept, SessionError> {
-        Ok(self.store.sweep_expired(self.clock.now(), SWEEP_BATCH).await?)
+        Ok(self
+            .store
+            .sweep_expired(self.clock.now(), SWEEP_BATCH)
+            .await?)
     }
 }
 
@@ -303,7 +316,9 @@ pub async fn sweep_periodically(
         // Many expired at once (after a long outage): batches back to back, a few at most.
         for _ in 0..20 {
             match sessions.sweep().await {
-                Ok(swept) if swept.sessions < SWEEP_BATCH && swept.logout_tokens < SWEEP_BATCH => break,
+                Ok(swept) if swept.sessions < SWEEP_BATCH && swept.logout_tokens < SWEEP_BATCH => {
+                    break
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(target: "mailauthd::web", error = %e, "cannot remove expired web sessions; will retry");
@@ -353,7 +368,6 @@ pub fn clear_cookie(secure: bool) -> String {
         if secure { "; Secure" } else { "" }
     )
 }
-
 
 #[cfg(test)]
 mod tests {

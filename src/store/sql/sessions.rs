@@ -17,6 +17,7 @@ use super::super::sessions::{
 };
 use super::super::{Record, StoreError, StoreResult};
 use super::errors::{write_error, SqlxResult};
+use super::statement;
 use super::{placeholders, SqlStore};
 use crate::clock::UnixTime;
 
@@ -186,11 +187,7 @@ impl SessionStore for SqlStore {
         digest: &str,
         now: UnixTime,
     ) -> StoreResult<Option<PendingSignInRecord>> {
-        let Some(pending) = self
-            .web_session(digest, now)
-            .await?
-            .and_then(|s| s.pending)
-        else {
+        let Some(pending) = self.web_session(digest, now).await?.and_then(|s| s.pending) else {
             return Ok(None);
         };
         // Only the state it was read with is cleared: a second taker finds nothing to clear.
@@ -236,21 +233,34 @@ impl SessionStore for SqlStore {
     }
 
     async fn end_provider_sessions(&self, which: ProviderSessions<'_>) -> StoreResult<u64> {
-        let (sql, issuer, value) = match which {
-            ProviderSessions::Sid { issuer, sid } => (
-                "DELETE FROM web_sessions WHERE oidc_issuer = ? AND oidc_sid = ?",
-                issuer,
-                sid,
-            ),
-            ProviderSessions::Subject { issuer, subject } => (
-                "DELETE FROM web_sessions WHERE oidc_issuer = ? AND oidc_subject = ?",
-                issuer,
-                subject,
-            ),
-        };
+        let (sql, issuer, value) = ending(which);
         self.execute(sql, &[issuer.into(), value.into()])
             .await
             .context("web sessions")
+    }
+
+    async fn logout_once(
+        &self,
+        jti: &str,
+        remember_until: UnixTime,
+        which: ProviderSessions<'_>,
+    ) -> StoreResult<Option<u64>> {
+        let (end, issuer, value) = ending(which);
+        let mut tx = self.pool.begin().await.context("logout token")?;
+        let record = "INSERT INTO logout_tokens_seen (issuer, jti, expires_at) VALUES (?, ?, ?)";
+        let params: [Param<'_>; 3] = [issuer.into(), jti.into(), remember_until.into()];
+        if let Err(e) = statement::execute(&mut *tx, self.dialect, record, &params).await {
+            // The key is (issuer, jti): a duplicate is the same token seen before.
+            return match write_error(e, Record::Setting("logout token")) {
+                StoreError::Conflict(_) => Ok(None),
+                other => Err(other),
+            };
+        }
+        let ended = statement::execute(&mut *tx, self.dialect, end, &[issuer.into(), value.into()])
+            .await
+            .context("web sessions")?;
+        tx.commit().await.context("logout token")?;
+        Ok(Some(ended))
     }
 
     async fn trim_web_sessions(&self, scope: SessionScope<'_>, keep: u64) -> StoreResult<u64> {
@@ -331,5 +341,21 @@ impl SessionStore for SqlStore {
                 other => Err(other),
             },
         }
+    }
+}
+
+/// The statement that ends the sessions a logout names, and its two values.
+fn ending(which: ProviderSessions<'_>) -> (&'static str, &str, &str) {
+    match which {
+        ProviderSessions::Sid { issuer, sid } => (
+            "DELETE FROM web_sessions WHERE oidc_issuer = ? AND oidc_sid = ?",
+            issuer,
+            sid,
+        ),
+        ProviderSessions::Subject { issuer, subject } => (
+            "DELETE FROM web_sessions WHERE oidc_issuer = ? AND oidc_subject = ?",
+            issuer,
+            subject,
+        ),
     }
 }
