@@ -510,7 +510,8 @@ pub async fn sign_out(
     ) {
         let mut after = root.clone();
         after.set_query(Some("signed-out"));
-        if let Some(url) = rp.logout_url(Some(id_token), &after).await {
+        let hint = Some(id_token).filter(|t| !t.is_empty());
+        if let Some(url) = rp.logout_url(hint, &after).await {
             return with_cookie(redirect(url.as_str()), clear);
         }
     }

@@ -39,6 +39,9 @@ pub const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(15 * 60);
 pub const MAX_ANONYMOUS: u64 = 20_000;
 /// Sessions of one mailbox kept at most: signing in over and over cannot grow the table.
 pub const MAX_PER_MAILBOX: u64 = 50;
+/// ID tokens longer than this are not kept (the column's size on MariaDB); signing out then
+/// sends no hint to the provider's end-session endpoint, which asks the person instead.
+pub const MAX_ID_TOKEN_BYTES: usize = 8192;
 /// Expired sessions (and logout tokens) removed per sweep at most.
 pub const SWEEP_BATCH: u64 = 500;
 
@@ -152,7 +155,11 @@ fn user_record(u: &SignedInUser) -> SessionUser {
                 subject,
                 sid,
             } => SignedInWith::Provider {
-                id_token: String::from_utf8_lossy(id_token.expose()).into_owned(),
+                id_token: if id_token.expose().len() <= MAX_ID_TOKEN_BYTES {
+                    String::from_utf8_lossy(id_token.expose()).into_owned()
+                } else {
+                    String::new()
+                },
                 issuer: issuer.clone(),
                 subject: subject.clone(),
                 sid: sid.clone(),

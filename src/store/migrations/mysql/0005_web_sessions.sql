@@ -13,7 +13,7 @@ CREATE TABLE web_sessions (
     mailbox VARCHAR(320) NULL,
     via VARCHAR(16) NULL,
     credential_generation BIGINT NULL,
-    id_token TEXT NULL,
+    id_token VARCHAR(8192) NULL,
     oidc_issuer VARCHAR(255) NULL,
     oidc_subject VARCHAR(255) NULL,
     oidc_sid VARCHAR(255) NULL,
