@@ -196,7 +196,12 @@ pub fn state(
         None => None,
     };
     Ok(Arc::new(WebState {
-        sessions: Sessions::new(store.clone(), settings.session_lifetime, clock.clone()),
+        sessions: Sessions::new(
+            store.clone(),
+            settings.session_lifetime,
+            settings.max_anonymous_sessions,
+            clock.clone(),
+        ),
         provider: RwLock::new(ProviderSetup::new(oidc, &clock)?),
         metrics_path: metrics.on_web_listener.then(|| metrics.path.clone()),
         clients,

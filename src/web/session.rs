@@ -34,8 +34,9 @@ pub const COOKIE: &str = "mailauthd_session";
 pub const HOST_COOKIE: &str = "__Host-mailauthd_session";
 /// A visitor who has not signed in gets this long to do so.
 pub const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(15 * 60);
-/// Anonymous sessions kept in the store at most; past it the ones closest to expiry go.
-/// Signed-in people are never evicted for a newcomer.
+/// Anonymous sessions kept in the store at most unless `[web] max_anonymous_sessions` says
+/// otherwise; past it the ones closest to expiry go. Signed-in people are never evicted for
+/// a newcomer.
 pub const MAX_ANONYMOUS: u64 = 20_000;
 /// Sessions of one mailbox kept at most: signing in over and over cannot grow the table.
 pub const MAX_PER_MAILBOX: u64 = 50;
@@ -112,6 +113,7 @@ pub enum SessionError {
 pub struct Sessions {
     store: Arc<dyn Store>,
     lifetime: Duration,
+    max_anonymous: u64,
     clock: Arc<dyn Clock>,
 }
 
@@ -200,10 +202,16 @@ fn session_from(s: WebSession) -> Session {
 }
 
 impl Sessions {
-    pub fn new(store: Arc<dyn Store>, lifetime: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        lifetime: Duration,
+        max_anonymous: u64,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Sessions {
             store,
             lifetime,
+            max_anonymous,
             clock,
         }
     }
@@ -214,8 +222,7 @@ impl Sessions {
         Ok(stored.map(session_from))
     }
 
-    /// A new anonymous session, stored; the oldest anonymous ones beyond
-    /// [`MAX_ANONYMOUS`] make room.
+    /// A new anonymous session, stored; the oldest anonymous ones beyond the cap make room.
     pub async fn create(&self) -> Result<(String, Session), SessionError> {
         let id = random_token().ok_or(SessionError::NoRandomness)?;
         let now = self.clock.now();
@@ -229,7 +236,7 @@ impl Sessions {
         };
         self.store.create_web_session(&digest(&id), &stored).await?;
         self.store
-            .trim_web_sessions(SessionScope::Anonymous, MAX_ANONYMOUS)
+            .trim_web_sessions(SessionScope::Anonymous, self.max_anonymous)
             .await?;
         Ok((id, session_from(stored)))
     }
