@@ -443,7 +443,8 @@ async fn a_logout_token_ends_the_named_sessions_on_both_daemons_and_nothing_else
             verify_cache_entries: 0,
         });
         let ok = "mailauthd_backchannel_logouts_total{result=\"ok\",reason=\"ok\"}";
-        let replayed = "mailauthd_backchannel_logouts_total{result=\"refused\",reason=\"replayed\"}";
+        let replayed =
+            "mailauthd_backchannel_logouts_total{result=\"refused\",reason=\"replayed\"}";
         assert!(
             common::series(&metrics, ok).is_some_and(|n| n >= 2.0),
             "a counter by outcome: {metrics}"

@@ -415,6 +415,22 @@ mod tests {
     }
 
     #[test]
+    fn csrf_must_match_exactly() {
+        let session = Session {
+            csrf: random_token().unwrap(),
+            expires: 0,
+            user: None,
+            pending: None,
+            notice: None,
+        };
+        assert!(session.csrf_matches(Some(&session.csrf.clone())));
+        assert!(!session.csrf_matches(None));
+        assert!(!session.csrf_matches(Some("")));
+        assert!(!session.csrf_matches(Some(&session.csrf[1..])));
+        assert!(!session.csrf_matches(Some(&format!("{}x", session.csrf))));
+    }
+
+    #[test]
     fn the_store_key_is_a_digest_never_the_id() {
         let id = random_token().unwrap();
         let d = digest(&id);
