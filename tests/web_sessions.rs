@@ -36,6 +36,9 @@ use web_site::{Page, Site};
 const KEY_PEM: &str = include_str!("fixtures/oidc-test-rsa.pem");
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
+/// Key set fetches from every fake provider of this file.
+static JWKS_FETCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A provider that publishes discovery and the fixture key, and nothing else: the page
 /// only needs its issuer and keys to check logout tokens.
 async fn provider() -> String {
@@ -59,7 +62,13 @@ async fn provider() -> String {
             "/.well-known/openid-configuration",
             get(move || async move { json_body(&doc) }),
         )
-        .route("/jwks", get(move || async move { json_body(&keys) }));
+        .route(
+            "/jwks",
+            get(move || async move {
+                JWKS_FETCHES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                json_body(&keys)
+            }),
+        );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     issuer
 }
@@ -546,4 +555,35 @@ async fn a_store_that_is_gone_answers_503_and_keeps_the_session() {
         a.server.stop().await;
         db.finish().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kids_and_big_bodies_cannot_make_the_page_hammer_the_provider() {
+    let issuer = provider().await;
+    let backend = common::Backend::Sqlite;
+    let db = common::fresh(&backend).await;
+    populate(&*db.store, &issuer).await;
+    let a = daemon(&db.url, &issuer, "").await;
+    let claims = logout_claims(&issuer, Some("s"), None, "j-kid");
+    let before = JWKS_FETCHES.load(std::sync::atomic::Ordering::SeqCst);
+    for n in 0..10 {
+        let header = json!({"alg": "RS256", "kid": format!("made-up-{n}")});
+        let token = sign_with(KEY_PEM.as_bytes(), &header, &claims);
+        let answer = a.logout(&token).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert!(answer.body.contains("kid"), "{}", answer.body);
+    }
+    let fetched = JWKS_FETCHES.load(std::sync::atomic::Ordering::SeqCst) - before;
+    // The first load, and no refetch within 30 s of it however many unknown kids come.
+    assert!(
+        fetched <= 2,
+        "{fetched} key set fetches for 10 unknown kids"
+    );
+    assert!(fetched >= 1);
+    // A body past the page's 16 KiB limit is refused before it is read.
+    let big = "a".repeat(20 * 1024);
+    let answer = a.logout(&big).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    a.stop().await;
+    db.finish().await;
 }

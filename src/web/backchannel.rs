@@ -63,10 +63,24 @@ pub async fn backchannel_logout(State(state): State<AppState>, form: FormResult)
             "no identity provider is configured here",
         );
     };
-    let Ok(Form(fields)) = form else {
-        return refused(&LogoutRefusal::Jwt(JwtError::Malformed(
-            "not a form with a logout_token",
-        )));
+    let fields = match form {
+        Ok(Form(fields)) => fields,
+        // Past the page's body limit: refused unread, and said so (413).
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let refusal = LogoutRefusal::Jwt(JwtError::Malformed("the request body is too large"));
+            tracing::warn!(target: "mailauthd::audit", service = "web", mech = "backchannel_logout", outcome = "fail", reason = "too_large", detail = %refusal, "back-channel logout");
+            crate::metrics::backchannel_logout("refused", "too_large");
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                &refusal.to_string(),
+            );
+        }
+        Err(_) => {
+            return refused(&LogoutRefusal::Jwt(JwtError::Malformed(
+                "not a form with a logout_token",
+            )))
+        }
     };
     let Some(token) = field(&fields, "logout_token") else {
         return refused(&LogoutRefusal::Jwt(JwtError::Malformed("no logout_token")));
