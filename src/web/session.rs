@@ -445,6 +445,103 @@ mod tests {
         );
     }
 
+    async fn sqlite_sessions(
+        dir: &tempfile::TempDir,
+        clock: &crate::clock::ManualClock,
+    ) -> (Arc<dyn Store>, Sessions) {
+        let options = crate::store::StoreOptions {
+            url: crate::store::DatabaseUrl::new(&format!("sqlite://{}/s.db", dir.path().display())),
+            max_connections: 4,
+            connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(5),
+        };
+        let store = crate::store::open(&options).await.unwrap();
+        store.migrate().await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let sessions = Sessions::new(
+            store.clone(),
+            Duration::from_secs(3600),
+            MAX_ANONYMOUS,
+            Arc::new(clock.clone()),
+        );
+        (store, sessions)
+    }
+
+    #[tokio::test]
+    async fn sign_in_rotates_the_id_and_keeps_each_mailbox_to_its_newest_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::ManualClock::at(1_800_000_000);
+        let (_store, s) = sqlite_sessions(&dir, &clock).await;
+        let (old, _) = s.create().await.unwrap();
+        let user = || SignedInUser {
+            address: "a@example.org".into(),
+            via: Via::Password,
+            generation: 0,
+        };
+        let new = s.sign_in(Some(&old), user()).await.unwrap();
+        assert_ne!(new, old);
+        assert!(
+            s.get(&old).await.unwrap().is_none(),
+            "the old id is worth nothing"
+        );
+        assert_eq!(
+            s.get(&new).await.unwrap().unwrap().user.unwrap().address,
+            "a@example.org"
+        );
+        let mut ids = vec![new];
+        for _ in 0..MAX_PER_MAILBOX + 5 {
+            clock.advance(1);
+            ids.push(s.sign_in(None, user()).await.unwrap());
+        }
+        let mut live = 0;
+        for id in &ids {
+            live += usize::from(s.get(id).await.unwrap().is_some());
+        }
+        assert_eq!(
+            live as u64, MAX_PER_MAILBOX,
+            "signing in again and again stays bounded"
+        );
+        assert!(
+            s.get(ids.last().unwrap()).await.unwrap().is_some(),
+            "the newest stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_end_and_the_periodic_sweep_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::ManualClock::at(1_800_000_000);
+        let (store, s) = sqlite_sessions(&dir, &clock).await;
+        let (id, _) = s.create().await.unwrap();
+        assert!(s.get(&id).await.unwrap().is_some());
+        clock.advance(ANONYMOUS_LIFETIME.as_secs() as i64);
+        assert!(
+            s.get(&id).await.unwrap().is_none(),
+            "anonymous sessions get 15 minutes"
+        );
+        // Still stored until the sweep runs (read as of the epoch, which sees every row).
+        assert!(store.web_session(&digest(&id), 0).await.unwrap().is_some());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = Arc::new(s);
+        let task = {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                sweep_periodically(&s, Duration::from_millis(10), stop).await;
+            })
+        };
+        let mut gone = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if store.web_session(&digest(&id), 0).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+        }
+        stop.cancel();
+        task.await.unwrap();
+        assert!(gone, "the sweep removed the expired row");
+    }
+
     #[test]
     fn pending_sign_in_debug_hides_secrets() {
         let p = PendingSignIn {
