@@ -450,7 +450,7 @@ mod tests {
         clock: &crate::clock::ManualClock,
     ) -> (Arc<dyn Store>, Sessions) {
         let options = crate::store::StoreOptions {
-            url: crate::store::DatabaseUrl::new(&format!("sqlite://{}/s.db", dir.path().display())),
+            url: crate::store::DatabaseUrl::new(format!("sqlite://{}/s.db", dir.path().display())),
             max_connections: 4,
             connect_timeout: Duration::from_secs(5),
             query_timeout: Duration::from_secs(5),
