@@ -101,6 +101,7 @@ metrics! {
     policy: Family<PolicyLabels, Counter> = Default::default(), "policy_requests", "Postfix policy decisions by action and reason";
     policy_latency: Histogram = latency_histogram(), "policy_duration_seconds", "Time to decide a policy request";
     provisioning: Family<ResultLabels, Counter> = Default::default(), "provisioning", "Sign-ins through the identity provider: mailboxes created, updated, unchanged or refused";
+    backchannel_logouts: Family<ResultLabels, Counter> = Default::default(), "backchannel_logouts", "Back-channel logout tokens from the identity provider: accepted, refused (by reason) or unavailable";
     throttle_delayed: Family<KindLabels, Counter> = Default::default(), "throttle_delayed", "Login attempts delayed by the throttle";
     throttle_refused: Family<KindLabels, Counter> = Default::default(), "throttle_blocked", "Login attempts refused because their network or account is blocked";
     throttle_fallbacks: Counter = Default::default(), "throttle_redis_fallbacks", "Throttle calls answered from memory because Redis did not answer in time";
@@ -188,6 +189,14 @@ pub fn policy_decided(action: &'static str, reason: &'static str, took: Duration
 pub fn provisioned(result: &'static str, reason: &'static str) {
     METRICS
         .provisioning
+        .get_or_create(&ResultLabels { result, reason })
+        .inc();
+}
+
+/// One back-channel logout: `ok`, `refused` or `unavailable`, with a reason code.
+pub fn backchannel_logout(result: &'static str, reason: &'static str) {
+    METRICS
+        .backchannel_logouts
         .get_or_create(&ResultLabels { result, reason })
         .inc();
 }

@@ -6,6 +6,8 @@
 //! keeps the pending sign-in in its session and hands the validated claims to provisioning.
 
 pub mod claims;
+pub mod jwt;
+pub mod logout;
 pub mod probe;
 pub mod settings;
 
@@ -248,6 +250,8 @@ pub(crate) struct Provider {
     issuer: String,
     sends_response_iss: bool,
     fetched: Instant,
+    /// The key set, for the JWTs openidconnect does not verify itself (logout tokens).
+    keys: Vec<CoreJsonWebKey>,
 }
 
 pub struct RelyingParty {
@@ -306,6 +310,11 @@ impl RelyingParty {
                 None => Err(e),
             },
         }
+    }
+
+    /// The provider's issuer as it names itself: what a logout token's `iss` must be.
+    pub async fn issuer(&self) -> Result<String, OidcError> {
+        Ok(self.provider(false).await?.issuer.clone())
     }
 
     /// Starts a sign-in: where to send the browser, and what to remember until it returns.
@@ -604,6 +613,7 @@ async fn load_provider(
         .additional_metadata()
         .additional_metadata
         .sends_response_iss();
+    let key_list = keys.keys().clone();
     let (client, _, end_session) = build_client(settings, metadata.set_jwks(keys));
     Ok(Provider {
         client,
@@ -611,5 +621,18 @@ async fn load_provider(
         issuer,
         sends_response_iss,
         fetched: clock.instant(),
+        keys: key_list,
     })
+}
+
+/// The relying party's copy of the provider's keys; a refetch is the metadata refresh,
+/// which happens at most every 30 seconds however often it is asked for.
+#[async_trait::async_trait]
+impl jwt::KeySource for RelyingParty {
+    async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, String> {
+        self.provider(refetch)
+            .await
+            .map(|p| p.keys.clone())
+            .map_err(|e| e.to_string())
+    }
 }

@@ -20,6 +20,7 @@ use super::{
     NewAppPassword, PolicyStore, SendAs, SendLimits, SendPermission, SenderAccount, ServedDomain,
     SessionView, SqlStore, Store, StoreError, StoreResult, Template, Templates,
 };
+use super::{PendingSignInRecord, ProviderSessions, SessionScope, SessionStore, Swept, WebSession};
 use crate::clock::UnixTime;
 
 /// [`SqlStore`] with a deadline on every call.
@@ -161,4 +162,19 @@ within_deadline!(Aliases {
     grant_send_as(grant: &SendAs) -> ();
     list_send_as(mailbox: Option<&str>) -> Vec<SendAs>;
     revoke_send_as(mailbox: &str, pattern: &str) -> ();
+});
+
+within_deadline!(SessionStore {
+    create_web_session(digest: &str, session: &WebSession) -> ();
+    web_session(digest: &str, now: UnixTime) -> Option<WebSession>;
+    set_session_pending(digest: &str, pending: &PendingSignInRecord, now: UnixTime) -> bool;
+    take_session_pending(digest: &str, now: UnixTime) -> Option<PendingSignInRecord>;
+    set_session_notice(digest: &str, notice: &str, now: UnixTime) -> bool;
+    take_session_notice(digest: &str) -> Option<String>;
+    delete_web_session(digest: &str) -> ();
+    end_provider_sessions(which: ProviderSessions<'_>) -> u64;
+    trim_web_sessions(scope: SessionScope<'_>, keep: u64) -> u64;
+    sweep_expired(now: UnixTime, batch: u64) -> Swept;
+    record_logout_token(issuer: &str, jti: &str, expires_at: UnixTime) -> bool;
+    logout_once(jti: &str, remember_until: UnixTime, which: ProviderSessions<'_>) -> Option<u64>;
 });

@@ -14,6 +14,8 @@
 //!   what is stored. It is made of one trait per group of tables, each implemented in its
 //!   own file of `sql/`: [`Domains`], [`Templates`], [`Mailboxes`], [`AppPasswords`],
 //!   [`Aliases`].
+//! - [`SessionStore`]: the web page's sessions and the logout tokens it has seen, shared
+//!   by every daemon on the database (`sessions.rs`).
 //!
 //! [`Store`] itself adds what concerns the database as a whole: [`Store::migrate`] and
 //! [`Store::ping`]. The backend is chosen once from the URL ([`open`]); nothing outside
@@ -66,6 +68,7 @@ mod migrate;
 mod param;
 mod records;
 mod rows;
+mod sessions;
 mod sql;
 mod sqlite_hot_reads;
 mod url;
@@ -80,6 +83,7 @@ pub use error::{Record, Refusal, StoreError, StoreResult, UrlError};
 pub use guard::GuardedStore;
 pub use migrate::{applied_migrations, MIGRATIONS};
 pub use records::*;
+pub use sessions::*;
 pub use sql::SqlStore;
 pub use url::DatabaseUrl;
 
@@ -103,7 +107,7 @@ pub async fn open(options: &StoreOptions) -> StoreResult<SqlStore> {
 
 /// Everything, as the daemon holds it.
 #[async_trait]
-pub trait Store: LoginStore + PolicyStore + Directory {
+pub trait Store: LoginStore + PolicyStore + Directory + SessionStore {
     /// Applies the migrations not applied yet; returns their names.
     async fn migrate(&self) -> StoreResult<Vec<String>>;
     async fn ping(&self) -> StoreResult<()>;

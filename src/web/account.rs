@@ -55,12 +55,19 @@ pub async fn index(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Some((id, s)) = state.session(&headers) {
+    let session = match state.session(&headers).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if let Some((id, s)) = session {
         if let Some(user) = &s.user {
             if let Err(r) = state.recheck(&id, user).await {
                 return *r;
             }
-            let notice = state.sessions.take_notice(&id);
+            let notice = match state.sessions.take_notice(&id).await {
+                Ok(n) => n,
+                Err(e) => return state.session_trouble(&e),
+            };
             return account_page(
                 &state,
                 &id,
@@ -87,16 +94,17 @@ pub async fn index(
         "",
         StatusCode::OK,
     )
+    .await
 }
 
-fn sign_in_page(
+async fn sign_in_page(
     state: &AppState,
     headers: &HeaderMap,
     message: Option<Notice<'_>>,
     address: &str,
     status: StatusCode,
 ) -> Response {
-    let (_, s, cookie) = match state.session_or_new(headers) {
+    let (_, s, cookie) = match state.session_or_new(headers).await {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -130,7 +138,9 @@ async fn account_page(
     let mailbox = match state.store.get_mailbox(&user.address).await {
         Ok(Some(m)) => m,
         Ok(None) => {
-            state.sessions.remove(id);
+            if let Err(e) = state.sessions.remove(id).await {
+                return state.session_trouble(&e);
+            }
             return state.problem(
                 StatusCode::FORBIDDEN,
                 "Signed out",
@@ -205,7 +215,7 @@ pub(super) async fn signed_in_form(
     headers: &HeaderMap,
     form: FormResult,
 ) -> Result<SignedInForm, Box<Response>> {
-    let (id, session, user, fields) = signed_in_fields(state, headers, form)?;
+    let (id, session, user, fields) = signed_in_fields(state, headers, form).await?;
     let view = state.recheck(&id, &user).await?;
     Ok(SignedInForm {
         id,
@@ -219,7 +229,7 @@ pub(super) async fn signed_in_form(
 type Fields = Vec<(String, String)>;
 
 /// A signed-in session's form with its CSRF token checked; no mailbox read.
-fn signed_in_fields(
+async fn signed_in_fields(
     state: &AppState,
     headers: &HeaderMap,
     form: FormResult,
@@ -231,7 +241,7 @@ fn signed_in_fields(
             "You are not signed in (any more). Sign in and try again.",
         ))
     };
-    let Some((id, session)) = state.session(headers) else {
+    let Some((id, session)) = state.session(headers).await? else {
         return Err(signed_out());
     };
     let fields = match form {
@@ -253,7 +263,11 @@ pub async fn password_sign_in(
     headers: HeaderMap,
     form: FormResult,
 ) -> Response {
-    let Some((id, s)) = state.session(&headers) else {
+    let session = match state.session(&headers).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Some((id, s)) = session else {
         return sign_in_page(
             &state,
             &headers,
@@ -263,7 +277,8 @@ pub async fn password_sign_in(
             }),
             "",
             StatusCode::FORBIDDEN,
-        );
+        )
+        .await;
     };
     let fields = match form {
         Ok(Form(fields)) => fields,
@@ -276,7 +291,7 @@ pub async fn password_sign_in(
     let secret = Secret::from(field(&fields, "password").unwrap_or("").to_string());
     let rip = state.client_ip(&headers, peer);
     let shown_login: String = login.chars().take(320).collect();
-    let refuse = |text: &str, status| {
+    let refuse = |text: &'static str, status| {
         sign_in_page(
             &state,
             &headers,
@@ -316,24 +331,20 @@ pub async fn password_sign_in(
                 return refuse(
                     "The mailbox service is unavailable right now. Try again in a minute.",
                     StatusCode::SERVICE_UNAVAILABLE,
-                );
+                )
+                .await;
             };
-            match state.sessions.sign_in(
-                Some(&id),
-                SignedInUser {
-                    address: success.mailbox,
-                    via: Via::Password,
-                    generation,
-                },
-            ) {
+            let user = SignedInUser {
+                address: success.mailbox,
+                via: Via::Password,
+                generation,
+            };
+            match state.sessions.sign_in(Some(&id), user).await {
                 Ok(new_id) => with_cookie(
                     redirect("/"),
                     Some(session::set_cookie(&new_id, state.settings.secure_cookies)),
                 ),
-                Err(_) => refuse(
-                    "The page is busy right now. Try again in a minute.",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                ),
+                Err(e) => state.session_trouble(&e),
             }
         }
         Outcome::Fail(FailReason::Throttled) => {
@@ -343,17 +354,24 @@ pub async fn password_sign_in(
                 "Too many attempts. Wait a minute, then try again.",
                 StatusCode::TOO_MANY_REQUESTS,
             )
+            .await
         }
         // One message for every refusal, an `oidc` mailbox's included: the form must not
         // tell which addresses sign in through the provider (the button above is for them).
-        Outcome::Fail(_) => refuse(
-            "The address or password is wrong, or this mailbox may not sign in.",
-            StatusCode::FORBIDDEN,
-        ),
-        Outcome::TempFail(_) => refuse(
-            "The mailbox service is unavailable right now. Try again in a minute.",
-            StatusCode::SERVICE_UNAVAILABLE,
-        ),
+        Outcome::Fail(_) => {
+            refuse(
+                "The address or password is wrong, or this mailbox may not sign in.",
+                StatusCode::FORBIDDEN,
+            )
+            .await
+        }
+        Outcome::TempFail(_) => {
+            refuse(
+                "The mailbox service is unavailable right now. Try again in a minute.",
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .await
+        }
     }
 }
 
@@ -464,8 +482,10 @@ pub async fn revoke_app_password(
         Err(StoreError::NotFound(_)) => "That app password was already gone.".to_string(),
         Err(e) => return store_trouble(&state, &e),
     };
-    state.sessions.update(&id, |s| s.notice = Some(notice));
-    redirect("/")
+    match state.sessions.set_notice(&id, &notice).await {
+        Ok(_) => redirect("/"),
+        Err(e) => state.session_trouble(&e),
+    }
 }
 
 pub async fn sign_out(
@@ -474,21 +494,24 @@ pub async fn sign_out(
     form: FormResult,
 ) -> Response {
     // Signing out needs no mailbox: it works when the store does not.
-    let (id, _, user, _) = match signed_in_fields(&state, &headers, form) {
+    let (id, _, user, _) = match signed_in_fields(&state, &headers, form).await {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    state.sessions.remove(&id);
+    if let Err(e) = state.sessions.remove(&id).await {
+        return state.session_trouble(&e);
+    }
     tracing::info!(target: "mailauthd::web", user = %user.address, "signed out");
     let clear = Some(session::clear_cookie(state.settings.secure_cookies));
-    if let (Via::Provider { id_token }, Some(rp), Some(root)) = (
+    if let (Via::Provider { id_token, .. }, Some(rp), Some(root)) = (
         &user.via,
         state.relying_party(),
         &state.settings.public_root,
     ) {
         let mut after = root.clone();
         after.set_query(Some("signed-out"));
-        if let Some(url) = rp.logout_url(Some(id_token), &after).await {
+        let hint = Some(id_token).filter(|t| !t.is_empty());
+        if let Some(url) = rp.logout_url(hint, &after).await {
             return with_cookie(redirect(url.as_str()), clear);
         }
     }

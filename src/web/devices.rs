@@ -295,7 +295,7 @@ async fn signed_in(
     state: &WebState,
     headers: &HeaderMap,
 ) -> Result<(String, String, SignedInUser, Protocols), Box<Response>> {
-    let Some((id, s)) = state.session(headers) else {
+    let Some((id, s)) = state.session(headers).await? else {
         return Err(Box::new(signed_out(state)));
     };
     let Some(user) = s.user.clone() else {

@@ -15,8 +15,12 @@
 //! With `[clients]` configured, the same listener answers mail clients' discovery
 //! (autoconfig, Autodiscover: public, no secret, [`discovery`]) and lets a signed-in person
 //! set up a device in one step ([`devices`]).
+//!
+//! The identity provider ends page sessions of a person who signed out there through
+//! OpenID Connect Back-Channel Logout ([`backchannel`]).
 
 mod account;
+mod backchannel;
 pub mod client_ip;
 mod device_pages;
 mod devices;
@@ -53,6 +57,11 @@ use session::{Session, Sessions, SignedInUser, Via};
 
 /// Request bodies beyond this are refused (413): the page's forms are a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Where the provider POSTs logout tokens: register `<public root>/backchannel-logout` as
+/// the client's `backchannel_logout_uri`.
+pub const BACKCHANNEL_LOGOUT_PATH: &str = "/backchannel-logout";
+/// How often expired sessions and logout tokens are removed from the store.
+const SESSION_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct WebState {
     pub settings: WebSettings,
@@ -129,6 +138,10 @@ pub fn router(state: AppState) -> Router {
         .route("/app-passwords", post(account::create_app_password))
         .route("/app-passwords/revoke", post(account::revoke_app_password))
         .route("/logout", post(account::sign_out))
+        .route(
+            BACKCHANNEL_LOGOUT_PATH,
+            post(backchannel::backchannel_logout),
+        )
         .route("/devices", get(devices::form).post(devices::create))
         .route("/devices/done/{token}", get(devices::done))
         .route("/devices/profile/{token}", get(devices::profile))
@@ -183,7 +196,12 @@ pub fn state(
         None => None,
     };
     Ok(Arc::new(WebState {
-        sessions: Sessions::new(settings.session_lifetime, clock.clone()),
+        sessions: Sessions::new(
+            store.clone(),
+            settings.session_lifetime,
+            settings.max_anonymous_sessions,
+            clock.clone(),
+        ),
         provider: RwLock::new(ProviderSetup::new(oidc, &clock)?),
         metrics_path: metrics.on_web_listener.then(|| metrics.path.clone()),
         clients,
@@ -233,6 +251,7 @@ pub async fn start(state: AppState, activated: &mut Activated) -> Result<WebServ
         header_timeout: state.settings.header_timeout,
     };
     let clock = state.clock.clone();
+    let sweeper = state.clone();
     let server = serve(
         listener,
         router(state.clone()),
@@ -241,6 +260,10 @@ pub async fn start(state: AppState, activated: &mut Activated) -> Result<WebServ
         Some(state),
         clock,
     );
+    let stop = server.token.clone();
+    tokio::spawn(async move {
+        session::sweep_periodically(&sweeper.sessions, SESSION_SWEEP_EVERY, stop).await;
+    });
     tracing::info!(listen = %server.local_addr, "web page listening");
     Ok(server)
 }
@@ -392,15 +415,35 @@ impl WebState {
         )
     }
 
-    pub(crate) fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
+    /// The visitor's session, if the cookie names a live one. `Err` is the page to show when
+    /// the store cannot say: the session is kept, not taken for signed out.
+    pub(crate) async fn session(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(String, Session)>, Box<Response>> {
         let secure = self.settings.secure_cookies;
-        let id = headers
+        let Some(id) = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(|h| session::id_from_cookie_header(h, secure))?;
-        let s = self.sessions.get(&id)?;
-        Some((id, s))
+            .find_map(|h| session::id_from_cookie_header(h, secure))
+        else {
+            return Ok(None);
+        };
+        match self.sessions.get(&id).await {
+            Ok(s) => Ok(s.map(|s| (id, s))),
+            Err(e) => Err(Box::new(self.session_trouble(&e))),
+        }
+    }
+
+    /// The page for a session the store could not read or write: 503, and a log line.
+    pub(crate) fn session_trouble(&self, e: &session::SessionError) -> Response {
+        tracing::error!(target: "mailauthd::web", error = %e, "web session store unavailable");
+        self.problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again later",
+            "The sign-in service is unavailable right now. Try again in a minute.",
+        )
     }
 
     /// Re-checks a signed-in session against its mailbox, as every request does: a mailbox
@@ -425,7 +468,9 @@ impl WebState {
             }
         };
         if let Some(ended) = session_ends(user, view.as_ref()) {
-            self.sessions.remove(id);
+            if let Err(e) = self.sessions.remove(id).await {
+                return Err(Box::new(self.session_trouble(&e)));
+            }
             return Err(Box::new(self.ended(ended.code, user, ended.message)));
         }
         // `session_ends` ends every session without a mailbox.
@@ -466,26 +511,19 @@ impl WebState {
     }
 
     /// The visitor's session, or a new anonymous one with the cookie to set.
-    pub(crate) fn session_or_new(
+    pub(crate) async fn session_or_new(
         &self,
         headers: &HeaderMap,
     ) -> Result<(String, Session, Option<String>), Box<Response>> {
-        if let Some((id, s)) = self.session(headers) {
+        if let Some((id, s)) = self.session(headers).await? {
             return Ok((id, s, None));
         }
-        match self.sessions.create() {
+        match self.sessions.create().await {
             Ok((id, s)) => {
                 let cookie = session::set_cookie(&id, self.settings.secure_cookies);
                 Ok((id, s, Some(cookie)))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create a web session");
-                Err(Box::new(self.problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Busy",
-                    "The page is busy right now. Try again in a minute.",
-                )))
-            }
+            Err(e) => Err(Box::new(self.session_trouble(&e))),
         }
     }
 

@@ -35,17 +35,15 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap) -> Respons
             "Signing in through an identity provider is not set up here.",
         );
     };
-    let (id, _, cookie) = match state.session_or_new(&headers) {
+    let (id, _, cookie) = match state.session_or_new(&headers).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
     match rp.begin().await {
-        Ok(auth) => {
-            state
-                .sessions
-                .update(&id, |s| s.pending = Some(auth.pending));
-            with_cookie(redirect(auth.url.as_str()), cookie)
-        }
+        Ok(auth) => match state.sessions.set_pending(&id, &auth.pending).await {
+            Ok(_) => with_cookie(redirect(auth.url.as_str()), cookie),
+            Err(e) => with_cookie(state.session_trouble(&e), cookie),
+        },
         Err(e) => {
             tracing::error!(target: "mailauthd::web", error = %e, "cannot start a sign-in at the identity provider");
             with_cookie(
@@ -94,10 +92,17 @@ pub async fn callback(
 
     // Whatever happens next, this browser's pending sign-in is used up: a state and its
     // PKCE verifier are good for one attempt.
-    let session = state.session(&headers);
-    let pending = session
-        .as_ref()
-        .and_then(|(id, _)| state.sessions.take_pending(id));
+    let session = match state.session(&headers).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let pending = match &session {
+        Some((id, _)) => match state.sessions.take_pending(id).await {
+            Ok(p) => p,
+            Err(e) => return state.session_trouble(&e),
+        },
+        None => None,
+    };
 
     // Whether this answer belongs to the sign-in this browser started. Only then is
     // anything in it believed: anyone can send a browser to /callback with made-up text.
@@ -236,16 +241,17 @@ pub async fn callback(
             }
             tracing::info!(target: "mailauthd::audit", service = "web", user = address.as_str(), rip, mech = "oidc", outcome = "ok", reason = outcome.label(), subject = claims.subject.as_str(), "sign-in");
             let old = session.as_ref().map(|(id, _)| id.as_str());
-            match state.sessions.sign_in(
-                old,
-                SignedInUser {
-                    address,
-                    via: Via::Provider {
-                        id_token: identity.id_token,
-                    },
-                    generation,
+            let user = SignedInUser {
+                address,
+                via: Via::Provider {
+                    id_token: identity.id_token,
+                    issuer: claims.issuer.clone(),
+                    subject: claims.subject.clone(),
+                    sid: identity.session_id,
                 },
-            ) {
+                generation,
+            };
+            match state.sessions.sign_in(old, user).await {
                 Ok(id) => with_cookie(
                     redirect("/"),
                     Some(super::session::set_cookie(
@@ -253,14 +259,7 @@ pub async fn callback(
                         state.settings.secure_cookies,
                     )),
                 ),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot create a web session");
-                    state.problem(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Busy",
-                        "The page is busy right now. Try again in a minute.",
-                    )
-                }
+                Err(e) => state.session_trouble(&e),
             }
         }
         Err(refusal) => {

@@ -1,23 +1,30 @@
-//! Server-side sessions in memory, their cookie, and CSRF tokens.
+//! Page sessions, kept in the store, their cookie, and CSRF tokens.
 //!
-//! The cookie holds only a random id. Everything else — the pending OIDC sign-in, who is
-//! signed in, the CSRF token — stays here, so nothing a browser sends can forge it. Sessions
-//! are lost on restart, which only means signing in again.
+//! The cookie holds only a random id; the store keeps the session under the id's SHA-256
+//! digest, never the id. Everything else — the pending OIDC sign-in, who is signed in, the
+//! CSRF token — stays in the store, so nothing a browser sends can forge it, every daemon
+//! on the database sees the same sessions, and a restart signs nobody out.
 //!
-//! The table is bounded, and no operation walks it: sessions are indexed by expiry, so each
-//! call removes a few expired ones from the front and a full table evicts the anonymous
-//! session closest to expiry, both in O(log n) under the lock.
+//! The table stays bounded whatever a crawler or attacker does: anonymous sessions (a
+//! form's CSRF token, a sign-in under way) are trimmed to [`MAX_ANONYMOUS`] after each one
+//! is created, the sessions of one mailbox to [`MAX_PER_MAILBOX`] after each sign-in, and
+//! expired rows go in bounded batches ([`Sessions::sweep`], run periodically). A store that
+//! does not answer is an error the page shows as 503, never a silent sign-out.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, UnixTime};
 use crate::oidc::PendingSignIn;
 use crate::secret::Secret;
+use crate::store::{
+    PendingSignInRecord, SessionScope, SessionUser, SignedInWith, Store, StoreError, Swept,
+    WebSession,
+};
 
 /// The cookie's name over plain HTTP (test setups).
 pub const COOKIE: &str = "mailauthd_session";
@@ -26,16 +33,30 @@ pub const COOKIE: &str = "mailauthd_session";
 /// plant or overwrite it.
 pub const HOST_COOKIE: &str = "__Host-mailauthd_session";
 /// A visitor who has not signed in gets this long to do so.
-const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(15 * 60);
-/// Bounds memory whatever a crawler or attacker does; signed-in people are evicted last.
-const MAX_SESSIONS: usize = 20_000;
-/// Expired sessions removed per call at most, so no call does unbounded work.
-const PURGE_PER_CALL: usize = 64;
+pub const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// Anonymous sessions kept in the store at most unless `[web] max_anonymous_sessions` says
+/// otherwise; past it the ones closest to expiry go. Signed-in people are never evicted for
+/// a newcomer.
+pub const MAX_ANONYMOUS: u64 = 20_000;
+/// Sessions of one mailbox kept at most: signing in over and over cannot grow the table.
+pub const MAX_PER_MAILBOX: u64 = 50;
+/// ID tokens longer than this are not kept (the column's size on MariaDB); signing out then
+/// sends no hint to the provider's end-session endpoint, which asks the person instead.
+pub const MAX_ID_TOKEN_BYTES: usize = 8192;
+/// Expired sessions (and logout tokens) removed per sweep at most.
+pub const SWEEP_BATCH: u64 = 500;
 
 /// How the person proved who they are.
 #[derive(Clone, Debug)]
 pub enum Via {
-    Provider { id_token: Secret },
+    /// Through the identity provider: the ID token (the hint for RP-initiated logout) and
+    /// the provider's account and session, by which a back-channel logout finds this one.
+    Provider {
+        id_token: Secret,
+        issuer: String,
+        subject: String,
+        sid: Option<String>,
+    },
     Password,
 }
 
@@ -51,7 +72,7 @@ pub struct SignedInUser {
 #[derive(Clone, Debug)]
 pub struct Session {
     pub csrf: String,
-    pub expires: Instant,
+    pub expires: UnixTime,
     pub user: Option<SignedInUser>,
     pub pending: Option<PendingSignIn>,
     /// A one-time notice for the next page ("app password revoked").
@@ -72,205 +93,253 @@ pub fn random_token() -> Option<String> {
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-pub struct Sessions {
-    table: Mutex<Table>,
-    lifetime: Duration,
-    /// Expiry is read on its monotonic reading.
-    clock: Arc<dyn Clock>,
-}
-
-impl std::fmt::Debug for Sessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions")
-            .field("table", &self.table)
-            .field("lifetime", &self.lifetime)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The sessions and two expiry indexes over them.
-#[derive(Debug, Default)]
-struct Table {
-    map: HashMap<String, Session>,
-    /// `(expires, id)` of every session.
-    by_expiry: BTreeSet<(Instant, String)>,
-    /// `(expires, id)` of sessions nobody has signed in to: the first to go when full.
-    anonymous: BTreeSet<(Instant, String)>,
-}
-
-impl Table {
-    fn insert(&mut self, id: String, session: Session) {
-        self.remove(&id);
-        self.by_expiry.insert((session.expires, id.clone()));
-        if session.user.is_none() {
-            self.anonymous.insert((session.expires, id.clone()));
-        }
-        self.map.insert(id, session);
-    }
-
-    fn remove(&mut self, id: &str) -> Option<Session> {
-        let session = self.map.remove(id)?;
-        let key = (session.expires, id.to_string());
-        self.by_expiry.remove(&key);
-        self.anonymous.remove(&key);
-        Some(session)
-    }
-
-    /// Removes up to [`PURGE_PER_CALL`] expired sessions, oldest first.
-    fn purge_expired(&mut self, now: Instant) {
-        for _ in 0..PURGE_PER_CALL {
-            let Some((expires, id)) = self.by_expiry.first().cloned() else {
-                return;
-            };
-            if expires > now {
-                return;
-            }
-            self.remove(&id);
-        }
-    }
-
-    /// Room for one more: expired sessions go first, then the anonymous one closest to
-    /// expiry. Signed-in people are never evicted for a newcomer.
-    fn make_room(&mut self, now: Instant) -> Result<(), SessionError> {
-        self.purge_expired(now);
-        if self.map.len() < MAX_SESSIONS {
-            return Ok(());
-        }
-        match self.anonymous.first().cloned() {
-            Some((_, id)) => {
-                self.remove(&id);
-                Ok(())
-            }
-            None => Err(SessionError::Full),
-        }
-    }
+/// What the store keys a session by: the hex SHA-256 of the cookie's id.
+pub fn digest(id: &str) -> String {
+    Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("no randomness available")]
     NoRandomness,
-    #[error("too many sessions")]
-    Full,
+    #[error("session store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The page's sessions, in the store.
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    lifetime: Duration,
+    max_anonymous: u64,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+fn seconds(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn pending_record(p: &PendingSignIn) -> PendingSignInRecord {
+    PendingSignInRecord {
+        state: String::from_utf8_lossy(p.state.expose()).into_owned(),
+        nonce: String::from_utf8_lossy(p.nonce.expose()).into_owned(),
+        pkce_verifier: String::from_utf8_lossy(p.pkce_verifier.expose()).into_owned(),
+    }
+}
+
+fn pending_from(p: PendingSignInRecord) -> PendingSignIn {
+    PendingSignIn {
+        state: Secret::from(p.state),
+        nonce: Secret::from(p.nonce),
+        pkce_verifier: Secret::from(p.pkce_verifier),
+    }
+}
+
+fn user_record(u: &SignedInUser) -> SessionUser {
+    SessionUser {
+        mailbox: u.address.clone(),
+        generation: u.generation,
+        via: match &u.via {
+            Via::Password => SignedInWith::Password,
+            Via::Provider {
+                id_token,
+                issuer,
+                subject,
+                sid,
+            } => SignedInWith::Provider {
+                id_token: if id_token.expose().len() <= MAX_ID_TOKEN_BYTES {
+                    String::from_utf8_lossy(id_token.expose()).into_owned()
+                } else {
+                    String::new()
+                },
+                issuer: issuer.clone(),
+                subject: subject.clone(),
+                sid: sid.clone(),
+            },
+        },
+    }
+}
+
+fn user_from(u: SessionUser) -> SignedInUser {
+    SignedInUser {
+        address: u.mailbox,
+        generation: u.generation,
+        via: match u.via {
+            SignedInWith::Password => Via::Password,
+            SignedInWith::Provider {
+                id_token,
+                issuer,
+                subject,
+                sid,
+            } => Via::Provider {
+                id_token: Secret::from(id_token),
+                issuer,
+                subject,
+                sid,
+            },
+        },
+    }
+}
+
+fn session_from(s: WebSession) -> Session {
+    Session {
+        csrf: s.csrf,
+        expires: s.expires_at,
+        user: s.user.map(user_from),
+        pending: s.pending.map(pending_from),
+        notice: s.notice,
+    }
 }
 
 impl Sessions {
-    pub fn new(lifetime: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        lifetime: Duration,
+        max_anonymous: u64,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Sessions {
-            table: Mutex::new(Table::default()),
+            store,
             lifetime,
+            max_anonymous,
             clock,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        // A panic while holding the lock cannot leave a session half-written in a way that
-        // matters more than losing sessions, so carry on with the data.
-        self.table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub async fn get(&self, id: &str) -> Result<Option<Session>, SessionError> {
+        let now = self.clock.now();
+        let stored = self.store.web_session(&digest(id), now).await?;
+        Ok(stored.map(session_from))
     }
 
-    pub fn get(&self, id: &str) -> Option<Session> {
-        let now = self.clock.instant();
-        let mut table = self.lock();
-        match table.map.get(id) {
-            Some(s) if s.expires > now => Some(s.clone()),
-            Some(_) => {
-                table.remove(id);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// A new anonymous session.
-    pub fn create(&self) -> Result<(String, Session), SessionError> {
+    /// A new anonymous session, stored; the oldest anonymous ones beyond the cap make room.
+    pub async fn create(&self) -> Result<(String, Session), SessionError> {
         let id = random_token().ok_or(SessionError::NoRandomness)?;
-        let now = self.clock.instant();
-        let session = Session {
+        let now = self.clock.now();
+        let stored = WebSession {
             csrf: random_token().ok_or(SessionError::NoRandomness)?,
-            expires: now + ANONYMOUS_LIFETIME,
+            created_at: now,
+            expires_at: now.saturating_add(seconds(ANONYMOUS_LIFETIME)),
             user: None,
             pending: None,
             notice: None,
         };
-        let mut table = self.lock();
-        table.make_room(now)?;
-        table.insert(id.clone(), session.clone());
-        Ok((id, session))
+        self.store.create_web_session(&digest(&id), &stored).await?;
+        self.store
+            .trim_web_sessions(SessionScope::Anonymous, self.max_anonymous)
+            .await?;
+        Ok((id, session_from(stored)))
     }
 
-    /// Changes a live session's pending sign-in or notice; false when it has gone. Who is
-    /// signed in and the expiry change only through [`Sessions::sign_in`].
-    pub fn update(&self, id: &str, change: impl FnOnce(&mut Session)) -> bool {
-        let now = self.clock.instant();
-        let mut table = self.lock();
-        match table.map.get_mut(id) {
-            Some(s) if s.expires > now => {
-                let (expires, user) = (s.expires, s.user.clone());
-                change(s);
-                s.expires = expires;
-                s.user = user;
-                true
-            }
-            _ => false,
-        }
+    /// Puts a pending sign-in in a live session; false when it has gone.
+    pub async fn set_pending(
+        &self,
+        id: &str,
+        pending: &PendingSignIn,
+    ) -> Result<bool, SessionError> {
+        let now = self.clock.now();
+        let record = pending_record(pending);
+        Ok(self
+            .store
+            .set_session_pending(&digest(id), &record, now)
+            .await?)
     }
 
-    /// Takes the pending sign-in out, so a code or state can be used once only.
-    pub fn take_pending(&self, id: &str) -> Option<PendingSignIn> {
-        let now = self.clock.instant();
-        let mut table = self.lock();
-        table
-            .map
-            .get_mut(id)
-            .filter(|s| s.expires > now)
-            .and_then(|s| s.pending.take())
+    /// Takes the pending sign-in out, so a code or state can be used once only, on
+    /// whichever daemon the callback reaches.
+    pub async fn take_pending(&self, id: &str) -> Result<Option<PendingSignIn>, SessionError> {
+        let now = self.clock.now();
+        let taken = self.store.take_session_pending(&digest(id), now).await?;
+        Ok(taken.map(pending_from))
     }
 
-    pub fn take_notice(&self, id: &str) -> Option<String> {
-        self.lock().map.get_mut(id).and_then(|s| s.notice.take())
+    pub async fn set_notice(&self, id: &str, notice: &str) -> Result<bool, SessionError> {
+        let now = self.clock.now();
+        Ok(self
+            .store
+            .set_session_notice(&digest(id), notice, now)
+            .await?)
     }
 
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+    pub async fn take_notice(&self, id: &str) -> Result<Option<String>, SessionError> {
+        Ok(self.store.take_session_notice(&digest(id)).await?)
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), SessionError> {
+        Ok(self.store.delete_web_session(&digest(id)).await?)
     }
 
     /// Signs a person in under a new session id (the old one dies), so an id planted in
     /// the browser before sign-in is worth nothing after it.
-    pub fn sign_in(
+    pub async fn sign_in(
         &self,
         old_id: Option<&str>,
         user: SignedInUser,
     ) -> Result<String, SessionError> {
         let id = random_token().ok_or(SessionError::NoRandomness)?;
-        let csrf = random_token().ok_or(SessionError::NoRandomness)?;
-        let now = self.clock.instant();
-        let mut table = self.lock();
+        let now = self.clock.now();
+        let stored = WebSession {
+            csrf: random_token().ok_or(SessionError::NoRandomness)?,
+            created_at: now,
+            expires_at: now.saturating_add(seconds(self.lifetime)),
+            user: Some(user_record(&user)),
+            pending: None,
+            notice: None,
+        };
+        self.store.create_web_session(&digest(&id), &stored).await?;
         if let Some(old) = old_id {
-            table.remove(old);
+            self.store.delete_web_session(&digest(old)).await?;
         }
-        table.make_room(now)?;
-        table.insert(
-            id.clone(),
-            Session {
-                csrf,
-                expires: now + self.lifetime,
-                user: Some(user),
-                pending: None,
-                notice: None,
-            },
-        );
+        self.store
+            .trim_web_sessions(SessionScope::Mailbox(&user.address), MAX_PER_MAILBOX)
+            .await?;
         Ok(id)
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().map.len()
+    /// Removes a batch of expired sessions and logout tokens.
+    pub async fn sweep(&self) -> Result<Swept, SessionError> {
+        Ok(self
+            .store
+            .sweep_expired(self.clock.now(), SWEEP_BATCH)
+            .await?)
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+/// Sweeps expired sessions every `every` until `stop`; a store that does not answer is
+/// logged and tried again at the next round.
+pub async fn sweep_periodically(
+    sessions: &Sessions,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        // Many expired at once (after a long outage): batches back to back, a few at most.
+        for _ in 0..20 {
+            match sessions.sweep().await {
+                Ok(swept) if swept.sessions < SWEEP_BATCH && swept.logout_tokens < SWEEP_BATCH => {
+                    break
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(target: "mailauthd::web", error = %e, "cannot remove expired web sessions; will retry");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -317,49 +386,6 @@ pub fn clear_cookie(secure: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
-
-    fn sessions(lifetime: Duration) -> Sessions {
-        Sessions::new(lifetime, Arc::new(ManualClock::at(1_800_000_000)))
-    }
-
-    #[test]
-    fn csrf_must_match_exactly() {
-        let s = sessions(Duration::from_secs(60));
-        let (_, session) = s.create().unwrap();
-        assert!(session.csrf_matches(Some(&session.csrf.clone())));
-        assert!(!session.csrf_matches(None));
-        assert!(!session.csrf_matches(Some("")));
-        assert!(!session.csrf_matches(Some(&session.csrf[1..])));
-    }
-
-    #[test]
-    fn sign_in_rotates_the_id_and_pending_is_taken_once() {
-        let s = sessions(Duration::from_secs(60));
-        let (old, _) = s.create().unwrap();
-        assert!(s.update(&old, |x| {
-            x.pending = Some(PendingSignIn {
-                state: Secret::from("st"),
-                nonce: Secret::from("n"),
-                pkce_verifier: Secret::from("v"),
-            })
-        }));
-        assert!(s.take_pending(&old).is_some());
-        assert!(s.take_pending(&old).is_none(), "a state is good once");
-        let new = s
-            .sign_in(
-                Some(&old),
-                SignedInUser {
-                    address: "a@example.org".into(),
-                    via: Via::Password,
-                    generation: 0,
-                },
-            )
-            .unwrap();
-        assert_ne!(new, old);
-        assert!(s.get(&old).is_none());
-        assert_eq!(s.get(&new).unwrap().user.unwrap().address, "a@example.org");
-    }
 
     #[test]
     fn cookie_header_is_parsed_strictly() {
@@ -389,84 +415,131 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_evicts_anonymous_sessions_never_signed_in_ones() {
-        let s = sessions(Duration::from_secs(60));
-        let user = |n: usize| SignedInUser {
-            address: format!("u{n}@example.org"),
-            via: Via::Password,
-            generation: 0,
+    fn csrf_must_match_exactly() {
+        let session = Session {
+            csrf: random_token().unwrap(),
+            expires: 0,
+            user: None,
+            pending: None,
+            notice: None,
         };
-        let signed: Vec<String> = (0..MAX_SESSIONS - 1)
-            .map(|n| s.sign_in(None, user(n)).unwrap())
-            .collect();
-        let (first_anon, _) = s.create().unwrap();
-        assert_eq!(s.len(), MAX_SESSIONS);
-        // Full: the anonymous session makes room for the next visitor.
-        let (second_anon, _) = s.create().unwrap();
-        assert!(s.get(&first_anon).is_none());
-        assert!(s.get(&second_anon).is_some());
-        assert_eq!(s.len(), MAX_SESSIONS);
-        // Full of signed-in people and one newcomer being signed in: no one evicted.
-        assert!(s.sign_in(Some(&second_anon), user(99_999)).is_ok());
-        assert!(matches!(s.create(), Err(SessionError::Full)));
-        assert!(signed.iter().all(|id| s.get(id).is_some()));
-        let t = s.lock();
+        assert!(session.csrf_matches(Some(&session.csrf.clone())));
+        assert!(!session.csrf_matches(None));
+        assert!(!session.csrf_matches(Some("")));
+        assert!(!session.csrf_matches(Some(&session.csrf[1..])));
+        assert!(!session.csrf_matches(Some(&format!("{}x", session.csrf))));
+    }
+
+    #[test]
+    fn the_store_key_is_a_digest_never_the_id() {
+        let id = random_token().unwrap();
+        let d = digest(&id);
+        assert_eq!(d.len(), 64);
+        assert!(!d.contains(&id));
+        assert_eq!(d, digest(&id));
+        assert_ne!(d, digest(&random_token().unwrap()));
+        // SHA-256("abc"): the standard digest, nothing home-made.
         assert_eq!(
-            t.by_expiry.len(),
-            t.map.len(),
-            "the index follows the table"
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert!(t.anonymous.is_empty());
     }
 
-    #[test]
-    fn expired_sessions_are_purged_from_the_front() {
-        let clock = ManualClock::at(1_800_000_000);
-        let s = Sessions::new(Duration::from_secs(60), Arc::new(clock.clone()));
-        let past = clock.instant();
-        clock.advance(1);
-        let mut t = s.lock();
-        for n in 0..200 {
-            t.insert(
-                format!("old{n}"),
-                Session {
-                    csrf: String::new(),
-                    expires: past,
-                    user: None,
-                    pending: None,
-                    notice: None,
-                },
-            );
-        }
-        t.purge_expired(s.clock.instant());
-        assert_eq!(t.map.len(), 200 - PURGE_PER_CALL, "bounded work per call");
-        t.purge_expired(s.clock.instant());
-        t.purge_expired(s.clock.instant());
-        t.purge_expired(s.clock.instant());
-        assert!(t.map.is_empty() && t.by_expiry.is_empty() && t.anonymous.is_empty());
+    async fn sqlite_sessions(
+        dir: &tempfile::TempDir,
+        clock: &crate::clock::ManualClock,
+    ) -> (Arc<dyn Store>, Sessions) {
+        let options = crate::store::StoreOptions {
+            url: crate::store::DatabaseUrl::new(format!("sqlite://{}/s.db", dir.path().display())),
+            max_connections: 4,
+            connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(5),
+        };
+        let store = crate::store::open(&options).await.unwrap();
+        store.migrate().await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let sessions = Sessions::new(
+            store.clone(),
+            Duration::from_secs(3600),
+            MAX_ANONYMOUS,
+            Arc::new(clock.clone()),
+        );
+        (store, sessions)
     }
 
-    #[test]
-    fn sessions_end_when_their_lifetime_has_passed() {
-        let clock = ManualClock::at(1_800_000_000);
-        let s = Sessions::new(Duration::from_secs(60), Arc::new(clock.clone()));
-        let (anonymous, _) = s.create().unwrap();
-        let user = SignedInUser {
+    #[tokio::test]
+    async fn sign_in_rotates_the_id_and_keeps_each_mailbox_to_its_newest_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::ManualClock::at(1_800_000_000);
+        let (_store, s) = sqlite_sessions(&dir, &clock).await;
+        let (old, _) = s.create().await.unwrap();
+        let user = || SignedInUser {
             address: "a@example.org".into(),
             via: Via::Password,
             generation: 0,
         };
-        let signed = s.sign_in(None, user).unwrap();
-        clock.advance(59);
-        assert!(s.get(&signed).is_some());
-        clock.advance(1);
-        assert!(s.get(&signed).is_none(), "the lifetime has passed");
+        let new = s.sign_in(Some(&old), user()).await.unwrap();
+        assert_ne!(new, old);
         assert!(
-            s.get(&anonymous).is_some(),
+            s.get(&old).await.unwrap().is_none(),
+            "the old id is worth nothing"
+        );
+        assert_eq!(
+            s.get(&new).await.unwrap().unwrap().user.unwrap().address,
+            "a@example.org"
+        );
+        let mut ids = vec![new];
+        for _ in 0..MAX_PER_MAILBOX + 5 {
+            clock.advance(1);
+            ids.push(s.sign_in(None, user()).await.unwrap());
+        }
+        let mut live = 0;
+        for id in &ids {
+            live += usize::from(s.get(id).await.unwrap().is_some());
+        }
+        assert_eq!(
+            live as u64, MAX_PER_MAILBOX,
+            "signing in again and again stays bounded"
+        );
+        assert!(
+            s.get(ids.last().unwrap()).await.unwrap().is_some(),
+            "the newest stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_end_and_the_periodic_sweep_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::ManualClock::at(1_800_000_000);
+        let (store, s) = sqlite_sessions(&dir, &clock).await;
+        let (id, _) = s.create().await.unwrap();
+        assert!(s.get(&id).await.unwrap().is_some());
+        clock.advance(ANONYMOUS_LIFETIME.as_secs() as i64);
+        assert!(
+            s.get(&id).await.unwrap().is_none(),
             "anonymous sessions get 15 minutes"
         );
-        clock.advance(ANONYMOUS_LIFETIME.as_secs() as i64);
-        assert!(!s.update(&anonymous, |_| {}));
+        // Still stored until the sweep runs (read as of the epoch, which sees every row).
+        assert!(store.web_session(&digest(&id), 0).await.unwrap().is_some());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = Arc::new(s);
+        let task = {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                sweep_periodically(&s, Duration::from_millis(10), stop).await;
+            })
+        };
+        let mut gone = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if store.web_session(&digest(&id), 0).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+        }
+        stop.cancel();
+        task.await.unwrap();
+        assert!(gone, "the sweep removed the expired row");
     }
 
     #[test]
@@ -478,5 +551,7 @@ mod tests {
         };
         let text = format!("{p:?}");
         assert!(!text.contains("123") && !text.contains("456") && !text.contains("789"));
+        let r = pending_record(&p);
+        assert!(!format!("{r:?}").contains("123"));
     }
 }

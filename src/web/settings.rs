@@ -25,6 +25,7 @@ pub struct WebSection {
     trusted_proxies: Option<Vec<String>>,
     max_connections: Option<u64>,
     header_timeout_seconds: Option<u64>,
+    max_anonymous_sessions: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +56,9 @@ pub struct WebSettings {
     pub header_timeout: Duration,
     /// Where the provider sends people back after signing out: the page's own root.
     pub public_root: Option<Url>,
+    /// Sessions nobody has signed in to kept in the store at most (all daemons together);
+    /// past it the ones closest to expiry make room.
+    pub max_anonymous_sessions: u64,
 }
 
 /// Enough for every person signing in at once on a busy site, far below the descriptor
@@ -107,6 +111,10 @@ pub fn check(
     problems.within("web.max_connections", max_connections, 1..=1_000_000);
     let header_timeout = section.header_timeout_seconds.unwrap_or(10);
     problems.within("web.header_timeout_seconds", header_timeout, 1..=300);
+    let max_anonymous = section
+        .max_anonymous_sessions
+        .unwrap_or(super::session::MAX_ANONYMOUS);
+    problems.within("web.max_anonymous_sessions", max_anonymous, 10..=10_000_000);
     let mail_host = trimmed(section.mail_host).or_else(|| {
         oidc.and_then(|o| o.redirect_url.host_str().map(str::to_string))
             .filter(|h| h != "127.0.0.1" && h != "localhost" && h != "[::1]")
@@ -128,6 +136,7 @@ pub fn check(
         max_connections: usize::try_from(max_connections.clamp(1, 1_000_000)).unwrap_or(1),
         header_timeout: Duration::from_secs(header_timeout.clamp(1, 300)),
         public_root,
+        max_anonymous_sessions: max_anonymous.clamp(10, 10_000_000),
     })
 }
 

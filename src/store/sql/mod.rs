@@ -2,7 +2,7 @@
 //! PostgreSQL, over sqlx's `Any` driver (why one SQL text: see the `store` module doc).
 //!
 //! One file per group of tables, each implementing its trait: `login.rs`, `policy.rs`,
-//! `domains.rs`, `templates.rs`, `mailboxes.rs`, `app_passwords.rs`, `aliases.rs`.
+//! `domains.rs`, `templates.rs`, `mailboxes.rs`, `app_passwords.rs`, `aliases.rs`, `sessions.rs`.
 //! Around them: `connect.rs` opens the pool, `statement.rs` sends statements and decodes
 //! rows, `errors.rs` turns driver errors into [`StoreError`]s. Queries are written with `?`
 //! placeholders; [`Dialect`] rewrites them where needed.
@@ -15,6 +15,7 @@ mod errors;
 mod login;
 mod mailboxes;
 mod policy;
+mod sessions;
 mod statement;
 mod templates;
 

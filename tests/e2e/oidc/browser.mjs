@@ -12,6 +12,11 @@
 //   device        sign in, set up a device of --kind (apple, android, other) for
 //                 --protocols; apple: save the downloaded profile in --out and try its
 //                 link again; android: screenshot the QR code; then reload the result page
+//   shared-session  sign in through --base, look at --other (another daemon, same host);
+//                 write --out.ready and wait for --out.go (the daemon is restarted
+//                 meanwhile), look at both again, end the session at the provider's
+//                 end-session endpoint (--issuer; not through the page), write
+//                 --out.ended and wait for --out.checked, then look at both once more
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -34,6 +39,7 @@ const { positionals, values: opt } = parseArgs({
     issuer: { type: 'string' },
     kind: { type: 'string', default: 'other' },
     out: { type: 'string' },
+    other: { type: 'string' },
   },
 });
 const action = positionals[0];
@@ -113,6 +119,22 @@ async function signIn() {
   await page.waitForURL((u) => u.toString().startsWith(opt.base), { timeout: 20000 });
   await page.waitForLoadState('load');
   await shot((await page.$('#mailbox-address')) ? 'account' : 'refused');
+}
+
+// Waits for the test script to create FILE (up to 90 s).
+async function waitForFile(file) {
+  for (let i = 0; i < 900; i += 1) {
+    if (fs.existsSync(file)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${file} did not appear`);
+}
+
+// Who the page at BASE shows as signed in (null: the sign-in page), and its HTTP status.
+async function whoAt(base, label) {
+  const response = await page.goto(base + '/');
+  await shot(label);
+  return { address: await text('#mailbox-address'), status: response ? response.status() : 0 };
 }
 
 let result = {};
@@ -269,6 +291,32 @@ try {
       seen.reloadShowsSecret = Boolean(secret) && (await page.content()).includes(secret);
       seen.reloadReason = await text('#reason');
       result = await report(seen);
+      break;
+    }
+
+    case 'shared-session': {
+      await signIn();
+      const seen = { first: await whoAt(opt.base, 'a-signed-in') };
+      seen.other = await whoAt(opt.other, 'b-same-session');
+      fs.writeFileSync(`${opt.out}.ready`, '');
+      await waitForFile(`${opt.out}.go`);
+      seen.afterRestart = await whoAt(opt.base, 'a-after-restart');
+      seen.otherAfterRestart = await whoAt(opt.other, 'b-after-restart');
+      // Sign out at the provider itself: only its back-channel logout tells the daemons.
+      const discovery = await (await fetch(`${opt.issuer}/.well-known/openid-configuration`)).json();
+      const end = new URL(discovery.end_session_endpoint);
+      end.searchParams.set('client_id', 'mailauthd');
+      await page.goto(end.toString());
+      await shot('provider-end-session');
+      const yes = (await page.$('button[autofocus]')) ?? (await page.$('button[type=submit]'));
+      if (yes) await Promise.all([page.waitForLoadState('load'), yes.click()]);
+      await page.waitForLoadState('load');
+      await shot('provider-signed-out');
+      fs.writeFileSync(`${opt.out}.ended`, '');
+      await waitForFile(`${opt.out}.checked`);
+      seen.afterLogout = await whoAt(opt.base, 'a-after-logout');
+      seen.otherAfterLogout = await whoAt(opt.other, 'b-after-logout');
+      result = seen;
       break;
     }
 

@@ -82,6 +82,12 @@ const configuration = {
     return client.grantTypeAllowed('refresh_token');
   },
   cookies: { keys: ['mailauthd-e2e-cookie-key-not-secret'] },
+  // Test-only: the back-channel logout goes to the daemon on loopback, which the provider's
+  // protection against requests to special-use addresses would refuse.
+  fetch(url, options) {
+    const { dispatcher: _ssrfGuard, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
   async findAccount(_ctx, id) {
     const account = readAccounts()[id];
     if (!account) return undefined;
@@ -96,6 +102,12 @@ const configuration = {
 
 const provider = new Provider(issuer, configuration);
 provider.on('server_error', (_ctx, err) => console.error('provider server_error', err));
+provider.on('backchannel.success', (_ctx, client, accountId, sid) =>
+  console.log(`backchannel logout sent to ${client.clientId} for ${accountId} sid ${sid}`),
+);
+provider.on('backchannel.error', (_ctx, err, client, accountId, sid) =>
+  console.error(`backchannel logout to ${client.clientId} for ${accountId} sid ${sid} failed:`, err),
+);
 
 const server = tls
   ? https.createServer(

@@ -1,0 +1,40 @@
+-- Web page sessions in the store. Keep in step with the other dialects' 0005_web_sessions.sql.
+-- A session is keyed by the SHA-256 digest (hex) of the random id in the browser's cookie;
+-- the id itself is never stored, so a copy of this table opens no session. Every daemon on
+-- the database reads the same rows, and they outlive a restart. Anonymous rows (no mailbox)
+-- hold a form's CSRF token or a pending sign-in; signed-in rows also hold the provider's
+-- issuer, subject and session id (`sid`), by which a back-channel logout finds them.
+
+CREATE TABLE web_sessions (
+    id_digest TEXT NOT NULL PRIMARY KEY,
+    csrf TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    mailbox TEXT NULL,
+    via TEXT NULL,
+    credential_generation BIGINT NULL,
+    id_token TEXT NULL,
+    oidc_issuer TEXT NULL,
+    oidc_subject TEXT NULL,
+    oidc_sid TEXT NULL,
+    pending_state TEXT NULL,
+    pending_nonce TEXT NULL,
+    pending_verifier TEXT NULL,
+    notice TEXT NULL
+);
+
+CREATE INDEX web_sessions_expiry ON web_sessions (expires_at);
+CREATE INDEX web_sessions_mailbox ON web_sessions (mailbox, expires_at);
+CREATE INDEX web_sessions_sid ON web_sessions (oidc_issuer, oidc_sid);
+CREATE INDEX web_sessions_subject ON web_sessions (oidc_issuer, oidc_subject);
+
+-- The `jti` of every back-channel logout token accepted, until it expires: a token
+-- presented again, to this daemon or another, is a replay.
+CREATE TABLE logout_tokens_seen (
+    issuer TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (issuer, jti)
+);
+
+CREATE INDEX logout_tokens_seen_expiry ON logout_tokens_seen (expires_at);
