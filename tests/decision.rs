@@ -260,6 +260,7 @@ async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
         verify_cache: Arc::new(
             VerifyCache::new(VerifyCacheConfig::default(), Arc::new(ManualClock::at(NOW))).unwrap(),
         ),
+        max_age_without_sign_in: None,
     })
     .unwrap();
     Fixture { auth, writer, apps }
