@@ -28,6 +28,9 @@ const VERSION: &str = "v1";
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const LABEL: &[u8] = b"mailauthd refresh token sealing v1";
+/// Longer tokens are not kept: sealed and base64-encoded they would not fit the column
+/// (8192 characters). Real refresh tokens are a few hundred bytes to a few kilobytes.
+pub const MAX_TOKEN_LEN: usize = 6000;
 
 /// The mailbox a sealed token belongs to; bound into the seal as associated data.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +58,8 @@ pub enum SealError {
     Random(getrandom::Error),
     #[error("cannot seal the refresh token: {0}")]
     Cipher(String),
+    #[error("the refresh token is {0} bytes long, more than the {MAX_TOKEN_LEN} kept")]
+    TooLong(usize),
 }
 
 /// What opening a stored token gave.
@@ -91,6 +96,9 @@ impl SealingKey {
     }
 
     pub fn seal(&self, token: &Secret, owner: Owner<'_>) -> Result<String, SealError> {
+        if token.expose().len() > MAX_TOKEN_LEN {
+            return Err(SealError::TooLong(token.expose().len()));
+        }
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(SealError::Random)?;
         let mut tag = [0u8; TAG_LEN];
@@ -228,6 +236,18 @@ mod tests {
         for junk in ["", "v1", "v1.a", "v1.a.b.c", "plain-refresh-token"] {
             assert!(matches!(key(1).open(junk, ALICE), Unsealed::Unusable(_)));
         }
+    }
+
+    #[test]
+    fn the_longest_kept_token_fits_the_column() {
+        let long = Secret::new(vec![b'x'; MAX_TOKEN_LEN]);
+        let sealed = key(1).seal(&long, ALICE).unwrap();
+        assert!(sealed.len() <= 8192, "{}", sealed.len());
+        let longer = Secret::new(vec![b'x'; MAX_TOKEN_LEN + 1]);
+        assert!(matches!(
+            key(1).seal(&longer, ALICE),
+            Err(SealError::TooLong(_))
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 -- identity_checked_at/_answer: the last liveness check and what the provider said.
 -- last_sign_in_at: the last web sign-in through the provider, for max_days_without_sign_in.
 
-ALTER TABLE mailboxes ADD COLUMN refresh_token TEXT NULL;
+ALTER TABLE mailboxes ADD COLUMN refresh_token VARCHAR(8192) CHARACTER SET ascii COLLATE ascii_bin NULL;
 ALTER TABLE mailboxes ADD COLUMN identity_suspended_at BIGINT NULL;
 ALTER TABLE mailboxes ADD COLUMN identity_suspended_reason VARCHAR(64) NULL;
 ALTER TABLE mailboxes ADD COLUMN identity_checked_at BIGINT NULL;
