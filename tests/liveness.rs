@@ -1,0 +1,658 @@
+//! The identity-liveness check against a fake provider over real HTTP: each kind of answer
+//! to a refresh classified, and the pass's rules — one refusal of many suspends it; an
+//! unreachable provider, a 5xx, our client refused or too many refusals suspend nobody; the
+//! lease keeps a second pass out; a store that fails mid-pass suspends nobody; `--dry-run`
+//! changes nothing but keeps a rotated token. Then `mailauthd idp check` through the real
+//! binary: its lines and exit codes, and `auth test` refusing the suspended mailbox until a
+//! sign-in lifts it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use openidconnect::url::Url;
+use serde_json::{json, Value};
+
+use mailauthd::auth::app_password::AppPasswordKey;
+use mailauthd::clock::{Clock, ManualClock, SystemClock};
+use mailauthd::liveness::{Liveness, PassEnd, PassError, PassOptions};
+use mailauthd::names::Address;
+use mailauthd::oidc::liveness::{Answer, Change};
+use mailauthd::oidc::refresh::RefreshAnswer;
+use mailauthd::oidc::sealed::{Owner, SealingKey, Unsealed};
+use mailauthd::oidc::{LivenessSettings, OidcSettings, RelyingParty};
+use mailauthd::provision::{self, NewMailbox};
+use mailauthd::secret::Secret;
+use mailauthd::store::*;
+
+const ISSUER_PATH: &str = "";
+const CLIENT_SECRET: &str = "client-secret-1";
+
+/// The fake provider: what each refresh token gets, by its prefix.
+/// `ok-…` fine; `rotate-…` fine with a new token `ok-…`; `gone-…` invalid_grant;
+/// `boom-…` HTTP 500; `hang-…` no answer for 30 s. A wrong client secret: invalid_client.
+struct Fake {
+    issuer: String,
+    secret: String,
+    refreshes: usize,
+    /// Closed when a `close-…` token arrives, to take the store away mid-pass.
+    store_to_close: Option<Arc<SqlStore>>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+fn json_response(status: u16, v: Value) -> Response {
+    (
+        axum::http::StatusCode::from_u16(status).unwrap(),
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+async fn discovery(State(s): State<Shared>) -> Response {
+    let issuer = s.lock().unwrap().issuer.clone();
+    json_response(
+        200,
+        json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/auth"),
+            "token_endpoint": format!("{issuer}/token"),
+            "jwks_uri": format!("{issuer}/jwks"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": ["openid", "email", "offline_access"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post"],
+        }),
+    )
+}
+
+async fn jwks() -> Response {
+    json_response(200, json!({ "keys": [] }))
+}
+
+async fn token(State(s): State<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let (secret, closing) = {
+        let mut f = s.lock().unwrap();
+        f.refreshes += 1;
+        (f.secret.clone(), f.store_to_close.clone())
+    };
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return json_response(400, json!({"error": "unsupported_grant_type"}));
+    }
+    if form.get("client_secret") != Some(&secret) {
+        return json_response(401, json!({"error": "invalid_client"}));
+    }
+    let rt = form.get("refresh_token").cloned().unwrap_or_default();
+    let fine = json!({"access_token": "a", "token_type": "Bearer", "expires_in": 60});
+    if rt.starts_with("ok-") {
+        json_response(200, fine)
+    } else if let Some(rest) = rt.strip_prefix("rotate-") {
+        json_response(
+            200,
+            json!({"access_token": "a", "token_type": "Bearer", "refresh_token": format!("ok-{rest}")}),
+        )
+    } else if rt.starts_with("gone-") {
+        json_response(
+            400,
+            json!({"error": "invalid_grant", "error_description": "user disabled"}),
+        )
+    } else if rt.starts_with("boom-") {
+        json_response(500, json!({"error": "server_error"}))
+    } else if rt.starts_with("hang-") {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        json_response(200, fine)
+    } else if let Some(rest) = rt.strip_prefix("close-") {
+        if let Some(store) = closing {
+            store.close().await;
+        }
+        json_response(
+            200,
+            json!({"access_token": "a", "token_type": "Bearer", "refresh_token": format!("ok-{rest}")}),
+        )
+    } else {
+        json_response(400, json!({"error": "invalid_grant"}))
+    }
+}
+
+async fn fake_provider() -> (Shared, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}{ISSUER_PATH}", listener.local_addr().unwrap());
+    let shared = Arc::new(Mutex::new(Fake {
+        issuer: issuer.clone(),
+        secret: CLIENT_SECRET.into(),
+        refreshes: 0,
+        store_to_close: None,
+    }));
+    let app = Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/jwks", get(jwks))
+        .route("/token", post(token))
+        .with_state(shared.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (shared, issuer)
+}
+
+fn settings(issuer: &str) -> OidcSettings {
+    OidcSettings {
+        display_name: "Test".into(),
+        issuer: issuer.to_string(),
+        endpoints: None,
+        client_id: "mailauthd".into(),
+        client_secret: Some(CLIENT_SECRET.into()),
+        client_auth: None,
+        redirect_url: Url::parse("http://127.0.0.1:1/callback").unwrap(),
+        scopes: vec!["openid".into(), "email".into()],
+        address_claim: "email".into(),
+        template_claim: "mailcow_template".into(),
+        name_claim: "name".into(),
+        ignore_tls_errors: false,
+        provision: true,
+        require_verified_email: true,
+        timeout: Duration::from_millis(700),
+        liveness: LivenessSettings::default(),
+    }
+}
+
+fn rp(issuer: &str) -> Arc<RelyingParty> {
+    Arc::new(RelyingParty::new(settings(issuer), Arc::new(SystemClock)).unwrap())
+}
+
+#[tokio::test]
+async fn every_refresh_answer_is_classified() {
+    let (fake, issuer) = fake_provider().await;
+    let rp = rp(&issuer);
+    let ask = |t: &str| {
+        let rp = rp.clone();
+        let t = Secret::from(t);
+        async move { rp.refresh(&t).await }
+    };
+    assert_eq!(ask("ok-1").await, RefreshAnswer::Ok { rotated: None });
+    assert_eq!(
+        ask("rotate-1").await,
+        RefreshAnswer::Ok {
+            rotated: Some(Secret::from("ok-1"))
+        }
+    );
+    assert_eq!(ask("gone-1").await.code(), "invalid_grant");
+    assert_eq!(ask("boom-1").await.code(), "provider_error");
+    let started = std::time::Instant::now();
+    assert_eq!(ask("hang-1").await.code(), "unreachable");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the timeout holds"
+    );
+    fake.lock().unwrap().secret = "rotated-secret".into();
+    assert_eq!(ask("ok-1").await.code(), "invalid_client");
+
+    // Nobody listening: unreachable, for the metadata as for the token endpoint.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let down = RelyingParty::new(settings(&closed), Arc::new(SystemClock)).unwrap();
+    assert_eq!(
+        down.refresh(&Secret::from("ok-1")).await.code(),
+        "unreachable"
+    );
+}
+
+#[tokio::test]
+async fn a_sign_in_asks_for_offline_access_when_the_provider_offers_it() {
+    let (_fake, issuer) = fake_provider().await;
+    let auth = rp(&issuer).begin().await.unwrap();
+    let url = auth.url.to_string();
+    assert!(url.contains("offline_access"), "{url}");
+}
+
+const ISSUER_ROW: &str = "https://sso.example.org";
+
+struct Site {
+    db: common::TestDb,
+    key: Arc<SealingKey>,
+    fake: Shared,
+    issuer: String,
+}
+
+/// A domain and one linked mailbox per token, `<token>@example.org` with its token sealed.
+async fn site(backend: &common::Backend, tokens: &[&str]) -> Site {
+    let (fake, issuer) = fake_provider().await;
+    let db = common::fresh(backend).await;
+    let s = &*db.store;
+    let clock = ManualClock::at(1000);
+    s.create_domain(&Domain {
+        name: "example.org".into(),
+        active: true,
+        max_mailboxes: None,
+        max_quota: None,
+        total_quota: None,
+        created_at: 0,
+    })
+    .await
+    .unwrap();
+    let key = Arc::new(SealingKey::derive(&AppPasswordKey::new(vec![9; 32])));
+    for t in tokens {
+        add_linked(s, &clock, &key, t).await;
+    }
+    Site {
+        db,
+        key,
+        fake,
+        issuer,
+    }
+}
+
+async fn add_linked(s: &SqlStore, clock: &ManualClock, key: &SealingKey, token: &str) {
+    let address = format!("{token}@example.org");
+    let subject = format!("sub-{token}");
+    provision::create_mailbox(
+        s,
+        clock,
+        NewMailbox {
+            address: Address::parse(&address).unwrap(),
+            password_hash: None,
+            auth_source: AuthSource::Oidc,
+            display_name: "T".into(),
+            quota: None,
+            protocols: None,
+            state: None,
+            template: None,
+            oidc_identity: Some((ISSUER_ROW.into(), subject.clone())),
+            require_active_domain: false,
+        },
+    )
+    .await
+    .unwrap();
+    if token.starts_with("none-") {
+        return;
+    }
+    let sealed = key
+        .seal(
+            &Secret::from(token),
+            Owner {
+                address: &address,
+                issuer: ISSUER_ROW,
+                subject: &subject,
+            },
+        )
+        .unwrap();
+    s.record_sign_in(&address, clock.now(), Some(&sealed))
+        .await
+        .unwrap();
+}
+
+impl Site {
+    fn liveness(&self) -> Liveness {
+        self.liveness_on(self.db.dyn_store())
+    }
+
+    fn liveness_on(&self, store: Arc<dyn Store>) -> Liveness {
+        Liveness {
+            store,
+            rp: rp(&self.issuer),
+            key: self.key.clone(),
+            clock: Arc::new(SystemClock),
+            settings: LivenessSettings {
+                concurrency: 3,
+                ..LivenessSettings::default()
+            },
+            request_timeout: Duration::from_secs(3),
+        }
+    }
+
+    async fn suspended(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.db.store.linked_mailboxes(None).await.unwrap() {
+            if m.suspension.is_some() {
+                out.push(m.address);
+            }
+        }
+        out
+    }
+
+    async fn token_of(&self, who: &str) -> Option<String> {
+        let address = format!("{who}@example.org");
+        let m = self
+            .db
+            .store
+            .linked_mailboxes(Some(&address))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let owner = Owner {
+            address: &m.address,
+            issuer: &m.issuer,
+            subject: &m.subject,
+        };
+        match self.key.open(m.sealed_refresh_token.as_deref()?, owner) {
+            Unsealed::Token(t) => Some(String::from_utf8(t.expose().to_vec()).unwrap()),
+            Unsealed::Unusable(_) => None,
+        }
+    }
+}
+
+fn tokens(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
+}
+
+fn change_of(report: &mailauthd::liveness::PassReport, address: &str) -> (Answer, Change) {
+    let c = report
+        .mailboxes
+        .iter()
+        .find(|c| c.address == address)
+        .unwrap_or_else(|| panic!("{address} not in the report"));
+    (c.answer, c.change)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
+    for backend in common::backends() {
+        let mut all = tokens("ok", 10);
+        all.push("gone-1".into());
+        all.push("rotate-1".into());
+        all.push("none-1".into());
+        let names: Vec<&str> = all.iter().map(String::as_str).collect();
+        let site = site(&backend, &names).await;
+        let before = site
+            .db
+            .store
+            .session_view("gone-1@example.org")
+            .await
+            .unwrap()
+            .unwrap();
+        let report = site
+            .liveness()
+            .run_pass(&PassOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(report.end, PassEnd::Applied, "{}", backend.name());
+        assert_eq!(report.mailboxes.len(), 13);
+        assert_eq!(
+            change_of(&report, "gone-1@example.org"),
+            (Answer::InvalidGrant, Change::Suspended)
+        );
+        assert_eq!(
+            change_of(&report, "none-1@example.org"),
+            (Answer::NoRefreshToken, Change::None)
+        );
+        assert_eq!(
+            change_of(&report, "ok-03@example.org"),
+            (Answer::Ok, Change::None)
+        );
+        assert_eq!(site.suspended().await, ["gone-1@example.org"]);
+        assert_eq!(site.token_of("rotate-1").await.as_deref(), Some("ok-1"));
+        let after = site
+            .db
+            .store
+            .session_view("gone-1@example.org")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            after.credential_generation,
+            before.credential_generation + 1,
+            "page sessions end"
+        );
+        assert!(
+            report.summary().starts_with("checked 13: "),
+            "{}",
+            report.summary()
+        );
+
+        // The next pass: still suspended, nothing new.
+        let again = site
+            .liveness()
+            .run_pass(&PassOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            change_of(&again, "gone-1@example.org"),
+            (Answer::InvalidGrant, Change::StillSuspended)
+        );
+        let standing = site
+            .db
+            .store
+            .identity_standing("gone-1@example.org")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(standing.answer.as_deref(), Some("invalid_grant"));
+        site.db.finish().await;
+        eprintln!("liveness pass passed on {}", backend.name());
+    }
+}
+
+#[tokio::test]
+async fn a_provider_error_or_our_client_refused_suspends_nobody() {
+    let mut all = tokens("ok", 6);
+    // Asked before the 500 (by address; `a-gone` is no known prefix: invalid_grant).
+    all.push("a-gone".into());
+    all.push("boom-1".into());
+    let names: Vec<&str> = all.iter().map(String::as_str).collect();
+    let site = site(&common::Backend::Sqlite, &names).await;
+    let report = site
+        .liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.end, PassEnd::ProviderDown);
+    assert!(report.problem().unwrap().contains("brake"));
+    assert!(site.suspended().await.is_empty());
+    assert_eq!(
+        change_of(&report, "a-gone@example.org"),
+        (Answer::InvalidGrant, Change::Withheld)
+    );
+    // Asked after the 500, or not at all: the pass stopped there.
+    assert!(report
+        .mailboxes
+        .iter()
+        .all(|c| c.change != Change::Suspended));
+
+    site.fake.lock().unwrap().secret = "rotated".into();
+    let report = site
+        .liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.end, PassEnd::ClientRefused);
+    assert!(report.problem().unwrap().contains("invalid_client"));
+    assert!(site.suspended().await.is_empty());
+    site.db.finish().await;
+}
+
+#[tokio::test]
+async fn a_hanging_provider_is_unreachable_and_stops_the_pass() {
+    let mut all = tokens("ok", 3);
+    all.push("gone-1".into());
+    all.push("hang-1".into());
+    let names: Vec<&str> = all.iter().map(String::as_str).collect();
+    let site = site(&common::Backend::Sqlite, &names).await;
+    let started = std::time::Instant::now();
+    let report = site
+        .liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(report.end, PassEnd::ProviderDown);
+    assert_eq!(
+        change_of(&report, "hang-1@example.org").0,
+        Answer::Unreachable
+    );
+    assert!(site.suspended().await.is_empty());
+    site.db.finish().await;
+}
+
+#[tokio::test]
+async fn more_refusals_than_the_share_hold_the_brake() {
+    let mut all = tokens("ok", 17);
+    all.extend(tokens("gone", 3));
+    let names: Vec<&str> = all.iter().map(String::as_str).collect();
+    let site = site(&common::Backend::Sqlite, &names).await;
+    let report = site
+        .liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.end,
+        PassEnd::Brake {
+            refused: 3,
+            allowed: 2
+        }
+    );
+    assert!(site.suspended().await.is_empty());
+    assert_eq!(
+        change_of(&report, "gone-00@example.org"),
+        (Answer::InvalidGrant, Change::Withheld)
+    );
+    site.db.finish().await;
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_but_keeps_a_rotated_token() {
+    let site = site(&common::Backend::Sqlite, &["gone-1", "rotate-1", "ok-1"]).await;
+    let options = PassOptions {
+        only: None,
+        dry_run: true,
+    };
+    let report = site.liveness().run_pass(&options).await.unwrap();
+    assert_eq!(report.end, PassEnd::Applied);
+    assert_eq!(
+        change_of(&report, "gone-1@example.org"),
+        (Answer::InvalidGrant, Change::Withheld)
+    );
+    assert!(site.suspended().await.is_empty());
+    assert_eq!(site.token_of("rotate-1").await.as_deref(), Some("ok-1"));
+    let standing = site
+        .db
+        .store
+        .identity_standing("gone-1@example.org")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(standing.checked_at, None, "nothing recorded");
+    site.db.finish().await;
+}
+
+#[tokio::test]
+async fn the_lease_keeps_a_second_pass_out() {
+    let site = site(&common::Backend::Sqlite, &["ok-1"]).await;
+    let now = SystemClock.now();
+    assert!(site
+        .db
+        .store
+        .take_check_lease("someone-else", now, now + 300)
+        .await
+        .unwrap());
+    let refused = site.liveness().run_pass(&PassOptions::default()).await;
+    assert!(matches!(refused, Err(PassError::Busy)), "{refused:?}");
+    assert_eq!(site.fake.lock().unwrap().refreshes, 0, "nobody was asked");
+    site.db
+        .store
+        .release_check_lease("someone-else")
+        .await
+        .unwrap();
+    assert!(site
+        .liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .is_ok());
+
+    // A pass waiting on a provider that hangs holds the lease: a second one is told so.
+    add_linked(&site.db.store, &ManualClock::at(1000), &site.key, "hang-1").await;
+    let first = site.liveness();
+    let running = tokio::spawn(async move { first.run_pass(&PassOptions::default()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = site.liveness();
+    let refused = second.run_pass(&PassOptions::default()).await;
+    assert!(matches!(refused, Err(PassError::Busy)), "{refused:?}");
+    let first = running.await.unwrap().unwrap();
+    assert_eq!(first.end, PassEnd::ProviderDown);
+    site.db.finish().await;
+}
+
+#[tokio::test]
+async fn a_store_lost_mid_pass_suspends_nobody() {
+    // One worker: "close-1" (after "a-gone") takes the store away while the pass runs.
+    let site = site(&common::Backend::Sqlite, &["a-gone", "close-1", "ok-1"]).await;
+    // `a-gone` is no known prefix: the fake answers invalid_grant.
+    let second = Arc::new(
+        mailauthd::store::open(&common::options(&site.db.url))
+            .await
+            .unwrap(),
+    );
+    site.fake.lock().unwrap().store_to_close = Some(second.clone());
+    let mut liveness = site.liveness_on(second.clone());
+    liveness.settings.concurrency = 1;
+    let report = liveness.run_pass(&PassOptions::default()).await.unwrap();
+    assert!(
+        matches!(report.end, PassEnd::StoreDown(_)),
+        "{:?}",
+        report.end
+    );
+    assert!(report.problem().unwrap().contains("store"));
+    assert!(site.suspended().await.is_empty(), "nobody suspended");
+    assert!(report
+        .mailboxes
+        .iter()
+        .all(|c| c.change != Change::Suspended));
+    site.db.finish().await;
+}
+
+#[tokio::test]
+async fn a_web_sign_in_lifts_the_suspension() {
+    let site = site(&common::Backend::Sqlite, &["gone-1", "ok-1"]).await;
+    site.liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(site.suspended().await, ["gone-1@example.org"]);
+    let mailbox = site
+        .db
+        .store
+        .get_mailbox("gone-1@example.org")
+        .await
+        .unwrap()
+        .unwrap();
+    let claims = provision::SignInClaims {
+        issuer: ISSUER_ROW.into(),
+        subject: "sub-gone-1".into(),
+        address: "gone-1@example.org".into(),
+        email_verified: Some(true),
+        display_name: None,
+        template_values: Vec::new(),
+    };
+    provision::record_sign_in(
+        &*site.db.store,
+        &SystemClock,
+        &site.key,
+        &mailbox,
+        &claims,
+        Some(&Secret::from("ok-new")),
+    )
+    .await
+    .unwrap();
+    assert!(site.suspended().await.is_empty());
+    assert_eq!(site.token_of("gone-1").await.as_deref(), Some("ok-new"));
+    let report = site
+        .liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        change_of(&report, "gone-1@example.org"),
+        (Answer::Ok, Change::None)
+    );
+    site.db.finish().await;
+}
