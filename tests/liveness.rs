@@ -656,3 +656,267 @@ async fn a_web_sign_in_lifts_the_suspension() {
     );
     site.db.finish().await;
 }
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn mailauthd(config: &std::path::Path, args: &[&str], stdin: &str) -> Run {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mailauthd"))
+            .arg("--config")
+            .arg(&config)
+            .args(&args)
+            .env_remove("MAILAUTHD_CONFIG")
+            .env_remove("MAILAUTHD_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap(),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A config on a SQLite store in `dir` with `[oidc]` at `issuer`; its store and key file
+/// made, with one linked mailbox per token (see [`add_linked`]).
+async fn cli_site(
+    dir: &std::path::Path,
+    issuer: &str,
+    extra: &str,
+    tokens: &[&str],
+) -> std::path::PathBuf {
+    let path = dir.join("mailauthd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_directory = {:?}\n[oidc]\nissuer = {issuer:?}\nclient_id = \"mailauthd\"\n\
+             client_secret = {CLIENT_SECRET:?}\nredirect_url = \"http://127.0.0.1:1/callback\"\n\
+             timeout_ms = 700\n{extra}",
+            dir.join("state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = mailauthd::config::load(&path).unwrap();
+    let key = mailauthd::keyfile::load_or_create(&config.key_file).unwrap();
+    let sealing = SealingKey::derive(&key);
+    let store = mailauthd::store::open(&config.store).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .create_domain(&Domain {
+            name: "example.org".into(),
+            active: true,
+            max_mailboxes: None,
+            max_quota: None,
+            total_quota: None,
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    for t in tokens {
+        add_linked(&store, &ManualClock::at(SystemClock.now()), &sealing, t).await;
+    }
+    store.close().await;
+    path
+}
+
+fn lines(run: &Run) -> Vec<&str> {
+    run.stdout.lines().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_check_through_the_binary_prints_lines_and_exits_by_the_contract() {
+    let (fake, issuer) = fake_provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_site(
+        dir.path(),
+        &issuer,
+        "",
+        &["gone-1", "ok-1", "ok-2", "rotate-1", "none-1"],
+    )
+    .await;
+
+    // An app password that works before the check.
+    let created = mailauthd(
+        &config,
+        &[
+            "app-password",
+            "create",
+            "gone-1@example.org",
+            "--name",
+            "phone",
+            "--protocols",
+            "imap",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(created.code, 0, "{}{}", created.stdout, created.stderr);
+    let secret = created
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("    ") && !l.trim().is_empty())
+        .unwrap()
+        .trim()
+        .to_string();
+    let login = |expect: i32| {
+        let config = config.clone();
+        let secret = secret.clone();
+        async move {
+            let run = mailauthd(
+                &config,
+                &["auth", "test", "gone-1@example.org", "--service", "imap"],
+                &format!("{secret}\n"),
+            )
+            .await;
+            assert_eq!(run.code, expect, "{}{}", run.stdout, run.stderr);
+            run
+        }
+    };
+    login(0).await;
+
+    // --dry-run: would suspend, changes nothing, exit 0.
+    let dry = mailauthd(&config, &["idp", "check", "--dry-run"], "").await;
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    assert!(
+        lines(&dry).contains(&"gone-1@example.org\tinvalid_grant\twithheld"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        lines(&dry).contains(&"none-1@example.org\tno_refresh_token\tnone"),
+        "{}",
+        dry.stdout
+    );
+    login(0).await;
+
+    // The real pass: suspended, exit 0, one line per mailbox and the summary.
+    let run = mailauthd(&config, &["idp", "check"], "").await;
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let out = lines(&run);
+    assert_eq!(out.len(), 6, "{}", run.stdout);
+    assert!(out.contains(&"gone-1@example.org\tinvalid_grant\tsuspended"));
+    assert!(out.contains(&"ok-1@example.org\tok\tnone"));
+    assert!(out.contains(&"rotate-1@example.org\tok\tnone"));
+    assert!(out[5].starts_with("checked 5:"), "{}", out[5]);
+
+    // The app password is refused with the reason in the audit line; mail still arrives
+    // (the mailbox is there and active).
+    let refused = login(1).await;
+    assert!(
+        refused.stdout.contains("identity_revoked"),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains("reason=\"identity_revoked\""),
+        "the audit line: {}",
+        refused.stderr
+    );
+    let show = mailauthd(&config, &["mailbox", "show", "gone-1@example.org"], "").await;
+    let identity = show
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("identity:"))
+        .unwrap_or_else(|| panic!("{}", show.stdout));
+    assert!(
+        identity.contains("suspended") && identity.contains("identity_revoked"),
+        "{identity}"
+    );
+    let ok_show = mailauthd(&config, &["mailbox", "show", "ok-1@example.org"], "").await;
+    assert!(
+        ok_show
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("identity:") && l.contains(" ok")),
+        "{}",
+        ok_show.stdout
+    );
+    assert!(show.stdout.contains("active"));
+
+    // One mailbox only; still suspended.
+    let one = mailauthd(&config, &["idp", "check", "gone-1@example.org"], "").await;
+    assert_eq!(one.code, 0);
+    assert_eq!(
+        lines(&one)[0],
+        "gone-1@example.org\tinvalid_grant\tstill_suspended"
+    );
+
+    // Usage: an unknown or unlinked address.
+    for address in ["nobody@example.org", "not an address"] {
+        let bad = mailauthd(&config, &["idp", "check", address], "").await;
+        assert_eq!(bad.code, 2, "{address}: {}{}", bad.stdout, bad.stderr);
+    }
+
+    // Our client refused: exit 1, nobody suspended, the message says why.
+    fake.lock().unwrap().secret = "rotated".into();
+    let client = mailauthd(&config, &["idp", "check"], "").await;
+    assert_eq!(client.code, 1, "{}{}", client.stdout, client.stderr);
+    assert!(
+        client.stderr.contains("invalid_client"),
+        "{}",
+        client.stderr
+    );
+    fake.lock().unwrap().secret = CLIENT_SECRET.into();
+
+    // The provider down: exit 3 and a message that says so.
+    let down_dir = tempfile::tempdir().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let down = cli_site(down_dir.path(), &closed, "", &["gone-1", "ok-1"]).await;
+    let run = mailauthd(&down, &["idp", "check"], "").await;
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("unreachable"), "{}", run.stderr);
+    assert!(
+        lines(&run).iter().all(|l| !l.ends_with("\tsuspended")),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_check_holds_the_brake_with_exit_1() {
+    let (_fake, issuer) = fake_provider().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_site(
+        dir.path(),
+        &issuer,
+        "liveness_max_suspend_percent = 10\n",
+        &["gone-1", "gone-2", "ok-1"],
+    )
+    .await;
+    let run = mailauthd(&config, &["idp", "check"], "").await;
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("brake"), "{}", run.stderr);
+    assert!(lines(&run).contains(&"gone-1@example.org\tinvalid_grant\twithheld"));
+    let show = mailauthd(&config, &["mailbox", "show", "gone-1@example.org"], "").await;
+    assert!(
+        show.stdout
+            .lines()
+            .any(|l| l.starts_with("identity:") && !l.contains("suspended")),
+        "{}",
+        show.stdout
+    );
+}
