@@ -920,3 +920,99 @@ async fn idp_check_holds_the_brake_with_exit_1() {
         show.stdout
     );
 }
+
+/// `mailauthd serve` with `[oidc] liveness_check_hours` set runs passes by itself: here
+/// every ~1 s. Waits up to 20 s for `done`, then stops the daemon (SIGTERM) and returns its
+/// log.
+async fn serve_until(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailauthd"))
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env_remove("MAILAUTHD_CONFIG")
+        .env_remove("MAILAUTHD_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if done(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "the daemon stops cleanly: {status:?}\n{text}"
+    );
+    std::fs::read_to_string(&log_path).unwrap_or_default()
+}
+
+async fn suspended_in(config: &std::path::Path) -> Vec<String> {
+    let config = mailauthd::config::load(config).unwrap();
+    let store = mailauthd::store::open(&config.store).await.unwrap();
+    let out = store
+        .linked_mailboxes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.suspension.is_some())
+        .map(|m| m.address)
+        .collect();
+    store.close().await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_checks_by_itself_and_logs_the_brake() {
+    let (_fake, issuer) = fake_provider().await;
+    let every = "liveness_check_hours = 0.0003\n";
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let config = cli_site(dir.path(), &issuer, every, &["gone-1", "ok-1", "ok-2"]).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("runtime_directory = {:?}\n{text}", dir.path().join("run")),
+    )
+    .unwrap();
+    let log = serve_until(dir.path(), &config, |log| {
+        log.contains("identity check done")
+    })
+    .await;
+    assert!(log.contains("identity check done"), "{log}");
+    assert_eq!(suspended_in(&config).await, ["gone-1@example.org"], "{log}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let config = cli_site(dir.path(), &issuer, every, &["gone-1", "gone-2", "ok-1"]).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("runtime_directory = {:?}\n{text}", dir.path().join("run")),
+    )
+    .unwrap();
+    let log = serve_until(dir.path(), &config, |log| log.contains("brake")).await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("brake")),
+        "{log}"
+    );
+    assert!(suspended_in(&config).await.is_empty(), "{log}");
+}

@@ -446,6 +446,44 @@ mod tests {
     }
 
     #[test]
+    fn liveness_keys_have_their_defaults_and_bounds() {
+        let base = r#"
+            [oidc]
+            issuer = "http://127.0.0.1:9000"
+            client_id = "mail"
+            redirect_url = "http://127.0.0.1:8080/callback"
+        "#;
+        let l = parse(base).unwrap().oidc.unwrap().liveness;
+        assert_eq!(l.interval, Some(std::time::Duration::from_secs(6 * 3600)));
+        assert_eq!((l.concurrency, l.max_suspend_percent), (4, 10.0));
+        assert_eq!(l.max_days_without_sign_in, None);
+        let set = parse(&format!(
+            "{base}liveness_check_hours = 0.001\nliveness_concurrency = 2\n\
+             liveness_max_suspend_percent = 25\nmax_days_without_sign_in = 90\n"
+        ))
+        .unwrap()
+        .oidc
+        .unwrap()
+        .liveness;
+        assert_eq!(set.interval, Some(std::time::Duration::from_secs_f64(3.6)));
+        assert_eq!((set.concurrency, set.max_suspend_percent), (2, 25.0));
+        assert_eq!(set.max_days_without_sign_in, Some(90));
+        let off = parse(&format!("{base}liveness_check_hours = 0\n")).unwrap();
+        assert_eq!(off.oidc.unwrap().liveness.interval, None);
+        assert_reported(
+            &format!(
+                "{base}liveness_check_hours = -1\nliveness_concurrency = 0\n\
+                 liveness_max_suspend_percent = 101\n"
+            ),
+            &[
+                "oidc.liveness_check_hours",
+                "oidc.liveness_concurrency",
+                "oidc.liveness_max_suspend_percent",
+            ],
+        );
+    }
+
+    #[test]
     fn explicit_endpoints_turn_discovery_off() {
         let text = r#"
             [oidc]
