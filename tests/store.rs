@@ -1122,3 +1122,70 @@ async fn identity_liveness_rows_behave_the_same_on_every_backend() {
         eprintln!("identity liveness rows passed on {}", backend.name());
     }
 }
+
+/// Migration 0006 on a store with linked mailboxes: each gets a sign-in time of the
+/// upgrade (so `max_days_without_sign_in` counts from there), a local one none; the lease
+/// row is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0006_starts_the_sign_in_count_at_the_upgrade_on_every_backend() {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let s = &*db.store;
+        let name = backend.name();
+        let clock = ManualClock::at(1000);
+        s.create_domain(&domain("example.org")).await.unwrap();
+        provision::create_mailbox(s, &clock, linked_mailbox("a@example.org", "s-a"))
+            .await
+            .unwrap();
+        provision::create_mailbox(s, &clock, new_mailbox("local@example.org"))
+            .await
+            .unwrap();
+        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        for column in [
+            "refresh_token",
+            "identity_suspended_at",
+            "identity_suspended_reason",
+            "identity_checked_at",
+            "identity_answer",
+            "last_sign_in_at",
+        ] {
+            sqlx::query(&format!("ALTER TABLE mailboxes DROP COLUMN {column}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        for stmt in [
+            "DROP TABLE identity_check_lease",
+            "DELETE FROM mailauthd_migrations WHERE version = 6",
+        ] {
+            sqlx::query(stmt).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+
+        let upgraded = open(&common::options(&db.url)).await.unwrap();
+        assert_eq!(
+            upgraded.migrate().await.unwrap(),
+            ["0006_identity_liveness.sql"],
+            "{name}"
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let a = upgraded.login_view("a@example.org").await.unwrap().unwrap();
+        let at = a.last_sign_in_at.expect("linked: counted from the upgrade");
+        assert!((now - at).abs() < 120, "{name}: {at} vs {now}");
+        let local = upgraded
+            .login_view("local@example.org")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(local.last_sign_in_at, None, "{name}");
+        assert!(upgraded.take_check_lease("x", now, now + 10).await.unwrap());
+        upgraded.close().await;
+        db.finish().await;
+        eprintln!("migration 0006 passed on {name}");
+    }
+}
