@@ -1016,3 +1016,46 @@ async fn the_daemon_checks_by_itself_and_logs_the_brake() {
     );
     assert!(suspended_in(&config).await.is_empty(), "{log}");
 }
+
+/// Not a test: how long one pass over many linked mailboxes takes against the fake
+/// provider on loopback (`bench/liveness-pass.sh` runs it). No timing is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run with bench/liveness-pass.sh"]
+async fn bench_one_pass_over_many_linked_mailboxes() {
+    let n: usize = std::env::var("BENCH_MAILBOXES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let site = site(&common::Backend::Sqlite, &[]).await;
+    let clock = ManualClock::at(1000);
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        // One in a hundred refused: under the 10 % brake, so the pass suspends them.
+        let token = if i % 100 == 0 {
+            format!("gone-{i:05}")
+        } else {
+            format!("ok-{i:05}")
+        };
+        add_linked(&site.db.store, &clock, &site.key, &token).await;
+    }
+    let populated = started.elapsed();
+    let mut liveness = site.liveness();
+    liveness.settings.concurrency = concurrency;
+    let started = std::time::Instant::now();
+    let report = liveness.run_pass(&PassOptions::default()).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(report.end, PassEnd::Applied);
+    println!(
+        "liveness pass: {n} linked mailboxes, concurrency {concurrency}: {:.2} s \
+         ({:.0} mailboxes/s); {}; populating took {:.1} s",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64(),
+        report.summary(),
+        populated.as_secs_f64()
+    );
+    site.db.finish().await;
+}
