@@ -11,7 +11,9 @@
 //! done under `--dry-run` too). Only then is the verdict taken, and only an `Apply` verdict
 //! suspends anyone. The first answer that is no answer about a person (unreachable, 5xx,
 //! our client refused) stops the pass: the verdict can no longer be `Apply`, and asking
-//! the rest would only wait on a provider that is down. A store that fails mid-pass also
+//! the rest would only wait on a provider that is down. Requests already in flight are
+//! let finish (each is bounded in time), never cut off: the provider may have rotated
+//! that token already, and the new one must not be lost. A store that fails mid-pass also
 //! stops it before anything is suspended; a failure while suspending leaves the remaining
 //! suspensions undone (reported as `withheld`), never a wrong one done.
 //!
@@ -272,7 +274,7 @@ impl Liveness {
                 break;
             };
             let Ok((i, mailbox, refresh)) = joined else {
-                // A refresh task cannot panic (crate lints); a cancelled one was aborted.
+                // A refresh task neither panics (crate lints) nor is aborted.
                 continue;
             };
             let answer = Answer::of(&refresh);
@@ -282,8 +284,8 @@ impl Liveness {
             } = &refresh
             {
                 if let Err(e) = self.keep_rotated(&mailbox, fresh).await {
+                    tracing::error!(user = mailbox.address.as_str(), error = %e, "cannot store the refresh token the provider just rotated; if the provider retired the old one, the next check of this mailbox may be refused until the person signs in again");
                     store_down.get_or_insert(e);
-                    running.abort_all();
                 }
             }
             if answer.stops_the_pass() && stopped.is_none() {
@@ -291,7 +293,6 @@ impl Liveness {
                     answer,
                     format!("not asked: {} earlier in this pass", answer),
                 ));
-                running.abort_all();
             }
             slots[i] = Some(Asked {
                 mailbox,
@@ -310,11 +311,9 @@ impl Liveness {
                         store_down = Some(StoreError::Unavailable(
                             "the identity check lease was taken over by another pass".into(),
                         ));
-                        running.abort_all();
                     }
                     Err(e) => {
                         store_down = Some(e);
-                        running.abort_all();
                     }
                 }
             }
