@@ -207,8 +207,14 @@ impl Liveness {
             }
             None => self.apply(asked, options.dry_run).await,
         };
+        // One audit line per mailbox; the many that are fine and unchanged only at debug
+        // level, so a pass over thousands does not flood the log every few hours.
         for c in &report.mailboxes {
-            tracing::info!(target: "mailauthd::audit", service = "idp-check", user = c.address.as_str(), answer = c.answer.code(), change = c.change.code(), detail = c.detail.as_str(), dry_run = options.dry_run, "identity check");
+            if c.answer == Answer::Ok && c.change == Change::None {
+                tracing::debug!(target: "mailauthd::audit", service = "idp-check", user = c.address.as_str(), answer = c.answer.code(), change = c.change.code(), dry_run = options.dry_run, "identity check");
+            } else {
+                tracing::info!(target: "mailauthd::audit", service = "idp-check", user = c.address.as_str(), answer = c.answer.code(), change = c.change.code(), detail = c.detail.as_str(), dry_run = options.dry_run, "identity check");
+            }
         }
         match (&report.end, report.problem()) {
             (PassEnd::Applied, _) | (_, None) => {
