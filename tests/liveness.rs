@@ -1059,3 +1059,54 @@ async fn bench_one_pass_over_many_linked_mailboxes() {
     );
     site.db.finish().await;
 }
+
+fn metrics() -> String {
+    mailauthd::metrics::render(&mailauthd::metrics::Levels {
+        hash_pool_depth: 0,
+        hash_pool_workers: 0,
+        verify_cache_entries: 0,
+    })
+}
+
+fn counter(text: &str, series: &str) -> f64 {
+    common::series(text, series).unwrap_or(0.0)
+}
+
+/// The metrics the contract names move with a pass (other tests of this binary may move
+/// them too, so only growth is checked).
+#[tokio::test]
+async fn a_pass_counts_answers_suspensions_and_brakes() {
+    let checks = r#"mailauthd_identity_checks_total{answer="invalid_grant"}"#;
+    let suspensions = "mailauthd_identity_suspensions_total";
+    let brakes = "mailauthd_identity_check_brake_total";
+    let before = metrics();
+    let first = site(&common::Backend::Sqlite, &["gone-1", "ok-1", "ok-2"]).await;
+    first
+        .liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    let after = metrics();
+    assert!(
+        counter(&after, checks) >= counter(&before, checks) + 1.0,
+        "{after}"
+    );
+    assert!(
+        counter(&after, suspensions) >= counter(&before, suspensions) + 1.0,
+        "{after}"
+    );
+    let braked = site(&common::Backend::Sqlite, &["gone-1", "gone-2", "ok-1"]).await;
+    let report = braked
+        .liveness()
+        .run_pass(&PassOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(report.end, PassEnd::Brake { .. }));
+    let last = metrics();
+    assert!(
+        counter(&last, brakes) >= counter(&after, brakes) + 1.0,
+        "{last}"
+    );
+    first.db.finish().await;
+    braked.db.finish().await;
+}
