@@ -1110,3 +1110,21 @@ async fn a_pass_counts_answers_suspensions_and_brakes() {
     first.db.finish().await;
     braked.db.finish().await;
 }
+
+/// A key file replaced since the tokens were sealed: they do not open, which is "no
+/// refresh token", never a refusal; the provider is not even asked.
+#[tokio::test]
+async fn tokens_sealed_under_another_key_file_are_no_refresh_token() {
+    let site = site(&common::Backend::Sqlite, &["gone-1", "ok-1"]).await;
+    let mut liveness = site.liveness();
+    liveness.key = Arc::new(SealingKey::derive(&AppPasswordKey::new(vec![1; 32])));
+    let report = liveness.run_pass(&PassOptions::default()).await.unwrap();
+    assert_eq!(report.end, PassEnd::Applied);
+    assert!(report
+        .mailboxes
+        .iter()
+        .all(|c| (c.answer, c.change) == (Answer::NoRefreshToken, Change::None)));
+    assert!(site.suspended().await.is_empty());
+    assert_eq!(site.fake.lock().unwrap().refreshes, 0);
+    site.db.finish().await;
+}
