@@ -129,6 +129,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
     tracing::info!(store = %config.store.url, listeners = %listening, hash_workers = config.hash_workers, "mailauthd ready");
     systemd::ready(&format!("serving {listening}"));
     systemd::spawn_watchdog();
+    let liveness = start_liveness(&config, &core);
 
     let mut current = config;
     let mut trim = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -152,6 +153,10 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
     }
     tracing::info!("stopping: draining connections");
     systemd::stopping("draining connections");
+    if let Some((stop, task)) = liveness {
+        stop.cancel();
+        let _ = task.await;
+    }
     stop_all(doors, http, core).await;
     tracing::info!("stopped");
     Ok(())
@@ -179,6 +184,43 @@ fn raise_open_file_limit() -> Option<u64> {
 }
 
 /// Drains the front doors and HTTP listeners, then flushes last-use records.
+/// The periodic identity check (`liveness::periodic`), when `[oidc]` is configured and
+/// `liveness_check_hours` is not 0. Its settings are read at start: a reload that changes
+/// them takes effect at the next restart.
+fn start_liveness(
+    config: &Config,
+    core: &Core,
+) -> Option<(
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+)> {
+    let settings = config.oidc.clone()?;
+    let interval = settings.liveness.interval?;
+    let clock: std::sync::Arc<dyn crate::clock::Clock> =
+        std::sync::Arc::new(crate::clock::SystemClock);
+    let request_timeout = settings.timeout * 3;
+    let liveness_settings = settings.liveness.clone();
+    let rp = match crate::oidc::RelyingParty::new(settings, clock.clone()) {
+        Ok(rp) => rp,
+        Err(e) => {
+            tracing::error!(error = %e, "identity check off: cannot set up the relying party");
+            return None;
+        }
+    };
+    let liveness = crate::liveness::Liveness {
+        store: core.store.clone(),
+        rp: std::sync::Arc::new(rp),
+        key: std::sync::Arc::new(crate::oidc::sealed::SealingKey::derive(core.auth.key())),
+        clock,
+        settings: liveness_settings,
+        request_timeout,
+    };
+    tracing::info!(every_seconds = interval.as_secs_f64(), "identity check on");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(crate::liveness::periodic(liveness, interval, stop.clone()));
+    Some((stop, task))
+}
+
 async fn stop_all(doors: FrontDoors, http: Vec<WebServer>, core: Core) {
     doors.drain(DRAIN_GRACE).await;
     for server in http {

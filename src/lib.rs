@@ -57,6 +57,7 @@ pub mod config;
 pub mod daemon;
 pub mod devices;
 pub mod keyfile;
+pub mod liveness;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -47,6 +47,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabels {
+    answer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -113,6 +118,9 @@ metrics! {
     verify_cache_entries: Gauge = Default::default(), "verify_cache_entries", "Verified passwords remembered now";
     accept_errors: Family<ListenerLabels, Counter> = Default::default(), "accept_errors", "Failed accepts by listener (out of descriptors, for one); the listener backs off";
     connections_evicted: Family<ListenerLabels, Counter> = Default::default(), "connections_evicted", "Idle connections closed to make room for a new one on a full listener";
+    identity_checks: Family<AnswerLabels, Counter> = Default::default(), "identity_checks", "Liveness checks of linked mailboxes by the identity provider's answer";
+    identity_suspensions: Counter = Default::default(), "identity_suspensions", "Mailboxes suspended for mail logins because the identity provider no longer knows the person";
+    identity_check_brake: Counter = Default::default(), "identity_check_brake", "Liveness passes that suspended nobody: provider down, client refused, or too many refusals";
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -199,6 +207,24 @@ pub fn backchannel_logout(result: &'static str, reason: &'static str) {
         .backchannel_logouts
         .get_or_create(&ResultLabels { result, reason })
         .inc();
+}
+
+/// One linked mailbox checked: `answer` is the liveness answer's code.
+pub fn identity_checked(answer: &'static str) {
+    METRICS
+        .identity_checks
+        .get_or_create(&AnswerLabels { answer })
+        .inc();
+}
+
+pub fn identity_suspended() {
+    METRICS.identity_suspensions.inc();
+}
+
+/// A pass that held back its suspensions (the brake, an unreachable provider, our client
+/// refused).
+pub fn identity_check_braked() {
+    METRICS.identity_check_brake.inc();
 }
 
 /// `kind`: `network` or `account` for blocks; delays are counted under `any`.

@@ -27,7 +27,9 @@ pub use app_passwords::{
     IssueError, IssuedAppPassword, MAX_APP_PASSWORDS,
 };
 pub use limits::{limit_breach, LimitBreach};
-pub use sign_in::{choose_template, sign_in, SignInClaims, SignInRefusal, SignInRules, SignedIn};
+pub use sign_in::{
+    choose_template, record_sign_in, sign_in, SignInClaims, SignInRefusal, SignInRules, SignedIn,
+};
 
 use thiserror::Error;
 

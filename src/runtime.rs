@@ -94,6 +94,11 @@ impl Core {
             verify_cache: Arc::new(
                 VerifyCache::new(config.verify_cache, clock).map_err(StartError::Random)?,
             ),
+            max_age_without_sign_in: config
+                .oidc
+                .as_ref()
+                .and_then(|o| o.liveness.max_days_without_sign_in)
+                .map(|days| i64::try_from(days).unwrap_or(36_500) * 86_400),
         })
         .map_err(|e| StartError::Credentials(e.to_string()))?;
         Ok(Core {

@@ -92,6 +92,15 @@ async fn app(
 }
 
 async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
+    setup_with(store, pool, None).await
+}
+
+/// [`setup`] with `[oidc] max_days_without_sign_in` as seconds.
+async fn setup_with(
+    store: Arc<dyn Store>,
+    pool: Arc<HashPool>,
+    max_age_without_sign_in: Option<i64>,
+) -> Fixture {
     let s = &*store;
     let pw = |p: &str| password::hash_argon2id(p.as_bytes(), CHEAP).unwrap();
     let d = |name: &str, active| Domain {
@@ -260,6 +269,7 @@ async fn setup(store: Arc<dyn Store>, pool: Arc<HashPool>) -> Fixture {
         verify_cache: Arc::new(
             VerifyCache::new(VerifyCacheConfig::default(), Arc::new(ManualClock::at(NOW))).unwrap(),
         ),
+        max_age_without_sign_in,
     })
     .unwrap();
     Fixture { auth, writer, apps }
@@ -1147,5 +1157,98 @@ async fn the_credential_generation_moves_with_every_credential_change() {
         .unwrap();
         assert_eq!(generation().await, 3, "{b}: nothing left to unlink");
         db.finish().await;
+    }
+}
+
+/// Rule 4's identity-provider part: a mailbox the liveness check suspended is refused with
+/// `identity_revoked`, one past `max_days_without_sign_in` with `sign_in_overdue`, whatever
+/// secret it offers; a web sign-in lifts both; `local` mailboxes answer to neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_suspension_and_overdue_sign_in_refuse_mail_logins() {
+    const DAY: i64 = 86_400;
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let f = setup_with(
+            db.dyn_store(),
+            Arc::new(HashPool::new(2, 64)),
+            Some(30 * DAY),
+        )
+        .await;
+        let b = backend.name();
+        let app = f.apps["all"].1.clone();
+        let s = &db.store;
+        let oidc = "oidc@example.org";
+
+        expect(
+            &decide(&f, oidc, &app, "imap", None).await,
+            "fail",
+            "sign_in_overdue",
+            "never signed in",
+            b,
+        );
+        s.record_sign_in(oidc, NOW - 10 * DAY, None).await.unwrap();
+        expect(
+            &decide(&f, oidc, &app, "imap", None).await,
+            "ok",
+            "app_password",
+            "signed in 10 days ago",
+            b,
+        );
+        s.record_sign_in(oidc, NOW - 31 * DAY, None).await.unwrap();
+        expect(
+            &decide(&f, oidc, &app, "imap", None).await,
+            "fail",
+            "sign_in_overdue",
+            "signed in 31 days ago",
+            b,
+        );
+        s.record_sign_in(oidc, NOW, None).await.unwrap();
+        assert!(s
+            .suspend_identity(oidc, "identity_revoked", NOW)
+            .await
+            .unwrap());
+        for (row, secret) in [
+            ("suspended, app password", app.clone()),
+            ("suspended, wrong secret", Secret::from("wrong")),
+        ] {
+            expect(
+                &decide(&f, oidc, &secret, "imap", None).await,
+                "fail",
+                "identity_revoked",
+                row,
+                b,
+            );
+        }
+        s.record_sign_in(oidc, NOW, None).await.unwrap();
+        expect(
+            &decide(&f, oidc, &app, "imap", None).await,
+            "ok",
+            "app_password",
+            "signed in again",
+            b,
+        );
+        // A local mailbox is neither overdue (no provider sign-in at all) nor suspendable.
+        s.suspend_identity("local@example.org", "identity_revoked", NOW)
+            .await
+            .unwrap();
+        expect(
+            &decide(
+                &f,
+                "local@example.org",
+                &Secret::from("pw-local"),
+                "imap",
+                None,
+            )
+            .await,
+            "ok",
+            "password",
+            "local mailbox",
+            b,
+        );
+        let Fixture { auth, writer, .. } = f;
+        drop(auth);
+        writer.shutdown().await;
+        db.finish().await;
+        eprintln!("identity rules passed on {b}");
     }
 }

@@ -234,6 +234,7 @@ fn settings(issuer: &str) -> OidcSettings {
         provision: true,
         require_verified_email: true,
         timeout: Duration::from_millis(700),
+        liveness: Default::default(),
     }
 }
 
@@ -252,6 +253,10 @@ async fn attempt(
     assert!(url.contains("code_challenge_method=S256"), "{url}");
     assert!(url.contains("state=") && url.contains("nonce="), "{url}");
     assert!(url.contains("mailcow_template"), "{url}");
+    assert!(
+        !url.contains("offline_access"),
+        "not asked of a provider that does not list it: {url}"
+    );
     rp.finish(&auth.pending, "code-1").await
 }
 

@@ -965,3 +965,227 @@ async fn migration_0003_keeps_what_the_postmaster_set_on_every_backend() {
         eprintln!("migration 0003 passed on {name}");
     }
 }
+
+fn linked_mailbox(address: &str, subject: &str) -> NewMailbox {
+    NewMailbox {
+        auth_source: AuthSource::Oidc,
+        password_hash: None,
+        oidc_identity: Some(("https://sso.example.org".into(), subject.into())),
+        ..new_mailbox(address)
+    }
+}
+
+/// The identity-liveness columns and the pass lease (`IdentityStore`), on every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_liveness_rows_behave_the_same_on_every_backend() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let s = &*db.store;
+        let clock = ManualClock::at(1000);
+        s.create_domain(&domain("example.org")).await.unwrap();
+        provision::create_mailbox(s, &clock, linked_mailbox("b@example.org", "s-b"))
+            .await
+            .unwrap();
+        provision::create_mailbox(s, &clock, linked_mailbox("a@example.org", "s-a"))
+            .await
+            .unwrap();
+        provision::create_mailbox(s, &clock, new_mailbox("local@example.org"))
+            .await
+            .unwrap();
+
+        // Only linked mailboxes, by address; one by name; none for a local one.
+        let linked = s.linked_mailboxes(None).await.unwrap();
+        let names: Vec<&str> = linked.iter().map(|m| m.address.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a@example.org", "b@example.org"],
+            "{}",
+            backend.name()
+        );
+        assert_eq!(linked[0].subject, "s-a");
+        assert_eq!(linked[0].issuer, "https://sso.example.org");
+        assert!(linked[0].sealed_refresh_token.is_none() && linked[0].suspension.is_none());
+        assert_eq!(
+            s.linked_mailboxes(Some("b@example.org"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(s
+            .linked_mailboxes(Some("local@example.org"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(s
+            .linked_mailboxes(Some("nobody@example.org"))
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A sign-in records its time and token; one without a token keeps the old one.
+        s.record_sign_in("a@example.org", 2000, Some("v1.sealed-1"))
+            .await
+            .unwrap();
+        s.record_sign_in("a@example.org", 2100, None).await.unwrap();
+        let a = &s.linked_mailboxes(Some("a@example.org")).await.unwrap()[0];
+        assert_eq!(a.sealed_refresh_token.as_deref(), Some("v1.sealed-1"));
+        let view = s.login_view("a@example.org").await.unwrap().unwrap();
+        assert_eq!(view.last_sign_in_at, Some(2100));
+        assert_eq!(view.identity_suspended, None);
+        s.store_refresh_token("a@example.org", Some("v1.sealed-2"))
+            .await
+            .unwrap();
+        let a = &s.linked_mailboxes(Some("a@example.org")).await.unwrap()[0];
+        assert_eq!(a.sealed_refresh_token.as_deref(), Some("v1.sealed-2"));
+        assert!(matches!(
+            s.store_refresh_token("nobody@example.org", None).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        // A suspension bumps the credential generation once, and shows on both login reads.
+        let before = s.session_view("a@example.org").await.unwrap().unwrap();
+        assert!(s
+            .suspend_identity("a@example.org", "identity_revoked", 3000)
+            .await
+            .unwrap());
+        assert!(!s
+            .suspend_identity("a@example.org", "identity_revoked", 3001)
+            .await
+            .unwrap());
+        let after = s.session_view("a@example.org").await.unwrap().unwrap();
+        assert_eq!(
+            after.credential_generation,
+            before.credential_generation + 1
+        );
+        let view = s.login_view("a@example.org").await.unwrap().unwrap();
+        assert_eq!(view.identity_suspended.as_deref(), Some("identity_revoked"));
+        let (view, none) = s
+            .login_view_with_app_password("a@example.org", "no-such-hash")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.identity_suspended.as_deref(), Some("identity_revoked"));
+        assert!(none.is_none());
+        let a = &s.linked_mailboxes(Some("a@example.org")).await.unwrap()[0];
+        assert_eq!(
+            a.suspension,
+            Some(Suspension {
+                at: 3000,
+                reason: "identity_revoked".into()
+            })
+        );
+        s.record_identity_check("a@example.org", 3000, "invalid_grant")
+            .await
+            .unwrap();
+        let standing = s.identity_standing("a@example.org").await.unwrap().unwrap();
+        assert_eq!(
+            standing,
+            IdentityStanding {
+                has_refresh_token: true,
+                suspension: a.suspension.clone(),
+                checked_at: Some(3000),
+                answer: Some("invalid_grant".into()),
+                last_sign_in_at: Some(2100),
+            }
+        );
+        assert!(s
+            .identity_standing("nobody@example.org")
+            .await
+            .unwrap()
+            .is_none());
+
+        // Nothing else changed: the mailbox is still active and there.
+        let m = s.get_mailbox("a@example.org").await.unwrap().unwrap();
+        assert_eq!(m.state, MailboxState::Active);
+
+        // The next sign-in lifts the suspension, and the generation stays.
+        s.record_sign_in("a@example.org", 4000, None).await.unwrap();
+        let view = s.login_view("a@example.org").await.unwrap().unwrap();
+        assert_eq!(view.identity_suspended, None);
+        assert_eq!(view.last_sign_in_at, Some(4000));
+        let lifted = s.session_view("a@example.org").await.unwrap().unwrap();
+        assert_eq!(lifted.credential_generation, after.credential_generation);
+
+        // The lease: one holder at a time, renewable by its holder, free once expired or given back.
+        assert!(s.take_check_lease("one", 100, 400).await.unwrap());
+        assert!(!s.take_check_lease("two", 200, 500).await.unwrap());
+        assert!(s.take_check_lease("one", 300, 600).await.unwrap());
+        assert!(!s.take_check_lease("two", 599, 900).await.unwrap());
+        assert!(s.take_check_lease("two", 601, 900).await.unwrap());
+        s.release_check_lease("one").await.unwrap();
+        assert!(!s.take_check_lease("one", 700, 1000).await.unwrap());
+        s.release_check_lease("two").await.unwrap();
+        assert!(s.take_check_lease("one", 700, 1000).await.unwrap());
+
+        db.finish().await;
+        eprintln!("identity liveness rows passed on {}", backend.name());
+    }
+}
+
+/// Migration 0006 on a store with linked mailboxes: each gets a sign-in time of the
+/// upgrade (so `max_days_without_sign_in` counts from there), a local one none; the lease
+/// row is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0006_starts_the_sign_in_count_at_the_upgrade_on_every_backend() {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let s = &*db.store;
+        let name = backend.name();
+        let clock = ManualClock::at(1000);
+        s.create_domain(&domain("example.org")).await.unwrap();
+        provision::create_mailbox(s, &clock, linked_mailbox("a@example.org", "s-a"))
+            .await
+            .unwrap();
+        provision::create_mailbox(s, &clock, new_mailbox("local@example.org"))
+            .await
+            .unwrap();
+        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+        for column in [
+            "refresh_token",
+            "identity_suspended_at",
+            "identity_suspended_reason",
+            "identity_checked_at",
+            "identity_answer",
+            "last_sign_in_at",
+        ] {
+            sqlx::query(&format!("ALTER TABLE mailboxes DROP COLUMN {column}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        for stmt in [
+            "DROP TABLE identity_check_lease",
+            "DELETE FROM mailauthd_migrations WHERE version = 6",
+        ] {
+            sqlx::query(stmt).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.unwrap();
+
+        let upgraded = open(&common::options(&db.url)).await.unwrap();
+        assert_eq!(
+            upgraded.migrate().await.unwrap(),
+            ["0006_identity_liveness.sql"],
+            "{name}"
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let a = upgraded.login_view("a@example.org").await.unwrap().unwrap();
+        let at = a.last_sign_in_at.expect("linked: counted from the upgrade");
+        assert!((now - at).abs() < 120, "{name}: {at} vs {now}");
+        let local = upgraded
+            .login_view("local@example.org")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(local.last_sign_in_at, None, "{name}");
+        assert!(upgraded.take_check_lease("x", now, now + 10).await.unwrap());
+        upgraded.close().await;
+        db.finish().await;
+        eprintln!("migration 0006 passed on {name}");
+    }
+}

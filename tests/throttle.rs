@@ -109,6 +109,7 @@ async fn setup() -> Fixture {
         verify_cache: Arc::new(
             VerifyCache::new(VerifyCacheConfig::default(), Arc::new(clock.clone())).unwrap(),
         ),
+        max_age_without_sign_in: None,
     })
     .unwrap();
     Fixture {

@@ -23,6 +23,11 @@ impl AppPasswordKey {
         AppPasswordKey(Secret::new(bytes))
     }
 
+    /// The key file's bytes, for deriving keys of other purposes from (`oidc::sealed`).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.expose()
+    }
+
     /// The hex lookup hash stored for (and searched by) an app password.
     pub fn lookup_hash(&self, app_password: &[u8]) -> String {
         let normalized = normalize(app_password);

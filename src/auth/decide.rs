@@ -5,7 +5,9 @@
 //! 1. The throttle (`admit`), before anything touches the store or the hash pool.
 //! 2. The login must be an address (`names::Address::parse`).
 //! 3. The mailbox must exist.
-//! 4. The mailbox and its domain must be active.
+//! 4. The mailbox and its domain must be active; an identity-provider mailbox must not be
+//!    suspended by the liveness check (`identity_revoked`) nor past
+//!    `max_days_without_sign_in` since its last web sign-in (`sign_in_overdue`).
 //! 5. The mailbox must allow the protocol of the service.
 //! 6. A secret shaped like an app password is checked as one of the mailbox's app passwords
 //!    (expiry, protocols, source networks), with no hashing.
@@ -70,6 +72,8 @@ pub struct AuthenticatorParts {
     pub last_use: LastUseSender,
     pub throttle: Arc<Throttle>,
     pub verify_cache: Arc<VerifyCache>,
+    /// `[oidc] max_days_without_sign_in`, in seconds; `None`: off.
+    pub max_age_without_sign_in: Option<i64>,
 }
 
 pub struct Authenticator {
@@ -208,7 +212,11 @@ impl Authenticator {
             Ok(None) => return self.refuse_after_dummy(req, FailReason::UnknownUser).await,
             Err(e) => return Err(store_trouble(&e)),
         };
-        if let Some(reason) = account_refusal(&view, door) {
+        let overdue_before = self
+            .parts
+            .max_age_without_sign_in
+            .map(|age| self.parts.clock.now().saturating_sub(age));
+        if let Some(reason) = account_refusal(&view, door, overdue_before) {
             return self.refuse_after_dummy(req, reason).await;
         }
         if let (Some(found), Door::Mail(protocol)) = (app_password, door) {
@@ -429,7 +437,15 @@ impl Authenticator {
 /// Rules 4 and 5 (see the module doc): the account and its domain may log in, with this
 /// protocol. The web page is no mail protocol: the mailbox's protocols gate the app
 /// passwords made there, not the page itself.
-fn account_refusal(view: &LoginView, door: Door) -> Option<FailReason> {
+///
+/// An identity-provider mailbox is also refused while the liveness check has it suspended,
+/// and when its last web sign-in is older than `overdue_before` (unix seconds); `local`
+/// mailboxes answer to neither.
+fn account_refusal(
+    view: &LoginView,
+    door: Door,
+    overdue_before: Option<i64>,
+) -> Option<FailReason> {
     match view.state {
         MailboxState::Disabled => return Some(FailReason::MailboxDisabled),
         MailboxState::NoLogin => return Some(FailReason::MailboxNoLogin),
@@ -437,6 +453,18 @@ fn account_refusal(view: &LoginView, door: Door) -> Option<FailReason> {
     }
     if !view.domain_active {
         return Some(FailReason::DomainDisabled);
+    }
+    if view.auth_source == AuthSource::Oidc {
+        if view.identity_suspended.is_some() {
+            return Some(FailReason::IdentityRevoked);
+        }
+        // No recorded sign-in counts as overdue: the migration gave every linked mailbox
+        // a start, so only a mailbox that never signed in through the provider has none.
+        if let Some(before) = overdue_before {
+            if view.last_sign_in_at.is_none_or(|at| at < before) {
+                return Some(FailReason::SignInOverdue);
+            }
+        }
     }
     match door {
         Door::Mail(protocol) if !view.protocols.contains(protocol) => {
@@ -459,6 +487,8 @@ fn settlement(outcome: &Outcome) -> Settlement {
             | FailReason::DomainDisabled
             | FailReason::MailboxDisabled
             | FailReason::MailboxNoLogin
+            | FailReason::IdentityRevoked
+            | FailReason::SignInOverdue
             | FailReason::ProtocolNotAllowed
             | FailReason::AppPasswordExpired
             | FailReason::AppPasswordProtocol

@@ -64,6 +64,8 @@ mod tests {
             state,
             domain_active,
             quota: 2 << 30,
+            identity_suspended: None,
+            last_sign_in_at: None,
         }
     }
 

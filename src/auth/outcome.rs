@@ -67,6 +67,11 @@ pub enum FailReason {
     /// An `oidc` mailbox was offered something other than a valid app password (on the web
     /// page: a password at all; it signs in through the provider).
     OidcNeedsAppPassword,
+    /// The identity provider no longer knows the person (the liveness check got
+    /// `invalid_grant`); lifted by their next web sign-in.
+    IdentityRevoked,
+    /// `[oidc] max_days_without_sign_in` has passed since the last web sign-in.
+    SignInOverdue,
     /// The stored hash uses an unknown or broken scheme: a configuration problem.
     UnusableStoredHash,
     BadCredentials,
@@ -86,6 +91,8 @@ impl FailReason {
             FailReason::AppPasswordProtocol => "app_password_protocol",
             FailReason::AppPasswordNetwork => "app_password_network",
             FailReason::OidcNeedsAppPassword => "oidc_needs_app_password",
+            FailReason::IdentityRevoked => "identity_revoked",
+            FailReason::SignInOverdue => "sign_in_overdue",
             FailReason::UnusableStoredHash => "unusable_stored_hash",
             FailReason::BadCredentials => "bad_credentials",
         }

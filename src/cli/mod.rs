@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth_test;
+mod idp_check;
 mod idp_test;
 mod output;
 mod policy_test;
@@ -105,7 +106,39 @@ pub enum IdpCommand {
                       Exit code 0 when every step passed, 1 otherwise."
     )]
     Test,
+    /// Ask the provider now whether it still knows each linked mailbox's person
+    #[command(after_help = IDP_CHECK_HELP)]
+    Check {
+        /// Only this mailbox
+        address: Option<String>,
+        /// Decide and print, but suspend nobody and record nothing (a refresh token the
+        /// provider rotates is still kept, as the old one may no longer work)
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
+
+const IDP_CHECK_HELP: &str = "\
+For each mailbox linked to a provider account, its stored refresh token is refreshed at the
+provider. A mailbox the provider no longer knows (invalid_grant: account disabled or deleted,
+consent revoked) is suspended for mail logins: its app passwords are refused with reason
+identity_revoked and its web sessions end. Nothing is deleted and mail is still delivered; the
+person's next web sign-in lifts the suspension.
+
+One line per mailbox: ADDRESS<TAB>ANSWER<TAB>CHANGE, then a summary line `checked N: ...`.
+  ANSWER  ok, invalid_grant, invalid_client, unreachable, provider_error, no_refresh_token
+  CHANGE  none, suspended, still_suspended, withheld (the brake held, or --dry-run)
+
+The brake: if the provider is unreachable or answers with an error, refuses our client
+(invalid_client), or refuses more than max(1, checked x [oidc] liveness_max_suspend_percent / 100)
+mailboxes, nobody is suspended.
+
+Exit codes:
+  0  the answers were applied (with --dry-run: would be)
+  1  the brake held, or the provider refused our client (a configuration problem): nobody suspended
+  2  usage: no [oidc] section, or ADDRESS is not a mailbox linked to the provider
+  3  the provider unreachable, timed out or answering 5xx, the store unavailable, or another
+     check running: nobody suspended; try again later";
 
 #[derive(Debug, Subcommand)]
 pub enum ThrottleCommand {
@@ -601,6 +634,9 @@ pub async fn run(
             .await
         }
         Command::Idp(IdpCommand::Test) => idp_test::run(cli.config.as_deref(), &out).await,
+        Command::Idp(IdpCommand::Check { address, dry_run }) => {
+            idp_check::run(cli.config.as_deref(), &out, address.as_deref(), dry_run).await
+        }
         Command::Throttle(ThrottleCommand::List) => {
             throttle::run(
                 cli.config.as_deref(),

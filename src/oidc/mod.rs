@@ -8,7 +8,10 @@
 pub mod claims;
 pub mod jwt;
 pub mod logout;
+pub mod liveness;
 pub mod probe;
+pub mod refresh;
+pub mod sealed;
 pub mod settings;
 
 use std::str::FromStr;
@@ -37,7 +40,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 
 pub use claims::{ClaimError, ClaimNames};
-pub use settings::{ClientAuth, ExplicitEndpoints, OidcSettings};
+pub use settings::{ClientAuth, ExplicitEndpoints, LivenessSettings, OidcSettings};
 
 use crate::clock::Clock;
 use crate::provision::SignInClaims;
@@ -46,6 +49,9 @@ use crate::secret::Secret;
 /// Provider metadata and keys are re-read this often, so key rotation and endpoint changes
 /// reach us without a restart.
 const METADATA_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The scope that asks for a refresh token (OpenID Connect Core §11).
+const OFFLINE_ACCESS: &str = "offline_access";
 
 /// Every claim the provider sends, beyond the standard ones, kept as JSON: which claims
 /// matter (address, template, name) is configuration, not code.
@@ -249,6 +255,12 @@ pub(crate) struct Provider {
     /// authorisation response (RFC 9207).
     issuer: String,
     sends_response_iss: bool,
+    /// How the token endpoint wants the client authenticated (the refresh grant is sent
+    /// by hand, see `refresh`).
+    auth: ClientAuth,
+    /// `offline_access` is in the provider's `scopes_supported`: asked for at sign-in, so
+    /// the provider issues a refresh token the liveness check can use.
+    offers_offline_access: bool,
     fetched: Instant,
     /// The key set, for the JWTs openidconnect does not verify itself (logout tokens).
     keys: Vec<CoreJsonWebKey>,
@@ -328,6 +340,9 @@ impl RelyingParty {
         );
         for scope in self.settings.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
+        }
+        if p.offers_offline_access && !self.settings.scopes.iter().any(|s| s == OFFLINE_ACCESS) {
+            request = request.add_scope(Scope::new(OFFLINE_ACCESS.into()));
         }
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
         Ok(Authorization {
@@ -614,12 +629,17 @@ async fn load_provider(
         .additional_metadata
         .sends_response_iss();
     let key_list = keys.keys().clone();
-    let (client, _, end_session) = build_client(settings, metadata.set_jwks(keys));
+    let offers_offline_access = metadata
+        .scopes_supported()
+        .is_some_and(|scopes| scopes.iter().any(|s| s.as_str() == OFFLINE_ACCESS));
+    let (client, auth, end_session) = build_client(settings, metadata.set_jwks(keys));
     Ok(Provider {
         client,
         end_session,
         issuer,
         sends_response_iss,
+        auth,
+        offers_offline_access,
         fetched: clock.instant(),
         keys: key_list,
     })

@@ -32,6 +32,10 @@ pub struct OidcSection {
     provision: Option<bool>,
     require_verified_email: Option<bool>,
     timeout_ms: Option<u64>,
+    liveness_check_hours: Option<f64>,
+    liveness_concurrency: Option<u64>,
+    liveness_max_suspend_percent: Option<f64>,
+    max_days_without_sign_in: Option<u64>,
 }
 
 pub const DEFAULT_SCOPES: [&str; 4] = ["openid", "profile", "email", "mailcow_template"];
@@ -79,7 +83,37 @@ pub struct OidcSettings {
     /// Only an explicit `email_verified: true` creates or binds a mailbox (or signs in).
     pub require_verified_email: bool,
     pub timeout: Duration,
+    pub liveness: LivenessSettings,
 }
+
+/// How often and how carefully the provider is asked whether it still knows each linked
+/// person (`oidc::liveness`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LivenessSettings {
+    /// `None`: the daemon runs no periodic check (`liveness_check_hours = 0`).
+    pub interval: Option<Duration>,
+    /// Refresh requests in flight at once.
+    pub concurrency: usize,
+    /// A pass suspends its refused mailboxes only while they are at most
+    /// max(1, checked × this / 100); otherwise the brake holds.
+    pub max_suspend_percent: f64,
+    /// App passwords of a provider mailbox whose last web sign-in is older are refused.
+    pub max_days_without_sign_in: Option<u64>,
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        LivenessSettings {
+            interval: Some(Duration::from_secs(6 * 3600)),
+            concurrency: 4,
+            max_suspend_percent: 10.0,
+            max_days_without_sign_in: None,
+        }
+    }
+}
+
+// Compared by value at reload like the rest; the percentage is a checked finite number.
+impl Eq for LivenessSettings {}
 
 /// Loopback addresses may use plain HTTP (tests, a provider on the same host); anything
 /// else carries tokens and must be HTTPS.
@@ -141,6 +175,7 @@ const CLIENT_AUTH: [(&str, ClientAuth); 2] = [
 
 /// `None` when a required key is missing or broken; the problems say which.
 pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSettings> {
+    let liveness = liveness(&section, problems);
     // Kept as written: ID tokens must name the issuer exactly, and a parsed URL would gain a
     // trailing slash.
     let issuer = parse_url(section.issuer.as_deref(), "oidc.issuer", true, problems)
@@ -286,7 +321,44 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
         provision: section.provision.unwrap_or(true),
         require_verified_email: section.require_verified_email.unwrap_or(true),
         timeout: Duration::from_millis(timeout_ms),
+        liveness,
     })
+}
+
+fn liveness(section: &OidcSection, problems: &mut Vec<Problem>) -> LivenessSettings {
+    let defaults = LivenessSettings::default();
+    let hours = section.liveness_check_hours.unwrap_or(6.0);
+    if !hours.is_finite() || !(0.0..=8760.0).contains(&hours) {
+        problem(
+            problems,
+            "oidc.liveness_check_hours",
+            "must be a number of hours between 0 (off) and 8760",
+        );
+    }
+    let concurrency = section.liveness_concurrency.unwrap_or(4);
+    problems.within("oidc.liveness_concurrency", concurrency, 1..=64);
+    let percent = section.liveness_max_suspend_percent.unwrap_or(10.0);
+    if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+        problem(
+            problems,
+            "oidc.liveness_max_suspend_percent",
+            "must be a percentage between 0 and 100",
+        );
+    }
+    let days = section.max_days_without_sign_in.unwrap_or(0);
+    problems.within("oidc.max_days_without_sign_in", days, 0..=36_500);
+    let interval = (hours.is_finite() && hours > 0.0 && hours <= 8760.0)
+        .then(|| Duration::from_secs_f64(hours * 3600.0));
+    LivenessSettings {
+        interval,
+        concurrency: usize::try_from(concurrency).unwrap_or(defaults.concurrency),
+        max_suspend_percent: if percent.is_finite() {
+            percent.clamp(0.0, 100.0)
+        } else {
+            defaults.max_suspend_percent
+        },
+        max_days_without_sign_in: (days > 0).then_some(days),
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +442,44 @@ mod tests {
         assert!(
             shown.iter().any(|p| p.contains("require_verified_email")),
             "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn liveness_keys_have_their_defaults_and_bounds() {
+        let base = r#"
+            [oidc]
+            issuer = "http://127.0.0.1:9000"
+            client_id = "mail"
+            redirect_url = "http://127.0.0.1:8080/callback"
+        "#;
+        let l = parse(base).unwrap().oidc.unwrap().liveness;
+        assert_eq!(l.interval, Some(std::time::Duration::from_secs(6 * 3600)));
+        assert_eq!((l.concurrency, l.max_suspend_percent), (4, 10.0));
+        assert_eq!(l.max_days_without_sign_in, None);
+        let set = parse(&format!(
+            "{base}liveness_check_hours = 0.001\nliveness_concurrency = 2\n\
+             liveness_max_suspend_percent = 25\nmax_days_without_sign_in = 90\n"
+        ))
+        .unwrap()
+        .oidc
+        .unwrap()
+        .liveness;
+        assert_eq!(set.interval, Some(std::time::Duration::from_secs_f64(3.6)));
+        assert_eq!((set.concurrency, set.max_suspend_percent), (2, 25.0));
+        assert_eq!(set.max_days_without_sign_in, Some(90));
+        let off = parse(&format!("{base}liveness_check_hours = 0\n")).unwrap();
+        assert_eq!(off.oidc.unwrap().liveness.interval, None);
+        assert_reported(
+            &format!(
+                "{base}liveness_check_hours = -1\nliveness_concurrency = 0\n\
+                 liveness_max_suspend_percent = 101\n"
+            ),
+            &[
+                "oidc.liveness_check_hours",
+                "oidc.liveness_concurrency",
+                "oidc.liveness_max_suspend_percent",
+            ],
         );
     }
 

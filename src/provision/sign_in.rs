@@ -10,6 +10,8 @@ use super::limits::{LimitBreach, LimitGuard, WriteError};
 use super::{apply_template, insert, NewMailbox, WRITE_ATTEMPTS};
 use crate::clock::Clock;
 use crate::names::{Address, NameError};
+use crate::oidc::sealed::{Owner, SealingKey};
+use crate::secret::Secret;
 use crate::store::{AuthSource, Mailbox, MailboxState, Mapping, Store, StoreError, Template};
 
 /// Display names come from the provider; keep what we store bounded.
@@ -306,6 +308,37 @@ async fn admit(
         "mailbox {address} kept changing during the sign-in of {} at {}",
         claims.subject, claims.issuer
     ))))
+}
+
+/// After a sign-in let the person in: records its time, lifts a liveness suspension (the
+/// provider just vouched for the person), and keeps the refresh token it issued, sealed to
+/// this mailbox. A token that cannot be sealed is logged and left out: the sign-in stands,
+/// and the mailbox keeps the token it had.
+pub async fn record_sign_in(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    key: &SealingKey,
+    mailbox: &Mailbox,
+    claims: &SignInClaims,
+    refresh_token: Option<&Secret>,
+) -> Result<(), StoreError> {
+    let sealed = refresh_token.and_then(|token| {
+        let owner = Owner {
+            address: &mailbox.address,
+            issuer: &claims.issuer,
+            subject: &claims.subject,
+        };
+        match key.seal(token, owner) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(user = mailbox.address.as_str(), error = %e, "cannot seal the refresh token; the mailbox keeps its old one");
+                None
+            }
+        }
+    });
+    store
+        .record_sign_in(&mailbox.address, clock.now(), sealed.as_deref())
+        .await
 }
 
 async fn chosen_template(

@@ -16,9 +16,10 @@ use async_trait::async_trait;
 
 use super::{
     Alias, AliasDomain, Aliases, AppPassword, AppPasswords, AuthSource, Dialect, Domain,
-    DomainUsage, Domains, LastUse, LimitCheck, LoginStore, LoginView, Mailbox, Mailboxes, Mapping,
-    NewAppPassword, PolicyStore, SendAs, SendLimits, SendPermission, SenderAccount, ServedDomain,
-    SessionView, SqlStore, Store, StoreError, StoreResult, Template, Templates,
+    DomainUsage, Domains, IdentityStanding, IdentityStore, LastUse, LimitCheck, LinkedMailbox,
+    LoginStore, LoginView, Mailbox, Mailboxes, Mapping, NewAppPassword, PolicyStore, SendAs,
+    SendLimits, SendPermission, SenderAccount, ServedDomain, SessionView, SqlStore, Store,
+    StoreError, StoreResult, Template, Templates,
 };
 use super::{PendingSignInRecord, ProviderSessions, SessionScope, SessionStore, Swept, WebSession};
 use crate::clock::UnixTime;
@@ -177,4 +178,15 @@ within_deadline!(SessionStore {
     sweep_expired(now: UnixTime, batch: u64) -> Swept;
     record_logout_token(issuer: &str, jti: &str, expires_at: UnixTime) -> bool;
     logout_once(jti: &str, remember_until: UnixTime, which: ProviderSessions<'_>) -> Option<u64>;
+});
+
+within_deadline!(IdentityStore {
+    linked_mailboxes(address: Option<&str>) -> Vec<LinkedMailbox>;
+    store_refresh_token(address: &str, sealed: Option<&str>) -> ();
+    record_sign_in(address: &str, at: UnixTime, sealed: Option<&str>) -> ();
+    record_identity_check(address: &str, at: UnixTime, answer: &str) -> ();
+    suspend_identity(address: &str, reason: &str, at: UnixTime) -> bool;
+    identity_standing(address: &str) -> Option<IdentityStanding>;
+    take_check_lease(holder: &str, now: UnixTime, until: UnixTime) -> bool;
+    release_check_lease(holder: &str) -> ();
 });

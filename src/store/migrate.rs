@@ -61,6 +61,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_overrides.sql"),
     migration!(4, "0004_credential_generation.sql"),
     migration!(5, "0005_web_sessions.sql"),
+    migration!(6, "0006_identity_liveness.sql"),
 ];
 
 /// Names of migrations in the order they apply; what `mailauthd migrate` reports.

@@ -10,6 +10,8 @@
 //!   login (mailbox, domain state and the app password in one query), the hash upgrade
 //!   after a login, the last-use records. The userdb door reads `login_view` too.
 //! - [`PolicyStore`]: the sender policy (`policy.rs`). Four reads, each one query.
+//! - [`IdentityStore`]: the identity-liveness check and the web sign-in: sealed refresh
+//!   tokens, suspensions, the pass lease (`identity.rs`).
 //! - [`Directory`]: the command line, provisioning and the web page, which read and change
 //!   what is stored. It is made of one trait per group of tables, each implemented in its
 //!   own file of `sql/`: [`Domains`], [`Templates`], [`Mailboxes`], [`AppPasswords`],
@@ -64,6 +66,7 @@ mod dialect;
 mod domain_limits;
 mod error;
 mod guard;
+mod identity;
 mod migrate;
 mod param;
 mod records;
@@ -81,6 +84,7 @@ pub use dialect::Dialect;
 pub use domain_limits::{LimitBreach, LimitCheck};
 pub use error::{Record, Refusal, StoreError, StoreResult, UrlError};
 pub use guard::GuardedStore;
+pub use identity::IdentityStore;
 pub use migrate::{applied_migrations, MIGRATIONS};
 pub use records::*;
 pub use sessions::*;
@@ -107,7 +111,7 @@ pub async fn open(options: &StoreOptions) -> StoreResult<SqlStore> {
 
 /// Everything, as the daemon holds it.
 #[async_trait]
-pub trait Store: LoginStore + PolicyStore + Directory + SessionStore {
+pub trait Store: LoginStore + PolicyStore + Directory + SessionStore + IdentityStore {
     /// Applies the migrations not applied yet; returns their names.
     async fn migrate(&self) -> StoreResult<Vec<String>>;
     async fn ping(&self) -> StoreResult<()>;

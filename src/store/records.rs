@@ -260,6 +260,11 @@ pub struct LoginView {
     pub state: MailboxState,
     pub domain_active: bool,
     pub quota: u64,
+    /// Why the identity provider's answer suspended the mailbox's mail logins
+    /// (`identity_revoked`), if it did; lifted by the next web sign-in.
+    pub identity_suspended: Option<String>,
+    /// The last web sign-in through the provider; `max_days_without_sign_in` counts from it.
+    pub last_sign_in_at: Option<UnixTime>,
 }
 
 /// What the web page re-checks a session against on every request, read in one query.
@@ -657,4 +662,31 @@ mod tests {
             assert!(bad.parse::<SendLimits>().is_err(), "{bad:?}");
         }
     }
+}
+
+/// A mailbox bound to an identity-provider account, as the liveness check reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkedMailbox {
+    pub address: String,
+    pub issuer: String,
+    pub subject: String,
+    /// The sealed refresh token (see `oidc::sealed`), if the provider issued one.
+    pub sealed_refresh_token: Option<String>,
+    pub suspension: Option<Suspension>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Suspension {
+    pub at: UnixTime,
+    pub reason: String,
+}
+
+/// What `mailbox show` says about a mailbox's standing with the identity provider.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IdentityStanding {
+    pub has_refresh_token: bool,
+    pub suspension: Option<Suspension>,
+    pub checked_at: Option<UnixTime>,
+    pub answer: Option<String>,
+    pub last_sign_in_at: Option<UnixTime>,
 }

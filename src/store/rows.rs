@@ -16,9 +16,9 @@ use thiserror::Error;
 use super::param::Param;
 use super::records::{
     format_networks, parse_networks, Alias, AliasDomain, AppPassword, AuthSource, Domain,
-    DomainUsage, LastUseInfo, LimitsError, LoginView, Mailbox, MailboxState, Mapping,
-    NewAppPassword, Overrides, SendAs, SendLimits, SenderAccount, ServedDomain, SessionView,
-    Template, ValueError,
+    DomainUsage, IdentityStanding, LastUseInfo, LimitsError, LinkedMailbox, LoginView, Mailbox,
+    MailboxState, Mapping, NewAppPassword, Overrides, SendAs, SendLimits, SenderAccount,
+    ServedDomain, SessionView, Suspension, Template, ValueError,
 };
 use super::{StoreError, StoreResult};
 use crate::names::Protocols;
@@ -501,7 +501,8 @@ fn app_password_at(r: &dyn Columns, base: usize) -> Decoded<AppPassword> {
 }
 
 pub(super) const LOGIN_VIEW: Select<LoginView> = Select::hot(
-    "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota \
+    "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota, \
+     m.identity_suspended_reason, m.last_sign_in_at \
      FROM mailboxes m JOIN domains d ON d.name = m.domain WHERE m.address = ?",
     "mailbox",
     login_view_from,
@@ -510,7 +511,7 @@ pub(super) const LOGIN_VIEW: Select<LoginView> = Select::hot(
 /// Binds the lookup hash, then the address.
 pub(super) const LOGIN_VIEW_WITH_APP_PASSWORD: Select<(LoginView, Option<AppPassword>)> = Select::hot(
     "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota, \
-     a.id, a.mailbox, a.name, a.protocols, a.networks, a.expires_at, a.created_at, \
+     m.identity_suspended_reason, m.last_sign_in_at, a.id, a.mailbox, a.name, a.protocols, a.networks, a.expires_at, a.created_at, \
      a.last_used_at, a.last_used_ip, a.last_used_service \
      FROM mailboxes m JOIN domains d ON d.name = m.domain \
      LEFT JOIN app_passwords a ON a.lookup_hash = ? AND a.mailbox = m.address \
@@ -528,6 +529,8 @@ pub(super) fn login_view_from(r: &dyn Columns) -> Decoded<LoginView> {
         state: r.state(4)?,
         domain_active: r.flag(5)?,
         quota: r.unsigned(6)?,
+        identity_suspended: r.opt_text(7)?,
+        last_sign_in_at: r.opt_int(8)?,
     })
 }
 
@@ -535,8 +538,8 @@ pub(super) fn login_view_with_app_password_from(
     r: &dyn Columns,
 ) -> Decoded<(LoginView, Option<AppPassword>)> {
     let view = login_view_from(r)?;
-    let app = match r.opt_int(7)? {
-        Some(_) => Some(app_password_at(r, 7)?),
+    let app = match r.opt_int(9)? {
+        Some(_) => Some(app_password_at(r, 9)?),
         None => None,
     };
     Ok((view, app))
@@ -682,4 +685,49 @@ fn send_limits_of(text: &str) -> Decoded<SendLimits> {
 /// A row of `send_permission`'s query: 0 and an alias, or 1 and a pattern.
 pub(super) fn permission_row_from(r: &dyn Columns) -> Decoded<(i64, String)> {
     Ok((r.int(0)?, r.text(1)?))
+}
+
+pub(super) const LINKED_MAILBOXES: Select<LinkedMailbox> = Select::new(
+    "SELECT address, oidc_issuer, oidc_subject, refresh_token, identity_suspended_at, \
+     identity_suspended_reason FROM mailboxes",
+    "mailbox",
+    linked_mailbox_from,
+);
+
+pub(super) fn linked_mailbox_from(r: &dyn Columns) -> Decoded<LinkedMailbox> {
+    Ok(LinkedMailbox {
+        address: r.text(0)?,
+        issuer: r.text(1)?,
+        subject: r.text(2)?,
+        sealed_refresh_token: r.opt_text(3)?,
+        suspension: suspension_at(r, 4)?,
+    })
+}
+
+/// A suspension's time and reason at `base` and `base + 1`; none when the time is null.
+fn suspension_at(r: &dyn Columns, base: usize) -> Decoded<Option<Suspension>> {
+    Ok(match r.opt_int(base)? {
+        Some(at) => Some(Suspension {
+            at,
+            reason: r.opt_text(base + 1)?.unwrap_or_default(),
+        }),
+        None => None,
+    })
+}
+
+pub(super) const IDENTITY_STANDING: Select<IdentityStanding> = Select::new(
+    "SELECT refresh_token, identity_suspended_at, identity_suspended_reason, \
+     identity_checked_at, identity_answer, last_sign_in_at FROM mailboxes WHERE address = ?",
+    "mailbox",
+    identity_standing_from,
+);
+
+pub(super) fn identity_standing_from(r: &dyn Columns) -> Decoded<IdentityStanding> {
+    Ok(IdentityStanding {
+        has_refresh_token: r.opt_text(0)?.is_some_and(|t| !t.is_empty()),
+        suspension: suspension_at(r, 1)?,
+        checked_at: r.opt_int(3)?,
+        answer: r.opt_text(4)?,
+        last_sign_in_at: r.opt_int(5)?,
+    })
 }

@@ -69,6 +69,8 @@ pub struct WebState {
     provider: RwLock<ProviderSetup>,
     pub store: Arc<dyn Store>,
     pub auth: Arc<Authenticator>,
+    /// Seals the refresh token a sign-in brings (`oidc::sealed`), derived from the key file.
+    pub sealing_key: crate::oidc::sealed::SealingKey,
     pub clock: Arc<dyn Clock>,
     pub sessions: Sessions,
     /// `/metrics` on this listener too, at this path.
@@ -209,6 +211,7 @@ pub fn state(
         setups: devices::Setups::new(clock.clone()),
         settings,
         store,
+        sealing_key: crate::oidc::sealed::SealingKey::derive(auth.key()),
         auth,
         clock,
     }))

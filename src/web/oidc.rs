@@ -207,6 +207,24 @@ pub async fn callback(
     match provision::sign_in(&*state.store, &*state.clock, state.rules(), claims).await {
         Ok(outcome) => {
             let address = outcome.mailbox().address.clone();
+            if let Err(e) = provision::record_sign_in(
+                &*state.store,
+                &*state.clock,
+                &state.sealing_key,
+                outcome.mailbox(),
+                claims,
+                identity.refresh_token.as_ref(),
+            )
+            .await
+            {
+                return fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    &e.to_string(),
+                    "Try again later",
+                    "The mailbox service is unavailable right now. Try again in a minute.",
+                );
+            }
             // The generation the session is held to, read after the binding was checked:
             // the mailbox must still be this identity's `oidc` mailbox as it is read.
             let generation = match state.store.session_view(&address).await {

@@ -14,7 +14,7 @@ use crate::names::{normalize_domain, Address, NameError};
 use crate::provision::{self, MailboxChanges, NewMailbox, ProvisionError};
 use crate::secret::Secret;
 use crate::size::{parse_size, SizeError};
-use crate::store::{AppPasswords, AuthSource, Mailboxes};
+use crate::store::{AppPasswords, AuthSource, IdentityStanding, IdentityStore, Mailbox, Mailboxes};
 
 pub(super) async fn run(ctx: &Ctx, command: MailboxCommand) -> Result<(), CliError> {
     match command {
@@ -182,13 +182,15 @@ async fn show(ctx: &Ctx, address: &str) -> Result<(), CliError> {
     let address = Address::parse(address)?;
     let m = require_mailbox(ctx, &address).await?;
     let apps = ctx.store.list_app_passwords(m.address.as_str()).await?;
+    let standing = ctx.store.identity_standing(m.address.as_str()).await?;
+    let identity = identity_line(&m, standing.as_ref());
     let last = m
         .last_login
         .as_ref()
         .map(describe_use)
         .unwrap_or_else(|| "never".into());
     ctx.out.record(
-        &serde_json::json!({ "mailbox": m, "has_password": m.has_password(), "app_passwords": apps.len() }),
+        &serde_json::json!({ "mailbox": m, "has_password": m.has_password(), "app_passwords": apps.len(), "identity": standing }),
         &[
             ("address", m.address.clone()),
             ("display name", m.display_name.clone()),
@@ -213,12 +215,41 @@ async fn show(ctx: &Ctx, address: &str) -> Result<(), CliError> {
                     _ => "-".into(),
                 },
             ),
+            ("identity:", identity),
             ("app passwords", apps.len().to_string()),
             ("last login", last),
             ("created", format_time(m.created_at)),
         ],
     );
     Ok(())
+}
+
+/// The `identity:` line: whether the provider still knows the person, as far as the last
+/// liveness check and sign-in tell.
+fn identity_line(m: &Mailbox, standing: Option<&IdentityStanding>) -> String {
+    let Some(s) = standing.filter(|_| m.oidc_subject.is_some()) else {
+        return "- (not linked to an identity-provider account)".into();
+    };
+    let mut parts = vec![match &s.suspension {
+        Some(sus) => format!(
+            "suspended ({}) since {}; app passwords refused until the next web sign-in",
+            sus.reason,
+            format_time(sus.at)
+        ),
+        None => "ok".into(),
+    }];
+    parts.push(match (s.checked_at, s.answer.as_deref()) {
+        (Some(at), Some(answer)) => format!("last check {} said {answer}", format_time(at)),
+        _ => "never checked".into(),
+    });
+    if !s.has_refresh_token {
+        parts.push("no refresh token".into());
+    }
+    parts.push(match s.last_sign_in_at {
+        Some(at) => format!("last web sign-in {}", format_time(at)),
+        None => "no web sign-in recorded".into(),
+    });
+    parts.join("; ")
 }
 
 async fn set(

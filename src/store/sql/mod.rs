@@ -12,6 +12,7 @@ mod app_passwords;
 mod connect;
 mod domains;
 mod errors;
+mod identity;
 mod login;
 mod mailboxes;
 mod policy;
