@@ -12,6 +12,8 @@
 //   device        sign in, set up a device of --kind (apple, android, other) for
 //                 --protocols; apple: save the downloaded profile in --out and try its
 //                 link again; android: screenshot the QR code; then reload the result page
+//   hold          sign in, write the file --out/hold-ready, wait (up to 5 min) for the file
+//                 --out/hold-release, reload the page; report both pages (before, after)
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -269,6 +271,24 @@ try {
       seen.reloadShowsSecret = Boolean(secret) && (await page.content()).includes(secret);
       seen.reloadReason = await text('#reason');
       result = await report(seen);
+      break;
+    }
+
+    case 'hold': {
+      // The page stays open while the test changes things elsewhere; the reload then
+      // shows whether this browser's session outlived them.
+      await signIn();
+      const before = await report();
+      const dir = opt.out ?? os.tmpdir();
+      fs.writeFileSync(path.join(dir, 'hold-ready'), '');
+      const release = path.join(dir, 'hold-release');
+      for (let i = 0; i < 3000 && !fs.existsSync(release); i += 1) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await page.goto(opt.base + '/');
+      await page.waitForLoadState('load');
+      await shot((await page.$('#mailbox-address')) ? 'still-signed-in' : 'signed-out');
+      result = { before, after: await report(), released: fs.existsSync(release) };
       break;
     }
 
