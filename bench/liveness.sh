@@ -194,7 +194,7 @@ report() {
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $LOAD_BEFORE before, $LOAD_AFTER after;"
     echo "binary \`$BIN\` ($("$BIN" --version 2>/dev/null || echo unknown)); provider oidc-provider $(node -p "require('$OIDC/node_modules/oidc-provider/package.json').version") on node $(node --version)."
     echo
-    echo "Command: \`N=$N BENCH_SIGNIN_CONCURRENCY=$SIGNIN_CONCURRENCY BENCH_CONCURRENCY=\"$CONCURRENCIES\" BENCH_PASSES=$PASSES bench/liveness.sh\`"
+    echo "Command: \`N=$N BENCH_SIGNIN_CONCURRENCY=$SIGNIN_CONCURRENCY BENCH_CONCURRENCY=\"$CONCURRENCIES\" BENCH_PASSES=$PASSES${SETUP_ONLY:+ BENCH_SETUP_ONLY=1} bench/liveness.sh\`"
     echo
     echo "## Set-up"
     echo

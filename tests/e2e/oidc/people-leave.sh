@@ -118,6 +118,8 @@ collect_artifacts() {
 cleanup() {
 	local rc=$?
 	set +e
+	# The held browser runs in a subshell: its node process first, then the subshell.
+	[ -z "$HOLD_PID" ] || pkill -TERM -P "$HOLD_PID" 2>/dev/null
 	stop_pid "$HOLD_PID"
 	stop_pid "$PROVIDER_PID"
 	pf_cleanup
@@ -425,7 +427,7 @@ done
 for who in alice bob carol; do
 	check "$who's app password logs in to IMAP through real Dovecot" imap "$who" "${SECRET[$who]}"
 done
-for who in alice bob; do
+for who in alice bob carol; do
 	smtp "$who" "${SECRET[$who]}"
 	expect_eq "$who's app password passes SMTP AUTH on real Postfix (submissions)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
 done
