@@ -572,7 +572,7 @@ echo "# 6. the provider is stopped"
 provider_stop
 idp_check 6-unreachable
 DETAIL=$(idp_detail) check "idp check: exit 3, the message says the provider is unreachable, no line says suspended" \
-	eval '[ "$IDP_RC" = 3 ] && grep -qi unreachable <<<"$IDP_OUT$IDP_ERR" && ! grep -qP "\tsuspended$" <<<"$IDP_OUT"'
+	eval '[ "$IDP_RC" = 3 ] && grep -qiE "unreachable|(cannot|could not|can.t) (be )?reach" <<<"$IDP_OUT$IDP_ERR" && ! grep -qP "\tsuspended$" <<<"$IDP_OUT"'
 check "bob is not suspended" not_suspended bob
 check "alice is not suspended" not_suspended alice
 check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
