@@ -558,8 +558,8 @@ md_up
 idp_check 5-brake
 DETAIL=$(idp_detail) check "idp check: exit 1, the message mentions the brake" \
 	eval '[ "$IDP_RC" = 1 ] && grep -qi brake <<<"$IDP_OUT$IDP_ERR"'
-DETAIL=$(idp_detail) check "idp check: alice and bob invalid_grant withheld (nobody newly suspended)" \
-	eval 'idp_says alice invalid_grant withheld && idp_says bob invalid_grant withheld'
+DETAIL=$(idp_detail) check "idp check: alice and bob invalid_grant withheld, no line says suspended" \
+	eval 'idp_says alice invalid_grant withheld && idp_says bob invalid_grant withheld && ! grep -qP "\tsuspended$" <<<"$IDP_OUT"'
 check "bob is not suspended" not_suspended bob
 check "alice is not suspended" not_suspended alice
 check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
