@@ -18,6 +18,7 @@
 #   BENCH_SETUP_ONLY=1            the set-up alone (sign-ins, tokens), no pass: for a binary
 #                                 without the liveness check
 #   BENCH_KEEP=1                  keep the temporary folder (configs, logs, database)
+#   BENCH_NOTE                    a line for the report (e.g. which commit the binary is from)
 #
 # Only loopback; every process it starts is stopped on exit. Needs node (20 or newer) and
 # the npm packages of tests/e2e/oidc (installed from the lockfile when missing).
@@ -193,6 +194,7 @@ report() {
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $LOAD_BEFORE before, $LOAD_AFTER after;"
     echo "binary \`$BIN\` ($("$BIN" --version 2>/dev/null || echo unknown)); provider oidc-provider $(node -p "require('$OIDC/node_modules/oidc-provider/package.json').version") on node $(node --version)."
+    [[ -z ${BENCH_NOTE:-} ]] || { echo; echo "$BENCH_NOTE"; }
     echo
     echo "Command: \`N=$N BENCH_SIGNIN_CONCURRENCY=$SIGNIN_CONCURRENCY BENCH_CONCURRENCY=\"$CONCURRENCIES\" BENCH_PASSES=$PASSES${SETUP_ONLY:+ BENCH_SETUP_ONLY=1} bench/liveness.sh\`"
     echo
