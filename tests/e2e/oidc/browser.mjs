@@ -17,6 +17,8 @@
 //                 meanwhile), look at both again, end the session at the provider's
 //                 end-session endpoint (--issuer; not through the page), write
 //                 --out.ended and wait for --out.checked, then look at both once more
+//   hold          sign in, write the file --out/hold-ready, wait (up to 5 min) for the file
+//                 --out/hold-release, reload the page; report both pages (before, after)
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -317,6 +319,24 @@ try {
       seen.afterLogout = await whoAt(opt.base, 'a-after-logout');
       seen.otherAfterLogout = await whoAt(opt.other, 'b-after-logout');
       result = seen;
+      break;
+    }
+
+    case 'hold': {
+      // The page stays open while the test changes things elsewhere; the reload then
+      // shows whether this browser's session outlived them.
+      await signIn();
+      const before = await report();
+      const dir = opt.out ?? os.tmpdir();
+      fs.writeFileSync(path.join(dir, 'hold-ready'), '');
+      const release = path.join(dir, 'hold-release');
+      for (let i = 0; i < 3000 && !fs.existsSync(release); i += 1) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await page.goto(opt.base + '/');
+      await page.waitForLoadState('load');
+      await shot((await page.$('#mailbox-address')) ? 'still-signed-in' : 'signed-out');
+      result = { before, after: await report(), released: fs.existsSync(release) };
       break;
     }
 

@@ -13,6 +13,12 @@
 // Usage: node provider.mjs --port N --accounts FILE --redirect URL --post-logout URL
 //                          [--tls-cert FILE --tls-key FILE] [--client-secret S]
 //                          [--backchannel-logout URL]
+//                          [--store-size N] [--accounts-cache]
+//
+// For many people at once (bench/liveness.sh): --store-size N holds up to N entries in
+// memory (grants, tokens, sessions; the package keeps 1,000 by default and forgets the
+// oldest, so its 1,001st token would be lost), and --accounts-cache reads the accounts
+// file again only when it changed, not on every request.
 
 import fs from 'node:fs';
 import http from 'node:http';
@@ -20,6 +26,8 @@ import https from 'node:https';
 import { parseArgs } from 'node:util';
 
 import Provider from 'oidc-provider';
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
+import LRU from 'oidc-provider/lib/helpers/lru.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -31,6 +39,8 @@ const { values: args } = parseArgs({
     'tls-key': { type: 'string' },
     'client-secret': { type: 'string', default: 'e2e-client-secret-0123456789abcdef' },
     'backchannel-logout': { type: 'string' },
+    'store-size': { type: 'string' },
+    'accounts-cache': { type: 'boolean', default: false },
   },
 });
 
@@ -38,7 +48,18 @@ const tls = Boolean(args['tls-cert']);
 const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${args.port}`;
 
 function readAccounts() {
+  if (args['accounts-cache']) return cachedAccounts();
   return JSON.parse(fs.readFileSync(args.accounts, 'utf8'));
+}
+
+let accountsCache = { key: '', accounts: {} };
+function cachedAccounts() {
+  const st = fs.statSync(args.accounts);
+  const key = `${st.mtimeMs}:${st.size}:${st.ino}`;
+  if (key !== accountsCache.key) {
+    accountsCache = { key, accounts: JSON.parse(fs.readFileSync(args.accounts, 'utf8')) };
+  }
+  return accountsCache.accounts;
 }
 
 const configuration = {
@@ -99,6 +120,12 @@ const configuration = {
     };
   },
 };
+
+if (args['store-size']) {
+  // The package's own in-memory adapter, over a store of the size asked for.
+  const store = new LRU({ maxSize: Number(args['store-size']) });
+  configuration.adapter = (model) => new MemoryAdapter(model, store);
+}
 
 const provider = new Provider(issuer, configuration);
 provider.on('server_error', (_ctx, err) => console.error('provider server_error', err));
