@@ -7,8 +7,8 @@
 
 pub mod claims;
 pub mod jwt;
-pub mod logout;
 pub mod liveness;
+pub mod logout;
 pub mod probe;
 pub mod refresh;
 pub mod sealed;
