@@ -229,16 +229,7 @@ async fn site(backend: &common::Backend, tokens: &[&str]) -> Site {
     let db = common::fresh(backend).await;
     let s = &*db.store;
     let clock = ManualClock::at(1000);
-    s.create_domain(&Domain {
-        name: "example.org".into(),
-        active: true,
-        max_mailboxes: None,
-        max_quota: None,
-        total_quota: None,
-        created_at: 0,
-    })
-    .await
-    .unwrap();
+    common::create_example_org(s).await;
     let key = Arc::new(SealingKey::derive(&AppPasswordKey::new(vec![9; 32])));
     for t in tokens {
         add_linked(s, &clock, &key, t).await;
@@ -657,42 +648,16 @@ async fn a_web_sign_in_lifts_the_suspension() {
     site.db.finish().await;
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use common::Run;
 
+/// [`common::mailauthd`] off the runtime's threads: the fake provider it talks to runs on them.
 async fn mailauthd(config: &std::path::Path, args: &[&str], stdin: &str) -> Run {
     let config = config.to_path_buf();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let stdin = stdin.to_string();
     tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailauthd"))
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .env_remove("MAILAUTHD_CONFIG")
-            .env_remove("MAILAUTHD_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        Run {
-            code: out.status.code().unwrap(),
-            stdout: String::from_utf8(out.stdout).unwrap(),
-            stderr: String::from_utf8(out.stderr).unwrap(),
-        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::mailauthd(&config, &args, &stdin)
     })
     .await
     .unwrap()
@@ -722,17 +687,7 @@ async fn cli_site(
     let sealing = SealingKey::derive(&key);
     let store = mailauthd::store::open(&config.store).await.unwrap();
     store.migrate().await.unwrap();
-    store
-        .create_domain(&Domain {
-            name: "example.org".into(),
-            active: true,
-            max_mailboxes: None,
-            max_quota: None,
-            total_quota: None,
-            created_at: 0,
-        })
-        .await
-        .unwrap();
+    common::create_example_org(&store).await;
     for t in tokens {
         add_linked(&store, &ManualClock::at(SystemClock.now()), &sealing, t).await;
     }
