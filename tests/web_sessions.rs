@@ -182,6 +182,14 @@ impl Daemon {
     }
 }
 
+/// Signs alice in with her password through the form; her session cookie.
+async fn alice_cookie(site: &Site) -> String {
+    site.sign_in_form("alice@example.org", "alice-password-1", None)
+        .await
+        .cookie
+        .unwrap()
+}
+
 /// The domain and three mailboxes: a password one and two of the provider.
 async fn populate(store: &dyn Store, issuer: &str) {
     store
@@ -341,12 +349,7 @@ async fn a_logout_token_ends_the_named_sessions_on_both_daemons_and_nothing_else
         let bob_2 = provider_session(&*store, &issuer, "bob@example.org", "sub-bob", "sid-2").await;
         let carol =
             provider_session(&*store, &issuer, "carol@example.org", "sub-carol", "sid-9").await;
-        let alice = a
-            .site
-            .sign_in_form("alice@example.org", "alice-password-1", None)
-            .await
-            .cookie
-            .unwrap();
+        let alice = alice_cookie(&a.site).await;
         for site in [&a.site, &b.site] {
             assert!(
                 signed_in_as(site, &bob_1, "bob@example.org").await,
@@ -472,12 +475,7 @@ async fn a_flood_of_anonymous_sessions_stays_bounded_and_signed_in_people_stay()
         let db = common::fresh(&backend).await;
         populate(&*db.store, &issuer).await;
         let a = daemon(&db.url, &issuer, "max_anonymous_sessions = 25").await;
-        let alice = a
-            .site
-            .sign_in_form("alice@example.org", "alice-password-1", None)
-            .await
-            .cookie
-            .unwrap();
+        let alice = alice_cookie(&a.site).await;
         // Every visit without a cookie makes an anonymous session (the form's CSRF token).
         for _ in 0..120 {
             let page = a.site.get("/", None).await;
@@ -520,12 +518,7 @@ async fn a_store_that_is_gone_answers_503_and_keeps_the_session() {
         let db = common::fresh(&backend).await;
         populate(&*db.store, &issuer).await;
         let a = daemon(&db.url, &issuer, "").await;
-        let cookie = a
-            .site
-            .sign_in_form("alice@example.org", "alice-password-1", None)
-            .await
-            .cookie
-            .unwrap();
+        let cookie = alice_cookie(&a.site).await;
         // The daemon's database goes away under it.
         a.core.store.inner().close().await;
         for (path, cookie) in [("/", Some(cookie.as_str())), ("/", None), ("/login", None)] {
