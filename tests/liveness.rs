@@ -18,7 +18,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use openidconnect::url::Url;
 use serde_json::{json, Value};
 
 use mailauthd::auth::app_password::AppPasswordKey;
@@ -60,20 +59,10 @@ fn json_response(status: u16, v: Value) -> Response {
 
 async fn discovery(State(s): State<Shared>) -> Response {
     let issuer = s.lock().unwrap().issuer.clone();
-    json_response(
-        200,
-        json!({
-            "issuer": issuer,
-            "authorization_endpoint": format!("{issuer}/auth"),
-            "token_endpoint": format!("{issuer}/token"),
-            "jwks_uri": format!("{issuer}/jwks"),
-            "response_types_supported": ["code"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "scopes_supported": ["openid", "email", "offline_access"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post"],
-        }),
-    )
+    let mut doc = common::discovery_document(&issuer);
+    doc["scopes_supported"] = json!(["openid", "email", "offline_access"]);
+    doc["token_endpoint_auth_methods_supported"] = json!(["client_secret_post"]);
+    json_response(200, doc)
 }
 
 async fn jwks() -> Response {
@@ -143,24 +132,7 @@ async fn fake_provider() -> (Shared, String) {
 }
 
 fn settings(issuer: &str) -> OidcSettings {
-    OidcSettings {
-        display_name: "Test".into(),
-        issuer: issuer.to_string(),
-        endpoints: None,
-        client_id: "mailauthd".into(),
-        client_secret: Some(CLIENT_SECRET.into()),
-        client_auth: None,
-        redirect_url: Url::parse("http://127.0.0.1:1/callback").unwrap(),
-        scopes: vec!["openid".into(), "email".into()],
-        address_claim: "email".into(),
-        template_claim: "mailcow_template".into(),
-        name_claim: "name".into(),
-        ignore_tls_errors: false,
-        provision: true,
-        require_verified_email: true,
-        timeout: Duration::from_millis(700),
-        liveness: LivenessSettings::default(),
-    }
+    common::oidc_settings(issuer, CLIENT_SECRET, &["openid", "email"])
 }
 
 fn rp(issuer: &str) -> Arc<RelyingParty> {
@@ -286,6 +258,14 @@ impl Site {
         self.liveness_on(self.db.dyn_store())
     }
 
+    /// One pass with the default options; it must run to its end.
+    async fn pass(&self) -> mailauthd::liveness::PassReport {
+        self.liveness()
+            .run_pass(&PassOptions::default())
+            .await
+            .unwrap()
+    }
+
     fn liveness_on(&self, store: Arc<dyn Store>) -> Liveness {
         Liveness {
             store,
@@ -361,11 +341,7 @@ async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
             .await
             .unwrap()
             .unwrap();
-        let report = site
-            .liveness()
-            .run_pass(&PassOptions::default())
-            .await
-            .unwrap();
+        let report = site.pass().await;
         assert_eq!(report.end, PassEnd::Applied, "{}", backend.name());
         assert_eq!(report.mailboxes.len(), 13);
         assert_eq!(
@@ -401,11 +377,7 @@ async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
         );
 
         // The next pass: still suspended, nothing new.
-        let again = site
-            .liveness()
-            .run_pass(&PassOptions::default())
-            .await
-            .unwrap();
+        let again = site.pass().await;
         assert_eq!(
             change_of(&again, "gone-1@example.org"),
             (Answer::InvalidGrant, Change::StillSuspended)
@@ -431,11 +403,7 @@ async fn a_provider_error_or_our_client_refused_suspends_nobody() {
     all.push("boom-1".into());
     let names: Vec<&str> = all.iter().map(String::as_str).collect();
     let site = site(&common::Backend::Sqlite, &names).await;
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = site.pass().await;
     assert_eq!(report.end, PassEnd::ProviderDown);
     assert!(report.problem().unwrap().contains("brake"));
     assert!(site.suspended().await.is_empty());
@@ -450,11 +418,7 @@ async fn a_provider_error_or_our_client_refused_suspends_nobody() {
         .all(|c| c.change != Change::Suspended));
 
     site.fake.lock().unwrap().secret = "rotated".into();
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = site.pass().await;
     assert_eq!(report.end, PassEnd::ClientRefused);
     assert!(report.problem().unwrap().contains("invalid_client"));
     assert!(site.suspended().await.is_empty());
@@ -469,11 +433,7 @@ async fn a_hanging_provider_is_unreachable_and_stops_the_pass() {
     let names: Vec<&str> = all.iter().map(String::as_str).collect();
     let site = site(&common::Backend::Sqlite, &names).await;
     let started = std::time::Instant::now();
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = site.pass().await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(report.end, PassEnd::ProviderDown);
     assert_eq!(
@@ -490,11 +450,7 @@ async fn more_refusals_than_the_share_hold_the_brake() {
     all.extend(tokens("gone", 3));
     let names: Vec<&str> = all.iter().map(String::as_str).collect();
     let site = site(&common::Backend::Sqlite, &names).await;
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = site.pass().await;
     assert_eq!(
         report.end,
         PassEnd::Brake {
@@ -604,10 +560,7 @@ async fn a_store_lost_mid_pass_suspends_nobody() {
 #[tokio::test]
 async fn a_web_sign_in_lifts_the_suspension() {
     let site = site(&common::Backend::Sqlite, &["gone-1", "ok-1"]).await;
-    site.liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    site.pass().await;
     assert_eq!(site.suspended().await, ["gone-1@example.org"]);
     let mailbox = site
         .db
@@ -636,11 +589,7 @@ async fn a_web_sign_in_lifts_the_suspension() {
     .unwrap();
     assert!(site.suspended().await.is_empty());
     assert_eq!(site.token_of("gone-1").await.as_deref(), Some("ok-new"));
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = site.pass().await;
     assert_eq!(
         change_of(&report, "gone-1@example.org"),
         (Answer::Ok, Change::None)
@@ -933,20 +882,31 @@ async fn suspended_in(config: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// [`cli_site`] with a runtime directory in `dir`, for a daemon to serve from.
+async fn daemon_site(
+    dir: &std::path::Path,
+    issuer: &str,
+    extra: &str,
+    tokens: &[&str],
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    let config = cli_site(dir, issuer, extra, tokens).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("runtime_directory = {:?}\n{text}", dir.join("run")),
+    )
+    .unwrap();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_checks_by_itself_and_logs_the_brake() {
     let (_fake, issuer) = fake_provider().await;
     let every = "liveness_check_hours = 0.0003\n";
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("run")).unwrap();
-    let config = cli_site(dir.path(), &issuer, every, &["gone-1", "ok-1", "ok-2"]).await;
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("runtime_directory = {:?}\n{text}", dir.path().join("run")),
-    )
-    .unwrap();
+    let config = daemon_site(dir.path(), &issuer, every, &["gone-1", "ok-1", "ok-2"]).await;
     let log = serve_until(dir.path(), &config, |log| {
         log.contains("identity check done")
     })
@@ -955,14 +915,7 @@ async fn the_daemon_checks_by_itself_and_logs_the_brake() {
     assert_eq!(suspended_in(&config).await, ["gone-1@example.org"], "{log}");
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("run")).unwrap();
-    let config = cli_site(dir.path(), &issuer, every, &["gone-1", "gone-2", "ok-1"]).await;
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("runtime_directory = {:?}\n{text}", dir.path().join("run")),
-    )
-    .unwrap();
+    let config = daemon_site(dir.path(), &issuer, every, &["gone-1", "gone-2", "ok-1"]).await;
     let log = serve_until(dir.path(), &config, |log| log.contains("brake")).await;
     assert!(
         log.lines()
@@ -1036,11 +989,7 @@ async fn a_pass_counts_answers_suspensions_and_brakes() {
     let brakes = "mailauthd_identity_check_brake_total";
     let before = metrics();
     let first = site(&common::Backend::Sqlite, &["gone-1", "ok-1", "ok-2"]).await;
-    first
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    first.pass().await;
     let after = metrics();
     assert!(
         counter(&after, checks) >= counter(&before, checks) + 1.0,
@@ -1051,11 +1000,7 @@ async fn a_pass_counts_answers_suspensions_and_brakes() {
         "{after}"
     );
     let braked = site(&common::Backend::Sqlite, &["gone-1", "gone-2", "ok-1"]).await;
-    let report = braked
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = braked.pass().await;
     assert!(matches!(report.end, PassEnd::Brake { .. }));
     let last = metrics();
     assert!(

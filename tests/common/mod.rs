@@ -220,6 +220,48 @@ pub async fn create_example_org<S: store::Domains + ?Sized>(s: &S) {
     .unwrap();
 }
 
+/// `[oidc]` settings for a fake provider at `issuer` that knows `client_secret`, asking for
+/// `scopes`; the rest as a config without those keys gives, but a timeout short enough
+/// for a provider that never answers.
+pub fn oidc_settings(
+    issuer: &str,
+    client_secret: &str,
+    scopes: &[&str],
+) -> mailauthd::oidc::OidcSettings {
+    mailauthd::oidc::OidcSettings {
+        display_name: "Test".into(),
+        issuer: issuer.to_string(),
+        endpoints: None,
+        client_id: "mailauthd".into(),
+        client_secret: Some(client_secret.into()),
+        client_auth: None,
+        redirect_url: openidconnect::url::Url::parse("http://127.0.0.1:1/callback").unwrap(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        address_claim: "email".into(),
+        template_claim: "mailcow_template".into(),
+        name_claim: "name".into(),
+        ignore_tls_errors: false,
+        provision: true,
+        require_verified_email: true,
+        timeout: Duration::from_millis(700),
+        liveness: mailauthd::oidc::LivenessSettings::default(),
+    }
+}
+
+/// The discovery document of a fake provider at `issuer`: the fields every relying party
+/// needs, endpoints under the issuer, RS256 ID tokens.
+pub fn discovery_document(issuer: &str) -> serde_json::Value {
+    serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/auth"),
+        "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    })
+}
+
 /// What one run of the command line gave: its exit code and both outputs as text.
 pub struct Run {
     pub code: i32,
