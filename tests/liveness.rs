@@ -316,6 +316,14 @@ fn tokens(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
 
+/// [`site`] with `ok` mailboxes the provider keeps (`ok-00`…) and `others`.
+async fn site_after_ok(backend: &common::Backend, ok: usize, others: &[impl AsRef<str>]) -> Site {
+    let mut all = tokens("ok", ok);
+    all.extend(others.iter().map(|o| o.as_ref().to_string()));
+    let names: Vec<&str> = all.iter().map(String::as_str).collect();
+    site(backend, &names).await
+}
+
 fn change_of(report: &mailauthd::liveness::PassReport, address: &str) -> (Answer, Change) {
     let c = report
         .mailboxes
@@ -328,12 +336,7 @@ fn change_of(report: &mailauthd::liveness::PassReport, address: &str) -> (Answer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
     for backend in common::backends() {
-        let mut all = tokens("ok", 10);
-        all.push("gone-1".into());
-        all.push("rotate-1".into());
-        all.push("none-1".into());
-        let names: Vec<&str> = all.iter().map(String::as_str).collect();
-        let site = site(&backend, &names).await;
+        let site = site_after_ok(&backend, 10, &["gone-1", "rotate-1", "none-1"]).await;
         let before = site
             .db
             .store
@@ -397,12 +400,8 @@ async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
 
 #[tokio::test]
 async fn a_provider_error_or_our_client_refused_suspends_nobody() {
-    let mut all = tokens("ok", 6);
-    // Asked before the 500 (by address; `a-gone` is no known prefix: invalid_grant).
-    all.push("a-gone".into());
-    all.push("boom-1".into());
-    let names: Vec<&str> = all.iter().map(String::as_str).collect();
-    let site = site(&common::Backend::Sqlite, &names).await;
+    // `a-gone` is asked before the 500 (by address; no known prefix: invalid_grant).
+    let site = site_after_ok(&common::Backend::Sqlite, 6, &["a-gone", "boom-1"]).await;
     let report = site.pass().await;
     assert_eq!(report.end, PassEnd::ProviderDown);
     assert!(report.problem().unwrap().contains("brake"));
@@ -427,11 +426,7 @@ async fn a_provider_error_or_our_client_refused_suspends_nobody() {
 
 #[tokio::test]
 async fn a_hanging_provider_is_unreachable_and_stops_the_pass() {
-    let mut all = tokens("ok", 3);
-    all.push("gone-1".into());
-    all.push("hang-1".into());
-    let names: Vec<&str> = all.iter().map(String::as_str).collect();
-    let site = site(&common::Backend::Sqlite, &names).await;
+    let site = site_after_ok(&common::Backend::Sqlite, 3, &["gone-1", "hang-1"]).await;
     let started = std::time::Instant::now();
     let report = site.pass().await;
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -446,10 +441,7 @@ async fn a_hanging_provider_is_unreachable_and_stops_the_pass() {
 
 #[tokio::test]
 async fn more_refusals_than_the_share_hold_the_brake() {
-    let mut all = tokens("ok", 17);
-    all.extend(tokens("gone", 3));
-    let names: Vec<&str> = all.iter().map(String::as_str).collect();
-    let site = site(&common::Backend::Sqlite, &names).await;
+    let site = site_after_ok(&common::Backend::Sqlite, 17, &tokens("gone", 3)).await;
     let report = site.pass().await;
     assert_eq!(
         report.end,
