@@ -251,6 +251,48 @@ fn plain(user: &str, pass: &str) -> String {
     b64(format!("\0{user}\0{pass}").as_bytes())
 }
 
+/// The PostgreSQL server to test against, or `None` (with a note) outside CI when none is
+/// given: these tests share one database between daemons or cut its connections, which a
+/// SQLite file cannot show.
+fn postgres_admin(test: &str) -> Option<String> {
+    let admin = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if admin.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
+        );
+        eprintln!("note: MAILAUTHD_TEST_POSTGRES_URL not set; {test} skipped outside CI");
+    }
+    admin
+}
+
+/// A fresh PostgreSQL database for two daemons and the app-password key file they share.
+/// The test's own pool is closed at once, so only the daemons hold connections.
+struct TwoDaemonDb {
+    rt: tokio::runtime::Runtime,
+    db: common::TestDb,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TwoDaemonDb {
+    fn new(admin: String) -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
+        rt.block_on(db.store.close());
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("app-password.key");
+        Self {
+            rt,
+            db,
+            key,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn protocol_conversations_with_the_real_daemon() {
     let d = Daemon::start(None);
@@ -596,15 +638,7 @@ fn userdb_lookups() {
 /// closed connection (Postfix: 454), others FAIL with code=temp_fail, then it recovers.
 #[test]
 fn store_outage_is_temporary_and_recovers() {
-    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
-        );
-        eprintln!("note: MAILAUTHD_TEST_POSTGRES_URL not set; outage test skipped outside CI");
+    let Some(admin) = postgres_admin("outage test") else {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -773,15 +807,7 @@ fn timed_login(auth: &Path, id: u32) -> (String, Duration) {
 /// dead pooled connection has timed out in turn. Default store timeouts (3 s).
 #[test]
 fn logins_recover_at_once_when_a_database_that_hung_comes_back() {
-    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
-        );
-        eprintln!("note: MAILAUTHD_TEST_POSTGRES_URL not set; recovery test skipped outside CI");
+    let Some(admin) = postgres_admin("recovery test") else {
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -982,22 +1008,10 @@ fn replays_a_recorded_postfix_conversation() {
 /// revoked through one is accepted, then refused, by the other on its next login.
 #[test]
 fn two_daemons_on_one_database_see_changes_at_once() {
-    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
-        );
-        eprintln!("note: MAILAUTHD_TEST_POSTGRES_URL not set; two-daemon test skipped outside CI");
+    let Some(admin) = postgres_admin("two-daemon test") else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
-    rt.block_on(db.store.close());
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("app-password.key");
+    let TwoDaemonDb { rt, db, key, _dir } = TwoDaemonDb::new(admin);
     let a = Daemon::start_with(Some(&db.url), Some(&key), true);
     let b = Daemon::start_with(Some(&db.url), Some(&key), false);
     let app = a.app_password("bob@example.org", "imap");
@@ -1048,27 +1062,13 @@ fn two_daemons_on_one_database_see_changes_at_once() {
 /// at A, and a stale password repeated through both counts once.
 #[test]
 fn two_daemons_share_throttle_state_through_redis() {
-    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
-        );
-        eprintln!(
-            "note: MAILAUTHD_TEST_POSTGRES_URL not set; two-daemon Redis test skipped outside CI"
-        );
+    let Some(admin) = postgres_admin("two-daemon Redis test") else {
         return;
     };
     let Some(redis) = common::redis_url("the two-daemon Redis throttle test") else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
-    rt.block_on(db.store.close());
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("app-password.key");
+    let TwoDaemonDb { rt, db, key, _dir } = TwoDaemonDb::new(admin);
     let throttle = format!(
         "redis_url = {redis:?}\nredis_prefix = {:?}\n",
         common::unique_redis_prefix()
@@ -1675,27 +1675,13 @@ fn policy_ask(c: &mut Client, state: &str, instance: &str, recipient: &str) -> S
 /// either daemon.
 #[test]
 fn two_daemons_share_sending_limits_through_redis() {
-    let Some(admin) = std::env::var("MAILAUTHD_TEST_POSTGRES_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "MAILAUTHD_TEST_POSTGRES_URL is required in CI"
-        );
-        eprintln!(
-            "note: MAILAUTHD_TEST_POSTGRES_URL not set; two-daemon sending-limit test skipped outside CI"
-        );
+    let Some(admin) = postgres_admin("two-daemon sending-limit test") else {
         return;
     };
     let Some(redis) = common::redis_url("the two-daemon sending-limit test") else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(common::fresh(&common::Backend::Postgres(admin)));
-    rt.block_on(db.store.close());
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("app-password.key");
+    let TwoDaemonDb { rt, db, key, _dir } = TwoDaemonDb::new(admin);
     let limits_prefix = common::unique_redis_prefix().replace(":throttle:", ":limits:");
     let sections = format!(
         "[redis]\nurl = {redis:?}\nsend_limits_prefix = {limits_prefix:?}\n\

@@ -4,10 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailauthd");
 
@@ -44,23 +45,14 @@ impl Setup {
     }
 
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.unwrap_or("").as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        common::output_with_stdin(
+            Command::new(BIN)
+                .arg("--config")
+                .arg(&self.config)
+                .args(args)
+                .current_dir(self.dir.path()),
+            stdin.unwrap_or(""),
+        )
     }
 
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> Output {

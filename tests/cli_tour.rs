@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -18,23 +20,14 @@ fn tour() -> String {
 }
 
 fn mailauthd(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env("MAILAUTHD_CONFIG", dir.join("conf-examples/mailauthd.toml"))
-        .env("STATE_DIRECTORY", dir.join("state"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::output_with_stdin(
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env("MAILAUTHD_CONFIG", dir.join("conf-examples/mailauthd.toml"))
+            .env("STATE_DIRECTORY", dir.join("state")),
+        stdin.unwrap_or(""),
+    )
 }
 
 fn text(o: &Output) -> String {

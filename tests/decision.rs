@@ -1038,16 +1038,7 @@ async fn the_credential_generation_moves_with_every_credential_change() {
         let b = backend.name();
         let store = db.dyn_store();
         let s = &*store;
-        s.create_domain(&Domain {
-            name: "example.org".into(),
-            active: true,
-            max_mailboxes: None,
-            max_quota: None,
-            total_quota: None,
-            created_at: 0,
-        })
-        .await
-        .unwrap();
+        common::create_example_org(s).await;
         let new = NewMailbox {
             address: Address::parse("bound@example.org").unwrap(),
             password_hash: Some("{PLAIN}one".into()),

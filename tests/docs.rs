@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -278,22 +280,12 @@ struct Scratch {
 
 impl Scratch {
     fn cli(&self, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("MAILAUTHD_CONFIG", &self.config)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = common::output_with_stdin(
+            Command::new(BIN)
+                .args(args)
+                .env("MAILAUTHD_CONFIG", &self.config),
+            stdin,
+        );
         assert!(out.status.success(), "{args:?}: {}", text(&out));
         out
     }

@@ -18,7 +18,6 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use openidconnect::url::Url;
 use serde_json::{json, Value};
 
 use mailauthd::auth::app_password::AppPasswordKey;
@@ -60,20 +59,10 @@ fn json_response(status: u16, v: Value) -> Response {
 
 async fn discovery(State(s): State<Shared>) -> Response {
     let issuer = s.lock().unwrap().issuer.clone();
-    json_response(
-        200,
-        json!({
-            "issuer": issuer,
-            "authorization_endpoint": format!("{issuer}/auth"),
-            "token_endpoint": format!("{issuer}/token"),
-            "jwks_uri": format!("{issuer}/jwks"),
-            "response_types_supported": ["code"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "scopes_supported": ["openid", "email", "offline_access"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post"],
-        }),
-    )
+    let mut doc = common::discovery_document(&issuer);
+    doc["scopes_supported"] = json!(["openid", "email", "offline_access"]);
+    doc["token_endpoint_auth_methods_supported"] = json!(["client_secret_post"]);
+    json_response(200, doc)
 }
 
 async fn jwks() -> Response {
@@ -143,24 +132,7 @@ async fn fake_provider() -> (Shared, String) {
 }
 
 fn settings(issuer: &str) -> OidcSettings {
-    OidcSettings {
-        display_name: "Test".into(),
-        issuer: issuer.to_string(),
-        endpoints: None,
-        client_id: "mailauthd".into(),
-        client_secret: Some(CLIENT_SECRET.into()),
-        client_auth: None,
-        redirect_url: Url::parse("http://127.0.0.1:1/callback").unwrap(),
-        scopes: vec!["openid".into(), "email".into()],
-        address_claim: "email".into(),
-        template_claim: "mailcow_template".into(),
-        name_claim: "name".into(),
-        ignore_tls_errors: false,
-        provision: true,
-        require_verified_email: true,
-        timeout: Duration::from_millis(700),
-        liveness: LivenessSettings::default(),
-    }
+    common::oidc_settings(issuer, CLIENT_SECRET, &["openid", "email"])
 }
 
 fn rp(issuer: &str) -> Arc<RelyingParty> {
@@ -229,16 +201,7 @@ async fn site(backend: &common::Backend, tokens: &[&str]) -> Site {
     let db = common::fresh(backend).await;
     let s = &*db.store;
     let clock = ManualClock::at(1000);
-    s.create_domain(&Domain {
-        name: "example.org".into(),
-        active: true,
-        max_mailboxes: None,
-        max_quota: None,
-        total_quota: None,
-        created_at: 0,
-    })
-    .await
-    .unwrap();
+    common::create_example_org(s).await;
     let key = Arc::new(SealingKey::derive(&AppPasswordKey::new(vec![9; 32])));
     for t in tokens {
         add_linked(s, &clock, &key, t).await;
@@ -295,6 +258,14 @@ impl Site {
         self.liveness_on(self.db.dyn_store())
     }
 
+    /// One pass with the default options; it must run to its end.
+    async fn pass(&self) -> mailauthd::liveness::PassReport {
+        self.liveness()
+            .run_pass(&PassOptions::default())
+            .await
+            .unwrap()
+    }
+
     fn liveness_on(&self, store: Arc<dyn Store>) -> Liveness {
         Liveness {
             store,
@@ -345,6 +316,14 @@ fn tokens(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
 
+/// [`site`] with `ok` mailboxes the provider keeps (`ok-00`…) and `others`.
+async fn site_after_ok(backend: &common::Backend, ok: usize, others: &[impl AsRef<str>]) -> Site {
+    let mut all = tokens("ok", ok);
+    all.extend(others.iter().map(|o| o.as_ref().to_string()));
+    let names: Vec<&str> = all.iter().map(String::as_str).collect();
+    site(backend, &names).await
+}
+
 fn change_of(report: &mailauthd::liveness::PassReport, address: &str) -> (Answer, Change) {
     let c = report
         .mailboxes
@@ -357,12 +336,7 @@ fn change_of(report: &mailauthd::liveness::PassReport, address: &str) -> (Answer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
     for backend in common::backends() {
-        let mut all = tokens("ok", 10);
-        all.push("gone-1".into());
-        all.push("rotate-1".into());
-        all.push("none-1".into());
-        let names: Vec<&str> = all.iter().map(String::as_str).collect();
-        let site = site(&backend, &names).await;
+        let site = site_after_ok(&backend, 10, &["gone-1", "rotate-1", "none-1"]).await;
         let before = site
             .db
             .store
@@ -370,11 +344,7 @@ async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
             .await
             .unwrap()
             .unwrap();
-        let report = site
-            .liveness()
-            .run_pass(&PassOptions::default())
-            .await
-            .unwrap();
+        let report = site.pass().await;
         assert_eq!(report.end, PassEnd::Applied, "{}", backend.name());
         assert_eq!(report.mailboxes.len(), 13);
         assert_eq!(
@@ -410,11 +380,7 @@ async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
         );
 
         // The next pass: still suspended, nothing new.
-        let again = site
-            .liveness()
-            .run_pass(&PassOptions::default())
-            .await
-            .unwrap();
+        let again = site.pass().await;
         assert_eq!(
             change_of(&again, "gone-1@example.org"),
             (Answer::InvalidGrant, Change::StillSuspended)
@@ -434,17 +400,9 @@ async fn one_refusal_among_many_is_suspended_and_a_rotated_token_kept() {
 
 #[tokio::test]
 async fn a_provider_error_or_our_client_refused_suspends_nobody() {
-    let mut all = tokens("ok", 6);
-    // Asked before the 500 (by address; `a-gone` is no known prefix: invalid_grant).
-    all.push("a-gone".into());
-    all.push("boom-1".into());
-    let names: Vec<&str> = all.iter().map(String::as_str).collect();
-    let site = site(&common::Backend::Sqlite, &names).await;
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    // `a-gone` is asked before the 500 (by address; no known prefix: invalid_grant).
+    let site = site_after_ok(&common::Backend::Sqlite, 6, &["a-gone", "boom-1"]).await;
+    let report = site.pass().await;
     assert_eq!(report.end, PassEnd::ProviderDown);
     assert!(report.problem().unwrap().contains("brake"));
     assert!(site.suspended().await.is_empty());
@@ -459,11 +417,7 @@ async fn a_provider_error_or_our_client_refused_suspends_nobody() {
         .all(|c| c.change != Change::Suspended));
 
     site.fake.lock().unwrap().secret = "rotated".into();
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = site.pass().await;
     assert_eq!(report.end, PassEnd::ClientRefused);
     assert!(report.problem().unwrap().contains("invalid_client"));
     assert!(site.suspended().await.is_empty());
@@ -472,17 +426,9 @@ async fn a_provider_error_or_our_client_refused_suspends_nobody() {
 
 #[tokio::test]
 async fn a_hanging_provider_is_unreachable_and_stops_the_pass() {
-    let mut all = tokens("ok", 3);
-    all.push("gone-1".into());
-    all.push("hang-1".into());
-    let names: Vec<&str> = all.iter().map(String::as_str).collect();
-    let site = site(&common::Backend::Sqlite, &names).await;
+    let site = site_after_ok(&common::Backend::Sqlite, 3, &["gone-1", "hang-1"]).await;
     let started = std::time::Instant::now();
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = site.pass().await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(report.end, PassEnd::ProviderDown);
     assert_eq!(
@@ -495,15 +441,8 @@ async fn a_hanging_provider_is_unreachable_and_stops_the_pass() {
 
 #[tokio::test]
 async fn more_refusals_than_the_share_hold_the_brake() {
-    let mut all = tokens("ok", 17);
-    all.extend(tokens("gone", 3));
-    let names: Vec<&str> = all.iter().map(String::as_str).collect();
-    let site = site(&common::Backend::Sqlite, &names).await;
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let site = site_after_ok(&common::Backend::Sqlite, 17, &tokens("gone", 3)).await;
+    let report = site.pass().await;
     assert_eq!(
         report.end,
         PassEnd::Brake {
@@ -613,10 +552,7 @@ async fn a_store_lost_mid_pass_suspends_nobody() {
 #[tokio::test]
 async fn a_web_sign_in_lifts_the_suspension() {
     let site = site(&common::Backend::Sqlite, &["gone-1", "ok-1"]).await;
-    site.liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    site.pass().await;
     assert_eq!(site.suspended().await, ["gone-1@example.org"]);
     let mailbox = site
         .db
@@ -645,11 +581,7 @@ async fn a_web_sign_in_lifts_the_suspension() {
     .unwrap();
     assert!(site.suspended().await.is_empty());
     assert_eq!(site.token_of("gone-1").await.as_deref(), Some("ok-new"));
-    let report = site
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = site.pass().await;
     assert_eq!(
         change_of(&report, "gone-1@example.org"),
         (Answer::Ok, Change::None)
@@ -657,42 +589,16 @@ async fn a_web_sign_in_lifts_the_suspension() {
     site.db.finish().await;
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use common::Run;
 
+/// [`common::mailauthd`] off the runtime's threads: the fake provider it talks to runs on them.
 async fn mailauthd(config: &std::path::Path, args: &[&str], stdin: &str) -> Run {
     let config = config.to_path_buf();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let stdin = stdin.to_string();
     tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailauthd"))
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .env_remove("MAILAUTHD_CONFIG")
-            .env_remove("MAILAUTHD_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        Run {
-            code: out.status.code().unwrap(),
-            stdout: String::from_utf8(out.stdout).unwrap(),
-            stderr: String::from_utf8(out.stderr).unwrap(),
-        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::mailauthd(&config, &args, &stdin)
     })
     .await
     .unwrap()
@@ -722,17 +628,7 @@ async fn cli_site(
     let sealing = SealingKey::derive(&key);
     let store = mailauthd::store::open(&config.store).await.unwrap();
     store.migrate().await.unwrap();
-    store
-        .create_domain(&Domain {
-            name: "example.org".into(),
-            active: true,
-            max_mailboxes: None,
-            max_quota: None,
-            total_quota: None,
-            created_at: 0,
-        })
-        .await
-        .unwrap();
+    common::create_example_org(&store).await;
     for t in tokens {
         add_linked(&store, &ManualClock::at(SystemClock.now()), &sealing, t).await;
     }
@@ -978,20 +874,31 @@ async fn suspended_in(config: &std::path::Path) -> Vec<String> {
     out
 }
 
+/// [`cli_site`] with a runtime directory in `dir`, for a daemon to serve from.
+async fn daemon_site(
+    dir: &std::path::Path,
+    issuer: &str,
+    extra: &str,
+    tokens: &[&str],
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    let config = cli_site(dir, issuer, extra, tokens).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("runtime_directory = {:?}\n{text}", dir.join("run")),
+    )
+    .unwrap();
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_checks_by_itself_and_logs_the_brake() {
     let (_fake, issuer) = fake_provider().await;
     let every = "liveness_check_hours = 0.0003\n";
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("run")).unwrap();
-    let config = cli_site(dir.path(), &issuer, every, &["gone-1", "ok-1", "ok-2"]).await;
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("runtime_directory = {:?}\n{text}", dir.path().join("run")),
-    )
-    .unwrap();
+    let config = daemon_site(dir.path(), &issuer, every, &["gone-1", "ok-1", "ok-2"]).await;
     let log = serve_until(dir.path(), &config, |log| {
         log.contains("identity check done")
     })
@@ -1000,14 +907,7 @@ async fn the_daemon_checks_by_itself_and_logs_the_brake() {
     assert_eq!(suspended_in(&config).await, ["gone-1@example.org"], "{log}");
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("run")).unwrap();
-    let config = cli_site(dir.path(), &issuer, every, &["gone-1", "gone-2", "ok-1"]).await;
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("runtime_directory = {:?}\n{text}", dir.path().join("run")),
-    )
-    .unwrap();
+    let config = daemon_site(dir.path(), &issuer, every, &["gone-1", "gone-2", "ok-1"]).await;
     let log = serve_until(dir.path(), &config, |log| log.contains("brake")).await;
     assert!(
         log.lines()
@@ -1081,11 +981,7 @@ async fn a_pass_counts_answers_suspensions_and_brakes() {
     let brakes = "mailauthd_identity_check_brake_total";
     let before = metrics();
     let first = site(&common::Backend::Sqlite, &["gone-1", "ok-1", "ok-2"]).await;
-    first
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    first.pass().await;
     let after = metrics();
     assert!(
         counter(&after, checks) >= counter(&before, checks) + 1.0,
@@ -1096,11 +992,7 @@ async fn a_pass_counts_answers_suspensions_and_brakes() {
         "{after}"
     );
     let braked = site(&common::Backend::Sqlite, &["gone-1", "gone-2", "ok-1"]).await;
-    let report = braked
-        .liveness()
-        .run_pass(&PassOptions::default())
-        .await
-        .unwrap();
+    let report = braked.pass().await;
     assert!(matches!(report.end, PassEnd::Brake { .. }));
     let last = metrics();
     assert!(

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,17 +129,10 @@ fn Json(v: Value) -> Response {
 
 async fn discovery(State(s): State<Shared>) -> Response {
     let issuer = s.lock().unwrap().issuer.clone();
-    Json(json!({
-        "issuer": issuer,
-        "authorization_endpoint": format!("{issuer}/auth"),
-        "token_endpoint": format!("{issuer}/token"),
-        "userinfo_endpoint": format!("{issuer}/userinfo"),
-        "jwks_uri": format!("{issuer}/jwks"),
-        "response_types_supported": ["code"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post"],
-    }))
+    let mut doc = common::discovery_document(&issuer);
+    doc["userinfo_endpoint"] = json!(format!("{issuer}/userinfo"));
+    doc["token_endpoint_auth_methods_supported"] = json!(["client_secret_post"]);
+    Json(doc)
 }
 
 async fn jwks() -> Response {
@@ -218,24 +213,11 @@ async fn fake_provider() -> (Shared, String) {
 }
 
 fn settings(issuer: &str) -> OidcSettings {
-    OidcSettings {
-        display_name: "Test".into(),
-        issuer: issuer.to_string(),
-        endpoints: None,
-        client_id: "mailauthd".into(),
-        client_secret: Some("client-secret-1".into()),
-        client_auth: None,
-        redirect_url: Url::parse("http://127.0.0.1:1/callback").unwrap(),
-        scopes: vec!["openid".into(), "email".into(), "mailcow_template".into()],
-        address_claim: "email".into(),
-        template_claim: "mailcow_template".into(),
-        name_claim: "name".into(),
-        ignore_tls_errors: false,
-        provision: true,
-        require_verified_email: true,
-        timeout: Duration::from_millis(700),
-        liveness: Default::default(),
-    }
+    common::oidc_settings(
+        issuer,
+        "client-secret-1",
+        &["openid", "email", "mailcow_template"],
+    )
 }
 
 async fn attempt(

@@ -15,7 +15,7 @@ use mailauthd::provision::{self, NewMailbox};
 use mailauthd::server::connections::Activity;
 use mailauthd::server::line_conn::ConnectionError as LineError;
 use mailauthd::server::policy_conn::{serve_connection, ConnectionError};
-use mailauthd::store::{AuthSource, Domain, Domains, MailboxState};
+use mailauthd::store::{AuthSource, MailboxState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -81,16 +81,7 @@ async fn fixture(settings: PolicySettings) -> Fixture {
     );
     let db = common::fresh(&common::Backend::Sqlite).await;
     let s = &*db.store;
-    s.create_domain(&Domain {
-        name: "example.org".into(),
-        active: true,
-        max_mailboxes: None,
-        max_quota: None,
-        total_quota: None,
-        created_at: 0,
-    })
-    .await
-    .unwrap();
+    common::create_example_org(s).await;
     for address in ["alice@example.org", "bob@example.org"] {
         let new = NewMailbox {
             address: Address::parse(address).unwrap(),

@@ -846,7 +846,6 @@ async fn concurrent_compare_and_set_lets_exactly_one_writer_win() {
 /// kept as an override; a difference a later template change explains is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_0003_keeps_what_the_postmaster_set_on_every_backend() {
-    use sqlx::Connection;
     sqlx::any::install_default_drivers();
     for backend in common::backends() {
         let db = common::fresh(&backend).await;
@@ -938,23 +937,16 @@ async fn migration_0003_keeps_what_the_postmaster_set_on_every_backend() {
             s.create_mailbox(m, &|_, _| Ok(())).await.unwrap();
         }
         // Back to the schema before 0003, with these rows in it.
-        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
-        for stmt in [
-            "ALTER TABLE mailboxes DROP COLUMN overrides",
-            "DELETE FROM mailauthd_migrations WHERE version = 3",
-        ] {
-            sqlx::query(stmt).execute(&mut conn).await.unwrap();
-        }
-        conn.close().await.unwrap();
-
-        // A new store, as after an upgrade: SQLite connections that saw the old schema
-        // would not notice another connection's ALTER TABLE before their next statement.
-        let upgraded = open(&common::options(&db.url)).await.unwrap();
-        assert_eq!(
-            upgraded.migrate().await.unwrap(),
-            ["0003_overrides.sql"],
-            "{name}"
-        );
+        let upgraded = downgraded_then_upgraded(
+            &db.url,
+            &[
+                "ALTER TABLE mailboxes DROP COLUMN overrides".into(),
+                "DELETE FROM mailauthd_migrations WHERE version = 3".into(),
+            ],
+            "0003_overrides.sql",
+            name,
+        )
+        .await;
         for (m, expected) in &cases {
             let got = upgraded.get_mailbox(&m.address).await.unwrap().unwrap();
             assert_eq!(got.overrides.to_string(), *expected, "{name} {}", m.address);
@@ -1123,12 +1115,32 @@ async fn identity_liveness_rows_behave_the_same_on_every_backend() {
     }
 }
 
+/// Takes the store at `url` back to before a migration with `statements`, then opens a
+/// new store on it and requires that migrating it applies `migration` and nothing else.
+async fn downgraded_then_upgraded(
+    url: &str,
+    statements: &[String],
+    migration: &str,
+    name: &str,
+) -> SqlStore {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    for stmt in statements {
+        sqlx::query(stmt.as_str()).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    // A new store, as after an upgrade: SQLite connections that saw the old schema
+    // would not notice another connection's ALTER TABLE before their next statement.
+    let upgraded = open(&common::options(url)).await.unwrap();
+    assert_eq!(upgraded.migrate().await.unwrap(), [migration], "{name}");
+    upgraded
+}
+
 /// Migration 0006 on a store with linked mailboxes: each gets a sign-in time of the
 /// upgrade (so `max_days_without_sign_in` counts from there), a local one none; the lease
 /// row is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_0006_starts_the_sign_in_count_at_the_upgrade_on_every_backend() {
-    use sqlx::Connection;
     sqlx::any::install_default_drivers();
     for backend in common::backends() {
         let db = common::fresh(&backend).await;
@@ -1142,34 +1154,22 @@ async fn migration_0006_starts_the_sign_in_count_at_the_upgrade_on_every_backend
         provision::create_mailbox(s, &clock, new_mailbox("local@example.org"))
             .await
             .unwrap();
-        let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
-        for column in [
+        let mut statements: Vec<String> = [
             "refresh_token",
             "identity_suspended_at",
             "identity_suspended_reason",
             "identity_checked_at",
             "identity_answer",
             "last_sign_in_at",
-        ] {
-            sqlx::query(&format!("ALTER TABLE mailboxes DROP COLUMN {column}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-        for stmt in [
-            "DROP TABLE identity_check_lease",
-            "DELETE FROM mailauthd_migrations WHERE version = 6",
-        ] {
-            sqlx::query(stmt).execute(&mut conn).await.unwrap();
-        }
-        conn.close().await.unwrap();
-
-        let upgraded = open(&common::options(&db.url)).await.unwrap();
-        assert_eq!(
-            upgraded.migrate().await.unwrap(),
-            ["0006_identity_liveness.sql"],
-            "{name}"
-        );
+        ]
+        .iter()
+        .map(|column| format!("ALTER TABLE mailboxes DROP COLUMN {column}"))
+        .collect();
+        statements.push("DROP TABLE identity_check_lease".into());
+        statements.push("DELETE FROM mailauthd_migrations WHERE version = 6".into());
+        let upgraded =
+            downgraded_then_upgraded(&db.url, &statements, "0006_identity_liveness.sql", name)
+                .await;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

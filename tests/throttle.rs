@@ -25,7 +25,7 @@ use mailauthd::clock::{Clock, ManualClock};
 use mailauthd::names::{Address, Protocols};
 use mailauthd::provision::{self, NewMailbox};
 use mailauthd::secret::Secret;
-use mailauthd::store::{AuthSource, Domain, MailboxState};
+use mailauthd::store::{AuthSource, MailboxState};
 
 const NOW: i64 = 1_800_000_000;
 const CHEAP: Argon2Params = Argon2Params {
@@ -60,17 +60,7 @@ fn config() -> ThrottleConfig {
 async fn setup() -> Fixture {
     let db = common::fresh(&common::Backend::Sqlite).await;
     let store = db.dyn_store();
-    store
-        .create_domain(&Domain {
-            name: "example.org".into(),
-            active: true,
-            max_mailboxes: None,
-            max_quota: None,
-            total_quota: None,
-            created_at: 0,
-        })
-        .await
-        .unwrap();
+    common::create_example_org(&*store).await;
     for (address, pw) in [
         ("alice@example.org", "alice-pw"),
         ("bob@example.org", "bob-pw"),

@@ -44,15 +44,7 @@ static JWKS_FETCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 async fn provider() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let doc = json!({
-        "issuer": issuer,
-        "authorization_endpoint": format!("{issuer}/auth"),
-        "token_endpoint": format!("{issuer}/token"),
-        "jwks_uri": format!("{issuer}/jwks"),
-        "response_types_supported": ["code"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
-    });
+    let doc = common::discovery_document(&issuer);
     let key = CoreRsaPrivateSigningKey::from_pem(KEY_PEM, Some(JsonWebKeyId::new("k1".into())))
         .unwrap()
         .as_verification_key();
@@ -180,6 +172,14 @@ impl Daemon {
             .post("/backchannel-logout", None, &[("logout_token", token)])
             .await
     }
+}
+
+/// Signs alice in with her password through the form; her session cookie.
+async fn alice_cookie(site: &Site) -> String {
+    site.sign_in_form("alice@example.org", "alice-password-1", None)
+        .await
+        .cookie
+        .unwrap()
 }
 
 /// The domain and three mailboxes: a password one and two of the provider.
@@ -341,12 +341,7 @@ async fn a_logout_token_ends_the_named_sessions_on_both_daemons_and_nothing_else
         let bob_2 = provider_session(&*store, &issuer, "bob@example.org", "sub-bob", "sid-2").await;
         let carol =
             provider_session(&*store, &issuer, "carol@example.org", "sub-carol", "sid-9").await;
-        let alice = a
-            .site
-            .sign_in_form("alice@example.org", "alice-password-1", None)
-            .await
-            .cookie
-            .unwrap();
+        let alice = alice_cookie(&a.site).await;
         for site in [&a.site, &b.site] {
             assert!(
                 signed_in_as(site, &bob_1, "bob@example.org").await,
@@ -472,12 +467,7 @@ async fn a_flood_of_anonymous_sessions_stays_bounded_and_signed_in_people_stay()
         let db = common::fresh(&backend).await;
         populate(&*db.store, &issuer).await;
         let a = daemon(&db.url, &issuer, "max_anonymous_sessions = 25").await;
-        let alice = a
-            .site
-            .sign_in_form("alice@example.org", "alice-password-1", None)
-            .await
-            .cookie
-            .unwrap();
+        let alice = alice_cookie(&a.site).await;
         // Every visit without a cookie makes an anonymous session (the form's CSRF token).
         for _ in 0..120 {
             let page = a.site.get("/", None).await;
@@ -520,12 +510,7 @@ async fn a_store_that_is_gone_answers_503_and_keeps_the_session() {
         let db = common::fresh(&backend).await;
         populate(&*db.store, &issuer).await;
         let a = daemon(&db.url, &issuer, "").await;
-        let cookie = a
-            .site
-            .sign_in_form("alice@example.org", "alice-password-1", None)
-            .await
-            .cookie
-            .unwrap();
+        let cookie = alice_cookie(&a.site).await;
         // The daemon's database goes away under it.
         a.core.store.inner().close().await;
         for (path, cookie) in [("/", Some(cookie.as_str())), ("/", None), ("/login", None)] {

@@ -70,6 +70,16 @@ pub async fn callback(
         tracing::warn!(target: "mailauthd::audit", service = "web", user = "-", rip, mech = "oidc", outcome = "fail", reason, detail, "sign-in");
         state.problem(status, title, message)
     };
+    // Both steps that need the store read the same to the person when it fails.
+    let store_unavailable = |e: &dyn std::fmt::Display| {
+        fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &e.to_string(),
+            "Try again later",
+            "The mailbox service is unavailable right now. Try again in a minute.",
+        )
+    };
     let Some(rp) = state.relying_party() else {
         return fail(
             StatusCode::NOT_FOUND,
@@ -217,13 +227,7 @@ pub async fn callback(
             )
             .await
             {
-                return fail(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    &e.to_string(),
-                    "Try again later",
-                    "The mailbox service is unavailable right now. Try again in a minute.",
-                );
+                return store_unavailable(&e);
             }
             // The generation the session is held to, read after the binding was checked:
             // the mailbox must still be this identity's `oidc` mailbox as it is read.
@@ -244,15 +248,7 @@ pub async fn callback(
                         "Your mailbox changed while you were signing in. Please sign in again.",
                     )
                 }
-                Err(e) => {
-                    return fail(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_unavailable",
-                        &e.to_string(),
-                        "Try again later",
-                        "The mailbox service is unavailable right now. Try again in a minute.",
-                    )
-                }
+                Err(e) => return store_unavailable(&e),
             };
             if let SignedIn::UpdateDeferred { reason, .. } = &outcome {
                 tracing::warn!(target: "mailauthd::web", user = %address, reason = %reason, "mailbox not updated at sign-in");

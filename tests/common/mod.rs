@@ -206,14 +206,74 @@ impl TestDb {
     }
 }
 
-/// Runs `mailauthd --config CONFIG ARGS…` with `stdin`, requires success, returns stdout.
-pub fn cli_ok(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
+/// The domain most tests keep their mailboxes in: active, without quotas or limits.
+pub async fn create_example_org<S: store::Domains + ?Sized>(s: &S) {
+    s.create_domain(&store::Domain {
+        name: "example.org".into(),
+        active: true,
+        max_mailboxes: None,
+        max_quota: None,
+        total_quota: None,
+        created_at: 0,
+    })
+    .await
+    .unwrap();
+}
+
+/// `[oidc]` settings for a fake provider at `issuer` that knows `client_secret`, asking for
+/// `scopes`; the rest as a config without those keys gives, but a timeout short enough
+/// for a provider that never answers.
+pub fn oidc_settings(
+    issuer: &str,
+    client_secret: &str,
+    scopes: &[&str],
+) -> mailauthd::oidc::OidcSettings {
+    mailauthd::oidc::OidcSettings {
+        display_name: "Test".into(),
+        issuer: issuer.to_string(),
+        endpoints: None,
+        client_id: "mailauthd".into(),
+        client_secret: Some(client_secret.into()),
+        client_auth: None,
+        redirect_url: openidconnect::url::Url::parse("http://127.0.0.1:1/callback").unwrap(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        address_claim: "email".into(),
+        template_claim: "mailcow_template".into(),
+        name_claim: "name".into(),
+        ignore_tls_errors: false,
+        provision: true,
+        require_verified_email: true,
+        timeout: Duration::from_millis(700),
+        liveness: mailauthd::oidc::LivenessSettings::default(),
+    }
+}
+
+/// The discovery document of a fake provider at `issuer`: the fields every relying party
+/// needs, endpoints under the issuer, RS256 ID tokens.
+pub fn discovery_document(issuer: &str) -> serde_json::Value {
+    serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/auth"),
+        "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    })
+}
+
+/// What one run of the command line gave: its exit code and both outputs as text.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` with `stdin` written to it and closed, and waits for its output.
+pub fn output_with_stdin(command: &mut std::process::Command, stdin: &str) -> std::process::Output {
     use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailauthd"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
+    use std::process::Stdio;
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -223,9 +283,39 @@ pub fn cli_ok(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> S
         .stdin
         .take()
         .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
+        .write_all(stdin.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `mailauthd --config CONFIG ARGS…` with `stdin`, whatever its exit code. The
+/// environment's `MAILAUTHD_CONFIG` and `MAILAUTHD_LOG` are removed so only `config` counts.
+pub fn mailauthd(config: &std::path::Path, args: &[&str], stdin: &str) -> Run {
+    let out = output_with_stdin(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mailauthd"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("MAILAUTHD_CONFIG")
+            .env_remove("MAILAUTHD_LOG"),
+        stdin,
+    );
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// Runs `mailauthd --config CONFIG ARGS…` with `stdin`, requires success, returns stdout.
+pub fn cli_ok(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = output_with_stdin(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mailauthd"))
+            .arg("--config")
+            .arg(config)
+            .args(args),
+        stdin.unwrap_or(""),
+    );
     assert!(
         out.status.success(),
         "{args:?}: {}",
