@@ -95,26 +95,15 @@ collect_artifacts() {
 	cp -f "$MD_LOG" "$ART/mailauthd.log" 2>/dev/null || true
 	cp -f "$MD_CONF" "$ART/mailauthd.toml" 2>/dev/null || true
 	cp -f "$OUT"/*.plist "$ART/" 2>/dev/null || true
-	if [ -d "$T/transcripts" ]; then
-		rm -rf "$ART/transcripts"
-		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
-	fi
+	pf_copy_transcripts
 }
 
 cleanup() {
 	local rc=$?
 	set +e
-	pf_cleanup
-	collect_artifacts
-	if [ -n "${KEEP:-}" ]; then
-		echo "# kept $T"
-	else
-		rm -rf "$T"
-	fi
-	exit "$rc"
+	pf_wind_up "$rc"
 }
-trap cleanup EXIT
-trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
+pf_traps
 
 pick_port SMTP_PORT
 pick_port SUB_PORT

@@ -109,10 +109,7 @@ collect_artifacts() {
 	cp -f "$MD"/mailauthd.log* "$ART/" 2>/dev/null || true
 	cp -f "$MD_CONF" "$ART/mailauthd.toml" 2>/dev/null || true
 	cp -f "$T"/provider*.log "$T"/idp-*.txt "$ART/" 2>/dev/null || true
-	if [ -d "$T/transcripts" ]; then
-		rm -rf "$ART/transcripts"
-		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
-	fi
+	pf_copy_transcripts
 }
 
 cleanup() {
@@ -122,17 +119,9 @@ cleanup() {
 	[ -z "$HOLD_PID" ] || pkill -TERM -P "$HOLD_PID" 2>/dev/null
 	stop_pid "$HOLD_PID"
 	stop_pid "$PROVIDER_PID"
-	pf_cleanup
-	collect_artifacts
-	if [ -n "${KEEP:-}" ]; then
-		echo "# kept $T"
-	else
-		rm -rf "$T"
-	fi
-	exit "$rc"
+	pf_wind_up "$rc"
 }
-trap cleanup EXIT
-trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
+pf_traps
 
 rm -rf "$ART"
 mkdir -p "$SHOTS"

@@ -1,9 +1,11 @@
 # shellcheck shell=bash
-# Shared by the Postfix end-to-end scripts (run.sh: SASL, policy.sh: the policy service).
+# Shared by the scripts that run a private Postfix (postfix/run.sh: SASL, policy.sh: the
+# policy service, shared-limits.sh; devices.sh and oidc/people-leave.sh).
 # Source it after tests/e2e/lib.sh:
 #   . "$REPO/tests/e2e/postfix/common.sh"
 # It defines functions only. The caller defines die MESSAGE [DETAIL] and keeps its own
-# trap; pf_cleanup does the shared part of the way back.
+# trap (pf_traps sets the usual two); pf_cleanup and pf_wind_up do the shared part of the
+# way back.
 #
 # pf_init NAME sets the paths every function here uses:
 #   T        the temporary folder (/tmp/mailauthd-NAME.XXXXXX)
@@ -242,6 +244,36 @@ pf_cleanup() {
 		psql "$PG_ADMIN_URL" -qAtc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1
 	fi
 	return 0
+}
+
+# pf_copy_transcripts: the client transcripts of this run into ART/transcripts (for the
+# caller's collect_artifacts; the copy of an earlier run is replaced).
+pf_copy_transcripts() {
+	if [ -d "$T/transcripts" ]; then
+		rm -rf "$ART/transcripts"
+		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
+	fi
+}
+
+# pf_wind_up RC: the shared end of the caller's cleanup (after it stopped what only it
+# started): pf_cleanup, the caller's collect_artifacts, T removed unless KEEP is set, then
+# exit RC.
+pf_wind_up() {
+	pf_cleanup
+	collect_artifacts
+	if [ -n "${KEEP:-}" ]; then
+		echo "# kept $T"
+	else
+		rm -rf "$T"
+	fi
+	exit "$1"
+}
+
+# pf_traps: the caller's cleanup runs on exit; an interrupt is a failed check, then the
+# summary line, then exit 130 (through cleanup).
+pf_traps() {
+	trap cleanup EXIT
+	trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
 }
 
 # ---------------------------------------------------------------------------
