@@ -65,21 +65,8 @@ ls /usr/lib/*/lua/*/socket/unix.so >/dev/null 2>&1 || missing+=(lua-socket)
 command -v zbarimg >/dev/null 2>&1 || missing+=(zbar-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "# installing ${missing[*]}"
-	install_log=$(mktemp)
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-		>"$install_log" 2>&1 || {
-		apt-get update -qq >/dev/null 2>&1
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			"${missing[@]}" >"$install_log" 2>&1
-	} || die "apt-get install ${missing[*]} failed" "$(tail -n 20 "$install_log")"
-	rm -f "$install_log"
-fi
-case $(dovecot --version 2>/dev/null) in
-2.3.*) ;;
-*) die "expected Dovecot 2.3, found '$(dovecot --version 2>/dev/null)'" ;;
-esac
+pf_install_missing "${missing[@]}"
+pf_dovecot_23
 echo "# Postfix $POSTFIX_VERSION, Dovecot $(dovecot --version | awk '{print $1}'), $(zbarimg --version 2>&1 | head -n1 | sed 's/^/zbarimg /'), $(openssl version), daemon $BIN"
 
 # ---------------------------------------------------------------------------

@@ -82,6 +82,32 @@ pf_packages() {
 	POSTFIX_VERSION=$(postconf -d -h mail_version 2>/dev/null)
 }
 
+# pf_install_missing PACKAGE...: apt-get install of the packages a caller found missing
+# beside pf_packages' (none: nothing to do); the package lists are updated only when the
+# first attempt fails.
+pf_install_missing() {
+	local install_log
+	[ $# -gt 0 ] || return 0
+	echo "# installing $*"
+	install_log=$(mktemp)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+		>"$install_log" 2>&1 || {
+		apt-get update -qq >/dev/null 2>&1
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			"$@" >"$install_log" 2>&1
+	} || die "apt-get install $* failed" "$(tail -n 20 "$install_log")"
+	rm -f "$install_log"
+}
+
+# pf_dovecot_23: dies unless the installed Dovecot is 2.3 (the private instance's
+# config is written for 2.3).
+pf_dovecot_23() {
+	case $(dovecot --version 2>/dev/null) in
+	2.3.*) ;;
+	*) die "expected Dovecot 2.3, found '$(dovecot --version 2>/dev/null)'" ;;
+	esac
+}
+
 # ---------------------------------------------------------------------------
 # The store: a fresh PostgreSQL database made through PG_URL, or SQLite. Sets STORE_URL
 # (and PG_DB, PG_ADMIN_URL for the outage and the cleanup).
