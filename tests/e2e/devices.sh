@@ -43,15 +43,8 @@ BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/devices-e2e
 IMAP_LOGIN=$REPO/tests/e2e/dovecot/imap-login.sh
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 [ "$(id -u)" = 0 ] || die "run as root (Dovecot and Postfix need it)"
-[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+pf_bin
 
 # ---------------------------------------------------------------------------
 # Packages: Postfix and swaks through common.sh, the rest here.

@@ -51,12 +51,6 @@ IMAP_LOGIN=$REPO/tests/e2e/dovecot/imap-login.sh
 # shellcheck source=../postfix/common.sh
 . "$REPO/tests/e2e/postfix/common.sh"
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 [ "$(id -u)" = 0 ] || die "run as root (Dovecot and Postfix need it)"
 
 # --- what the test needs -------------------------------------------------------------

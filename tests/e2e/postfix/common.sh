@@ -3,8 +3,8 @@
 # policy service, shared-limits.sh; devices.sh and oidc/people-leave.sh).
 # Source it after tests/e2e/lib.sh:
 #   . "$REPO/tests/e2e/postfix/common.sh"
-# It defines functions only. The caller defines die MESSAGE [DETAIL] and keeps its own
-# trap (pf_traps sets the usual two); pf_cleanup and pf_wind_up do the shared part of the
+# It defines functions only, die MESSAGE [DETAIL] among them (a failed setup step), and
+# starts nothing. The caller keeps its own trap (pf_traps sets the usual two); pf_cleanup and pf_wind_up do the shared part of the
 # way back.
 #
 # pf_init NAME sets the paths every function here uses:
@@ -21,6 +21,30 @@ MD_PID=
 MASTER_PID=
 PG_DB=
 PG_ADMIN_URL=
+
+# die MESSAGE [DETAIL]: a setup step failed: one "not ok - setup: …" line (DETAIL as
+# comments), the summary line, exit 1 (through the caller's cleanup once pf_traps ran).
+die() {
+	not_ok "setup: $1" "${2:-}"
+	summary || true
+	exit 1
+}
+
+# pf_bin: BIN, the daemon to test, must be executable; made absolute, as md_install and
+# the checks after a change of folder need it.
+pf_bin() {
+	[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
+	BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+}
+
+# pf_pg_url WHY: PG_URL from MAILAUTHD_TEST_POSTGRES_URL (empty: SQLite). In CI (CI set)
+# it must be set; WHY says what would otherwise go unchecked.
+pf_pg_url() {
+	PG_URL=${MAILAUTHD_TEST_POSTGRES_URL:-}
+	if [ -z "$PG_URL" ] && [ -n "${CI:-}" ]; then
+		die "MAILAUTHD_TEST_POSTGRES_URL is not set; $1"
+	fi
+}
 
 pf_init() { # NAME
 	T=$(mktemp -d "/tmp/mailauthd-$1.XXXXXX")

@@ -45,20 +45,10 @@ BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/postfix-e2e
 FIXTURE=$REPO/tests/fixtures/postfix-3.7-auth.txt
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 [ "$(id -u)" = 0 ] || die "run as root (Postfix's master needs it)"
-[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+pf_bin
 
-PG_URL=${MAILAUTHD_TEST_POSTGRES_URL:-}
-if [ -z "$PG_URL" ] && [ -n "${CI:-}" ]; then
-	die "MAILAUTHD_TEST_POSTGRES_URL is not set; CI needs the store-outage checks"
-fi
+pf_pg_url "CI needs the store-outage checks"
 
 # ---------------------------------------------------------------------------
 # Packages (common.sh).

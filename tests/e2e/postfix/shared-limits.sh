@@ -36,12 +36,6 @@ EXAMPLES=$REPO/conf-examples/postfix
 BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/postfix-shared-limits-e2e
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 REDIS_URL=${MAILAUTHD_TEST_REDIS_URL:-}
 if [ -z "$REDIS_URL" ]; then
 	[ -z "${CI:-}" ] || die "MAILAUTHD_TEST_REDIS_URL is not set; CI needs the shared-limit checks"
@@ -49,12 +43,8 @@ if [ -z "$REDIS_URL" ]; then
 	exit 0
 fi
 [ "$(id -u)" = 0 ] || die "run as root (Postfix's master needs it)"
-[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-PG_URL=${MAILAUTHD_TEST_POSTGRES_URL:-}
-if [ -z "$PG_URL" ] && [ -n "${CI:-}" ]; then
-	die "MAILAUTHD_TEST_POSTGRES_URL is not set; CI runs the two daemons on PostgreSQL"
-fi
+pf_bin
+pf_pg_url "CI runs the two daemons on PostgreSQL"
 
 pf_packages
 echo "# Postfix $POSTFIX_VERSION, daemon $BIN"
