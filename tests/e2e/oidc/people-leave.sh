@@ -295,6 +295,19 @@ smtp() {
 	SMTP_CODE=$(auth_reply "$f")
 }
 
+# smtp_check NAME CODE CHECK: smtp with NAME's app password (SECRET), then the check named
+# CHECK that the AUTH reply code is CODE (235 accepted, 535 refused).
+smtp_check() {
+	smtp "$1" "${SECRET[$1]}"
+	expect_eq "$3" "$2" "$SMTP_CODE" "$SMTP_DETAIL"
+}
+
+# bob_still_logs_in: bob, who stays, keeps IMAP (Dovecot) and SMTP AUTH (Postfix).
+bob_still_logs_in() {
+	check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
+	smtp_check bob 235 "bob's app password still passes SMTP AUTH (Postfix)"
+}
+
 # idp_check NAME [ARGS...]: `mailauthd idp check ARGS` as the daemon user; sets IDP_RC,
 # IDP_OUT (stdout) and IDP_ERR (stderr), kept as idp-NAME.txt.
 IDP_RC=0 IDP_OUT='' IDP_ERR=''
@@ -398,8 +411,7 @@ for who in alice bob carol; do
 	check "$who's app password logs in to IMAP through real Dovecot" imap "$who" "${SECRET[$who]}"
 done
 for who in alice bob carol; do
-	smtp "$who" "${SECRET[$who]}"
-	expect_eq "$who's app password passes SMTP AUTH on real Postfix (submissions)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+	smtp_check "$who" 235 "$who's app password passes SMTP AUTH on real Postfix (submissions)"
 done
 
 idp_check 1-all
@@ -433,11 +445,8 @@ DETAIL=$(idp_detail) check "idp check: exit 0, alice invalid_grant suspended, bo
 check "mailbox show alice: identity line says suspended, identity_revoked" is_suspended alice
 check "mailbox show bob: not suspended" not_suspended bob
 check "alice's app password is refused at IMAP (real Dovecot)" imap_refused alice "${SECRET[alice]}"
-smtp alice "${SECRET[alice]}"
-expect_eq "alice's app password is refused at SMTP AUTH (real Postfix: 535, not a temporary failure)" 535 "$SMTP_CODE" "$SMTP_DETAIL"
-check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
-smtp bob "${SECRET[bob]}"
-expect_eq "bob's app password still passes SMTP AUTH (Postfix)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+smtp_check alice 535 "alice's app password is refused at SMTP AUTH (real Postfix: 535, not a temporary failure)"
+bob_still_logs_in
 DETAIL=$(log_since "$mark" | grep ' auth ' | tail -n 10) check \
 	"the daemon's audit log refuses alice's logins with reason identity_revoked" \
 	eval 'log_since "$mark" | grep " auth " | grep -qE "user=\"?alice@example\.org\"?.* outcome=\"?fail\"? reason=\"?identity_revoked"'
@@ -474,8 +483,7 @@ else
 fi
 check "the sign-in lifted the suspension: mailbox show alice is not suspended" not_suspended alice
 check "alice's app password logs in to IMAP again (Dovecot)" imap alice "${SECRET[alice]}"
-smtp alice "${SECRET[alice]}"
-expect_eq "alice's app password passes SMTP AUTH again (Postfix)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+smtp_check alice 235 "alice's app password passes SMTP AUTH again (Postfix)"
 
 # ======================================================================================
 echo "# 4. carol is deleted; the daemon's periodic check (about every 2 s) suspends her"
@@ -495,14 +503,11 @@ $(md_logs | grep -iE 'liveness|identity|refresh' | tail -n 10)" check \
 	is_suspended carol
 ! is_suspended carol || echo "# carol suspended after about ${waited} s"
 check "carol's app password is refused at IMAP (Dovecot)" imap_refused carol "${SECRET[carol]}"
-smtp carol "${SECRET[carol]}"
-expect_eq "carol's app password is refused at SMTP AUTH (Postfix)" 535 "$SMTP_CODE" "$SMTP_DETAIL"
+smtp_check carol 535 "carol's app password is refused at SMTP AUTH (Postfix)"
 check "alice is not suspended by the periodic passes" not_suspended alice
 check "bob is not suspended by the periodic passes" not_suspended bob
 check "alice's app password still logs in to IMAP (Dovecot)" imap alice "${SECRET[alice]}"
-check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
-smtp bob "${SECRET[bob]}"
-expect_eq "bob's app password still passes SMTP AUTH (Postfix)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+bob_still_logs_in
 check "metrics: mailauthd_identity_suspensions_total counts the suspension" \
 	metric_at_least mailauthd_identity_suspensions_total 1
 check "metrics: mailauthd_identity_checks_total{answer=\"invalid_grant\"} counts carol's refusal" \
@@ -538,9 +543,7 @@ DETAIL=$(idp_detail) check "idp check: alice and bob invalid_grant withheld, no 
 	eval 'idp_says alice invalid_grant withheld && idp_says bob invalid_grant withheld && ! grep -qP "\tsuspended$" <<<"$IDP_OUT"'
 check "bob is not suspended" not_suspended bob
 check "alice is not suspended" not_suspended alice
-check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
-smtp bob "${SECRET[bob]}"
-expect_eq "bob's app password still passes SMTP AUTH (Postfix)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+bob_still_logs_in
 
 # ======================================================================================
 echo "# 6. the provider is stopped"
