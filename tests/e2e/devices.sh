@@ -65,7 +65,6 @@ echo "# Postfix $POSTFIX_VERSION, Dovecot $(dovecot --version | awk '{print $1}'
 # ---------------------------------------------------------------------------
 # Everything this run starts, and the way back.
 pf_init devices-e2e
-AUTH_SOCK=$SOCK_DIR/auth
 OUT=$T/out
 PKI=$T/pki
 
@@ -124,13 +123,7 @@ runtime_directory = "$MD/run"
 argon2_memory_kib = 8192
 argon2_iterations = 1
 
-[auth_socket]
-listen = ["unix:$AUTH_SOCK", "unix:$MD/run/auth"]
-mode = "0666"
-
-[userdb_socket]
-listen = ["unix:$MD/run/userdb"]
-mode = "0666"
+$(md_sockets_toml)
 
 [clients]
 host = "mail.test"
@@ -143,8 +136,7 @@ port = 587
 security = "starttls"
 EOF
 md_start
-wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
-wait_unix "$MD/run/userdb" 10 || die "mailauthd did not open $MD/run/userdb" "$(tail -n 20 "$MD_LOG")"
+md_wait_sockets
 md_is_daemon || die "the pid of mailauthd serve is not the daemon's ($MD_PID)"
 
 mdctl domain add example.org >/dev/null || die "domain add"

@@ -80,7 +80,6 @@ echo "# Postfix $POSTFIX_VERSION, Dovecot $(dovecot --version | awk '{print $1}'
 # --- everything this run starts, and the way back --------------------------------------
 
 pf_init people-leave
-AUTH_SOCK=$SOCK_DIR/auth
 PROVIDER_PID=
 HOLD_PID=
 
@@ -174,14 +173,7 @@ url = "sqlite://$MD/state/mailauthd.db"
 argon2_memory_kib = 8192
 argon2_iterations = 1
 
-# Test-only: Dovecot's auth-worker user (dovecot) connects to the sockets in run/.
-[auth_socket]
-listen = ["unix:$AUTH_SOCK", "unix:$MD/run/auth"]
-mode = "0666"
-
-[userdb_socket]
-listen = ["unix:$MD/run/userdb"]
-mode = "0666"
+$(md_sockets_toml)
 
 [log]
 level = "info"
@@ -216,8 +208,7 @@ md_up() {
 	MD_STARTS=$((MD_STARTS + 1))
 	[ ! -f "$MD_LOG" ] || mv "$MD_LOG" "$MD_LOG.$((MD_STARTS - 1))"
 	md_start
-	wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
-	wait_unix "$MD/run/userdb" 10 || die "mailauthd did not open $MD/run/userdb" "$(tail -n 20 "$MD_LOG")"
+	md_wait_sockets
 	wait_for 10 curl -fs -o /dev/null "$BASE/healthz" || die "the web page does not answer" "$(tail -n 20 "$MD_LOG")"
 	md_is_daemon || die "the pid of mailauthd serve is not the daemon's ($MD_PID)"
 }

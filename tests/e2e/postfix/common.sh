@@ -13,6 +13,7 @@
 #   MD       mailauthd's folder: MD_CONF, MD_LOG, state/, run/, bin/mailauthd
 #   SOCK_DIR the folder for mailauthd's unix sockets inside the queue directory, as
 #            SASL.md sets it up (smtpd_sasl_path = mailauthd/auth finds it, chrooted or not)
+#   AUTH_SOCK the daemon's auth socket there (SOCK_DIR/auth)
 
 DAEMON_USER=nobody
 DAEMON_GROUP=$(id -gn nobody 2>/dev/null || echo nogroup)
@@ -54,6 +55,7 @@ pf_init() { # NAME
 	SPOOL=$PFX/spool
 	PLOG=$PFX/log/postfix.log
 	SOCK_DIR=$SPOOL/mailauthd
+	AUTH_SOCK=$SOCK_DIR/auth
 	MD=$T/mailauthd
 	MD_CONF=$MD/mailauthd.toml
 	MD_LOG=$MD/mailauthd.log
@@ -203,6 +205,28 @@ md_start() {
 	env "HOME=$MD/state" setpriv --reuid="$DAEMON_USER" --regid="$DAEMON_GROUP" --clear-groups -- \
 		"$MD/bin/mailauthd" --config "$MD_CONF" serve >"$MD_LOG" 2>&1 &
 	MD_PID=$!
+}
+
+# md_sockets_toml: the [auth_socket] and [userdb_socket] sections for a daemon that the
+# private Postfix (AUTH_SOCK, in its queue) and a private Dovecot
+# (tests/e2e/dovecot/imap-login.sh, through MD/run) both reach. Test-only mode 0666:
+# Dovecot's auth-worker user (dovecot) connects to the sockets in run/.
+md_sockets_toml() {
+	cat <<EOF
+[auth_socket]
+listen = ["unix:$AUTH_SOCK", "unix:$MD/run/auth"]
+mode = "0666"
+
+[userdb_socket]
+listen = ["unix:$MD/run/userdb"]
+mode = "0666"
+EOF
+}
+
+# md_wait_sockets: after md_start, until the sockets of md_sockets_toml answer.
+md_wait_sockets() {
+	wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
+	wait_unix "$MD/run/userdb" 10 || die "mailauthd did not open $MD/run/userdb" "$(tail -n 20 "$MD_LOG")"
 }
 
 # md_is_daemon: true when MD_PID is mailauthd itself (call once its sockets answer), so

@@ -68,7 +68,6 @@ echo "# Postfix $POSTFIX_VERSION, swaks $(swaks --version 2>/dev/null | head -n1
 # ---------------------------------------------------------------------------
 # Everything this run starts, and the way back.
 pf_init postfix-policy-e2e
-AUTH_SOCK=$SOCK_DIR/auth
 TLS_CHILD=
 CAPTURE_SOCK=$SOCK_DIR/policy-capture
 CAPTURE=$T/postfix-policy-capture.txt

@@ -58,7 +58,6 @@ echo "# Postfix $POSTFIX_VERSION, swaks $(swaks --version 2>/dev/null | head -n1
 # ---------------------------------------------------------------------------
 # Everything this run starts, and the way back.
 pf_init postfix-e2e
-AUTH_SOCK=$SOCK_DIR/auth
 CAPTURE_SOCK=$SOCK_DIR/capture
 CAPTURE=$T/postfix-auth-capture.txt
 RECORDER_PID=
