@@ -229,21 +229,7 @@ md_up
 
 # --- Postfix: the private instance, shipped sasl.cf and master.cf.sasl (ports changed) --
 
-pf_tls_cert
-{
-	pf_main_cf_base
-	echo
-	echo "# ---- conf-examples/postfix/sasl.cf as shipped ----"
-	cat "$REPO/conf-examples/postfix/sasl.cf"
-} >"$CONF/main.cf"
-sed -E "s/^smtp([[:space:]]+inet[[:space:]])/$SMTP_PORT\1/" "$MASTER_CF_DIST" >"$CONF/master.cf"
-{
-	echo
-	echo "# ---- conf-examples/postfix/master.cf.sasl as shipped (ports substituted) ----"
-	sed -E -e "s/^submission([[:space:]])/$SUB_PORT\1/" \
-		-e "s/^submissions([[:space:]])/$SUBS_PORT\1/" "$REPO/conf-examples/postfix/master.cf.sasl"
-} >>"$CONF/master.cf"
-grep -q "^${SUBS_PORT}[[:space:]]" "$CONF/master.cf" || die "could not put the test ports into master.cf"
+pf_sasl_conf
 pf_start "$SMTP_PORT" "$SUB_PORT" "$SUBS_PORT"
 echo "# provider $ISSUER, web page $BASE, Postfix submissions 127.0.0.1:$SUBS_PORT, state in $T"
 

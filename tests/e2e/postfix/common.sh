@@ -276,6 +276,32 @@ smtpd_banner = \$myhostname ESMTP mailauthd-e2e
 EOF
 }
 
+# pf_sasl_conf: the instance of SASL.md: a test certificate (pf_tls_cert), main.cf (the
+# test base, then conf-examples/postfix/sasl.cf as shipped) and master.cf (Debian's,
+# port-25 smtpd chrooted, then master.cf.sasl as shipped). Only the service ports change:
+# smtp to SMTP_PORT, submission to SUB_PORT, submissions to SUBS_PORT.
+pf_sasl_conf() {
+	pf_tls_cert
+	{
+		pf_main_cf_base
+		echo
+		echo "# ---- conf-examples/postfix/sasl.cf as shipped ----"
+		cat "$REPO/conf-examples/postfix/sasl.cf"
+	} >"$CONF/main.cf"
+	sed -E "s/^smtp([[:space:]]+inet[[:space:]])/$SMTP_PORT\1/" "$MASTER_CF_DIST" >"$CONF/master.cf"
+	{
+		echo
+		echo "# ---- conf-examples/postfix/master.cf.sasl as shipped (ports substituted) ----"
+		sed -E -e "s/^submission([[:space:]])/$SUB_PORT\1/" \
+			-e "s/^submissions([[:space:]])/$SUBS_PORT\1/" "$REPO/conf-examples/postfix/master.cf.sasl"
+	} >>"$CONF/master.cf"
+	if ! grep -q "^${SMTP_PORT}[[:space:]]" "$CONF/master.cf" ||
+		! grep -q "^${SUB_PORT}[[:space:]]" "$CONF/master.cf" ||
+		! grep -q "^${SUBS_PORT}[[:space:]]" "$CONF/master.cf"; then
+		die "could not put the test ports into master.cf"
+	fi
+}
+
 # pf_start PORT...: postfix check (warnings shown as comments), start, wait for the
 # ports; sets MASTER_PID.
 pf_start() {

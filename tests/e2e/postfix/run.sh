@@ -40,7 +40,6 @@ cd "$REPO"
 # shellcheck source=common.sh
 . "$HERE/common.sh"
 
-EXAMPLES=$REPO/conf-examples/postfix
 BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/postfix-e2e
 FIXTURE=$REPO/tests/fixtures/postfix-3.7-auth.txt
@@ -141,27 +140,9 @@ wait_unix "$CAPTURE_SOCK" 10 || die "the recording proxy did not start"
 
 # ---------------------------------------------------------------------------
 # Postfix: a private instance built from Debian's master.cf and the shipped examples.
-pf_tls_cert
-{
-	pf_main_cf_base
-	echo
-	echo "# ---- conf-examples/postfix/sasl.cf as shipped ----"
-	cat "$EXAMPLES/sasl.cf"
-} >"$CONF/main.cf"
-
-# master.cf: Debian's default (port-25 smtpd chrooted), then master.cf.sasl as
-# shipped; only the service ports change.
-sed -E "s/^smtp([[:space:]]+inet[[:space:]])/$SMTP_PORT\1/" "$MASTER_CF_DIST" >"$CONF/master.cf"
-{
-	echo
-	echo "# ---- conf-examples/postfix/master.cf.sasl as shipped (ports substituted) ----"
-	sed -E -e "s/^submission([[:space:]])/$SUB_PORT\1/" \
-		-e "s/^submissions([[:space:]])/$SUBS_PORT\1/" "$EXAMPLES/master.cf.sasl"
-} >>"$CONF/master.cf"
-grep -q "^$SMTP_PORT[[:space:]]" "$CONF/master.cf" &&
-	grep -q "^$SUB_PORT[[:space:]]" "$CONF/master.cf" &&
-	grep -q "^$SUBS_PORT[[:space:]]" "$CONF/master.cf" ||
-	die "could not put the test ports into master.cf"
+# main.cf: the test base and sasl.cf; master.cf: Debian's default (port-25 smtpd
+# chrooted), then master.cf.sasl as shipped; only the service ports change.
+pf_sasl_conf
 # Test-only, on the submission copy: no TLS on loopback, so PLAIN and LOGIN must be
 # allowed without it. submissions keeps the shipped settings.
 postconf -c "$CONF" -P \
