@@ -4,8 +4,8 @@
 # Source it after tests/e2e/lib.sh:
 #   . "$REPO/tests/e2e/postfix/common.sh"
 # It defines functions only, die MESSAGE [DETAIL] among them (a failed setup step), and
-# starts nothing. The caller keeps its own trap (pf_traps sets the usual two); pf_cleanup and pf_wind_up do the shared part of the
-# way back.
+# starts nothing. The caller defines cleanup and collect_artifacts; pf_traps sets the
+# usual two traps, and pf_cleanup and pf_wind_up do the shared part of the way back.
 #
 # pf_init NAME sets the paths every function here uses:
 #   T        the temporary folder (/tmp/mailauthd-NAME.XXXXXX)
