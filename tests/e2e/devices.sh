@@ -43,15 +43,8 @@ BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/devices-e2e
 IMAP_LOGIN=$REPO/tests/e2e/dovecot/imap-login.sh
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 [ "$(id -u)" = 0 ] || die "run as root (Dovecot and Postfix need it)"
-[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+pf_bin
 
 # ---------------------------------------------------------------------------
 # Packages: Postfix and swaks through common.sh, the rest here.
@@ -65,27 +58,13 @@ ls /usr/lib/*/lua/*/socket/unix.so >/dev/null 2>&1 || missing+=(lua-socket)
 command -v zbarimg >/dev/null 2>&1 || missing+=(zbar-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "# installing ${missing[*]}"
-	install_log=$(mktemp)
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-		>"$install_log" 2>&1 || {
-		apt-get update -qq >/dev/null 2>&1
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			"${missing[@]}" >"$install_log" 2>&1
-	} || die "apt-get install ${missing[*]} failed" "$(tail -n 20 "$install_log")"
-	rm -f "$install_log"
-fi
-case $(dovecot --version 2>/dev/null) in
-2.3.*) ;;
-*) die "expected Dovecot 2.3, found '$(dovecot --version 2>/dev/null)'" ;;
-esac
+pf_install_missing "${missing[@]}"
+pf_dovecot_23
 echo "# Postfix $POSTFIX_VERSION, Dovecot $(dovecot --version | awk '{print $1}'), $(zbarimg --version 2>&1 | head -n1 | sed 's/^/zbarimg /'), $(openssl version), daemon $BIN"
 
 # ---------------------------------------------------------------------------
 # Everything this run starts, and the way back.
 pf_init devices-e2e
-AUTH_SOCK=$SOCK_DIR/auth
 OUT=$T/out
 PKI=$T/pki
 
@@ -95,26 +74,15 @@ collect_artifacts() {
 	cp -f "$MD_LOG" "$ART/mailauthd.log" 2>/dev/null || true
 	cp -f "$MD_CONF" "$ART/mailauthd.toml" 2>/dev/null || true
 	cp -f "$OUT"/*.plist "$ART/" 2>/dev/null || true
-	if [ -d "$T/transcripts" ]; then
-		rm -rf "$ART/transcripts"
-		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
-	fi
+	pf_copy_transcripts
 }
 
 cleanup() {
 	local rc=$?
 	set +e
-	pf_cleanup
-	collect_artifacts
-	if [ -n "${KEEP:-}" ]; then
-		echo "# kept $T"
-	else
-		rm -rf "$T"
-	fi
-	exit "$rc"
+	pf_wind_up "$rc"
 }
-trap cleanup EXIT
-trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
+pf_traps
 
 pick_port SMTP_PORT
 pick_port SUB_PORT
@@ -155,13 +123,7 @@ runtime_directory = "$MD/run"
 argon2_memory_kib = 8192
 argon2_iterations = 1
 
-[auth_socket]
-listen = ["unix:$AUTH_SOCK", "unix:$MD/run/auth"]
-mode = "0666"
-
-[userdb_socket]
-listen = ["unix:$MD/run/userdb"]
-mode = "0666"
+$(md_sockets_toml)
 
 [clients]
 host = "mail.test"
@@ -174,8 +136,7 @@ port = 587
 security = "starttls"
 EOF
 md_start
-wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
-wait_unix "$MD/run/userdb" 10 || die "mailauthd did not open $MD/run/userdb" "$(tail -n 20 "$MD_LOG")"
+md_wait_sockets
 md_is_daemon || die "the pid of mailauthd serve is not the daemon's ($MD_PID)"
 
 mdctl domain add example.org >/dev/null || die "domain add"
@@ -185,21 +146,7 @@ printf '%s\n' 'alice-Own-Pass-2024' | mdctl mailbox add alice@example.org --pass
 # ---------------------------------------------------------------------------
 # Postfix: the private instance of the Postfix suite, Debian's master.cf and the shipped
 # master.cf.sasl, only the ports changed; submissions (TLS from the first byte) as shipped.
-pf_tls_cert
-{
-	pf_main_cf_base
-	echo
-	echo "# ---- conf-examples/postfix/sasl.cf as shipped ----"
-	cat "$REPO/conf-examples/postfix/sasl.cf"
-} >"$CONF/main.cf"
-sed -E "s/^smtp([[:space:]]+inet[[:space:]])/$SMTP_PORT\1/" "$MASTER_CF_DIST" >"$CONF/master.cf"
-{
-	echo
-	echo "# ---- conf-examples/postfix/master.cf.sasl as shipped (ports substituted) ----"
-	sed -E -e "s/^submission([[:space:]])/$SUB_PORT\1/" \
-		-e "s/^submissions([[:space:]])/$SUBS_PORT\1/" "$REPO/conf-examples/postfix/master.cf.sasl"
-} >>"$CONF/master.cf"
-grep -q "^$SUBS_PORT[[:space:]]" "$CONF/master.cf" || die "could not put the test ports into master.cf"
+pf_sasl_conf
 pf_start "$SMTP_PORT" "$SUB_PORT" "$SUBS_PORT"
 echo "# Postfix master $MASTER_PID: submissions on 127.0.0.1:$SUBS_PORT"
 

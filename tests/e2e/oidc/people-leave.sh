@@ -51,12 +51,6 @@ IMAP_LOGIN=$REPO/tests/e2e/dovecot/imap-login.sh
 # shellcheck source=../postfix/common.sh
 . "$REPO/tests/e2e/postfix/common.sh"
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 [ "$(id -u)" = 0 ] || die "run as root (Dovecot and Postfix need it)"
 
 # --- what the test needs -------------------------------------------------------------
@@ -71,21 +65,8 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
 ls /usr/lib/*/lua/*/socket/unix.so >/dev/null 2>&1 || missing+=(lua-socket)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "# installing ${missing[*]}"
-	install_log=$(mktemp)
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
-		>"$install_log" 2>&1 || {
-		apt-get update -qq >/dev/null 2>&1
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			"${missing[@]}" >"$install_log" 2>&1
-	} || die "apt-get install ${missing[*]} failed" "$(tail -n 20 "$install_log")"
-	rm -f "$install_log"
-fi
-case $(dovecot --version 2>/dev/null) in
-2.3.*) ;;
-*) die "expected Dovecot 2.3, found '$(dovecot --version 2>/dev/null)'" ;;
-esac
+pf_install_missing "${missing[@]}"
+pf_dovecot_23
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || die "Node.js 20 or newer is needed (found $(node --version))"
 if [ ! -d "$HERE/node_modules/oidc-provider" ] || [ ! -d "$HERE/node_modules/playwright-core" ]; then
@@ -99,7 +80,6 @@ echo "# Postfix $POSTFIX_VERSION, Dovecot $(dovecot --version | awk '{print $1}'
 # --- everything this run starts, and the way back --------------------------------------
 
 pf_init people-leave
-AUTH_SOCK=$SOCK_DIR/auth
 PROVIDER_PID=
 HOLD_PID=
 
@@ -109,10 +89,7 @@ collect_artifacts() {
 	cp -f "$MD"/mailauthd.log* "$ART/" 2>/dev/null || true
 	cp -f "$MD_CONF" "$ART/mailauthd.toml" 2>/dev/null || true
 	cp -f "$T"/provider*.log "$T"/idp-*.txt "$ART/" 2>/dev/null || true
-	if [ -d "$T/transcripts" ]; then
-		rm -rf "$ART/transcripts"
-		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
-	fi
+	pf_copy_transcripts
 }
 
 cleanup() {
@@ -122,17 +99,9 @@ cleanup() {
 	[ -z "$HOLD_PID" ] || pkill -TERM -P "$HOLD_PID" 2>/dev/null
 	stop_pid "$HOLD_PID"
 	stop_pid "$PROVIDER_PID"
-	pf_cleanup
-	collect_artifacts
-	if [ -n "${KEEP:-}" ]; then
-		echo "# kept $T"
-	else
-		rm -rf "$T"
-	fi
-	exit "$rc"
+	pf_wind_up "$rc"
 }
-trap cleanup EXIT
-trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
+pf_traps
 
 rm -rf "$ART"
 mkdir -p "$SHOTS"
@@ -204,14 +173,7 @@ url = "sqlite://$MD/state/mailauthd.db"
 argon2_memory_kib = 8192
 argon2_iterations = 1
 
-# Test-only: Dovecot's auth-worker user (dovecot) connects to the sockets in run/.
-[auth_socket]
-listen = ["unix:$AUTH_SOCK", "unix:$MD/run/auth"]
-mode = "0666"
-
-[userdb_socket]
-listen = ["unix:$MD/run/userdb"]
-mode = "0666"
+$(md_sockets_toml)
 
 [log]
 level = "info"
@@ -246,8 +208,7 @@ md_up() {
 	MD_STARTS=$((MD_STARTS + 1))
 	[ ! -f "$MD_LOG" ] || mv "$MD_LOG" "$MD_LOG.$((MD_STARTS - 1))"
 	md_start
-	wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
-	wait_unix "$MD/run/userdb" 10 || die "mailauthd did not open $MD/run/userdb" "$(tail -n 20 "$MD_LOG")"
+	md_wait_sockets
 	wait_for 10 curl -fs -o /dev/null "$BASE/healthz" || die "the web page does not answer" "$(tail -n 20 "$MD_LOG")"
 	md_is_daemon || die "the pid of mailauthd serve is not the daemon's ($MD_PID)"
 }
@@ -268,21 +229,7 @@ md_up
 
 # --- Postfix: the private instance, shipped sasl.cf and master.cf.sasl (ports changed) --
 
-pf_tls_cert
-{
-	pf_main_cf_base
-	echo
-	echo "# ---- conf-examples/postfix/sasl.cf as shipped ----"
-	cat "$REPO/conf-examples/postfix/sasl.cf"
-} >"$CONF/main.cf"
-sed -E "s/^smtp([[:space:]]+inet[[:space:]])/$SMTP_PORT\1/" "$MASTER_CF_DIST" >"$CONF/master.cf"
-{
-	echo
-	echo "# ---- conf-examples/postfix/master.cf.sasl as shipped (ports substituted) ----"
-	sed -E -e "s/^submission([[:space:]])/$SUB_PORT\1/" \
-		-e "s/^submissions([[:space:]])/$SUBS_PORT\1/" "$REPO/conf-examples/postfix/master.cf.sasl"
-} >>"$CONF/master.cf"
-grep -q "^${SUBS_PORT}[[:space:]]" "$CONF/master.cf" || die "could not put the test ports into master.cf"
+pf_sasl_conf
 pf_start "$SMTP_PORT" "$SUB_PORT" "$SUBS_PORT"
 echo "# provider $ISSUER, web page $BASE, Postfix submissions 127.0.0.1:$SUBS_PORT, state in $T"
 
@@ -323,6 +270,19 @@ smtp() {
 		--auth-user "$1@example.org" --auth-password "$2" --quit-after AUTH)
 	SMTP_DETAIL=$(cat "$f")
 	SMTP_CODE=$(auth_reply "$f")
+}
+
+# smtp_check NAME CODE CHECK: smtp with NAME's app password (SECRET), then the check named
+# CHECK that the AUTH reply code is CODE (235 accepted, 535 refused).
+smtp_check() {
+	smtp "$1" "${SECRET[$1]}"
+	expect_eq "$3" "$2" "$SMTP_CODE" "$SMTP_DETAIL"
+}
+
+# bob_still_logs_in: bob, who stays, keeps IMAP (Dovecot) and SMTP AUTH (Postfix).
+bob_still_logs_in() {
+	check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
+	smtp_check bob 235 "bob's app password still passes SMTP AUTH (Postfix)"
 }
 
 # idp_check NAME [ARGS...]: `mailauthd idp check ARGS` as the daemon user; sets IDP_RC,
@@ -428,8 +388,7 @@ for who in alice bob carol; do
 	check "$who's app password logs in to IMAP through real Dovecot" imap "$who" "${SECRET[$who]}"
 done
 for who in alice bob carol; do
-	smtp "$who" "${SECRET[$who]}"
-	expect_eq "$who's app password passes SMTP AUTH on real Postfix (submissions)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+	smtp_check "$who" 235 "$who's app password passes SMTP AUTH on real Postfix (submissions)"
 done
 
 idp_check 1-all
@@ -463,11 +422,8 @@ DETAIL=$(idp_detail) check "idp check: exit 0, alice invalid_grant suspended, bo
 check "mailbox show alice: identity line says suspended, identity_revoked" is_suspended alice
 check "mailbox show bob: not suspended" not_suspended bob
 check "alice's app password is refused at IMAP (real Dovecot)" imap_refused alice "${SECRET[alice]}"
-smtp alice "${SECRET[alice]}"
-expect_eq "alice's app password is refused at SMTP AUTH (real Postfix: 535, not a temporary failure)" 535 "$SMTP_CODE" "$SMTP_DETAIL"
-check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
-smtp bob "${SECRET[bob]}"
-expect_eq "bob's app password still passes SMTP AUTH (Postfix)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+smtp_check alice 535 "alice's app password is refused at SMTP AUTH (real Postfix: 535, not a temporary failure)"
+bob_still_logs_in
 DETAIL=$(log_since "$mark" | grep ' auth ' | tail -n 10) check \
 	"the daemon's audit log refuses alice's logins with reason identity_revoked" \
 	eval 'log_since "$mark" | grep " auth " | grep -qE "user=\"?alice@example\.org\"?.* outcome=\"?fail\"? reason=\"?identity_revoked"'
@@ -504,8 +460,7 @@ else
 fi
 check "the sign-in lifted the suspension: mailbox show alice is not suspended" not_suspended alice
 check "alice's app password logs in to IMAP again (Dovecot)" imap alice "${SECRET[alice]}"
-smtp alice "${SECRET[alice]}"
-expect_eq "alice's app password passes SMTP AUTH again (Postfix)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+smtp_check alice 235 "alice's app password passes SMTP AUTH again (Postfix)"
 
 # ======================================================================================
 echo "# 4. carol is deleted; the daemon's periodic check (about every 2 s) suspends her"
@@ -525,14 +480,11 @@ $(md_logs | grep -iE 'liveness|identity|refresh' | tail -n 10)" check \
 	is_suspended carol
 ! is_suspended carol || echo "# carol suspended after about ${waited} s"
 check "carol's app password is refused at IMAP (Dovecot)" imap_refused carol "${SECRET[carol]}"
-smtp carol "${SECRET[carol]}"
-expect_eq "carol's app password is refused at SMTP AUTH (Postfix)" 535 "$SMTP_CODE" "$SMTP_DETAIL"
+smtp_check carol 535 "carol's app password is refused at SMTP AUTH (Postfix)"
 check "alice is not suspended by the periodic passes" not_suspended alice
 check "bob is not suspended by the periodic passes" not_suspended bob
 check "alice's app password still logs in to IMAP (Dovecot)" imap alice "${SECRET[alice]}"
-check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
-smtp bob "${SECRET[bob]}"
-expect_eq "bob's app password still passes SMTP AUTH (Postfix)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+bob_still_logs_in
 check "metrics: mailauthd_identity_suspensions_total counts the suspension" \
 	metric_at_least mailauthd_identity_suspensions_total 1
 check "metrics: mailauthd_identity_checks_total{answer=\"invalid_grant\"} counts carol's refusal" \
@@ -568,9 +520,7 @@ DETAIL=$(idp_detail) check "idp check: alice and bob invalid_grant withheld, no 
 	eval 'idp_says alice invalid_grant withheld && idp_says bob invalid_grant withheld && ! grep -qP "\tsuspended$" <<<"$IDP_OUT"'
 check "bob is not suspended" not_suspended bob
 check "alice is not suspended" not_suspended alice
-check "bob's app password still logs in to IMAP (Dovecot)" imap bob "${SECRET[bob]}"
-smtp bob "${SECRET[bob]}"
-expect_eq "bob's app password still passes SMTP AUTH (Postfix)" 235 "$SMTP_CODE" "$SMTP_DETAIL"
+bob_still_logs_in
 
 # ======================================================================================
 echo "# 6. the provider is stopped"

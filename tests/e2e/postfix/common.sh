@@ -1,9 +1,11 @@
 # shellcheck shell=bash
-# Shared by the Postfix end-to-end scripts (run.sh: SASL, policy.sh: the policy service).
+# Shared by the scripts that run a private Postfix (postfix/run.sh: SASL, policy.sh: the
+# policy service, shared-limits.sh; devices.sh and oidc/people-leave.sh).
 # Source it after tests/e2e/lib.sh:
 #   . "$REPO/tests/e2e/postfix/common.sh"
-# It defines functions only. The caller defines die MESSAGE [DETAIL] and keeps its own
-# trap; pf_cleanup does the shared part of the way back.
+# It defines functions only, die MESSAGE [DETAIL] among them (a failed setup step), and
+# starts nothing. The caller defines cleanup and collect_artifacts; pf_traps sets the
+# usual two traps, and pf_cleanup and pf_wind_up do the shared part of the way back.
 #
 # pf_init NAME sets the paths every function here uses:
 #   T        the temporary folder (/tmp/mailauthd-NAME.XXXXXX)
@@ -11,6 +13,7 @@
 #   MD       mailauthd's folder: MD_CONF, MD_LOG, state/, run/, bin/mailauthd
 #   SOCK_DIR the folder for mailauthd's unix sockets inside the queue directory, as
 #            SASL.md sets it up (smtpd_sasl_path = mailauthd/auth finds it, chrooted or not)
+#   AUTH_SOCK the daemon's auth socket there (SOCK_DIR/auth)
 
 DAEMON_USER=nobody
 DAEMON_GROUP=$(id -gn nobody 2>/dev/null || echo nogroup)
@@ -20,6 +23,30 @@ MASTER_PID=
 PG_DB=
 PG_ADMIN_URL=
 
+# die MESSAGE [DETAIL]: a setup step failed: one "not ok - setup: …" line (DETAIL as
+# comments), the summary line, exit 1 (through the caller's cleanup once pf_traps ran).
+die() {
+	not_ok "setup: $1" "${2:-}"
+	summary || true
+	exit 1
+}
+
+# pf_bin: BIN, the daemon to test, must be executable; made absolute, as md_install and
+# the checks after a change of folder need it.
+pf_bin() {
+	[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
+	BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+}
+
+# pf_pg_url WHY: PG_URL from MAILAUTHD_TEST_POSTGRES_URL (empty: SQLite). In CI (CI set)
+# it must be set; WHY says what would otherwise go unchecked.
+pf_pg_url() {
+	PG_URL=${MAILAUTHD_TEST_POSTGRES_URL:-}
+	if [ -z "$PG_URL" ] && [ -n "${CI:-}" ]; then
+		die "MAILAUTHD_TEST_POSTGRES_URL is not set; $1"
+	fi
+}
+
 pf_init() { # NAME
 	T=$(mktemp -d "/tmp/mailauthd-$1.XXXXXX")
 	chmod 0755 "$T"
@@ -28,6 +55,7 @@ pf_init() { # NAME
 	SPOOL=$PFX/spool
 	PLOG=$PFX/log/postfix.log
 	SOCK_DIR=$SPOOL/mailauthd
+	AUTH_SOCK=$SOCK_DIR/auth
 	MD=$T/mailauthd
 	MD_CONF=$MD/mailauthd.toml
 	MD_LOG=$MD/mailauthd.log
@@ -78,6 +106,32 @@ pf_packages() {
 	[ -f "$MASTER_CF_DIST" ] || MASTER_CF_DIST=/etc/postfix/master.cf.proto
 	[ -f "$MASTER_CF_DIST" ] || die "no Debian master.cf template found"
 	POSTFIX_VERSION=$(postconf -d -h mail_version 2>/dev/null)
+}
+
+# pf_install_missing PACKAGE...: apt-get install of the packages a caller found missing
+# beside pf_packages' (none: nothing to do); the package lists are updated only when the
+# first attempt fails.
+pf_install_missing() {
+	local install_log
+	[ $# -gt 0 ] || return 0
+	echo "# installing $*"
+	install_log=$(mktemp)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+		>"$install_log" 2>&1 || {
+		apt-get update -qq >/dev/null 2>&1
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			"$@" >"$install_log" 2>&1
+	} || die "apt-get install $* failed" "$(tail -n 20 "$install_log")"
+	rm -f "$install_log"
+}
+
+# pf_dovecot_23: dies unless the installed Dovecot is 2.3 (the private instance's
+# config is written for 2.3).
+pf_dovecot_23() {
+	case $(dovecot --version 2>/dev/null) in
+	2.3.*) ;;
+	*) die "expected Dovecot 2.3, found '$(dovecot --version 2>/dev/null)'" ;;
+	esac
 }
 
 # ---------------------------------------------------------------------------
@@ -153,6 +207,28 @@ md_start() {
 	MD_PID=$!
 }
 
+# md_sockets_toml: the [auth_socket] and [userdb_socket] sections for a daemon that the
+# private Postfix (AUTH_SOCK, in its queue) and a private Dovecot
+# (tests/e2e/dovecot/imap-login.sh, through MD/run) both reach. Test-only mode 0666:
+# Dovecot's auth-worker user (dovecot) connects to the sockets in run/.
+md_sockets_toml() {
+	cat <<EOF
+[auth_socket]
+listen = ["unix:$AUTH_SOCK", "unix:$MD/run/auth"]
+mode = "0666"
+
+[userdb_socket]
+listen = ["unix:$MD/run/userdb"]
+mode = "0666"
+EOF
+}
+
+# md_wait_sockets: after md_start, until the sockets of md_sockets_toml answer.
+md_wait_sockets() {
+	wait_unix "$AUTH_SOCK" 30 || die "mailauthd did not open $AUTH_SOCK" "$(tail -n 20 "$MD_LOG")"
+	wait_unix "$MD/run/userdb" 10 || die "mailauthd did not open $MD/run/userdb" "$(tail -n 20 "$MD_LOG")"
+}
+
 # md_is_daemon: true when MD_PID is mailauthd itself (call once its sockets answer), so
 # stop_pid "$MD_PID" stops the daemon and not some process in between.
 md_is_daemon() {
@@ -200,6 +276,32 @@ smtpd_banner = \$myhostname ESMTP mailauthd-e2e
 EOF
 }
 
+# pf_sasl_conf: the instance of SASL.md: a test certificate (pf_tls_cert), main.cf (the
+# test base, then conf-examples/postfix/sasl.cf as shipped) and master.cf (Debian's,
+# port-25 smtpd chrooted, then master.cf.sasl as shipped). Only the service ports change:
+# smtp to SMTP_PORT, submission to SUB_PORT, submissions to SUBS_PORT.
+pf_sasl_conf() {
+	pf_tls_cert
+	{
+		pf_main_cf_base
+		echo
+		echo "# ---- conf-examples/postfix/sasl.cf as shipped ----"
+		cat "$REPO/conf-examples/postfix/sasl.cf"
+	} >"$CONF/main.cf"
+	sed -E "s/^smtp([[:space:]]+inet[[:space:]])/$SMTP_PORT\1/" "$MASTER_CF_DIST" >"$CONF/master.cf"
+	{
+		echo
+		echo "# ---- conf-examples/postfix/master.cf.sasl as shipped (ports substituted) ----"
+		sed -E -e "s/^submission([[:space:]])/$SUB_PORT\1/" \
+			-e "s/^submissions([[:space:]])/$SUBS_PORT\1/" "$REPO/conf-examples/postfix/master.cf.sasl"
+	} >>"$CONF/master.cf"
+	if ! grep -q "^${SMTP_PORT}[[:space:]]" "$CONF/master.cf" ||
+		! grep -q "^${SUB_PORT}[[:space:]]" "$CONF/master.cf" ||
+		! grep -q "^${SUBS_PORT}[[:space:]]" "$CONF/master.cf"; then
+		die "could not put the test ports into master.cf"
+	fi
+}
+
 # pf_start PORT...: postfix check (warnings shown as comments), start, wait for the
 # ports; sets MASTER_PID.
 pf_start() {
@@ -242,6 +344,36 @@ pf_cleanup() {
 		psql "$PG_ADMIN_URL" -qAtc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1
 	fi
 	return 0
+}
+
+# pf_copy_transcripts: the client transcripts of this run into ART/transcripts (for the
+# caller's collect_artifacts; the copy of an earlier run is replaced).
+pf_copy_transcripts() {
+	if [ -d "$T/transcripts" ]; then
+		rm -rf "$ART/transcripts"
+		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
+	fi
+}
+
+# pf_wind_up RC: the shared end of the caller's cleanup (after it stopped what only it
+# started): pf_cleanup, the caller's collect_artifacts, T removed unless KEEP is set, then
+# exit RC.
+pf_wind_up() {
+	pf_cleanup
+	collect_artifacts
+	if [ -n "${KEEP:-}" ]; then
+		echo "# kept $T"
+	else
+		rm -rf "$T"
+	fi
+	exit "$1"
+}
+
+# pf_traps: the caller's cleanup runs on exit; an interrupt is a failed check, then the
+# summary line, then exit 130 (through cleanup).
+pf_traps() {
+	trap cleanup EXIT
+	trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
 }
 
 # ---------------------------------------------------------------------------

@@ -57,20 +57,10 @@ BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/postfix-policy-e2e
 FIXTURE=$REPO/tests/fixtures/postfix-3.7-policy.txt
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 [ "$(id -u)" = 0 ] || die "run as root (Postfix's master needs it)"
-[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+pf_bin
 
-PG_URL=${MAILAUTHD_TEST_POSTGRES_URL:-}
-if [ -z "$PG_URL" ] && [ -n "${CI:-}" ]; then
-	die "MAILAUTHD_TEST_POSTGRES_URL is not set; CI needs the store-outage checks"
-fi
+pf_pg_url "CI needs the store-outage checks"
 
 pf_packages
 echo "# Postfix $POSTFIX_VERSION, swaks $(swaks --version 2>/dev/null | head -n1 | awk '{print $NF}'), daemon $BIN"
@@ -78,7 +68,6 @@ echo "# Postfix $POSTFIX_VERSION, swaks $(swaks --version 2>/dev/null | head -n1
 # ---------------------------------------------------------------------------
 # Everything this run starts, and the way back.
 pf_init postfix-policy-e2e
-AUTH_SOCK=$SOCK_DIR/auth
 TLS_CHILD=
 CAPTURE_SOCK=$SOCK_DIR/policy-capture
 CAPTURE=$T/postfix-policy-capture.txt
@@ -92,10 +81,7 @@ collect_artifacts() {
 	cp -f "$CONF/master.cf" "$ART/master.cf" 2>/dev/null || true
 	cp -f "$MD_CONF" "$ART/mailauthd.toml" 2>/dev/null || true
 	[ ! -e "$CAPTURE" ] || cp -f "$CAPTURE" "$ART/postfix-policy-capture.txt" 2>/dev/null || true
-	if [ -d "$T/transcripts" ]; then
-		rm -rf "$ART/transcripts"
-		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
-	fi
+	pf_copy_transcripts
 }
 
 cleanup() {
@@ -103,17 +89,9 @@ cleanup() {
 	set +eu
 	stop_pid "$TLS_CHILD" 2
 	stop_pid "$RECORDER_PID"
-	pf_cleanup
-	collect_artifacts
-	if [ -n "${KEEP:-}" ]; then
-		echo "# kept $T"
-	else
-		rm -rf "$T"
-	fi
-	exit "$rc"
+	pf_wind_up "$rc"
 }
-trap cleanup EXIT
-trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
+pf_traps
 
 pick_port SMTP_PORT
 pick_port SUB_PORT

@@ -40,25 +40,14 @@ cd "$REPO"
 # shellcheck source=common.sh
 . "$HERE/common.sh"
 
-EXAMPLES=$REPO/conf-examples/postfix
 BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/postfix-e2e
 FIXTURE=$REPO/tests/fixtures/postfix-3.7-auth.txt
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 [ "$(id -u)" = 0 ] || die "run as root (Postfix's master needs it)"
-[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+pf_bin
 
-PG_URL=${MAILAUTHD_TEST_POSTGRES_URL:-}
-if [ -z "$PG_URL" ] && [ -n "${CI:-}" ]; then
-	die "MAILAUTHD_TEST_POSTGRES_URL is not set; CI needs the store-outage checks"
-fi
+pf_pg_url "CI needs the store-outage checks"
 
 # ---------------------------------------------------------------------------
 # Packages (common.sh).
@@ -68,7 +57,6 @@ echo "# Postfix $POSTFIX_VERSION, swaks $(swaks --version 2>/dev/null | head -n1
 # ---------------------------------------------------------------------------
 # Everything this run starts, and the way back.
 pf_init postfix-e2e
-AUTH_SOCK=$SOCK_DIR/auth
 CAPTURE_SOCK=$SOCK_DIR/capture
 CAPTURE=$T/postfix-auth-capture.txt
 RECORDER_PID=
@@ -81,27 +69,16 @@ collect_artifacts() {
 	cp -f "$CONF/main.cf" "$ART/main.cf" 2>/dev/null || true
 	cp -f "$CONF/master.cf" "$ART/master.cf" 2>/dev/null || true
 	cp -f "$MD_CONF" "$ART/mailauthd.toml" 2>/dev/null || true
-	if [ -d "$T/transcripts" ]; then
-		rm -rf "$ART/transcripts"
-		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
-	fi
+	pf_copy_transcripts
 }
 
 cleanup() {
 	local rc=$?
 	set +e
 	stop_pid "$RECORDER_PID"
-	pf_cleanup
-	collect_artifacts
-	if [ -n "${KEEP:-}" ]; then
-		echo "# kept $T"
-	else
-		rm -rf "$T"
-	fi
-	exit "$rc"
+	pf_wind_up "$rc"
 }
-trap cleanup EXIT
-trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
+pf_traps
 
 pick_port SMTP_PORT
 pick_port SUB_PORT
@@ -163,27 +140,9 @@ wait_unix "$CAPTURE_SOCK" 10 || die "the recording proxy did not start"
 
 # ---------------------------------------------------------------------------
 # Postfix: a private instance built from Debian's master.cf and the shipped examples.
-pf_tls_cert
-{
-	pf_main_cf_base
-	echo
-	echo "# ---- conf-examples/postfix/sasl.cf as shipped ----"
-	cat "$EXAMPLES/sasl.cf"
-} >"$CONF/main.cf"
-
-# master.cf: Debian's default (port-25 smtpd chrooted), then master.cf.sasl as
-# shipped; only the service ports change.
-sed -E "s/^smtp([[:space:]]+inet[[:space:]])/$SMTP_PORT\1/" "$MASTER_CF_DIST" >"$CONF/master.cf"
-{
-	echo
-	echo "# ---- conf-examples/postfix/master.cf.sasl as shipped (ports substituted) ----"
-	sed -E -e "s/^submission([[:space:]])/$SUB_PORT\1/" \
-		-e "s/^submissions([[:space:]])/$SUBS_PORT\1/" "$EXAMPLES/master.cf.sasl"
-} >>"$CONF/master.cf"
-grep -q "^$SMTP_PORT[[:space:]]" "$CONF/master.cf" &&
-	grep -q "^$SUB_PORT[[:space:]]" "$CONF/master.cf" &&
-	grep -q "^$SUBS_PORT[[:space:]]" "$CONF/master.cf" ||
-	die "could not put the test ports into master.cf"
+# main.cf: the test base and sasl.cf; master.cf: Debian's default (port-25 smtpd
+# chrooted), then master.cf.sasl as shipped; only the service ports change.
+pf_sasl_conf
 # Test-only, on the submission copy: no TLS on loopback, so PLAIN and LOGIN must be
 # allowed without it. submissions keeps the shipped settings.
 postconf -c "$CONF" -P \

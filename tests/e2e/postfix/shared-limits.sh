@@ -36,12 +36,6 @@ EXAMPLES=$REPO/conf-examples/postfix
 BIN=${MAILAUTHD_BIN:-target/debug/mailauthd}
 ART=${ARTIFACTS:-ci-artifacts}/postfix-shared-limits-e2e
 
-die() { # MESSAGE [DETAIL]
-	not_ok "setup: $1" "${2:-}"
-	summary || true
-	exit 1
-}
-
 REDIS_URL=${MAILAUTHD_TEST_REDIS_URL:-}
 if [ -z "$REDIS_URL" ]; then
 	[ -z "${CI:-}" ] || die "MAILAUTHD_TEST_REDIS_URL is not set; CI needs the shared-limit checks"
@@ -49,12 +43,8 @@ if [ -z "$REDIS_URL" ]; then
 	exit 0
 fi
 [ "$(id -u)" = 0 ] || die "run as root (Postfix's master needs it)"
-[ -x "$BIN" ] || die "no daemon at $BIN: build it first or set MAILAUTHD_BIN"
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-PG_URL=${MAILAUTHD_TEST_POSTGRES_URL:-}
-if [ -z "$PG_URL" ] && [ -n "${CI:-}" ]; then
-	die "MAILAUTHD_TEST_POSTGRES_URL is not set; CI runs the two daemons on PostgreSQL"
-fi
+pf_bin
+pf_pg_url "CI runs the two daemons on PostgreSQL"
 
 pf_packages
 echo "# Postfix $POSTFIX_VERSION, daemon $BIN"
@@ -72,27 +62,16 @@ collect_artifacts() {
 	cp -f "$CONF/main.cf" "$CONF/master.cf" "$ART/" 2>/dev/null || true
 	cp -f "$MD_CONF" "$ART/mailauthd-a.toml" 2>/dev/null || true
 	cp -f "$B_CONF" "$ART/mailauthd-b.toml" 2>/dev/null || true
-	if [ -d "$T/transcripts" ]; then
-		rm -rf "$ART/transcripts"
-		cp -r "$T/transcripts" "$ART/transcripts" 2>/dev/null || true
-	fi
+	pf_copy_transcripts
 }
 
 cleanup() {
 	local rc=$?
 	set +eu
 	stop_pid "$B_PID"
-	pf_cleanup
-	collect_artifacts
-	if [ -n "${KEEP:-}" ]; then
-		echo "# kept $T"
-	else
-		rm -rf "$T"
-	fi
-	exit "$rc"
+	pf_wind_up "$rc"
 }
-trap cleanup EXIT
-trap 'not_ok "interrupted"; summary || true; exit 130' INT TERM
+pf_traps
 
 pick_port SMTP_PORT
 pick_port PORT_A
