@@ -338,5 +338,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.clients != new.clients, "clients");
     check(old.auth_socket != new.auth_socket, "auth_socket");
     check(old.userdb_socket != new.userdb_socket, "userdb_socket");
+    // The periodic check and the decision core's `max_days_without_sign_in` read these at
+    // start; the rest of `[oidc]` applies at once.
+    check(
+        old.oidc.as_ref().map(|o| &o.liveness) != new.oidc.as_ref().map(|o| &o.liveness),
+        "oidc.liveness_*/max_days_without_sign_in",
+    );
     keys
 }

@@ -347,7 +347,7 @@ fn reload_applies_live_settings_keeps_connections_and_survives_a_broken_file() {
 
     // Lines before the first header belong to [throttle], the last section of the base.
     d.write_config(&format!(
-        "network_block_after = 2\n[log]\nlevel = \"debug\"\n{}",
+        "network_block_after = 2\n[log]\nlevel = \"debug\"\n{}liveness_check_hours = 0\n",
         web("New Provider", 3)
     ));
     d.signal("-HUP");
@@ -356,7 +356,10 @@ fn reload_applies_live_settings_keeps_connections_and_survives_a_broken_file() {
     let log = d.wait_log("these changes take effect after a restart");
     assert!(log.contains("log level changed"), "{log}");
     assert!(log.contains("applied=log.level, oidc, throttle"), "{log}");
-    assert!(log.contains("keys=hash_pool"), "{log}");
+    assert!(
+        log.contains("keys=hash_pool, oidc.liveness_*/max_days_without_sign_in"),
+        "{log}"
+    );
     assert!(
         http_get(web_port, "/").1.contains("New Provider"),
         "the sign-in button names the reloaded provider"
