@@ -532,19 +532,8 @@ pub(crate) async fn load_metadata(
             vec![ResponseTypes::new(vec![CoreResponseType::Code])],
             vec![CoreSubjectIdentifierType::Public],
             // Without discovery we cannot know the provider's algorithm: allow the
-            // asymmetric ones; the key set decides which actually verify.
-            vec![
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha256,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha384,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha512,
-                CoreJwsSigningAlgorithm::EcdsaP256Sha256,
-                CoreJwsSigningAlgorithm::EcdsaP384Sha384,
-                CoreJwsSigningAlgorithm::EcdsaP521Sha512,
-                CoreJwsSigningAlgorithm::EdDsa,
-            ],
+            // asymmetric ones we can verify; the key set decides which actually verify.
+            jwt::ALLOWED.to_vec(),
             LogoutProviderMetadata {
                 end_session_endpoint: e.end_session.clone().map(EndSessionUrl::from_url),
                 additional_metadata: ExtraProviderMetadata::default(),
