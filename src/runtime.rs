@@ -99,6 +99,7 @@ impl Core {
                 .as_ref()
                 .and_then(|o| o.liveness.max_days_without_sign_in)
                 .map(|days| i64::try_from(days).unwrap_or(36_500) * 86_400),
+            tokens: None,
         })
         .map_err(|e| StartError::Credentials(e.to_string()))?;
         Ok(Core {

@@ -270,6 +270,7 @@ async fn setup_with(
             VerifyCache::new(VerifyCacheConfig::default(), Arc::new(ManualClock::at(NOW))).unwrap(),
         ),
         max_age_without_sign_in,
+        tokens: None,
     })
     .unwrap();
     Fixture { auth, writer, apps }
@@ -287,6 +288,7 @@ async fn decide(
         .authenticate(&AuthRequest {
             login,
             secret,
+            kind: mailauthd::auth::SecretKind::Password,
             service,
             remote_ip: rip,
             secured: true,

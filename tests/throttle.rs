@@ -100,6 +100,7 @@ async fn setup() -> Fixture {
             VerifyCache::new(VerifyCacheConfig::default(), Arc::new(clock.clone())).unwrap(),
         ),
         max_age_without_sign_in: None,
+        tokens: None,
     })
     .unwrap();
     Fixture {
@@ -121,6 +122,7 @@ impl Fixture {
             .authenticate(&AuthRequest {
                 login,
                 secret: &Secret::from(password),
+                kind: mailauthd::auth::SecretKind::Password,
                 service: "imap",
                 remote_ip: Some(rip),
                 secured: true,

@@ -52,6 +52,7 @@ async fn login(core: &Core, secret: &str, service: &str) -> Outcome {
         .authenticate(&AuthRequest {
             login: "alice@example.org",
             secret: &secret,
+            kind: mailauthd::auth::SecretKind::Password,
             service,
             remote_ip: Some("192.0.2.1".parse().unwrap()),
             secured: true,
@@ -522,6 +523,7 @@ async fn the_password_form_is_a_door_of_the_decision_core() {
         .authenticate(&AuthRequest {
             login: "alice@example.org",
             secret: &Secret::from("alice-password-1"),
+            kind: mailauthd::auth::SecretKind::Password,
             service: "imap",
             remote_ip: Some("198.51.100.9".parse().unwrap()),
             secured: true,

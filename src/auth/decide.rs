@@ -26,6 +26,7 @@ use super::password::{self, Argon2Params, Verified};
 use super::pool::{HashPool, PoolError};
 use super::services::{Door, ServiceMap};
 use super::throttle::{Attempt, Settlement, Throttle, Ticket, Verdict};
+use super::token::TokenVerifier;
 use super::verify_cache::VerifyCache;
 use super::{Credential, FailReason, Outcome, Success, TempCause};
 use crate::audit::printable;
@@ -34,11 +35,22 @@ use crate::names::{Address, NameError, Protocol};
 use crate::secret::Secret;
 use crate::store::{AuthSource, LastUse, LoginStore, LoginView, MailboxState, StoreError};
 
+/// What kind of secret a client offered: the SASL mechanism says, never its shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// PLAIN, LOGIN, the web page's form: a password or an app password.
+    Password,
+    /// OAUTHBEARER, XOAUTH2, the introspection endpoint: an access token of the identity
+    /// provider. The login may be empty (OAUTHBEARER without `a=`, the endpoint).
+    BearerToken,
+}
+
 /// One login attempt as a front door saw it.
 #[derive(Debug)]
 pub struct AuthRequest<'a> {
     pub login: &'a str,
     pub secret: &'a Secret,
+    pub kind: SecretKind,
     /// As the client named it (`imap`, `submission`, …); mapped through [`ServiceMap`].
     pub service: &'a str,
     pub remote_ip: Option<IpAddr>,
@@ -74,6 +86,8 @@ pub struct AuthenticatorParts {
     pub verify_cache: Arc<VerifyCache>,
     /// `[oidc] max_days_without_sign_in`, in seconds; `None`: off.
     pub max_age_without_sign_in: Option<i64>,
+    /// Validates bearer tokens; `None` when `[oauth]` is absent and no token is accepted.
+    pub tokens: Option<Arc<dyn TokenVerifier>>,
 }
 
 pub struct Authenticator {
@@ -118,6 +132,16 @@ impl Authenticator {
         self.parts.throttle.blocked_delay()
     }
 
+    /// Whether bearer tokens are accepted at all, so the doors offer their mechanisms.
+    pub fn accepts_tokens(&self) -> bool {
+        self.parts.tokens.is_some()
+    }
+
+    /// What a refused token's error reply says; `None` when no token is accepted.
+    pub fn token_challenge(&self) -> Option<super::token::TokenChallenge> {
+        self.parts.tokens.as_ref().map(|t| t.challenge())
+    }
+
     pub fn protocol_of(&self, service: &str) -> Option<Protocol> {
         self.parts.services.resolve(service)
     }
@@ -134,7 +158,9 @@ impl Authenticator {
         let login = LoginShape {
             protocol: door,
             // On the web page a secret is a password whatever it looks like.
-            app_password: door != Some(Door::Web) && looks_like_app_password(req.secret.expose()),
+            app_password: door != Some(Door::Web)
+                && req.kind == SecretKind::Password
+                && looks_like_app_password(req.secret.expose()),
         };
         let (admitted, ticket) = self.admit(req, &account, login.app_password).await;
         let outcome = match admitted {
@@ -168,7 +194,7 @@ impl Authenticator {
                 mailbox: success.mailbox.clone(),
                 app_password_id: match &success.credential {
                     Credential::AppPassword { id, .. } => Some(*id),
-                    Credential::Password => None,
+                    Credential::Password | Credential::Token => None,
                 },
                 at: self.parts.clock.now(),
                 ip: req.remote_ip.map(|ip| ip.to_string()),
@@ -189,6 +215,10 @@ impl Authenticator {
         let Some(door) = login.protocol else {
             return Err(Outcome::Fail(FailReason::UnknownService));
         };
+        if req.kind == SecretKind::BearerToken {
+            // TODO(token core): validate, map to the bound mailbox, apply rules 4 and 5.
+            return Err(Outcome::Fail(FailReason::TokensNotAccepted));
+        }
         let Ok(address) = address else {
             return self.refuse_after_dummy(req, FailReason::UnknownUser).await;
         };
@@ -494,7 +524,12 @@ fn settlement(outcome: &Outcome) -> Settlement {
             | FailReason::AppPasswordProtocol
             | FailReason::AppPasswordNetwork
             | FailReason::OidcNeedsAppPassword
-            | FailReason::BadCredentials,
+            | FailReason::BadCredentials
+            | FailReason::TokensNotAccepted
+            | FailReason::TokenRefused(_)
+            | FailReason::TokenUnbound
+            | FailReason::TokenNotForMailbox
+            | FailReason::TokenForLocalMailbox,
         )
         | Outcome::TempFail(TempCause::HashPoolBusy) => Settlement::Failure,
         // Not guesses: an attempt refused by the throttle itself, a service name we do
@@ -503,9 +538,11 @@ fn settlement(outcome: &Outcome) -> Settlement {
         Outcome::Fail(
             FailReason::Throttled | FailReason::UnknownService | FailReason::UnusableStoredHash,
         )
-        | Outcome::TempFail(TempCause::StoreUnavailable | TempCause::Internal) => {
-            Settlement::Neither
-        }
+        | Outcome::TempFail(
+            TempCause::StoreUnavailable
+            | TempCause::Internal
+            | TempCause::IdentityProviderUnavailable,
+        ) => Settlement::Neither,
     }
 }
 

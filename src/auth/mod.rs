@@ -11,9 +11,11 @@ pub mod password;
 pub mod pool;
 pub mod services;
 pub mod throttle;
+pub mod token;
 pub mod verify_cache;
 
-pub use decide::{AuthRequest, Authenticator, AuthenticatorParts};
+pub use decide::{AuthRequest, Authenticator, AuthenticatorParts, SecretKind};
 pub use lookup::{find_recipient, Recipient};
 pub use outcome::{Credential, FailReason, Outcome, Success, TempCause};
 pub use services::{Door, WEB_SERVICE};
+pub use token::{TokenChallenge, TokenError, TokenIdentity, TokenRefusal, TokenVerifier};

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::services::Door;
+use super::token::TokenRefusal;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -27,6 +28,7 @@ impl Outcome {
             Outcome::Ok(s) => match s.credential {
                 Credential::Password => "password",
                 Credential::AppPassword { .. } => "app_password",
+                Credential::Token => "token",
             },
             Outcome::Fail(r) => r.code(),
             Outcome::TempFail(c) => c.code(),
@@ -47,7 +49,12 @@ pub struct Success {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Credential {
     Password,
-    AppPassword { id: i64, name: String },
+    AppPassword {
+        id: i64,
+        name: String,
+    },
+    /// An access token of the identity provider (OAUTHBEARER, XOAUTH2).
+    Token,
 }
 
 /// Which rule refused. Logs carry the code; clients see one generic message.
@@ -75,6 +82,17 @@ pub enum FailReason {
     /// The stored hash uses an unknown or broken scheme: a configuration problem.
     UnusableStoredHash,
     BadCredentials,
+    /// A bearer token was offered but token sign-in is not configured (no `[oauth]`), or
+    /// through a door that takes none (the web page).
+    TokensNotAccepted,
+    /// The validator refused the token.
+    TokenRefused(TokenRefusal),
+    /// A valid token whose identity is bound to no mailbox here.
+    TokenUnbound,
+    /// A valid token of one person offered with another mailbox's name.
+    TokenNotForMailbox,
+    /// The token's mailbox is a `local` one, which never accepts tokens.
+    TokenForLocalMailbox,
 }
 
 impl FailReason {
@@ -95,6 +113,11 @@ impl FailReason {
             FailReason::SignInOverdue => "sign_in_overdue",
             FailReason::UnusableStoredHash => "unusable_stored_hash",
             FailReason::BadCredentials => "bad_credentials",
+            FailReason::TokensNotAccepted => "tokens_not_accepted",
+            FailReason::TokenRefused(why) => why.code(),
+            FailReason::TokenUnbound => "token_unbound",
+            FailReason::TokenNotForMailbox => "token_not_for_mailbox",
+            FailReason::TokenForLocalMailbox => "token_for_local_mailbox",
         }
     }
 }
@@ -107,6 +130,8 @@ pub enum TempCause {
     StoreUnavailable,
     HashPoolBusy,
     Internal,
+    /// A token needs the provider (introspection, a key refetch) and it cannot be reached.
+    IdentityProviderUnavailable,
 }
 
 impl TempCause {
@@ -115,6 +140,7 @@ impl TempCause {
             TempCause::StoreUnavailable => "store_unavailable",
             TempCause::HashPoolBusy => "hash_pool_busy",
             TempCause::Internal => "internal_error",
+            TempCause::IdentityProviderUnavailable => "identity_provider_unavailable",
         }
     }
 }

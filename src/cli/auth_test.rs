@@ -31,6 +31,7 @@ pub async fn run(
         .authenticate(&AuthRequest {
             login,
             secret: &secret,
+            kind: crate::auth::SecretKind::Password,
             service,
             remote_ip: rip,
             secured,

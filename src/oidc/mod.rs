@@ -13,6 +13,7 @@ pub mod probe;
 pub mod refresh;
 pub mod sealed;
 pub mod settings;
+pub mod tokens;
 
 use std::str::FromStr;
 use std::sync::Arc;

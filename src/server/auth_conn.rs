@@ -487,6 +487,7 @@ impl Conn<'_> {
                         .authenticate(&AuthRequest {
                             login: &authcid,
                             secret: &secret,
+                            kind: crate::auth::SecretKind::Password,
                             service: &request.service,
                             remote_ip: request.rip,
                             secured: request.secured,

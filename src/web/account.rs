@@ -316,6 +316,7 @@ pub async fn password_sign_in(
         .authenticate(&AuthRequest {
             login: &login,
             secret: &secret,
+            kind: crate::auth::SecretKind::Password,
             service: WEB_SERVICE,
             remote_ip: Some(rip),
             secured: state.settings.secure_cookies,
