@@ -13,6 +13,7 @@ use crate::names::{by_name, Protocol, Protocols};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Domain {
     pub name: String,
+    /// An inactive domain refuses every login of its mailboxes and receives no mail.
     pub active: bool,
     /// `None` means no limit.
     pub max_mailboxes: Option<u64>,
@@ -35,7 +36,9 @@ pub struct DomainUsage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AliasDomain {
     pub name: String,
+    /// The domain whose mailboxes receive the mail addressed to this one.
     pub target: String,
+    /// An inactive alias domain is not served: its addresses are unknown.
     pub active: bool,
     pub created_at: UnixTime,
 }
@@ -207,7 +210,9 @@ impl Serialize for Overrides {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Mapping {
+    /// Compared exactly (after trimming) with the values of the configured claim.
     pub claim_value: String,
+    /// When several mappings match, the lowest position chooses the template.
     pub position: i64,
     pub template: String,
 }
@@ -220,6 +225,7 @@ pub struct Mailbox {
     #[serde(skip)]
     pub password_hash: Option<String>,
     pub auth_source: AuthSource,
+    /// The identity-provider account the mailbox is bound to: both set, or neither.
     pub oidc_issuer: Option<String>,
     pub oidc_subject: Option<String>,
     pub display_name: String,
@@ -227,6 +233,8 @@ pub struct Mailbox {
     pub quota: u64,
     pub protocols: Protocols,
     pub state: MailboxState,
+    /// The template last applied, and its [`Template::content_hash`] then: a sign-in
+    /// applies the template again when either differs.
     pub template: Option<String>,
     pub template_hash: Option<String>,
     /// Which of quota, protocols and state the postmaster set on this mailbox; applying a
@@ -246,7 +254,9 @@ impl Mailbox {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LastUseInfo {
     pub at: UnixTime,
+    /// The client's address, as the front door gave it.
     pub ip: Option<String>,
+    /// The service the client logged in to (`imap`, `smtp`, …).
     pub service: Option<String>,
 }
 
