@@ -4,7 +4,7 @@
 `mailauthd mailbox add` and `mailauthd mailbox import` write one mailbox per transaction,
 which is right for people and far too slow for ten thousand (let alone a million)
 mailboxes. This script writes the same rows the CLI writes (see
-src/store/migrations/sqlite/0001_init.sql) in one transaction per command. The database
+src/store/migrations/0001_init.sql) in one transaction per command. The database
 must already exist (`mailauthd migrate`) and the domain must have been added through the
 CLI.
 

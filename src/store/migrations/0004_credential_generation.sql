@@ -1,4 +1,4 @@
--- Web page sessions. Keep in step with the other dialects' 0004_credential_generation.sql.
+-- Web page sessions.
 -- A counter every change of how a mailbox proves who it is bumps: a new password, a switched
 -- auth source, an identity-provider account unlinked. A page session remembers the value it
 -- began with and ends when the mailbox's differs. Touches no other migration's columns.
