@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 
+use ipnet::IpNet;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use thiserror::Error;
@@ -148,42 +149,102 @@ pub(super) trait Columns {
         let service = self.opt_text(i + 2)?;
         Ok(at.map(|at| LastUseInfo { at, ip, service }))
     }
+
+    /// Two columns from `i`: a suspension's time and reason; none when the time is null.
+    fn suspension(&self, i: usize) -> Decoded<Option<Suspension>> {
+        let Some(at) = self.opt_int(i)? else {
+            return Ok(None);
+        };
+        let reason = self.opt_text(i + 1)?.unwrap_or_default();
+        Ok(Some(Suspension { at, reason }))
+    }
+
+    fn overrides(&self, i: usize) -> Decoded<Overrides> {
+        Ok(Overrides::from_stored(&self.text(i)?))
+    }
+
+    fn networks(&self, i: usize) -> Decoded<Vec<IpNet>> {
+        Ok(parse_networks(&self.text(i)?)?)
+    }
+
+    fn send_limits(&self, i: usize) -> Decoded<SendLimits> {
+        self.text(i)?.parse().map_err(RowError::SendLimits)
+    }
+
+    /// A template's send limits, read through a LEFT JOIN: none without a row.
+    fn opt_send_limits(&self, i: usize) -> Decoded<Option<SendLimits>> {
+        match self.opt_text(i)? {
+            Some(text) => text.parse().map(Some).map_err(RowError::SendLimits),
+            None => Ok(None),
+        }
+    }
 }
 
-impl Columns for AnyRow {
-    fn text(&self, i: usize) -> Decoded<String> {
-        Ok(self.try_get(i)?)
-    }
-
-    fn opt_text(&self, i: usize) -> Decoded<Option<String>> {
-        Ok(self.try_get(i)?)
-    }
-
-    fn int(&self, i: usize) -> Decoded<i64> {
-        Ok(self.try_get(i)?)
-    }
-
-    fn opt_int(&self, i: usize) -> Decoded<Option<i64>> {
-        Ok(self.try_get(i)?)
-    }
+/// The four reads of a driver's row type, through its own getter.
+macro_rules! columns_through {
+    ($row:ty, $get:ident) => {
+        impl Columns for $row {
+            fn text(&self, i: usize) -> Decoded<String> {
+                Ok(self.$get(i)?)
+            }
+            fn opt_text(&self, i: usize) -> Decoded<Option<String>> {
+                Ok(self.$get(i)?)
+            }
+            fn int(&self, i: usize) -> Decoded<i64> {
+                Ok(self.$get(i)?)
+            }
+            fn opt_int(&self, i: usize) -> Decoded<Option<i64>> {
+                Ok(self.$get(i)?)
+            }
+        }
+    };
 }
 
-impl Columns for rusqlite::Row<'_> {
-    fn text(&self, i: usize) -> Decoded<String> {
-        Ok(self.get(i)?)
-    }
+columns_through!(AnyRow, try_get);
+columns_through!(rusqlite::Row<'_>, get);
 
-    fn opt_text(&self, i: usize) -> Decoded<Option<String>> {
-        Ok(self.get(i)?)
-    }
+/// `fn name -> Record { field: read, … }`: a decoder that fills the fields from the
+/// columns in the order the fields are written, each through the [`Columns`] method
+/// `read`; `read[n]` is a read of `n` columns (`last_use[3]`). Writing the fields in the
+/// order of the SELECT is all it takes to keep the two in step: no column index to
+/// miscount. `fn name(at) -> …` reads from column `at` on (joined queries put a record's
+/// columns after others).
+macro_rules! decoder {
+    ($(#[$doc:meta])* fn $name:ident -> $record:ident { $($fields:tt)+ }) => {
+        $(#[$doc])*
+        #[allow(unused_assignments)] // the last read moves past the last column
+        pub(super) fn $name(r: &dyn Columns) -> Decoded<$record> {
+            decoder!(@read r, 0, $record { $($fields)+ })
+        }
+    };
+    ($(#[$doc:meta])* fn $name:ident($at:ident) -> $record:ident { $($fields:tt)+ }) => {
+        $(#[$doc])*
+        #[allow(unused_assignments)] // the last read moves past the last column
+        fn $name(r: &dyn Columns, $at: usize) -> Decoded<$record> {
+            decoder!(@read r, $at, $record { $($fields)+ })
+        }
+    };
+    (@width) => { 1 };
+    (@width $width:literal) => { $width };
+    (@read $r:ident, $start:expr, $record:ident {
+        $($field:ident: $read:ident $([$width:literal])?),+ $(,)?
+    }) => {{
+        let mut at = $start;
+        Ok($record {
+            $($field: {
+                let value = $r.$read(at)?;
+                at += decoder!(@width $($width)?);
+                value
+            }),+
+        })
+    }};
+}
 
-    fn int(&self, i: usize) -> Decoded<i64> {
-        Ok(self.get(i)?)
-    }
-
-    fn opt_int(&self, i: usize) -> Decoded<Option<i64>> {
-        Ok(self.get(i)?)
-    }
+/// The values a [`Write`] binds, in the order of its placeholders.
+macro_rules! binds {
+    ($($value:expr),+ $(,)?) => {
+        vec![$(Param::from($value)),+]
+    };
 }
 
 /// A statement that writes a record (an INSERT, an UPDATE), and the values it binds in
@@ -230,29 +291,20 @@ pub(super) const DOMAINS: Select<Domain> = Select::new(
     domain_from,
 );
 
-pub(super) fn domain_from(r: &dyn Columns) -> Decoded<Domain> {
-    Ok(Domain {
-        name: r.text(0)?,
-        active: r.flag(1)?,
-        max_mailboxes: r.opt_unsigned(2)?,
-        max_quota: r.opt_unsigned(3)?,
-        total_quota: r.opt_unsigned(4)?,
-        created_at: r.int(5)?,
-    })
+decoder! {
+    fn domain_from -> Domain {
+        name: text, active: flag, max_mailboxes: opt_unsigned, max_quota: opt_unsigned,
+        total_quota: opt_unsigned, created_at: int,
+    }
 }
 
 pub(super) const DOMAIN_INSERT: Write<Domain> = Write {
     sql: "INSERT INTO domains (name, active, max_mailboxes, max_quota, total_quota, created_at, \
           lock_version) VALUES (?, ?, ?, ?, ?, ?, 0)",
     values: |d| {
-        vec![
-            (&d.name).into(),
-            d.active.into(),
-            d.max_mailboxes.into(),
-            d.max_quota.into(),
-            d.total_quota.into(),
-            d.created_at.into(),
-        ]
+        binds! {
+            &d.name, d.active, d.max_mailboxes, d.max_quota, d.total_quota, d.created_at,
+        }
     },
 };
 
@@ -260,24 +312,14 @@ pub(super) const DOMAIN_INSERT: Write<Domain> = Write {
 pub(super) const DOMAIN_UPDATE: Write<Domain> = Write {
     sql: "UPDATE domains SET active = ?, max_mailboxes = ?, max_quota = ?, total_quota = ? \
           WHERE name = ?",
-    values: |d| {
-        vec![
-            d.active.into(),
-            d.max_mailboxes.into(),
-            d.max_quota.into(),
-            d.total_quota.into(),
-            (&d.name).into(),
-        ]
-    },
+    values: |d| binds! { d.active, d.max_mailboxes, d.max_quota, d.total_quota, &d.name },
 };
 
-/// Mailbox count, quota sum, unlimited mailboxes: the usage query of `sql::domains`.
-pub(super) fn usage_from(r: &dyn Columns) -> Decoded<DomainUsage> {
-    Ok(DomainUsage {
-        mailboxes: r.unsigned(0)?,
-        quota_sum: r.unsigned(1)?,
-        unlimited_mailboxes: r.unsigned(2)?,
-    })
+decoder! {
+    /// Mailbox count, quota sum, unlimited mailboxes: the usage query of `sql::domains`.
+    fn usage_from -> DomainUsage {
+        mailboxes: unsigned, quota_sum: unsigned, unlimited_mailboxes: unsigned,
+    }
 }
 
 pub(super) const ALIAS_DOMAINS: Select<AliasDomain> = Select::new(
@@ -286,25 +328,13 @@ pub(super) const ALIAS_DOMAINS: Select<AliasDomain> = Select::new(
     alias_domain_from,
 );
 
-pub(super) fn alias_domain_from(r: &dyn Columns) -> Decoded<AliasDomain> {
-    Ok(AliasDomain {
-        name: r.text(0)?,
-        target: r.text(1)?,
-        active: r.flag(2)?,
-        created_at: r.int(3)?,
-    })
+decoder! {
+    fn alias_domain_from -> AliasDomain { name: text, target: text, active: flag, created_at: int }
 }
 
 pub(super) const ALIAS_DOMAIN_INSERT: Write<AliasDomain> = Write {
     sql: "INSERT INTO alias_domains (name, target, active, created_at) VALUES (?, ?, ?, ?)",
-    values: |a| {
-        vec![
-            (&a.name).into(),
-            (&a.target).into(),
-            a.active.into(),
-            a.created_at.into(),
-        ]
-    },
+    values: |a| binds! { &a.name, &a.target, a.active, a.created_at },
 };
 
 pub(super) const TEMPLATES: Select<Template> = Select::new(
@@ -313,42 +343,29 @@ pub(super) const TEMPLATES: Select<Template> = Select::new(
     template_from,
 );
 
-pub(super) fn template_from(r: &dyn Columns) -> Decoded<Template> {
-    Ok(Template {
-        name: r.text(0)?,
-        quota: r.unsigned(1)?,
-        protocols: r.protocols(2)?,
-        state: r.state(3)?,
-        created_at: r.int(4)?,
-        updated_at: r.int(5)?,
-    })
+decoder! {
+    fn template_from -> Template {
+        name: text, quota: unsigned, protocols: protocols, state: state, created_at: int,
+        updated_at: int,
+    }
 }
 
 pub(super) const TEMPLATE_INSERT: Write<Template> = Write {
     sql: "INSERT INTO templates (name, quota, protocols, active, created_at, updated_at) \
           VALUES (?, ?, ?, ?, ?, ?)",
     values: |t| {
-        vec![
-            (&t.name).into(),
-            t.quota.into(),
-            t.protocols.to_string().into(),
-            t.state.code().into(),
-            t.created_at.into(),
-            t.updated_at.into(),
-        ]
+        binds! {
+            &t.name, t.quota, t.protocols.to_string(), t.state.code(), t.created_at, t.updated_at,
+        }
     },
 };
 
 pub(super) const TEMPLATE_UPDATE: Write<Template> = Write {
     sql: "UPDATE templates SET quota = ?, protocols = ?, active = ?, updated_at = ? WHERE name = ?",
     values: |t| {
-        vec![
-            t.quota.into(),
-            t.protocols.to_string().into(),
-            t.state.code().into(),
-            t.updated_at.into(),
-            (&t.name).into(),
-        ]
+        binds! {
+            t.quota, t.protocols.to_string(), t.state.code(), t.updated_at, &t.name,
+        }
     },
 };
 
@@ -358,23 +375,13 @@ pub(super) const MAPPINGS: Select<Mapping> = Select::new(
     mapping_from,
 );
 
-pub(super) fn mapping_from(r: &dyn Columns) -> Decoded<Mapping> {
-    Ok(Mapping {
-        claim_value: r.text(0)?,
-        position: r.int(1)?,
-        template: r.text(2)?,
-    })
+decoder! {
+    fn mapping_from -> Mapping { claim_value: text, position: int, template: text }
 }
 
 pub(super) const MAPPING_INSERT: Write<Mapping> = Write {
     sql: "INSERT INTO template_mappings (claim_value, position, template) VALUES (?, ?, ?)",
-    values: |m| {
-        vec![
-            (&m.claim_value).into(),
-            m.position.into(),
-            (&m.template).into(),
-        ]
-    },
+    values: |m| binds! { &m.claim_value, m.position, &m.template },
 };
 
 pub(super) const MAILBOXES: Select<Mailbox> = Select::new(
@@ -385,25 +392,13 @@ pub(super) const MAILBOXES: Select<Mailbox> = Select::new(
     mailbox_from,
 );
 
-pub(super) fn mailbox_from(r: &dyn Columns) -> Decoded<Mailbox> {
-    Ok(Mailbox {
-        address: r.text(0)?,
-        domain: r.text(1)?,
-        password_hash: r.opt_text(2)?,
-        auth_source: r.auth_source(3)?,
-        oidc_issuer: r.opt_text(4)?,
-        oidc_subject: r.opt_text(5)?,
-        display_name: r.text(6)?,
-        quota: r.unsigned(7)?,
-        protocols: r.protocols(8)?,
-        state: r.state(9)?,
-        template: r.opt_text(10)?,
-        template_hash: r.opt_text(11)?,
-        overrides: Overrides::from_stored(&r.text(17)?),
-        created_at: r.int(12)?,
-        updated_at: r.int(13)?,
-        last_login: r.last_use(14)?,
-    })
+decoder! {
+    fn mailbox_from -> Mailbox {
+        address: text, domain: text, password_hash: opt_text, auth_source: auth_source,
+        oidc_issuer: opt_text, oidc_subject: opt_text, display_name: text, quota: unsigned,
+        protocols: protocols, state: state, template: opt_text, template_hash: opt_text,
+        created_at: int, updated_at: int, last_login: last_use[3], overrides: overrides,
+    }
 }
 
 /// What a new mailbox starts with; its last login and credential generation start empty.
@@ -412,23 +407,12 @@ pub(super) const MAILBOX_INSERT: Write<Mailbox> = Write {
           oidc_subject, display_name, quota, protocols, active, template, template_hash, \
           overrides, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     values: |m| {
-        vec![
-            (&m.address).into(),
-            (&m.domain).into(),
-            m.password_hash.as_deref().into(),
-            m.auth_source.name().into(),
-            m.oidc_issuer.as_deref().into(),
-            m.oidc_subject.as_deref().into(),
-            (&m.display_name).into(),
-            m.quota.into(),
-            m.protocols.to_string().into(),
-            m.state.code().into(),
-            m.template.as_deref().into(),
-            m.template_hash.as_deref().into(),
-            m.overrides.to_string().into(),
-            m.created_at.into(),
-            m.updated_at.into(),
-        ]
+        binds! {
+            &m.address, &m.domain, m.password_hash.as_deref(), m.auth_source.name(),
+            m.oidc_issuer.as_deref(), m.oidc_subject.as_deref(), &m.display_name, m.quota,
+            m.protocols.to_string(), m.state.code(), m.template.as_deref(),
+            m.template_hash.as_deref(), m.overrides.to_string(), m.created_at, m.updated_at,
+        }
     },
 };
 
@@ -442,20 +426,12 @@ pub(super) const MAILBOX_UPDATE: Write<Mailbox> = Write {
           active = ?, template = ?, template_hash = ?, overrides = ?, updated_at = ? \
           WHERE address = ?",
     values: |m| {
-        vec![
-            m.oidc_subject.as_deref().into(),
-            m.oidc_issuer.as_deref().into(),
-            m.oidc_subject.as_deref().into(),
-            (&m.display_name).into(),
-            m.quota.into(),
-            m.protocols.to_string().into(),
-            m.state.code().into(),
-            m.template.as_deref().into(),
-            m.template_hash.as_deref().into(),
-            m.overrides.to_string().into(),
-            m.updated_at.into(),
-            (&m.address).into(),
-        ]
+        binds! {
+            m.oidc_subject.as_deref(), m.oidc_issuer.as_deref(), m.oidc_subject.as_deref(),
+            &m.display_name, m.quota, m.protocols.to_string(), m.state.code(),
+            m.template.as_deref(), m.template_hash.as_deref(), m.overrides.to_string(),
+            m.updated_at, &m.address,
+        }
     },
 };
 
@@ -470,35 +446,23 @@ pub(super) fn app_password_from(r: &dyn Columns) -> Decoded<AppPassword> {
     app_password_at(r, 0)
 }
 
+decoder! {
+    fn app_password_at(base) -> AppPassword {
+        id: int, mailbox: text, name: text, protocols: protocols, networks: networks,
+        expires_at: opt_int, created_at: int, last_used: last_use[3],
+    }
+}
+
 pub(super) const APP_PASSWORD_INSERT: Write<NewAppPassword> = Write {
     sql: "INSERT INTO app_passwords (mailbox, name, lookup_hash, protocols, networks, expires_at, \
           created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
     values: |a| {
-        vec![
-            (&a.mailbox).into(),
-            (&a.name).into(),
-            (&a.lookup_hash).into(),
-            a.protocols.to_string().into(),
-            format_networks(&a.networks).into(),
-            a.expires_at.into(),
-            a.created_at.into(),
-        ]
+        binds! {
+            &a.mailbox, &a.name, &a.lookup_hash, a.protocols.to_string(),
+            format_networks(&a.networks), a.expires_at, a.created_at,
+        }
     },
 };
-
-/// An app password whose columns start at `base` (joined queries put them after others).
-fn app_password_at(r: &dyn Columns, base: usize) -> Decoded<AppPassword> {
-    Ok(AppPassword {
-        id: r.int(base)?,
-        mailbox: r.text(base + 1)?,
-        name: r.text(base + 2)?,
-        protocols: r.protocols(base + 3)?,
-        networks: parse_networks(&r.text(base + 4)?)?,
-        expires_at: r.opt_int(base + 5)?,
-        created_at: r.int(base + 6)?,
-        last_used: r.last_use(base + 7)?,
-    })
-}
 
 pub(super) const LOGIN_VIEW: Select<LoginView> = Select::hot(
     "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota, \
@@ -507,6 +471,9 @@ pub(super) const LOGIN_VIEW: Select<LoginView> = Select::hot(
     "mailbox",
     login_view_from,
 );
+
+/// The columns [`LOGIN_VIEW`] reads, before those of the app password.
+const LOGIN_VIEW_COLUMNS: usize = 9;
 
 /// Binds the lookup hash, then the address.
 pub(super) const LOGIN_VIEW_WITH_APP_PASSWORD: Select<(LoginView, Option<AppPassword>)> = Select::hot(
@@ -520,26 +487,20 @@ pub(super) const LOGIN_VIEW_WITH_APP_PASSWORD: Select<(LoginView, Option<AppPass
     login_view_with_app_password_from,
 );
 
-pub(super) fn login_view_from(r: &dyn Columns) -> Decoded<LoginView> {
-    Ok(LoginView {
-        address: r.text(0)?,
-        password_hash: r.opt_text(1)?,
-        auth_source: r.auth_source(2)?,
-        protocols: r.protocols(3)?,
-        state: r.state(4)?,
-        domain_active: r.flag(5)?,
-        quota: r.unsigned(6)?,
-        identity_suspended: r.opt_text(7)?,
-        last_sign_in_at: r.opt_int(8)?,
-    })
+decoder! {
+    fn login_view_from -> LoginView {
+        address: text, password_hash: opt_text, auth_source: auth_source, protocols: protocols,
+        state: state, domain_active: flag, quota: unsigned, identity_suspended: opt_text,
+        last_sign_in_at: opt_int,
+    }
 }
 
 pub(super) fn login_view_with_app_password_from(
     r: &dyn Columns,
 ) -> Decoded<(LoginView, Option<AppPassword>)> {
     let view = login_view_from(r)?;
-    let app = match r.opt_int(9)? {
-        Some(_) => Some(app_password_at(r, 9)?),
+    let app = match r.opt_int(LOGIN_VIEW_COLUMNS)? {
+        Some(_) => Some(app_password_at(r, LOGIN_VIEW_COLUMNS)?),
         None => None,
     };
     Ok((view, app))
@@ -553,17 +514,11 @@ pub(super) const SESSION_VIEW: Select<SessionView> = Select::hot(
     session_view_from,
 );
 
-pub(super) fn session_view_from(r: &dyn Columns) -> Decoded<SessionView> {
-    Ok(SessionView {
-        address: r.text(0)?,
-        auth_source: r.auth_source(1)?,
-        oidc_issuer: r.opt_text(2)?,
-        oidc_subject: r.opt_text(3)?,
-        protocols: r.protocols(4)?,
-        state: r.state(5)?,
-        domain_active: r.flag(6)?,
-        credential_generation: r.int(7)?,
-    })
+decoder! {
+    fn session_view_from -> SessionView {
+        address: text, auth_source: auth_source, oidc_issuer: opt_text, oidc_subject: opt_text,
+        protocols: protocols, state: state, domain_active: flag, credential_generation: int,
+    }
 }
 
 pub(super) const ALIASES: Select<Alias> = Select::new(
@@ -572,25 +527,13 @@ pub(super) const ALIASES: Select<Alias> = Select::new(
     alias_from,
 );
 
-pub(super) fn alias_from(r: &dyn Columns) -> Decoded<Alias> {
-    Ok(Alias {
-        address: r.text(0)?,
-        target: r.text(1)?,
-        domain: r.text(2)?,
-        created_at: r.int(3)?,
-    })
+decoder! {
+    fn alias_from -> Alias { address: text, target: text, domain: text, created_at: int }
 }
 
 pub(super) const ALIAS_INSERT: Write<Alias> = Write {
     sql: "INSERT INTO aliases (address, target, domain, created_at) VALUES (?, ?, ?, ?)",
-    values: |a| {
-        vec![
-            (&a.address).into(),
-            (&a.target).into(),
-            (&a.domain).into(),
-            a.created_at.into(),
-        ]
-    },
+    values: |a| binds! { &a.address, &a.target, &a.domain, a.created_at },
 };
 
 pub(super) const SEND_AS: Select<SendAs> = Select::new(
@@ -599,23 +542,13 @@ pub(super) const SEND_AS: Select<SendAs> = Select::new(
     send_as_from,
 );
 
-pub(super) fn send_as_from(r: &dyn Columns) -> Decoded<SendAs> {
-    Ok(SendAs {
-        mailbox: r.text(0)?,
-        pattern: r.text(1)?,
-        created_at: r.int(2)?,
-    })
+decoder! {
+    fn send_as_from -> SendAs { mailbox: text, pattern: text, created_at: int }
 }
 
 pub(super) const SEND_AS_INSERT: Write<SendAs> = Write {
     sql: "INSERT INTO send_as (mailbox, pattern, created_at) VALUES (?, ?, ?)",
-    values: |g| {
-        vec![
-            (&g.mailbox).into(),
-            (&g.pattern).into(),
-            g.created_at.into(),
-        ]
-    },
+    values: |g| binds! { &g.mailbox, &g.pattern, g.created_at },
 };
 
 pub(super) const SENDER_ACCOUNT: Select<SenderAccount> = Select::hot(
@@ -627,16 +560,11 @@ pub(super) const SENDER_ACCOUNT: Select<SenderAccount> = Select::hot(
     sender_account_from,
 );
 
-pub(super) fn sender_account_from(r: &dyn Columns) -> Decoded<SenderAccount> {
-    let limits = r.opt_text(5)?;
-    Ok(SenderAccount {
-        address: r.text(0)?,
-        domain: r.text(1)?,
-        state: r.state(2)?,
-        protocols: r.protocols(3)?,
-        domain_active: r.flag(4)?,
-        send_limits: limits.as_deref().map(send_limits_of).transpose()?,
-    })
+decoder! {
+    fn sender_account_from -> SenderAccount {
+        address: text, domain: text, state: state, protocols: protocols, domain_active: flag,
+        send_limits: opt_send_limits,
+    }
 }
 
 /// Binds the name twice. `create_alias_domain` refuses names that are domains, so at most
@@ -675,11 +603,7 @@ pub(super) const TEMPLATE_SEND_LIMITS: Select<SendLimits> = Select::hot(
 );
 
 pub(super) fn send_limits_from(r: &dyn Columns) -> Decoded<SendLimits> {
-    send_limits_of(&r.text(0)?)
-}
-
-fn send_limits_of(text: &str) -> Decoded<SendLimits> {
-    text.parse().map_err(RowError::SendLimits)
+    r.send_limits(0)
 }
 
 /// A row of `send_permission`'s query: 0 and an alias, or 1 and a pattern.
@@ -694,25 +618,11 @@ pub(super) const LINKED_MAILBOXES: Select<LinkedMailbox> = Select::new(
     linked_mailbox_from,
 );
 
-pub(super) fn linked_mailbox_from(r: &dyn Columns) -> Decoded<LinkedMailbox> {
-    Ok(LinkedMailbox {
-        address: r.text(0)?,
-        issuer: r.text(1)?,
-        subject: r.text(2)?,
-        sealed_refresh_token: r.opt_text(3)?,
-        suspension: suspension_at(r, 4)?,
-    })
-}
-
-/// A suspension's time and reason at `base` and `base + 1`; none when the time is null.
-fn suspension_at(r: &dyn Columns, base: usize) -> Decoded<Option<Suspension>> {
-    Ok(match r.opt_int(base)? {
-        Some(at) => Some(Suspension {
-            at,
-            reason: r.opt_text(base + 1)?.unwrap_or_default(),
-        }),
-        None => None,
-    })
+decoder! {
+    fn linked_mailbox_from -> LinkedMailbox {
+        address: text, issuer: text, subject: text, sealed_refresh_token: opt_text,
+        suspension: suspension[2],
+    }
 }
 
 pub(super) const IDENTITY_STANDING: Select<IdentityStanding> = Select::new(
@@ -725,7 +635,7 @@ pub(super) const IDENTITY_STANDING: Select<IdentityStanding> = Select::new(
 pub(super) fn identity_standing_from(r: &dyn Columns) -> Decoded<IdentityStanding> {
     Ok(IdentityStanding {
         has_refresh_token: r.opt_text(0)?.is_some_and(|t| !t.is_empty()),
-        suspension: suspension_at(r, 1)?,
+        suspension: r.suspension(1)?,
         checked_at: r.opt_int(3)?,
         answer: r.opt_text(4)?,
         last_sign_in_at: r.opt_int(5)?,
