@@ -208,9 +208,10 @@ pub enum AliasDomainCommand {
     },
 }
 
+/// What a template decides for its mailboxes and the postmaster may also set on one.
 #[derive(Debug, Args)]
-pub struct MailboxFields {
-    /// Quota, e.g. 5G (0 = unlimited)
+pub struct SettingFields {
+    /// Mailbox quota, e.g. 5G (0 = unlimited)
     #[arg(long, value_name = "SIZE")]
     pub quota: Option<String>,
     /// Allowed protocols: imap,pop3,sieve,smtp (or all, none)
@@ -219,6 +220,12 @@ pub struct MailboxFields {
     /// 1 = active, 0 = disabled, 2 = receives mail but may not log in
     #[arg(long, value_name = "STATE")]
     pub active: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MailboxFields {
+    #[command(flatten)]
+    pub settings: SettingFields,
     /// Display name
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -294,15 +301,8 @@ pub enum MailboxCommand {
 
 #[derive(Debug, Args)]
 pub struct TemplateFields {
-    /// Mailbox quota, e.g. 5G (0 = unlimited)
-    #[arg(long, value_name = "SIZE")]
-    pub quota: Option<String>,
-    /// Allowed protocols: imap,pop3,sieve,smtp (or all, none)
-    #[arg(long, value_name = "LIST")]
-    pub protocols: Option<String>,
-    /// 1 = active, 0 = disabled, 2 = receives mail but may not log in
-    #[arg(long, value_name = "STATE")]
-    pub active: Option<String>,
+    #[command(flatten)]
+    pub settings: SettingFields,
     /// Sending limits for its mailboxes: WINDOW:MESSAGES:RECIPIENTS items, e.g.
     /// 1h:100:1000,1d:500:- ("-" = uncapped); "none" for no limits; "default" for the
     /// [policy] limits of the config file (what a template starts with)

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use super::values::{describe_use, protocols, show_quota, size, state};
+use super::values::{describe_use, settings, show_quota, Settings};
 use super::{require_domain, require_mailbox, Ctx};
 use crate::auth::password::{self, HashError};
 use crate::cli::{secrets, CliError, MailboxCommand, MailboxFields};
@@ -112,11 +112,11 @@ async fn add(
 ) -> Result<(), CliError> {
     let address = Address::parse(address)?;
     let source: AuthSource = authsource.parse().map_err(CliError::usage)?;
-    let quota = fields.quota.as_deref().map(size).transpose()?;
-    let (protocols, state) = (
-        protocols(fields.protocols.as_deref())?,
-        state(fields.active.as_deref())?,
-    );
+    let Settings {
+        quota,
+        protocols,
+        state,
+    } = settings(&fields.settings)?;
     // Check what can be checked before asking for a password.
     require_domain(ctx, address.domain()).await?;
     let hash = if password.hash_stdin {
@@ -260,11 +260,12 @@ async fn set(
     fields: MailboxFields,
 ) -> Result<(), CliError> {
     let address = Address::parse(address)?;
+    let given = settings(&fields.settings)?;
     let changes = MailboxChanges {
         display_name: fields.name,
-        quota: fields.quota.as_deref().map(size).transpose()?,
-        protocols: protocols(fields.protocols.as_deref())?,
-        state: state(fields.active.as_deref())?,
+        quota: given.quota,
+        protocols: given.protocols,
+        state: given.state,
         template: fields.template,
         reset,
         unlink_identity: false,

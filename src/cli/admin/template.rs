@@ -2,7 +2,7 @@
 //! an identity-provider claim chooses. Mailboxes that follow a template pick up a change
 //! on their next sign-in.
 
-use super::values::{protocols, show_quota, size, state};
+use super::values::{settings, show_quota};
 use super::{conflict, Ctx};
 use crate::cli::{CliError, TemplateCommand, TemplateFields};
 use crate::clock::{format_time, Clock};
@@ -71,11 +71,12 @@ fn template_row(t: &Template) -> Vec<String> {
 async fn add(ctx: &Ctx, name: &str, fields: TemplateFields) -> Result<(), CliError> {
     let name = template_name(name)?;
     let now = ctx.clock.now();
+    let given = settings(&fields.settings)?;
     let t = Template {
         name: name.clone(),
-        quota: fields.quota.as_deref().map(size).transpose()?.unwrap_or(0),
-        protocols: protocols(fields.protocols.as_deref())?.unwrap_or(Protocols::ALL),
-        state: state(fields.active.as_deref())?.unwrap_or(MailboxState::Active),
+        quota: given.quota.unwrap_or(0),
+        protocols: given.protocols.unwrap_or(Protocols::ALL),
+        state: given.state.unwrap_or(MailboxState::Active),
         created_at: now,
         updated_at: now,
     };
@@ -126,15 +127,10 @@ async fn show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
 
 async fn set(ctx: &Ctx, name: &str, fields: TemplateFields) -> Result<(), CliError> {
     let mut t = require_template(ctx, name).await?;
-    if let Some(q) = fields.quota.as_deref() {
-        t.quota = size(q)?;
-    }
-    if let Some(p) = protocols(fields.protocols.as_deref())? {
-        t.protocols = p;
-    }
-    if let Some(s) = state(fields.active.as_deref())? {
-        t.state = s;
-    }
+    let given = settings(&fields.settings)?;
+    t.quota = given.quota.unwrap_or(t.quota);
+    t.protocols = given.protocols.unwrap_or(t.protocols);
+    t.state = given.state.unwrap_or(t.state);
     t.updated_at = ctx.clock.now();
     let limits = send_limits(fields.send_limits.as_deref())?;
     ctx.store.update_template(&t).await?;

@@ -2,7 +2,7 @@
 //! shared by the nouns that have them (mailboxes and templates both take a quota, protocols
 //! and a state).
 
-use crate::cli::CliError;
+use crate::cli::{CliError, SettingFields};
 use crate::clock::{format_time, UnixTime};
 use crate::names::Protocols;
 use crate::size::{format_size, parse_size};
@@ -22,13 +22,25 @@ pub(super) fn show_quota(q: u64) -> String {
     }
 }
 
-pub(super) fn state(v: Option<&str>) -> Result<Option<MailboxState>, CliError> {
-    v.map(|s| s.parse::<MailboxState>().map_err(CliError::usage))
-        .transpose()
+/// Quota, protocols and state as given (`--quota`, `--protocols`, `--active`); `None`
+/// where an option was left out.
+pub(super) struct Settings {
+    pub(super) quota: Option<u64>,
+    pub(super) protocols: Option<Protocols>,
+    pub(super) state: Option<MailboxState>,
 }
 
-pub(super) fn protocols(v: Option<&str>) -> Result<Option<Protocols>, CliError> {
-    Ok(v.map(Protocols::parse_list).transpose()?)
+pub(super) fn settings(given: &SettingFields) -> Result<Settings, CliError> {
+    let state = |s: &str| s.parse::<MailboxState>().map_err(CliError::usage);
+    Ok(Settings {
+        quota: given.quota.as_deref().map(size).transpose()?,
+        protocols: given
+            .protocols
+            .as_deref()
+            .map(Protocols::parse_list)
+            .transpose()?,
+        state: given.active.as_deref().map(state).transpose()?,
+    })
 }
 
 /// A table row of two names and when it was made: aliases, alias domains, send-as grants.
