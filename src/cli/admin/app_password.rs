@@ -6,7 +6,7 @@ use super::{require_mailbox, Ctx};
 use crate::cli::{AppPasswordCommand, CliError};
 use crate::clock::{format_time, parse_date, Clock, UnixTime};
 use crate::names::{Address, Protocols};
-use crate::provision::{issue_app_password, AppPasswordRequest, DuplicateName};
+use crate::provision::{issue_app_password, AppPasswordRequest, DuplicateName, IssuedAppPassword};
 use crate::store::{parse_networks, AppPasswords};
 
 pub(super) async fn run(ctx: &Ctx, command: AppPasswordCommand) -> Result<(), CliError> {
@@ -69,11 +69,8 @@ async fn create(
     let expires_at = expiry(ctx, expires)?;
     let networks = parse_networks(networks.unwrap_or("")).map_err(CliError::usage)?;
     let m = require_mailbox(ctx, &address).await?;
-    let key = crate::keyfile::load_or_create(&ctx.config.key_file)
-        .map_err(|e| CliError::refused(e.to_string()))?;
-    let issued = issue_app_password(
-        ctx.store.as_ref(),
-        &key,
+    let issued = issue(
+        ctx,
         AppPasswordRequest {
             mailbox: &m.address,
             name,
@@ -121,6 +118,17 @@ async fn create(
         );
     }
     Ok(())
+}
+
+/// Issues an app password under the key file's key (made on first use), for `app-password
+/// add` and the `device` commands alike.
+pub(super) async fn issue(
+    ctx: &Ctx,
+    request: AppPasswordRequest<'_>,
+) -> Result<IssuedAppPassword, CliError> {
+    let key = crate::keyfile::load_or_create(&ctx.config.key_file)
+        .map_err(|e| CliError::refused(e.to_string()))?;
+    Ok(issue_app_password(ctx.store.as_ref(), &key, request).await?)
 }
 
 async fn list(ctx: &Ctx, address: &str) -> Result<(), CliError> {

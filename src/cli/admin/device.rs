@@ -12,14 +12,14 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::app_password::expiry;
+use super::app_password::{expiry, issue};
 use super::{require_mailbox, Ctx};
 use crate::cli::{CliError, DeviceCommand, DeviceKind, ImageFormat};
 use crate::clock::{format_time, Clock};
 use crate::devices::apple::ProfileSigner;
 use crate::devices::{android, apple, manual, ClientSettings, DeviceAccount, SetupError};
 use crate::names::{Address, Protocols};
-use crate::provision::{issue_app_password, AppPasswordRequest, DuplicateName};
+use crate::provision::{AppPasswordRequest, DuplicateName};
 use crate::store::{AppPasswords, Mailbox};
 
 pub(super) async fn run(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
@@ -301,11 +301,8 @@ async fn issue_and_write(
         DeviceKind::Apple => signer(settings)?,
         _ => None,
     };
-    let key = crate::keyfile::load_or_create(&ctx.config.key_file)
-        .map_err(|e| CliError::refused(e.to_string()))?;
-    let issued = issue_app_password(
-        ctx.store.as_ref(),
-        &key,
+    let issued = issue(
+        ctx,
         AppPasswordRequest {
             mailbox: &mailbox.address,
             name: &request.name,
