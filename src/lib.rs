@@ -68,6 +68,7 @@ pub mod privileges;
 pub mod proto;
 pub mod provision;
 pub mod runtime;
+pub mod sealed;
 pub mod secret;
 pub mod server;
 pub mod settings_check;

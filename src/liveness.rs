@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::oidc::liveness::{verdict, Answer, Change, Verdict};
 use crate::oidc::refresh::RefreshAnswer;
-use crate::oidc::sealed::{Owner, SealingKey, Unsealed};
 use crate::oidc::{LivenessSettings, RelyingParty};
+use crate::sealed::{Owner, SealingKey, Unsealed};
 use crate::store::{LinkedMailbox, Store, StoreError};
 
 /// How long a pass holds the lease without renewing it.

@@ -9,8 +9,8 @@ use super::{admin, CliError};
 use crate::clock::{Clock, SystemClock};
 use crate::liveness::{Liveness, PassEnd, PassError, PassOptions};
 use crate::names::Address;
-use crate::oidc::sealed::SealingKey;
 use crate::oidc::RelyingParty;
+use crate::sealed::SealingKey;
 use crate::store::Store;
 
 pub async fn run(

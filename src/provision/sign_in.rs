@@ -10,7 +10,7 @@ use super::limits::{LimitBreach, LimitGuard, WriteError};
 use super::{apply_template, insert, NewMailbox, WRITE_ATTEMPTS};
 use crate::clock::Clock;
 use crate::names::{Address, NameError};
-use crate::oidc::sealed::{Owner, SealingKey};
+use crate::sealed::{Owner, SealingKey};
 use crate::secret::Secret;
 use crate::store::{AuthSource, Mailbox, MailboxState, Mapping, Store, StoreError, Template};
 
