@@ -45,9 +45,10 @@
 //! needs one database at build time), so `tests/store.rs` checks every statement on every
 //! backend instead; values limited to what `Any` carries, which the plain schema already
 //! is; and no placeholder rewriting, which [`Dialect::rewrite_placeholders`] does. Where
-//! the dialects cannot share text they do not: migrations are DDL (`AUTOINCREMENT`,
-//! `SERIAL`, `AUTO_INCREMENT`), so they are one folder per dialect, and a test checks
-//! that the three create the same tables, columns and indexes. The hot reads on SQLite
+//! the dialects differ most is DDL (`AUTOINCREMENT`, `SERIAL`, `AUTO_INCREMENT`): each
+//! migration is still one text, with those differences written in braces (`{text 253}`,
+//! `{now}`, …) that `migrate.rs` renders for the database at hand, and a test checks that
+//! the three create the same tables, columns and indexes. The hot reads on SQLite
 //! go around sqlx for speed (`sqlite_hot_reads`) but run the same SQL text and decoders.
 //!
 //! # Files
