@@ -357,7 +357,7 @@ mod tests {
         }
         assert_reported(
             &with_oauth("audiences = [\"r\"]\ncolour = \"blue\""),
-            &["oauth.colour"],
+            &["oauth.?.colour"],
         );
         let message = parse(&with_oauth(
             "audiences = [\"r\"]\nintrospection = \"sometimes\"",
