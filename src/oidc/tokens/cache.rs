@@ -88,7 +88,7 @@ impl Cache {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.entries.lock().unwrap().len()
     }
 }
@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(c.get(&key("b")), None);
         // Expired already (accepted within the skew): not kept at all.
         c.put(key("c"), id(clock.now() - 5));
-        assert_eq!(c.len(), 0);
+        assert_eq!(c.entries(), 0);
     }
 
     #[test]
@@ -151,7 +151,7 @@ mod tests {
         }
         // Full: the entry expiring soonest makes room.
         c.put(key("new"), id(NOW + 200));
-        assert_eq!(c.len(), 3);
+        assert_eq!(c.entries(), 3);
         assert_eq!(c.get(&key("0")), None);
         assert!(c.get(&key("1")).is_some() && c.get(&key("new")).is_some());
         // Expired entries go before any live one.
@@ -162,7 +162,7 @@ mod tests {
         for i in 0..1000 {
             c.put(key(&format!("flood{i}")), id(NOW + 1000));
         }
-        assert_eq!(c.len(), 3);
+        assert_eq!(c.entries(), 3);
     }
 
     #[test]

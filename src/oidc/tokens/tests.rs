@@ -513,7 +513,7 @@ async fn the_cache_is_bounded() {
     for t in ["t1", "t2", "t3"] {
         assert!(s.validator.verify(t).await.is_ok());
     }
-    assert_eq!(s.validator.cache.len(), 2);
+    assert_eq!(s.validator.cache.entries(), 2);
     for t in ["t1", "t2", "t3"] {
         assert!(s.validator.verify(t).await.is_ok());
     }
@@ -521,5 +521,5 @@ async fn the_cache_is_bounded() {
         s.fake.hits().2 >= 4,
         "a token was evicted and asked for again"
     );
-    assert_eq!(s.validator.cache.len(), 2);
+    assert_eq!(s.validator.cache.entries(), 2);
 }
