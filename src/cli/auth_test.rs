@@ -65,6 +65,7 @@ fn report(
             match &s.credential {
                 Credential::Password => "stored password".to_string(),
                 Credential::AppPassword { id, name } => format!("app password {id} ({name})"),
+                Credential::Token => "access token".to_string(),
             },
         ),
         Outcome::Fail(_) => ("refused", login.to_string(), "-".into()),
