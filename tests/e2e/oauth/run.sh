@@ -643,8 +643,12 @@ expect_smtp "Postfix: SMTP AUTH XOAUTH2 with alice's opaque token is accepted (2
 # ======================================================================================
 echo "# 2. refusals, with their audit reasons"
 
-BROKEN_SIG=${JWT[alice]%?}
-case ${JWT[alice]: -1} in A) BROKEN_SIG+=B ;; *) BROKEN_SIG+=A ;; esac
+# One character in the middle of the signature changed (the last one also carries
+# padding bits, so changing it can make the encoding itself invalid).
+sig=${JWT[alice]##*.}
+mid=$((${#sig} / 2))
+case ${sig:mid:1} in A) c=B ;; *) c=A ;; esac
+BROKEN_SIG=${JWT[alice]%.*}.${sig:0:mid}$c${sig:mid+1}
 for v in 2.3 2.4; do
 	expect_tok_refused "Dovecot $v IMAP: a JWT for another service's audience is refused (token_audience)" \
 		"$v" imap OAUTHBEARER alice@example.org "${OTHER[alice]}" token_audience
