@@ -89,13 +89,13 @@ CONF
 # dv23_start DIR: starts the instance of DIR/dovecot.conf and waits (10 s) until it
 # listens on its ports and its auth service is up.
 dv23_start() {
-	local d=$1 ports p up i
+	local d=$1 ports p up
 	ports=$(awk '/inet_listener/ { l = 1 } l && $1 == "port" { if ($3 != 0) print $3; l = 0 }' "$d/dovecot.conf")
 	dovecot -c "$d/dovecot.conf" >"$d/start.out" 2>&1 || {
 		cat "$d/start.out" >&2
 		return 1
 	}
-	for i in $(seq 1 100); do
+	for _ in $(seq 1 100); do
 		up=1
 		for p in $ports; do
 			tcp_port_in_use "$p" || up=
@@ -111,12 +111,12 @@ dv23_start() {
 # dv23_stop DIR: stops the instance (TERM, then KILL after 5 s); nothing when it is not
 # running.
 dv23_stop() {
-	local d=$1 pid i
+	local d=$1 pid
 	[ -f "$d/run/master.pid" ] || return 0
 	pid=$(cat "$d/run/master.pid" 2>/dev/null) || return 0
 	[ -n "$pid" ] || return 0
 	kill -TERM "$pid" 2>/dev/null || return 0
-	for i in $(seq 1 50); do
+	for _ in $(seq 1 50); do
 		kill -0 "$pid" 2>/dev/null || return 0
 		sleep 0.1
 	done
