@@ -356,8 +356,11 @@ DETAIL=$pf_new check "Postfix logged the submission as sasl_method=XOAUTH2, sasl
 	grep -qE 'sasl_method=XOAUTH2, sasl_username=alice@example\.org' <<<"$pf_new"
 queue_id=$(grep -E 'sasl_username=alice@example\.org' <<<"$pf_new" | head -n 1 |
 	sed -nE 's/.*: ([0-9A-Za-z]+): client=.*/\1/p' || true)
+delivered() { # the queue id's delivery over LMTP to Dovecot, in Postfix's log
+	grep -qE "$queue_id: to=<alice@example\.org>.*relay=127\.0\.0\.1\[127\.0\.0\.1\]:$LMTP_PORT.*status=sent" "$PLOG"
+}
 DETAIL=$pf_new check "Postfix delivered that message (queue id ${queue_id:-none}) over LMTP into Dovecot (status=sent)" \
-	eval '[ -n "$queue_id" ] && wait_for 10 eval "grep -qE \"$queue_id: to=<alice@example.org>.*relay=127.0.0.1\\[127.0.0.1\\]:$LMTP_PORT.*status=sent\" \"$PLOG\""'
+	eval '[ -n "$queue_id" ] && wait_for 10 delivered'
 DETAIL=$out check "the sent message is listed in alice's INBOX in Roundcube" \
 	eval 'grep -qF "$SENT" <<<"$(json j.inboxAfterSend.messages <<<"$out")"'
 DETAIL=$out check "Roundcube saved its copy in the Sent folder (IMAP APPEND by token)" \
