@@ -2,7 +2,11 @@
 --
 -- Dovecot's `lua` passdb hands each plaintext login (PLAIN, LOGIN) to
 -- auth_password_verify() below, which forwards it to
--- mailauthd's auth socket (Dovecot "auth-client" protocol, v1). The `lua`
+-- mailauthd's auth socket (Dovecot "auth-client" protocol, v1). Dovecot 2.3
+-- hands it the access token of an OAUTHBEARER or XOAUTH2 login the same way
+-- (as the "password"); the adapter then passes the token on to mailauthd in
+-- that same mechanism, so mailauthd checks the token itself (Dovecot 2.4's
+-- token logins do not come through Lua: see 2.4/conf.d/auth-mailauthd-oauth2.conf.ext). The `lua`
 -- userdb hands each user lookup to auth_userdb_lookup(), which asks
 -- mailauthd's userdb socket (Dovecot "auth-master" protocol, USER command).
 --
@@ -248,7 +252,7 @@ local function open_socket(path)
 		sock:close()
 		return nil, string.format("connect(%s) failed: %s", path, tostring(err))
 	end
-	return { sock = sock, next_id = 1, path = path }
+	return { sock = sock, next_id = 1, path = path, mechs = {} }
 end
 
 local function next_id(conn)
@@ -292,6 +296,9 @@ local function auth_connect()
 		elseif cmd == "MECH" then
 			if parts[2] ~= nil and parts[2]:upper() == "PLAIN" then
 				plain = true
+			end
+			if parts[2] ~= nil then
+				conn.mechs[parts[2]:upper()] = true
 			end
 		elseif cmd == "DONE" then
 			break
@@ -395,8 +402,31 @@ end
 ---------------------------------------------------------------------------
 -- passdb
 
+-- The SASL mechanisms whose "password" is an access token, and the client
+-- message each sends (RFC 7628 for OAUTHBEARER; Google's XOAUTH2), rebuilt
+-- from the user name and the token Dovecot hands over.
+local TOKEN_MECHS = {
+	OAUTHBEARER = function(user, token)
+		-- RFC 5801 saslname: "," and "=" are escaped.
+		local name = user:gsub("=", "=3D"):gsub(",", "=2C")
+		return "n,a=" .. name .. ",\1auth=Bearer " .. token .. "\1\1"
+	end,
+	XOAUTH2 = function(user, token)
+		return "user=" .. user .. "\1auth=Bearer " .. token .. "\1\1"
+	end,
+}
+
+local function token_mech(req)
+	local mech = req.mech and req.mech:upper() or ""
+	if TOKEN_MECHS[mech] ~= nil then
+		return mech
+	end
+	return nil
+end
+
 local function auth_line(req, password, id)
-	local line = "AUTH\t" .. id .. "\tPLAIN\t" .. service_param(req)
+	local mech = token_mech(req)
+	local line = "AUTH\t" .. id .. "\t" .. (mech or "PLAIN") .. "\t" .. service_param(req)
 	if req.secured ~= nil and req.secured ~= "" then
 		line = line .. "\tsecured"
 	end
@@ -405,6 +435,9 @@ local function auth_line(req, password, id)
 		.. optional_param("lip", req.local_ip)
 		.. optional_param("rip", req.remote_ip)
 	-- resp= must be the last parameter.
+	if mech ~= nil then
+		return line .. "\tresp=" .. base64(TOKEN_MECHS[mech](req.user, password))
+	end
 	return line .. "\tresp=" .. base64("\0" .. req.user .. "\0" .. password)
 end
 
@@ -412,10 +445,22 @@ local function verify(req, password)
 	if req.user == nil or req.user == "" then
 		return dovecot.auth.PASSDB_RESULT_USER_UNKNOWN, "empty user name"
 	end
+	local mech = token_mech(req)
+	if mech ~= nil then
+		local conn, err = get_conn("auth")
+		if conn == nil then
+			return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE, "mailauthd auth socket: " .. tostring(err)
+		end
+		if not conn.mechs[mech] then
+			return dovecot.auth.PASSDB_RESULT_PASSWORD_MISMATCH,
+				"mailauthd does not offer " .. mech .. " (it accepts tokens only with an [oauth] section)"
+		end
+	end
 	local conn, id = send_request("auth", function(rid) return auth_line(req, password, rid) end)
 	if conn == nil then
 		return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE, "mailauthd auth socket: " .. tostring(id)
 	end
+	local token_error_sent = false
 	local deadline = socket.gettime() + settings.auth_timeout
 	local want = tostring(id)
 	while true do
@@ -450,10 +495,23 @@ local function verify(req, password)
 				end
 				return dovecot.auth.PASSDB_RESULT_PASSWORD_MISMATCH, "authentication failed"
 			end
-			-- CONT: PLAIN with an initial response needs no further round.
-			close_conn("auth")
-			return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE,
-				"mailauthd asked for another SASL round for PLAIN"
+			-- CONT for a token: mailauthd refused it and sent the RFC 7628
+			-- error challenge; the client's side of the exchange is a
+			-- single \1 (base64 AQ==), after which mailauthd answers FAIL.
+			if token_mech(req) ~= nil and not token_error_sent then
+				token_error_sent = true
+				local ok, send_err = send_all(conn, "CONT\t" .. want .. "\tAQ==\n")
+				if not ok then
+					close_conn("auth")
+					return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE,
+						"mailauthd auth socket: send failed: " .. tostring(send_err)
+				end
+			else
+				-- PLAIN with an initial response needs no further round.
+				close_conn("auth")
+				return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE,
+					"mailauthd asked for another SASL round for " .. (token_mech(req) or "PLAIN")
+			end
 		end
 		-- Anything else (a reply to another id, unknown lines) is skipped.
 	end

@@ -788,12 +788,84 @@ mod tests {
 
     #[test]
     fn handshake_golden_2_3() {
-        let got = handshake(2, &Mechanism::ALL, 4321, 7, COOKIE);
+        let got = handshake(2, &Mechanism::PASSWORD, 4321, 7, COOKIE);
         assert_eq!(
             got,
             b"VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\nSPID\t4321\n\
               CUID\t7\nCOOKIE\t00112233445566778899aabbccddeeff\nDONE\n"
                 .to_vec()
+        );
+    }
+
+    #[test]
+    fn handshake_golden_with_token_mechanisms() {
+        // Flags as Dovecot's mech-oauth2.c gives them (MECH_SEC_PLAINTEXT).
+        let got = handshake(2, &Mechanism::ALL, 4321, 7, COOKIE);
+        assert_eq!(
+            got,
+            b"VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\n\
+              MECH\tOAUTHBEARER\tplaintext\nMECH\tXOAUTH2\tplaintext\nSPID\t4321\n\
+              CUID\t7\nCOOKIE\t00112233445566778899aabbccddeeff\nDONE\n"
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn token_mechanisms_through_the_framer() {
+        use super::super::sasl::{Exchange, Step};
+        // Roundcube's XOAUTH2 through Dovecot 2.4, and an OAUTHBEARER from a
+        // client that waits for the empty challenge.
+        let xoauth2 =
+            BASE64.encode(b"user=joe@example.org\x01auth=Bearer eyJ.abc-_.x~y+z/w==\x01\x01");
+        let line = format!("AUTH\t9\txoauth2\tprotocol=imap\tsecured=tls\tresp={xoauth2}\n");
+        let mut a = auth(line.as_bytes());
+        assert_eq!(a.mechanism_kind(), Some(Mechanism::XOAuth2));
+        let (_, step) = Exchange::start(Mechanism::XOAuth2, a.take_initial_response(3));
+        match step {
+            Step::Token { authzid, token } => {
+                assert_eq!(authzid.as_deref(), Some("joe@example.org"));
+                assert_eq!(token.as_bytes(), b"eyJ.abc-_.x~y+z/w==");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let a = auth(b"AUTH\t10\tOAUTHBEARER\tservice=smtp\tnologin\n");
+        let (mut ex, step) = Exchange::start(a.mechanism_kind().unwrap(), None);
+        let Step::Challenge(c) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(encode_cont(10, &c), b"CONT\t10\t\n");
+        let cont = format!(
+            "CONT\t10\t{}\n",
+            BASE64.encode(b"n,a=joe=2Cx@example.org,\x01auth=Bearer tok\x01\x01")
+        );
+        let ClientLine::Cont { data, .. } = parse_every_split(cont.as_bytes()).unwrap() else {
+            panic!()
+        };
+        match ex.step(data) {
+            Step::Token { authzid, token } => {
+                assert_eq!(authzid.as_deref(), Some("joe,x@example.org"));
+                assert_eq!(token.as_bytes(), b"tok");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // The error challenge goes out as one CONT line, and the client's
+        // ^A comes back as AQ==.
+        let json = super::super::sasl::token_error_challenge(
+            Mechanism::OAuthBearer,
+            "email",
+            "https://id.example.org/.well-known/openid-configuration",
+        );
+        let cont = encode_cont(10, &json);
+        assert!(cont.starts_with(b"CONT\t10\teyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIi"));
+        assert_eq!(BASE64.decode(&cont[8..cont.len() - 1]).unwrap(), json);
+        assert_eq!(
+            parse_every_split(b"CONT\t10\tAQ==\n"),
+            Ok(ClientLine::Cont {
+                id: 10,
+                data: vec![1]
+            })
         );
     }
 
@@ -1202,6 +1274,10 @@ mod tests {
             let (mut ex, _) =
                 super::super::sasl::Exchange::start(Mechanism::Login, Some(g.to_vec()));
             let _ = ex.step(g.to_vec());
+            for mech in [Mechanism::OAuthBearer, Mechanism::XOAuth2] {
+                let (mut ex, _) = super::super::sasl::Exchange::start(mech, Some(g.to_vec()));
+                let _ = ex.step(g.to_vec());
+            }
         }
         // And every byte value on its own, in several positions.
         for b in 0..=255u8 {

@@ -14,6 +14,25 @@
 //                          [--tls-cert FILE --tls-key FILE] [--client-secret S]
 //                          [--backchannel-logout URL]
 //                          [--store-size N] [--accounts-cache]
+//                          [--webmail-client ID [--webmail-secret S]]... [--webmail-redirect URL]...
+//                          [--webmail-auth-method client_secret_post|client_secret_basic]
+//                          [--resource URL]... [--other-resource URL]... [--resource-scope S]
+//                          [--access-token-ttl SECONDS]
+//
+// Webmail clients (a webmail such as Roundcube signs its users in here and hands their
+// access tokens to IMAP and SMTP): each --webmail-client gets the --webmail-secret of the
+// same position (or a fixed test secret) and every --webmail-redirect; they authenticate
+// at the token, introspection and revocation endpoints with --webmail-auth-method
+// (default client_secret_post, as Roundcube does), and PKCE is optional for them.
+//
+// Access tokens: a token request without a resource indicator gets an opaque token (for
+// UserInfo, and what a server learns about it through introspection, RFC 7662). A token
+// requested for a --resource URL (`resource=` in the authorization and token requests,
+// RFC 8707) is a signed JWT (RFC 9068) whose `aud` is the requesting client's id; for an
+// --other-resource URL, `aud` is that URL (a token meant for some other service). Such
+// tokens carry the granted scopes that --resource-scope lists (default "email profile").
+// Introspection is open to every client with a secret (mailauthd's client among them),
+// for any client's opaque tokens; revocation to the client a token was issued to.
 //
 // For many people at once (bench/liveness.sh): --store-size N holds up to N entries in
 // memory (grants, tokens, sessions; the package keeps 1,000 by default and forgets the
@@ -25,7 +44,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { parseArgs } from 'node:util';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
 import LRU from 'oidc-provider/lib/helpers/lru.js';
 
@@ -41,8 +60,32 @@ const { values: args } = parseArgs({
     'backchannel-logout': { type: 'string' },
     'store-size': { type: 'string' },
     'accounts-cache': { type: 'boolean', default: false },
+    'webmail-client': { type: 'string', multiple: true, default: [] },
+    'webmail-secret': { type: 'string', multiple: true, default: [] },
+    'webmail-redirect': { type: 'string', multiple: true, default: [] },
+    'webmail-auth-method': { type: 'string', default: 'client_secret_post' },
+    resource: { type: 'string', multiple: true, default: [] },
+    'other-resource': { type: 'string', multiple: true, default: [] },
+    'resource-scope': { type: 'string', default: 'email profile' },
+    'access-token-ttl': { type: 'string' },
   },
 });
+
+const webmailIds = new Set(args['webmail-client']);
+const webmailClients = args['webmail-client'].map((id, i) => ({
+  client_id: id,
+  client_secret: args['webmail-secret'][i] ?? 'e2e-webmail-secret-0123456789abcdef',
+  redirect_uris: args['webmail-redirect'],
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  token_endpoint_auth_method: args['webmail-auth-method'],
+}));
+if (webmailClients.length > 0 && args['webmail-redirect'].length === 0) {
+  throw new Error('--webmail-client needs at least one --webmail-redirect');
+}
+const ownAudience = new Set(args.resource);
+const otherAudience = new Set(args['other-resource']);
+const accessTokenTtl = args['access-token-ttl'] ? Number(args['access-token-ttl']) : 3600;
 
 const tls = Boolean(args['tls-cert']);
 const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${args.port}`;
@@ -79,6 +122,7 @@ const configuration = {
           }
         : {}),
     },
+    ...webmailClients,
   ],
   scopes: ['openid', 'offline_access', 'profile', 'email', 'mailcow_template', 'department'],
   claims: {
@@ -91,11 +135,40 @@ const configuration = {
   // ID tokens carry only what the spec puts there when an access token is issued; the rest,
   // mailcow_template included, comes from UserInfo, so the relying party must merge.
   conformIdTokenClaims: true,
-  pkce: { required: () => true },
+  // Webmail clients may leave PKCE out (not every webmail sends it); mailauthd never does.
+  pkce: { required: (_ctx, client) => !webmailIds.has(client.clientId) },
+  ttl: { AccessToken: () => accessTokenTtl },
   features: {
     devInteractions: { enabled: true },
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
+    introspection: {
+      enabled: true,
+      // Any client that authenticates with a secret may ask about any token: mail
+      // servers (mailauthd) check the tokens a webmail client was given.
+      allowedPolicy: (_ctx, client) => client.clientAuthMethod !== 'none',
+    },
+    revocation: {
+      enabled: true,
+      allowedPolicy: (_ctx, client, token) => token.clientId === client.clientId,
+    },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: (_ctx, _client, oneOf) => oneOf,
+      useGrantedResource: () => false,
+      getResourceServerInfo(_ctx, resource, client) {
+        if (!ownAudience.has(resource) && !otherAudience.has(resource)) {
+          throw new errors.InvalidTarget(`unknown resource ${resource}`);
+        }
+        return {
+          scope: args['resource-scope'],
+          audience: ownAudience.has(resource) ? client.clientId : resource,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: accessTokenTtl,
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
   },
   // A refresh token for every sign-in of a client allowed the grant, whether or not the
   // consent prompt ran (by default offline_access needs prompt=consent).
