@@ -187,6 +187,8 @@ timeout_ms = 5000
 # provider hands Roundcube opaque tokens, which mailauthd introspects with its own client.
 [oauth]
 audiences = ["webmail"]
+# Roundcube asks for "openid email profile".
+required_scope = "email"
 introspection = "auto"
 
 [web]
