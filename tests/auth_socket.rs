@@ -372,6 +372,17 @@ fn protocol_conversations_with_the_real_daemon() {
     assert!(c.line().unwrap().starts_with("FAIL\t21\t"));
     c.send("AUTH\t22\tCRAM-MD5\tservice=imap\n");
     assert!(c.line().unwrap().starts_with("FAIL\t22\t"));
+    // Without [oauth] the token mechanisms are neither offered nor accepted.
+    c.send(&format!(
+        "AUTH\t24\tXOAUTH2\tservice=imap\tresp={}\nAUTH\t25\toauthbearer\tservice=imap\n",
+        b64(b"user=bob@example.org\x01auth=Bearer abc\x01\x01")
+    ));
+    for id in [24, 25] {
+        assert_eq!(
+            c.line().unwrap(),
+            format!("FAIL\t{id}\treason=Unsupported authentication mechanism")
+        );
+    }
     // The app password is for IMAP only.
     c.send(&format!(
         "AUTH\t23\tPLAIN\tservice=pop3\tresp={}\n",
@@ -1806,4 +1817,487 @@ fn an_unreachable_redis_is_logged_once_and_limits_hold_from_memory() {
         text.contains("sending limits count in this daemon's"),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Bearer tokens (OAUTHBEARER, XOAUTH2)
+// ---------------------------------------------------------------------------
+
+/// Stands in for the provider's validator: refuses every token starting with `bad`, says
+/// the provider is down for `down`, and vouches for any other token as subject `sub-<token>`.
+struct FakeVerifier {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const ISSUER: &str = "https://id.example.org";
+
+#[async_trait::async_trait]
+impl mailauthd::auth::TokenVerifier for FakeVerifier {
+    async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<mailauthd::auth::TokenIdentity, mailauthd::auth::TokenError> {
+        use mailauthd::auth::{TokenError, TokenRefusal};
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if token.starts_with("bad") {
+            return Err(TokenError::Refused(TokenRefusal::BadSignature));
+        }
+        if token == "down" {
+            return Err(TokenError::Unavailable("provider down".into()));
+        }
+        Ok(mailauthd::auth::TokenIdentity {
+            issuer: ISSUER.into(),
+            subject: format!("sub-{token}"),
+            expires_at: 4_000_000_000,
+        })
+    }
+
+    fn challenge(&self) -> mailauthd::auth::TokenChallenge {
+        mailauthd::auth::TokenChallenge {
+            scope: "email".into(),
+            openid_configuration: format!("{ISSUER}/.well-known/openid-configuration"),
+        }
+    }
+}
+
+/// The auth-socket driver in this process, on a unix socket of its own, with a decision
+/// core that has (or has not) a token verifier: the daemon's binary cannot be handed a
+/// fake one.
+struct TokenServer {
+    rt: tokio::runtime::Runtime,
+    stop: tokio_util::sync::CancellationToken,
+    path: PathBuf,
+    /// Tokens the verifier was asked about.
+    verified: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _dir: tempfile::TempDir,
+    _db: common::TestDb,
+}
+
+impl TokenServer {
+    fn start(tokens: bool) -> TokenServer {
+        use mailauthd::auth::app_password::AppPasswordKey;
+        use mailauthd::auth::last_use::LastUseWriter;
+        use mailauthd::auth::password::{self, Argon2Params};
+        use mailauthd::auth::pool::HashPool;
+        use mailauthd::auth::services::ServiceMap;
+        use mailauthd::auth::throttle::{Fingerprinter, Throttle, ThrottleConfig};
+        use mailauthd::auth::verify_cache::{VerifyCache, VerifyCacheConfig};
+        use mailauthd::auth::{Authenticator, AuthenticatorParts, TokenVerifier};
+        use mailauthd::clock::SystemClock;
+        use mailauthd::names::{Address, Protocols};
+        use mailauthd::provision::{self, NewMailbox};
+        use mailauthd::server::auth_conn::{serve_connection, AuthService};
+        use mailauthd::server::connections::Activity;
+        use mailauthd::server::listener::Peer;
+        use mailauthd::store::{AuthSource, MailboxState};
+        use std::sync::Arc;
+
+        const CHEAP: Argon2Params = Argon2Params {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let db = rt.block_on(async {
+            let db = common::fresh(&common::Backend::Sqlite).await;
+            let store = db.dyn_store();
+            common::create_example_org(&*store).await;
+            for (address, source, identity) in [
+                ("alice@example.org", AuthSource::Local, None),
+                (
+                    "bob@example.org",
+                    AuthSource::Oidc,
+                    Some((ISSUER.to_string(), "sub-bob".to_string())),
+                ),
+            ] {
+                let new = NewMailbox {
+                    address: Address::parse(address).unwrap(),
+                    password_hash: (source == AuthSource::Local)
+                        .then(|| password::hash_argon2id(b"alice-pw", CHEAP).unwrap()),
+                    auth_source: source,
+                    display_name: String::new(),
+                    quota: None,
+                    protocols: Some(Protocols::ALL),
+                    state: Some(MailboxState::Active),
+                    template: None,
+                    oidc_identity: identity,
+                    require_active_domain: false,
+                };
+                provision::create_mailbox(&*store, &SystemClock, new)
+                    .await
+                    .unwrap();
+            }
+            db
+        });
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::UnixListener::bind(&path).unwrap()
+        };
+        let store = db.dyn_store();
+        let stop_accepting = stop.clone();
+        let verified = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = verified.clone();
+        rt.spawn(async move {
+            let (sender, _writer) =
+                LastUseWriter::spawn(store.clone(), Duration::from_millis(20), 100);
+            let verifier: Option<Arc<dyn TokenVerifier>> =
+                tokens.then(|| Arc::new(FakeVerifier { calls }) as Arc<dyn TokenVerifier>);
+            let auth = Authenticator::new(AuthenticatorParts {
+                store,
+                key: AppPasswordKey::new(vec![42; 32]),
+                pool: Arc::new(HashPool::new(2, 64)),
+                clock: Arc::new(SystemClock),
+                services: ServiceMap::default(),
+                argon2: CHEAP,
+                rehash_on_login: false,
+                last_use: sender,
+                throttle: Arc::new(Throttle::in_memory(
+                    ThrottleConfig {
+                        enabled: false,
+                        ..ThrottleConfig::default()
+                    },
+                    Fingerprinter::with_key([7; 32]),
+                )),
+                verify_cache: Arc::new(
+                    VerifyCache::new(VerifyCacheConfig::default(), Arc::new(SystemClock)).unwrap(),
+                ),
+                max_age_without_sign_in: None,
+                tokens: verifier,
+            })
+            .unwrap();
+            let service = Arc::new(AuthService::new(Arc::new(auth), Duration::from_secs(60)));
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stop_accepting.cancelled() => break,
+                };
+                let (stream, _) = accepted.unwrap();
+                let peer = Peer {
+                    description: "test".into(),
+                    ip: None,
+                    trusted: true,
+                    control_allowed: false,
+                };
+                tokio::spawn(serve_connection(
+                    Box::new(stream),
+                    peer,
+                    service.clone(),
+                    Activity::detached(stop_accepting.child_token()),
+                ));
+            }
+        });
+        TokenServer {
+            rt,
+            stop,
+            path,
+            verified,
+            _dir: dir,
+            _db: db,
+        }
+    }
+
+    fn client(&self) -> (Client, Vec<String>) {
+        Client::handshake(&self.path)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        // Let the connections see the stop before the runtime goes.
+        self.rt
+            .block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+    }
+}
+
+fn oauthbearer(authzid: Option<&str>, token: &str) -> String {
+    let a = authzid.map(|a| format!("a={a}")).unwrap_or_default();
+    b64(
+        format!("n,{a},\x01host=mail.example.org\x01port=143\x01auth=Bearer {token}\x01\x01")
+            .as_bytes(),
+    )
+}
+
+fn xoauth2(user: &str, token: &str) -> String {
+    b64(format!("user={user}\x01auth=Bearer {token}\x01\x01").as_bytes())
+}
+
+/// What a refused token's error challenge must say (RFC 7628 section 3.2.2).
+fn error_challenge(status: &str) -> String {
+    b64(format!(
+        r#"{{"status":"{status}","schemes":"bearer","scope":"email","openid-configuration":"{ISSUER}/.well-known/openid-configuration"}}"#
+    )
+    .as_bytes())
+}
+
+#[test]
+fn token_mechanisms_are_offered_with_dovecots_flags_when_tokens_are_accepted() {
+    let server = TokenServer::start(true);
+    let (_, hello) = server.client();
+    let mechs: Vec<&str> = hello
+        .iter()
+        .filter(|l| l.starts_with("MECH\t"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        mechs,
+        [
+            "MECH\tPLAIN\tplaintext",
+            "MECH\tLOGIN\tplaintext",
+            "MECH\tOAUTHBEARER\tplaintext",
+            "MECH\tXOAUTH2\tplaintext"
+        ]
+    );
+
+    let off = TokenServer::start(false);
+    let (mut c, hello) = off.client();
+    assert_eq!(hello.iter().filter(|l| l.starts_with("MECH\t")).count(), 2);
+    c.send(&format!(
+        "AUTH\t1\tOAUTHBEARER\tservice=imap\tresp={}\nAUTH\t2\tXOAUTH2\tservice=imap\n",
+        oauthbearer(None, "good")
+    ));
+    for id in [1, 2] {
+        assert_eq!(
+            c.line().unwrap(),
+            format!("FAIL\t{id}\treason=Unsupported authentication mechanism")
+        );
+    }
+    // Passwords still work beside them.
+    c.send(&format!(
+        "AUTH\t3\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t3\tuser=alice@example.org");
+}
+
+#[test]
+fn a_refused_token_gets_the_error_challenge_then_fails() {
+    let server = TokenServer::start(true);
+    let (mut c, _) = server.client();
+
+    // OAUTHBEARER with a name: CONT with the JSON, the client's ^A, then FAIL.
+    c.send(&format!(
+        "AUTH\t1\tOAUTHBEARER\tservice=imap\tresp={}\n",
+        oauthbearer(Some("bob@example.org"), "bad-token")
+    ));
+    assert_eq!(
+        c.line().unwrap(),
+        format!("CONT\t1\t{}", error_challenge("invalid_token"))
+    );
+    c.send("CONT\t1\tAQ==\n");
+    assert_eq!(
+        c.line().unwrap(),
+        "FAIL\t1\tuser=bob@example.org\treason=Authentication failed"
+    );
+
+    // XOAUTH2: the same, with Google's status; an empty answer ends it as well.
+    c.send(&format!(
+        "AUTH\t2\tXOAUTH2\tservice=submission\tresp={}\n",
+        xoauth2("bob@example.org", "bad-token")
+    ));
+    assert_eq!(
+        c.line().unwrap(),
+        format!("CONT\t2\t{}", error_challenge("401"))
+    );
+    c.send("CONT\t2\t\n");
+    assert_eq!(
+        c.line().unwrap(),
+        "FAIL\t2\tuser=bob@example.org\treason=Authentication failed"
+    );
+
+    // Without a name, and without an initial response: the empty challenge first.
+    c.send("AUTH\t3\tOAUTHBEARER\tservice=imap\n");
+    assert_eq!(c.line().unwrap(), "CONT\t3\t");
+    c.send(&format!("CONT\t3\t{}\n", oauthbearer(None, "bad")));
+    assert_eq!(
+        c.line().unwrap(),
+        format!("CONT\t3\t{}", error_challenge("invalid_token"))
+    );
+    c.send("CONT\t3\tAQ==\n");
+    assert_eq!(c.line().unwrap(), "FAIL\t3\treason=Authentication failed");
+
+    // A CANCEL during the error exchange ends it; the id is free again.
+    c.send(&format!(
+        "AUTH\t4\tOAUTHBEARER\tservice=imap\tresp={}\n",
+        oauthbearer(None, "bad")
+    ));
+    assert!(c.line().unwrap().starts_with("CONT\t4\teyJ"));
+    c.send("CANCEL\t4\n");
+    c.send(&format!(
+        "AUTH\t4\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t4\tuser=alice@example.org");
+
+    // A new AUTH with the id still in its error exchange is a reused id, as for any
+    // open exchange: the connection is closed.
+    c.send(&format!(
+        "AUTH\t5\tXOAUTH2\tservice=imap\tresp={}\n",
+        xoauth2("bob@example.org", "bad")
+    ));
+    assert!(c.line().unwrap().starts_with("CONT\t5\teyJ"));
+    c.send(&format!(
+        "AUTH\t5\tXOAUTH2\tservice=imap\tresp={}\n",
+        xoauth2("bob@example.org", "bad")
+    ));
+    assert!(c.closed(), "reused id must close the connection");
+}
+
+#[test]
+fn pipelined_token_logins_are_each_answered() {
+    let server = TokenServer::start(true);
+    let (mut c, _) = server.client();
+    // Forty token logins at once, both mechanisms, with passwords in between.
+    let mut requests = Vec::new();
+    for id in 1..=40u32 {
+        requests.push(match id % 4 {
+            0 => format!(
+                "AUTH\t{id}\tPLAIN\tservice=imap\tresp={}\n",
+                plain("alice@example.org", "alice-pw")
+            ),
+            1 => format!(
+                "AUTH\t{id}\tOAUTHBEARER\tservice=imap\tresp={}\n",
+                oauthbearer(Some("bob@example.org"), &format!("bad{id}"))
+            ),
+            2 => format!(
+                "AUTH\t{id}\tXOAUTH2\tservice=imap\tresp={}\n",
+                xoauth2("bob@example.org", &format!("bad{id}"))
+            ),
+            _ => format!(
+                "AUTH\t{id}\tOAUTHBEARER\tservice=pop3\tresp={}\n",
+                oauthbearer(None, &format!("bad{id}"))
+            ),
+        });
+    }
+    let replies = pipelined(&mut c, &requests);
+    let mut acks = String::new();
+    for (id, reply) in &replies {
+        match id % 4 {
+            0 => assert_eq!(reply, &format!("OK\t{id}\tuser=alice@example.org")),
+            2 => {
+                assert_eq!(reply, &format!("CONT\t{id}\t{}", error_challenge("401")));
+                acks.push_str(&format!("CONT\t{id}\tAQ==\n"));
+            }
+            _ => {
+                assert_eq!(
+                    reply,
+                    &format!("CONT\t{id}\t{}", error_challenge("invalid_token"))
+                );
+                acks.push_str(&format!("CONT\t{id}\tAQ==\n"));
+            }
+        }
+    }
+    // All the acknowledgements at once, too.
+    c.send(&acks);
+    let mut failed = std::collections::BTreeMap::new();
+    while failed.len() < 30 {
+        let line = c.line().expect("a FAIL for every acknowledged error");
+        let id: u32 = line.split('\t').nth(1).unwrap().parse().unwrap();
+        failed.insert(id, line);
+    }
+    for (id, line) in failed {
+        assert_ne!(id % 4, 0);
+        let user = if id % 4 == 3 {
+            String::new()
+        } else {
+            "\tuser=bob@example.org".to_string()
+        };
+        assert_eq!(
+            line,
+            format!("FAIL\t{id}{user}\treason=Authentication failed")
+        );
+    }
+    // The connection is still in order.
+    c.send(&format!(
+        "AUTH\t99\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t99\tuser=alice@example.org");
+}
+
+#[test]
+fn malformed_token_messages_fail_at_once() {
+    let server = TokenServer::start(true);
+    let (mut c, _) = server.client();
+    let cases: &[(&str, &[u8])] = &[
+        ("OAUTHBEARER", b"p=tls-unique,,\x01auth=Bearer abc\x01\x01"),
+        ("OAUTHBEARER", b"x,,\x01auth=Bearer abc\x01\x01"),
+        ("OAUTHBEARER", b"n,a=jo=41e,\x01auth=Bearer abc\x01\x01"),
+        ("OAUTHBEARER", b"n,a=joe\x01auth=Bearer abc\x01\x01"),
+        ("OAUTHBEARER", b"n,,\x01host=x\x01\x01"),
+        ("OAUTHBEARER", b"n,,\x01auth=Basic abc\x01\x01"),
+        ("OAUTHBEARER", b"n,,\x01auth=Bearer abc\x01"),
+        ("OAUTHBEARER", b"n,,\x01auth=Bearer a b\x01\x01"),
+        ("XOAUTH2", b"auth=Bearer abc\x01\x01"),
+        ("XOAUTH2", b"user=joe\x01\x01"),
+        ("XOAUTH2", b"user=jo\te\x01auth=Bearer abc\x01\x01"),
+    ];
+    for (i, (mech, message)) in cases.iter().enumerate() {
+        let id = i + 1;
+        c.send(&format!(
+            "AUTH\t{id}\t{mech}\tservice=imap\tresp={}\n",
+            b64(message)
+        ));
+        assert_eq!(
+            c.line().unwrap(),
+            format!("FAIL\t{id}\treason=Authentication failed"),
+            "{message:?}"
+        );
+    }
+    // The same after the empty challenge.
+    c.send("AUTH\t50\tOAUTHBEARER\tservice=imap\n");
+    assert_eq!(c.line().unwrap(), "CONT\t50\t");
+    c.send(&format!(
+        "CONT\t50\t{}\n",
+        b64(b"y,a=,\x01auth=Bearer abc\x01\x01")
+    ));
+    assert_eq!(c.line().unwrap(), "FAIL\t50\treason=Authentication failed");
+    // None of these reached the verifier, and the connection goes on.
+    assert_eq!(server.verified.load(std::sync::atomic::Ordering::SeqCst), 0);
+    c.send(&format!(
+        "AUTH\t51\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t51\tuser=alice@example.org");
+}
+
+#[test]
+fn over_long_tokens_are_refused() {
+    let server = TokenServer::start(true);
+    let (mut c, _) = server.client();
+    // Over the codec's 8 KiB but inside the 16 KiB line: refused by the codec, at once,
+    // and the connection goes on.
+    let long = "a".repeat(9 * 1024);
+    c.send(&format!(
+        "AUTH\t1\tOAUTHBEARER\tservice=imap\tresp={}\nAUTH\t2\tXOAUTH2\tservice=imap\tresp={}\n",
+        oauthbearer(None, &long),
+        xoauth2("bob@example.org", &long)
+    ));
+    assert_eq!(c.line().unwrap(), "FAIL\t1\treason=Authentication failed");
+    assert_eq!(c.line().unwrap(), "FAIL\t2\treason=Authentication failed");
+    assert_eq!(server.verified.load(std::sync::atomic::Ordering::SeqCst), 0);
+    c.send(&format!(
+        "AUTH\t3\tPLAIN\tservice=imap\tresp={}\n",
+        plain("alice@example.org", "alice-pw")
+    ));
+    assert_eq!(c.line().unwrap(), "OK\t3\tuser=alice@example.org");
+
+    // A 16 KiB token does not even fit in a line of the protocol (base64 makes it
+    // 21 KiB): the connection is closed, as for any over-long line.
+    let huge = "a".repeat(16 * 1024);
+    c.send(&format!(
+        "AUTH\t4\tOAUTHBEARER\tservice=imap\tresp={}\n",
+        oauthbearer(None, &huge)
+    ));
+    assert!(c.closed(), "an over-long line must close the connection");
+    // Others are unaffected.
+    let (mut other, _) = server.client();
+    other.send(&format!(
+        "AUTH\t1\tOAUTHBEARER\tservice=imap\tresp={}\n",
+        oauthbearer(None, "bad")
+    ));
+    assert!(other.line().unwrap().starts_with("CONT\t1\teyJ"));
 }

@@ -8,6 +8,12 @@
 //! passwords), the idle timer and the write timeout are [`super::line_conn`]'s. This file
 //! adds what is the auth socket's own: the handshake, the requests open on a connection,
 //! the order they are charged to the throttle in, and the caps over all connections.
+//!
+//! OAUTHBEARER and XOAUTH2 are offered only when the decision core accepts bearer tokens.
+//! A token the core refuses is not answered with FAIL at once: RFC 7628 wants the error
+//! challenge first (a JSON saying where to get a new token), so the request goes back to
+//! waiting for the client, whose (dummy) answer then ends it in FAIL. A CANCEL or the
+//! connection closing in between ends it like any other exchange.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 use super::connections::Activity;
 use super::line_conn::{ConnectionError, Filled, Limits, LineConn};
 use super::listener::{Peer, Stream};
-use crate::auth::{AuthRequest, Authenticator, FailReason, Outcome};
+use crate::auth::{AuthRequest, Authenticator, FailReason, Outcome, SecretKind};
 use crate::names::Protocol;
 use crate::proto::dovecot_auth::{
     self as proto, AuthLine, ClientLine, FailCode, Handshake, ProtoError,
 };
-use crate::proto::sasl::{Exchange, Mechanism, Step};
+use crate::proto::sasl::{self, Exchange, Mechanism, SaslError, Step};
 use crate::secret::Secret;
 
 /// What a client is told when a login is refused; the reason stays in our log.
@@ -56,6 +62,11 @@ const LINE_BUFFER: usize = 1024;
 
 pub struct AuthService {
     auth: Arc<Authenticator>,
+    /// What the handshake offers: the token mechanisms only when tokens are accepted.
+    mechanisms: &'static [Mechanism],
+    /// RFC 7628's error message for a refused token, per mechanism (OAUTHBEARER,
+    /// XOAUTH2); fixed at start like the verifier's settings.
+    token_errors: Option<[Vec<u8>; 2]>,
     spid: u32,
     next_cuid: AtomicU32,
     idle_timeout: Duration,
@@ -66,8 +77,19 @@ pub struct AuthService {
 
 impl AuthService {
     pub fn new(auth: Arc<Authenticator>, idle_timeout: Duration) -> Self {
+        let token_errors = auth.token_challenge().map(|c| {
+            [Mechanism::OAuthBearer, Mechanism::XOAuth2]
+                .map(|m| sasl::token_error_challenge(m, &c.scope, &c.openid_configuration))
+        });
+        let mechanisms: &'static [Mechanism] = if auth.accepts_tokens() {
+            &Mechanism::ALL
+        } else {
+            &Mechanism::PASSWORD
+        };
         AuthService {
             auth,
+            mechanisms,
+            token_errors,
             spid: std::process::id(),
             next_cuid: AtomicU32::new(1),
             idle_timeout,
@@ -94,10 +116,14 @@ struct RequestInfo {
     mechanism: Mechanism,
     /// `no-penalty`, believed only from a trusted peer.
     no_penalty: bool,
+    /// The name a refused token came with, for the FAIL that ends its error exchange.
+    login: Option<String>,
 }
 
 enum Reply {
     Line(u32, Vec<u8>),
+    /// The token was refused: send the error challenge and wait for the client.
+    TokenRefused(u32, RequestInfo),
     /// Temporary failure for a Postfix caller: Postfix turns every FAIL into 535, but a
     /// closed connection into 454 4.7.0, which clients retry.
     Close(u32),
@@ -186,7 +212,7 @@ async fn run(
     let _ = getrandom::fill(&mut cookie);
     let hello = Handshake {
         minor: proto::MINOR_DOVECOT_2_3,
-        mechanisms: &Mechanism::ALL,
+        mechanisms: service.mechanisms,
         spid: service.spid,
         cuid,
         cookie,
@@ -227,6 +253,14 @@ async fn run(
                     Reply::Close(id) => {
                         if conn.pending.remove(&id).is_some() {
                             return End::TempFailClose;
+                        }
+                    }
+                    Reply::TokenRefused(id, request) => {
+                        if conn.pending.remove(&id).is_some() {
+                            let line = conn.token_error(id, request);
+                            if let Err(e) = lines.write_all(&line).await {
+                                return e.into();
+                            }
                         }
                     }
                 }
@@ -273,16 +307,19 @@ async fn run(
 /// every FAIL into 535, a closed connection (454).
 fn temp_fail_reply(id: u32, login: &str, smtp: bool) -> Reply {
     if smtp {
-        return Reply::Close(id);
+        Reply::Close(id)
+    } else {
+        Reply::Line(id, temp_fail_line(id, login))
     }
-    Reply::Line(
+}
+
+fn temp_fail_line(id: u32, login: &str) -> Vec<u8> {
+    proto::encode_fail_code(
         id,
-        proto::encode_fail_code(
-            id,
-            Some(login),
-            Some(FailCode::TempFail),
-            Some("Temporary authentication failure, try again later"),
-        ),
+        // A token may come without a name.
+        (!login.is_empty()).then_some(login),
+        Some(FailCode::TempFail),
+        Some("Temporary authentication failure, try again later"),
     )
 }
 
@@ -377,7 +414,10 @@ impl Conn<'_> {
         if self.pending.len() >= MAX_PENDING {
             return Err(ProtocolError::TooManyOpen);
         }
-        let Some(mechanism) = auth.mechanism_kind() else {
+        let offered = auth
+            .mechanism_kind()
+            .filter(|m| self.service.mechanisms.contains(m));
+        let Some(mechanism) = offered else {
             tracing::info!(peer = %self.peer.description, id, mech = %auth.mechanism, "unsupported mechanism");
             return Ok(proto::encode_fail(
                 id,
@@ -404,6 +444,7 @@ impl Conn<'_> {
             secured: auth.secured && trusted,
             mechanism,
             no_penalty: auth.no_penalty && trusted,
+            login: None,
         };
         let initial = auth.take_initial_response(self.client_minor.unwrap_or(0));
         let (exchange, step) = Exchange::start(mechanism, initial);
@@ -440,87 +481,141 @@ impl Conn<'_> {
                     .insert(id, Pending::Exchanging { exchange, request });
                 Ok(proto::encode_cont(id, &challenge))
             }
+            Step::Fail(SaslError::TokenRefused) => {
+                // The decision was logged when the token was refused; this only ends it.
+                Ok(proto::encode_fail(
+                    id,
+                    request.login.as_deref(),
+                    Some(FAIL_REASON),
+                    false,
+                ))
+            }
             Step::Fail(e) => {
                 tracing::info!(peer = %self.peer.description, id, service = %request.service, error = %e, "SASL exchange failed");
                 Ok(proto::encode_fail(id, None, Some(FAIL_REASON), false))
             }
             Step::Done { authcid, password } => {
-                let secret = Secret::new(password.into_vec());
-                let auth = self.service.auth.clone();
-                let tx = self.tx.clone();
-                let smtp = auth.protocol_of(&request.service) == Some(Protocol::Smtp);
-                // Requests are decided at once but charged to the throttle in the order
-                // they arrived: pipelined guesses cannot overtake each other, so the
-                // last of them is never among the first few checked.
-                let Ok(queued) = self.service.queued.clone().try_acquire_owned() else {
-                    tracing::warn!(peer = %self.peer.description, id, "too many requests waiting; temporary failure");
-                    crate::metrics::auth_overloaded();
-                    return Ok(match temp_fail_reply(id, &authcid, smtp) {
-                        Reply::Line(_, line) => line,
-                        Reply::Close(_) => {
-                            self.close_now = true;
-                            Vec::new()
-                        }
-                    });
-                };
-                let deciding = self.service.deciding.clone();
-                let held_back = self.service.held_back.clone();
-                let before = self.last_admitted.take();
-                let baton = Baton(Arc::new(Notify::new()));
-                self.last_admitted = Some(baton.0.clone());
-                let peer = self.peer.description.clone();
-                let task = tokio::spawn(async move {
-                    let _queued = queued;
-                    if let Some(before) = before {
-                        before.notified().await;
-                    }
-                    let Ok(permit) = deciding.try_acquire_owned() else {
-                        // Dropping the baton lets the next request on this connection
-                        // take its turn.
-                        drop(baton);
-                        tracing::warn!(peer = %peer, id, "too many requests being decided; temporary failure");
-                        crate::metrics::auth_overloaded();
-                        let _ = tx.send(temp_fail_reply(id, &authcid, smtp)).await;
-                        return;
-                    };
-                    let outcome = auth
-                        .authenticate(&AuthRequest {
-                            login: &authcid,
-                            secret: &secret,
-                            kind: crate::auth::SecretKind::Password,
-                            service: &request.service,
-                            remote_ip: request.rip,
-                            secured: request.secured,
-                            mechanism: Some(request.mechanism.name()),
-                            no_penalty: request.no_penalty,
-                            admitted: Some(&baton.0),
-                        })
-                        .await;
-                    drop(baton);
-                    drop(permit);
-                    if outcome == Outcome::Fail(FailReason::Throttled) {
-                        // Held back like a delayed attempt, outside the deciding cap, so
-                        // a blocked source cannot crowd everyone else out of it.
-                        if let Ok(_held) = held_back.try_acquire_owned() {
-                            tokio::time::sleep(auth.refusal_delay()).await;
-                        }
-                    }
-                    let reply = match outcome {
-                        Outcome::Ok(success) => {
-                            Reply::Line(id, proto::encode_ok(id, &success.mailbox, &[]))
-                        }
-                        Outcome::Fail(_) => Reply::Line(
-                            id,
-                            proto::encode_fail(id, Some(&authcid), Some(FAIL_REASON), false),
-                        ),
-                        Outcome::TempFail(_) => temp_fail_reply(id, &authcid, smtp),
-                    };
-                    let _ = tx.send(reply).await;
-                });
-                self.pending
-                    .insert(id, Pending::Deciding(task.abort_handle()));
-                Ok(Vec::new())
+                self.decide(id, request, authcid, password, SecretKind::Password)
             }
+            // Without `a=`, the token alone says whose it is; the name given, if any,
+            // must then match it.
+            Step::Token { authzid, token } => self.decide(
+                id,
+                request,
+                authzid.unwrap_or_default(),
+                token,
+                SecretKind::BearerToken,
+            ),
         }
+    }
+
+    /// The error challenge for a refused token, and the request back to waiting for the
+    /// client's answer.
+    fn token_error(&mut self, id: u32, request: RequestInfo) -> Vec<u8> {
+        let challenge = match (&self.service.token_errors, request.mechanism) {
+            (Some([bearer, _]), Mechanism::OAuthBearer) => bearer.clone(),
+            (Some([_, xoauth2]), Mechanism::XOAuth2) => xoauth2.clone(),
+            // Only token requests are refused this way, and only when tokens are
+            // accepted; anything else still gets an (empty) error challenge.
+            _ => Vec::new(),
+        };
+        let (exchange, step) = Exchange::after_refused_token(request.mechanism, challenge);
+        let Step::Challenge(challenge) = step else {
+            return proto::encode_fail(id, request.login.as_deref(), Some(FAIL_REASON), false);
+        };
+        self.pending
+            .insert(id, Pending::Exchanging { exchange, request });
+        proto::encode_cont(id, &challenge)
+    }
+
+    /// Hands a finished exchange's credentials to the decision core on a task of its own.
+    fn decide(
+        &mut self,
+        id: u32,
+        request: RequestInfo,
+        authcid: String,
+        password: sasl::SaslPassword,
+        kind: SecretKind,
+    ) -> Result<Vec<u8>, ProtocolError> {
+        let secret = Secret::new(password.into_vec());
+        let auth = self.service.auth.clone();
+        let tx = self.tx.clone();
+        let smtp = auth.protocol_of(&request.service) == Some(Protocol::Smtp);
+        // Requests are decided at once but charged to the throttle in the order
+        // they arrived: pipelined guesses cannot overtake each other, so the
+        // last of them is never among the first few checked.
+        let Ok(queued) = self.service.queued.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %self.peer.description, id, "too many requests waiting; temporary failure");
+            crate::metrics::auth_overloaded();
+            if smtp {
+                self.close_now = true;
+                return Ok(Vec::new());
+            }
+            return Ok(temp_fail_line(id, &authcid));
+        };
+        let deciding = self.service.deciding.clone();
+        let held_back = self.service.held_back.clone();
+        let before = self.last_admitted.take();
+        let baton = Baton(Arc::new(Notify::new()));
+        self.last_admitted = Some(baton.0.clone());
+        let peer = self.peer.description.clone();
+        let task = tokio::spawn(async move {
+            let _queued = queued;
+            if let Some(before) = before {
+                before.notified().await;
+            }
+            let Ok(permit) = deciding.try_acquire_owned() else {
+                // Dropping the baton lets the next request on this connection
+                // take its turn.
+                drop(baton);
+                tracing::warn!(peer = %peer, id, "too many requests being decided; temporary failure");
+                crate::metrics::auth_overloaded();
+                let _ = tx.send(temp_fail_reply(id, &authcid, smtp)).await;
+                return;
+            };
+            let outcome = auth
+                .authenticate(&AuthRequest {
+                    login: &authcid,
+                    secret: &secret,
+                    kind,
+                    service: &request.service,
+                    remote_ip: request.rip,
+                    secured: request.secured,
+                    mechanism: Some(request.mechanism.name()),
+                    no_penalty: request.no_penalty,
+                    admitted: Some(&baton.0),
+                })
+                .await;
+            drop(baton);
+            drop(permit);
+            if outcome == Outcome::Fail(FailReason::Throttled) {
+                // Held back like a delayed attempt, outside the deciding cap, so
+                // a blocked source cannot crowd everyone else out of it.
+                if let Ok(_held) = held_back.try_acquire_owned() {
+                    tokio::time::sleep(auth.refusal_delay()).await;
+                }
+            }
+            let reply = match outcome {
+                Outcome::Ok(success) => {
+                    Reply::Line(id, proto::encode_ok(id, &success.mailbox, &[]))
+                }
+                Outcome::Fail(_) if kind == SecretKind::BearerToken => Reply::TokenRefused(
+                    id,
+                    RequestInfo {
+                        login: Some(authcid).filter(|l| !l.is_empty()),
+                        ..request
+                    },
+                ),
+                Outcome::Fail(_) => Reply::Line(
+                    id,
+                    proto::encode_fail(id, Some(&authcid), Some(FAIL_REASON), false),
+                ),
+                Outcome::TempFail(_) => temp_fail_reply(id, &authcid, smtp),
+            };
+            let _ = tx.send(reply).await;
+        });
+        self.pending
+            .insert(id, Pending::Deciding(task.abort_handle()));
+        Ok(Vec::new())
     }
 }
