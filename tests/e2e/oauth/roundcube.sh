@@ -367,8 +367,9 @@ DETAIL=$out check "the sent message is listed in alice's INBOX in Roundcube" \
 	eval 'grep -qF "$SENT" <<<"$(json j.inboxAfterSend.messages <<<"$out")"'
 DETAIL=$out check "Roundcube saved its copy in the Sent folder (IMAP APPEND by token)" \
 	eval 'grep -qF "$SENT" <<<"$(json j.sentFolder.messages <<<"$out")"'
-check "the screenshot of the INBOX after sign-in is in \$ARTIFACTS/roundcube/screenshots" \
-	eval 'ls "$SHOTS"/3-alice-roundcube-*-rc-after-sign-in.png >/dev/null 2>&1'
+# Taken only once Roundcube listed the INBOX after sending.
+check "the screenshot of the INBOX with the sent message is in \$ARTIFACTS/roundcube/screenshots" \
+	eval 'ls "$SHOTS"/3-alice-roundcube-*-rc-inbox-after-send.png >/dev/null 2>&1'
 
 # --- the daemon's log -------------------------------------------------------------------
 
