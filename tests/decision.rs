@@ -20,7 +20,10 @@ use mailauthd::auth::pool::HashPool;
 use mailauthd::auth::services::ServiceMap;
 use mailauthd::auth::throttle::{Fingerprinter, Throttle, ThrottleConfig};
 use mailauthd::auth::verify_cache::{VerifyCache, VerifyCacheConfig};
-use mailauthd::auth::{AuthRequest, Authenticator, AuthenticatorParts, Outcome, TempCause};
+use mailauthd::auth::{
+    AuthRequest, Authenticator, AuthenticatorParts, Credential, Outcome, SecretKind, TempCause,
+    TokenChallenge, TokenError, TokenIdentity, TokenRefusal, TokenVerifier,
+};
 use mailauthd::clock::ManualClock;
 use mailauthd::names::{Address, Protocols};
 use mailauthd::provision::{self, NewMailbox};
@@ -100,6 +103,23 @@ async fn setup_with(
     store: Arc<dyn Store>,
     pool: Arc<HashPool>,
     max_age_without_sign_in: Option<i64>,
+) -> Fixture {
+    // The table is about the rules; repeated refusals would only add delays here.
+    // Throttling has its own suite, tests/throttle.rs.
+    let throttle = ThrottleConfig {
+        enabled: false,
+        ..ThrottleConfig::default()
+    };
+    setup_full(store, pool, max_age_without_sign_in, None, throttle).await
+}
+
+/// [`setup_with`], with a token verifier and the throttle's settings.
+async fn setup_full(
+    store: Arc<dyn Store>,
+    pool: Arc<HashPool>,
+    max_age_without_sign_in: Option<i64>,
+    tokens: Option<Arc<dyn TokenVerifier>>,
+    throttle: ThrottleConfig,
 ) -> Fixture {
     let s = &*store;
     let pw = |p: &str| password::hash_argon2id(p.as_bytes(), CHEAP).unwrap();
@@ -257,20 +277,15 @@ async fn setup_with(
         argon2: CHEAP,
         rehash_on_login: true,
         last_use: sender,
-        // The table is about the rules; repeated refusals would only add delays here.
-        // Throttling has its own suite, tests/throttle.rs.
         throttle: Arc::new(Throttle::in_memory(
-            ThrottleConfig {
-                enabled: false,
-                ..ThrottleConfig::default()
-            },
+            throttle,
             Fingerprinter::with_key([7; 32]),
         )),
         verify_cache: Arc::new(
             VerifyCache::new(VerifyCacheConfig::default(), Arc::new(ManualClock::at(NOW))).unwrap(),
         ),
         max_age_without_sign_in,
-        tokens: None,
+        tokens,
     })
     .unwrap();
     Fixture { auth, writer, apps }
@@ -1244,4 +1259,621 @@ async fn identity_suspension_and_overdue_sign_in_refuse_mail_logins() {
         db.finish().await;
         eprintln!("identity rules passed on {b}");
     }
+}
+
+// Bearer tokens (OAUTHBEARER, XOAUTH2, the introspection endpoint): the core's own rules,
+// with a verifier that answers from a table. The validator itself is tested with its own
+// provider; here only what the core does with each of its answers.
+
+const ISSUER: &str = "https://idp.example";
+const DAY: i64 = 86_400;
+
+/// Answers each token from a table; any other token has a bad signature.
+struct TableVerifier {
+    answers: std::collections::HashMap<String, Result<TokenIdentity, TokenError>>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl TableVerifier {
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenVerifier for TableVerifier {
+    async fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.answers
+            .get(token)
+            .cloned()
+            .unwrap_or(Err(TokenError::Refused(TokenRefusal::BadSignature)))
+    }
+
+    fn challenge(&self) -> TokenChallenge {
+        TokenChallenge {
+            scope: "email".into(),
+            openid_configuration: format!("{ISSUER}/.well-known/openid-configuration"),
+        }
+    }
+}
+
+const REFUSALS: [TokenRefusal; 12] = [
+    TokenRefusal::Malformed,
+    TokenRefusal::TooLong,
+    TokenRefusal::Algorithm,
+    TokenRefusal::UnknownKey,
+    TokenRefusal::BadSignature,
+    TokenRefusal::Expired,
+    TokenRefusal::NotYetValid,
+    TokenRefusal::Issuer,
+    TokenRefusal::Audience,
+    TokenRefusal::Scope,
+    TokenRefusal::Inactive,
+    TokenRefusal::MissingClaim,
+];
+
+/// The tokens the table knows: `t-<name>` for the identity `sub-<name>`; `t-down` cannot
+/// be checked; `t-refused-<code>` is refused with that code.
+fn token_table() -> Arc<TableVerifier> {
+    let mut answers = std::collections::HashMap::new();
+    for name in [
+        "tok", "imap", "off", "disabled", "nologin", "local", "susp", "overdue", "unbound",
+    ] {
+        answers.insert(
+            format!("t-{name}"),
+            Ok(TokenIdentity {
+                issuer: ISSUER.into(),
+                subject: format!("sub-{name}"),
+                expires_at: NOW + 600,
+            }),
+        );
+    }
+    // The same subject at another issuer is another person.
+    answers.insert(
+        "t-other-issuer".into(),
+        Ok(TokenIdentity {
+            issuer: "https://other.example".into(),
+            subject: "sub-tok".into(),
+            expires_at: NOW + 600,
+        }),
+    );
+    answers.insert(
+        "t-down".into(),
+        Err(TokenError::Unavailable("connection refused".into())),
+    );
+    for r in REFUSALS {
+        answers.insert(
+            format!("t-refused-{}", r.code()),
+            Err(TokenError::Refused(r)),
+        );
+    }
+    Arc::new(TableVerifier {
+        answers,
+        calls: Default::default(),
+    })
+}
+
+/// A mailbox bound to the identity `sub-<subject>` of [`ISSUER`], last signed in on the
+/// web `signed_in_days_ago`.
+async fn bound_mailbox(
+    s: &dyn Store,
+    address: &str,
+    source: AuthSource,
+    state: MailboxState,
+    protocols: &str,
+    subject: &str,
+    signed_in_days_ago: i64,
+) {
+    let new = NewMailbox {
+        address: Address::parse(address).unwrap(),
+        password_hash: None,
+        auth_source: source,
+        display_name: String::new(),
+        quota: None,
+        protocols: Some(Protocols::parse_list(protocols).unwrap()),
+        state: Some(state),
+        template: None,
+        oidc_identity: Some((ISSUER.into(), format!("sub-{subject}"))),
+        require_active_domain: false,
+    };
+    provision::create_mailbox(s, &ManualClock::at(NOW), new)
+        .await
+        .unwrap();
+    s.record_sign_in(address, NOW - signed_in_days_ago * DAY, None)
+        .await
+        .unwrap();
+}
+
+/// [`setup_full`] with the table's verifier, `max_days_without_sign_in = 30` and a mailbox
+/// for each identity of the table but `sub-unbound`.
+async fn setup_tokens(
+    store: Arc<dyn Store>,
+    throttle: ThrottleConfig,
+) -> (Fixture, Arc<TableVerifier>) {
+    let verifier = token_table();
+    let s = &*store;
+    let f = setup_full(
+        store.clone(),
+        Arc::new(HashPool::new(2, 64)),
+        Some(30 * DAY),
+        Some(verifier.clone()),
+        throttle,
+    )
+    .await;
+    use AuthSource::{Local, Oidc};
+    use MailboxState::{Active, Disabled, NoLogin};
+    for (address, source, state, protocols, subject, days) in [
+        ("tok@example.org", Oidc, Active, "all", "tok", 1),
+        ("tokimap@example.org", Oidc, Active, "imap", "imap", 1),
+        ("tok@off.example", Oidc, Active, "all", "off", 1),
+        (
+            "tokdisabled@example.org",
+            Oidc,
+            Disabled,
+            "all",
+            "disabled",
+            1,
+        ),
+        ("toknologin@example.org", Oidc, NoLogin, "all", "nologin", 1),
+        ("toklocal@example.org", Local, Active, "all", "local", 1),
+        ("toksusp@example.org", Oidc, Active, "all", "susp", 1),
+        ("tokoverdue@example.org", Oidc, Active, "all", "overdue", 31),
+    ] {
+        bound_mailbox(s, address, source, state, protocols, subject, days).await;
+    }
+    assert!(s
+        .suspend_identity("toksusp@example.org", "identity_revoked", NOW)
+        .await
+        .unwrap());
+    (f, verifier)
+}
+
+async fn decide_token(
+    f: &Fixture,
+    login: &str,
+    token: &Secret,
+    service: &str,
+    rip: Option<&str>,
+) -> Outcome {
+    let rip: Option<IpAddr> = rip.map(|r| r.parse().unwrap());
+    f.auth
+        .authenticate(&AuthRequest {
+            login,
+            secret: token,
+            kind: SecretKind::BearerToken,
+            service,
+            remote_ip: rip,
+            secured: true,
+            mechanism: Some("OAUTHBEARER"),
+            no_penalty: false,
+            admitted: None,
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rule_of_the_token_path() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let throttle = ThrottleConfig {
+            enabled: false,
+            ..ThrottleConfig::default()
+        };
+        let (f, verifier) = setup_tokens(db.dyn_store(), throttle).await;
+        let b = backend.name();
+        let t = |name: &str| Secret::from(format!("t-{name}"));
+
+        // login, token, service, outcome, reason
+        let mut rows: Vec<(&str, Secret, &str, &str, &str)> = vec![
+            ("tok@example.org", t("tok"), "imap", "ok", "token"),
+            ("", t("tok"), "imap", "ok", "token"),
+            ("  TOK@Example.ORG ", t("tok"), "submission", "ok", "token"),
+            (
+                "local@example.org",
+                t("tok"),
+                "imap",
+                "fail",
+                "token_not_for_mailbox",
+            ),
+            (
+                "tokimap@example.org",
+                t("tok"),
+                "imap",
+                "fail",
+                "token_not_for_mailbox",
+            ),
+            (
+                "ghost@example.org",
+                t("tok"),
+                "imap",
+                "fail",
+                "token_not_for_mailbox",
+            ),
+            ("tok", t("tok"), "imap", "fail", "token_not_for_mailbox"),
+            ("", t("unbound"), "imap", "fail", "token_unbound"),
+            (
+                "tok@example.org",
+                t("unbound"),
+                "imap",
+                "fail",
+                "token_unbound",
+            ),
+            ("", t("other-issuer"), "imap", "fail", "token_unbound"),
+            ("", t("local"), "imap", "fail", "token_for_local_mailbox"),
+            (
+                "toklocal@example.org",
+                t("local"),
+                "imap",
+                "fail",
+                "token_for_local_mailbox",
+            ),
+            ("", t("disabled"), "imap", "fail", "mailbox_disabled"),
+            ("", t("nologin"), "imap", "fail", "mailbox_no_login"),
+            ("", t("off"), "imap", "fail", "domain_disabled"),
+            ("", t("imap"), "pop3", "fail", "protocol_not_allowed"),
+            ("", t("imap"), "imap", "ok", "token"),
+            ("", t("susp"), "imap", "fail", "identity_revoked"),
+            ("", t("overdue"), "imap", "fail", "sign_in_overdue"),
+            ("", t("nonsense"), "imap", "fail", "token_bad_signature"),
+            (
+                "tok@example.org",
+                t("down"),
+                "imap",
+                "tempfail",
+                "identity_provider_unavailable",
+            ),
+            (
+                "",
+                Secret::new(vec![0xff, 0xfe]),
+                "imap",
+                "fail",
+                "token_malformed",
+            ),
+        ];
+        let refused: Vec<(TokenRefusal, Secret)> = REFUSALS
+            .iter()
+            .map(|r| (*r, Secret::from(format!("t-refused-{}", r.code()))))
+            .collect();
+        for (r, secret) in &refused {
+            rows.push(("tok@example.org", secret.clone(), "imap", "fail", r.code()));
+        }
+        for (login, token, service, label, reason) in &rows {
+            let row = format!(
+                "{login:?} with {:?} on {service}",
+                String::from_utf8_lossy(token.expose())
+            );
+            let out = decide_token(&f, login, token, service, Some("192.0.2.1")).await;
+            expect(&out, label, reason, &row, b);
+            if let Outcome::Ok(success) = &out {
+                // Whatever name the client gave, the answer names the canonical mailbox.
+                let expected = if token.expose() == b"t-imap" {
+                    "tokimap@example.org"
+                } else {
+                    "tok@example.org"
+                };
+                assert_eq!(success.mailbox, expected, "{b}: {row}");
+                assert_eq!(success.credential, Credential::Token, "{b}: {row}");
+            }
+        }
+        assert_eq!(
+            verifier.calls(),
+            rows.len() - 1,
+            "{b}: all but the non-UTF-8 one asked"
+        );
+
+        // The web page takes no token, and an unknown service is refused before the
+        // provider is asked anything.
+        let before = verifier.calls();
+        expect(
+            &decide_token(&f, "tok@example.org", &t("tok"), "web", None).await,
+            "fail",
+            "tokens_not_accepted",
+            "web door",
+            b,
+        );
+        expect(
+            &decide_token(&f, "", &t("tok"), "ftp", None).await,
+            "fail",
+            "unknown_service",
+            "unknown service",
+            b,
+        );
+        assert_eq!(verifier.calls(), before, "{b}");
+
+        // A password is never taken for a token, nor a token for a password.
+        expect(
+            &decide(&f, "tok@example.org", &t("tok"), "imap", None).await,
+            "fail",
+            "oidc_needs_app_password",
+            "token offered as a password",
+            b,
+        );
+        expect(
+            &decide_token(
+                &f,
+                "local@example.org",
+                &Secret::from("pw-local"),
+                "imap",
+                None,
+            )
+            .await,
+            "fail",
+            "token_bad_signature",
+            "password offered as a token",
+            b,
+        );
+        let Fixture { auth, writer, .. } = f;
+        drop(auth);
+        writer.shutdown().await;
+        let used = db
+            .store
+            .get_mailbox("tok@example.org")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_login
+            .expect("a token login is a last use");
+        assert_eq!(used.at, NOW, "{b}");
+        db.finish().await;
+    }
+}
+
+/// Without `[oauth]` no token is accepted, whatever it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_verifier_no_token_is_accepted() {
+    let db = common::fresh(&common::Backend::Sqlite).await;
+    let f = setup(db.dyn_store(), Arc::new(HashPool::new(2, 8))).await;
+    assert!(!f.auth.accepts_tokens());
+    assert_eq!(f.auth.token_challenge(), None);
+    for (login, service) in [("oidc@example.org", "imap"), ("", "imap"), ("", "web")] {
+        expect(
+            &decide_token(&f, login, &Secret::from("t-tok"), service, None).await,
+            "fail",
+            "tokens_not_accepted",
+            &format!("{login:?} on {service}"),
+            "sqlite",
+        );
+    }
+    f.writer.shutdown().await;
+    db.finish().await;
+}
+
+/// A token valid for its whole life still opens its mailbox only while the mailbox may log
+/// in: every change counts on the very next login, however often the same token came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_never_outlives_a_change_of_its_mailbox() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let b = backend.name();
+        let throttle = ThrottleConfig {
+            enabled: false,
+            ..ThrottleConfig::default()
+        };
+        let (f, verifier) = setup_tokens(db.dyn_store(), throttle).await;
+        let s = &*db.store;
+        let token = Secret::from("t-tok");
+        let reason = || async {
+            decide_token(&f, "", &token, "imap", Some("192.0.2.1"))
+                .await
+                .reason()
+        };
+        assert_eq!(reason().await, "token", "{b}");
+        assert_eq!(reason().await, "token", "{b}: the same token again");
+
+        let mut mailbox = s.get_mailbox("tok@example.org").await.unwrap().unwrap();
+        mailbox.state = MailboxState::Disabled;
+        s.update_mailbox(&mailbox, &|_, _| Ok(())).await.unwrap();
+        assert_eq!(reason().await, "mailbox_disabled", "{b}: disabled");
+        mailbox.state = MailboxState::Active;
+        s.update_mailbox(&mailbox, &|_, _| Ok(())).await.unwrap();
+        assert_eq!(reason().await, "token", "{b}: enabled again");
+
+        s.suspend_identity("tok@example.org", "identity_revoked", NOW)
+            .await
+            .unwrap();
+        assert_eq!(reason().await, "identity_revoked", "{b}: suspended");
+        s.record_sign_in("tok@example.org", NOW, None)
+            .await
+            .unwrap();
+        assert_eq!(reason().await, "token", "{b}: signed in again");
+
+        s.set_auth_source("tok@example.org", AuthSource::Local, NOW)
+            .await
+            .unwrap();
+        assert_eq!(reason().await, "token_for_local_mailbox", "{b}: made local");
+        s.set_auth_source("tok@example.org", AuthSource::Oidc, NOW)
+            .await
+            .unwrap();
+        assert_eq!(reason().await, "token", "{b}: oidc again");
+
+        provision::update_mailbox(
+            s,
+            &ManualClock::at(NOW),
+            &Address::parse("tok@example.org").unwrap(),
+            provision::MailboxChanges {
+                unlink_identity: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(reason().await, "token_unbound", "{b}: unlinked");
+        assert_eq!(
+            decide_token(&f, "tok@example.org", &token, "imap", None)
+                .await
+                .reason(),
+            "token_unbound",
+            "{b}: unlinked, named"
+        );
+        // The verifier said "valid" every time: only the store changed.
+        assert_eq!(verifier.calls(), 10, "{b}");
+        let Fixture { auth, writer, .. } = f;
+        drop(auth);
+        writer.shutdown().await;
+        db.finish().await;
+    }
+}
+
+fn token_throttle() -> ThrottleConfig {
+    ThrottleConfig {
+        free_failures: 2,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(4),
+        window: Duration::from_secs(600),
+        network_block_after: 5,
+        account_block_after: 8,
+        block_duration: Duration::from_secs(60),
+        known_network_for: Duration::ZERO,
+        ..ThrottleConfig::default()
+    }
+}
+
+/// Refused tokens are guesses like wrong passwords: enough of them from one network block
+/// it, tokens and passwords alike. A provider that cannot be reached is nobody's guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_count_toward_the_throttle_and_an_outage_does_not() {
+    let db = common::fresh(&common::Backend::Sqlite).await;
+    let (f, _) = setup_tokens(db.dyn_store(), token_throttle()).await;
+    let good = Secret::from("t-tok");
+
+    // Twenty tokens the provider cannot check, from one network: never blocked.
+    for i in 0..20 {
+        let down = Secret::from("t-down");
+        let out = decide_token(&f, "tok@example.org", &down, "imap", Some("192.0.2.20")).await;
+        assert_eq!(
+            out,
+            Outcome::TempFail(TempCause::IdentityProviderUnavailable),
+            "attempt {i}"
+        );
+    }
+    expect(
+        &decide_token(&f, "tok@example.org", &good, "imap", Some("192.0.2.20")).await,
+        "ok",
+        "token",
+        "after the outage",
+        "sqlite",
+    );
+
+    // Five different bad tokens from one network block it, for tokens and passwords.
+    for i in 0..5 {
+        let bad = Secret::from(format!("forged-{i}"));
+        expect(
+            &decide_token(&f, "", &bad, "imap", Some("192.0.2.10")).await,
+            "fail",
+            "token_bad_signature",
+            &format!("forged {i}"),
+            "sqlite",
+        );
+    }
+    for (row, out) in [
+        (
+            "good token, nameless",
+            decide_token(&f, "", &good, "imap", Some("192.0.2.10")).await,
+        ),
+        (
+            "good token, named",
+            decide_token(&f, "tok@example.org", &good, "imap", Some("192.0.2.10")).await,
+        ),
+        (
+            "right password",
+            decide(
+                &f,
+                "local@example.org",
+                &Secret::from("pw-local"),
+                "imap",
+                Some("192.0.2.10"),
+            )
+            .await,
+        ),
+    ] {
+        expect(&out, "fail", "throttled", row, "sqlite");
+    }
+    // Elsewhere the same token passes.
+    expect(
+        &decide_token(&f, "", &good, "imap", Some("198.51.100.7")).await,
+        "ok",
+        "token",
+        "another network",
+        "sqlite",
+    );
+
+    // Tokens offered for one named mailbox count against it, like passwords.
+    for i in 0..8 {
+        let bad = Secret::from(format!("guess-{i}"));
+        let rip = format!("203.0.113.{i}");
+        expect(
+            &decide_token(&f, "tokimap@example.org", &bad, "imap", Some(&rip)).await,
+            "fail",
+            "token_bad_signature",
+            &format!("guess {i}"),
+            "sqlite",
+        );
+    }
+    expect(
+        &decide_token(
+            &f,
+            "tokimap@example.org",
+            &Secret::from("t-imap"),
+            "imap",
+            Some("198.51.100.8"),
+        )
+        .await,
+        "fail",
+        "throttled",
+        "blocked account",
+        "sqlite",
+    );
+    f.writer.shutdown().await;
+    db.finish().await;
+}
+
+/// A token without a name counts against an account of its own: nameless attempts (the
+/// introspection endpoint, OAUTHBEARER without `a=`) must not add up on one shared account
+/// that would then block them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nameless_token_attempts_do_not_share_one_account() {
+    let db = common::fresh(&common::Backend::Sqlite).await;
+    let (f, _) = setup_tokens(db.dyn_store(), token_throttle()).await;
+    // No address either (the introspection endpoint has none): only the accounts count.
+    for i in 0..12 {
+        let bad = Secret::from(format!("forged-{i}"));
+        expect(
+            &decide_token(&f, "", &bad, "imap", None).await,
+            "fail",
+            "token_bad_signature",
+            &format!("forged {i}"),
+            "sqlite",
+        );
+    }
+    expect(
+        &decide_token(&f, "", &Secret::from("t-tok"), "imap", None).await,
+        "ok",
+        "token",
+        "after twelve bad tokens",
+        "sqlite",
+    );
+    let listed = f.auth.throttle().list(NOW * 1000).await;
+    assert_eq!(listed.len(), 12, "{listed:?}");
+    let mut keys: Vec<String> = listed.iter().map(|l| l.key.to_string()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 12, "one account per token: {keys:?}");
+    for l in &listed {
+        let key = l.key.to_string();
+        let hex = key
+            .strip_prefix("token:")
+            .unwrap_or_else(|| panic!("{key}"));
+        assert!(
+            hex.len() == 16 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{key}"
+        );
+        assert!(!key.contains("forged"), "no token in the throttle: {key}");
+        assert_eq!(l.failures, 1, "{key}");
+    }
+    // The same bad token again is the same account.
+    decide_token(&f, "", &Secret::from("forged-0"), "imap", None).await;
+    assert_eq!(f.auth.throttle().list(NOW * 1000).await.len(), 12);
+    f.writer.shutdown().await;
+    db.finish().await;
 }

@@ -16,6 +16,23 @@
 //!
 //! A login that is no address, an unknown mailbox and one refused by rules 4 and 5 still
 //! cost one dummy hash, so timing does not tell them from a wrong password.
+//!
+//! A bearer token (OAUTHBEARER, XOAUTH2, the introspection endpoint) takes its own path
+//! after the throttle:
+//! 1. The door must be a mail protocol: the web page takes no token.
+//! 2. Token sign-in must be configured (a [`TokenVerifier`]).
+//! 3. The verifier must vouch for the token; a provider nobody can reach is a temporary
+//!    failure, never a refusal.
+//! 4. The token's identity (issuer and subject) must be bound to a mailbox.
+//! 5. A login the client named must be that very mailbox: a token never opens another
+//!    mailbox, nor is the name silently replaced.
+//! 6. The mailbox must be an `oidc` one: a `local` mailbox answers to its password only.
+//! 7. Rules 4 and 5 above, as for any login.
+//!
+//! A token costs no dummy hash: a refused token, an unbound identity and a refused mailbox
+//! all end before any hashing, and a guesser learns nothing from the time, since the
+//! verifier's work does not depend on any mailbox. Each refusal counts toward the throttle
+//! like a wrong password; an unreachable provider does not.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,7 +43,7 @@ use super::password::{self, Argon2Params, Verified};
 use super::pool::{HashPool, PoolError};
 use super::services::{Door, ServiceMap};
 use super::throttle::{Attempt, Settlement, Throttle, Ticket, Verdict};
-use super::token::TokenVerifier;
+use super::token::{TokenError, TokenIdentity, TokenRefusal, TokenVerifier};
 use super::verify_cache::VerifyCache;
 use super::{Credential, FailReason, Outcome, Success, TempCause};
 use crate::audit::printable;
@@ -148,11 +165,25 @@ impl Authenticator {
 
     /// Decides one login and writes one audit line for it.
     pub async fn authenticate(&self, req: &AuthRequest<'_>) -> Outcome {
+        self.authenticate_with_identity(req).await.0
+    }
+
+    /// [`Authenticator::authenticate`], and for a token accepted, whose token it was: the
+    /// introspection endpoint answers with its subject and expiry.
+    pub async fn authenticate_with_identity(
+        &self,
+        req: &AuthRequest<'_>,
+    ) -> (Outcome, Option<TokenIdentity>) {
         // How long the decision took, for the metrics only: it decides nothing, so it is
         // measured on the monotonic clock rather than taken from the `Clock`.
         let started = std::time::Instant::now();
         let address = Address::parse(req.login);
-        let account = throttle_account(&address, req.login);
+        let account = match req.kind {
+            SecretKind::BearerToken if req.login.is_empty() => {
+                nameless_token_account(req.secret.expose())
+            }
+            SecretKind::BearerToken | SecretKind::Password => throttle_account(&address, req.login),
+        };
         // Looked at once, for the decision and for the metrics.
         let door = self.parts.services.door(req.service);
         let login = LoginShape {
@@ -163,8 +194,9 @@ impl Authenticator {
                 && looks_like_app_password(req.secret.expose()),
         };
         let (admitted, ticket) = self.admit(req, &account, login.app_password).await;
-        let outcome = match admitted {
-            Ok(()) => match self
+        let mut identity = None;
+        let outcome = match (admitted, req.kind) {
+            (Ok(()), SecretKind::Password) => match self
                 .decide(
                     req,
                     address,
@@ -177,7 +209,16 @@ impl Authenticator {
                 Ok(success) => Outcome::Ok(success),
                 Err(outcome) => outcome,
             },
-            Err(refused) => refused,
+            (Ok(()), SecretKind::BearerToken) => {
+                match self.decide_token(req, address, login.protocol).await {
+                    Ok((success, whose)) => {
+                        identity = Some(whose);
+                        Outcome::Ok(success)
+                    }
+                    Err(outcome) => outcome,
+                }
+            }
+            (Err(refused), _) => refused,
         };
         self.settle(req, ticket, &outcome).await;
         audit(req, &outcome);
@@ -201,7 +242,7 @@ impl Authenticator {
                 service: success.protocol.name().to_string(),
             });
         }
-        outcome
+        (outcome, identity)
     }
 
     async fn decide(
@@ -215,10 +256,6 @@ impl Authenticator {
         let Some(door) = login.protocol else {
             return Err(Outcome::Fail(FailReason::UnknownService));
         };
-        if req.kind == SecretKind::BearerToken {
-            // TODO(token core): validate, map to the bound mailbox, apply rules 4 and 5.
-            return Err(Outcome::Fail(FailReason::TokensNotAccepted));
-        }
         let Ok(address) = address else {
             return self.refuse_after_dummy(req, FailReason::UnknownUser).await;
         };
@@ -242,11 +279,7 @@ impl Authenticator {
             Ok(None) => return self.refuse_after_dummy(req, FailReason::UnknownUser).await,
             Err(e) => return Err(store_trouble(&e)),
         };
-        let overdue_before = self
-            .parts
-            .max_age_without_sign_in
-            .map(|age| self.parts.clock.now().saturating_sub(age));
-        if let Some(reason) = account_refusal(&view, door, overdue_before) {
+        if let Some(reason) = account_refusal(&view, door, self.overdue_before()) {
             return self.refuse_after_dummy(req, reason).await;
         }
         if let (Some(found), Door::Mail(protocol)) = (app_password, door) {
@@ -268,6 +301,86 @@ impl Authenticator {
                 .await;
         }
         self.check_stored_password(&view, door, req).await
+    }
+
+    /// A bearer token's path (see the module doc), after the throttle admitted it.
+    async fn decide_token(
+        &self,
+        req: &AuthRequest<'_>,
+        address: Result<Address, NameError>,
+        door: Option<Door>,
+    ) -> Step<(Success, TokenIdentity)> {
+        let protocol = match door {
+            Some(Door::Mail(protocol)) => protocol,
+            Some(Door::Web) => return Err(Outcome::Fail(FailReason::TokensNotAccepted)),
+            None => return Err(Outcome::Fail(FailReason::UnknownService)),
+        };
+        let Some(verifier) = &self.parts.tokens else {
+            return Err(Outcome::Fail(FailReason::TokensNotAccepted));
+        };
+        // A token is base64url or similar ASCII by every standard that issues one.
+        let Ok(token) = std::str::from_utf8(req.secret.expose()) else {
+            return Err(Outcome::Fail(FailReason::TokenRefused(
+                TokenRefusal::Malformed,
+            )));
+        };
+        let identity = match verifier.verify(token).await {
+            Ok(identity) => identity,
+            Err(TokenError::Refused(why)) => {
+                return Err(Outcome::Fail(FailReason::TokenRefused(why)))
+            }
+            Err(TokenError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "cannot check a bearer token with the identity provider");
+                return Err(Outcome::TempFail(TempCause::IdentityProviderUnavailable));
+            }
+        };
+        let view = match self
+            .parts
+            .store
+            .login_view_by_identity(&identity.issuer, &identity.subject)
+            .await
+        {
+            Ok(Some(view)) => view,
+            Ok(None) => {
+                // The audit line names no mailbox here; the postmaster needs the identity
+                // to find whose token it was.
+                tracing::info!(
+                    target: "mailauthd::auth",
+                    issuer = %printable(&identity.issuer, LOGIN_CHARS),
+                    subject = %printable(&identity.subject, LOGIN_CHARS),
+                    "valid token of an identity bound to no mailbox"
+                );
+                return Err(Outcome::Fail(FailReason::TokenUnbound));
+            }
+            Err(e) => return Err(store_trouble(&e)),
+        };
+        if !req.login.is_empty()
+            && address
+                .as_ref()
+                .map_or(true, |named| named.as_str() != view.address)
+        {
+            return Err(Outcome::Fail(FailReason::TokenNotForMailbox));
+        }
+        if view.auth_source != AuthSource::Oidc {
+            return Err(Outcome::Fail(FailReason::TokenForLocalMailbox));
+        }
+        if let Some(reason) = account_refusal(&view, Door::Mail(protocol), self.overdue_before()) {
+            return Err(Outcome::Fail(reason));
+        }
+        let success = Success {
+            mailbox: view.address,
+            protocol: Door::Mail(protocol),
+            credential: Credential::Token,
+        };
+        Ok((success, identity))
+    }
+
+    /// Web sign-ins before this (unix seconds) are too old, under
+    /// `[oidc] max_days_without_sign_in`.
+    fn overdue_before(&self) -> Option<i64> {
+        self.parts
+            .max_age_without_sign_in
+            .map(|age| self.parts.clock.now().saturating_sub(age))
     }
 
     /// Rule 1 (see the module doc): the throttle, before anything touches the store or the
@@ -579,7 +692,11 @@ fn audit(req: &AuthRequest<'_>, outcome: &Outcome) {
         .remote_ip
         .map(|ip| ip.to_string())
         .unwrap_or_else(|| "-".into());
-    let user = printable(req.login, LOGIN_CHARS);
+    // A token offered without a name says whose it is only once it is accepted.
+    let user = match outcome {
+        Outcome::Ok(success) if req.login.is_empty() => printable(&success.mailbox, LOGIN_CHARS),
+        _ => printable(req.login, LOGIN_CHARS),
+    };
     let mech = req.mechanism.unwrap_or("-");
     let (label, reason) = (outcome.label(), outcome.reason());
     match outcome {
@@ -607,4 +724,20 @@ fn throttle_account(address: &Result<Address, NameError>, login: &str) -> String
         Ok(address) => address.as_str().to_string(),
         Err(_) => printable(login.trim(), LOGIN_CHARS).to_lowercase(),
     }
+}
+
+/// The account a token offered without a name counts against: its own, so that nameless
+/// attempts do not all add up on one account whose block would stop every one of them.
+/// Guessing is still held back by the source network's count. A digest, so no token is
+/// kept in the throttle's tables or in Redis.
+fn nameless_token_account(token: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let digest = Sha256::digest(token);
+    let mut account = String::from("token:");
+    for byte in &digest[..8] {
+        // Writing to a String cannot fail.
+        let _ = write!(account, "{byte:02x}");
+    }
+    account
 }

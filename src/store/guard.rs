@@ -99,6 +99,7 @@ within_deadline!(LoginStore {
     login_view(address: &str) -> Option<LoginView>;
     login_view_with_app_password(address: &str, lookup_hash: &str)
         -> Option<(LoginView, Option<AppPassword>)>;
+    login_view_by_identity(issuer: &str, subject: &str) -> Option<LoginView>;
     replace_password_hash(address: &str, old: &str, new: &str) -> bool;
     record_last_use(uses: &[LastUse]) -> ();
 });

@@ -7,8 +7,9 @@
 //! narrowest trait it needs:
 //!
 //! - [`LoginStore`]: the decision core (`auth/`) and its last-use writer. One read per
-//!   login (mailbox, domain state and the app password in one query), the hash upgrade
-//!   after a login, the last-use records. The userdb door reads `login_view` too.
+//!   login (mailbox, domain state and the app password in one query; for a bearer token,
+//!   the mailbox bound to its identity), the hash upgrade after a login, the last-use
+//!   records. The userdb door reads `login_view` too.
 //! - [`PolicyStore`]: the sender policy (`policy.rs`). Four reads, each one query.
 //! - [`IdentityStore`]: the identity-liveness check and the web sign-in: sealed refresh
 //!   tokens, suspensions, the pass lease (`identity.rs`).
@@ -129,6 +130,13 @@ pub trait LoginStore: Send + Sync + 'static {
         address: &str,
         lookup_hash: &str,
     ) -> StoreResult<Option<(LoginView, Option<AppPassword>)>>;
+    /// [`LoginStore::login_view`] of the mailbox bound to this identity-provider account
+    /// (a bearer token's `iss` and `sub`), in one query; `None` when none is bound.
+    async fn login_view_by_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<LoginView>>;
     /// Replaces the hash only if it is still `old`, so a rehash never undoes a password
     /// change that happened meanwhile. Returns whether it replaced. The same password in a
     /// new scheme: the credential generation stays.

@@ -520,6 +520,17 @@ pub(super) const LOGIN_VIEW_WITH_APP_PASSWORD: Select<(LoginView, Option<AppPass
     login_view_with_app_password_from,
 );
 
+/// [`LOGIN_VIEW`]'s columns for the mailbox bound to an identity-provider account: binds
+/// the issuer, then the subject. The unique index on both makes it one row at most.
+pub(super) const LOGIN_VIEW_BY_IDENTITY: Select<LoginView> = Select::hot(
+    "SELECT m.address, m.password_hash, m.auth_source, m.protocols, m.active, d.active, m.quota, \
+     m.identity_suspended_reason, m.last_sign_in_at \
+     FROM mailboxes m JOIN domains d ON d.name = m.domain \
+     WHERE m.oidc_issuer = ? AND m.oidc_subject = ?",
+    "mailbox",
+    login_view_from,
+);
+
 pub(super) fn login_view_from(r: &dyn Columns) -> Decoded<LoginView> {
     Ok(LoginView {
         address: r.text(0)?,

@@ -18,6 +18,9 @@
 //!
 //! The identity provider ends page sessions of a person who signed out there through
 //! OpenID Connect Back-Channel Logout ([`backchannel`]).
+//!
+//! Dovecot 2.4 asks whether a webmail's access token opens a mailbox at
+//! [`introspect::INTROSPECTION_PATH`] (RFC 7662), when `[oauth]` lists clients for it.
 
 mod account;
 mod backchannel;
@@ -26,6 +29,7 @@ mod device_pages;
 mod devices;
 mod discovery;
 mod html;
+pub mod introspect;
 mod listener;
 pub mod metrics;
 mod oidc;
@@ -50,6 +54,7 @@ use crate::activation::Activated;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::devices::ClientSettings;
+use crate::oidc::tokens::IntrospectionClient;
 use crate::oidc::{OidcSettings, RelyingParty};
 use crate::provision::SignInRules;
 use crate::store::{AuthSource, MailboxState, SessionView, Store};
@@ -81,6 +86,8 @@ pub struct WebState {
     signer: Option<devices::Signer>,
     /// Device setups made and not yet shown, and their profile downloads.
     setups: devices::Setups,
+    /// Who may call the introspection endpoint; none (the default): it answers 404.
+    introspection_clients: RwLock<Arc<[IntrospectionClient]>>,
 }
 
 #[derive(Clone)]
@@ -144,6 +151,7 @@ pub fn router(state: AppState) -> Router {
             BACKCHANNEL_LOGOUT_PATH,
             post(backchannel::backchannel_logout),
         )
+        .route(introspect::INTROSPECTION_PATH, post(introspect::introspect))
         .route("/devices", get(devices::form).post(devices::create))
         .route("/devices/done/{token}", get(devices::done))
         .route("/devices/profile/{token}", get(devices::profile))
@@ -209,6 +217,7 @@ pub fn state(
         clients,
         signer,
         setups: devices::Setups::new(clock.clone()),
+        introspection_clients: RwLock::new(Arc::from(Vec::new())),
         settings,
         store,
         sealing_key: crate::oidc::sealed::SealingKey::derive(auth.key()),
@@ -231,6 +240,23 @@ impl WebState {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .rules
+    }
+
+    /// The clients `[[oauth.introspection_clients]]` lists, who may call
+    /// [`introspect::INTROSPECTION_PATH`].
+    pub fn introspection_clients(&self) -> Arc<[IntrospectionClient]> {
+        self.introspection_clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Opens the introspection endpoint to these clients; none closes it (404).
+    pub fn set_introspection_clients(&self, clients: Vec<IntrospectionClient>) {
+        *self
+            .introspection_clients
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::from(clients);
     }
 
     /// Applies a reloaded `[oidc]` section: sign-ins that start from now on use it. One

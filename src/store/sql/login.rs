@@ -1,10 +1,10 @@
-//! What a login reads and writes: the hot read of the mailbox (with its app password), the
-//! hash upgrade, the last-use records.
+//! What a login reads and writes: the hot read of the mailbox (with its app password, or by
+//! the identity a token names), the hash upgrade, the last-use records.
 
 use async_trait::async_trait;
 
 use super::super::param::Param;
-use super::super::rows::{LOGIN_VIEW, LOGIN_VIEW_WITH_APP_PASSWORD};
+use super::super::rows::{LOGIN_VIEW, LOGIN_VIEW_BY_IDENTITY, LOGIN_VIEW_WITH_APP_PASSWORD};
 use super::super::{AppPassword, LastUse, LoginStore, LoginView, StoreResult};
 use super::errors::SqlxResult;
 use super::statement;
@@ -24,6 +24,15 @@ impl LoginStore for SqlStore {
         let params = [lookup_hash.into(), address.into()];
         self.fetch_optional(&LOGIN_VIEW_WITH_APP_PASSWORD, &params)
             .await
+    }
+
+    async fn login_view_by_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> StoreResult<Option<LoginView>> {
+        let params = [issuer.into(), subject.into()];
+        self.fetch_optional(&LOGIN_VIEW_BY_IDENTITY, &params).await
     }
 
     async fn replace_password_hash(
