@@ -83,6 +83,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
         }
     };
     let mut http = Vec::new();
+    // TODO(token endpoint): hand `config.oauth`'s `endpoint_clients` to the web state's `introspection_clients` once it has that field.
     let web = crate::web::start_if_configured(
         config.web.as_ref(),
         config.oidc.as_ref(),
@@ -336,6 +337,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.redis != new.redis, "redis");
     check(old.web != new.web, "web");
     check(old.clients != new.clients, "clients");
+    // The token validator (and the introspection endpoint's clients) are built at start.
+    check(old.oauth != new.oauth, "oauth");
+    // It also keeps the [oidc] issuer, client and endpoints it started with.
+    check(
+        new.oauth.is_some() && old.oidc != new.oidc,
+        "oidc (for the [oauth] token validator)",
+    );
     check(old.auth_socket != new.auth_socket, "auth_socket");
     check(old.userdb_socket != new.userdb_socket, "userdb_socket");
     // The periodic check and the decision core's `max_days_without_sign_in` read these at

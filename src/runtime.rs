@@ -8,10 +8,11 @@ use crate::auth::last_use::LastUseWriter;
 use crate::auth::pool::HashPool;
 use crate::auth::throttle::{Fingerprinter, Throttle};
 use crate::auth::verify_cache::VerifyCache;
-use crate::auth::{Authenticator, AuthenticatorParts};
+use crate::auth::{Authenticator, AuthenticatorParts, TokenVerifier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::keyfile::{self, KeyFileError};
+use crate::oidc::tokens::TokenValidator;
 use crate::policy::SendCounters;
 use crate::shared_state;
 use crate::store::{self, GuardedStore, Store, StoreError};
@@ -28,6 +29,8 @@ pub enum StartError {
     Random(getrandom::Error),
     #[error(transparent)]
     Redis(#[from] shared_state::SetupError),
+    #[error("[oauth]: cannot set up the token validator: {0}")]
+    Tokens(String),
 }
 
 impl StartError {
@@ -46,6 +49,20 @@ pub struct Core {
     /// (on the throttle's connection), else in this process.
     pub send_counters: Arc<dyn SendCounters>,
     last_use: LastUseWriter,
+}
+
+/// The access-token validator when `[oauth]` is configured. It asks the provider nothing
+/// yet: a provider that is down at start makes tokens fail temporarily, not the daemon.
+fn token_verifier(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<Arc<dyn TokenVerifier>>, StartError> {
+    let (Some(oauth), Some(oidc)) = (&config.oauth, &config.oidc) else {
+        return Ok(None);
+    };
+    let validator =
+        TokenValidator::new(oauth, oidc, clock).map_err(|e| StartError::Tokens(e.to_string()))?;
+    Ok(Some(Arc::new(validator)))
 }
 
 impl Core {
@@ -81,6 +98,7 @@ impl Core {
             redis.clone(),
         ));
         let send_counters = shared_state::send_counters(&config.redis, redis);
+        let tokens = token_verifier(config, clock.clone())?;
         let auth = Authenticator::new(AuthenticatorParts {
             store: dyn_store,
             key,
@@ -99,7 +117,7 @@ impl Core {
                 .as_ref()
                 .and_then(|o| o.liveness.max_days_without_sign_in)
                 .map(|days| i64::try_from(days).unwrap_or(36_500) * 86_400),
-            tokens: None,
+            tokens,
         })
         .map_err(|e| StartError::Credentials(e.to_string()))?;
         Ok(Core {

@@ -35,6 +35,8 @@ use crate::devices::settings::ClientsSection;
 use crate::devices::ClientSettings;
 use crate::logging::LogFormat;
 use crate::oidc::settings::OidcSection;
+use crate::oidc::tokens::settings::OAuthSection;
+use crate::oidc::tokens::OAuthSettings;
 use crate::oidc::OidcSettings;
 use crate::policy::PolicySettings;
 use crate::server::listener::ListenerConfig;
@@ -77,6 +79,7 @@ pub struct FileConfig {
     redis: RedisSection,
     log: LogSection,
     oidc: Option<OidcSection>,
+    oauth: Option<OAuthSection>,
     web: Option<WebSection>,
     auth_socket: ListenerSection,
     userdb_socket: ListenerSection,
@@ -114,6 +117,8 @@ pub struct Config {
     pub policy: PolicySettings,
     /// Sign-in through an OpenID Connect provider; `None` when `[oidc]` is absent.
     pub oidc: Option<OidcSettings>,
+    /// Mail logins with the provider's access tokens; `None` when `[oauth]` is absent.
+    pub oauth: Option<OAuthSettings>,
     /// The web page; `None` when `[web]` is absent.
     pub web: Option<WebSettings>,
     pub verify_cache: VerifyCacheConfig,
@@ -325,14 +330,31 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
     let throttle = throttle::check(&file.throttle, &redis, problems);
     let (log_level, log_format) = log::check(file.log, problems);
     let policy = policy::check(file.policy, problems);
+    let has_oidc = file.oidc.is_some();
     let oidc = file
         .oidc
         .and_then(|section| crate::oidc::settings::check(section, problems));
+    // An [oidc] that failed its check has said so already; "needs [oidc]" would mislead.
+    let oauth = file
+        .oauth
+        .filter(|_| oidc.is_some() || !has_oidc)
+        .and_then(|section| crate::oidc::tokens::settings::check(section, oidc.as_ref(), problems));
     let web = file
         .web
         .and_then(|section| crate::web::settings::check(section, oidc.as_ref(), problems));
     let verify_cache = auth::verify_cache(&file.credentials, problems);
     let metrics = check_metrics(file.metrics, web.is_some(), problems);
+    if web.is_none()
+        && oauth
+            .as_ref()
+            .is_some_and(|o| !o.endpoint_clients.is_empty())
+    {
+        crate::settings_check::problem(
+            problems,
+            "oauth.introspection_clients",
+            "the introspection endpoint is served on the web listener: add a [web] section or remove the clients",
+        );
+    }
     let clients = crate::devices::settings::check(
         file.clients,
         web.as_ref().and_then(|w| w.mail_host.as_deref()),
@@ -343,6 +365,7 @@ fn check(file: FileConfig, problems: &mut Vec<Problem>) -> Config {
         clients,
         source: None,
         oidc,
+        oauth,
         web,
         verify_cache,
         metrics,
@@ -498,6 +521,61 @@ pub(crate) mod tests {
         assert!(c.oidc.is_some() && c.web.is_some());
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9154".parse().unwrap()));
         assert!(c.metrics.on_web_listener);
+    }
+
+    #[test]
+    fn shipped_example_oauth_block_parses_when_switched_on() {
+        let (_dir, secret) = crate::test_support::file_in_tempdir("secret", "dovecot-secret\n");
+        let text = include_str!("../../conf-examples/mailauthd.toml");
+        let on = text
+            .replace("# [oidc]", "[oidc]")
+            .replace("# [web]", "[web]")
+            .replace("# issuer = ", "issuer = ")
+            .replace("# client_id = ", "client_id = ")
+            .replace("# redirect_url = ", "redirect_url = ")
+            .replace("# [oauth]", "[oauth]")
+            .replace("# audiences = ", "audiences = ");
+        let c = parse(&on).unwrap();
+        let o = c.oauth.as_ref().unwrap();
+        assert_eq!(o.audiences, ["roundcube"]);
+        assert!(o.endpoint_clients.is_empty());
+        // Every documented key, with the value shown, and one endpoint client; only in
+        // the [oauth] block (other sections document keys of the same names).
+        let start = on.find("[oauth]").unwrap();
+        let end = start + on[start..].find("# The web page").unwrap();
+        let mut all = on[start..end].to_string();
+        for key in [
+            "required_scope",
+            "introspection",
+            "introspection_url",
+            "clock_skew_seconds",
+            "cache_size",
+            "cache_seconds",
+            "timeout_ms",
+        ] {
+            let commented = format!("\n# {key} = ");
+            assert!(all.contains(&commented), "{key} is not documented");
+            all = all.replacen(&commented, &format!("\n{key} = "), 1);
+        }
+        let all = all
+            .replace(
+                "# [[oauth.introspection_clients]]",
+                "[[oauth.introspection_clients]]",
+            )
+            .replace("#   client_id = ", "  client_id = ")
+            .replace(
+                "#   client_secret_file = \"/etc/mailauthd/dovecot-introspection.secret\"",
+                &format!("  client_secret_file = {secret:?}"),
+            );
+        let all = format!("{}{all}{}", &on[..start], &on[end..]);
+        let c = parse(&all).unwrap();
+        let o = c.oauth.unwrap();
+        assert_eq!(o.required_scope.as_deref(), Some("email"));
+        assert_eq!(o.endpoint_clients[0].client_id, "dovecot");
+        assert_eq!(
+            o.endpoint_clients[0].client_secret.expose(),
+            b"dovecot-secret"
+        );
     }
 
     #[test]

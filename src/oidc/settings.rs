@@ -126,7 +126,7 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-fn parse_url(
+pub(crate) fn parse_url(
     value: Option<&str>,
     key: &str,
     required: bool,
