@@ -19,6 +19,11 @@
 //                 --out.ended and wait for --out.checked, then look at both once more
 //   hold          sign in, write the file --out/hold-ready, wait (up to 5 min) for the file
 //                 --out/hold-release, reload the page; report both pages (before, after)
+//   roundcube     open the webmail at --base (Roundcube), follow its OAuth login button, sign
+//                 in at the provider as --login; report the page reached (the INBOX listing,
+//                 or the login page and its message); with --subject, then compose a message
+//                 to --to with that subject, send it, and wait (up to 30 s) for it to be
+//                 listed in the INBOX; report the Sent folder too
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -42,6 +47,8 @@ const { positionals, values: opt } = parseArgs({
     kind: { type: 'string', default: 'other' },
     out: { type: 'string' },
     other: { type: 'string' },
+    to: { type: 'string' },
+    subject: { type: 'string' },
   },
 });
 const action = positionals[0];
@@ -137,6 +144,81 @@ async function whoAt(base, label) {
   const response = await page.goto(base + '/');
   await shot(label);
   return { address: await text('#mailbox-address'), status: response ? response.status() : 0 };
+}
+
+// Roundcube's page: its message list (the text of every row), or the login page with the
+// message it shows. Roundcube fills the list after the page loads, from a second request.
+async function roundcubeView(label) {
+  await page.waitForLoadState('load');
+  const loggedIn = Boolean(await page.$('#messagelist'));
+  if (loggedIn) {
+    await page
+      .waitForFunction(() => window.rcmail && !window.rcmail.busy && window.rcmail.message_list, null, {
+        timeout: 20000,
+      })
+      .catch(() => {});
+  }
+  await shot(label);
+  return {
+    url: page.url(),
+    loggedIn,
+    loginButton: Boolean(await page.$('#rcmloginoauth')),
+    messages: loggedIn ? await text('#messagelist tbody') : null,
+    user: await text('.header-title.username, .username'),
+    notice: await text('#messagestack'),
+  };
+}
+
+async function roundcubeFolder(folder, label) {
+  await page.goto(`${opt.base}/?_task=mail&_mbox=${encodeURIComponent(folder)}`);
+  return roundcubeView(label);
+}
+
+// The webmail's OAuth sign-in, then (with --subject) one message sent through it.
+async function roundcube() {
+  // Roundcube's Elastic skin folds its mail view into one column below 768 pixels.
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.goto(opt.base + '/');
+  await shot('rc-login');
+  const seen = { loginPage: { button: await text('#rcmloginoauth') } };
+  await page.click('#rcmloginoauth');
+  await page.waitForSelector('input[name=login]');
+  await shot('provider-login');
+  await page.fill('input[name=login]', opt.login);
+  await page.fill('input[name=password]', opt.password);
+  await Promise.all([page.waitForLoadState('load'), page.click('button[type=submit]')]);
+  for (let i = 0; i < 3 && !page.url().startsWith(opt.base); i += 1) {
+    const consent = await page.$('button[type=submit]');
+    if (!consent) break;
+    await shot('provider-consent');
+    await Promise.all([page.waitForLoadState('load'), consent.click()]);
+  }
+  await page.waitForURL((u) => u.toString().startsWith(opt.base), { timeout: 20000 });
+  seen.inbox = await roundcubeView('rc-after-sign-in');
+  if (!seen.inbox.loggedIn || !opt.subject) return seen;
+
+  await page.goto(`${opt.base}/?_task=mail&_action=compose&_to=${encodeURIComponent(opt.to)}`);
+  await page.waitForSelector('#compose-subject');
+  await page.fill('#compose-subject', opt.subject);
+  await page.fill('#composebody', `Sent from Roundcube, signed in by token.\n${opt.subject}\n`);
+  await shot('rc-compose');
+  await page.locator('button.send:visible').first().click();
+  // Sent: Roundcube says so, then goes back to the list.
+  seen.sendNotice = await page
+    .waitForSelector('#messagestack .confirmation, #messagestack .error, #messagestack .warning', {
+      timeout: 30000,
+    })
+    .then((el) => el.innerText())
+    .catch(() => null);
+  await page.waitForURL((u) => !u.toString().includes('_action=compose'), { timeout: 30000 }).catch(() => {});
+  await shot('rc-sent');
+  for (let i = 0; i < 15; i += 1) {
+    seen.inboxAfterSend = await roundcubeFolder('INBOX', 'rc-inbox-after-send');
+    if ((seen.inboxAfterSend.messages ?? '').includes(opt.subject)) break;
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+  seen.sentFolder = await roundcubeFolder('Sent', 'rc-sent-folder');
+  return seen;
 }
 
 let result = {};
@@ -337,6 +419,11 @@ try {
       await page.waitForLoadState('load');
       await shot((await page.$('#mailbox-address')) ? 'still-signed-in' : 'signed-out');
       result = { before, after: await report(), released: fs.existsSync(release) };
+      break;
+    }
+
+    case 'roundcube': {
+      result = await roundcube();
       break;
     }
 
