@@ -83,12 +83,15 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
         }
     };
     let mut http = Vec::new();
-    // TODO(token endpoint): hand `config.oauth`'s `endpoint_clients` to the web state's `introspection_clients` once it has that field.
     let web = crate::web::start_if_configured(
         config.web.as_ref(),
         config.oidc.as_ref(),
         &config.metrics,
         config.clients.as_ref(),
+        config
+            .oauth
+            .as_ref()
+            .map_or(&[][..], |o| &o.endpoint_clients[..]),
         core.store.clone(),
         core.auth.clone(),
         &mut activated,

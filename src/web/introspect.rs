@@ -2,10 +2,12 @@
 //! passdb, so a mail login with a webmail's token is decided here like any other.
 //!
 //! Dovecot posts the token it was offered (form field `token`; `token_type_hint` is
-//! ignored) and names the service in the query (`?service=imap`, or `?protocol=`), which
-//! the URL in its `introspection_url` carries. The answer is the decision core's, made with
-//! no login name and no client address (Dovecot sends neither), under mechanism
-//! `introspection`:
+//! ignored). The service is the `X-Dovecot-Auth-Protocol` header that Dovecot's
+//! `send_auth_headers = yes` adds, else the query (`?service=imap`, or `?protocol=`) of its
+//! `introspection_url` — one URL for every protocol in Dovecot 2.4, so the header is what
+//! tells IMAP from POP3. The client's address comes from `X-Dovecot-Auth-Remote` the same
+//! way and feeds the throttle. The answer is the decision core's, made with no login name,
+//! under mechanism `introspection`:
 //! - accepted: 200 `{"active":true,"username":<canonical mailbox>,…}`, so Dovecot takes
 //!   the mailbox from us (`oauth2_username_attribute = username`);
 //! - refused, for any reason: 200 `{"active":false}`, saying no more, as §2.2 asks;
@@ -16,8 +18,8 @@
 //! (compared in constant time); with none listed the endpoint is not there (404). Callers
 //! are checked before the body is looked at, so a stranger learns nothing but 401. Every
 //! answer is `Cache-Control: no-store`. The throttle sees each token as an account of its
-//! own (there is no name and no address to count by), and a refused one counts as a
-//! failure there.
+//! own (there is no name to count by) and counts refusals against the client's address
+//! when Dovecot sends it.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -107,7 +109,11 @@ pub async fn introspect(
         Ok(Query(q)) => q,
         Err(_) => Vec::new(),
     };
-    let Some(service) = field(&query, "service")
+    // Dovecot 2.4 reads one `introspection_url` for every protocol, so the URL's service
+    // is only a fallback: with `send_auth_headers = yes` it names the login's own protocol
+    // and the client's address in headers, which a configured client may be believed on.
+    let Some(service) = dovecot_header(&headers, PROTOCOL_HEADER)
+        .or_else(|| field(&query, "service"))
         .or_else(|| field(&query, "protocol"))
         .filter(|s| !s.is_empty())
     else {
@@ -132,7 +138,7 @@ pub async fn introspect(
             secret: &secret,
             kind: SecretKind::BearerToken,
             service,
-            remote_ip: None,
+            remote_ip: dovecot_header(&headers, REMOTE_HEADER).and_then(|ip| ip.parse().ok()),
             // The caller proved itself a configured client; whether its connection is
             // encrypted is the listener's business, and no rule reads this for tokens.
             secured: true,
@@ -159,6 +165,19 @@ pub async fn introspect(
             "the token cannot be checked right now; try again",
         ),
     }
+}
+
+/// The header Dovecot's `send_auth_headers` names the login's protocol in.
+const PROTOCOL_HEADER: &str = "x-dovecot-auth-protocol";
+/// The header Dovecot's `send_auth_headers` names the mail client's address in.
+const REMOTE_HEADER: &str = "x-dovecot-auth-remote";
+
+fn dovecot_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// The client the request's HTTP Basic credentials name, if they are right.

@@ -358,6 +358,7 @@ pub async fn start_if_configured(
     oidc: Option<&OidcSettings>,
     metrics: &MetricsSettings,
     clients: Option<&ClientSettings>,
+    introspection_clients: &[IntrospectionClient],
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
     activated: &mut Activated,
@@ -377,6 +378,7 @@ pub async fn start_if_configured(
         auth,
         Arc::new(crate::clock::SystemClock),
     )?;
+    state.set_introspection_clients(introspection_clients.to_vec());
     start(state, activated).await.map(Some)
 }
 
