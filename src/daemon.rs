@@ -84,14 +84,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
     };
     let mut http = Vec::new();
     let web = crate::web::start_if_configured(
-        config.web.as_ref(),
-        config.oidc.as_ref(),
-        &config.metrics,
-        config.clients.as_ref(),
-        config
-            .oauth
-            .as_ref()
-            .map_or(&[][..], |o| &o.endpoint_clients[..]),
+        &config,
         core.store.clone(),
         core.auth.clone(),
         &mut activated,

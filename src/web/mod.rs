@@ -354,31 +354,29 @@ pub(crate) fn serve(
 
 /// Starts the web page when `[web]` is configured; the daemon's one call.
 pub async fn start_if_configured(
-    settings: Option<&WebSettings>,
-    oidc: Option<&OidcSettings>,
-    metrics: &MetricsSettings,
-    clients: Option<&ClientSettings>,
-    introspection_clients: &[IntrospectionClient],
+    config: &crate::config::Config,
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
     activated: &mut Activated,
 ) -> Result<Option<WebServer>, WebError> {
-    let Some(settings) = settings.cloned() else {
-        if oidc.is_some() {
+    let Some(settings) = config.web.clone() else {
+        if config.oidc.is_some() {
             tracing::warn!("[oidc] is configured but [web] is not: nobody can sign in");
         }
         return Ok(None);
     };
     let state = state(
         settings,
-        oidc,
-        metrics,
-        clients.cloned(),
+        config.oidc.as_ref(),
+        &config.metrics,
+        config.clients.clone(),
         store,
         auth,
         Arc::new(crate::clock::SystemClock),
     )?;
-    state.set_introspection_clients(introspection_clients.to_vec());
+    if let Some(oauth) = &config.oauth {
+        state.set_introspection_clients(oauth.endpoint_clients.clone());
+    }
     start(state, activated).await.map(Some)
 }
 
