@@ -1298,7 +1298,7 @@ impl TokenVerifier for TableVerifier {
     }
 }
 
-const REFUSALS: [TokenRefusal; 12] = [
+const REFUSALS: [TokenRefusal; 13] = [
     TokenRefusal::Malformed,
     TokenRefusal::TooLong,
     TokenRefusal::Algorithm,
@@ -1311,6 +1311,7 @@ const REFUSALS: [TokenRefusal; 12] = [
     TokenRefusal::Scope,
     TokenRefusal::Inactive,
     TokenRefusal::MissingClaim,
+    TokenRefusal::IdToken,
 ];
 
 /// The tokens the table knows: `t-<name>` for the identity `sub-<name>`; `t-down` cannot

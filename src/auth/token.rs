@@ -48,6 +48,10 @@ pub enum TokenRefusal {
     Inactive,
     /// A required claim (`sub`, `exp`) is missing or of the wrong type.
     MissingClaim,
+    /// An ID token: it tells the webmail who signed in and grants nothing. A webmail's ID
+    /// tokens carry its own client id as `aud` and travel through browsers and logs, so
+    /// one must never pass for the access token.
+    IdToken,
 }
 
 impl TokenRefusal {
@@ -65,6 +69,7 @@ impl TokenRefusal {
             TokenRefusal::Scope => "token_scope",
             TokenRefusal::Inactive => "token_inactive",
             TokenRefusal::MissingClaim => "token_missing_claim",
+            TokenRefusal::IdToken => "token_is_id_token",
         }
     }
 }

@@ -64,6 +64,24 @@ fn has_scope(value: Option<&Value>, wanted: &str) -> bool {
     }
 }
 
+/// What only ID tokens say: Keycloak's `typ: "ID"`, Cognito's `token_use: "id"`, and the
+/// hashes OpenID Connect Core puts in ID tokens alone (`at_hash`, `c_hash`, `s_hash`).
+/// RFC 9068's `typ: at+jwt` header would be the clean test, but Keycloak and others mark
+/// their access tokens plain `JWT`, so the claims decide.
+fn is_id_token(claims: &Map<String, Value>) -> bool {
+    let says = |name: &str, value: &str| {
+        claims
+            .get(name)
+            .and_then(Value::as_str)
+            .is_some_and(|v| v.eq_ignore_ascii_case(value))
+    };
+    says("typ", "ID")
+        || says("token_use", "id")
+        || ["at_hash", "c_hash", "s_hash"]
+            .iter()
+            .any(|name| claims.contains_key(*name))
+}
+
 pub fn check(
     claims: &Map<String, Value>,
     rules: &Rules,
@@ -75,6 +93,9 @@ pub fn check(
         (None, Source::Introspection) => {}
         (None, Source::Jwt) => return Err(TokenRefusal::MissingClaim),
         _ => return Err(TokenRefusal::Issuer),
+    }
+    if source == Source::Jwt && is_id_token(claims) {
+        return Err(TokenRefusal::IdToken);
     }
     let exp = claims
         .get("exp")
@@ -273,6 +294,29 @@ mod tests {
         assert_eq!(run(json!("openid emails")), Err(TokenRefusal::Scope));
         assert_eq!(run(json!("openid")), Err(TokenRefusal::Scope));
         assert_eq!(run(Value::Null), Err(TokenRefusal::Scope));
+    }
+
+    #[test]
+    fn id_tokens_are_not_access_tokens() {
+        for marks in [
+            json!({"typ": "ID"}),
+            json!({"token_use": "id"}),
+            json!({"at_hash": "x4Ewg2UwMVk3FzBmbQhkzQ"}),
+            json!({"c_hash": "LDktKdoQak3Pk0cnXxCltA"}),
+            json!({"s_hash": "LDktKdoQak3Pk0cnXxCltA"}),
+        ] {
+            assert_eq!(
+                verdict(marks.clone(), Source::Jwt),
+                Err(TokenRefusal::IdToken),
+                "{marks}"
+            );
+        }
+        // What access tokens say of themselves passes: Keycloak's and Cognito's.
+        assert!(verdict(json!({"typ": "Bearer"}), Source::Jwt).is_ok());
+        assert!(verdict(json!({"token_use": "access"}), Source::Jwt).is_ok());
+        // An introspected token is what the provider says is active: its claims are the
+        // provider's answer, not the token's.
+        assert!(verdict(json!({"typ": "ID"}), Source::Introspection).is_ok());
     }
 
     #[test]
