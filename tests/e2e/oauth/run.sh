@@ -564,6 +564,8 @@ mailauthd: $(decisions | tail -n 3)"
 introspect() {
 	local token=$1 url="$BASE/oauth2/introspect?service=imap"
 	shift
+	# An URL as the second argument replaces the default one; what follows goes to curl.
+	case ${1-} in http*) url=$1 && shift ;; esac
 	HTTP_CODE=$(curl -sS -o "$T/introspect.body" -D "$T/introspect.headers" -w '%{http_code}' \
 		--max-time 10 -u "dovecot:$DOVECOT_SECRET" --data-urlencode "token=$token" "$@" "$url" 2>&1 || true)
 	HTTP_BODY=$(cat "$T/introspect.body" 2>/dev/null || true)
