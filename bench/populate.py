@@ -21,6 +21,9 @@ Commands:
   fill DB DOMAIN FIRST COUNT HASH
       like mailboxes, plus one app password each with a random (never used) lookup hash:
       the million-mailbox database
+  bind-identities DB DOMAIN FIRST COUNT ISSUER OUT
+      those mailboxes made OpenID ones, each bound to subject s<7 digits> at ISSUER (as
+      a first sign-in leaves them); writes `address<TAB>subject` lines to OUT
   plain-passwd DOMAIN FIRST COUNT OUT CREDS N
       Dovecot passwd-file `{PLAIN}` lines for the same mailboxes, and the first N as
       loadgen credentials (`address<TAB>password`)
@@ -126,6 +129,22 @@ def cmd_fill(db, domain, first, count, stored_hash):
     con.execute("COMMIT")
 
 
+def cmd_bind_identities(db, domain, first, count, issuer, out):
+    first, count = int(first), int(count)
+    rows = [(address(i, domain), f"s{i:07d}") for i in range(first, first + count)]
+    con = connect(db)
+    con.execute("BEGIN")
+    now = int(time.time())
+    con.executemany(
+        "UPDATE mailboxes SET auth_source = 'oidc', oidc_issuer = ?, oidc_subject = ?,"
+        " last_sign_in_at = ? WHERE address = ?",
+        ((issuer, sub, now, addr) for addr, sub in rows),
+    )
+    con.execute("COMMIT")
+    with open(out, "w") as f:
+        f.writelines(f"{addr}\t{sub}\n" for addr, sub in rows)
+
+
 def cmd_plain_passwd(domain, first, count, out, creds, ncreds):
     first, count, ncreds = int(first), int(count), int(ncreds)
     with open(out, "w") as f:
@@ -140,6 +159,7 @@ COMMANDS = {
     "mailboxes": cmd_mailboxes,
     "app-passwords": cmd_app_passwords,
     "fill": cmd_fill,
+    "bind-identities": cmd_bind_identities,
     "plain-passwd": cmd_plain_passwd,
 }
 

@@ -15,6 +15,8 @@
 #   BENCH_ARGON_USERS=32      mailboxes with an Argon2id hash written by mailauthd
 #   BENCH_BIG=1000000         mailboxes for the "large database" latency runs (0: skip)
 #   BENCH_POLICY_CONNECTIONS=32
+#   BENCH_TOKEN_USERS=500     mailboxes bound to an identity, for the access-token runs
+#   BENCH_COLD_TOKENS=40000   distinct tokens minted for the cache-cold run (0: no token runs)
 #   BENCH_OUT=bench/results/YYYY-MM-DD.md   where the report goes ("-": stdout only;
 #                             by default -2, -3, … are added rather than overwrite one)
 #   BENCH_PERF=1              also record a CPU profile of mailauthd during the
@@ -40,6 +42,8 @@ BLF_USERS=${BENCH_BLF_USERS:-200}
 ARGON_USERS=${BENCH_ARGON_USERS:-32}
 BIG=${BENCH_BIG:-1000000}
 POLICY_CONNS=${BENCH_POLICY_CONNECTIONS:-32}
+TOKEN_USERS=${BENCH_TOKEN_USERS:-500}
+COLD_TOKENS=${BENCH_COLD_TOKENS:-40000}
 DATE=$(date -u +%Y-%m-%d)
 OUT=${BENCH_OUT:-}
 if [[ -z $OUT ]]; then
@@ -133,7 +137,8 @@ measure() {
     local -a t0=() t1=()
     load=$(cut -d' ' -f1 /proc/loadavg)
     for p in "${pids[@]}"; do t0+=("$(tree_ticks "$p")"); done
-    out=$("$LOADGEN" --json --warmup "$WARMUP" --duration "$DURATION" "$@") || true
+    local warmup=${RUN_WARMUP:-$WARMUP} duration=${RUN_DURATION:-$DURATION}
+    out=$("$LOADGEN" --json --warmup "$warmup" --duration "$duration" "$@") || true
     for p in "${pids[@]}"; do t1+=("$(tree_ticks "$p")"); done
     [[ -n $out ]] || out='{"error":"no output"}'
     local parts="[]" i
@@ -141,7 +146,7 @@ measure() {
         parts=$(jq -c --argjson t $((t1[i] - t0[i])) '. + [$t / 100]' <<<"$parts")
     done
     jq -c --arg lbl "$label" --arg server "$server" --argjson parts "$parts" \
-        --argjson load "$load" --arg cmd "loadgen --warmup $WARMUP --duration $DURATION $*" \
+        --argjson load "$load" --arg cmd "loadgen --warmup $warmup --duration $duration $*" \
         '. + {"label": $lbl, "server": $server, "server_cpu_s": ($parts | add),
               "server_cpu_parts_s": $parts, "loadavg": $load, "command": $cmd}' \
         <<<"$out" >>"$RESULTS"
@@ -400,6 +405,9 @@ sleep 1
 measure "BLF-CRYPT cost 5 (imported), cache warm" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/blf.tsv" "${AUTH_HASHED[@]}"
 measure "Argon2id m=64M t=3, cache warm" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/argon.tsv" "${AUTH_HASHED[@]}"
 stop "$MA_PID"
+
+# ---------------------------------------------------------------------------------------
+. bench/token-runs.sh
 write_config "$POLICY_TOML"
 
 # ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 //! Load generator for mailauthd's benchmarks (see `bench/README.md`).
 //!
-//! Speaks the client side of Dovecot's auth-client protocol (pipelined `AUTH ... PLAIN`
-//! requests, replies matched by id) and of Postfix's SMTPD policy protocol (one request at
-//! a time per connection, as Postfix does). Every run is bounded: it stops after
+//! Speaks the client side of Dovecot's auth-client protocol (pipelined `AUTH` requests
+//! with PLAIN, or XOAUTH2 and OAUTHBEARER carrying access tokens, replies matched by id)
+//! and of Postfix's SMTPD policy protocol (one request at a time per connection, as
+//! Postfix does). Every run is bounded: it stops after
 //! `--duration` seconds (or `--requests` requests), waits at most `--drain-timeout` for
 //! replies still in flight, and exits.
 //!
@@ -13,6 +14,9 @@
 //!   are not left out of the percentiles;
 //! - `unanswered`: requests that never got a reply (connection lost, or still pending
 //!   when the drain timeout expired).
+//!
+//! `loadgen tokens` makes the access tokens for the token runs: an RSA key of its own, the
+//! key set a provider would publish, and RS256 JWTs for given subjects, each one distinct.
 //!
 //! Build: `cargo build --release --example loadgen`; run with `--help` for the modes.
 
@@ -94,6 +98,39 @@ enum Mode {
         #[arg(long = "policy", value_name = "SPEC")]
         policy: Vec<String>,
     },
+    /// Make RS256 access tokens, as an OpenID provider issues them, for the token runs
+    Tokens {
+        #[command(flatten)]
+        opts: TokenOpts,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct TokenOpts {
+    /// One `address<TAB>subject` per line: whose tokens to make, used in turn
+    #[arg(long)]
+    subjects: PathBuf,
+    /// How many tokens to make (each one distinct: its own `jti`)
+    #[arg(long)]
+    count: usize,
+    /// The tokens' `iss`
+    #[arg(long)]
+    issuer: String,
+    /// The tokens' `aud` and `azp`: the webmail's client id
+    #[arg(long, default_value = "webmail")]
+    audience: String,
+    /// The tokens' `scope`
+    #[arg(long, default_value = "openid email")]
+    scope: String,
+    /// Seconds the tokens are valid for
+    #[arg(long, default_value_t = 3600)]
+    lifetime: i64,
+    /// Where the key set (JWKS) with the signing key's public half is written
+    #[arg(long)]
+    jwks: PathBuf,
+    /// Where the `address<TAB>token` lines are written
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -118,9 +155,50 @@ struct AuthOpts {
     /// Mark requests `secured` (the client connection used TLS)
     #[arg(long)]
     secured: bool,
+    /// SASL mechanism: plain (the creds' second column is a password), xoauth2 or
+    /// oauthbearer (it is an access token)
+    #[arg(long, default_value = "plain")]
+    mech: Mech,
     /// Name shown in the report
     #[arg(long, default_value = "auth")]
     name: String,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Mech {
+    Plain,
+    Xoauth2,
+    Oauthbearer,
+}
+
+impl std::str::FromStr for Mech {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Mech as clap::ValueEnum>::from_str(s, true)
+    }
+}
+
+impl Mech {
+    fn name(self) -> &'static str {
+        match self {
+            Mech::Plain => "PLAIN",
+            Mech::Xoauth2 => "XOAUTH2",
+            Mech::Oauthbearer => "OAUTHBEARER",
+        }
+    }
+
+    /// The initial response for `user` with `secret`, before base64.
+    fn initial_response(self, user: &str, secret: &str) -> Vec<u8> {
+        match self {
+            Mech::Plain => format!("\0{user}\0{secret}").into_bytes(),
+            Mech::Xoauth2 => format!("user={user}\x01auth=Bearer {secret}\x01\x01").into_bytes(),
+            // RFC 7628's GS2 header names the login; `=` and `,` in it are escaped.
+            Mech::Oauthbearer => {
+                let user = user.replace('=', "=3D").replace(',', "=2C");
+                format!("n,a={user},\x01auth=Bearer {secret}\x01\x01").into_bytes()
+            }
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -258,7 +336,7 @@ fn auth_group(o: &AuthOpts, budget: Option<u64>) -> Result<Group> {
         bail!("{}: connections and pipeline must be at least 1", o.name);
     }
     let creds = read_pairs(&o.creds)?;
-    let mut options = format!("\tPLAIN\tservice={}", o.service);
+    let mut options = format!("\t{}\tservice={}", o.mech.name(), o.service);
     if o.secured {
         options.push_str("\tsecured");
     }
@@ -267,12 +345,8 @@ fn auth_group(o: &AuthOpts, budget: Option<u64>) -> Result<Group> {
     }
     let tails = creds
         .iter()
-        .map(|(user, pass)| {
-            let mut raw = Vec::with_capacity(user.len() + pass.len() + 2);
-            raw.push(0);
-            raw.extend_from_slice(user.as_bytes());
-            raw.push(0);
-            raw.extend_from_slice(pass.as_bytes());
+        .map(|(user, secret)| {
+            let raw = o.mech.initial_response(user, secret);
             let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
             format!("{options}\tresp={b64}\n").into_bytes()
         })
@@ -342,6 +416,7 @@ fn auth_spec(spec: &str) -> Result<AuthOpts> {
         service: take(&mut m, "service", Some("imap".to_string()))?,
         rip: m.remove("rip"),
         secured: take(&mut m, "secured", Some(0u8))? != 0,
+        mech: take(&mut m, "mech", Some(Mech::Plain))?,
     };
     if let Some(k) = m.keys().next() {
         bail!("unknown key {k:?} in auth spec {spec:?}");
@@ -678,6 +753,25 @@ async fn auth_connection(
                 Ok(Ok(_)) => {
                     if !line.ends_with(b"\n") {
                         continue; // partial line before the timeout; keep reading into it
+                    }
+                    // A refused token gets RFC 7628's error challenge first; the client's
+                    // dummy reply (0x01) lets the server send the FAIL that is counted.
+                    if let Some(id) = line.strip_prefix(b"CONT\t") {
+                        let id = id.split(|b| *b == b'\t').next().unwrap_or_default();
+                        out.extend_from_slice(b"CONT\t");
+                        out.extend_from_slice(id);
+                        out.extend_from_slice(b"\tAQ==\n");
+                        let written = w.write_all(&out).await;
+                        out.clear();
+                        line.clear();
+                        if let Err(e) = written {
+                            stats.error(format!("write: {e}"));
+                            stats.lost(&tl, &inflight);
+                            inflight.clear();
+                            conn = None;
+                            continue 'connection;
+                        }
+                        continue;
                     }
                     let now = Instant::now();
                     match classify_auth(&line) {
@@ -1061,6 +1155,7 @@ fn main() -> Result<()> {
     let groups = match &cli.mode {
         Mode::Auth { opts } => vec![auth_group(opts, c.requests)?],
         Mode::Policy { opts } => vec![policy_group(opts, c.requests)?],
+        Mode::Tokens { opts } => return make_tokens(opts),
         Mode::Mixed { auth, policy } => {
             let mut g = Vec::new();
             for s in auth {
@@ -1104,5 +1199,68 @@ fn main() -> Result<()> {
     if results.iter().all(|(_, s, _)| s.lat_us.is_empty()) {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Access tokens for the token runs
+
+/// An RSA-2048 key, its JWKS, and `count` RS256 JWTs over the subjects in turn, signed on
+/// every core (signing is the slow part: about a millisecond each).
+fn make_tokens(o: &TokenOpts) -> Result<()> {
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::sign::Signer;
+
+    let subjects = Arc::new(read_pairs(&o.subjects)?);
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let rsa = Rsa::generate(2048)?;
+    let kid = format!("bench-{}", std::process::id());
+    let jwks = json!({"keys": [{
+        "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+        "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec()),
+    }]});
+    std::fs::write(&o.jwks, jwks.to_string())
+        .with_context(|| format!("writing {}", o.jwks.display()))?;
+    let key = PKey::from_rsa(rsa)?;
+    let header = b64(json!({"alg": "RS256", "typ": "at+jwt", "kid": kid})
+        .to_string()
+        .as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lines: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (key, header, subjects) = (&key, &header, &subjects);
+                scope.spawn(move || -> Result<Vec<String>> {
+                    let mut lines = Vec::new();
+                    for i in (t..o.count).step_by(threads) {
+                        let (address, subject) = &subjects[i % subjects.len()];
+                        let claims = json!({
+                            "iss": o.issuer, "sub": subject, "aud": o.audience,
+                            "azp": o.audience, "client_id": o.audience, "scope": o.scope,
+                            "iat": now, "exp": now + o.lifetime, "jti": format!("bench-{i}"),
+                        });
+                        let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+                        let mut signer = Signer::new(MessageDigest::sha256(), key)?;
+                        signer.update(input.as_bytes())?;
+                        let signature = b64(&signer.sign_to_vec()?);
+                        lines.push(format!("{address}\t{input}.{signature}\n"));
+                    }
+                    Ok(lines)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| anyhow!("a signing thread panicked"))?)
+            .collect::<Result<Vec<_>>>()
+            .map(|v| v.concat())
+    })?;
+    std::fs::write(&o.out, lines.concat())
+        .with_context(|| format!("writing {}", o.out.display()))?;
     Ok(())
 }
