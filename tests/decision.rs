@@ -1799,7 +1799,9 @@ async fn refused_tokens_count_toward_the_throttle_and_an_outage_does_not() {
         "sqlite",
     );
 
-    // Tokens offered for one named mailbox count against it, like passwords.
+    // Tokens offered for one named mailbox count against it, like passwords: its password
+    // logins are blocked. Its own tokens are not held up, for no one guesses a token:
+    // strangers cannot lock the owner's webmail out.
     for i in 0..8 {
         let bad = Secret::from(format!("guess-{i}"));
         let rip = format!("203.0.113.{i}");
@@ -1820,9 +1822,23 @@ async fn refused_tokens_count_toward_the_throttle_and_an_outage_does_not() {
             Some("198.51.100.8"),
         )
         .await,
+        "ok",
+        "token",
+        "the owner's token, the account blocked",
+        "sqlite",
+    );
+    expect(
+        &decide_token(
+            &f,
+            "tokimap@example.org",
+            &Secret::from("guess-9"),
+            "imap",
+            Some("198.51.100.9"),
+        )
+        .await,
         "fail",
-        "throttled",
-        "blocked account",
+        "token_bad_signature",
+        "a forged token, the account blocked: refused for what it is",
         "sqlite",
     );
     f.writer.shutdown().await;

@@ -447,7 +447,7 @@ async fn attempts_cancelled_in_flight_count_with_redis_too() {
             rip: ip("192.0.2.90"),
             account: "",
             fingerprint: t.fingerprinter().fingerprint("", secret.as_bytes()),
-            app_password: false,
+            unguessable: false,
             counted: true,
         };
         let (verdict, ticket) = t.admit(attempt, T0).await;
@@ -461,7 +461,7 @@ async fn attempts_cancelled_in_flight_count_with_redis_too() {
         rip: ip("192.0.2.90"),
         account: "",
         fingerprint: 7,
-        app_password: false,
+        unguessable: false,
         counted: true,
     };
     let (verdict, _ticket) = t.admit(attempt, T0 + SEC).await;

@@ -193,7 +193,8 @@ impl Authenticator {
                 && req.kind == SecretKind::Password
                 && looks_like_app_password(req.secret.expose()),
         };
-        let (admitted, ticket) = self.admit(req, &account, login.app_password).await;
+        let unguessable = login.app_password || req.kind == SecretKind::BearerToken;
+        let (admitted, ticket) = self.admit(req, &account, unguessable).await;
         let mut identity = None;
         let outcome = match (admitted, req.kind) {
             (Ok(()), SecretKind::Password) => match self
@@ -393,7 +394,7 @@ impl Authenticator {
         &self,
         req: &AuthRequest<'_>,
         account: &str,
-        app_password: bool,
+        unguessable: bool,
     ) -> (Step<()>, Ticket<'_>) {
         let throttle = &self.parts.throttle;
         let now = self.parts.clock.now_ms();
@@ -403,7 +404,7 @@ impl Authenticator {
             fingerprint: throttle
                 .fingerprinter()
                 .fingerprint(account, req.secret.expose()),
-            app_password,
+            unguessable,
             counted: !req.no_penalty,
         };
         let (verdict, ticket) = throttle.admit(attempt, now).await;

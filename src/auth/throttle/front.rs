@@ -213,7 +213,7 @@ impl Throttle {
                     not_held.push(key.clone());
                     plan.charged_only.push(key);
                 }
-                ThrottleKey::Account(_) if attempt.app_password => {
+                ThrottleKey::Account(_) if attempt.unguessable => {
                     // Never holds the attempt up, but takes a place like any other: should
                     // the secret turn out to be no app password, the account's block and
                     // delay (with its attempts in flight) stand before the stored password.
@@ -578,7 +578,7 @@ mod tests {
             rip: ip(rip),
             account,
             fingerprint: t.fingerprinter().fingerprint(account, secret.as_bytes()),
-            app_password: false,
+            unguessable: false,
             counted: true,
         }
     }
@@ -733,7 +733,7 @@ mod tests {
         assert!(matches!(stranger, Verdict::Blocked { .. }), "{stranger:?}");
         // An app password from anywhere passes, but only as an app password.
         let mut app = attempt(&t, "203.0.113.51", alice, "abcdabcdabcdabcdabcd");
-        app.app_password = true;
+        app.unguessable = true;
         let (verdict, ticket) = t.admit(app, T0).await;
         assert_eq!(verdict, Verdict::Allow);
         assert!(ticket.passwords_refused());

@@ -38,9 +38,11 @@ pub struct Attempt<'a> {
     pub account: &'a str,
     /// [`super::Fingerprinter::fingerprint`] of the account and the secret.
     pub fingerprint: u64,
-    /// The secret is shaped like an app password: about 94 random bits that nobody
-    /// guesses, so the account's standing never holds it up (its network's still does).
-    pub app_password: bool,
+    /// The secret is nothing anyone guesses: shaped like an app password (about 94 random
+    /// bits), or an access token (signed by the provider, or known to it). The account's
+    /// standing never holds it up, so strangers cannot lock the owner's webmail or mail
+    /// clients out; its failures still count, and its network's standing still holds it.
+    pub unguessable: bool,
     /// `false` for Dovecot's `no-penalty`: delays and blocks apply, nothing is counted.
     pub counted: bool,
 }
