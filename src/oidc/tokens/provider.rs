@@ -284,14 +284,24 @@ impl jwt::KeySource for Provider {
             let recently = state
                 .last_keys_fetch
                 .is_some_and(|at| now.saturating_duration_since(at) < REFETCH_EVERY);
-            if (fresh && !refetch) || (refetch && recently) {
+            if fresh && !refetch {
                 return Ok(keys.clone());
             }
+            if refetch && recently {
+                // Asked again too soon: the copy answers, unless the last try failed, in
+                // which case nobody can say whether the key exists.
+                return match &state.failed {
+                    Some((_, why)) => Err(why.clone()),
+                    None => Ok(keys.clone()),
+                };
+            }
         }
+        // A refetch is asked for a token whose key the copy lacks: if the provider cannot
+        // be asked, the copy cannot say the key does not exist, so nobody can tell.
         if let Some(why) = self.backing_off(&state) {
             return match &state.keys {
-                Some((keys, _)) => Ok(keys.clone()),
-                None => Err(why),
+                Some((keys, _)) if !refetch => Ok(keys.clone()),
+                _ => Err(why),
             };
         }
         let directory = self.directory(&mut state).await?;
@@ -305,11 +315,11 @@ impl jwt::KeySource for Provider {
             Err(e) => {
                 let e = self.fail(&mut state, e);
                 match &state.keys {
-                    Some((keys, _)) => {
+                    Some((keys, _)) if !refetch => {
                         tracing::warn!(error = %e, "the identity provider's keys cannot be fetched; using the previous copy");
                         Ok(keys.clone())
                     }
-                    None => Err(e),
+                    _ => Err(e),
                 }
             }
         }

@@ -335,6 +335,33 @@ async fn an_unknown_kid_refetches_once_and_refetches_are_rate_limited() {
 }
 
 #[tokio::test]
+async fn an_unknown_kid_while_the_keys_cannot_be_fetched_is_unavailable_not_refused() {
+    let s = setup(AUD).await;
+    assert!(s.validator.verify(&s.jwt(json!({}))).await.is_ok());
+    s.fake.keys_down.store(true, Ordering::SeqCst);
+    s.clock.advance(11);
+    // A key rotated in at the provider, which cannot be asked for its new key set.
+    let rotated = RsaTestKey::new("rotated");
+    let token = rotated.sign(&s.claims());
+    s.unavailable(&token).await;
+    // During the back-off that follows, too, without asking again.
+    let hits = s.fake.hits().1;
+    s.unavailable(&token).await;
+    assert_eq!(s.fake.hits().1, hits, "the back-off asks nobody");
+    // Tokens signed with a key of the copy still log in meanwhile.
+    assert!(s
+        .validator
+        .verify(&s.jwt(json!({"sub": "carol"})))
+        .await
+        .is_ok());
+    // Not cached: once the provider is back with the new key, the token is good.
+    s.fake.keys.lock().unwrap().push(rotated.public_json());
+    s.fake.keys_down.store(false, Ordering::SeqCst);
+    s.clock.advance(11);
+    assert!(s.validator.verify(&token).await.is_ok());
+}
+
+#[tokio::test]
 async fn keys_that_cannot_be_fetched_make_tokens_unavailable_not_refused() {
     let s = setup(AUD).await;
     s.fake.keys_down.store(true, Ordering::SeqCst);
