@@ -2301,3 +2301,91 @@ fn over_long_tokens_are_refused() {
     ));
     assert!(other.line().unwrap().starts_with("CONT\t1\teyJ"));
 }
+
+/// Token messages that cannot be read never reach the provider, and the daemon's audit
+/// line says why, in the fields fail2ban's filter reads (with no name, as none was read).
+#[test]
+fn unreadable_token_messages_get_an_audit_line_with_their_reason() {
+    // A provider that is not there: nothing here may need it.
+    let issuer = format!("http://127.0.0.1:{}", common::free_port());
+    let sections = format!(
+        "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"mailauthd\"\n\
+         redirect_url = \"http://127.0.0.1:9/callback\"\n\
+         [oauth]\naudiences = [\"webmail\"]\n"
+    );
+    let mut d = Daemon::start_full(None, None, true, "", "", &sections, None);
+    if let Some(mut child) = d.child.take() {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+    let log = d.dir.path().join("daemon.log");
+    d.child = Some(
+        Command::new(BIN)
+            .args(["--config", d.config.to_str().unwrap(), "serve"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(d.socket("auth")).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the auth socket did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut c, _) = Client::handshake(&d.socket("auth"));
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "OAUTHBEARER",
+            b"p=tls-unique,,\x01auth=Bearer abc\x01\x01",
+            "channel_binding",
+        ),
+        ("OAUTHBEARER", b"n,,\x01host=x\x01\x01", "malformed_request"),
+        (
+            "XOAUTH2",
+            b"user=joe\x01auth=Basic abc\x01\x01",
+            "malformed_request",
+        ),
+        (
+            "XOAUTH2",
+            b"user=joe\x01auth=Bearer a b\x01\x01",
+            "token_malformed",
+        ),
+    ];
+    for (i, (mech, message, _)) in cases.iter().enumerate() {
+        let id = i + 1;
+        c.send(&format!(
+            "AUTH\t{id}\t{mech}\tservice=imap\trip=192.0.2.7\tresp={}\n",
+            b64(message)
+        ));
+        assert_eq!(
+            c.line().unwrap(),
+            format!("FAIL\t{id}\treason=Authentication failed")
+        );
+    }
+    let long = "a".repeat(9 * 1024);
+    c.send(&format!(
+        "AUTH\t9\tXOAUTH2\tservice=pop3\trip=192.0.2.7\tresp={}\n",
+        xoauth2("joe@example.org", &long)
+    ));
+    assert_eq!(c.line().unwrap(), "FAIL\t9\treason=Authentication failed");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let audit: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" auth service=") && l.contains("outcome=\"fail\""))
+        .collect();
+    let expected: Vec<(&str, &str, &str)> = cases
+        .iter()
+        .map(|(mech, _, reason)| ("imap", *mech, *reason))
+        .chain([("pop3", "XOAUTH2", "token_too_long")])
+        .collect();
+    assert_eq!(audit.len(), expected.len(), "{text}");
+    for (line, (service, mech, reason)) in audit.iter().zip(expected) {
+        let want = format!(
+            "auth service=\"{service}\" user=\"\" rip=\"192.0.2.7\" mech=\"{mech}\" outcome=\"fail\" reason=\"{reason}\""
+        );
+        assert!(line.trim_end().ends_with(&want), "{line}\nwanted: {want}");
+    }
+}

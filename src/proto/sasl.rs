@@ -188,6 +188,38 @@ pub enum SaslError {
     TokenRefused,
 }
 
+impl SaslError {
+    /// The reason the audit line gives for an exchange that ended here, before any
+    /// credential could be checked.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SaslError::AuthzidMismatch => "authzid_mismatch",
+            SaslError::ChannelBinding => "channel_binding",
+            SaslError::TokenTooLong { .. } => "token_too_long",
+            SaslError::BadTokenSyntax => "token_malformed",
+            SaslError::TokenRefused => "token_refused",
+            SaslError::AlreadyFinished => "protocol_error",
+            SaslError::MalformedPlain
+            | SaslError::EmptyUsername
+            | SaslError::UsernameTooLong { .. }
+            | SaslError::UsernameControlChar { .. }
+            | SaslError::UsernameNotUtf8
+            | SaslError::PasswordTooLong { .. }
+            | SaslError::PasswordNul
+            | SaslError::EmptyTokenMessage { .. }
+            | SaslError::MalformedGs2Header
+            | SaslError::NonStandardGs2
+            | SaslError::BadAuthzidEscape
+            | SaslError::MissingTerminator { .. }
+            | SaslError::MalformedKeyValue { .. }
+            | SaslError::MissingAuth { .. }
+            | SaslError::DuplicateAuth { .. }
+            | SaslError::NotBearer { .. }
+            | SaslError::MissingUser => "malformed_request",
+        }
+    }
+}
+
 /// What the server does next.
 #[derive(Debug)]
 pub enum Step {

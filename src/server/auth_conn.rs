@@ -492,6 +492,12 @@ impl Conn<'_> {
             }
             Step::Fail(e) => {
                 tracing::info!(peer = %self.peer.description, id, service = %request.service, error = %e, "SASL exchange failed");
+                // The same fields as a decision's audit line, so fail2ban counts a source
+                // that sends garbage like one that guesses; no name could be read.
+                let rip = request
+                    .rip
+                    .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+                tracing::warn!(target: "mailauthd::audit", service = request.service.as_str(), user = "", rip, mech = request.mechanism.name(), outcome = "fail", reason = e.code(), "auth");
                 Ok(proto::encode_fail(id, None, Some(FAIL_REASON), false))
             }
             Step::Done { authcid, password } => {
