@@ -6,9 +6,12 @@
 //! algorithm from [`ALLOWED`] (asymmetric only: never `none`, never an HMAC, whose "key"
 //! would be the provider's public key that anyone can fetch) and no `crit` extensions; the
 //! key picked by `kid` from the key set, asked for anew once when the `kid` is unknown (a
-//! rotated key); the signature checked with openidconnect's
-//! [`JsonWebKey::verify_signature`], which also refuses a key of another type or use. The
-//! claims come back as a JSON map: what they must say is the caller's business.
+//! rotated key); the signature checked by [`signature_verifies`]: RSA and ECDSA with the
+//! system's OpenSSL (a cold access-token login is mostly this check, and OpenSSL's is
+//! several times faster than the pure-Rust one), EdDSA with openidconnect's
+//! [`JsonWebKey::verify_signature`]; either way a key of another type, curve, use or
+//! algorithm is refused. The claims come back as a JSON map: what they must say is the
+//! caller's business.
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -129,16 +132,139 @@ impl Unverified {
             return Err(JwtError::UnknownKey(self.kid.clone().unwrap_or_default()));
         }
         let message = self.signing_input.as_bytes();
-        let verified = candidates.iter().any(|k| {
-            k.verify_signature(&self.alg, message, &self.signature)
-                .is_ok()
-        });
+        let verified = candidates
+            .iter()
+            .any(|k| signature_verifies(k, &self.alg, message, &self.signature));
         if !verified {
             return Err(JwtError::BadSignature);
         }
         serde_json::from_slice(&self.payload)
             .map_err(|_| JwtError::Malformed("the claims are not a JSON object"))
     }
+}
+
+/// Whether `signature` over `message` verifies with `key` for `alg`. The key must be of
+/// the algorithm's type (and curve), and its `use` and `alg`, when it names them, must
+/// be `sig` and `alg`.
+fn signature_verifies(
+    key: &CoreJsonWebKey,
+    alg: &CoreJwsSigningAlgorithm,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    use CoreJwsSigningAlgorithm as A;
+    let Ok(Value::Object(jwk)) = serde_json::to_value(key) else {
+        return false;
+    };
+    let text = |name: &str| jwk.get(name).and_then(Value::as_str);
+    let alg_name = serde_json::to_value(alg).ok();
+    if text("use").is_some_and(|u| u != "sig")
+        || jwk.get("alg").is_some_and(|a| Some(a) != alg_name.as_ref())
+    {
+        return false;
+    }
+    let bytes = |name: &str| text(name).and_then(|v| b64(v).ok());
+    match alg {
+        A::RsaSsaPkcs1V15Sha256 | A::RsaSsaPkcs1V15Sha384 | A::RsaSsaPkcs1V15Sha512 => {
+            text("kty") == Some("RSA")
+                && rsa_verifies(bytes("n"), bytes("e"), alg, false, message, signature)
+        }
+        A::RsaSsaPssSha256 | A::RsaSsaPssSha384 | A::RsaSsaPssSha512 => {
+            text("kty") == Some("RSA")
+                && rsa_verifies(bytes("n"), bytes("e"), alg, true, message, signature)
+        }
+        A::EcdsaP256Sha256 | A::EcdsaP384Sha384 => {
+            let (curve, nid, size) = match alg {
+                A::EcdsaP256Sha256 => ("P-256", openssl::nid::Nid::X9_62_PRIME256V1, 32),
+                _ => ("P-384", openssl::nid::Nid::SECP384R1, 48),
+            };
+            text("kty") == Some("EC")
+                && text("crv") == Some(curve)
+                && ec_verifies(bytes("x"), bytes("y"), nid, size, alg, message, signature)
+        }
+        _ => key.verify_signature(alg, message, signature).is_ok(),
+    }
+}
+
+fn digest_of(alg: &CoreJwsSigningAlgorithm) -> openssl::hash::MessageDigest {
+    use openssl::hash::MessageDigest;
+    use CoreJwsSigningAlgorithm as A;
+    match alg {
+        A::RsaSsaPkcs1V15Sha384 | A::RsaSsaPssSha384 | A::EcdsaP384Sha384 => {
+            MessageDigest::sha384()
+        }
+        A::RsaSsaPkcs1V15Sha512 | A::RsaSsaPssSha512 => MessageDigest::sha512(),
+        _ => MessageDigest::sha256(),
+    }
+}
+
+fn rsa_verifies(
+    n: Option<Vec<u8>>,
+    e: Option<Vec<u8>>,
+    alg: &CoreJwsSigningAlgorithm,
+    pss: bool,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    use openssl::bn::BigNum;
+    use openssl::pkey::PKey;
+    use openssl::rsa::{Padding, Rsa};
+    use openssl::sign::{RsaPssSaltlen, Verifier};
+    let (Some(n), Some(e)) = (n, e) else {
+        return false;
+    };
+    let check = || -> Result<bool, openssl::error::ErrorStack> {
+        let rsa = Rsa::from_public_components(BigNum::from_slice(&n)?, BigNum::from_slice(&e)?)?;
+        let key = PKey::from_rsa(rsa)?;
+        let digest = digest_of(alg);
+        let mut verifier = Verifier::new(digest, &key)?;
+        if pss {
+            // RFC 7518 section 3.5: MGF1 with the same hash, a salt as long as the hash.
+            verifier.set_rsa_padding(Padding::PKCS1_PSS)?;
+            verifier.set_rsa_mgf1_md(digest)?;
+            verifier.set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH)?;
+        }
+        verifier.verify_oneshot(signature, message)
+    };
+    check().unwrap_or(false)
+}
+
+fn ec_verifies(
+    x: Option<Vec<u8>>,
+    y: Option<Vec<u8>>,
+    nid: openssl::nid::Nid,
+    size: usize,
+    alg: &CoreJwsSigningAlgorithm,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    use openssl::bn::{BigNum, BigNumContext};
+    use openssl::ec::{EcGroup, EcKey, EcPoint};
+    use openssl::ecdsa::EcdsaSig;
+    let (Some(x), Some(y)) = (x, y) else {
+        return false;
+    };
+    // A JWS ECDSA signature is r and s, each exactly the curve's size (RFC 7518 3.4).
+    if signature.len() != 2 * size || x.len() != size || y.len() != size {
+        return false;
+    }
+    let check = || -> Result<bool, openssl::error::ErrorStack> {
+        let group = EcGroup::from_curve_name(nid)?;
+        let mut ctx = BigNumContext::new()?;
+        let mut point = EcPoint::new(&group)?;
+        let (x, y) = (BigNum::from_slice(&x)?, BigNum::from_slice(&y)?);
+        point.set_affine_coordinates_gfp(&group, &x, &y, &mut ctx)?;
+        // Setting the coordinates refuses a point that is not on the curve (and both curves
+        // have cofactor 1, so that is the whole check).
+        let key = EcKey::from_public_key(&group, &point)?;
+        let sig = EcdsaSig::from_private_components(
+            BigNum::from_slice(&signature[..size])?,
+            BigNum::from_slice(&signature[size..])?,
+        )?;
+        let digest = openssl::hash::hash(digest_of(alg), message)?;
+        sig.verify(&digest, &key)
+    };
+    check().unwrap_or(false)
 }
 
 /// Parses and verifies `token` with the keys of `source`, fetching them anew once when its
@@ -263,6 +389,153 @@ mod tests {
 
     use super::test_keys::{b64, es256, RsaTestKey};
     use super::*;
+
+    /// The signature check here (OpenSSL) against openidconnect's own, which it replaced
+    /// for speed: both must agree on good, altered and misdirected signatures.
+    #[test]
+    fn openssl_and_openidconnect_agree_on_every_algorithm() {
+        use openidconnect::core::CoreJsonCurveType;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::ecdsa::EcdsaSig;
+        use openssl::nid::Nid;
+        use openssl::rsa::Padding;
+        use openssl::sign::{RsaPssSaltlen, Signer};
+        use CoreJwsSigningAlgorithm as A;
+
+        let message = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9";
+        let agree = |key: &CoreJsonWebKey, alg: &A, msg: &[u8], sig: &[u8], want: bool| {
+            assert_eq!(signature_verifies(key, alg, msg, sig), want, "{alg:?}");
+            assert_eq!(
+                key.verify_signature(alg, msg, sig).is_ok(),
+                want,
+                "openidconnect, {alg:?}"
+            );
+        };
+        let rsa = RsaTestKey::new("r");
+        for alg in [
+            A::RsaSsaPkcs1V15Sha256,
+            A::RsaSsaPkcs1V15Sha384,
+            A::RsaSsaPkcs1V15Sha512,
+            A::RsaSsaPssSha256,
+            A::RsaSsaPssSha384,
+            A::RsaSsaPssSha512,
+        ] {
+            let digest = digest_of(&alg);
+            let mut signer = Signer::new(digest, &rsa.key).unwrap();
+            if matches!(
+                alg,
+                A::RsaSsaPssSha256 | A::RsaSsaPssSha384 | A::RsaSsaPssSha512
+            ) {
+                signer.set_rsa_padding(Padding::PKCS1_PSS).unwrap();
+                signer.set_rsa_mgf1_md(digest).unwrap();
+                signer
+                    .set_rsa_pss_saltlen(RsaPssSaltlen::DIGEST_LENGTH)
+                    .unwrap();
+            }
+            let sig = signer.sign_oneshot_to_vec(message).unwrap();
+            let key = rsa.public();
+            agree(&key, &alg, message, &sig, true);
+            let mut altered = sig.clone();
+            altered[17] ^= 0x01;
+            agree(&key, &alg, message, &altered, false);
+            agree(&key, &alg, b"another.message", &sig, false);
+            // The same signature checked as another algorithm of the family.
+            let other = if alg == A::RsaSsaPkcs1V15Sha256 {
+                A::RsaSsaPssSha256
+            } else {
+                A::RsaSsaPkcs1V15Sha256
+            };
+            agree(&key, &other, message, &sig, false);
+        }
+        for (alg, nid, crv, size) in [
+            (
+                A::EcdsaP256Sha256,
+                Nid::X9_62_PRIME256V1,
+                CoreJsonCurveType::P256,
+                32,
+            ),
+            (
+                A::EcdsaP384Sha384,
+                Nid::SECP384R1,
+                CoreJsonCurveType::P384,
+                48,
+            ),
+        ] {
+            let group = EcGroup::from_curve_name(nid).unwrap();
+            let ec = EcKey::generate(&group).unwrap();
+            let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+            let (mut x, mut y) = (
+                openssl::bn::BigNum::new().unwrap(),
+                openssl::bn::BigNum::new().unwrap(),
+            );
+            ec.public_key()
+                .affine_coordinates(&group, &mut x, &mut y, &mut ctx)
+                .unwrap();
+            let key = CoreJsonWebKey::new_ec(
+                x.to_vec_padded(size as i32).unwrap(),
+                y.to_vec_padded(size as i32).unwrap(),
+                crv,
+                None,
+            );
+            let digest = openssl::hash::hash(digest_of(&alg), message).unwrap();
+            let sig = EcdsaSig::sign(&digest, &ec).unwrap();
+            let mut raw = sig.r().to_vec_padded(size as i32).unwrap();
+            raw.extend(sig.s().to_vec_padded(size as i32).unwrap());
+            agree(&key, &alg, message, &raw, true);
+            let mut altered = raw.clone();
+            altered[size + 3] ^= 0x40;
+            agree(&key, &alg, message, &altered, false);
+            agree(&key, &alg, b"another.message", &raw, false);
+            agree(&key, &alg, message, &sig.to_der().unwrap(), false);
+            // An EC key never checks an RSA algorithm, nor an RSA key an ECDSA one.
+            assert!(!signature_verifies(
+                &key,
+                &A::RsaSsaPkcs1V15Sha256,
+                message,
+                &raw
+            ));
+            assert!(!signature_verifies(&rsa.public(), &alg, message, &raw));
+        }
+        let wrong_curve =
+            CoreJsonWebKey::new_ec(vec![1; 48], vec![2; 48], CoreJsonCurveType::P384, None);
+        assert!(!signature_verifies(
+            &wrong_curve,
+            &A::EcdsaP256Sha256,
+            message,
+            &[0; 64]
+        ));
+    }
+
+    /// A key meant for encryption, or for another algorithm, checks no signature.
+    #[test]
+    fn a_key_for_another_use_or_algorithm_is_not_used() {
+        use openssl::sign::Signer;
+        let rsa = RsaTestKey::new("r");
+        let message = b"a.b";
+        let mut signer = Signer::new(openssl::hash::MessageDigest::sha256(), &rsa.key).unwrap();
+        let sig = signer.sign_oneshot_to_vec(message).unwrap();
+        let alg = CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256;
+        let mut jwk = rsa.public_json();
+        assert!(signature_verifies(
+            &serde_json::from_value(jwk.clone()).unwrap(),
+            &alg,
+            message,
+            &sig
+        ));
+        for (field, value) in [("use", "enc"), ("alg", "RS512"), ("alg", "PS256")] {
+            jwk[field] = json!(value);
+            let key: CoreJsonWebKey = serde_json::from_value(jwk.clone()).unwrap();
+            assert!(
+                !signature_verifies(&key, &alg, message, &sig),
+                "{field}={value}"
+            );
+            jwk.as_object_mut().unwrap().remove(field);
+        }
+        jwk["use"] = json!("sig");
+        jwk["alg"] = json!("RS256");
+        let key: CoreJsonWebKey = serde_json::from_value(jwk).unwrap();
+        assert!(signature_verifies(&key, &alg, message, &sig));
+    }
 
     /// A key source that counts fetches and hands out `after_refetch` once asked anew.
     struct Counting {

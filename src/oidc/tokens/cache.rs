@@ -5,8 +5,9 @@
 //! until the token's `exp` or the configured time, whichever comes first; a refusal for
 //! at most [`REFUSAL_SECONDS`], so a flood of one bad token costs the provider little and
 //! a token that becomes good (a key rotated in) is not refused for long. "Cannot tell" is
-//! never kept. Bounded: when full, expired entries go first, then the one that would
-//! expire soonest.
+//! never kept. Bounded: when full, expired entries go first, then the eighth that would
+//! expire soonest, so a flood of new tokens (each refused, say) costs one pass over the
+//! cache per eighth of it, not one per token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -78,10 +79,16 @@ impl Cache {
         if entries.len() >= self.capacity && !entries.contains_key(&key) {
             entries.retain(|_, e| now < e.until);
             if entries.len() >= self.capacity {
-                let soonest = entries.iter().min_by_key(|(_, e)| e.until).map(|(k, _)| *k);
-                if let Some(k) = soonest {
-                    entries.remove(&k);
-                }
+                let mut drop = (self.capacity / 8).max(1);
+                let mut untils: Vec<UnixTime> = entries.values().map(|e| e.until).collect();
+                let cut = *untils.select_nth_unstable(drop - 1).1;
+                entries.retain(|_, e| {
+                    let keep = drop == 0 || e.until > cut;
+                    if !keep {
+                        drop -= 1;
+                    }
+                    keep
+                });
             }
         }
         entries.insert(key, Entry { verdict, until });
@@ -163,6 +170,24 @@ mod tests {
             c.put(key(&format!("flood{i}")), id(NOW + 1000));
         }
         assert_eq!(c.entries(), 3);
+    }
+
+    #[test]
+    fn a_full_cache_makes_room_an_eighth_at_a_time_soonest_first() {
+        let (c, _) = cache(16, 300);
+        for i in 0..16 {
+            c.put(key(&i.to_string()), id(NOW + 100 + i));
+        }
+        c.put(key("new"), id(NOW + 50));
+        assert_eq!(c.entries(), 15);
+        assert_eq!(c.get(&key("0")), None);
+        assert_eq!(c.get(&key("1")), None);
+        assert!((2..16).all(|i| c.get(&key(&i.to_string())).is_some()));
+        assert!(c.get(&key("new")).is_some());
+        for i in 0..1000 {
+            c.put(key(&format!("flood{i}")), id(NOW + 1000 + i));
+            assert!(c.entries() <= 16);
+        }
     }
 
     #[test]
