@@ -83,3 +83,11 @@ RUN_WARMUP=0 RUN_DURATION=120 measure "access tokens (JWT), cold cache" mailauth
     --requests "$((COLD_TOKENS / 2))" auth --target "$MA_AUTH" --creds "$T/tokens-cold.tsv" \
     --mech xoauth2 "${AUTH_CHEAP[@]}"
 stop "$MA_PID"
+# The same, one login at a time per connection, as a webmail's logins come: what one
+# login waits when nothing queues behind it (with 8 in flight per connection, latency is
+# mostly the queue: in flight divided by the rate).
+start_token_daemon
+RUN_WARMUP=0 RUN_DURATION=120 measure "access tokens (JWT), cold cache, 1 in flight" mailauthd "$MA_PID" \
+    --requests "$((COLD_TOKENS / 2))" auth --target "$MA_AUTH" --creds "$T/tokens-cold.tsv" \
+    --mech xoauth2 "${AUTH_HASHED[@]}"
+stop "$MA_PID"
