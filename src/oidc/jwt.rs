@@ -347,9 +347,14 @@ pub(crate) mod test_keys {
         }
     }
 
-    /// An ES256 key: the JWK and a token signed with it.
-    pub fn es256(kid: &str, claims: &Value) -> (CoreJsonWebKey, String) {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    /// A new EC key on `nid` (coordinates of `size` bytes) and its JWK.
+    pub fn ec_key(
+        nid: Nid,
+        curve: CoreJsonCurveType,
+        size: i32,
+        kid: Option<&str>,
+    ) -> (EcKey<Private>, CoreJsonWebKey) {
+        let group = EcGroup::from_curve_name(nid).unwrap();
         let key = EcKey::generate(&group).unwrap();
         let mut ctx = openssl::bn::BigNumContext::new().unwrap();
         let (mut x, mut y) = (
@@ -360,10 +365,21 @@ pub(crate) mod test_keys {
             .affine_coordinates(&group, &mut x, &mut y, &mut ctx)
             .unwrap();
         let jwk = CoreJsonWebKey::new_ec(
-            x.to_vec_padded(32).unwrap(),
-            y.to_vec_padded(32).unwrap(),
+            x.to_vec_padded(size).unwrap(),
+            y.to_vec_padded(size).unwrap(),
+            curve,
+            kid.map(|k| JsonWebKeyId::new(k.to_string())),
+        );
+        (key, jwk)
+    }
+
+    /// An ES256 key: the JWK and a token signed with it.
+    pub fn es256(kid: &str, claims: &Value) -> (CoreJsonWebKey, String) {
+        let (key, jwk) = ec_key(
+            Nid::X9_62_PRIME256V1,
             CoreJsonCurveType::P256,
-            Some(JsonWebKeyId::new(kid.to_string())),
+            32,
+            Some(kid),
         );
         let header = serde_json::json!({"alg": "ES256", "kid": kid});
         let input = format!(
@@ -395,7 +411,6 @@ mod tests {
     #[test]
     fn openssl_and_openidconnect_agree_on_every_algorithm() {
         use openidconnect::core::CoreJsonCurveType;
-        use openssl::ec::{EcGroup, EcKey};
         use openssl::ecdsa::EcdsaSig;
         use openssl::nid::Nid;
         use openssl::rsa::Padding;
@@ -461,22 +476,7 @@ mod tests {
                 48,
             ),
         ] {
-            let group = EcGroup::from_curve_name(nid).unwrap();
-            let ec = EcKey::generate(&group).unwrap();
-            let mut ctx = openssl::bn::BigNumContext::new().unwrap();
-            let (mut x, mut y) = (
-                openssl::bn::BigNum::new().unwrap(),
-                openssl::bn::BigNum::new().unwrap(),
-            );
-            ec.public_key()
-                .affine_coordinates(&group, &mut x, &mut y, &mut ctx)
-                .unwrap();
-            let key = CoreJsonWebKey::new_ec(
-                x.to_vec_padded(size as i32).unwrap(),
-                y.to_vec_padded(size as i32).unwrap(),
-                crv,
-                None,
-            );
+            let (ec, key) = super::test_keys::ec_key(nid, crv, size as i32, None);
             let digest = openssl::hash::hash(digest_of(&alg), message).unwrap();
             let sig = EcdsaSig::sign(&digest, &ec).unwrap();
             let mut raw = sig.r().to_vec_padded(size as i32).unwrap();
