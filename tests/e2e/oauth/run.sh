@@ -159,7 +159,7 @@ pf_traps
 
 rm -rf "$ART"
 mkdir -p "$ART"
-for p in PROVIDER_PORT WEB_PORT SMTP_PORT SUB_PORT SUBS_PORT IMAP23 POP323 IMAP24 POP324; do
+for p in PROVIDER_PORT WEB_PORT SMTP_PORT SUB_PORT SUBS_PORT IMAP23 POP323 SIEVE23 IMAP24 POP324; do
 	pick_port "$p" || die "no free port"
 done
 BASE=http://127.0.0.1:$WEB_PORT
@@ -275,7 +275,7 @@ if ! out=$(mdctl config check 2>&1); then
 	die "mailauthd config check refuses the test's config ([oauth] and its introspection client)" "$out"
 fi
 mdctl domain add example.org >/dev/null || die "domain add"
-mdctl template add staff --quota 1G --protocols imap,pop3,smtp >/dev/null || die "template add"
+mdctl template add staff --quota 1G --protocols imap,pop3,sieve,smtp >/dev/null || die "template add"
 mdctl mapping add staff staff >/dev/null || die "mapping add"
 DAVE_PASSWORD=dave-local-password-1
 echo "$DAVE_PASSWORD" | mdctl mailbox add dave@example.org --password-stdin >/dev/null || die "mailbox add dave"
@@ -346,6 +346,15 @@ for want in "file=$D23/mailauthd.lua" "MAILAUTHD_AUTH_SOCKET=$MD/run/auth" "uid=
 done
 {
 	dovecot_common 23 "$D23" "$IMAP23" "$POP323"
+	# ManageSieve too: the adapter hands its tokens over the same way.
+	cat <<EOF
+protocols = imap pop3 sieve
+service managesieve-login {
+  inet_listener sieve {
+    port = $SIEVE23
+  }
+}
+EOF
 	echo "mail_location = maildir:~/Maildir"
 	echo "!include $D23/auth-mailauthd.conf.ext"
 } >"$D23/dovecot.conf"
@@ -379,10 +388,10 @@ dovecot -c "$D23/dovecot.conf" >"$T/dovecot-2.3.start" 2>&1 ||
 	die "Dovecot 2.3 did not start" "$(cat "$T/dovecot-2.3.start" "$D23/dovecot.log" 2>/dev/null)"
 chroot "$ROOT24" dovecot -c "$D24/dovecot.conf" >"$T/dovecot-2.4.start" 2>&1 ||
 	die "Dovecot 2.4 did not start" "$(cat "$T/dovecot-2.4.start" "$H24/dovecot.log" 2>/dev/null)"
-for p in "$IMAP23" "$POP323" "$IMAP24" "$POP324"; do
+for p in "$IMAP23" "$POP323" "$SIEVE23" "$IMAP24" "$POP324"; do
 	wait_tcp "$p" 10 || die "Dovecot does not listen on 127.0.0.1:$p" "$(tail -n 20 "$D23/dovecot.log" "$H24/dovecot.log" 2>/dev/null)"
 done
-echo "# provider $ISSUER, web page $BASE, Dovecot 2.3 IMAP $IMAP23 POP3 $POP323, Dovecot 2.4 IMAP $IMAP24 POP3 $POP324, Postfix submissions $SUBS_PORT, state in $T"
+echo "# provider $ISSUER, web page $BASE, Dovecot 2.3 IMAP $IMAP23 POP3 $POP323 ManageSieve $SIEVE23, Dovecot 2.4 IMAP $IMAP24 POP3 $POP324, Postfix submissions $SUBS_PORT, state in $T"
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -422,7 +431,7 @@ $(decisions | tail -n 5)"
 # dovecot_port VERSION PROTO
 dovecot_port() {
 	case $1/$2 in
-	2.3/imap) echo "$IMAP23" ;; 2.3/pop3) echo "$POP323" ;;
+	2.3/imap) echo "$IMAP23" ;; 2.3/pop3) echo "$POP323" ;; 2.3/sieve) echo "$SIEVE23" ;;
 	2.4/imap) echo "$IMAP24" ;; 2.4/pop3) echo "$POP324" ;;
 	esac
 }
@@ -435,7 +444,8 @@ tok_login() {
 	local f
 	f=$(transcript "dovecot-$1-$2-$3-${4%@*}")
 	RC=0
-	if [ "$3" = OAUTHBEARER ]; then
+	# curl speaks no ManageSieve.
+	if [ "$3" = OAUTHBEARER ] && [ "$2" != sieve ]; then
 		curl -v -sS --max-time 30 "$2://127.0.0.1:$(dovecot_port "$1" "$2")/" -u "$4:" --oauth2-bearer "$5" \
 			--login-options "AUTH=$3" >"$f" 2>&1 || RC=$?
 	else
@@ -463,12 +473,14 @@ logged_in() { # PROTO: the transcript shows a successful login
 	case $1 in
 	imap) [ "$RC" = 0 ] && grep -Eq '^< A[0-9]+ OK .*Logged in' <<<"$OUT" ;;
 	pop3) [ "$RC" = 0 ] && grep -Eq '^< \+OK Logged in' <<<"$OUT" ;;
+	sieve) [ "$RC" = 0 ] && grep -Eq '^< OK "?Logged in' <<<"$OUT" ;;
 	esac
 }
 refused() { # PROTO: "authentication failed", not a temporary failure
 	case $1 in
 	imap) grep -Eq '^< A[0-9]+ NO \[AUTHENTICATIONFAILED\]' <<<"$OUT" ;;
 	pop3) grep -Eq '^< -ERR \[AUTH\] Authentication failed' <<<"$OUT" ;;
+	sieve) grep -Eq '^< NO "?Authentication failed' <<<"$OUT" ;;
 	esac
 }
 temp_failed() { # PROTO: the temporary failure
@@ -633,6 +645,10 @@ for v in 2.3 2.4; do
 	expect_tok_in "Dovecot $v POP3: OAUTHBEARER with alice's JWT logs in" "$v" pop3 OAUTHBEARER alice@example.org "${JWT[alice]}"
 	expect_tok_in "Dovecot $v POP3: XOAUTH2 with alice's opaque token logs in" "$v" pop3 XOAUTH2 alice@example.org "${OPAQUE[alice]}"
 done
+expect_tok_in "Dovecot 2.3 ManageSieve: XOAUTH2 with alice's JWT logs in" 2.3 sieve XOAUTH2 alice@example.org "${JWT[alice]}"
+expect_tok_in "Dovecot 2.3 ManageSieve: OAUTHBEARER with alice's opaque token logs in" 2.3 sieve OAUTHBEARER alice@example.org "${OPAQUE[alice]}"
+expect_tok_refused "Dovecot 2.3 ManageSieve: bob's token, his mailbox without sieve, is refused (protocol_not_allowed)" \
+	2.3 sieve XOAUTH2 bob@example.org "${OPAQUE[bob]}" protocol_not_allowed
 expect_tok_in "Dovecot 2.3 IMAP: OAUTHBEARER with the second opaque token (revoked later) logs in" 2.3 imap OAUTHBEARER alice@example.org "$REVOKE_ME"
 MARK=$(log_mark)
 pass_login 2.3 imap dave@example.org "$DAVE_PASSWORD"

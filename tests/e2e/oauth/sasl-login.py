@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""One SASL token login (XOAUTH2 or OAUTHBEARER) on IMAP, POP3 or SMTP, as a mail client
-does it, for the mechanisms curl will not pick: curl 7.88 with --oauth2-bearer always
-takes OAUTHBEARER when the server offers it, whatever --login-options say.
+"""One SASL token login (XOAUTH2 or OAUTHBEARER) on IMAP, POP3, SMTP or ManageSieve, as a
+mail client does it, for what curl will not do: curl 7.88 with --oauth2-bearer always
+takes OAUTHBEARER when the server offers it, whatever --login-options say, and curl
+speaks no ManageSieve.
 
     sasl-login.py PROTO HOST PORT MECH USER TOKEN [--tls] [--source ADDRESS]
 
-PROTO is imap, pop3 or smtp; --tls wraps the connection in TLS from the first byte
+PROTO is imap, pop3, smtp or sieve; --tls wraps the connection in TLS from the first byte
 (certificates not checked: the test's servers are self-signed). Prints the dialogue as
 curl -v does ("> " sent, "< " received; the client's SASL message shown as <token>).
 Exits 0 when the server accepted the login, 67 when it refused it (curl's code), 1 on
@@ -69,7 +70,7 @@ def main():
         print(f"< {line}", flush=True)
         return line
 
-    def answer_challenges(is_challenge, is_done):
+    def answer_challenges(is_challenge, is_done, quoted=False):
         """Reads replies; answers the server's error challenge once; returns the final one."""
         answered = False
         while True:
@@ -78,7 +79,7 @@ def main():
                 return None
             if is_challenge(line) and not answered:
                 answered = True
-                send(error_reply)
+                send(f'"{error_reply}"' if quoted else error_reply)
                 continue
             if is_done(line):
                 return line
@@ -125,6 +126,28 @@ def main():
         send("QUIT")
         reply()
         return 0 if final.startswith("235") else 67
+    if proto == "sieve":
+        # RFC 5804: the greeting's capabilities end with OK; challenges are quoted strings
+        # (or literals, which a token error message never needs), the end OK, NO or BYE.
+        while True:
+            line = recv()
+            if line is None:
+                return 1
+            if line.startswith("OK"):
+                break
+        send(f'AUTHENTICATE "{mech}" "{initial}"', f'AUTHENTICATE "{mech}" <token>')
+        final = answer_challenges(
+            lambda l: l.startswith('"') or l.startswith("{"),
+            lambda l: l.startswith(("OK", "NO", "BYE")),
+            quoted=True,
+        )
+        if final is None:
+            return 1
+        if final.startswith("OK"):
+            send("LOGOUT")
+            recv()
+            return 0
+        return 67
     print(f"unknown protocol {proto}", file=sys.stderr)
     return 2
 
