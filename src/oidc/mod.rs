@@ -207,6 +207,22 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The most of a provider's answer read by the calls made outside `openidconnect` (the
+/// token refresh, introspection, the key set): more is a broken or hostile provider.
+const MAX_BODY: usize = 256 * 1024;
+
+/// A provider's answer body, refused past [`MAX_BODY`] without reading the rest.
+pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(format!("answer longer than {MAX_BODY} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn request_error(e: &HttpClientError<reqwest::Error>) -> OidcError {
     OidcError::Unreachable(error_chain(e))
 }

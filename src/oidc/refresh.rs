@@ -10,7 +10,7 @@
 use openidconnect::url::form_urlencoded;
 use serde::Deserialize;
 
-use super::{error_chain, ClientAuth, RelyingParty};
+use super::{error_chain, read_body, ClientAuth, RelyingParty};
 use crate::secret::Secret;
 
 /// What the token endpoint said to a refresh.
@@ -71,9 +71,6 @@ struct ErrorAnswer {
     error_description: Option<String>,
 }
 
-/// Bodies are read up to this much: a token response is a few kilobytes.
-const MAX_BODY: usize = 256 * 1024;
-
 impl RelyingParty {
     /// One refresh-token grant at the provider's token endpoint, classified.
     pub async fn refresh(&self, refresh_token: &Secret) -> RefreshAnswer {
@@ -130,17 +127,6 @@ impl RelyingParty {
         };
         classify(status.as_u16(), &body)
     }
-}
-
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("answer longer than {MAX_BODY} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// The answer's class from its status and body alone.

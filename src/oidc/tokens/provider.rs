@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 
 use crate::clock::Clock;
 use crate::oidc::settings::ClientAuth;
-use crate::oidc::{discovery_url, error_chain, jwt, OidcSettings};
+use crate::oidc::{discovery_url, error_chain, jwt, read_body, OidcSettings};
 
 /// How long the discovery document and the key set are used before they are read anew.
 pub const KEYS_MAX_AGE: Duration = Duration::from_secs(600);
@@ -30,8 +30,6 @@ pub const KEYS_MAX_AGE: Duration = Duration::from_secs(600);
 pub const REFETCH_EVERY: Duration = Duration::from_secs(10);
 /// After a failed fetch, tokens fail temporarily this long without asking again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// Discovery documents, key sets and introspection answers are a few kilobytes.
-const MAX_BODY: usize = 256 * 1024;
 
 #[derive(Clone, Debug)]
 struct Directory {
@@ -261,17 +259,6 @@ fn advertised_auth(doc: &Map<String, Value>) -> ClientAuth {
         }
     }
     ClientAuth::Basic
-}
-
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("answer longer than {MAX_BODY} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[async_trait::async_trait]
