@@ -500,23 +500,39 @@ pub(crate) mod tests {
         assert_eq!(problems[0].key, "(syntax)");
     }
 
+    const SHIPPED_EXAMPLE: &str = include_str!("../../conf-examples/mailauthd.toml");
+
+    /// The shipped example with its commented [oidc] and [web] sections switched on, and
+    /// then each of `more`'s replacements made.
+    fn example_with_oidc_and(more: &[(&str, &str)]) -> String {
+        let mut text = SHIPPED_EXAMPLE.to_string();
+        for (commented, on) in [
+            ("# [oidc]", "[oidc]"),
+            ("# [web]", "[web]"),
+            ("# issuer = ", "issuer = "),
+            ("# client_id = ", "client_id = "),
+            ("# redirect_url = ", "redirect_url = "),
+        ]
+        .iter()
+        .chain(more)
+        {
+            text = text.replace(commented, on);
+        }
+        text
+    }
+
     #[test]
     fn shipped_example_parses() {
-        let text = include_str!("../../conf-examples/mailauthd.toml");
-        parse(text).unwrap();
+        parse(SHIPPED_EXAMPLE).unwrap();
         // With the commented [oidc] and [web] sections switched on, their defaults parse too.
-        let on = text
-            .replace("# [oidc]", "[oidc]")
-            .replace("# [web]", "[web]")
-            .replace("# issuer = ", "issuer = ")
-            .replace("# client_id = ", "client_id = ")
-            .replace("# redirect_url = ", "redirect_url = ")
-            .replace("# [metrics]", "[metrics]")
-            .replace(
+        let on = example_with_oidc_and(&[
+            ("# [metrics]", "[metrics]"),
+            (
                 "# listen = \"127.0.0.1:9154\"",
                 "listen = \"127.0.0.1:9154\"",
-            )
-            .replace("# on_web_listener = false", "on_web_listener = true");
+            ),
+            ("# on_web_listener = false", "on_web_listener = true"),
+        ]);
         let c = parse(&on).unwrap();
         assert!(c.oidc.is_some() && c.web.is_some());
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9154".parse().unwrap()));
@@ -526,15 +542,8 @@ pub(crate) mod tests {
     #[test]
     fn shipped_example_oauth_block_parses_when_switched_on() {
         let (_dir, secret) = crate::test_support::file_in_tempdir("secret", "dovecot-secret\n");
-        let text = include_str!("../../conf-examples/mailauthd.toml");
-        let on = text
-            .replace("# [oidc]", "[oidc]")
-            .replace("# [web]", "[web]")
-            .replace("# issuer = ", "issuer = ")
-            .replace("# client_id = ", "client_id = ")
-            .replace("# redirect_url = ", "redirect_url = ")
-            .replace("# [oauth]", "[oauth]")
-            .replace("# audiences = ", "audiences = ");
+        let on =
+            example_with_oidc_and(&[("# [oauth]", "[oauth]"), ("# audiences = ", "audiences = ")]);
         let c = parse(&on).unwrap();
         let o = c.oauth.as_ref().unwrap();
         assert_eq!(o.audiences, ["roundcube"]);

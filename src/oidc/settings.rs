@@ -327,33 +327,38 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
 
 fn liveness(section: &OidcSection, problems: &mut Vec<Problem>) -> LivenessSettings {
     let defaults = LivenessSettings::default();
+    // `contains` is false for NaN, so a value that passes is also finite.
+    let mut number = |key: &str, value: f64, range: std::ops::RangeInclusive<f64>, what: &str| {
+        let fits = range.contains(&value);
+        if !fits {
+            problem(problems, key, format!("must be {what}"));
+        }
+        fits
+    };
     let hours = section.liveness_check_hours.unwrap_or(6.0);
-    if !hours.is_finite() || !(0.0..=8760.0).contains(&hours) {
-        problem(
-            problems,
-            "oidc.liveness_check_hours",
-            "must be a number of hours between 0 (off) and 8760",
-        );
-    }
+    let hours_fit = number(
+        "oidc.liveness_check_hours",
+        hours,
+        0.0..=8760.0,
+        "a number of hours between 0 (off) and 8760",
+    );
+    let percent = section.liveness_max_suspend_percent.unwrap_or(10.0);
+    let percent_fits = number(
+        "oidc.liveness_max_suspend_percent",
+        percent,
+        0.0..=100.0,
+        "a percentage between 0 and 100",
+    );
     let concurrency = section.liveness_concurrency.unwrap_or(4);
     problems.within("oidc.liveness_concurrency", concurrency, 1..=64);
-    let percent = section.liveness_max_suspend_percent.unwrap_or(10.0);
-    if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
-        problem(
-            problems,
-            "oidc.liveness_max_suspend_percent",
-            "must be a percentage between 0 and 100",
-        );
-    }
     let days = section.max_days_without_sign_in.unwrap_or(0);
     problems.within("oidc.max_days_without_sign_in", days, 0..=36_500);
-    let interval = (hours.is_finite() && hours > 0.0 && hours <= 8760.0)
-        .then(|| Duration::from_secs_f64(hours * 3600.0));
+    let interval = (hours_fit && hours > 0.0).then(|| Duration::from_secs_f64(hours * 3600.0));
     LivenessSettings {
         interval,
         concurrency: usize::try_from(concurrency).unwrap_or(defaults.concurrency),
-        max_suspend_percent: if percent.is_finite() {
-            percent.clamp(0.0, 100.0)
+        max_suspend_percent: if percent_fits {
+            percent
         } else {
             defaults.max_suspend_percent
         },
