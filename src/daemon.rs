@@ -1,6 +1,7 @@
 //! `mailauthd serve`: start the core and the front doors, tell systemd, reload on SIGHUP,
 //! drain and flush on SIGTERM.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -83,7 +84,7 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
         }
     };
     let mut http = Vec::new();
-    let web = crate::web::start_if_configured(
+    let web = start_web_if_configured(
         &config,
         core.store.clone(),
         core.auth.clone(),
@@ -193,8 +194,7 @@ fn start_liveness(
 )> {
     let settings = config.oidc.clone()?;
     let interval = settings.liveness.interval?;
-    let clock: std::sync::Arc<dyn crate::clock::Clock> =
-        std::sync::Arc::new(crate::clock::SystemClock);
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
     let request_timeout = settings.timeout * 3;
     let liveness_settings = settings.liveness.clone();
     let rp = match crate::oidc::RelyingParty::new(settings, clock.clone()) {
@@ -206,7 +206,7 @@ fn start_liveness(
     };
     let liveness = crate::liveness::Liveness {
         store: core.store.clone(),
-        rp: std::sync::Arc::new(rp),
+        rp: Arc::new(rp),
         key: std::sync::Arc::new(crate::oidc::sealed::SealingKey::derive(core.auth.key())),
         clock,
         settings: liveness_settings,
@@ -216,6 +216,34 @@ fn start_liveness(
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(crate::liveness::periodic(liveness, interval, stop.clone()));
     Some((stop, task))
+}
+
+/// Starts the web page when `[web]` is configured.
+async fn start_web_if_configured(
+    config: &Config,
+    store: Arc<dyn crate::store::Store>,
+    auth: Arc<crate::auth::Authenticator>,
+    activated: &mut Activated,
+) -> Result<Option<WebServer>, WebError> {
+    let Some(settings) = config.web.clone() else {
+        if config.oidc.is_some() {
+            tracing::warn!("[oidc] is configured but [web] is not: nobody can sign in");
+        }
+        return Ok(None);
+    };
+    let state = crate::web::state(
+        settings,
+        config.oidc.as_ref(),
+        &config.metrics,
+        config.clients.clone(),
+        store,
+        auth,
+        Arc::new(crate::clock::SystemClock),
+    )?;
+    if let Some(oauth) = &config.oauth {
+        state.set_introspection_clients(oauth.endpoint_clients.clone());
+    }
+    crate::web::start(state, activated).await.map(Some)
 }
 
 async fn stop_all(doors: FrontDoors, http: Vec<WebServer>, core: Core) {

@@ -352,34 +352,6 @@ pub(crate) fn serve(
     }
 }
 
-/// Starts the web page when `[web]` is configured; the daemon's one call.
-pub async fn start_if_configured(
-    config: &crate::config::Config,
-    store: Arc<dyn Store>,
-    auth: Arc<Authenticator>,
-    activated: &mut Activated,
-) -> Result<Option<WebServer>, WebError> {
-    let Some(settings) = config.web.clone() else {
-        if config.oidc.is_some() {
-            tracing::warn!("[oidc] is configured but [web] is not: nobody can sign in");
-        }
-        return Ok(None);
-    };
-    let state = state(
-        settings,
-        config.oidc.as_ref(),
-        &config.metrics,
-        config.clients.clone(),
-        store,
-        auth,
-        Arc::new(crate::clock::SystemClock),
-    )?;
-    if let Some(oauth) = &config.oauth {
-        state.set_introspection_clients(oauth.endpoint_clients.clone());
-    }
-    start(state, activated).await.map(Some)
-}
-
 async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
     let set = |h: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
