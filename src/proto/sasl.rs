@@ -430,9 +430,7 @@ fn parse_token_message(
             // RFC 7628: key = 1*(ALPHA); value = *(VCHAR / SP / HTAB / CR / LF).
             if key.is_empty()
                 || !key.iter().all(u8::is_ascii_alphabetic)
-                || !value
-                    .iter()
-                    .all(|&b| matches!(b, 0x21..=0x7e | b' ' | b'\t' | b'\r' | b'\n'))
+                || !all_in(value, &KV_VALUE_BYTES)
             {
                 return Err(SaslError::MalformedKeyValue { mechanism: name });
             }
@@ -513,6 +511,39 @@ fn parse_gs2_header(header: &[u8]) -> Result<Option<String>, SaslError> {
     check_username(&name).map(Some)
 }
 
+/// Which bytes may stand in a set, one flag per byte value: a token is checked byte by
+/// byte on every login, and a table look-up is what keeps that cheap.
+type ByteSet = [bool; 256];
+
+/// A [`ByteSet`] built at compile time from a test on `b: u8`.
+macro_rules! byte_set {
+    (|$b:ident| $accepts:expr) => {{
+        let mut set = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let $b = i as u8;
+            set[i] = $accepts;
+            i += 1;
+        }
+        set
+    }};
+}
+
+/// RFC 7628 `value`: VCHAR, SP, HTAB, CR, LF.
+const KV_VALUE_BYTES: ByteSet =
+    byte_set!(|b| matches!(b, 0x21..=0x7e | b' ' | b'\t' | b'\r' | b'\n'));
+
+/// RFC 6750 `b64token` without its trailing `=`s: ALPHA, DIGIT, `-._~+/`.
+const B64TOKEN_BYTES: ByteSet = byte_set!(
+    |b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+);
+
+/// Whether every byte of `bytes` is in `set`; no early exit, so the loop has no branch
+/// per byte.
+fn all_in(bytes: &[u8], set: &ByteSet) -> bool {
+    bytes.iter().fold(true, |ok, &b| ok & set[usize::from(b)])
+}
+
 /// The token of `auth=Bearer <token>`; the scheme is case-insensitive (RFC
 /// 7235), the token an RFC 6750 `b64token`.
 fn bearer_token(auth: &[u8], mechanism: &'static str) -> Result<SaslPassword, SaslError> {
@@ -526,10 +557,7 @@ fn bearer_token(auth: &[u8], mechanism: &'static str) -> Result<SaslPassword, Sa
     }
     // b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
     let body_len = token.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
-    let body_ok = token[..body_len]
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
-    if body_len == 0 || !body_ok {
+    if body_len == 0 || !all_in(&token[..body_len], &B64TOKEN_BYTES) {
         return Err(SaslError::BadTokenSyntax);
     }
     Ok(SaslPassword(token.to_vec()))
@@ -602,6 +630,26 @@ fn check_password(raw: &[u8]) -> Result<SaslPassword, SaslError> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_tables_hold_exactly_the_grammar_s_bytes() {
+        for b in 0..=255u8 {
+            let value = b == b' ' || b == b'\t' || b == b'\r' || b == b'\n' || b.is_ascii_graphic();
+            assert_eq!(
+                KV_VALUE_BYTES[usize::from(b)],
+                value,
+                "kv value byte {b:#04x}"
+            );
+            let b64 = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(
+                B64TOKEN_BYTES[usize::from(b)],
+                b64,
+                "b64token byte {b:#04x}"
+            );
+        }
+        assert!(all_in(b"abc", &B64TOKEN_BYTES) && all_in(b"", &B64TOKEN_BYTES));
+        assert!(!all_in(b"ab=c", &B64TOKEN_BYTES) && !all_in(b"a\x01", &KV_VALUE_BYTES));
+    }
 
     fn done(step: Step) -> (String, Vec<u8>) {
         match step {
