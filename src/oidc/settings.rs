@@ -327,28 +327,30 @@ pub fn check(section: OidcSection, problems: &mut Vec<Problem>) -> Option<OidcSe
 
 fn liveness(section: &OidcSection, problems: &mut Vec<Problem>) -> LivenessSettings {
     let defaults = LivenessSettings::default();
-    // `contains` is false for NaN, so a value that passes is also finite.
-    let mut number = |key: &str, value: f64, range: std::ops::RangeInclusive<f64>, what: &str| {
-        let fits = range.contains(&value);
+    let hours = section.liveness_check_hours.unwrap_or(6.0);
+    let percent = section.liveness_max_suspend_percent.unwrap_or(10.0);
+    let hours_and_percent = [
+        (
+            "oidc.liveness_check_hours",
+            hours,
+            8760.0,
+            "a number of hours between 0 (off) and 8760",
+        ),
+        (
+            "oidc.liveness_max_suspend_percent",
+            percent,
+            100.0,
+            "a percentage between 0 and 100",
+        ),
+    ];
+    // `contains` is false for NaN, so a value that fits is also finite.
+    let [hours_fit, percent_fits] = hours_and_percent.map(|(key, value, most, what)| {
+        let fits = (0.0..=most).contains(&value);
         if !fits {
             problem(problems, key, format!("must be {what}"));
         }
         fits
-    };
-    let hours = section.liveness_check_hours.unwrap_or(6.0);
-    let hours_fit = number(
-        "oidc.liveness_check_hours",
-        hours,
-        0.0..=8760.0,
-        "a number of hours between 0 (off) and 8760",
-    );
-    let percent = section.liveness_max_suspend_percent.unwrap_or(10.0);
-    let percent_fits = number(
-        "oidc.liveness_max_suspend_percent",
-        percent,
-        0.0..=100.0,
-        "a percentage between 0 and 100",
-    );
+    });
     let concurrency = section.liveness_concurrency.unwrap_or(4);
     problems.within("oidc.liveness_concurrency", concurrency, 1..=64);
     let days = section.max_days_without_sign_in.unwrap_or(0);
@@ -367,7 +369,7 @@ fn liveness(section: &OidcSection, problems: &mut Vec<Problem>) -> LivenessSetti
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::config::parse;
     use crate::config::tests::assert_reported;
     use crate::test_support::file_in_tempdir;
@@ -488,19 +490,21 @@ mod tests {
         );
     }
 
+    /// An `[oidc]` section with its endpoints written out (no discovery) and no UserInfo.
+    pub(crate) const OIDC_BY_HAND: &str = r#"
+        [oidc]
+        issuer = "http://127.0.0.1:9000"
+        client_id = "mail"
+        redirect_url = "http://127.0.0.1:8080/callback"
+        authorization_endpoint = "http://127.0.0.1:9000/auth"
+        token_endpoint = "http://127.0.0.1:9000/token"
+        jwks_uri = "http://127.0.0.1:9000/jwks"
+    "#;
+
     #[test]
     fn explicit_endpoints_turn_discovery_off() {
-        let text = r#"
-            [oidc]
-            issuer = "http://127.0.0.1:9000"
-            client_id = "mail"
-            redirect_url = "http://127.0.0.1:8080/callback"
-            authorization_endpoint = "http://127.0.0.1:9000/auth"
-            token_endpoint = "http://127.0.0.1:9000/token"
-            jwks_uri = "http://127.0.0.1:9000/jwks"
-            userinfo_endpoint = "http://127.0.0.1:9000/me"
-        "#;
-        let c = parse(text).unwrap();
+        let text = format!("{OIDC_BY_HAND}userinfo_endpoint = \"http://127.0.0.1:9000/me\"\n");
+        let c = parse(&text).unwrap();
         let e = c.oidc.unwrap().endpoints.unwrap();
         assert_eq!(e.token.as_str(), "http://127.0.0.1:9000/token");
         assert_eq!(e.userinfo.unwrap().as_str(), "http://127.0.0.1:9000/me");

@@ -408,18 +408,11 @@ mod tests {
 
     #[test]
     fn endpoints_by_hand_need_an_introspection_url_unless_never() {
-        let by_hand = r#"
-            [oidc]
-            issuer = "http://127.0.0.1:9000"
-            client_id = "mail"
-            redirect_url = "http://127.0.0.1:8080/callback"
-            authorization_endpoint = "http://127.0.0.1:9000/auth"
-            token_endpoint = "http://127.0.0.1:9000/token"
-            jwks_uri = "http://127.0.0.1:9000/jwks"
-            [oauth]
-            audiences = ["r"]
-        "#;
-        assert_reported(by_hand, &["oauth.introspection_url"]);
+        let by_hand = format!(
+            "{}[oauth]\naudiences = [\"r\"]\n",
+            crate::oidc::settings::tests::OIDC_BY_HAND
+        );
+        assert_reported(&by_hand, &["oauth.introspection_url"]);
         parse(&format!("{by_hand}introspection = \"never\"\n")).unwrap();
         parse(&format!(
             "{by_hand}introspection_url = \"http://127.0.0.1:9000/introspect\"\n"
