@@ -34,13 +34,14 @@ fn non_test_part(path: &Path) -> Option<String> {
     }
     let text = fs::read_to_string(path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    // `#[cfg(test)]` at the left margin, then perhaps more attributes, then `mod`.
+    // `#[cfg(test)]` at the left margin, then perhaps more attributes, then `mod` (or
+    // `pub(crate) mod`, for a test module whose helpers other tests use).
     let starts_test_module = |at: usize| {
         lines[at] == "#[cfg(test)]"
             && lines[at + 1..]
                 .iter()
                 .find(|l| !l.starts_with("#["))
-                .is_some_and(|l| l.starts_with("mod "))
+                .is_some_and(|l| l.starts_with("mod ") || l.starts_with("pub(crate) mod "))
     };
     let end = (0..lines.len())
         .find(|&at| starts_test_module(at))
