@@ -26,6 +26,7 @@ use openidconnect::core::{
     CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
     CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
 };
+use openidconnect::url::form_urlencoded;
 use openidconnect::{
     AdditionalClaims, AdditionalProviderMetadata, AuthType, AuthUrl, AuthorizationCode, Client,
     ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndSessionUrl, EndpointMaybeSet,
@@ -221,6 +222,46 @@ pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A form POST to one of the provider's endpoints (token, introspection) as our client:
+/// its id and secret in HTTP Basic or in the form, as `auth` says, or the id alone when
+/// there is no secret.
+pub(crate) async fn post_form_as_client(
+    mut request: reqwest::RequestBuilder,
+    auth: ClientAuth,
+    settings: &OidcSettings,
+    pairs: &[(&str, &str)],
+) -> Result<reqwest::Response, reqwest::Error> {
+    let secret = settings
+        .client_secret
+        .as_ref()
+        .map(|s| String::from_utf8_lossy(s.expose()).into_owned());
+    let mut pairs = pairs.to_vec();
+    match (auth, &secret) {
+        (ClientAuth::Basic, Some(secret)) => {
+            // RFC 6749 §2.3.1: both form-encoded before they are joined.
+            let id: String =
+                form_urlencoded::byte_serialize(settings.client_id.as_bytes()).collect();
+            let pw: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+            request = request.basic_auth(id, Some(pw));
+        }
+        (ClientAuth::Post, Some(secret)) => {
+            pairs.push(("client_id", &settings.client_id));
+            pairs.push(("client_secret", secret));
+        }
+        (_, None) => pairs.push(("client_id", &settings.client_id)),
+    }
+    // Built before the request is sent: the encoder is not `Send`.
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    request
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json")
+        .body(body)
+        .send()
+        .await
 }
 
 fn request_error(e: &HttpClientError<reqwest::Error>) -> OidcError {

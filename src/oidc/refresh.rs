@@ -7,10 +7,9 @@
 //! proxy in between. Each answer falls in one class ([`RefreshAnswer`]), and only
 //! [`RefreshAnswer::InvalidGrant`] may ever suspend anyone.
 
-use openidconnect::url::form_urlencoded;
 use serde::Deserialize;
 
-use super::{error_chain, read_body, ClientAuth, RelyingParty};
+use super::{error_chain, post_form_as_client, read_body, RelyingParty};
 use crate::secret::Secret;
 
 /// What the token endpoint said to a refresh.
@@ -85,37 +84,13 @@ impl RelyingParty {
         };
         let settings = self.settings();
         let token = String::from_utf8_lossy(refresh_token.expose()).into_owned();
-        let secret = settings
-            .client_secret
-            .as_ref()
-            .map(|s| String::from_utf8_lossy(s.expose()).into_owned());
-        let mut request = self.http.post(token_url.url().clone());
-        let mut pairs: Vec<(&str, &str)> =
-            vec![("grant_type", "refresh_token"), ("refresh_token", &token)];
-        match (p.auth, &secret) {
-            (ClientAuth::Basic, Some(secret)) => {
-                // RFC 6749 §2.3.1: both form-encoded before they are joined.
-                let id: String =
-                    form_urlencoded::byte_serialize(settings.client_id.as_bytes()).collect();
-                let pw: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-                request = request.basic_auth(id, Some(pw));
-            }
-            (ClientAuth::Post, Some(secret)) => {
-                pairs.push(("client_id", &settings.client_id));
-                pairs.push(("client_secret", secret));
-            }
-            (_, None) => pairs.push(("client_id", &settings.client_id)),
-        }
-        // Built before the request is sent: the encoder is not `Send`.
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish();
-        let response = request
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("accept", "application/json")
-            .body(body)
-            .send()
-            .await;
+        let response = post_form_as_client(
+            self.http.post(token_url.url().clone()),
+            p.auth,
+            settings,
+            &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+        )
+        .await;
         let response = match response {
             Ok(r) => r,
             Err(e) => return RefreshAnswer::Unreachable(error_chain(&e)),

@@ -15,14 +15,14 @@
 use std::time::{Duration, Instant};
 
 use openidconnect::core::CoreJsonWebKey;
-use openidconnect::url::{form_urlencoded, Url};
+use openidconnect::url::Url;
 use openidconnect::JsonWebKeySet;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use crate::clock::Clock;
 use crate::oidc::settings::ClientAuth;
-use crate::oidc::{discovery_url, error_chain, jwt, read_body, OidcSettings};
+use crate::oidc::{discovery_url, error_chain, jwt, post_form_as_client, read_body, OidcSettings};
 
 /// How long the discovery document and the key set are used before they are read anew.
 pub const KEYS_MAX_AGE: Duration = Duration::from_secs(600);
@@ -193,39 +193,14 @@ impl Provider {
                     .into(),
             );
         };
-        let secret = self
-            .oidc
-            .client_secret
-            .as_ref()
-            .map(|s| String::from_utf8_lossy(s.expose()).into_owned());
-        let mut request = self.http.post(url.clone());
-        let mut pairs: Vec<(&str, &str)> =
-            vec![("token", token), ("token_type_hint", "access_token")];
-        match (directory.auth, &secret) {
-            (ClientAuth::Basic, Some(secret)) => {
-                // RFC 6749 §2.3.1: both form-encoded before they are joined.
-                let id: String =
-                    form_urlencoded::byte_serialize(self.oidc.client_id.as_bytes()).collect();
-                let pw: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-                request = request.basic_auth(id, Some(pw));
-            }
-            (ClientAuth::Post, Some(secret)) => {
-                pairs.push(("client_id", &self.oidc.client_id));
-                pairs.push(("client_secret", secret));
-            }
-            (_, None) => pairs.push(("client_id", &self.oidc.client_id)),
-        }
-        // Built before the request is sent: the encoder is not `Send`.
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish();
-        let response = request
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("accept", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        let response = post_form_as_client(
+            self.http.post(url.clone()),
+            directory.auth,
+            &self.oidc,
+            &[("token", token), ("token_type_hint", "access_token")],
+        )
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
             return Err(format!("{url} answered HTTP {status}"));
