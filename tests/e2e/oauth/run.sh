@@ -4,9 +4,9 @@
 # tests/e2e/oidc/provider.mjs, with a second client "webmail"), fetched by
 # tests/e2e/oauth/get-token.mjs through the provider's own sign-in pages as a webmail
 # would, and used with curl (--oauth2-bearer; OAUTHBEARER) and sasl-login.py (XOAUTH2) on
-#   - a private Dovecot 2.3 (IMAP, POP3) with the shipped Lua adapter, which hands the
+#   - a private Dovecot 2.3 (IMAP, POP3, ManageSieve) with the shipped Lua adapter, which hands the
 #     token to mailauthd's auth socket (conf-examples/dovecot/mailauthd.lua);
-#   - a private Dovecot 2.4 (IMAP, POP3; the Debian 13 tree of
+#   - a private Dovecot 2.4 (IMAP, POP3, ManageSieve; the Debian 13 tree of
 #     tests/e2e/dovecot/make-dovecot-2.4-root.sh) whose token mechanisms ask mailauthd's
 #     introspection endpoint (conf-examples/dovecot/2.4/conf.d/auth-mailauthd-oauth2.conf.ext);
 #   - a private Postfix (SMTP AUTH on the shipped submissions entry, postfix/common.sh).
@@ -159,7 +159,7 @@ pf_traps
 
 rm -rf "$ART"
 mkdir -p "$ART"
-for p in PROVIDER_PORT WEB_PORT SMTP_PORT SUB_PORT SUBS_PORT IMAP23 POP323 SIEVE23 IMAP24 POP324; do
+for p in PROVIDER_PORT WEB_PORT SMTP_PORT SUB_PORT SUBS_PORT IMAP23 POP323 SIEVE23 IMAP24 POP324 SIEVE24; do
 	pick_port "$p" || die "no free port"
 done
 BASE=http://127.0.0.1:$WEB_PORT
@@ -294,6 +294,17 @@ pf_start "$SMTP_PORT" "$SUB_PORT" "$SUBS_PORT"
 # --- the two Dovecots, with the shipped adapter and configs (only paths and ports) ------
 
 # dovecot_common NAME DIR IMAP POP3: the settings both versions share.
+sieve_listener() { # PORT
+	cat <<EOF
+protocols = imap pop3 sieve
+service managesieve-login {
+  inet_listener sieve {
+    port = $1
+  }
+}
+EOF
+}
+
 dovecot_common() {
 	cat <<EOF
 instance_name = mailauthd-oauth-$1
@@ -347,14 +358,7 @@ done
 {
 	dovecot_common 23 "$D23" "$IMAP23" "$POP323"
 	# ManageSieve too: the adapter hands its tokens over the same way.
-	cat <<EOF
-protocols = imap pop3 sieve
-service managesieve-login {
-  inet_listener sieve {
-    port = $SIEVE23
-  }
-}
-EOF
+	sieve_listener "$SIEVE23"
 	echo "mail_location = maildir:~/Maildir"
 	echo "!include $D23/auth-mailauthd.conf.ext"
 } >"$D23/dovecot.conf"
@@ -378,6 +382,8 @@ grep -qF "lua_file = $D24/mailauthd.lua" "$H24/auth-mailauthd.conf.ext" ||
 	echo "dovecot_config_version = 2.4.1"
 	echo "dovecot_storage_version = 2.4.1"
 	dovecot_common 24 "$D24" "$IMAP24" "$POP324"
+	# ManageSieve too: Dovecot names the protocol to the introspection endpoint.
+	sieve_listener "$SIEVE24"
 	echo "mail_driver = maildir"
 	echo "mail_path = ~/Maildir"
 	echo "!include $D24/auth-mailauthd.conf.ext"
@@ -388,10 +394,10 @@ dovecot -c "$D23/dovecot.conf" >"$T/dovecot-2.3.start" 2>&1 ||
 	die "Dovecot 2.3 did not start" "$(cat "$T/dovecot-2.3.start" "$D23/dovecot.log" 2>/dev/null)"
 chroot "$ROOT24" dovecot -c "$D24/dovecot.conf" >"$T/dovecot-2.4.start" 2>&1 ||
 	die "Dovecot 2.4 did not start" "$(cat "$T/dovecot-2.4.start" "$H24/dovecot.log" 2>/dev/null)"
-for p in "$IMAP23" "$POP323" "$SIEVE23" "$IMAP24" "$POP324"; do
+for p in "$IMAP23" "$POP323" "$SIEVE23" "$IMAP24" "$POP324" "$SIEVE24"; do
 	wait_tcp "$p" 10 || die "Dovecot does not listen on 127.0.0.1:$p" "$(tail -n 20 "$D23/dovecot.log" "$H24/dovecot.log" 2>/dev/null)"
 done
-echo "# provider $ISSUER, web page $BASE, Dovecot 2.3 IMAP $IMAP23 POP3 $POP323 ManageSieve $SIEVE23, Dovecot 2.4 IMAP $IMAP24 POP3 $POP324, Postfix submissions $SUBS_PORT, state in $T"
+echo "# provider $ISSUER, web page $BASE, Dovecot 2.3 IMAP $IMAP23 POP3 $POP323 ManageSieve $SIEVE23, Dovecot 2.4 IMAP $IMAP24 POP3 $POP324 ManageSieve $SIEVE24, Postfix submissions $SUBS_PORT, state in $T"
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -432,7 +438,7 @@ $(decisions | tail -n 5)"
 dovecot_port() {
 	case $1/$2 in
 	2.3/imap) echo "$IMAP23" ;; 2.3/pop3) echo "$POP323" ;; 2.3/sieve) echo "$SIEVE23" ;;
-	2.4/imap) echo "$IMAP24" ;; 2.4/pop3) echo "$POP324" ;;
+	2.4/imap) echo "$IMAP24" ;; 2.4/pop3) echo "$POP324" ;; 2.4/sieve) echo "$SIEVE24" ;;
 	esac
 }
 
@@ -645,10 +651,12 @@ for v in 2.3 2.4; do
 	expect_tok_in "Dovecot $v POP3: OAUTHBEARER with alice's JWT logs in" "$v" pop3 OAUTHBEARER alice@example.org "${JWT[alice]}"
 	expect_tok_in "Dovecot $v POP3: XOAUTH2 with alice's opaque token logs in" "$v" pop3 XOAUTH2 alice@example.org "${OPAQUE[alice]}"
 done
-expect_tok_in "Dovecot 2.3 ManageSieve: XOAUTH2 with alice's JWT logs in" 2.3 sieve XOAUTH2 alice@example.org "${JWT[alice]}"
-expect_tok_in "Dovecot 2.3 ManageSieve: OAUTHBEARER with alice's opaque token logs in" 2.3 sieve OAUTHBEARER alice@example.org "${OPAQUE[alice]}"
-expect_tok_refused "Dovecot 2.3 ManageSieve: bob's token, his mailbox without sieve, is refused (protocol_not_allowed)" \
-	2.3 sieve XOAUTH2 bob@example.org "${OPAQUE[bob]}" protocol_not_allowed
+for v in 2.3 2.4; do
+	expect_tok_in "Dovecot $v ManageSieve: XOAUTH2 with alice's JWT logs in" "$v" sieve XOAUTH2 alice@example.org "${JWT[alice]}"
+	expect_tok_in "Dovecot $v ManageSieve: OAUTHBEARER with alice's opaque token logs in" "$v" sieve OAUTHBEARER alice@example.org "${OPAQUE[alice]}"
+	expect_tok_refused "Dovecot $v ManageSieve: bob's token, his mailbox without sieve, is refused (protocol_not_allowed)" \
+		"$v" sieve XOAUTH2 bob@example.org "${OPAQUE[bob]}" protocol_not_allowed
+done
 expect_tok_in "Dovecot 2.3 IMAP: OAUTHBEARER with the second opaque token (revoked later) logs in" 2.3 imap OAUTHBEARER alice@example.org "$REVOKE_ME"
 MARK=$(log_mark)
 pass_login 2.3 imap dave@example.org "$DAVE_PASSWORD"
