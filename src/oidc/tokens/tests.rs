@@ -25,6 +25,8 @@ enum Answer {
     Status(u16),
     NotJson,
     Slow,
+    /// This object padded past the body cap: a provider that never stops talking.
+    Huge(Value),
 }
 
 struct Fake {
@@ -93,6 +95,10 @@ async fn introspect(State(f): State<Arc<Fake>>, headers: HeaderMap, body: String
         Answer::Slow => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             json_body(json!({"active": true}))
+        }
+        Answer::Huge(mut v) => {
+            v["padding"] = Value::String("x".repeat(300 * 1024));
+            json_body(v)
         }
     }
 }
@@ -474,6 +480,19 @@ async fn introspection_that_fails_is_unavailable() {
     ))
     .await;
     down.unavailable("opaque").await;
+}
+
+#[tokio::test]
+async fn an_answer_past_the_body_cap_is_unavailable_even_when_it_says_active() {
+    let s = setup(AUD).await;
+    s.fake.answer(Answer::Huge(active(&s.fake.issuer)));
+    match s.validator.verify("opaque-huge").await {
+        Err(TokenError::Unavailable(why)) => assert!(why.contains("longer than"), "{why}"),
+        other => panic!("expected a temporary failure, got {other:?}"),
+    }
+    // The same answer without the padding passes: it was the size that was refused.
+    s.fake.answer(Answer::Json(active(&s.fake.issuer)));
+    assert!(s.validator.verify("opaque-huge").await.is_ok());
 }
 
 #[tokio::test]
