@@ -207,7 +207,7 @@ fn start_liveness(
     let liveness = crate::liveness::Liveness {
         store: core.store.clone(),
         rp: Arc::new(rp),
-        key: std::sync::Arc::new(crate::oidc::sealed::SealingKey::derive(core.auth.key())),
+        key: Arc::new(crate::oidc::sealed::SealingKey::derive(core.auth.key())),
         clock,
         settings: liveness_settings,
         request_timeout,
