@@ -20,6 +20,8 @@ use openidconnect::JsonWebKey;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use super::fetch::FetchError;
+
 /// The signature algorithms accepted: the asymmetric ones openidconnect can verify.
 pub const ALLOWED: &[CoreJwsSigningAlgorithm] = &[
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
@@ -49,7 +51,7 @@ pub enum JwtError {
     #[error("the JWT's signature does not verify with the provider's keys")]
     BadSignature,
     #[error("the provider's keys cannot be fetched: {0}")]
-    Keys(String),
+    Keys(FetchError),
 }
 
 /// Where the keys come from: the relying party's copy of the provider's key set.
@@ -57,7 +59,7 @@ pub enum JwtError {
 pub trait KeySource: Send + Sync {
     /// The key set; `refetch` asks for a fresh copy (a source may rate-limit it and answer
     /// with the copy it has).
-    async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, String>;
+    async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, FetchError>;
 }
 
 /// A JWT whose header has been read and whose signature is not checked yet.
@@ -560,9 +562,12 @@ mod tests {
 
     #[async_trait]
     impl KeySource for Counting {
-        async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, String> {
+        async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, FetchError> {
             if *self.fail.lock().unwrap() {
-                return Err("connection refused".into());
+                return Err(FetchError::Unreachable {
+                    url: "https://idp.test/jwks".into(),
+                    reason: "connection refused".into(),
+                });
             }
             self.fetches.fetch_add(1, Ordering::SeqCst);
             if refetch {

@@ -173,6 +173,7 @@ mod tests {
     use openidconnect::core::CoreJsonWebKey;
     use serde_json::json;
 
+    use super::super::fetch::FetchError;
     use super::super::jwt::test_keys::RsaTestKey;
     use super::*;
 
@@ -183,7 +184,7 @@ mod tests {
 
     #[async_trait]
     impl KeySource for Keys {
-        async fn keys(&self, _refetch: bool) -> Result<Vec<CoreJsonWebKey>, String> {
+        async fn keys(&self, _refetch: bool) -> Result<Vec<CoreJsonWebKey>, FetchError> {
             Ok(self.0.clone())
         }
     }

@@ -6,6 +6,7 @@
 //! keeps the pending sign-in in its session and hands the validated claims to provisioning.
 
 pub mod claims;
+pub mod fetch;
 pub mod jwt;
 pub mod liveness;
 pub mod logout;
@@ -47,6 +48,7 @@ pub use settings::{ClientAuth, ExplicitEndpoints, LivenessSettings, OidcSettings
 use crate::clock::Clock;
 use crate::provision::SignInClaims;
 use crate::secret::Secret;
+use fetch::FetchError;
 
 /// Provider metadata and keys are re-read this often, so key rotation and endpoint changes
 /// reach us without a restart.
@@ -206,22 +208,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
-}
-
-/// The most of a provider's answer read by the calls made outside `openidconnect` (the
-/// token refresh, introspection, the key set): more is a broken or hostile provider.
-const MAX_BODY: usize = 256 * 1024;
-
-/// A provider's answer body, refused past [`MAX_BODY`] without reading the rest.
-pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("answer longer than {MAX_BODY} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// A form POST to one of the provider's endpoints (token, introspection) as our client:
@@ -568,10 +554,10 @@ pub(crate) async fn load_metadata(
             if !status.is_success() {
                 return Err(OidcError::Metadata(format!("{url} answered HTTP {status}")));
             }
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| OidcError::Unreachable(format!("{url}: {}", error_chain(&e))))?;
+            let body = fetch::read_body(response).await.map_err(|e| match e {
+                FetchError::Unreachable { .. } => OidcError::Unreachable(e.to_string()),
+                _ => OidcError::Metadata(e.to_string()),
+            })?;
             let metadata: Metadata = serde_json::from_slice(&body)
                 .map_err(|e| OidcError::Metadata(format!("{url}: {e}")))?;
             if metadata.issuer().as_str() != issuer.as_str() {
@@ -696,10 +682,10 @@ async fn load_provider(
 /// which happens at most every 30 seconds however often it is asked for.
 #[async_trait::async_trait]
 impl jwt::KeySource for RelyingParty {
-    async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, String> {
+    async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, FetchError> {
         self.provider(refetch)
             .await
             .map(|p| p.keys.clone())
-            .map_err(|e| e.to_string())
+            .map_err(|e| FetchError::SignInProvider(e.to_string()))
     }
 }

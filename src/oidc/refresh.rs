@@ -9,7 +9,8 @@
 
 use serde::Deserialize;
 
-use super::{error_chain, post_form_as_client, read_body, RelyingParty};
+use super::fetch::read_body;
+use super::{error_chain, post_form_as_client, RelyingParty};
 use crate::secret::Secret;
 
 /// What the token endpoint said to a refresh.
@@ -98,7 +99,7 @@ impl RelyingParty {
         let status = response.status();
         let body = match read_body(response).await {
             Ok(b) => b,
-            Err(e) => return RefreshAnswer::Unreachable(e),
+            Err(e) => return RefreshAnswer::Unreachable(e.to_string()),
         };
         classify(status.as_u16(), &body)
     }

@@ -94,7 +94,7 @@ pub async fn backchannel_logout(State(state): State<AppState>, form: FormResult)
     let token = match logout::validate(token, &*rp, &issuer, &client_id, now).await {
         Ok(t) => t,
         Err(LogoutRefusal::Jwt(JwtError::Keys(e))) => {
-            return unavailable("keys_unavailable", &e);
+            return unavailable("keys_unavailable", &e.to_string());
         }
         Err(refusal) => return refused(&refusal),
     };

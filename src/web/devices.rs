@@ -342,25 +342,32 @@ pub async fn form(State(state): State<AppState>, headers: HeaderMap) -> Response
 }
 
 /// What the device is made of: the setup without a password first (to refuse a choice
-/// that cannot work before any app password exists), then with it. `Err` is a sentence
-/// for the person.
+/// that cannot work before any app password exists), then with it.
 fn build(
     state: &WebState,
     clients: &ClientSettings,
     kind: Kind,
     account: &DeviceAccount<'_>,
-) -> Result<Built, String> {
-    let setup = |e: SetupError| account::sentence(&e.to_string());
+) -> Result<Built, SetupFailure> {
     Ok(match kind {
-        Kind::Apple => {
-            Built::Apple(apple::profile(clients, account, &state.settings.title).map_err(setup)?)
-        }
-        Kind::Android => {
-            let payload = android::payload(clients, account).map_err(setup)?;
-            Built::Android(android::svg(&payload).map_err(|e| account::sentence(&e.to_string()))?)
-        }
+        Kind::Apple => Built::Apple(apple::profile(clients, account, &state.settings.title)?),
+        Kind::Android => Built::Android(android::svg(&android::payload(clients, account)?)?),
         Kind::Other => Built::Other(manual::text(clients, account)),
     })
+}
+
+/// Why a device setup could not be made: the first two are the person's choice and are
+/// shown to them; the others are the server's trouble.
+#[derive(Debug, thiserror::Error)]
+enum SetupFailure {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    QrCode(#[from] android::TooLong),
+    #[error("cannot sign the profile: {0}")]
+    Sign(#[from] apple::SignerError),
+    #[error("no randomness for a {0} token")]
+    NoRandomness(&'static str),
 }
 
 enum Built {
@@ -448,7 +455,7 @@ pub async fn create(
         protocols: chosen,
     };
     if let Err(why) = build(&state, &clients, kind, &account) {
-        return refuse(&why);
+        return refuse(&account::sentence(&why.to_string()));
     }
     let name = if typed_name.is_empty() {
         kind.default_name()
@@ -504,7 +511,7 @@ pub async fn create(
             *download = state
                 .setups
                 .add_profile(&user.address, file)
-                .ok_or("no randomness for a download token")?;
+                .ok_or(SetupFailure::NoRandomness("download"))?;
         }
         let result = Ready {
             name: issued.name.clone(),
@@ -515,7 +522,7 @@ pub async fn create(
         state
             .setups
             .add_result(&user.address, result)
-            .ok_or_else(|| "no randomness for a result token".to_string())
+            .ok_or(SetupFailure::NoRandomness("result"))
     });
     let token = match stored {
         Ok(token) => token,
@@ -541,14 +548,10 @@ pub async fn create(
 }
 
 /// The profile signed when a signer is configured, and who signed it.
-fn sign(state: &WebState, profile: Vec<u8>) -> Result<(Vec<u8>, Option<String>), String> {
+fn sign(state: &WebState, profile: Vec<u8>) -> Result<(Vec<u8>, Option<String>), SetupFailure> {
     match &state.signer {
         None => Ok((profile, None)),
-        Some(s) => s
-            .signer
-            .sign(&profile)
-            .map(|signed| (signed, Some(s.subject.clone())))
-            .map_err(|e| format!("cannot sign the profile: {e}")),
+        Some(s) => Ok((s.signer.sign(&profile)?, Some(s.subject.clone()))),
     }
 }
 

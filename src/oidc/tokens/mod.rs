@@ -94,7 +94,7 @@ impl TokenValidator {
                 .provider
                 .introspect(token)
                 .await
-                .map_err(TokenError::Unavailable)?;
+                .map_err(|e| TokenError::Unavailable(e.to_string()))?;
             if answer.get("active") != Some(&Value::Bool(true)) {
                 return Err(TokenError::Refused(TokenRefusal::Inactive));
             }
@@ -115,7 +115,7 @@ fn jwt_refusal(e: JwtError) -> TokenError {
         JwtError::Algorithm(_) => TokenRefusal::Algorithm,
         JwtError::UnknownKey(_) => TokenRefusal::UnknownKey,
         JwtError::BadSignature => TokenRefusal::BadSignature,
-        JwtError::Keys(why) => return TokenError::Unavailable(why),
+        JwtError::Keys(why) => return TokenError::Unavailable(why.to_string()),
     };
     TokenError::Refused(refusal)
 }

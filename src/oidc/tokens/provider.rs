@@ -21,8 +21,9 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use crate::clock::Clock;
+use crate::oidc::fetch::{read_body, FetchError};
 use crate::oidc::settings::ClientAuth;
-use crate::oidc::{discovery_url, error_chain, jwt, post_form_as_client, read_body, OidcSettings};
+use crate::oidc::{discovery_url, jwt, post_form_as_client, OidcSettings};
 
 /// How long the discovery document and the key set are used before they are read anew.
 pub const KEYS_MAX_AGE: Duration = Duration::from_secs(600);
@@ -46,7 +47,7 @@ struct State {
     /// The last fetch of the key set, whether it worked or not.
     last_keys_fetch: Option<Instant>,
     /// The last failure of discovery or keys: no new attempt before [`RETRY_AFTER`].
-    failed: Option<(Instant, String)>,
+    failed: Option<(Instant, FetchError)>,
 }
 
 pub struct Provider {
@@ -73,18 +74,18 @@ impl Provider {
         }
     }
 
-    fn backing_off(&self, state: &State) -> Option<String> {
+    fn backing_off(&self, state: &State) -> Option<FetchError> {
         let (at, why) = state.failed.as_ref()?;
         let age = self.clock.instant().saturating_duration_since(*at);
         (age < RETRY_AFTER).then(|| why.clone())
     }
 
-    fn fail(&self, state: &mut State, why: String) -> String {
+    fn fail(&self, state: &mut State, why: FetchError) -> FetchError {
         state.failed = Some((self.clock.instant(), why.clone()));
         why
     }
 
-    async fn directory(&self, state: &mut State) -> Result<Directory, String> {
+    async fn directory(&self, state: &mut State) -> Result<Directory, FetchError> {
         let now = self.clock.instant();
         if let Some(d) = &state.directory {
             if now.saturating_duration_since(d.fetched) < KEYS_MAX_AGE {
@@ -112,7 +113,7 @@ impl Provider {
         }
     }
 
-    async fn discover(&self) -> Result<Directory, String> {
+    async fn discover(&self) -> Result<Directory, FetchError> {
         let fetched = self.clock.instant();
         if let Some(e) = &self.oidc.endpoints {
             return Ok(Directory {
@@ -125,24 +126,31 @@ impl Provider {
         let url = discovery_url(&self.oidc);
         let doc: Map<String, Value> = match serde_json::from_slice(&self.get(&url).await?) {
             Ok(Value::Object(m)) => m,
-            _ => return Err(format!("{url}: not a JSON object")),
+            _ => return Err(FetchError::unusable(&url, "not a JSON object")),
         };
         if doc.get("issuer").and_then(Value::as_str) != Some(self.oidc.issuer.as_str()) {
-            return Err(format!(
-                "{url} names another issuer than oidc.issuer {:?}",
-                self.oidc.issuer
+            return Err(FetchError::unusable(
+                &url,
+                format_args!(
+                    "names another issuer than oidc.issuer {:?}",
+                    self.oidc.issuer
+                ),
             ));
         }
-        let url_of = |name: &str| -> Result<Option<Url>, String> {
+        let url_of = |name: &str| -> Result<Option<Url>, FetchError> {
             match doc.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Url::parse(s)
                     .map(Some)
-                    .map_err(|e| format!("{url}: {name} {s:?}: {e}")),
-                Some(_) => Err(format!("{url}: {name} is not a URL")),
+                    .map_err(|e| FetchError::unusable(&url, format_args!("{name} {s:?}: {e}"))),
+                Some(_) => Err(FetchError::unusable(
+                    &url,
+                    format_args!("{name} is not a URL"),
+                )),
             }
         };
-        let jwks = url_of("jwks_uri")?.ok_or_else(|| format!("{url} names no jwks_uri"))?;
+        let jwks =
+            url_of("jwks_uri")?.ok_or_else(|| FetchError::unusable(&url, "names no jwks_uri"))?;
         let introspection = match &self.introspection_url {
             Some(u) => Some(u.clone()),
             None => url_of("introspection_endpoint")?,
@@ -158,40 +166,42 @@ impl Provider {
         })
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         let response = self
             .http
             .get(url)
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+            .map_err(|e| FetchError::unreachable(url, &e))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("{url} answered HTTP {status}"));
+            return Err(FetchError::Status {
+                url: url.into(),
+                status: status.as_u16(),
+            });
         }
-        read_body(response).await.map_err(|e| format!("{url}: {e}"))
+        read_body(response).await
     }
 
-    async fn fetch_keys(&self, jwks: &Url) -> Result<Vec<CoreJsonWebKey>, String> {
+    async fn fetch_keys(&self, jwks: &Url) -> Result<Vec<CoreJsonWebKey>, FetchError> {
         let body = self.get(jwks.as_str()).await?;
-        let set: JsonWebKeySet<CoreJsonWebKey> =
-            serde_json::from_slice(&body).map_err(|e| format!("{jwks}: not a key set: {e}"))?;
+        let set: JsonWebKeySet<CoreJsonWebKey> = serde_json::from_slice(&body)
+            .map_err(|e| FetchError::unusable(jwks, format_args!("not a key set: {e}")))?;
         Ok(set.keys().clone())
     }
 
     /// The provider's RFC 7662 answer for `token`, as a JSON object; any other answer, or
     /// none within the timeout, is an error (a temporary failure for the caller).
-    pub async fn introspect(&self, token: &str) -> Result<Map<String, Value>, String> {
+    pub async fn introspect(&self, token: &str) -> Result<Map<String, Value>, FetchError> {
         let directory = {
             let mut state = self.state.lock().await;
             self.directory(&mut state).await?
         };
         let Some(url) = directory.introspection else {
-            return Err(
-                "the provider names no introspection_endpoint: set oauth.introspection_url, or introspection = \"never\" if its tokens are JWTs"
-                    .into(),
-            );
+            return Err(FetchError::NotConfigured(
+                "the provider names no introspection_endpoint: set oauth.introspection_url, or introspection = \"never\" if its tokens are JWTs",
+            ));
         };
         let response = post_form_as_client(
             self.http.post(url.clone()),
@@ -200,17 +210,17 @@ impl Provider {
             &[("token", token), ("token_type_hint", "access_token")],
         )
         .await
-        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        .map_err(|e| FetchError::unreachable(&url, &e))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
-            return Err(format!("{url} answered HTTP {status}"));
+            return Err(FetchError::Status {
+                url: url.into(),
+                status: status.as_u16(),
+            });
         }
-        let body = read_body(response)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(&read_body(response).await?) {
             Ok(Value::Object(m)) => Ok(m),
-            _ => Err(format!("{url}: the answer is not a JSON object")),
+            _ => Err(FetchError::unusable(url, "the answer is not a JSON object")),
         }
     }
 }
@@ -238,7 +248,7 @@ fn advertised_auth(doc: &Map<String, Value>) -> ClientAuth {
 
 #[async_trait::async_trait]
 impl jwt::KeySource for Provider {
-    async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, String> {
+    async fn keys(&self, refetch: bool) -> Result<Vec<CoreJsonWebKey>, FetchError> {
         let mut state = self.state.lock().await;
         let now = self.clock.instant();
         if let Some((keys, fetched)) = &state.keys {
