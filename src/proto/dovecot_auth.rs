@@ -175,14 +175,9 @@ impl fmt::Debug for Redacted {
     }
 }
 
-/// A parsed `AUTH` line.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AuthLine {
-    /// Client-chosen request id, never 0.
-    pub id: u32,
-    /// Mechanism name as sent (Postfix passes on the SMTP client's case);
-    /// see [`AuthLine::mechanism_kind`].
-    pub mechanism: String,
+/// What an auth or master request says of the client's connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientFields {
     /// `service=` (Postfix, Dovecot 2.3) or `protocol=` (Dovecot 2.4). Dovecot
     /// refuses requests without it; whether to do so is the driver's call.
     pub service: Option<String>,
@@ -191,6 +186,46 @@ pub struct AuthLine {
     pub lip: Option<IpAddr>,
     /// `rip=`, same rules as `lip`.
     pub rip: Option<IpAddr>,
+}
+
+impl ClientFields {
+    /// Takes `key=value` if it is one of the three; `Ok(false)` for any other key.
+    pub(crate) fn take(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        command: &'static str,
+    ) -> Result<bool, ProtoError> {
+        match key {
+            b"service" | b"protocol" => {
+                self.service = Some(value_string(value, command, "service", MAX_NAME_LEN)?);
+            }
+            b"lip" => self.lip = parse_ip(value),
+            b"rip" => self.rip = parse_ip(value),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// The value of `key` among `params`.
+pub(crate) fn find_param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A parsed `AUTH` line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthLine {
+    /// Client-chosen request id, never 0.
+    pub id: u32,
+    /// Mechanism name as sent (Postfix passes on the SMTP client's case);
+    /// see [`AuthLine::mechanism_kind`].
+    pub mechanism: String,
+    /// `service=`, `lip=`, `rip=`.
+    pub client: ClientFields,
     /// `secured` or `secured=<anything>`: the client connection is TLS or
     /// otherwise trusted.
     pub secured: bool,
@@ -237,10 +272,7 @@ impl AuthLine {
 
     /// The value of a parameter kept in [`AuthLine::params`].
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        find_param(&self.params, key)
     }
 }
 
@@ -249,9 +281,7 @@ impl fmt::Debug for AuthLine {
         f.debug_struct("AuthLine")
             .field("id", &self.id)
             .field("mechanism", &self.mechanism)
-            .field("service", &self.service)
-            .field("lip", &self.lip)
-            .field("rip", &self.rip)
+            .field("client", &self.client)
             .field("secured", &self.secured)
             .field("no_penalty", &self.no_penalty)
             .field("nologin", &self.nologin)
@@ -262,16 +292,23 @@ impl fmt::Debug for AuthLine {
     }
 }
 
-/// Parses one line from an auth client (without its LF; see
-/// [`super::line::next_line`]).
-pub fn parse_client_line(line: &[u8]) -> Result<ClientLine, ProtoError> {
-    if line.len() >= MAX_LINE_LENGTH {
-        return Err(ProtoError::LineTooLong {
-            max: MAX_LINE_LENGTH,
-        });
+/// A line's command and the fields after it; a line of `max` bytes or more is refused.
+pub(crate) fn command_and_fields(
+    line: &[u8],
+    max: usize,
+) -> Result<(&[u8], impl Iterator<Item = &[u8]>), ProtoError> {
+    if line.len() >= max {
+        return Err(ProtoError::LineTooLong { max });
     }
     let mut fields = line.split(|&b| b == b'\t');
     let command = fields.next().unwrap_or_default();
+    Ok((command, fields))
+}
+
+/// Parses one line from an auth client (without its LF; see
+/// [`super::line::next_line`]).
+pub fn parse_client_line(line: &[u8]) -> Result<ClientLine, ProtoError> {
+    let (command, fields) = command_and_fields(line, MAX_LINE_LENGTH)?;
     match command {
         b"VERSION" => parse_version(fields, "VERSION")
             .map(|(major, minor)| ClientLine::Version { major, minor }),
@@ -370,9 +407,7 @@ fn parse_auth<'a>(mut fields: impl Iterator<Item = &'a [u8]>) -> Result<AuthLine
     let mut auth = AuthLine {
         id,
         mechanism,
-        service: None,
-        lip: None,
-        rip: None,
+        client: ClientFields::default(),
         secured: false,
         no_penalty: false,
         nologin: false,
@@ -398,12 +433,10 @@ fn parse_auth<'a>(mut fields: impl Iterator<Item = &'a [u8]>) -> Result<AuthLine
                 max: MAX_NAME_LEN,
             });
         }
+        if auth.client.take(key, value, CMD)? {
+            continue;
+        }
         match key {
-            b"service" | b"protocol" => {
-                auth.service = Some(value_string(value, CMD, "service", MAX_NAME_LEN)?);
-            }
-            b"lip" => auth.lip = parse_ip(value),
-            b"rip" => auth.rip = parse_ip(value),
             b"secured" => auth.secured = true,
             b"no-penalty" => auth.no_penalty = true,
             b"nologin" => auth.nologin = true,
@@ -969,9 +1002,12 @@ mod tests {
         assert_eq!(a.id, 1);
         assert_eq!(a.mechanism, "PLAIN");
         assert_eq!(a.mechanism_kind(), Some(Mechanism::Plain));
-        assert_eq!(a.service.as_deref(), Some("smtp"));
-        assert_eq!(a.lip, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
-        assert_eq!(a.rip, Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))));
+        assert_eq!(a.client.service.as_deref(), Some("smtp"));
+        assert_eq!(a.client.lip, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
+        assert_eq!(
+            a.client.rip,
+            Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)))
+        );
         assert!(a.nologin && a.secured && !a.no_penalty);
         assert_eq!(a.resp.as_deref(), Some(&b"\0joe\0secret"[..]));
         assert!(!a.resp_was_bare);
@@ -985,11 +1021,11 @@ mod tests {
         assert_eq!(a.mechanism, "login");
         assert_eq!(a.mechanism_kind(), Some(Mechanism::Login));
         assert_eq!(
-            a.lip,
+            a.client.lip,
             Some(IpAddr::V6("2001:db8::25".parse::<Ipv6Addr>().unwrap()))
         );
         assert_eq!(
-            a.rip,
+            a.client.rip,
             Some(IpAddr::V6("2001:db8::beef".parse::<Ipv6Addr>().unwrap()))
         );
         assert!(!a.secured);
@@ -1000,7 +1036,7 @@ mod tests {
     fn postfix_unknown_local_address() {
         // Postfix sends lip= empty when getsockname fails.
         let a = auth(b"AUTH\t3\tPLAIN\tservice=smtp\tnologin\tlip=\trip=unknown\n");
-        assert_eq!((a.lip, a.rip), (None, None));
+        assert_eq!((a.client.lip, a.client.rip), (None, None));
     }
 
     #[test]
@@ -1009,9 +1045,9 @@ mod tests {
             b"AUTH\t7\tPLAIN\tprotocol=imap\tsession=abcDEF\tlip=::1\trip=[::1]\tlport=143\trport=5555\
               \tsecured=tls\tno-penalty\tlocal_name=mail.example.org\tresp=AGpvZQBwdw==\n",
         );
-        assert_eq!(a.service.as_deref(), Some("imap"));
-        assert_eq!(a.lip, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
-        assert_eq!(a.rip, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(a.client.service.as_deref(), Some("imap"));
+        assert_eq!(a.client.lip, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(a.client.rip, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
         assert!(a.secured && a.no_penalty && !a.nologin);
         assert_eq!(a.param("session"), Some("abcDEF"));
         assert_eq!(a.param("lport"), Some("143"));

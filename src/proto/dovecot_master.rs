@@ -22,11 +22,9 @@
 //! Note the asymmetry Dovecot has: a `USER` reply carries the user name as
 //! a bare field, a `PASS` reply as `user=`.
 
-use std::net::IpAddr;
-
 use super::dovecot_auth::{
-    field_bytes, parse_ip, parse_number, parse_version, split_key_value, unknown_command,
-    value_string, ProtoError, MAX_NAME_LEN,
+    command_and_fields, field_bytes, find_param, parse_number, parse_version, split_key_value,
+    unknown_command, value_string, ClientFields, ProtoError, MAX_NAME_LEN,
 };
 use super::sasl::{check_username, SaslError};
 use super::tabescape;
@@ -73,13 +71,8 @@ pub struct LookupLine {
     pub id: u32,
     /// Validated user name.
     pub user: String,
-    /// `service=` (2.3) or `protocol=` (2.4). Dovecot refuses requests
-    /// without it; whether to do so is the driver's call.
-    pub service: Option<String>,
-    /// `lip=`, `None` when absent or unparsable.
-    pub lip: Option<IpAddr>,
-    /// `rip=`, `None` when absent or unparsable.
-    pub rip: Option<IpAddr>,
+    /// `service=`, `lip=`, `rip=`.
+    pub client: ClientFields,
     /// Every other parameter in order; flags have an empty value.
     pub params: Vec<(String, String)>,
 }
@@ -87,10 +80,7 @@ pub struct LookupLine {
 impl LookupLine {
     /// The value of a parameter kept in [`LookupLine::params`].
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        find_param(&self.params, key)
     }
 }
 
@@ -99,13 +89,7 @@ impl LookupLine {
 /// An unusable user name yields [`ProtoError::InvalidUsername`], which is
 /// recoverable: Dovecot answers `NOTFOUND <id>` and keeps the connection.
 pub fn parse_master_line(line: &[u8]) -> Result<MasterLine, ProtoError> {
-    if line.len() >= MAX_LINE_LENGTH {
-        return Err(ProtoError::LineTooLong {
-            max: MAX_LINE_LENGTH,
-        });
-    }
-    let mut fields = line.split(|&b| b == b'\t');
-    let command = fields.next().unwrap_or_default();
+    let (command, fields) = command_and_fields(line, MAX_LINE_LENGTH)?;
     match command {
         b"VERSION" => parse_version(fields, "VERSION")
             .map(|(major, minor)| MasterLine::Version { major, minor }),
@@ -118,9 +102,7 @@ pub fn parse_master_line(line: &[u8]) -> Result<MasterLine, ProtoError> {
 }
 
 struct Params {
-    service: Option<String>,
-    lip: Option<IpAddr>,
-    rip: Option<IpAddr>,
+    client: ClientFields,
     user: Option<String>,
     rest: Vec<(String, String)>,
 }
@@ -131,9 +113,7 @@ fn parse_params<'a>(
     list_mode: bool,
 ) -> Result<Params, ProtoError> {
     let mut p = Params {
-        service: None,
-        lip: None,
-        rip: None,
+        client: ClientFields::default(),
         user: None,
         rest: Vec::new(),
     };
@@ -162,11 +142,7 @@ fn parse_params<'a>(
                 String::from_utf8_lossy(key).into_owned(),
                 String::from_utf8_lossy(value).into_owned(),
             )),
-            b"service" | b"protocol" => {
-                p.service = Some(value_string(value, command, "service", MAX_NAME_LEN)?);
-            }
-            b"lip" => p.lip = parse_ip(value),
-            b"rip" => p.rip = parse_ip(value),
+            _ if p.client.take(key, value, command)? => {}
             _ => p.rest.push((
                 String::from_utf8_lossy(key).into_owned(),
                 String::from_utf8_lossy(value).into_owned(),
@@ -206,9 +182,7 @@ fn parse_lookup<'a>(
     Ok(LookupLine {
         id,
         user,
-        service: params.service,
-        lip: params.lip,
-        rip: params.rip,
+        client: params.client,
         params: params.rest,
     })
 }
@@ -295,7 +269,7 @@ pub fn encode_list_done(id: u32, failed: bool) -> Vec<u8> {
 mod tests {
     use super::super::line::{next_line, Frame};
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     /// Every two-read split of `wire` gives NeedMore first and the same
     /// parse result once complete.
@@ -378,9 +352,9 @@ mod tests {
         };
         assert_eq!(l.id, 1);
         assert_eq!(l.user, "joe@example.org");
-        assert_eq!(l.service.as_deref(), Some("lmtp"));
-        assert_eq!(l.lip, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
-        assert_eq!(l.rip, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))));
+        assert_eq!(l.client.service.as_deref(), Some("lmtp"));
+        assert_eq!(l.client.lip, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
+        assert_eq!(l.client.rip, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))));
         assert_eq!(l.param("lport"), Some("24"));
         assert_eq!(l.param("debug"), Some(""));
     }
@@ -392,7 +366,7 @@ mod tests {
             panic!("{got:?}")
         };
         assert_eq!(
-            (l.id, l.user.as_str(), l.service.as_deref()),
+            (l.id, l.user.as_str(), l.client.service.as_deref()),
             (9, "joe", Some("imap"))
         );
     }

@@ -426,7 +426,7 @@ impl Conn<'_> {
                 false,
             ));
         };
-        let Some(service) = auth.service.clone().filter(|s| !s.is_empty()) else {
+        let Some(service) = auth.client.service.clone().filter(|s| !s.is_empty()) else {
             tracing::warn!(peer = %self.peer.description, id, "AUTH without service= or protocol=; refused");
             return Ok(proto::encode_fail(id, None, Some(FAIL_REASON), false));
         };
@@ -437,7 +437,7 @@ impl Conn<'_> {
         let request = RequestInfo {
             service,
             rip: if trusted {
-                auth.rip.or(self.peer.ip)
+                auth.client.rip.or(self.peer.ip)
             } else {
                 self.peer.ip
             },

@@ -56,7 +56,7 @@ impl UserdbService {
                 if found.quota > 0 {
                     fields.push(("quota_rule", &quota));
                 }
-                tracing::debug!(user = %found.address, service = ?line.service, "userdb lookup: found");
+                tracing::debug!(user = %found.address, service = ?line.client.service, "userdb lookup: found");
                 if pass {
                     fields.push(("nopassword", ""));
                     proto::encode_pass(line.id, &found.address, &fields)
