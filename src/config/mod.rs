@@ -417,6 +417,18 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// `text` is refused for one problem only, at `key`, whose message says `says`.
+    pub(crate) fn assert_only_problem(text: &str, key: &str, says: &str) {
+        let problems = parse(text).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, key);
+        assert!(
+            problems[0].message.contains(says),
+            "{}",
+            problems[0].message
+        );
+    }
+
     /// `text` is refused, and each of `expected` is among the keys of its problems.
     pub(crate) fn assert_reported(text: &str, expected: &[&str]) {
         let keys = problem_keys(text);

@@ -553,6 +553,13 @@ mod tests {
             fn path(&self, name: &str) -> std::path::PathBuf {
                 self.dir.path().join(name)
             }
+
+            /// Why the signer of these two files cannot be loaded.
+            fn load_error(&self, certificate: &str, key: &str) -> SignerError {
+                ProfileSigner::load(&self.path(certificate), &self.path(key))
+                    .err()
+                    .unwrap()
+            }
         }
 
         #[test]
@@ -600,9 +607,7 @@ mod tests {
         #[test]
         fn a_key_that_does_not_match_is_refused() {
             let files = Files::new();
-            let err = ProfileSigner::load(&files.path("cert.pem"), &files.path("other-key.pem"))
-                .err()
-                .unwrap();
+            let err = files.load_error("cert.pem", "other-key.pem");
             assert!(err.0.contains("does not belong"), "{err}");
             assert!(err.0.contains("other-key.pem"), "{err}");
         }
@@ -610,21 +615,15 @@ mod tests {
         #[test]
         fn missing_and_non_pem_files_are_named() {
             let files = Files::new();
-            let err = ProfileSigner::load(&files.path("nope.pem"), &files.path("key.pem"))
-                .err()
-                .unwrap();
+            let err = files.load_error("nope.pem", "key.pem");
             assert!(
                 err.0.contains("cannot read") && err.0.contains("nope.pem"),
                 "{err}"
             );
             std::fs::write(files.path("junk.pem"), "not a certificate").unwrap();
-            let err = ProfileSigner::load(&files.path("junk.pem"), &files.path("key.pem"))
-                .err()
-                .unwrap();
+            let err = files.load_error("junk.pem", "key.pem");
             assert!(err.0.contains("junk.pem"), "{err}");
-            let err = ProfileSigner::load(&files.path("cert.pem"), &files.path("junk.pem"))
-                .err()
-                .unwrap();
+            let err = files.load_error("cert.pem", "junk.pem");
             assert!(err.0.contains("not a PEM private key"), "{err}");
         }
     }

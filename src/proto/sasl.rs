@@ -631,6 +631,13 @@ fn check_password(raw: &[u8]) -> Result<SaslPassword, SaslError> {
 mod tests {
     use super::*;
 
+    /// Each message is refused by `mechanism`'s parser with its error.
+    fn assert_refused(mechanism: Mechanism, bad: &[(&[u8], SaslError)]) {
+        for (message, want) in bad {
+            assert_eq!(parse_token(mechanism, message), Err(*want), "{message:?}");
+        }
+    }
+
     #[test]
     fn the_byte_tables_hold_exactly_the_grammar_s_bytes() {
         for b in 0..=255u8 {
@@ -1000,13 +1007,7 @@ mod tests {
             ),
             (b"n,,auth=Bearer abc", SaslError::MalformedGs2Header),
         ];
-        for (message, want) in bad {
-            assert_eq!(
-                parse_token(Mechanism::OAuthBearer, message),
-                Err(*want),
-                "{message:?}"
-            );
-        }
+        assert_refused(Mechanism::OAuthBearer, bad);
     }
 
     #[test]
@@ -1130,13 +1131,7 @@ mod tests {
                 SaslError::BadTokenSyntax,
             ),
         ];
-        for (message, want) in bad {
-            assert_eq!(
-                parse_token(Mechanism::OAuthBearer, message),
-                Err(*want),
-                "{message:?}"
-            );
-        }
+        assert_refused(Mechanism::OAuthBearer, bad);
         // The scheme is case-insensitive; unknown keys are ignored; every
         // b64token character and trailing "=" padding is kept.
         for message in [
@@ -1220,13 +1215,7 @@ mod tests {
                 },
             ),
         ];
-        for (message, want) in bad {
-            assert_eq!(
-                parse_token(Mechanism::XOAuth2, message),
-                Err(*want),
-                "{message:?}"
-            );
-        }
+        assert_refused(Mechanism::XOAuth2, bad);
     }
 
     #[test]

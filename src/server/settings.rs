@@ -153,13 +153,14 @@ pub fn control_listener(section: &ControlSection, default: &Path) -> ListenerCon
 
 #[cfg(test)]
 mod tests {
-    use crate::config::parse;
+    use crate::config::tests::assert_only_problem;
 
     #[test]
     fn an_idle_timeout_the_policy_listener_would_ignore_is_refused() {
-        let problems = parse("[policy_socket]\nidle_timeout_ms = 1000\n").unwrap_err();
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].key, "policy_socket.idle_timeout_ms");
-        assert!(problems[0].message.contains("[policy] idle_timeout_secs"));
+        assert_only_problem(
+            "[policy_socket]\nidle_timeout_ms = 1000\n",
+            "policy_socket.idle_timeout_ms",
+            "[policy] idle_timeout_secs",
+        );
     }
 }

@@ -445,10 +445,15 @@ mod tests {
         );
     }
 
-    async fn sqlite_sessions(
-        dir: &tempfile::TempDir,
-        clock: &crate::clock::ManualClock,
-    ) -> (Arc<dyn Store>, Sessions) {
+    /// Sessions in a fresh SQLite database, on a manual clock.
+    async fn sqlite_sessions() -> (
+        tempfile::TempDir,
+        crate::clock::ManualClock,
+        Arc<dyn Store>,
+        Sessions,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::clock::ManualClock::at(1_800_000_000);
         let options = crate::store::StoreOptions {
             url: crate::store::DatabaseUrl::new(format!("sqlite://{}/s.db", dir.path().display())),
             max_connections: 4,
@@ -464,14 +469,12 @@ mod tests {
             MAX_ANONYMOUS,
             Arc::new(clock.clone()),
         );
-        (store, sessions)
+        (dir, clock, store, sessions)
     }
 
     #[tokio::test]
     async fn sign_in_rotates_the_id_and_keeps_each_mailbox_to_its_newest_sessions() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = crate::clock::ManualClock::at(1_800_000_000);
-        let (_store, s) = sqlite_sessions(&dir, &clock).await;
+        let (_dir, clock, _store, s) = sqlite_sessions().await;
         let (old, _) = s.create().await.unwrap();
         let user = || SignedInUser {
             address: "a@example.org".into(),
@@ -509,9 +512,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_sessions_end_and_the_periodic_sweep_removes_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = crate::clock::ManualClock::at(1_800_000_000);
-        let (store, s) = sqlite_sessions(&dir, &clock).await;
+        let (_dir, clock, store, s) = sqlite_sessions().await;
         let (id, _) = s.create().await.unwrap();
         assert!(s.get(&id).await.unwrap().is_some());
         clock.advance(ANONYMOUS_LIFETIME.as_secs() as i64);
