@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mailauthd::clock::SystemClock;
+use mailauthd::clock::{Clock, ManualClock, SystemClock};
 use mailauthd::names::Protocols;
 use mailauthd::runtime::Core;
 use mailauthd::store::{AppPasswords, AuthSource};
@@ -25,7 +25,7 @@ const CLIENTS: &str = "[clients]\nhost = \"mail.example.org\"\n[clients.sieve]\n
 #[path = "common/web_site.rs"]
 mod web_site;
 
-use web_site::{start_site, Page, Site, TestMailbox};
+use web_site::{start_site_with_clock, Page, Site, TestMailbox};
 
 /// What the device tests do on the page, beyond what every page test does.
 trait DeviceSite {
@@ -55,6 +55,10 @@ impl DeviceSite for Site {
 /// A web page with `top` added to the config (e.g. `[clients]`), and mailboxes alice
 /// (imap, smtp), mallory (imap, pop3, smtp) and sieveonly (sieve) at example.org.
 async fn start_with(top: &str) -> (Site, Core, tempfile::TempDir) {
+    start_on_clock(top, Arc::new(SystemClock)).await
+}
+
+async fn start_on_clock(top: &str, clock: Arc<dyn Clock>) -> (Site, Core, tempfile::TempDir) {
     let mailbox = |address, protocols| TestMailbox {
         address,
         protocols,
@@ -62,7 +66,7 @@ async fn start_with(top: &str) -> (Site, Core, tempfile::TempDir) {
         display_name: "Alice <A&B>",
         password: PASSWORD,
     };
-    start_site(
+    start_site_with_clock(
         top,
         "",
         &[
@@ -70,6 +74,7 @@ async fn start_with(top: &str) -> (Site, Core, tempfile::TempDir) {
             mailbox("mallory@example.org", "imap,pop3,smtp"),
             mailbox("sieveonly@example.org", "sieve"),
         ],
+        clock,
     )
     .await
 }
@@ -515,6 +520,47 @@ async fn an_apple_profile_downloads_once_for_its_mailbox_only() {
     assert!(app_password_names(&core, "alice@example.org")
         .await
         .contains(&"iPhone / iPad / Mac (2)".to_string()));
+}
+
+/// The result page's download link, with the result page's secret.
+fn profile_link(done: &Page) -> (String, String) {
+    let secret = done.by_id("app-password").unwrap();
+    let at = done.body.find("href=\"/devices/profile/").unwrap() + 6;
+    let link = done.body[at..at + done.body[at..].find('"').unwrap()].to_string();
+    (link, secret)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_link_expires_ten_minutes_after_its_page_is_shown() {
+    let clock = Arc::new(ManualClock::at(SystemClock.now()));
+    let (site, _core, _dir) = start_on_clock(CLIENTS, clock.clone()).await;
+    let alice = site.sign_in("alice@example.org").await;
+    let apple = [("kind", "apple"), ("imap", "on"), ("smtp", "on")];
+
+    // Shown at once, fetched after eleven minutes: expired, and the page says what to do.
+    let shown = site
+        .get(&done_path(&site.set_up(&alice, &apple).await), Some(&alice))
+        .await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
+    let (link, secret) = profile_link(&shown);
+    clock.advance(11 * 60);
+    let late = site.get(&link, Some(&alice)).await;
+    assert_eq!(late.status, StatusCode::GONE, "{}", late.body);
+    assert!(late.body.contains("Make a new one"), "{}", late.body);
+    assert!(!late.body.contains(&secret));
+    assert!(!late.body.contains("IncomingPassword"));
+
+    // A result page opened twenty minutes after the setup still has a link with its full
+    // ten minutes.
+    let done = done_path(&site.set_up(&alice, &apple).await);
+    clock.advance(20 * 60);
+    let shown = site.get(&done, Some(&alice)).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
+    let (link, secret) = profile_link(&shown);
+    clock.advance(9 * 60);
+    let profile = site.get(&link, Some(&alice)).await;
+    assert_eq!(profile.status, StatusCode::OK, "{}", profile.body);
+    assert!(profile.body.contains(&format!("<string>{secret}</string>")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

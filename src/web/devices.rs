@@ -36,9 +36,13 @@ use crate::store::StoreError;
 /// Results waiting to be shown (and downloads waiting to be fetched) at most; the oldest
 /// goes first. Bounds memory whatever signed-in people do.
 const MAX_SETUPS: usize = 1000;
+/// What one mailbox may hold of those (a result and its download are two): its own oldest
+/// goes first, so one person setting up device after device never pushes out another's.
+const MAX_SETUPS_PER_MAILBOX: usize = 10;
 /// A result page not opened by then is gone (its app password stays; it can be revoked).
 const RESULT_LIFETIME: Duration = Duration::from_secs(30 * 60);
-/// An Apple profile carries the password: fetched once, soon.
+/// An Apple profile carries the password: fetched once, soon. Counted anew from when its
+/// result page is shown, so the link on that page always has its full time.
 const PROFILE_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
 /// The kinds of device the form offers.
@@ -163,6 +167,22 @@ impl Table {
             }
         }
     }
+
+    /// Drops `mailbox`'s oldest entries until there is room for one more of its own.
+    fn make_room_for(&mut self, mailbox: &str) {
+        let mut held = self.map.values().filter(|e| e.mailbox == mailbox).count();
+        while held >= MAX_SETUPS_PER_MAILBOX {
+            let oldest = self
+                .order
+                .iter()
+                .position(|k| self.map.get(k).is_some_and(|e| e.mailbox == mailbox));
+            let Some(k) = oldest.and_then(|i| self.order.remove(i)) else {
+                return;
+            };
+            self.map.remove(&k);
+            held -= 1;
+        }
+    }
 }
 
 /// The one-time results and downloads, in memory (lost at a restart: make a new one).
@@ -185,6 +205,7 @@ impl Setups {
         let k = key(&token);
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         table.make_room(now);
+        table.make_room_for(mailbox);
         table.map.insert(
             k,
             Entry {
@@ -233,12 +254,22 @@ impl Setups {
         }
     }
 
-    /// The result behind `token` for `mailbox`, once.
+    /// The result behind `token` for `mailbox`, once; its download's time starts again.
     pub fn take_result(&self, token: &str, mailbox: &str) -> Taken<Box<Ready>> {
-        self.take(token, mailbox, |c| match c {
+        let taken = self.take(token, mailbox, |c| match c {
             Content::Result(r) => Some(r.take()),
             Content::Profile(_) => None,
-        })
+        });
+        if let Taken::Fresh(ready) = &taken {
+            if let How::Apple { download, .. } = &ready.how {
+                let expires = self.clock.instant() + PROFILE_LIFETIME;
+                let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(entry) = table.map.get_mut(&key(download)) {
+                    entry.expires = expires;
+                }
+            }
+        }
+        taken
     }
 
     /// The profile behind `token` for `mailbox`, once.
@@ -679,12 +710,68 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_link_has_its_full_time_from_when_its_result_is_shown() {
+        let clock = Arc::new(ManualClock::default());
+        let setups = Setups::new(clock.clone());
+        let mailbox = "a@example.org";
+        let file = ProfileFile {
+            bytes: vec![1],
+            filename: "p.mobileconfig".into(),
+        };
+        let download = setups.add_profile(mailbox, file).unwrap();
+        let mut ready = result("phone");
+        ready.how = How::Apple {
+            download: download.clone(),
+            signed_by: None,
+        };
+        let shown = setups.add_result(mailbox, ready).unwrap();
+        clock.advance(20 * 60);
+        assert!(matches!(
+            setups.take_result(&shown, mailbox),
+            Taken::Fresh(_)
+        ));
+        clock.advance(9 * 60);
+        assert!(matches!(
+            setups.take_profile(&download, mailbox),
+            Taken::Fresh(_)
+        ));
+    }
+
+    #[test]
+    fn one_mailbox_cannot_push_out_another_mailboxs_setups() {
+        let setups = Setups::new(Arc::new(ManualClock::default()));
+        let theirs = setups
+            .add_result("b@example.org", result("theirs"))
+            .unwrap();
+        let first_own = setups.add_result("a@example.org", result("first")).unwrap();
+        let mut own = Vec::new();
+        for _ in 0..MAX_SETUPS + 10 {
+            own.push(setups.add_result("a@example.org", result("n")).unwrap());
+        }
+        assert_eq!(setups.len(), MAX_SETUPS_PER_MAILBOX + 1);
+        assert!(matches!(
+            setups.take_result(&theirs, "b@example.org"),
+            Taken::Fresh(r) if r.name == "theirs"
+        ));
+        assert!(matches!(
+            setups.take_result(&first_own, "a@example.org"),
+            Taken::Missing
+        ));
+        let newest = own.last().unwrap();
+        assert!(matches!(
+            setups.take_result(newest, "a@example.org"),
+            Taken::Fresh(_)
+        ));
+    }
+
+    #[test]
     fn the_table_is_bounded_and_drops_the_oldest() {
         let setups = Setups::new(Arc::new(ManualClock::default()));
         let first = setups.add_result("a@example.org", result("first")).unwrap();
-        let mut last = String::new();
-        for _ in 0..MAX_SETUPS + 10 {
-            last = setups.add_result("a@example.org", result("n")).unwrap();
+        let mut last = (String::new(), String::new());
+        for i in 0..MAX_SETUPS + 10 {
+            let mailbox = format!("m{}@example.org", i % 200);
+            last = (setups.add_result(&mailbox, result("n")).unwrap(), mailbox);
         }
         assert_eq!(setups.len(), MAX_SETUPS);
         assert!(matches!(
@@ -692,7 +779,7 @@ mod tests {
             Taken::Missing
         ));
         assert!(matches!(
-            setups.take_result(&last, "a@example.org"),
+            setups.take_result(&last.0, &last.1),
             Taken::Fresh(_)
         ));
     }

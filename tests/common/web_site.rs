@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use mailauthd::auth::password::{hash_argon2id, Argon2Params};
-use mailauthd::clock::SystemClock;
+use mailauthd::clock::{Clock, SystemClock};
 use mailauthd::names::{Address, Protocols};
 use mailauthd::provision::{self, NewMailbox};
 use mailauthd::runtime::Core;
@@ -176,6 +176,16 @@ pub async fn start_site(
     web: &str,
     mailboxes: &[TestMailbox<'_>],
 ) -> (Site, Core, tempfile::TempDir) {
+    start_site_with_clock(top, web, mailboxes, Arc::new(SystemClock)).await
+}
+
+/// [`start_site`] with the web page on `clock` (sessions, one-time results, downloads).
+pub async fn start_site_with_clock(
+    top: &str,
+    web: &str,
+    mailboxes: &[TestMailbox<'_>],
+    clock: Arc<dyn Clock>,
+) -> (Site, Core, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "state_directory = {:?}\nruntime_directory = {:?}\n[credentials]\nargon2_memory_kib = 8192\nargon2_iterations = 1\n{top}\n[web]\nlisten = \"127.0.0.1:0\"\ntitle = \"Test Mail\"\n{web}\n",
@@ -228,7 +238,7 @@ pub async fn start_site(
         config.clients.clone(),
         store,
         core.auth.clone(),
-        Arc::new(SystemClock),
+        clock,
     )
     .unwrap();
     let server = mailauthd::web::start(state, &mut mailauthd::activation::Activated::default())
