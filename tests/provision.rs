@@ -1,6 +1,7 @@
 //! Sign-in provisioning against every store backend: first sign-ins, the update-on-sign-in
 //! rules, the postmaster's settings that sign-ins keep, refusals that create nothing, and
-//! concurrent first sign-ins (50 into room for 10; several people racing for one address).
+//! concurrent first sign-ins (50 into room for 10; several people racing for one address),
+//! and app passwords issued at once (names stay unique, the cap holds).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,10 +9,12 @@ mod common;
 
 use std::sync::Arc;
 
+use mailauthd::auth::app_password::AppPasswordKey;
 use mailauthd::clock::{Clock, ManualClock};
 use mailauthd::names::{Address, Protocol, Protocols};
 use mailauthd::provision::{
-    self, MailboxChanges, SignInClaims, SignInRefusal, SignInRules, SignedIn,
+    self, AppPasswordRefusal, AppPasswordRequest, DuplicateName, IssueError, IssuedAppPassword,
+    MailboxChanges, SignInClaims, SignInRefusal, SignInRules, SignedIn, MAX_APP_PASSWORDS,
 };
 use mailauthd::store::*;
 
@@ -833,5 +836,120 @@ async fn first_sign_ins_of_different_people_for_one_address_bind_exactly_one() {
         }
         db.finish().await;
         eprintln!("racing first sign-ins passed on {}", backend.name());
+    }
+}
+
+/// A mailbox at example.org that signs in with the provider, for the app-password tests.
+async fn oidc_mailbox(s: &dyn Store, address: &str) {
+    provision::sign_in(
+        s,
+        &ManualClock::at(1000),
+        ON,
+        &claims(&format!("sub-{address}"), address, &["staff"]),
+    )
+    .await
+    .unwrap();
+}
+
+/// Issues `n` app passwords named `name` for `mailbox` at once.
+async fn issue_at_once(
+    store: &Arc<dyn Store>,
+    mailbox: &'static str,
+    name: &'static str,
+    duplicate_name: DuplicateName,
+    n: usize,
+) -> Vec<Result<IssuedAppPassword, IssueError>> {
+    let key = Arc::new(AppPasswordKey::new(vec![7; 32]));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (store, key) = (store.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let request = AppPasswordRequest {
+                mailbox,
+                name,
+                protocols: Protocols::ALL,
+                allowed: None,
+                networks: Vec::new(),
+                expires_at: None,
+                duplicate_name,
+                now: 2000,
+            };
+            provision::issue_app_password(store.as_ref(), &key, request).await
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn app_passwords_issued_at_once_keep_names_unique_and_the_cap() {
+    for backend in common::backends() {
+        let db = common::fresh(&backend).await;
+        let store: Arc<dyn Store> = db.dyn_store();
+        setup(&*store).await;
+        oidc_mailbox(&*store, "alice@example.org").await;
+        oidc_mailbox(&*store, "bob@example.org").await;
+
+        // A double-clicked form: numbered names, none twice.
+        let numbered = issue_at_once(
+            &store,
+            "alice@example.org",
+            "Laptop",
+            DuplicateName::Number,
+            12,
+        )
+        .await;
+        assert!(numbered.iter().all(Result::is_ok), "{}", backend.name());
+        let mut names: Vec<String> = store
+            .list_app_passwords("alice@example.org")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 12, "{}: {names:?}", backend.name());
+        assert!(
+            names.contains(&"Laptop".to_string()) && names.contains(&"Laptop (12)".to_string())
+        );
+
+        // A name typed twice at once: one stored, the other refused.
+        let typed =
+            issue_at_once(&store, "bob@example.org", "Phone", DuplicateName::Refuse, 6).await;
+        let stored = typed.iter().filter(|r| r.is_ok()).count();
+        let refused = typed
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Err(IssueError::Refused(AppPasswordRefusal::NameTaken(_)))
+                )
+            })
+            .count();
+        assert_eq!((stored, refused), (1, 5), "{}", backend.name());
+
+        // The last places taken at once: never more than the cap.
+        let room = MAX_APP_PASSWORDS - 12;
+        let crowd = issue_at_once(
+            &store,
+            "alice@example.org",
+            "Tablet",
+            DuplicateName::Number,
+            room + 8,
+        )
+        .await;
+        let too_many = crowd
+            .iter()
+            .filter(|r| matches!(r, Err(IssueError::Refused(AppPasswordRefusal::TooMany))))
+            .count();
+        assert_eq!(too_many, 8, "{}", backend.name());
+        let held = store.list_app_passwords("alice@example.org").await.unwrap();
+        assert_eq!(held.len(), MAX_APP_PASSWORDS, "{}", backend.name());
+        db.finish().await;
+        eprintln!("app passwords issued at once passed on {}", backend.name());
     }
 }

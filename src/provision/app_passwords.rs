@@ -123,6 +123,13 @@ fn free_name(name: &str, taken: &[String], duplicate: DuplicateName) -> Option<S
     })
 }
 
+/// Held from reading a mailbox's app passwords to storing the new one, so that two
+/// issued at once in this process (a double-clicked form) cannot both take the same free
+/// name or the last place. One lock for all mailboxes: people issue a few a day. Two
+/// processes (the CLI and a daemon, two daemons) are not held apart by it; for one person
+/// that takes two daemons answering the same double click.
+static ISSUING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Checks `request` against the rules and the mailbox's other app passwords, then makes
 /// the secret and stores its lookup hash under `key`.
 pub async fn issue_app_password(
@@ -142,6 +149,7 @@ pub async fn issue_app_password(
     if request.expires_at.is_some_and(|t| t <= request.now) {
         return Err(AppPasswordRefusal::PastExpiry.into());
     }
+    let _one_at_a_time = ISSUING.lock().await;
     let existing = store.list_app_passwords(request.mailbox).await?;
     if existing.len() >= MAX_APP_PASSWORDS {
         return Err(AppPasswordRefusal::TooMany.into());
