@@ -280,6 +280,23 @@ fn a_protocol_the_mailbox_does_not_allow_is_refused_and_nothing_is_issued() {
 }
 
 #[test]
+fn a_mailbox_that_allows_no_protocol_is_told_so_and_nothing_is_issued() {
+    let s = Setup::with_clients();
+    s.mailbox("carol@example.org", "none");
+    for kind in ["apple", "android", "settings"] {
+        let out = s.run(&profile_args("carol@example.org", kind, "imap", &[]), None);
+        assert_eq!(out.status.code(), Some(1), "{kind}: {}", text(&out));
+        assert!(
+            stderr(&out).contains("carol@example.org allows no protocol")
+                && stderr(&out).contains("mailauthd mailbox set carol@example.org --protocols"),
+            "{kind}: {}",
+            text(&out)
+        );
+    }
+    assert!(s.app_passwords("carol@example.org").is_empty());
+}
+
+#[test]
 fn without_clients_or_a_mail_host_device_setup_is_refused_clearly() {
     let s = Setup::new("");
     s.mailbox("alice@example.org", "all");

@@ -203,6 +203,12 @@ fn check_before_issuing(
     request: &ProfileRequest,
     site: &str,
 ) -> Result<(), CliError> {
+    if mailbox.protocols == Protocols::NONE {
+        return Err(CliError::refused(format!(
+            "the mailbox {} allows no protocol: allow some with `mailauthd mailbox set {} --protocols imap,smtp` first",
+            mailbox.address, mailbox.address
+        )));
+    }
     if let Some(p) = wanted.iter().find(|p| !mailbox.protocols.contains(*p)) {
         return Err(CliError::refused(format!(
             "the mailbox {} does not allow {} (it allows {}): an app password for it could not work",
