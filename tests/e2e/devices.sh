@@ -172,6 +172,24 @@ imap_login() {
 	MAILAUTHD_RUNTIME_DIR=$MD/run bash "$IMAP_LOGIN" alice@example.org "$1"
 }
 
+# pop3_refused PASSWORD: real Dovecot refuses alice's POP3 login with PASSWORD, and
+# mailauthd's decision line says why: the app password does not cover POP3.
+pop3_refused() {
+	local out rc=0 mark
+	mark=$(stat -c %s "$MD_LOG")
+	out=$(MAIL_PROTOCOL=pop3 MAILAUTHD_RUNTIME_DIR=$MD/run bash "$IMAP_LOGIN" alice@example.org "$1" 2>&1) || rc=$?
+	DETAIL=$out
+	[ "$rc" = 1 ] && grep -q "did not accept the POP3 login" <<<"$out" || return 1
+	for _ in $(seq 1 30); do
+		tail -c +"$((mark + 1))" "$MD_LOG" | grep -E ' auth ' | grep -E 'service="?pop3' |
+			grep -q 'reason="app_password_protocol"' && return 0
+		sleep 0.1
+	done
+	DETAIL="$out
+no decision line with service pop3 and reason app_password_protocol in $MD_LOG"
+	return 1
+}
+
 # smtp_auth PASSWORD: the reply code to AUTH PLAIN of alice on Postfix's submissions port.
 smtp_auth() {
 	local f
@@ -179,15 +197,6 @@ smtp_auth() {
 		--auth-user alice@example.org --auth-password "$1" --quit-after AUTH)
 	SMTP_TRANSCRIPT=$f
 	auth_reply "$f"
-}
-
-# auth_refused SERVICE PASSWORD: mailauthd refuses the password for SERVICE because the app
-# password does not cover it.
-auth_refused() {
-	local out rc=0
-	out=$(printf '%s\n' "$2" | mdctl auth test alice@example.org --service "$1" 2>&1) || rc=$?
-	DETAIL=$out
-	[ "$rc" = 1 ] && grep -q app_password_protocol <<<"$out"
 }
 
 # ---------------------------------------------------------------------------
@@ -251,7 +260,8 @@ SMTP_TRANSCRIPT=
 got=$(smtp_auth "$APPLE_PW" apple-smtp-auth)
 expect_eq "the profile's OutgoingPassword passes SMTP AUTH on real Postfix (submissions, TLS)" \
 	235 "$got" "$(cat "$SMTP_TRANSCRIPT" 2>/dev/null)"
-check "the profile's password is refused for POP3 (not chosen)" auth_refused pop3 "$APPLE_PW"
+check "the profile's password is refused for POP3 (not chosen) by real Dovecot, reason app_password_protocol" \
+	pop3_refused "$APPLE_PW"
 
 # One byte changed inside the signed content: the signature no longer holds.
 cp "$P" "$OUT/tampered.mobileconfig" 2>/dev/null || : >"$OUT/tampered.mobileconfig"
@@ -312,36 +322,26 @@ else
 	not_ok "zbarimg reads a QR code from the PNG" "$(cat "$OUT/zbarimg.err")"
 	QR=
 fi
-# Every string in the payload, one a line, for the checks; the password is the string
-# that is none of the known values.
+# The payload field by field, as Thunderbird for Android's account-setup QR code (format
+# version 1) lays it out: [version, [part, parts], incoming, [[outgoing, identity]]], a
+# server being [protocol, host, port, security (2 STARTTLS, 3 TLS), auth (1 cleartext
+# password), user name, ...]. Prints the password.
 read_qr='
 import json, sys
 v = json.loads(sys.argv[1])
-strings, numbers = [], []
-def walk(x):
-    if isinstance(x, str): strings.append(x)
-    elif isinstance(x, bool): pass
-    elif isinstance(x, (int, float)): numbers.append(x)
-    elif isinstance(x, list):
-        for y in x: walk(y)
-    elif isinstance(x, dict):
-        for y in x.values(): walk(y)
-walk(v)
-assert "mail.test" in strings, strings
-assert "alice@example.org" in strings, strings
-assert 993 in numbers and 587 in numbers, numbers
-assert 995 not in numbers, "POP3 was not chosen"
-secret = sys.argv[2]
-assert secret not in strings, "the Apple password is not in this code"
-known = {"mail.test", "alice@example.org", "Alice Example", ""}
-candidates = [s for s in strings if s not in known and "-" in s and len(s) >= 20]
-assert len(set(candidates)) == 1, candidates
-print(candidates[0])
+assert v[0] == 1 and v[1] == [1, 1], v[:2]
+incoming, ((outgoing, identity),) = v[2], v[3]
+pw = incoming[7]
+assert incoming == [0, "mail.test", 993, 3, 1, "alice@example.org", "", pw], incoming
+assert outgoing == [0, "mail.test", 587, 2, 1, "alice@example.org", pw], outgoing
+assert identity == ["alice@example.org", "Alice Example"], identity
+assert len(pw) >= 20 and pw != sys.argv[2], "a fresh app password, not the Apple one"
+print(pw)
 '
 ANDROID_PW=
 if [ -n "$QR" ] && out=$(py "$read_qr" "$QR" "${APPLE_PW:-none}" 2>&1); then
 	ANDROID_PW=$out
-	ok "the QR code is JSON with mail.test 993 and 587, alice@example.org and one password"
+	ok "the QR code is format 1: IMAP mail.test 993 TLS, SMTP mail.test 587 STARTTLS, user alice@example.org, one password for both"
 else
 	not_ok "the QR code is JSON with the servers, the user and one password" "$out
 $QR"

@@ -6,6 +6,7 @@
 #   MAILAUTHD_RUNTIME_DIR   folder with the running daemon's sockets `auth` and `userdb`
 #                           (Dovecot's auth-worker user `dovecot` must be able to connect)
 #   KEEP=1                  keep the temporary folder
+#   MAIL_PROTOCOL=pop3      log in over POP3 instead (Dovecot then serves both)
 #
 # Starts Dovecot (IMAP only, a free port on 127.0.0.1, its own base_dir, config and log in
 # a temporary folder; private-23.sh) with conf-examples/dovecot/mailauthd.lua and
@@ -46,7 +47,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+PROTO=${MAIL_PROTOCOL:-imap}
+case $PROTO in
+imap) NAME=IMAP WELCOMED='^< A[0-9]+ OK .*Logged in' ;;
+pop3) NAME=POP3 WELCOMED='^< \+OK Logged in' ;;
+*) fail "MAIL_PROTOCOL is imap or pop3, not $PROTO" ;;
+esac
 pick_port PORT 2>/dev/null || fail "no free port in $E2E_PORTS"
+LOGIN_PORT=$PORT
+if [ "$PROTO" = pop3 ]; then
+	pick_port DV23_POP3_PORT 2>/dev/null || fail "no free port in $E2E_PORTS"
+	LOGIN_PORT=$DV23_POP3_PORT
+	export DV23_POP3_PORT
+fi
 show_log() { dv23_log "$D"; }
 dv23_conf "$D" "$RUN" "$PORT" || fail "could not write the Dovecot config"
 dv23_start "$D" || {
@@ -56,13 +69,13 @@ dv23_start "$D" || {
 
 # curl exits 67 for any refused login; read the server's reply in the transcript.
 RC=0
-OUT=$(curl -v -sS --max-time 30 --user "$USER_ADDR:$PASS" "imap://127.0.0.1:$PORT/" 2>&1) || RC=$?
-if [ "$RC" -eq 0 ] && grep -Eq '^< A[0-9]+ OK .*Logged in' <<<"$OUT"; then
-	echo "Dovecot accepted the IMAP login of $USER_ADDR on 127.0.0.1:$PORT"
-	grep -E '^< A[0-9]+ OK .*Logged in' <<<"$OUT"
+OUT=$(curl -v -sS --max-time 30 --user "$USER_ADDR:$PASS" "$PROTO://127.0.0.1:$LOGIN_PORT/" 2>&1) || RC=$?
+if [ "$RC" -eq 0 ] && grep -Eq "$WELCOMED" <<<"$OUT"; then
+	echo "Dovecot accepted the $NAME login of $USER_ADDR on 127.0.0.1:$LOGIN_PORT"
+	grep -E "$WELCOMED" <<<"$OUT"
 	exit 0
 fi
-echo "Dovecot did not accept the IMAP login of $USER_ADDR (curl exit $RC)"
-grep -E '^[<>] ' <<<"$OUT" | grep -Ev '^> A[0-9]* (LOGIN|AUTHENTICATE)' | tail -n 20 || true
+echo "Dovecot did not accept the $NAME login of $USER_ADDR (curl exit $RC)"
+grep -E '^[<>] ' <<<"$OUT" | grep -Ev '^> (A[0-9]* )?(LOGIN|AUTHENTICATE|AUTH|USER|PASS)' | tail -n 20 || true
 show_log
 exit 1

@@ -16,7 +16,8 @@ DV23_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
 # users through the daemon whose sockets `auth` and `userdb` are in RUNTIME_DIR, with
 # conf-examples/dovecot/mailauthd.lua and conf-examples/dovecot/2.3/conf.d/
 # auth-mailauthd.conf.ext as shipped, only paths (and the mail user) substituted. Mail
-# lives in DIR/vmail/DOMAIN/NAME/Maildir, owned by nobody.
+# lives in DIR/vmail/DOMAIN/NAME/Maildir, owned by nobody. With DV23_POP3_PORT set, POP3
+# listens there too.
 dv23_conf() {
 	local d=$1 run=$2 imap_port=$3 lmtp_port=${4:-} nogroup want
 	local adapter_dir=$DV23_REPO/conf-examples/dovecot
@@ -56,7 +57,7 @@ instance_name = $(basename "$d")
 base_dir = $d/run
 state_dir = $d/state
 log_path = $d/dovecot.log
-protocols = imap${lmtp_port:+ lmtp}
+protocols = imap${DV23_POP3_PORT:+ pop3}${lmtp_port:+ lmtp}
 listen = 127.0.0.1
 ssl = no
 default_internal_user = dovecot
@@ -72,6 +73,18 @@ service imap-login {
   }
 }
 CONF
+		if [ -n "${DV23_POP3_PORT:-}" ]; then
+			cat <<CONF
+service pop3-login {
+  inet_listener pop3 {
+    port = $DV23_POP3_PORT
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+}
+CONF
+		fi
 		if [ -n "$lmtp_port" ]; then
 			cat <<CONF
 service lmtp {

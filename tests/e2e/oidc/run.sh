@@ -126,7 +126,8 @@ write_accounts staff
 
 # --- mailauthd -----------------------------------------------------------------------
 
-# Apple profiles are signed with this (test-only, self-signed) certificate.
+# Apple profiles are signed with this (test-only, self-signed) certificate, which is also
+# the trust anchor the profile is verified against.
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=mailauthd e2e profiles" \
 	-keyout "$TMP/profile.key" -out "$TMP/profile.crt" >/dev/null 2>&1
 chmod 600 "$TMP/profile.key"
@@ -367,7 +368,7 @@ DEVICE_SECRETS+=("$apple_secret" "$(json 'j.done || ""' <<<"$out")")
 profile=$(json 'j.profile || ""' <<<"$out")
 plist_password=
 if [ -s "$profile" ] &&
-	openssl cms -verify -binary -inform DER -noverify -in "$profile" -out "$TMP/profile.plist" >"$TMP/cms-verify.txt" 2>&1 &&
+	openssl cms -verify -binary -inform DER -CAfile "$TMP/profile.crt" -purpose any -in "$profile" -out "$TMP/profile.plist" >"$TMP/cms-verify.txt" 2>&1 &&
 	plist_password=$(python3 -c '
 import plistlib, sys
 p = plistlib.load(open(sys.argv[1], "rb"))
@@ -377,7 +378,7 @@ assert mail["IncomingMailServerHostName"] == "mail.example.org", mail
 print(mail["IncomingPassword"])
 ' "$TMP/profile.plist" 2>"$TMP/plist.txt") &&
 	[ -n "$apple_secret" ] && [ "$plist_password" = "$apple_secret" ]; then
-	ok "an Apple device's profile downloads, its CMS signature verifies, and plistlib reads the account with the password shown once"
+	ok "an Apple device's profile downloads, its CMS signature verifies against the signing certificate, and plistlib reads the account with the password shown once"
 else
 	not_ok "an Apple device's profile downloads, is signed and parses" "$out
 $(cat "$TMP/cms-verify.txt" "$TMP/plist.txt" 2>/dev/null)"
