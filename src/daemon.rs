@@ -134,7 +134,10 @@ pub async fn serve(config: Config, log: LogControl) -> Result<(), ServeError> {
     trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = trim.tick() => crate::memory::give_back_freed(),
+            _ = trim.tick() => {
+                core.auth.pool().release_idle();
+                crate::memory::give_back_freed();
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {

@@ -893,7 +893,7 @@ async fn unknown_users_cost_hash_work_and_a_full_pool_is_temporary() {
     let blocker = {
         let pool = pool.clone();
         tokio::spawn(async move {
-            pool.run(move || wait.recv_timeout(Duration::from_secs(10)))
+            pool.run(move |_| wait.recv_timeout(Duration::from_secs(10)))
                 .await
         })
     };
@@ -982,7 +982,7 @@ async fn the_verification_cache_never_outlives_a_change() {
     let blocker = {
         let pool = pool.clone();
         tokio::spawn(async move {
-            pool.run(move || wait.recv_timeout(Duration::from_secs(10)))
+            pool.run(move |_| wait.recv_timeout(Duration::from_secs(10)))
                 .await
         })
     };

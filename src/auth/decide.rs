@@ -549,7 +549,7 @@ impl Authenticator {
     ) -> Step<Result<Verified, password::HashError>> {
         self.parts
             .pool
-            .run(move || password::verify(&hash, secret.expose()))
+            .run(move |scratch| password::verify_in(&hash, secret.expose(), scratch))
             .await
             .map_err(pool_trouble)
     }
@@ -562,7 +562,7 @@ impl Authenticator {
         let params = self.parts.argon2;
         tokio::spawn(async move {
             let Ok(Ok(new)) = pool
-                .run(move || password::hash_argon2id(secret.expose(), params))
+                .run(move |_| password::hash_argon2id(secret.expose(), params))
                 .await
             else {
                 return; // Busy or failed: the next login tries again.

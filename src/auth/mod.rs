@@ -3,6 +3,7 @@
 //! answers delivery lookups by.
 
 pub mod app_password;
+mod crypt;
 mod decide;
 pub mod last_use;
 pub mod lookup;
