@@ -225,28 +225,36 @@ def main():
     else:
         p("Skipped (BENCH_BIG).\n")
 
-    p("## Against DESIGN §10\n")
+    p("## Against the targets\n")
+    p(
+        "The performance targets (each server on the same two cores, one run), then the "
+        "latency and token promises. *Estimate* rows say what the CPU cost "
+        "per request allows on an idle machine, where mailauthd has both cores and Dovecot "
+        "2.3 its one auth process; they are shown, not judged.\n"
+    )
     p("| Target | Measured | |\n|---|---|---|")
+
+    def per_request(r):
+        return r["server_cpu_s"] / max(r.get("replies_total") or 0, 1)
+
+    cores = min(2, int(meta["cores"]))
     dp = find(runs, "PLAIN passwd-file", "dovecot")
     app = find(runs, "app passwords", "mailauthd")
-    if dp and app:
-        ratio = app["rps"] / dp["rps"] if dp["rps"] else 0
+    if dp and app and dp.get("rps"):
+        ratio = app["rps"] / dp["rps"]
         p(
-            f"| app passwords ≥ Dovecot `{{PLAIN}}` rate | {rate(app['rps'])}/s vs "
-            f"{rate(dp['rps'])}/s = {ratio:.2f}× | {verdict(ratio >= 1)} |"
+            f"| app passwords 16 × 8 ≥ 1.5× Dovecot `{{PLAIN}}` | {rate(app['rps'])}/s vs "
+            f"{rate(dp['rps'])}/s = {ratio:.2f}× | {verdict(ratio >= 1.5)} |"
         )
-        p99 = app["latency_ms"]["p99"]
-        p(f"| app passwords p99 < 5 ms | {ms(p99)} ms | {verdict(p99 is not None and p99 < 5)} |")
-        d_cpu = dp["server_cpu_s"] / max(dp.get("replies_total") or 0, 1)
-        m_cpu = app["server_cpu_s"] / max(app.get("replies_total") or 0, 1)
-        if d_cpu and m_cpu:
-            cores = min(2, int(meta["cores"]))
-            est = cores * d_cpu / m_cpu
-            p(
-                f"| app passwords, from CPU per login (an idle machine: mailauthd on {cores} "
-                f"cores vs Dovecot's one auth process) | {m_cpu * 1e6:.0f} µs vs "
-                f"{d_cpu * 1e6:.0f} µs per login → {est:.2f}× | {verdict(est >= 1)} (estimate) |"
-            )
+        d_cpu, m_cpu = per_request(dp), per_request(app)
+        p(
+            f"| CPU per login ≤ Dovecot's | {m_cpu * 1e6:.0f} µs vs {d_cpu * 1e6:.0f} µs | "
+            f"{verdict(m_cpu <= d_cpu)} |"
+        )
+        p(
+            f"| app passwords, estimate from CPU per login | {cores} × {d_cpu * 1e6:.0f} / "
+            f"{m_cpu * 1e6:.0f} µs → {cores * d_cpu / m_cpu:.2f}× | estimate |"
+        )
     for d_label, m_label, name in (
         ("BLF-CRYPT cost 5", "BLF-CRYPT cost 5 (imported)", "BLF-CRYPT"),
         ("ARGON2ID m=64M t=3", "Argon2id m=64M t=3", "Argon2id"),
@@ -258,18 +266,16 @@ def main():
                 f"| {name} ≥ 1.8× Dovecot | {rate(m['rps'])}/s vs {rate(d['rps'])}/s = "
                 f"{ratio:.2f}× | {verdict(ratio >= 1.8)} |"
             )
-            # What the CPU cost per hash allows when each server has the cores to itself:
-            # Dovecot 2.3 hashes in its one auth process, mailauthd in its two workers.
-            d_cpu = d["server_cpu_s"] / max(d.get("replies_total") or 0, 1)
-            m_cpu = m["server_cpu_s"] / max(m.get("replies_total") or 0, 1)
-            if d_cpu and m_cpu:
-                cores = min(2, int(meta["cores"]))
-                est = cores * d_cpu / m_cpu
+            d_cpu, m_cpu = per_request(d), per_request(m)
+            if name == "Argon2id":
                 p(
-                    f"| {name}, from CPU per hash (an idle machine: {cores} workers vs "
-                    f"Dovecot's one auth process) | {m_cpu * 1000:.1f} ms vs {d_cpu * 1000:.1f} ms "
-                    f"per hash → {est:.2f}× | {verdict(est >= 1.8)} (estimate) |"
+                    f"| Argon2id CPU per hash ≤ Dovecot's (libsodium) | {m_cpu * 1000:.1f} ms vs "
+                    f"{d_cpu * 1000:.1f} ms | {verdict(m_cpu <= d_cpu)} |"
                 )
+            p(
+                f"| {name}, estimate from CPU per hash | {cores} × {d_cpu * 1000:.2f} / "
+                f"{m_cpu * 1000:.2f} ms → {cores * d_cpu / m_cpu:.2f}× | estimate |"
+            )
     hol = find(runs, "head-of-line: Argon2id saturating", "mailauthd")
     if hol:
         for g in hol.get("groups", []):
@@ -279,26 +285,43 @@ def main():
                     f"| {g['name']} p99 < 5 ms while Argon2id saturates the hash pool | "
                     f"{ms(p99)} ms | {verdict(p99 is not None and p99 < 5)} |"
                 )
-    pol = find(runs, "policy", "mailauthd")
+    pol, py = find(runs, "policy", "mailauthd"), find(runs, "policy", "python")
     if pol and pol.get("rps") is not None:
         p99 = pol["latency_ms"]["p99"]
+        times = pol["rps"] / py["rps"] if py and py.get("rps") else 0
         p(
-            f"| policy ≥ 40,000/s at {pol['connections']} connections, p99 < 2 ms | "
-            f"{rate(pol['rps'])}/s, p99 {ms(p99)} ms | "
-            f"{verdict(pol['rps'] >= 40000 and p99 is not None and p99 < 2)} |"
+            f"| policy at {pol['connections']} connections ≥ 5× the Python server and "
+            f"≥ 40,000/s | {rate(pol['rps'])}/s vs {rate(py['rps']) if py else '–'}/s = "
+            f"{times:.1f}×, p99 {ms(p99)} ms | {verdict(times >= 5 and pol['rps'] >= 40000)} |"
         )
     else:
-        p("| policy ≥ 40,000/s, p99 < 2 ms | not measured: no policy listener in this build | – |")
+        p("| policy ≥ 5× Python and ≥ 40,000/s | not measured: no policy listener | – |")
+    ad = find(runs, "app passwords via the Lua adapter", "dovecot+mailauthd")
+    if ad and ad.get("rps") is not None and len(ad.get("server_cpu_parts_s") or []) > 1:
+        dovecot_side = ad["server_cpu_parts_s"][0] / max(ad.get("replies_total") or 0, 1)
+        p(
+            f"| Dovecot's CPU per login through the shipped Lua adapter halved: ≤ 189 µs "
+            f"(378 µs in bench/results/2026-11-29-5.md) | {dovecot_side * 1e6:.0f} µs, "
+            f"{rate(ad['rps'])}/s | {verdict(dovecot_side <= 189e-6)} |"
+        )
+    else:
+        p("| Dovecot's CPU per login through the Lua adapter halved | not measured | – |")
     for label in ("app passwords", "app passwords, 1 conn x 1"):
         small, large = find(runs, label, "mailauthd"), find(runs, f"{label} @ {big}", "mailauthd")
         if small and large:
             r50 = large["latency_ms"]["p50"] / small["latency_ms"]["p50"]
             r99 = large["latency_ms"]["p99"] / small["latency_ms"]["p99"]
             p(
-                f"| flat latency {int(meta['mailboxes']):,} → {big:,} mailboxes (≤ 1.5×), "
+                f"| {int(meta['mailboxes']):,} → {big:,} mailboxes, p50 ≤ 1.2×, "
                 f"{small['connections']} × {small['pipeline']} in flight | "
-                f"p50 ×{r50:.2f}, p99 ×{r99:.2f} | {verdict(r50 <= 1.5 and r99 <= 1.5)} |"
+                f"p50 ×{r50:.2f} (p99 ×{r99:.2f}) | {verdict(r50 <= 1.2)} |"
             )
+    idle, peak = int(meta["rss_idle"]) / 1024, int(meta["rss_peak"]) / 1024
+    p(f"| RSS idle < 20 MiB | {idle:.1f} MiB | {verdict(idle < 20)} |")
+    p(f"| RSS peak through the bench < 100 MiB | {peak:.1f} MiB | {verdict(peak < 100)} |")
+    if app:
+        p99 = app["latency_ms"]["p99"]
+        p(f"| app passwords p99 < 5 ms | {ms(p99)} ms | {verdict(p99 is not None and p99 < 5)} |")
     warm_tok = find(runs, "access tokens (JWT), warm cache", "mailauthd")
     cold_tok = find(runs, "access tokens (JWT), cold cache", "mailauthd")
     cold_one = find(runs, "access tokens (JWT), cold cache, 1 in flight", "mailauthd")
@@ -316,18 +339,6 @@ def main():
         if r and r.get("rps") is not None:
             p99 = r["latency_ms"]["p99"]
             p(f"| {r['label']}: p99 < 5 ms | {ms(p99)} ms | {verdict(p99 is not None and p99 < 5)} |")
-    idle, peak = int(meta["rss_idle"]) / 1024, int(meta["rss_peak"]) / 1024
-    p(f"| RSS idle < 40 MiB | {idle:.1f} MiB | {verdict(idle < 40)} |")
-    p(f"| RSS under load < 150 MiB | peak {peak:.1f} MiB | {verdict(peak < 150)} |")
-    ad = find(runs, "app passwords via the Lua adapter", "dovecot+mailauthd")
-    if ad and ad.get("rps") is not None:
-        p(
-            f"| logins through the Dovecot adapter ≥ 7,000/s at 16 connections | "
-            f"{rate(ad['rps'])}/s (Dovecot's auth service with the Lua passdb, driven over "
-            f"its auth-client socket; no IMAP) | {verdict(ad['rps'] >= 7000)} |"
-        )
-    else:
-        p("| logins through the Dovecot adapter ≥ 7,000/s | not measured (no Lua passdb) | – |")
     p("")
 
     if perf:
