@@ -41,8 +41,9 @@ const MAX_SETUPS: usize = 1000;
 const MAX_SETUPS_PER_MAILBOX: usize = 10;
 /// A result page not opened by then is gone (its app password stays; it can be revoked).
 const RESULT_LIFETIME: Duration = Duration::from_secs(30 * 60);
-/// An Apple profile carries the password: fetched once, soon. Counted anew from when its
-/// result page is shown, so the link on that page always has its full time.
+/// An Apple profile carries the password: fetched once, soon. Counted from when its
+/// result page is shown, so the link on that page always has its full time; until then
+/// it lives as long as the result (only that page reveals its token).
 const PROFILE_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
 /// The kinds of device the form offers.
@@ -227,7 +228,7 @@ impl Setups {
     }
 
     pub fn add_profile(&self, mailbox: &str, file: ProfileFile) -> Option<String> {
-        self.insert(mailbox, PROFILE_LIFETIME, Content::Profile(Some(file)))
+        self.insert(mailbox, RESULT_LIFETIME, Content::Profile(Some(file)))
     }
 
     fn take<T>(
@@ -254,7 +255,7 @@ impl Setups {
         }
     }
 
-    /// The result behind `token` for `mailbox`, once; its download's time starts again.
+    /// The result behind `token` for `mailbox`, once; its download's ten minutes start.
     pub fn take_result(&self, token: &str, mailbox: &str) -> Taken<Box<Ready>> {
         let taken = self.take(token, mailbox, |c| match c {
             Content::Result(r) => Some(r.take()),
@@ -688,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn a_profile_expires_after_ten_minutes() {
+    fn a_profile_whose_page_is_never_shown_lives_as_long_as_the_page() {
         let clock = Arc::new(ManualClock::default());
         let setups = Setups::new(clock.clone());
         let file = || ProfileFile {
@@ -697,7 +698,7 @@ mod tests {
         };
         let late = setups.add_profile("a@example.org", file()).unwrap();
         let soon = setups.add_profile("a@example.org", file()).unwrap();
-        clock.advance(9 * 60);
+        clock.advance(29 * 60);
         assert!(matches!(
             setups.take_profile(&soon, "a@example.org"),
             Taken::Fresh(_)
@@ -726,6 +727,8 @@ mod tests {
         };
         let shown = setups.add_result(mailbox, ready).unwrap();
         clock.advance(20 * 60);
+        // Someone else's setup meanwhile clears what has expired: not this download.
+        setups.add_result("b@example.org", result("other")).unwrap();
         assert!(matches!(
             setups.take_result(&shown, mailbox),
             Taken::Fresh(_)
