@@ -14,6 +14,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 /// `sizeof(struct crypt_data)` in libxcrypt 4: the work area `crypt_rn` asks for.
 pub const WORK_AREA_BYTES: usize = 32768;
@@ -32,17 +33,24 @@ extern "C" {
 /// libxcrypt cannot read `stored` or `password` has a NUL byte. `work` is the work area,
 /// grown to [`WORK_AREA_BYTES`] on first use and reused after.
 pub fn matches(stored: &str, password: &[u8], work: &mut Vec<u8>) -> Option<bool> {
-    let phrase = CString::new(password).ok()?;
+    if password.contains(&0) {
+        return None;
+    }
+    // The password's C string, wiped when dropped as the crate's own copy is.
+    let mut phrase = Zeroizing::new(Vec::with_capacity(password.len() + 1));
+    phrase.extend_from_slice(password);
+    phrase.push(0);
     let setting = CString::new(stored).ok()?;
     work.resize(WORK_AREA_BYTES, 0);
     let size = c_int::try_from(work.len()).ok()?;
-    // SAFETY: both strings are NUL-terminated and live across the call; `work` is a
+    // SAFETY: both strings are NUL-terminated (`phrase` has no NUL before its last byte)
+    // and live across the call; `work` is a
     // writable area of `size` bytes that crypt_rn uses as its struct crypt_data, which it
     // requires to be at least that large. The result points into `work` (or is null) and
     // is read before `work` is touched again.
     let hashed = unsafe {
         let out = crypt_rn(
-            phrase.as_ptr(),
+            phrase.as_ptr().cast(),
             setting.as_ptr(),
             work.as_mut_ptr().cast(),
             size,
@@ -50,7 +58,7 @@ pub fn matches(stored: &str, password: &[u8], work: &mut Vec<u8>) -> Option<bool
         if out.is_null() {
             return None;
         }
-        CStr::from_ptr(out).to_bytes().to_vec()
+        Zeroizing::new(CStr::from_ptr(out).to_bytes().to_vec())
     };
     // What crypt_rn wrote is the password's hash: it stays in the worker's memory no
     // longer than until the next hash, and never reaches a log.

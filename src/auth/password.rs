@@ -165,7 +165,7 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    fn argon2_blocks(&mut self, count: usize) -> &mut [Block] {
+    pub(super) fn argon2_blocks(&mut self, count: usize) -> &mut [Block] {
         if self.argon2.len() < count {
             self.argon2.resize(count, Block::default());
         }
@@ -537,6 +537,12 @@ fn is_bcrypt_shape(text: &str) -> bool {
                 && tail
                     .iter()
                     .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+                // The last character of the 16-byte salt and of the 23-byte hash carry
+                // only 2 and 4 bits: crypt(3) writes them with the rest zero. libxcrypt
+                // would read other values as these and answer "mismatch", hiding a
+                // corrupt row.
+                && tail.get(21).is_some_and(|b| b".Oeu".contains(b))
+                && tail.get(52).is_some_and(|b| b".CGKOSWaeimquy26".contains(b))
         }
         _ => false,
     }
@@ -736,6 +742,28 @@ mod tests {
             scratch.bytes(),
             64 * 1024 * 1024 + crate::auth::crypt::WORK_AREA_BYTES
         );
+    }
+
+    #[test]
+    fn a_bcrypt_row_with_bits_crypt_never_writes_is_malformed_not_a_mismatch() {
+        let f = fixtures()
+            .into_iter()
+            .find(|f| f.scheme == "BLF-CRYPT")
+            .unwrap();
+        let (prefix, text) = f.stored.split_once('}').unwrap();
+        let (salt_end, last) = (7 + 21, text.len() - 1);
+        for (at, odd) in [(salt_end, b'/'), (last, b'/')] {
+            let mut bytes = text.as_bytes().to_vec();
+            bytes[at] = odd;
+            let stored = format!("{prefix}}}{}", String::from_utf8(bytes).unwrap());
+            assert!(
+                matches!(
+                    verify(&stored, f.password.as_bytes()),
+                    Err(HashError::Malformed(Scheme::BlfCrypt))
+                ),
+                "{stored}"
+            );
+        }
     }
 
     #[test]
