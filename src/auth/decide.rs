@@ -562,7 +562,12 @@ impl Authenticator {
         let params = self.parts.argon2;
         tokio::spawn(async move {
             let Ok(Ok(new)) = pool
-                .run(move |_| password::hash_argon2id(secret.expose(), params))
+                // The new hash makes its own memory: the worker's kept scratch is freed
+                // first, so the worker never holds both.
+                .run(move |scratch| {
+                    *scratch = password::Scratch::default();
+                    password::hash_argon2id(secret.expose(), params)
+                })
                 .await
             else {
                 return; // Busy or failed: the next login tries again.

@@ -18,6 +18,11 @@ use tokio::sync::Semaphore;
 
 use super::password::Scratch;
 
+/// The largest scratch kept for the next hash: Argon2 at 256 MiB, four times `doveadm
+/// pw`'s default. A hash that asks for more (up to the 1 GiB verification allows) gets
+/// its memory and gives it back at once.
+const MAX_KEPT_SCRATCH_BYTES: usize = 256 * 1024 * 1024 + 64 * 1024;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PoolError {
     #[error("hash pool is full ({0} requests running or queued)")]
@@ -116,14 +121,17 @@ impl HashPool {
                 spare.pop().map(|s| s.scratch).unwrap_or_default()
             };
             let result = work(&mut scratch);
-            // Still holding the permit: at most `workers` scratches exist.
-            spare
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Spare {
-                    scratch,
-                    used: true,
-                });
+            // Still holding the permit: at most `workers` scratches exist. One grown past
+            // what any sane hash needs (a corrupt row's memory cost) is not kept.
+            if scratch.bytes() <= MAX_KEPT_SCRATCH_BYTES {
+                spare
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Spare {
+                        scratch,
+                        used: true,
+                    });
+            }
             result
         })
         .await
@@ -209,5 +217,26 @@ mod tests {
         assert!(pool.spare.lock().unwrap().is_empty());
         // The answer does not depend on what a reused scratch held before.
         assert_eq!(verify(&stored, b"pw").unwrap(), Verified::Match);
+    }
+
+    #[tokio::test]
+    async fn a_scratch_grown_past_the_limit_is_not_kept() {
+        let pool = HashPool::new(1, 1);
+        let blocks = MAX_KEPT_SCRATCH_BYTES / 1024 + 1;
+        pool.run(move |s| {
+            s.argon2_blocks(blocks);
+        })
+        .await
+        .unwrap();
+        assert!(
+            pool.spare.lock().unwrap().is_empty(),
+            "a huge scratch is dropped"
+        );
+        pool.run(|s| {
+            s.argon2_blocks(1024);
+        })
+        .await
+        .unwrap();
+        assert_eq!(pool.spare.lock().unwrap().len(), 1, "a normal one is kept");
     }
 }
