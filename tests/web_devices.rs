@@ -352,6 +352,36 @@ fn done_path(r: &Page) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_sent_many_times_at_once_gives_each_app_password_its_own_name() {
+    let (site, core, _dir) = start_with(CLIENTS).await;
+    let alice = site.sign_in("alice@example.org").await;
+    let form = site.get("/devices", Some(&alice)).await;
+    let csrf = form.csrf();
+    let site = Arc::new(site);
+    let mut sent = Vec::new();
+    for _ in 0..8 {
+        let (site, alice, csrf) = (site.clone(), alice.clone(), csrf.clone());
+        sent.push(tokio::spawn(async move {
+            let fields = [
+                ("csrf", csrf.as_str()),
+                ("kind", "other"),
+                ("name", "Laptop"),
+                ("imap", "on"),
+            ];
+            site.post("/devices", Some(&alice), &fields).await.status
+        }));
+    }
+    for s in sent {
+        assert_eq!(s.await.unwrap(), StatusCode::SEE_OTHER);
+    }
+    let mut names = app_password_names(&core, "alice@example.org").await;
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 8, "{names:?}");
+    assert!(names.contains(&"Laptop".to_string()), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_program_gets_its_settings_and_its_password_once() {
     let (site, core, _dir) = start_with(CLIENTS).await;
     let cookie = site.sign_in("alice@example.org").await;
