@@ -58,7 +58,8 @@
 //!   statements and mapping errors;
 //! - `rows.rs`: each table's columns, the decoders that read them and the values that
 //!   fill them, which both drivers share; `param.rs`: a bound value;
-//! - `sqlite_hot_reads.rs`: the hot reads on SQLite;
+//! - `sqlite_hot_reads.rs`: the hot reads on SQLite; `sqlite_snapshot.rs`: their rows,
+//!   kept until the next commit;
 //! - `guard.rs`: [`GuardedStore`], a deadline on every call of the running daemon;
 //! - `records.rs`, `error.rs`, `domain_limits.rs`, `url.rs`: the values that cross the
 //!   traits;
@@ -76,6 +77,7 @@ mod rows;
 mod sessions;
 mod sql;
 mod sqlite_hot_reads;
+mod sqlite_snapshot;
 mod url;
 
 use std::time::Duration;

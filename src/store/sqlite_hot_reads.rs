@@ -9,15 +9,21 @@
 //! sees every commit made before it started, so a revocation still applies on the next
 //! login. The SQL text and the row decoders are the ones sqlx runs on every other backend
 //! (`rows.rs`). Writes, and every read not on a hot path, stay on sqlx.
+//!
+//! A single-row read is answered from the [`Snapshot`] when nothing has been committed since
+//! it was last made (see `sqlite_snapshot`).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{ErrorCode, OpenFlags, Params};
+use rusqlite::{params_from_iter, ErrorCode, OpenFlags, Params};
 
+use super::param::Param;
 use super::rows::Select;
+use super::sqlite_snapshot::{ReadKey, Snapshot};
 use super::{StoreError, StoreResult};
 
 /// Connections kept open; more than the runtime's worker threads never run at once.
@@ -26,7 +32,11 @@ const IDLE_CONNECTIONS: usize = 8;
 pub(super) struct SqliteHotReads {
     path: PathBuf,
     idle: Mutex<Vec<rusqlite::Connection>>,
+    snapshot: Snapshot,
     closed: AtomicBool,
+    /// Reads that went to the file, for the tests to tell them from kept rows.
+    #[cfg(test)]
+    file_reads: std::sync::atomic::AtomicU64,
 }
 
 impl SqliteHotReads {
@@ -34,7 +44,10 @@ impl SqliteHotReads {
         SqliteHotReads {
             path,
             idle: Mutex::new(Vec::new()),
+            snapshot: Snapshot::new(),
             closed: AtomicBool::new(false),
+            #[cfg(test)]
+            file_reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -45,6 +58,36 @@ impl SqliteHotReads {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.snapshot.clear();
+    }
+
+    /// The first row of `select`, decoded, or `None`: the row kept from the same read if
+    /// nothing was committed since, else read from the database (and kept).
+    pub(super) fn first_row_kept<T: Clone + Send + Sync + 'static>(
+        &self,
+        select: &Select<T>,
+        params: &[Param<'_>],
+    ) -> StoreResult<Option<T>> {
+        let Cow::Borrowed(sql) = select.sql else {
+            return self.first_row(select, params_from_iter(params));
+        };
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        // Read before the database is: a commit in between makes the row newer than the
+        // generation it is kept under, never older.
+        let generation = self.snapshot.generation();
+        let key = ReadKey::new(sql, params);
+        if let Some(generation) = generation {
+            if let Some(row) = self.snapshot.get::<Option<T>>(generation, &key) {
+                return Ok(row);
+            }
+        }
+        let row = self.first_row(select, params_from_iter(params))?;
+        if let Some(generation) = generation {
+            self.snapshot.keep(generation, key, row.clone());
+        }
+        Ok(row)
     }
 
     /// The first row of `select`, decoded, or `None`.
@@ -103,7 +146,7 @@ impl SqliteHotReads {
         read: impl FnOnce(&rusqlite::Connection) -> StoreResult<T>,
     ) -> StoreResult<T> {
         if self.closed.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("the store is closed".into()));
+            return Err(closed());
         }
         let pooled = self
             .idle
@@ -114,15 +157,28 @@ impl SqliteHotReads {
             Some(conn) => conn,
             None => self.open().map_err(|e| store_error(e, what))?,
         };
+        #[cfg(test)]
+        self.file_reads.fetch_add(1, Ordering::SeqCst);
         let result = read(&conn);
         // A connection that failed may be broken (file replaced, disk error): drop it.
         if result.is_ok() {
+            // The first that has read from the file keeps its WAL index open for the snapshot.
+            let Some(conn) = self.pin_for_snapshot(conn) else {
+                return result;
+            };
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < IDLE_CONNECTIONS && !self.closed.load(Ordering::SeqCst) {
                 idle.push(conn);
             }
         }
         result
+    }
+
+    fn pin_for_snapshot(&self, conn: rusqlite::Connection) -> Option<rusqlite::Connection> {
+        if self.snapshot.is_watching() || self.closed.load(Ordering::SeqCst) {
+            return Some(conn);
+        }
+        self.snapshot.watch(&self.path, conn)
     }
 
     fn open(&self) -> rusqlite::Result<rusqlite::Connection> {
@@ -147,6 +203,10 @@ impl std::fmt::Debug for SqliteHotReads {
             .field("closed", &self.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is closed".into())
 }
 
 /// A missing, locked or unreadable file is an outage, as a lost connection is on a network
@@ -209,6 +269,107 @@ mod tests {
         assert_eq!(get().unwrap(), None, "a revocation counts on the next read");
         let all = reads.all_rows(&ints("SELECT v FROM t", "t"), []).unwrap();
         assert!(all.is_empty());
+    }
+
+    #[test]
+    fn a_kept_row_serves_until_any_commit_and_never_after_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(&dir);
+        writer
+            .execute_batch("CREATE TABLE other (x INTEGER); INSERT INTO t VALUES ('a', 1);")
+            .unwrap();
+        let reads = SqliteHotReads::new(path.clone());
+        let select = ints("SELECT v FROM t WHERE k = ?", "t");
+        let get = |k: &str| reads.first_row_kept(&select, &[k.into()]).unwrap();
+        let from_file = || reads.file_reads.load(Ordering::SeqCst);
+
+        assert_eq!(get("a"), Some(1));
+        assert_eq!(get("a"), Some(1));
+        let after_warm_up = from_file();
+        for _ in 0..100 {
+            assert_eq!(get("a"), Some(1));
+        }
+        assert_eq!(get("nobody"), None);
+        assert_eq!(get("nobody"), None);
+        assert_eq!(
+            from_file(),
+            after_warm_up + 1,
+            "nothing committed: the kept rows answer (one read for the new key)"
+        );
+
+        writer.execute("INSERT INTO other VALUES (1)", []).unwrap();
+        assert_eq!(get("a"), Some(1));
+        assert_eq!(
+            from_file(),
+            after_warm_up + 2,
+            "any commit, even to another table, makes the row read again"
+        );
+
+        // Another connection on its own (as another process would be) changes the row.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute("UPDATE t SET v = 2 WHERE k = 'a'", [])
+            .unwrap();
+        assert_eq!(get("a"), Some(2), "an update counts on the very next read");
+        other.execute("DELETE FROM t WHERE k = 'a'", []).unwrap();
+        assert_eq!(get("a"), None, "a revocation counts on the very next read");
+        other
+            .execute("INSERT INTO t VALUES ('nobody', 3)", [])
+            .unwrap();
+        assert_eq!(
+            get("nobody"),
+            Some(3),
+            "a kept absence ends with a commit too"
+        );
+
+        // A checkpoint that restarts the log rewrites the header's salts: still no stale row.
+        writer
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        other
+            .execute("UPDATE t SET v = 4 WHERE k = 'nobody'", [])
+            .unwrap();
+        assert_eq!(get("nobody"), Some(4));
+
+        reads.close();
+        assert!(reads
+            .first_row_kept(&select, &["nobody".into()])
+            .unwrap_err()
+            .is_unavailable());
+    }
+
+    #[test]
+    fn readers_racing_a_writer_never_see_a_row_older_than_the_last_commit() {
+        use std::sync::atomic::AtomicI64;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(&dir);
+        writer.execute("INSERT INTO t VALUES ('a', 0)", []).unwrap();
+        let reads = SqliteHotReads::new(path);
+        let select = ints("SELECT v FROM t WHERE k = ?", "t");
+        let committed = AtomicI64::new(0);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    while !done.load(Ordering::SeqCst) {
+                        let before = committed.load(Ordering::SeqCst);
+                        let seen = reads
+                            .first_row_kept(&select, &["a".into()])
+                            .unwrap()
+                            .unwrap();
+                        assert!(seen >= before, "read {seen} after {before} was committed");
+                    }
+                });
+            }
+            for v in 1..=300 {
+                writer
+                    .execute("UPDATE t SET v = ? WHERE k = 'a'", [v])
+                    .unwrap();
+                committed.store(v, Ordering::SeqCst);
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        assert!(reads.file_reads.load(Ordering::SeqCst) > 1);
     }
 
     #[test]

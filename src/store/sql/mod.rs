@@ -94,9 +94,13 @@ impl SqlStore {
     }
 
     /// The first row of `select`; a hot read on SQLite runs on this thread.
-    async fn fetch_optional<T>(&self, select: &Select<T>, params: &[Param<'_>]) -> Fetched<T> {
+    async fn fetch_optional<T: Clone + Send + Sync + 'static>(
+        &self,
+        select: &Select<T>,
+        params: &[Param<'_>],
+    ) -> Fetched<T> {
         match &self.hot_reads {
-            Some(hot) if select.hot => hot.first_row(select, params_from_iter(params)),
+            Some(hot) if select.hot => hot.first_row_kept(select, params),
             _ => {
                 let rows = statement::fetch(&self.pool, self.dialect, select, params, Rows::First);
                 Ok(rows.await?.pop())
