@@ -16,33 +16,39 @@ const GROUP: usize = 4;
 
 /// The server key for app-password hashes (32 random bytes from the key file).
 #[derive(Clone)]
-pub struct AppPasswordKey(Secret);
+pub struct AppPasswordKey {
+    key: Secret,
+    /// The HMAC keyed and fed the label once, cloned for every lookup hash: a login hashes
+    /// only its password, not the key again.
+    lookup: Option<Hmac<Sha256>>,
+}
 
 impl AppPasswordKey {
     pub fn new(bytes: Vec<u8>) -> Self {
-        AppPasswordKey(Secret::new(bytes))
+        // HMAC accepts keys of any length, so this cannot fail; `lookup_hash` answers an
+        // empty digest rather than panic if that ever changes.
+        let lookup = Hmac::<Sha256>::new_from_slice(&bytes).ok().map(|mut mac| {
+            mac.update(b"mailauthd app password v1\0");
+            mac
+        });
+        AppPasswordKey {
+            key: Secret::new(bytes),
+            lookup,
+        }
     }
 
     /// The key file's bytes, for deriving keys of other purposes from (`oidc::sealed`).
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.0.expose()
+        self.key.expose()
     }
 
     /// The hex lookup hash stored for (and searched by) an app password.
     pub fn lookup_hash(&self, app_password: &[u8]) -> String {
-        let normalized = normalize(app_password);
-        // HMAC accepts keys of any length, so this cannot fail; fall back to an empty
-        // digest rather than panic if that ever changes.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.0.expose()) else {
+        let Some(mut mac) = self.lookup.clone() else {
             return String::new();
         };
-        mac.update(b"mailauthd app password v1\0");
-        mac.update(&normalized);
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        mac.update(&normalize(app_password));
+        hex(&mac.finalize().into_bytes())
     }
 
     /// A key for another purpose, derived under `label`: daemons that share the key file
@@ -51,7 +57,7 @@ impl AppPasswordKey {
         let mut derived = zeroize::Zeroizing::new([0u8; 32]);
         // HMAC accepts keys of any length, so this cannot fail; an all-zero key would only
         // make fingerprints guessable, never let a login through.
-        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.0.expose()) {
+        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.key.expose()) {
             mac.update(b"mailauthd derived key v1\0");
             mac.update(label);
             derived.copy_from_slice(&mac.finalize().into_bytes());
@@ -64,6 +70,17 @@ impl std::fmt::Debug for AppPasswordKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AppPasswordKey([redacted])")
     }
+}
+
+/// Lower-case hex, as the stored lookup hashes are written.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Whether a secret has the shape of a generated app password, so the decision core can
@@ -128,7 +145,11 @@ mod tests {
     fn lookup_hash_ignores_dashes_and_case_but_depends_on_the_key() {
         let key = AppPasswordKey::new(vec![7; 32]);
         let h = key.lookup_hash(b"abcd-efgh-ijkl-mnop-qrst");
-        assert_eq!(h.len(), 64);
+        // HMAC-SHA256(key, "mailauthd app password v1\0" + letters): stored hashes depend on it.
+        assert_eq!(
+            h,
+            "20369b8b63f9dc9732d0113aa3da928f29c94cf9b1ab8f200c4f62376144a4c6"
+        );
         assert_eq!(key.lookup_hash(b"ABCDefghijklmnopqrst"), h);
         assert_eq!(key.lookup_hash(b"abcd efgh ijkl mnop qrst"), h);
         assert_ne!(

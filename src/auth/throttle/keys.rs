@@ -99,7 +99,8 @@ pub struct BlockInfo {
 /// agree on the key, so there it comes from the site's key file ([`Fingerprinter::for_site`]).
 #[derive(Clone)]
 pub struct Fingerprinter {
-    key: Zeroizing<[u8; 32]>,
+    /// The HMAC keyed and fed the label once, cloned for every fingerprint.
+    keyed: Option<Hmac<Sha256>>,
 }
 
 /// Separates the fingerprint key from every other use of the site key.
@@ -109,7 +110,17 @@ impl Fingerprinter {
     pub fn random() -> Result<Self, getrandom::Error> {
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::fill(key.as_mut())?;
-        Ok(Fingerprinter { key })
+        Ok(Fingerprinter::keyed(&key))
+    }
+
+    fn keyed(key: &[u8; 32]) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail; `fingerprint` answers 0
+        // rather than panic if that ever changes.
+        let keyed = Hmac::<Sha256>::new_from_slice(key).ok().map(|mut mac| {
+            mac.update(b"mailauthd throttle v1\0");
+            mac
+        });
+        Fingerprinter { keyed }
     }
 
     /// The same key on every daemon that shares the key file, so a stale client's one old
@@ -117,26 +128,20 @@ impl Fingerprinter {
     /// Derived under its own label: a fingerprint in Redis reveals nothing about app
     /// password hashes, and a Redis dump alone cannot test guesses against it.
     pub fn for_site(site_key: &AppPasswordKey) -> Self {
-        Fingerprinter {
-            key: site_key.derive(SITE_FINGERPRINT_LABEL),
-        }
+        Fingerprinter::keyed(&site_key.derive(SITE_FINGERPRINT_LABEL))
     }
 
     /// A fixed key, for tests that want repeatable fingerprints.
     pub fn with_key(key: [u8; 32]) -> Self {
-        Fingerprinter {
-            key: Zeroizing::new(key),
-        }
+        Fingerprinter::keyed(&Zeroizing::new(key))
     }
 
     /// The account is part of the input: one password sprayed across many accounts from
     /// one network is many guesses, not one stale client repeating itself.
     pub fn fingerprint(&self, account: &str, secret: &[u8]) -> u64 {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.key.as_ref()) else {
+        let Some(mut mac) = self.keyed.clone() else {
             return 0;
         };
-        mac.update(b"mailauthd throttle v1\0");
         mac.update(&(account.len() as u64).to_be_bytes());
         mac.update(account.as_bytes());
         mac.update(secret);
@@ -223,6 +228,12 @@ mod tests {
         );
         // The length prefix keeps the account/secret boundary unambiguous.
         assert_ne!(a.fingerprint("ab", b"c"), a.fingerprint("a", b"bc"));
+        // Daemons of different versions share fingerprints through Redis: the value is
+        // the first 8 bytes of HMAC-SHA256(key, label, account length, account, secret).
+        assert_eq!(
+            Fingerprinter::with_key([9; 32]).fingerprint("alice@example.org", b"secret"),
+            7_934_029_798_867_447_062
+        );
         let random = Fingerprinter::random().unwrap();
         assert_ne!(random.fingerprint("x", b"pw"), a.fingerprint("x", b"pw"));
         assert_eq!(format!("{random:?}"), "Fingerprinter([redacted])");
