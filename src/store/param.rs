@@ -49,6 +49,19 @@ impl From<Option<i64>> for Param<'_> {
     }
 }
 
+impl From<&i64> for Param<'_> {
+    fn from(v: &i64) -> Self {
+        Param::Int(*v)
+    }
+}
+
+/// A 0/1 column.
+impl From<&bool> for Param<'_> {
+    fn from(v: &bool) -> Self {
+        Param::from(*v)
+    }
+}
+
 /// A 0/1 column.
 impl From<bool> for Param<'_> {
     fn from(v: bool) -> Self {

@@ -261,6 +261,36 @@ impl<T> Write<T> {
     }
 }
 
+/// `SELECT, INSERT: Record in "table" as "what", fn decoder { field: read, … }`: a table
+/// whose columns are the record's fields, named alike and read and written whole: its
+/// SELECT (to add clauses to with [`Select::with`]), the decoder of its rows and its INSERT,
+/// from one list, so a column cannot be added to one of them and not the others.
+macro_rules! whole_rows {
+    ($select:ident, $insert:ident: $record:ident in $table:literal as $what:literal,
+     fn $decoder:ident { $first:ident: $first_read:ident $(, $field:ident: $read:ident)* $(,)? }) => {
+        pub(super) const $select: Select<$record> = Select::new(
+            concat!("SELECT ", stringify!($first) $(, ", ", stringify!($field))*, " FROM ", $table),
+            $what,
+            $decoder,
+        );
+
+        decoder! {
+            fn $decoder -> $record { $first: $first_read $(, $field: $read)* }
+        }
+
+        pub(super) const $insert: Write<$record> = Write {
+            sql: concat!(
+                "INSERT INTO ", $table, " (", stringify!($first) $(, ", ", stringify!($field))*,
+                ") VALUES (?", $(whole_rows!(@another $field),)* ")"
+            ),
+            values: |r| binds! { &r.$first $(, &r.$field)* },
+        };
+    };
+    (@another $field:ident) => {
+        ", ?"
+    };
+}
+
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -322,20 +352,10 @@ decoder! {
     }
 }
 
-pub(super) const ALIAS_DOMAINS: Select<AliasDomain> = Select::new(
-    "SELECT name, target, active, created_at FROM alias_domains",
-    "alias domains",
-    alias_domain_from,
-);
-
-decoder! {
-    fn alias_domain_from -> AliasDomain { name: text, target: text, active: flag, created_at: int }
+whole_rows! {
+    ALIAS_DOMAINS, ALIAS_DOMAIN_INSERT: AliasDomain in "alias_domains" as "alias domains",
+    fn alias_domain_from { name: text, target: text, active: flag, created_at: int }
 }
-
-pub(super) const ALIAS_DOMAIN_INSERT: Write<AliasDomain> = Write {
-    sql: "INSERT INTO alias_domains (name, target, active, created_at) VALUES (?, ?, ?, ?)",
-    values: |a| binds! { &a.name, &a.target, a.active, a.created_at },
-};
 
 pub(super) const TEMPLATES: Select<Template> = Select::new(
     "SELECT name, quota, protocols, active, created_at, updated_at FROM templates",
@@ -369,20 +389,10 @@ pub(super) const TEMPLATE_UPDATE: Write<Template> = Write {
     },
 };
 
-pub(super) const MAPPINGS: Select<Mapping> = Select::new(
-    "SELECT claim_value, position, template FROM template_mappings",
-    "mappings",
-    mapping_from,
-);
-
-decoder! {
-    fn mapping_from -> Mapping { claim_value: text, position: int, template: text }
+whole_rows! {
+    MAPPINGS, MAPPING_INSERT: Mapping in "template_mappings" as "mappings",
+    fn mapping_from { claim_value: text, position: int, template: text }
 }
-
-pub(super) const MAPPING_INSERT: Write<Mapping> = Write {
-    sql: "INSERT INTO template_mappings (claim_value, position, template) VALUES (?, ?, ?)",
-    values: |m| binds! { &m.claim_value, m.position, &m.template },
-};
 
 pub(super) const MAILBOXES: Select<Mailbox> = Select::new(
     "SELECT address, domain, password_hash, auth_source, oidc_issuer, oidc_subject, \
@@ -532,35 +542,15 @@ decoder! {
     }
 }
 
-pub(super) const ALIASES: Select<Alias> = Select::new(
-    "SELECT address, target, domain, created_at FROM aliases",
-    "aliases",
-    alias_from,
-);
-
-decoder! {
-    fn alias_from -> Alias { address: text, target: text, domain: text, created_at: int }
+whole_rows! {
+    ALIASES, ALIAS_INSERT: Alias in "aliases" as "aliases",
+    fn alias_from { address: text, target: text, domain: text, created_at: int }
 }
 
-pub(super) const ALIAS_INSERT: Write<Alias> = Write {
-    sql: "INSERT INTO aliases (address, target, domain, created_at) VALUES (?, ?, ?, ?)",
-    values: |a| binds! { &a.address, &a.target, &a.domain, a.created_at },
-};
-
-pub(super) const SEND_AS: Select<SendAs> = Select::new(
-    "SELECT mailbox, pattern, created_at FROM send_as",
-    "send-as grants",
-    send_as_from,
-);
-
-decoder! {
-    fn send_as_from -> SendAs { mailbox: text, pattern: text, created_at: int }
+whole_rows! {
+    SEND_AS, SEND_AS_INSERT: SendAs in "send_as" as "send-as grants",
+    fn send_as_from { mailbox: text, pattern: text, created_at: int }
 }
-
-pub(super) const SEND_AS_INSERT: Write<SendAs> = Write {
-    sql: "INSERT INTO send_as (mailbox, pattern, created_at) VALUES (?, ?, ?)",
-    values: |g| binds! { &g.mailbox, &g.pattern, g.created_at },
-};
 
 pub(super) const SENDER_ACCOUNT: Select<SenderAccount> = Select::hot(
     "SELECT m.address, m.domain, m.active, m.protocols, d.active, l.limits \
@@ -651,4 +641,43 @@ pub(super) fn identity_standing_from(r: &dyn Columns) -> Decoded<IdentityStandin
         answer: r.opt_text(4)?,
         last_sign_in_at: r.opt_int(5)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_rows_name_the_columns_once_each_in_the_order_of_the_fields() {
+        assert_eq!(
+            ALIAS_DOMAINS.sql,
+            "SELECT name, target, active, created_at FROM alias_domains"
+        );
+        assert_eq!(
+            ALIAS_DOMAIN_INSERT.sql,
+            "INSERT INTO alias_domains (name, target, active, created_at) VALUES (?, ?, ?, ?)"
+        );
+        assert_eq!(
+            MAPPING_INSERT.sql,
+            "INSERT INTO template_mappings (claim_value, position, template) VALUES (?, ?, ?)"
+        );
+        assert_eq!(
+            SEND_AS.sql,
+            "SELECT mailbox, pattern, created_at FROM send_as"
+        );
+        let grant = SendAs {
+            mailbox: "a@example.org".into(),
+            pattern: "*@example.org".into(),
+            created_at: 7,
+        };
+        let values = SEND_AS_INSERT.values(&grant);
+        assert!(matches!(
+            values.as_slice(),
+            [
+                Param::Text("a@example.org"),
+                Param::Text("*@example.org"),
+                Param::Int(7)
+            ]
+        ));
+    }
 }
