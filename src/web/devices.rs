@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{FromRequestParts, Path as UrlPath, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -337,16 +338,23 @@ async fn signed_in(
     Ok((id, s.csrf, user, view.protocols))
 }
 
-/// The CSRF token and person of a signed-in session, when device setup is on.
-async fn signed_in_with_setup(
-    state: &WebState,
-    headers: &HeaderMap,
-) -> Result<(String, SignedInUser), Box<Response>> {
-    if state.clients.is_none() {
-        return Err(Box::new(not_found(state)));
+/// The CSRF token and person of a signed-in session, when device setup is on: the
+/// visitor of a result page. Rejected with the page to show instead.
+pub struct SetupVisitor {
+    csrf: String,
+    user: SignedInUser,
+}
+
+impl FromRequestParts<AppState> for SetupVisitor {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        if state.clients.is_none() {
+            return Err(not_found(state));
+        }
+        let (_, csrf, user, _) = signed_in(state, &parts.headers).await.map_err(|r| *r)?;
+        Ok(SetupVisitor { csrf, user })
     }
-    let (_, csrf, user, _) = signed_in(state, headers).await?;
-    Ok((csrf, user))
 }
 
 /// `GET /devices`: the form.
@@ -590,13 +598,9 @@ fn sign(state: &WebState, profile: Vec<u8>) -> Result<(Vec<u8>, Option<String>),
 /// `GET /devices/done/<token>`: the result, once.
 pub async fn done(
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(token): UrlPath<String>,
+    SetupVisitor { csrf, user }: SetupVisitor,
 ) -> Response {
-    let (csrf, user) = match signed_in_with_setup(&state, &headers).await {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
     let site = &state.settings.title;
     let page = match state.setups.take_result(&token, &user.address) {
         Taken::Fresh(result) => html_response(
@@ -615,13 +619,9 @@ pub async fn done(
 /// `GET /devices/profile/<token>`: the Apple profile, once, within ten minutes.
 pub async fn profile(
     State(state): State<AppState>,
-    headers: HeaderMap,
     UrlPath(token): UrlPath<String>,
+    SetupVisitor { csrf, user }: SetupVisitor,
 ) -> Response {
-    let (csrf, user) = match signed_in_with_setup(&state, &headers).await {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
     match state.setups.take_profile(&token, &user.address) {
         Taken::Fresh(file) => (
             StatusCode::OK,
