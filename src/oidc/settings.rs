@@ -436,12 +436,7 @@ pub(crate) mod tests {
 
     #[test]
     fn require_verified_email_can_be_turned_off_and_must_be_a_boolean() {
-        let base = r#"
-            [oidc]
-            issuer = "http://127.0.0.1:9000"
-            client_id = "mail"
-            redirect_url = "http://127.0.0.1:8080/callback"
-        "#;
+        let base = MINIMAL_OIDC;
         let off = parse(&format!("{base}require_verified_email = false\n")).unwrap();
         assert!(!off.oidc.unwrap().require_verified_email);
         let problems = parse(&format!("{base}require_verified_email = \"no\"\n")).unwrap_err();
@@ -454,12 +449,7 @@ pub(crate) mod tests {
 
     #[test]
     fn liveness_keys_have_their_defaults_and_bounds() {
-        let base = r#"
-            [oidc]
-            issuer = "http://127.0.0.1:9000"
-            client_id = "mail"
-            redirect_url = "http://127.0.0.1:8080/callback"
-        "#;
+        let base = MINIMAL_OIDC;
         let l = parse(base).unwrap().oidc.unwrap().liveness;
         assert_eq!(l.interval, Some(std::time::Duration::from_secs(6 * 3600)));
         assert_eq!((l.concurrency, l.max_suspend_percent), (4, 10.0));
@@ -490,16 +480,30 @@ pub(crate) mod tests {
         );
     }
 
+    /// The keys an `[oidc]` section cannot do without (a macro, for `concat!`).
+    macro_rules! minimal_oidc {
+        () => {
+            r#"
+            [oidc]
+            issuer = "http://127.0.0.1:9000"
+            client_id = "mail"
+            redirect_url = "http://127.0.0.1:8080/callback"
+            "#
+        };
+    }
+
+    /// [`minimal_oidc`]: the endpoints come from discovery.
+    const MINIMAL_OIDC: &str = minimal_oidc!();
+
     /// An `[oidc]` section with its endpoints written out (no discovery) and no UserInfo.
-    pub(crate) const OIDC_BY_HAND: &str = r#"
-        [oidc]
-        issuer = "http://127.0.0.1:9000"
-        client_id = "mail"
-        redirect_url = "http://127.0.0.1:8080/callback"
+    pub(crate) const OIDC_BY_HAND: &str = concat!(
+        minimal_oidc!(),
+        r#"
         authorization_endpoint = "http://127.0.0.1:9000/auth"
         token_endpoint = "http://127.0.0.1:9000/token"
         jwks_uri = "http://127.0.0.1:9000/jwks"
-    "#;
+    "#
+    );
 
     #[test]
     fn explicit_endpoints_turn_discovery_off() {
