@@ -62,6 +62,10 @@ HEADER = (
 )
 
 
+# The label suffix of each store backend's runs, and its name.
+BACKENDS = {"": "SQLite", ", PostgreSQL": "PostgreSQL"}
+
+
 def find(runs, label, server):
     for r in runs:
         if r.get("label") == label and r.get("server") == server:
@@ -209,21 +213,33 @@ def main():
     p("")
 
     big = int(meta["big"])
-    p(f"## Database size: {int(meta['mailboxes']):,} vs {big:,} mailboxes\n")
-    big_runs = [r for r in runs if "@" in r.get("label", "")]
-    if big_runs:
+    p(f"## Database size and backend: {int(meta['mailboxes']):,} vs {big:,} mailboxes\n")
+    grown = [r for r in runs if "@" in r.get("label", "")]
+    on_postgres = [r for r in runs if ", PostgreSQL" in r.get("label", "")]
+    if grown:
         p(
             f"The same app-password logins after growing the database to {big:,} mailboxes, "
             f"each with an app password ({meta['big_note']}); mailauthd restarted.\n"
         )
-        p(HEADER)
-        for label in ("app passwords", "app passwords, 1 conn x 1"):
-            for r in (find(runs, label, "mailauthd"), find(runs, f"{label} @ {big}", "mailauthd")):
-                if r:
-                    p(group_row(r, r, r["label"], "mailauthd"))
-        p("")
     else:
-        p("Skipped (BENCH_BIG).\n")
+        p("The grown database was skipped (BENCH_BIG).\n")
+    if on_postgres:
+        p(
+            "The *PostgreSQL* rows are the same runs with the store on PostgreSQL, holding "
+            "the very rows of the SQLite database, copied over at each size "
+            "(bench/postgres-runs.sh).\n"
+        )
+    else:
+        p("The PostgreSQL runs were skipped (BENCH_POSTGRES_URL).\n")
+    if grown or on_postgres:
+        p(HEADER)
+        for backend in BACKENDS:
+            for label in ("app passwords", "app passwords, 1 conn x 1"):
+                small, large = f"{label}{backend}", f"{label}{backend} @ {big}"
+                for r in (find(runs, small, "mailauthd"), find(runs, large, "mailauthd")):
+                    if r:
+                        p(group_row(r, r, r["label"], "mailauthd"))
+        p("")
 
     p("## Against the targets\n")
     p(
@@ -306,16 +322,18 @@ def main():
         )
     else:
         p("| Dovecot's CPU per login through the Lua adapter halved | not measured | – |")
-    for label in ("app passwords", "app passwords, 1 conn x 1"):
-        small, large = find(runs, label, "mailauthd"), find(runs, f"{label} @ {big}", "mailauthd")
-        if small and large:
-            r50 = large["latency_ms"]["p50"] / small["latency_ms"]["p50"]
-            r99 = large["latency_ms"]["p99"] / small["latency_ms"]["p99"]
-            p(
-                f"| {int(meta['mailboxes']):,} → {big:,} mailboxes, p50 ≤ 1.2×, "
-                f"{small['connections']} × {small['pipeline']} in flight | "
-                f"p50 ×{r50:.2f} (p99 ×{r99:.2f}) | {verdict(r50 <= 1.2)} |"
-            )
+    for backend in BACKENDS:
+        for label in ("app passwords", "app passwords, 1 conn x 1"):
+            small = find(runs, f"{label}{backend}", "mailauthd")
+            large = find(runs, f"{label}{backend} @ {big}", "mailauthd")
+            if small and large:
+                r50 = large["latency_ms"]["p50"] / small["latency_ms"]["p50"]
+                r99 = large["latency_ms"]["p99"] / small["latency_ms"]["p99"]
+                p(
+                    f"| {BACKENDS[backend]}: {int(meta['mailboxes']):,} → {big:,} mailboxes, "
+                    f"p50 ≤ 1.2×, {small['connections']} × {small['pipeline']} in flight | "
+                    f"p50 ×{r50:.2f} (p99 ×{r99:.2f}) | {verdict(r50 <= 1.2)} |"
+                )
     idle, peak = int(meta["rss_idle"]) / 1024, int(meta["rss_peak"]) / 1024
     p(f"| RSS idle < 20 MiB | {idle:.1f} MiB | {verdict(idle < 20)} |")
     p(f"| RSS peak through the bench < 100 MiB | {peak:.1f} MiB | {verdict(peak < 100)} |")

@@ -24,6 +24,8 @@
 #   BENCH_KEEP=1              keep the temporary folder (configs, logs, raw JSON)
 #   BENCH_COMMAND             how the run was started, for the report (default: bench/run.sh)
 #   BENCH_POLICY_TOML         TOML enabling the policy listener, @SOCKET@ for its path
+#   BENCH_POSTGRES_URL        PostgreSQL server for the PostgreSQL runs (see
+#                             bench/postgres-runs.sh; "" skips them)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,6 +76,7 @@ if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
 fi
 [[ -x $BIN && -x $LOADGEN ]] || die "no release binaries in $CARGO_TARGET_DIR/release"
 
+. bench/postgres-runs.sh
 T=$(mktemp -d /tmp/mailauthd-bench.XXXXXX)
 chmod 755 "$T"
 PIDS=()
@@ -85,6 +88,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do
         wait "$p" 2>/dev/null || true
     done
+    pg_drop
     if [[ -n ${BENCH_KEEP:-} ]]; then
         log "kept $T"
     else
@@ -411,6 +415,11 @@ stop "$MA_PID"
 write_config "$POLICY_TOML"
 
 # ---------------------------------------------------------------------------------------
+if pg_start; then
+    pg_measure ""
+fi
+
+# ---------------------------------------------------------------------------------------
 BIG_NOTE=""
 if ((BIG > MAILBOXES)); then
     log "5. growing the database to $BIG mailboxes (each with an app password)"
@@ -426,6 +435,10 @@ if ((BIG > MAILBOXES)); then
     measure "app passwords @ $BIG" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" "${AUTH_CHEAP[@]}"
     measure "app passwords, 1 conn x 1 @ $BIG" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" --connections 1 --pipeline 1
     stop "$MA_PID"
+    if [[ -n $PG_URL ]]; then
+        log "6b. PostgreSQL: $(pg_copy_rows) mailboxes copied from SQLite"
+        pg_measure " @ $BIG"
+    fi
 else
     log "5. large-database runs skipped (BENCH_BIG=$BIG)"
 fi
