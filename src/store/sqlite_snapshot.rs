@@ -5,8 +5,9 @@
 //! b-tree descent, most of an app-password login's CPU time. Whether anything was
 //! committed since a row was read is cheaper to learn: every commit in WAL mode rewrites
 //! the header at the start of the `-shm` file (its frame count, its change counter and,
-//! when the log restarts, its salts). This module reads that header, 96 bytes in one
-//! `pread`, before every hot read: while it is the same as when a row was read, no
+//! when the log restarts, its salts). This module maps that header, as SQLite itself maps
+//! the file, and reads its 96 bytes before every hot read (no system call; a `pread` of
+//! them cost 8% of an app-password login): while it is the same as when a row was read, no
 //! committed change can be missing from the row, so the row is used again; when it differs,
 //! every kept row is dropped and read again. A revocation made by the CLI or by another
 //! daemon is committed, so it rewrites the header, so the very next login reads the row
@@ -19,16 +20,22 @@
 //! file, another version number, a short read) turns the snapshot off for that read, and
 //! the read goes to the database as it would without this module.
 //!
-//! The `-shm` file is truncated or deleted only by the last connection to close, in any
-//! process; the watch holds a connection of its own open for as long as it reads the file,
-//! so the file it reads is always the one SQLite writes.
+//! The `-shm` file is truncated or deleted only by the first connection to open it or the
+//! last to close, in any process; the watch holds a connection of its own open for as long
+//! as it maps the file, so the file it reads is always the one SQLite writes, and it is
+//! never shortened under the mapping (which SQLite's own mapping of it could not survive
+//! either).
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
+
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
 use super::param::Param;
 
@@ -56,10 +63,78 @@ pub(super) fn generation(index_start: &[u8; 2 * HEADER_BYTES]) -> Option<Generat
     first.try_into().ok()
 }
 
+/// The smallest WAL index SQLite writes: one 32 KiB region.
+const MIN_INDEX_BYTES: u64 = 32 * 1024;
+
+/// Both header copies, mapped read-only and shared from the `-shm` file.
+struct MappedHeader {
+    start: NonNull<AtomicU32>,
+}
+
+// SAFETY: the mapping is only ever read, with atomic loads, and lives until `drop`.
+unsafe impl Send for MappedHeader {}
+// SAFETY: as above; concurrent atomic loads are sound.
+unsafe impl Sync for MappedHeader {}
+
+const MAPPED_WORDS: usize = 2 * HEADER_BYTES / 4;
+
+impl MappedHeader {
+    fn map(shm: &File) -> Option<MappedHeader> {
+        // A shorter file is not (yet) a WAL index, and reading a mapping past the end of
+        // its file faults.
+        if shm.metadata().ok()?.len() < MIN_INDEX_BYTES {
+            return None;
+        }
+        let length = NonZeroUsize::new(2 * HEADER_BYTES)?;
+        // SAFETY: a new read-only shared mapping of an open file at least `length` long, at
+        // an address the kernel chooses; nothing else refers to it.
+        let start = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                shm,
+                0,
+            )
+        }
+        .ok()?;
+        Some(MappedHeader {
+            start: start.cast(),
+        })
+    }
+
+    /// Copy one, then copy two: the order SQLite's own readers use, the reverse of the
+    /// order its writers write them, so a commit half-written shows as two copies that
+    /// differ.
+    fn read(&self) -> [u8; 2 * HEADER_BYTES] {
+        let mut out = [0u8; 2 * HEADER_BYTES];
+        for (i, bytes) in out.chunks_exact_mut(4).enumerate() {
+            if i == MAPPED_WORDS / 2 {
+                fence(Ordering::Acquire);
+            }
+            // SAFETY: `i` < MAPPED_WORDS, so the word lies inside the mapping, which is
+            // page-aligned (every word aligned) and lives as long as `self`. Other
+            // processes write it, hence an atomic load.
+            let word = unsafe { &*self.start.as_ptr().add(i) }.load(Ordering::Acquire);
+            bytes.copy_from_slice(&word.to_ne_bytes());
+        }
+        out
+    }
+}
+
+impl Drop for MappedHeader {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `map` made, of this length, not used after this.
+        let _ = unsafe { munmap(self.start.cast(), 2 * HEADER_BYTES) };
+    }
+}
+
 /// Reads the WAL-index header of one database.
 struct CommitWatch {
-    shm: File,
-    /// Keeps the `-shm` file from being truncated or replaced while `shm` reads it.
+    // Dropped before the pin: the file is not shortened while it is mapped.
+    header: MappedHeader,
+    /// Keeps the `-shm` file from being truncated or replaced while it is mapped.
     _pin: Mutex<rusqlite::Connection>,
 }
 
@@ -70,15 +145,13 @@ impl CommitWatch {
         shm_path.push("-shm");
         let shm = File::open(PathBuf::from(shm_path)).ok()?;
         Some(CommitWatch {
-            shm,
+            header: MappedHeader::map(&shm)?,
             _pin: Mutex::new(pin),
         })
     }
 
     fn generation(&self) -> Option<Generation> {
-        let mut start = [0u8; 2 * HEADER_BYTES];
-        self.shm.read_exact_at(&mut start, 0).ok()?;
-        generation(&start)
+        generation(&self.header.read())
     }
 }
 
