@@ -38,14 +38,7 @@ pg_copy_rows() {
 pg_measure() { # SUFFIX
     write_config "[store]
 url = \"$PG_URL\""
-    "$BIN" --config "$MA/mailauthd.toml" serve >"$MA/serve-pg.log" 2>&1 &
-    MA_PID=$!
-    PIDS+=("$MA_PID")
-    wait_socket "$MA/run/auth"
-    sleep 1
-    measure "app passwords, PostgreSQL$1" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" "${AUTH_CHEAP[@]}"
-    measure "app passwords, 1 conn x 1, PostgreSQL$1" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" --connections 1 --pipeline 1
-    stop "$MA_PID"
+    app_password_runs ", PostgreSQL$1" "$MA/serve-pg.log"
     write_config "$POLICY_TOML"
 }
 

@@ -106,6 +106,24 @@ stop() { # PID: stop one process this script started and wait for it
     PIDS=("${keep[@]}")
 }
 
+# mailauthd started on the current config, logging to LOG, once its auth socket is up.
+start_mailauthd() { # LOG
+    "$BIN" --config "$MA/mailauthd.toml" serve >"$1" 2>&1 &
+    MA_PID=$!
+    PIDS+=("$MA_PID")
+    wait_socket "$MA/run/auth"
+    sleep 1
+}
+
+# A freshly started mailauthd, the two app-password runs (labels ending in SUFFIX), the
+# daemon stopped: the large-database and PostgreSQL runs.
+app_password_runs() { # SUFFIX LOG
+    start_mailauthd "$2"
+    measure "app passwords$1" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" "${AUTH_CHEAP[@]}"
+    measure "app passwords, 1 conn x 1$1" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" --connections 1 --pipeline 1
+    stop "$MA_PID"
+}
+
 wait_socket() { # PATH
     local i
     for i in $(seq 1 100); do
@@ -401,11 +419,7 @@ stop "$MA_PID"
 # mailbox, a repeat with the same password skips the hash (the mailbox is still read).
 log "4b. hashed logins with the verification cache on"
 VERIFY_CACHE=10000 write_config "$POLICY_TOML"
-"$BIN" --config "$MA/mailauthd.toml" serve >"$MA/serve.log" 2>&1 &
-MA_PID=$!
-PIDS+=("$MA_PID")
-wait_socket "$MA/run/auth"
-sleep 1
+start_mailauthd "$MA/serve.log"
 measure "BLF-CRYPT cost 5 (imported), cache warm" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/blf.tsv" "${AUTH_HASHED[@]}"
 measure "Argon2id m=64M t=3, cache warm" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/argon.tsv" "${AUTH_HASHED[@]}"
 stop "$MA_PID"
@@ -430,14 +444,7 @@ if ((BIG > MAILBOXES)); then
     # part of what the runs measure.
     sync
     log "   $BIG_NOTE; $(sqlite3 "$DB" 'SELECT count(*) FROM mailboxes') mailboxes"
-    "$BIN" --config "$MA/mailauthd.toml" serve >"$MA/serve.log" 2>&1 &
-    MA_PID=$!
-    PIDS+=("$MA_PID")
-    wait_socket "$MA/run/auth"
-    sleep 1
-    measure "app passwords @ $BIG" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" "${AUTH_CHEAP[@]}"
-    measure "app passwords, 1 conn x 1 @ $BIG" mailauthd "$MA_PID" auth --target "$MA_AUTH" --creds "$T/app.tsv" --connections 1 --pipeline 1
-    stop "$MA_PID"
+    app_password_runs " @ $BIG" "$MA/serve.log"
     if [[ -n $PG_URL ]]; then
         log "6b. PostgreSQL: $(pg_copy_rows) mailboxes copied from SQLite"
         pg_measure " @ $BIG"

@@ -65,11 +65,7 @@ write_config "$POLICY_TOML$TOKEN_TOML"
 "${MCTL[@]}" config check >/dev/null 2>&1 ||
     die "config check refuses the token config: $("${MCTL[@]}" config check 2>&1 | tail -n 5)"
 start_token_daemon() {
-    "$BIN" --config "$MA/mailauthd.toml" serve >"$MA/serve.log" 2>&1 &
-    MA_PID=$!
-    PIDS+=("$MA_PID")
-    wait_socket "$MA/run/auth"
-    sleep 1
+    start_mailauthd "$MA/serve.log"
 }
 start_token_daemon
 # The warm-up fills the cache with every warm token (each connection goes round them).
