@@ -343,6 +343,25 @@ mod tests {
     }
 
     #[test]
+    fn a_spray_of_names_keeps_at_most_max_rows() {
+        let snapshot = Snapshot::new();
+        let now = generation(&header(1)).unwrap();
+        let key = |i: usize| ReadKey::new("SELECT 1", &[Param::OwnedText(format!("u{i}"))]);
+        assert_eq!(snapshot.get::<Option<i64>>(now, &key(0)), None);
+        for i in 0..3 * MAX_ROWS {
+            snapshot.keep(now, key(i), None::<i64>);
+            let kept = snapshot.kept.lock().unwrap().rows.len();
+            assert!(kept <= MAX_ROWS, "{kept} rows kept after {i} names");
+        }
+        let last = 3 * MAX_ROWS - 1;
+        assert_eq!(
+            snapshot.get::<Option<i64>>(now, &key(last)),
+            Some(None),
+            "the latest names are still kept"
+        );
+    }
+
+    #[test]
     fn a_new_generation_drops_every_kept_row() {
         let snapshot = Snapshot::new();
         let (one, two) = (
